@@ -1,0 +1,8 @@
+"""Who acts: model engines, LangGraph loops, the episode runner, evaluation and the CLI."""
+
+import os as _os
+
+# No machine strop runs on may reach a model hub: fail fast instead of hanging on a download.
+_os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

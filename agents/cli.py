@@ -1,0 +1,40 @@
+"""The composition root: `strop ...`.
+
+Only typer and the light command modules are imported here; every command imports torch, transformers,
+trl or sqlalchemy inside its own body, so `strop --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from agents.commands import data, db, loops, models, serve, training
+
+app = typer.Typer(
+    name="strop",
+    help=(
+        "strop: language models that improve themselves.\n\n"
+        "Actors answer tasks, critics judge them, every trajectory lands in a SQL store, and the store feeds "
+        "TRL fine-tuning of the same models. Start with `strop models import smollm2`, then "
+        "`strop evolve --recipe recipes/star-arithmetic.toml`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+app.add_typer(models.app, name="models", help="Build, import, list, promote and roll back models.")
+app.add_typer(db.app, name="db", help="The trajectory store: migrations, stats, exports.")
+app.add_typer(data.tasks_app, name="tasks", help="Task sets with verifiable answers.")
+app.add_typer(data.jail_app, name="jail", help="Run untrusted code in the code jail.")
+serve.register(app)
+loops.register(app)
+training.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The Engine contract: what every model backend (hf, openai, vllm) accepts and returns.
+
+Completions carry token ids and log-probs, not only text, because re-tokenizing text before training is a
+known source of drift between what the model sampled and what the trainer optimises.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class EngineError(RuntimeError):
+    """An engine could not serve a request; the message says what was wrong and what to do."""
+
+
+class PromptTooLongError(EngineError, ValueError):
+    """The prompt does not fit the model's context window."""
+
+
+class SamplingParams(BaseModel):
+    """How to sample. Validated on construction so a bad value fails with its field named."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, ge=1, le=256, description="Completions to sample for this request.")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=32768, description="Most new tokens per completion.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a completion (not included).")
+    seed: int | None = Field(None, description="Seed for reproducible sampling; None draws one.")
+    logprobs: bool = Field(True, description="Return the log-prob of each sampled token.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Message(BaseModel):
+    """One chat message, in the OpenAI / Hugging Face chat format."""
+
+    role: str = Field(description="system, user or assistant.")
+    content: str
+
+
+class GenerationRequest(BaseModel):
+    """Chat messages or a raw prompt, plus sampling parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] | None = Field(None, description="Chat messages; the engine applies the chat template.")
+    prompt: str | None = Field(None, description="A raw prompt, used as is (no chat template).")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    continue_final: bool = Field(
+        False,
+        description="Continue the last assistant message instead of opening a new one (step-wise search).",
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerationRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of `messages` or `prompt`")
+        return self
+
+    @classmethod
+    def chat(cls, content: str, *, system: str | None = None, **sampling: object) -> GenerationRequest:
+        """Shorthand for a single user turn."""
+        msgs = ([Message(role="system", content=system)] if system else []) + [
+            Message(role="user", content=content)
+        ]
+        return cls(messages=msgs, sampling=SamplingParams(**sampling))
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # hit max_tokens
+
+
+class Completion(BaseModel):
+    """One sampled completion with everything training needs."""
+
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int] = Field(description="Completion token ids, as sampled (after stop-string trimming).")
+    logprobs: list[float] | None = Field(None, description="Log-prob of each token in `token_ids`.")
+    finish_reason: FinishReason
+    model_version: str = Field(description="Model id / version that produced this completion.")
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A model backend. One completion list per request, `n` completions each, in request order."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]: ...
+
+    async def close(self) -> None: ...

@@ -122,6 +122,7 @@ class StepRecord(BaseModel):
 
 class CritiqueRecord(BaseModel):
     id: str = Field(default_factory=new_id)
+    episode_id: str | None = Field(None, description="Episode it belongs to; filled in by the store.")
     step_id: str | None = Field(None, description="Target step; None when it judges the whole episode.")
     critic_version: str = Field(description="Model version of the critic, or 'verifier'.")
     verdict: str = Field(description="e.g. 'correct', 'incorrect', 'unparsed'.")

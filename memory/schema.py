@@ -1,0 +1,199 @@
+"""SQLAlchemy 2 typed models: the tables of the store.
+
+Token ids and log-probs are the bulk of a trajectory; they are stored as little-endian int32 / float32 byte
+arrays rather than JSON text, which is about 4x smaller and needs no float parsing on the way back.
+Changing anything here needs a new Alembic migration in memory/migrations/versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID = String(64)
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Stable constraint names, so migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every time the store writes is UTC, so say so."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def pack_ids(values: Sequence[int] | None) -> bytes | None:
+    return None if values is None else np.asarray(values, dtype="<i4").tobytes()
+
+
+def pack_floats(values: Sequence[float] | None) -> bytes | None:
+    return None if values is None else np.asarray(values, dtype="<f4").tobytes()
+
+
+def unpack_ids(blob: bytes | None) -> list[int] | None:
+    return None if blob is None else np.frombuffer(blob, dtype="<i4").tolist()
+
+
+def unpack_floats(blob: bytes | None) -> list[float] | None:
+    return None if blob is None else np.frombuffer(blob, dtype="<f4").tolist()
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    lineage: Mapped[str] = mapped_column(String(255), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[str | None] = mapped_column(ID, ForeignKey("model_versions.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(ID)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    loop: Mapped[str] = mapped_column(String(64), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    model_ids: Mapped[list[str]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Episode(Base):
+    __tablename__ = "episodes"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id"), index=True)
+    task_id: Mapped[str] = mapped_column(String(255), index=True)
+    loop: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reward: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Step(Base):
+    """A turn or a search-tree node. `parent_id` has no foreign key on purpose: tree nodes arrive in
+    whatever order the search produced them, and the episode transaction already keeps them together."""
+
+    __tablename__ = "steps"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    episode_id: Mapped[str] = mapped_column(ID, ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(ID)
+    step_index: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(32))
+    model_version: Mapped[str | None] = mapped_column(ID)
+    text: Mapped[str] = mapped_column(Text)
+    prompt_token_ids: Mapped[bytes | None] = mapped_column(LargeBinary)
+    token_ids: Mapped[bytes | None] = mapped_column(LargeBinary)
+    logprobs: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reward: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float)
+    visits: Mapped[int | None] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
+
+
+class Critique(Base):
+    __tablename__ = "critiques"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    episode_id: Mapped[str] = mapped_column(ID, ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    step_id: Mapped[str | None] = mapped_column(ID)
+    critic_version: Mapped[str] = mapped_column(String(255))
+    verdict: Mapped[str] = mapped_column(String(32), index=True)
+    first_wrong_step: Mapped[int | None] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    parsed: Mapped[bool] = mapped_column(Boolean)
+    validated: Mapped[bool | None] = mapped_column(Boolean)
+    corrected_solution: Mapped[str | None] = mapped_column(Text)
+
+
+class Example(Base):
+    __tablename__ = "examples"
+    # Claims scan by role and kind, oldest first.
+    __table_args__ = (Index("ix_examples_role_kind", "role", "kind", "created_at"),)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    episode_id: Mapped[str | None] = mapped_column(ID, ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(255))
+    split: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TrainingJob(Base):
+    __tablename__ = "training_jobs"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16))
+    model_in: Mapped[str] = mapped_column(ID)
+    model_out: Mapped[str | None] = mapped_column(ID)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Consumption(Base):
+    """Which job holds or consumed which example. The primary key (consumer, example_id) is what makes
+    consumption exactly-once: a second claim of the same example by the same consumer cannot be inserted,
+    whatever the isolation level or the number of workers."""
+
+    __tablename__ = "consumption"
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    example_id: Mapped[str] = mapped_column(ID, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True, index=True)
+    job_id: Mapped[str] = mapped_column(ID, ForeignKey("training_jobs.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # claimed | consumed
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    consumed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Embedding(Base):
+    """A sentence embedding of a critique, a failed attempt or any other text the store owns, for
+    reflection memory (nearest past failures) and near-duplicate filtering. Vectors are float32 bytes,
+    L2-normalised, so a dot product is the cosine similarity."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (Index("ix_embeddings_kind_model", "owner_kind", "model"),)
+    owner_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # critique | step | episode | example
+    owner_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

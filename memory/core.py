@@ -41,6 +41,8 @@ class StoreCore:
         self.url = db.resolve_db_url(url)
         self.busy_timeout = busy_timeout
         self.is_sqlite = db.is_sqlite(self.url)
+        if self.is_sqlite and not create and not db.sqlite_exists(self.url):
+            raise db.missing_sqlite_error(self.url)
         self.engine = db.make_engine(self.url, busy_timeout=busy_timeout)
         with self._errors():
             db.check_schema(self.engine, create=create)

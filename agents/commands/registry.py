@@ -1,0 +1,147 @@
+"""`strop models promote|reject|rollback`, and the registry (lineage and metrics) in `strop models list`.
+
+Mounted on the models app by `register(models.app)`; typer and stdlib only at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path (default $STROP_DB or ./strop.db).")]
+ModelArg = Annotated[str, typer.Argument(help="Model version name or id (see `strop models list`).")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def promote_cmd(
+    model: ModelArg,
+    margin: Annotated[float, typer.Option(help="Held-out accuracy gain over the parent required.")] = 0.02,
+    metric: Annotated[str, typer.Option(help="Metric key prefix compared, e.g. arithmetic/heldout.")] = "",
+    force: Annotated[bool, typer.Option(help="Promote without the held-out gate (manual override).")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Promote a candidate if it beats its parent on held-out tasks by the margin (or with --force)."""
+    from memory import Store
+    from training.promotion import PromotionError, PromotionSettings, decide, promote
+
+    store = Store(db)
+    version = store.get_model(model)
+    if version is None:
+        _fail(f"no model version {model!r} in the registry; see `strop models list`")
+    try:
+        if not force:
+            if version.parent_id is None:
+                _fail(f"{version.name} has no parent to beat; use --force to promote it anyway")
+            parent = store.get_model(version.parent_id)
+            prefix = metric or _heldout_prefix(version.metrics)
+            if prefix is None:
+                _fail(f"{version.name} has no held-out evaluation; run `strop eval --model {version.name}` first")
+            decision = decide(version, parent, prefix, PromotionSettings(margin=margin))
+            if not decision.promote:
+                _fail(f"not promoted: {decision.reason}. Reject it with `strop models reject {version.name}`, "
+                      "or override with --force")
+        promoted = promote(store, version.id)
+    except PromotionError as e:
+        _fail(str(e))
+    except ValueError as e:  # an illegal status change (memory.InvalidTransitionError)
+        _fail(str(e))
+    typer.echo(f"promoted {promoted.name}: it is now the current version of {promoted.lineage}")
+
+
+def reject_cmd(model: ModelArg, db: DbOpt = None) -> None:
+    """Reject a candidate (kept for inspection) or demote a promoted version."""
+    from memory import Store
+    from training.promotion import PromotionError, reject
+
+    try:
+        v = reject(Store(db), model)
+    except (PromotionError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"rejected {v.name}")
+
+
+def rollback_cmd(
+    lineage: Annotated[str, typer.Argument(help="Lineage (root model name), e.g. smollm2-135m.")], db: DbOpt = None,
+) -> None:
+    """Reject the current promoted version of a lineage; the previous one becomes current."""
+    from memory import Store
+    from training.promotion import PromotionError, rollback
+
+    try:
+        demoted, current = rollback(Store(db), lineage)
+    except PromotionError as e:
+        _fail(str(e))
+    typer.echo(f"rolled back {demoted.name}; current version of {lineage}: {current.name if current else 'none'}")
+
+
+def _heldout_prefix(metrics: dict[str, Any]) -> str | None:
+    for key in metrics:
+        if key.endswith("/pass@1") and "/heldout/" in key:
+            return key.removesuffix("/pass@1")
+    return None
+
+
+def render_registry(versions: list[Any], current_ids: set[str]) -> Any:
+    """A table of versions ordered as lineage trees: each child indented under its parent."""
+    from rich.table import Table
+
+    by_parent: dict[str | None, list[Any]] = {}
+    ids = {v.id for v in versions}
+    for v in sorted(versions, key=lambda v: v.created_at):
+        by_parent.setdefault(v.parent_id if v.parent_id in ids else None, []).append(v)
+    table = Table(title="strop model registry (lineage)")
+    for col in ("version", "id", "status", "held-out acc", "train loss", "examples", "job"):
+        table.add_column(col, overflow="fold")
+
+    def walk(parent: str | None, depth: int) -> None:
+        for v in by_parent.get(parent, []):
+            m = v.metrics
+            acc = m.get("heldout_accuracy")
+            loss = m.get("train_loss")
+            mark = " *" if v.id in current_ids else ""
+            table.add_row(
+                "  " * depth + ("└ " if depth else "") + v.name + mark, v.id[:8], str(v.status),
+                f"{acc:.1%}" if isinstance(acc, int | float) else "-",
+                f"{loss:.3f}" if isinstance(loss, int | float) else "-",
+                str(m.get("examples", "-")), (v.job_id or "-")[:8],
+            )
+            walk(v.id, depth + 1)
+
+    walk(None, 0)
+    return table
+
+
+def register(models_app: typer.Typer) -> None:
+    """Add promote/reject/rollback, and extend `list` with the registry view."""
+    models_app.command("promote")(promote_cmd)
+    models_app.command("reject")(reject_cmd)
+    models_app.command("rollback")(rollback_cmd)
+    cache_list = next((c for c in models_app.registered_commands if c.name == "list"), None)
+    if cache_list is not None:
+        models_app.registered_commands.remove(cache_list)
+
+    @models_app.command("list")
+    def list_cmd(
+        db: DbOpt = None,
+        lineage: Annotated[str | None, typer.Option(help="Only this lineage.")] = None,
+        cache: Annotated[bool, typer.Option(help="Also show the local model cache.")] = True,
+    ) -> None:
+        """The model cache, and the registry: every version with its lineage, status and metrics (* = current)."""
+        from rich.console import Console
+
+        from memory import Store
+
+        if cache and cache_list is not None and cache_list.callback is not None:
+            cache_list.callback()
+        store = Store(db)
+        versions = store.list_models(lineage=lineage)
+        if not versions:
+            typer.echo("the registry is empty: versions appear after `strop eval`, `strop train sft` or `strop evolve`")
+            return
+        current = {c.id for ln in {v.lineage for v in versions} if (c := store.current_model(ln)) is not None}
+        Console(width=160).print(render_registry(versions, current))

@@ -1,0 +1,138 @@
+"""Best-of-N rejection sampling (STaR / ReST / expert iteration) as a LangGraph loop.
+
+sample N answers -> verify each with a critic -> record every attempt, right or wrong, and emit the correct
+ones as SFT examples. Wrong attempts are kept with their model version because later methods (DPO pairs,
+critics) reuse the negatives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.engines.base import Engine, SamplingParams
+from agents.loops.base import chat_request, completion_json, stable_id, task_messages
+from critics.base import Critic, Critique
+from memory.records import CritiqueRecord, EpisodeRecord, ExampleKind, ExampleRecord, Role, StepRecord
+from sandbox.tasks.base import Split, Task
+
+LOOP_NAME = "best_of_n"
+
+
+class BestOfNConfig(BaseModel):
+    """How one best-of-N episode samples and what it keeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=256, description="Answers sampled per task.")
+    temperature: float = Field(0.8, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy (use n=1).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(64, ge=1, le=32768, description="Most new tokens per answer.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end an answer.")
+    system_prompt: str | None = Field(None, description="System message put before each task prompt (and kept in SFT examples).")
+    emit_examples: bool = Field(True, description="Emit SFT examples from correct answers (off for evaluation).")
+    dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer text of a task.")
+    seed: int | None = Field(None, description="Sampling seed; None draws one per request.")
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+            stop=self.stop, seed=self.seed, logprobs=True,
+        )
+
+
+class BestOfNState(TypedDict, total=False):
+    """The loop's state. JSON values only, so any LangGraph checkpointer can persist it."""
+
+    task: dict[str, Any]  # Task as JSON (input)
+    run_id: str  # input
+    episode_id: str  # input
+    samples: list[dict[str, Any]]  # Completion as JSON, one per sampled answer
+    critiques: list[dict[str, Any]]  # Critique as JSON, aligned with samples
+    episode: dict[str, Any]  # EpisodeRecord as JSON (output)
+
+
+def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = None) -> StateGraph:
+    """The uncompiled graph; compile it with your checkpointer or add it as a subgraph node."""
+    cfg = config or BestOfNConfig()
+
+    async def sample(state: BestOfNState) -> dict[str, Any]:
+        task = Task.model_validate(state["task"])
+        request = chat_request(task_messages(task, cfg.system_prompt), cfg.sampling())
+        [completions] = await engine.generate([request])
+        return {"samples": [completion_json(c) for c in completions]}
+
+    async def verify(state: BestOfNState) -> dict[str, Any]:
+        task = Task.model_validate(state["task"])
+        critiques = await asyncio.gather(
+            *(critic.critique(task, s["text"], task.reference_solution) for s in state["samples"])
+        )
+        return {"critiques": [c.model_dump(mode="json") for c in critiques]}
+
+    def record(state: BestOfNState) -> dict[str, Any]:
+        return {"episode": _episode(state, cfg).model_dump(mode="json")}
+
+    graph = StateGraph(BestOfNState)
+    graph.add_node("sample", sample)
+    graph.add_node("verify", verify)
+    graph.add_node("record", record)
+    graph.add_edge(START, "sample")
+    graph.add_edge("sample", "verify")
+    graph.add_edge("verify", "record")
+    graph.add_edge("record", END)
+    return graph
+
+
+def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
+    task = Task.model_validate(state["task"])
+    eid = state["episode_id"]
+    messages = [m.model_dump() for m in task_messages(task, cfg.system_prompt)]
+    steps: list[StepRecord] = []
+    critiques: list[CritiqueRecord] = []
+    examples: list[ExampleRecord] = []
+    seen: set[str] = set()
+    for i, (s, c) in enumerate(zip(state["samples"], state["critiques"], strict=True)):
+        crit = Critique.model_validate(c)
+        step_id = stable_id(eid, "step", i)
+        steps.append(
+            StepRecord(
+                id=step_id, index=i, role="assistant", model_version=s["model_version"], text=s["text"],
+                prompt_token_ids=s["prompt_token_ids"], token_ids=s["token_ids"], logprobs=s["logprobs"],
+                reward=crit.reward, metadata={"finish_reason": s["finish_reason"], "extracted": crit.extracted},
+            )
+        )
+        critiques.append(
+            CritiqueRecord(
+                id=stable_id(eid, "critique", i), step_id=step_id, critic_version=crit.critic_version,
+                verdict=str(crit.verdict), first_wrong_step=crit.first_wrong_step, text=crit.text,
+                parsed=crit.parsed, corrected_solution=crit.corrected_solution,
+            )
+        )
+        # Held-out answers never become training data: the store refuses them, and so do we.
+        if not (cfg.emit_examples and crit.correct and task.split == Split.TRAIN):
+            continue
+        if cfg.dedupe_examples and s["text"].strip() in seen:
+            continue
+        seen.add(s["text"].strip())
+        examples.append(
+            ExampleRecord(
+                id=stable_id(eid, "example", i), kind=ExampleKind.SFT, role=Role.POLICY,
+                payload={"prompt": messages, "completion": [{"role": "assistant", "content": s["text"]}]},
+                episode_id=eid, task_id=task.id, split=str(task.split),
+            )
+        )
+    n = len(steps)
+    correct = sum(1 for c in critiques if c.verdict == "correct")
+    return EpisodeRecord(
+        id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
+        reward=correct / n if n else 0.0,
+        outcome={
+            "n": n, "correct": correct, "pass": correct > 0, "examples": len(examples),
+            "tokens": sum(len(s.token_ids or []) for s in steps),
+            "first_correct": next((s.index for s, c in zip(steps, critiques, strict=True) if c.verdict == "correct"), None),
+        },
+        steps=steps, critiques=critiques, examples=examples,
+    )

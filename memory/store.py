@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
@@ -190,7 +191,8 @@ class Store(RegistryMixin, TrainingDataMixin):
                         "episode_id": ep.id,
                         "task_id": x.task_id if x.task_id is not None else ep.task_id,
                         "split": str(x.split),
-                        "created_at": now,
+                        # Distinct, increasing times keep "oldest first" well defined inside a batch.
+                        "created_at": now + timedelta(microseconds=len(ex_rows)),
                     }
                 )
         # executemany per table: one round trip per table, not per row.

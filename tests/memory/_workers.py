@@ -1,0 +1,61 @@
+"""Subprocess workers for the reliability tests: run as `python -m tests.memory._workers CMD ...`.
+
+They must be separate processes: the point is what happens to the database when a process dies or when
+two processes race, which threads in one process cannot show.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from memory import Store
+from memory.records import EpisodeRecord, TrainingJobRecord
+
+
+def claim_until_empty(url: str, out: str, batch: int) -> None:
+    """Consume SFT examples job by job until none are left; write the ids this process got."""
+    store = Store(url)
+    got: list[str] = []
+    while True:
+        job = store.start_job(TrainingJobRecord(algorithm="sft", model_in="m0"))
+        claimed = store.claim_examples(job.id, role="policy", kind="sft", limit=batch)
+        if not claimed:
+            store.fail_job(job.id, "nothing to train on")
+            break
+        got.extend(x.id for x in claimed)
+        time.sleep(0.002)  # training
+        store.finish_job(job.id)
+    Path(out).write_text(json.dumps(got))
+    store.close()
+
+
+def write_and_hang(url: str, episode_file: str, ready_file: str) -> None:
+    """Start writing an episode and stop dead inside the transaction, after its steps were inserted and
+    before its critiques, so the parent can SIGKILL a writer that is provably mid-episode."""
+    store = Store(url)
+    episode = EpisodeRecord.model_validate_json(Path(episode_file).read_text())
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _hang(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO critiques"):
+            Path(ready_file).write_text("in transaction")
+            time.sleep(120)
+
+    store.write_episode(episode)
+    raise SystemExit("the hang hook never fired: the test no longer kills the writer mid-episode")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "claim":
+        claim_until_empty(args[0], args[1], int(args[2]))
+    elif command == "hang":
+        write_and_hang(*args)
+    else:
+        raise SystemExit(f"unknown worker command {command!r}")

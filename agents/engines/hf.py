@@ -430,8 +430,11 @@ class _RowSampler(LogitsProcessor):
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         scores = scores.float()
         if not self.sampled:
-            chosen = scores.argmax(dim=-1)
-            logp = torch.log_softmax(scores, dim=-1)
+            # All greedy: generate's own argmax picks the same tokens, so skip the mask; log-prob of the
+            # chosen token only (logit - logsumexp), not a full log_softmax over the vocabulary.
+            chosen = scores.argmax(dim=-1, keepdim=True)
+            self.logprobs.append((scores.gather(1, chosen).squeeze(1) - scores.logsumexp(dim=-1)).cpu())
+            return scores
         else:
             logits = scores / self.temps
             if self.any_top_p:

@@ -1,0 +1,146 @@
+"""Does the hf engine's request coalescing pay off? The same prompts, greedy, the same max_new_tokens, three ways:
+
+  (a) the hf engine, one coroutine per prompt, all concurrent (what the loops do);
+  (b) one bare batched `model.generate` over all prompts (the ceiling for (a));
+  (c) one `model.generate` per prompt, one after another (what you get without batching).
+
+Targets: a/b >= 0.9 (coalescing costs little) and a/c >= 4 (it is worth having). The machine is shared, so the
+three run interleaved, `--repeats` times, and the ratios come from the same rounds.
+
+    .venv/bin/python bench/engine.py --model tiny --prompts 64 --max-tokens 32 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from agents.engines import GenerationRequest
+from agents.engines.hf import HFEngine
+from agents.models import resolve_model
+
+
+def _prompts(count: int) -> list[GenerationRequest]:
+    rng = random.Random(0)
+    return [
+        GenerationRequest.chat(f"What is {rng.randint(10, 99)} + {rng.randint(10, 99)}?", temperature=0)
+        for _ in range(count)
+    ]
+
+
+def _useful(row: list[int], eos: set[int], max_tokens: int) -> list[int]:
+    """Generated tokens up to and including the first EOS, as the engine reports them."""
+    row = row[:max_tokens]
+    for j, t in enumerate(row):
+        if t in eos:
+            return row[: j + 1]
+    return row
+
+
+def _bare(engine: HFEngine, prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:
+    tok, model = engine.tokenizer, engine.model
+    eos = set(engine._eos_ids)
+    width = max(map(len, prompts))
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=engine.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=engine.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=sorted(eos),
+        )
+    elapsed = time.perf_counter() - start
+    return elapsed, [_useful(r, eos, max_tokens) for r in out[:, width:].tolist()]
+
+
+def _run_a(engine: HFEngine, requests: list[GenerationRequest]) -> tuple[float, list[list[int]]]:
+    async def go() -> list[Any]:
+        return list(await asyncio.gather(*(engine.generate([r]) for r in requests)))
+
+    start = time.perf_counter()
+    results = asyncio.run(go())
+    elapsed = time.perf_counter() - start
+    return elapsed, [r[0][0].token_ids for r in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny", help="a cache name (tiny, smollm2-135m) or a model folder")
+    parser.add_argument("--prompts", type=int, default=64, help="how many prompts (and concurrent requests)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max_new_tokens for every method")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    requests = [
+        r.model_copy(update={"sampling": r.sampling.model_copy(update={"max_tokens": args.max_tokens})})
+        for r in _prompts(args.prompts)
+    ]
+    engine = HFEngine(resolve_model(args.model), max_batch_size=args.prompts, batch_wait_ms=10)
+    prompts = [engine.prompt_ids(r) for r in requests]
+    _bare(engine, prompts[:4], 4)  # warm-up: first-call allocations and lazy inits
+
+    rows: list[dict[str, float]] = []
+    for round_ in range(args.repeats):
+        t_a, toks_a = _run_a(engine, requests)
+        t_b, toks_b = _bare(engine, prompts, args.max_tokens)
+        t_c, toks_c = 0.0, []
+        for p in prompts:
+            t, [toks] = _bare(engine, [p], args.max_tokens)
+            t_c += t
+            toks_c.append(toks)
+        n_a, n_b, n_c = (sum(map(len, x)) for x in (toks_a, toks_b, toks_c))
+        same = sum(x == y for x, y in zip(toks_a, toks_b, strict=True)) / len(prompts)
+        row = {
+            "a_tps": n_a / t_a,
+            "b_tps": n_b / t_b,
+            "c_tps": n_c / t_c,
+            "a_s": t_a,
+            "b_s": t_b,
+            "c_s": t_c,
+            "same_as_b": same,
+        }
+        row["a/b"] = row["a_tps"] / row["b_tps"]
+        row["a/c"] = row["a_tps"] / row["c_tps"]
+        rows.append(row)
+        print(
+            f"round {round_ + 1}: (a) {row['a_tps']:.0f} tok/s in {t_a:.2f}s | (b) {row['b_tps']:.0f} tok/s in "
+            f"{t_b:.2f}s | (c) {row['c_tps']:.0f} tok/s in {t_c:.2f}s | a/b {row['a/b']:.2f} a/c {row['a/c']:.2f} "
+            f"| (a) tokens == (b) tokens for {same:.0%} of prompts",
+            flush=True,
+        )
+
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    print(
+        f"\nmodel {args.model}, {args.prompts} prompts, max_tokens {args.max_tokens}, {args.repeats} rounds, "
+        f"torch threads {torch.get_num_threads()}, engine batches {engine.stats.batches}, "
+        f"mean batch size {engine.stats.mean_batch_size:.1f}"
+    )
+    print("| method | tokens/s (median) |")
+    print("|---|---|")
+    print(f"| (a) hf engine, {args.prompts} concurrent requests | {med['a_tps']:.0f} |")
+    print(f"| (b) one batched `model.generate` | {med['b_tps']:.0f} |")
+    print(f"| (c) {args.prompts} sequential `model.generate` | {med['c_tps']:.0f} |")
+    print(
+        f"a/b = {med['a/b']:.2f} (target >= 0.9), a/c = {med['a/c']:.2f} (target >= 4); "
+        f"per round a/b {[round(r['a/b'], 2) for r in rows]}, a/c {[round(r['a/c'], 2) for r in rows]}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -132,29 +132,52 @@ def _reachable_by_others(path: Path) -> bool:
 # -- uids and cleanup --------------------------------------------------------------------------------------
 
 _uid_counter = itertools.count()
+_MIN_JAIL_UID = 100_000  # far above any real account: a sweep can never reach root or a login user
 
 
 def _run_uid() -> int:
     """A fresh unprivileged uid for each run (no passwd entry needed): runs cannot signal each other."""
-    return 200_000 + (os.getpid() * 1009 + next(_uid_counter)) % 100_000
+    return 2 * _MIN_JAIL_UID + (os.getpid() * 1009 + next(_uid_counter)) % _MIN_JAIL_UID
 
 
-def _kill_uid(uid: int) -> None:
-    """Kill every process of `uid` (fallback mode, where there is no pid namespace to tear down)."""
-    for _ in range(3):  # a fork bomb may still be forking while the first sweep runs
-        subprocess.run(["kill", "-KILL", "-1"], user=uid, group=uid, extra_groups=[], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
-
-
-def _user_process_count(uid: int) -> int:
-    count = 0
+def _pids_of(uid: int) -> list[int]:
+    pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                count += entry.stat().st_uid == uid
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
             except OSError:
-                continue
-    return count
+                continue  # exited while we looked
+    return pids
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process owned by the run's own uid, pid by pid.
+
+    Deliberately not `kill(-1)`: run with the wrong credentials that would signal every process on the host.
+    Each target is pinned with a pidfd and its owner re-checked before the signal, so a recycled pid is
+    never hit.
+    """
+    if uid < _MIN_JAIL_UID:
+        raise ValueError(f"refusing to sweep uid {uid}: jail uids start at {_MIN_JAIL_UID}")
+    for _ in range(50):  # a fork bomb may still be forking while a sweep runs: sweep until none is left
+        pids = _pids_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # already gone
+            try:
+                with contextlib.suppress(OSError):  # exited between the check and the signal
+                    if os.stat(f"/proc/{pid}").st_uid == uid:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+            finally:
+                os.close(fd)
+        time.sleep(0.005)
+    log.warning("processes of jail uid %d survived 50 kill sweeps", uid)
 
 
 # -- building the process -----------------------------------------------------------------------------
@@ -222,7 +245,7 @@ def _bwrap_argv(workdir: Path, limits: JailLimits, uid: int | None, program: lis
             argv += ["--ro-bind", top, top]
     if not str(prefix).startswith("/usr/"):
         argv += ["--ro-bind", str(prefix), str(prefix)]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp",
              "--bind", str(workdir), JAIL_DIR, "--chdir", JAIL_DIR]
     if uid is not None:  # privileged bwrap (root): keep just enough to drop to the run's uid inside
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
@@ -367,7 +390,7 @@ def run_code(
     program = ["-E", "-s", "-B", "main.py", *(args or [])]
     workdir = _prepare_workdir(code, files, stdin, uid)
     try:
-        nproc = limits.max_processes + (0 if root else _user_process_count(os.getuid()))
+        nproc = limits.max_processes + (0 if root else len(_pids_of(os.getuid())))
         rl = _rlimits(limits, nproc)
         if level == Isolation.BWRAP:
             # rlimits are set on bwrap itself (as root it is exempt from NPROC) and inherited by the code.
@@ -428,15 +451,17 @@ def _supervise(argv: list[str], workdir: Path, env: dict[str, str], preexec, lim
                     key.data.add(chunk)
                 else:
                     sel.unregister(key.fileobj)
-        if timed_out:
-            _kill_group(proc.pid)
+        # Kill the group before reaping its leader: an unreaped leader keeps the group id from being reused,
+        # so this can only ever hit the run's own processes.
+        _kill_group(proc.pid)
         _, status, rusage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - start
-        if uid is not None and level != Isolation.BWRAP:
-            _kill_uid(uid)  # no pid namespace: background children of the code must not outlive the run
-        else:
-            _kill_group(proc.pid)
+        if uid is not None and (timed_out or level != Isolation.BWRAP):
+            # Without a pid namespace, background children can outlive the code; under bwrap the namespace
+            # dies with the code's main process, but a killed bwrap does not take it along (the uid drop
+            # clears the parent-death signal), so a timeout sweeps the run's uid in both modes.
+            _kill_uid(uid)
         # Whatever is still buffered in the pipes (the process has exited or been killed).
         for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
             os.set_blocking(stream.fileno(), False)
@@ -466,6 +491,8 @@ def _supervise(argv: list[str], workdir: Path, env: dict[str, str], preexec, lim
 
 
 def _kill_group(pgid: int) -> None:
+    if pgid <= 1:
+        raise ValueError(f"refusing to signal process group {pgid}")
     with contextlib.suppress(ProcessLookupError):  # already gone: nothing to kill
         os.killpg(pgid, signal.SIGKILL)
 

@@ -111,10 +111,16 @@ class Runner:
             compiled = graph.compile(checkpointer=saver)
             sem = asyncio.Semaphore(self.concurrency)
 
+            writes: set[asyncio.Future[bool]] = set()
+
             async def one(task: Task) -> None:
                 async with sem:
                     episode = await self._episode(compiled, saver, task, run.id)
-                await self.store.awrite_episode(episode)
+                # Shielded: when a sibling fails, a write already under way completes before run() raises,
+                # so the store is settled (and the episode not redone) by the time the caller sees the error.
+                write = asyncio.ensure_future(self.store.awrite_episode(episode))
+                writes.add(write)
+                await asyncio.shield(write)
                 with contextlib.suppress(NotImplementedError):  # a saver without deletion just keeps the thread
                     await saver.adelete_thread(episode.id)
                 stats.add(episode)
@@ -126,6 +132,7 @@ class Runner:
                         for task in pending:
                             group.create_task(one(task))
                 except BaseException:
+                    await asyncio.gather(*writes, return_exceptions=True)
                     await self.store.afinish_run(run.id, RunStatus.FAILED)
                     raise
         await self.store.afinish_run(run.id, RunStatus.FINISHED)

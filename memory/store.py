@@ -8,6 +8,7 @@ caller, so any write can be retried: a second write of the same id changes nothi
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
@@ -25,6 +26,7 @@ from memory.core import (
     step_from_row,
 )
 from memory.errors import HeldoutLeakError, NotFoundError, StoreError
+from memory.group_commit import GroupCommitter
 from memory.records import (
     CritiqueRecord,
     EpisodeRecord,
@@ -46,6 +48,28 @@ class Store(RegistryMixin, TrainingDataMixin):
     """The trajectory store. `Store()` opens $STROP_DB or ./strop.db; `Store("postgresql://...")` a server;
     `Store("runs/x.db")` a SQLite file. A brand-new database is created at the current schema; an older one
     is refused with the `strop db upgrade` command that fixes it."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        create: bool = True,
+        busy_timeout: float = 30.0,
+        group_commit: bool = True,
+    ) -> None:
+        """`busy_timeout`: seconds a SQLite writer waits for the lock before StoreLockedError.
+        `group_commit`: concurrent `awrite_episode` calls share transactions (see group_commit.py)."""
+        super().__init__(url, create=create, busy_timeout=busy_timeout)
+        self.group_commit = group_commit
+        self._committer: GroupCommitter | None = None
+        self._committer_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._committer_lock:
+            committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.close()
+        super().close()
 
     # --- runs ----------------------------------------------------------------------------------------------
 
@@ -97,6 +121,10 @@ class Store(RegistryMixin, TrainingDataMixin):
     def write_episodes(self, episodes: Sequence[EpisodeRecord]) -> int:
         """Write several finished episodes in one transaction (fewer commits: the fast path for a runner
         that finishes many at once). Episodes already stored are skipped; returns how many were new."""
+        return len(self._write_batch(episodes))
+
+    def _write_batch(self, episodes: Sequence[EpisodeRecord]) -> set[str]:
+        """Returns the ids this call newly stored."""
         for ep in episodes:
             leaked = [ex.id for ex in ep.examples if str(ex.split) == HELDOUT]
             if leaked:
@@ -106,7 +134,7 @@ class Store(RegistryMixin, TrainingDataMixin):
                     "or drop the examples for evaluation runs."
                 )
         if not episodes:
-            return 0
+            return set()
         try:
             with self._write() as conn:
                 return self._insert_episodes(conn, episodes)
@@ -115,16 +143,21 @@ class Store(RegistryMixin, TrainingDataMixin):
             # each duplicate is skipped by the check and any real conflict surfaces with its own episode.
             if len(episodes) == 1:
                 if self.has_episode(episodes[0].id):
-                    return 0
+                    return set()
                 raise
-            return sum(self.write_episodes([ep]) for ep in episodes)
+            return set().union(*(self._write_batch([ep]) for ep in episodes))
 
-    def _insert_episodes(self, conn: Connection, episodes: Sequence[EpisodeRecord]) -> int:
-        ids = [ep.id for ep in episodes]
-        existing = set(conn.scalars(select(Episode.id).where(Episode.id.in_(ids))))
-        new = [ep for ep in episodes if ep.id not in existing]
+    def _insert_episodes(self, conn: Connection, episodes: Sequence[EpisodeRecord]) -> set[str]:
+        existing = set()
+        for ids in chunks([ep.id for ep in episodes]):
+            existing.update(conn.scalars(select(Episode.id).where(Episode.id.in_(ids))))
+        new: list[EpisodeRecord] = []
+        for ep in episodes:
+            if ep.id not in existing:
+                existing.add(ep.id)  # the same id twice in one batch is written once
+                new.append(ep)
         if not new:
-            return 0
+            return set()
         run_ids = {ep.run_id for ep in new}
         missing = run_ids - set(conn.scalars(select(Run.id).where(Run.id.in_(run_ids))))
         if missing:
@@ -200,7 +233,7 @@ class Store(RegistryMixin, TrainingDataMixin):
         for table, rows in ((Step, step_rows), (Critique, crit_rows), (Example, ex_rows)):
             if rows:
                 conn.execute(table.__table__.insert(), rows)
-        return len(new)
+        return {ep.id for ep in new}
 
     def has_episode(self, episode_id: str) -> bool:
         with self._read() as conn:
@@ -313,7 +346,13 @@ class Store(RegistryMixin, TrainingDataMixin):
         return await asyncio.to_thread(self.list_runs, loop, limit)
 
     async def awrite_episode(self, episode: EpisodeRecord) -> bool:
-        return await asyncio.to_thread(self.write_episode, episode)
+        """Like write_episode; episodes awaited at the same time share a transaction (group commit)."""
+        if not self.group_commit:
+            return await asyncio.to_thread(self.write_episode, episode)
+        with self._committer_lock:
+            if self._committer is None:
+                self._committer = GroupCommitter(self._write_batch)
+        return await asyncio.wrap_future(self._committer.submit(episode))
 
     async def awrite_episodes(self, episodes: Sequence[EpisodeRecord]) -> int:
         return await asyncio.to_thread(self.write_episodes, episodes)

@@ -176,3 +176,26 @@ async def test_async_twins_do_not_block_the_event_loop(store: Store, run: RunRec
     assert isinstance(got, EpisodeRecord) and len(got.steps) == 4
     assert await store.acount_examples() == 150
 
+
+
+async def test_concurrent_async_writes_share_transactions(store: Store, run: RunRecord) -> None:
+    eps = [make_episode(run.id, seed=i) for i in range(120)]
+    first = await asyncio.gather(*(store.awrite_episode(ep) for ep in eps))
+    assert all(first)
+    assert store._committer is not None and store._committer.transactions < len(eps)
+    # retries, including the same id twice at once, store nothing new
+    again = await asyncio.gather(*(store.awrite_episode(ep) for ep in eps[:10] + eps[:10]))
+    assert not any(again)
+    fresh = make_episode(run.id, seed=999)
+    twice = await asyncio.gather(store.awrite_episode(fresh), store.awrite_episode(fresh))
+    assert sorted(twice) == [False, True]
+    assert store.counts()["episodes"] == 121 and store.counts()["steps"] == 4 * 121
+
+
+async def test_one_bad_episode_fails_alone_in_a_group(store: Store, run: RunRecord) -> None:
+    good = [make_episode(run.id, seed=i) for i in range(20)]
+    bad = make_episode(run.id, seed=100, split="heldout")
+    results = await asyncio.gather(*(store.awrite_episode(ep) for ep in [*good, bad]), return_exceptions=True)
+    assert results[:-1] == [True] * 20
+    assert isinstance(results[-1], HeldoutLeakError)
+    assert not store.has_episode(bad.id) and store.counts()["episodes"] == 20

@@ -47,7 +47,7 @@ def build_program(task: Task, output: str) -> str:
 class HumanEvalTaskSet:
     """HumanEval with a stable hash split of its task ids."""
 
-    seed: int = field(default=0, metadata={"help": "Unused for order (HumanEval order is kept); part of ids."})
+    seed: int = field(default=0, metadata={"help": "Accepted like every set's seed; HumanEval keeps its own order."})
     heldout_fraction: float = field(default=0.2, metadata={"help": "Share of problems kept held out."})
     timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one check in the jail."})
     memory_mb: int = field(default=512, metadata={"help": "Address-space limit of one check, MiB."})

@@ -48,7 +48,7 @@ def decide(candidate: ModelVersionRecord, parent: ModelVersionRecord, metric_pre
             f"{parent.metrics.get(n_key)}); evaluate both with the same --n-tasks"
         )
     c, p = float(candidate.metrics[key]), float(parent.metrics[key])
-    if c >= p + cfg.margin:
+    if c - p >= cfg.margin - 1e-9:  # accuracies are ratios of counts: compare without float noise
         return Decision(promote=True, reason=f"{key} {c:.3f} beats parent {p:.3f} by >= {cfg.margin}",
                         candidate_score=c, parent_score=p)
     return Decision(promote=False, reason=f"{key} {c:.3f} does not beat parent {p:.3f} by {cfg.margin}",

@@ -387,7 +387,8 @@ def run_code(
     root = os.geteuid() == 0
     uid = _run_uid() if root else None
     exe, prefix = _python()
-    program = ["-E", "-s", "-B", "main.py", *(args or [])]
+    # -S: no site-packages, so the code gets the standard library only and starts without third-party .pth hooks.
+    program = ["-E", "-S", "-s", "-B", "main.py", *(args or [])]
     workdir = _prepare_workdir(code, files, stdin, uid)
     try:
         nproc = limits.max_processes + (0 if root else len(_pids_of(os.getuid())))

@@ -71,7 +71,7 @@ class Evolution:
 
         self.recipe = recipe
         self.store = store
-        self.console = console or Console()
+        self.console = console or Console(soft_wrap=True)  # long lines stay greppable in logs
         self.task_set = load_task_set(recipe.tasks.name, **recipe.tasks.options)
         self.runner = Runner(store, concurrency=recipe.collect.concurrency, progress=progress)
         self.base = resolve_version(store, recipe.model)

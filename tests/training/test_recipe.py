@@ -15,9 +15,9 @@ def test_the_shipped_recipe_is_valid_and_documented() -> None:
     def undocumented(model: type) -> list[str]:
         return [name for name, f in model.model_fields.items() if not f.description]
 
+    from training.promotion import PromotionSettings
     from training.recipe import CollectSettings, EngineSettings, EvalSettings, TaskSettings
     from training.sft import LoraSettings, SFTSettings
-    from training.promotion import PromotionSettings
 
     for m in (Recipe, TaskSettings, CollectSettings, EvalSettings, EngineSettings, SFTSettings, LoraSettings,
               PromotionSettings):

@@ -1,0 +1,36 @@
+"""Bad input to `strop evolve`: each error names the field or the command that fixes it."""
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agents.cli import app
+from tests.training.evolve_helpers import tiny_recipe
+
+runner = CliRunner()
+
+
+def _evolve(recipe: Path, tmp_path: Path) -> tuple[int, str]:
+    res = runner.invoke(app, ["evolve", "--recipe", str(recipe), "--db", f"sqlite:///{tmp_path / 's.db'}"])
+    return res.exit_code, " ".join(res.output.split())
+
+
+def test_unknown_field_and_wrong_type(tmp_path: Path) -> None:
+    p = tiny_recipe(tmp_path, extra="[eval]\nkk = 3\n")
+    code, out = _evolve(p, tmp_path)
+    assert code == 1 and "eval.kk: unknown field" in out
+    p.write_text(p.read_text().replace("[eval]\nkk = 3\n", "").replace("n = 4", 'n = "four"'))
+    code, out = _evolve(p, tmp_path)
+    assert code == 1 and "collect.n:" in out and "'four'" in out
+
+
+def test_task_set_that_does_not_exist(tmp_path: Path) -> None:
+    p = tiny_recipe(tmp_path)
+    p.write_text(p.read_text().replace('name = "arithmetic"', 'name = "arithmatic"'))
+    code, out = _evolve(p, tmp_path)
+    assert code == 1 and "tasks.name" in out and "arithmatic" in out and "arithmetic" in out.replace("arithmatic", "")
+
+
+def test_model_that_does_not_exist(tmp_path: Path) -> None:
+    code, out = _evolve(tiny_recipe(tmp_path, model="no-such-model"), tmp_path)
+    assert code == 1 and "`model`" in out and "no-such-model" in out and "strop models" in out

@@ -7,8 +7,10 @@ since the fallback is what users without bwrap get.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -102,13 +104,25 @@ def test_writing_outside_the_working_directory_fails(mode: str, tmp_path: Path) 
     assert not target.exists()
 
 
-def test_bwrap_hides_world_writable_tmp_too() -> None:
+def test_bwrap_hides_even_world_accessible_host_files(tmp_path: Path) -> None:
     if jail.isolation_level("auto") != Isolation.BWRAP:
         pytest.skip("bubblewrap is not available here")
     target = Path("/tmp") / f"strop-evil-{uuid.uuid4().hex}"
     r = run_code(f"open({str(target)!r}, 'w').write('x')", limits=FAST)
     assert r.verdict == JailVerdict.OK  # it wrote to the jail's own /tmp...
     assert not target.exists()  # ...which is not the host's
+    shared = Path(tempfile.mkdtemp(prefix="strop-world-", dir="/var/tmp"))
+    try:
+        shared.chmod(0o755)
+        secret = f"SECRET-{uuid.uuid4().hex}"
+        (shared / "strop.db").write_text(secret)
+        (shared / "strop.db").chmod(0o644)  # readable by anyone on the host, yet not in the jail
+        r = run_code(f"print(open({str(shared / 'strop.db')!r}).read())", limits=FAST)
+        assert r.verdict == JailVerdict.FAILED and "FileNotFoundError" in r.reason and secret not in r.stdout
+        r = run_code("import os\nprint(sorted(os.listdir('/')))", limits=FAST)
+        assert "etc" not in r.stdout and "home" not in r.stdout and "var" not in r.stdout
+    finally:
+        shutil.rmtree(shared)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -63,7 +63,7 @@ def test_infinite_loop_is_stopped(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock(mode: str) -> None:
     r = run_code("while True:\n    pass\n", isolation=mode, limits=FAST.model_copy(update={"timeout_s": 20, "cpu_s": 1}))
-    assert r.verdict == JailVerdict.TIMEOUT and "CPU" in r.reason and r.wall_s < 10
+    assert r.verdict == JailVerdict.TIMEOUT and "CPU" in r.reason and r.wall_s < 19  # the CPU limit, not the wall
 
 
 @pytest.mark.slow

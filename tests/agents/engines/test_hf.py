@@ -137,6 +137,10 @@ def test_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
         HFEngine(tmp_path)
     with pytest.raises(EngineError, match=r"no model folder.*strop models"):
         HFEngine(tmp_path / "missing")
+    from agents.models import NotAModelError
+
+    with pytest.raises(NotAModelError, match="config.json"):
+        load_engine(str(tmp_path))
 
 
 def test_unknown_backend_lists_the_valid_ones() -> None:

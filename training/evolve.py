@@ -9,6 +9,7 @@ jobs, examples consumed only when a job finishes) make sure nothing is done or t
 
 from __future__ import annotations
 
+import asyncio
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -75,10 +76,13 @@ class Evolution:
         self.task_set = load_task_set(recipe.tasks.name, **recipe.tasks.options)
         self.runner = Runner(store, concurrency=recipe.collect.concurrency, progress=progress)
         self.base = resolve_version(store, recipe.model)
-        self.evolve_id = stable_id("evolve", recipe.name, self.base.id)
+        # Same recipe (whatever --cycles, --db or output folder) and same base = same evolution, resumed.
+        fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"})
+        self.evolve_id = stable_id("evolve", recipe.name, self.base.id, fingerprint)
         self.metric_prefix = metric_key(self.task_set.name, Split.HELDOUT)
         self.metric = f"{self.metric_prefix}/{recipe.promotion.metric}"
         self.engine: Any = None
+        self._serving = asyncio.Lock()
 
     # ----------------------------------------------------------------------------------------- ids
     def cycle_run_id(self, k: int) -> str:
@@ -97,7 +101,7 @@ class Evolution:
     async def run(self, cycles: int | None = None) -> list[CycleRow]:
         cycles = cycles or self.recipe.cycles
         try:
-            await self._ensure_evaluated(self.base)
+            await self._evaluate_version(self.base)
             parent = self.base
             for k in range(1, cycles + 1):
                 parent = await self._cycle(k, parent)
@@ -158,8 +162,7 @@ class Evolution:
             n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
             system_prompt=c.system_prompt, dedupe_examples=c.dedupe_examples,
         )
-        await self._serve(parent)
-        graph = best_of_n.build_graph(self.engine, VerifierCritic(self.task_set), loop_cfg)
+        graph = best_of_n.build_graph(_ServedBy(self, parent), VerifierCritic(self.task_set), loop_cfg)
         run = RunRecord(id=self.collect_run_id(k), loop=best_of_n.LOOP_NAME, model_ids=[parent.id],
                         config={"evolve_id": self.evolve_id, "cycle": k, "loop": loop_cfg.model_dump(mode="json")})
         res = await self.runner.run(graph, tasks, run, label=f"cycle {k} collect")
@@ -187,8 +190,8 @@ class Evolution:
                 raise RuntimeError(f"cycle {k}: training failed {attempt} times; see `strop db stats` for the errors")
         try:
             res = train_sft_candidate(
-                self.store, parent, output_dir=self.recipe.run_dir() / "models" / f"c{k}",
-                settings=self.recipe.train, name=f"{self.recipe.name}-c{k}", job_id=self.job_id(k, attempt),
+                self.store, parent, output_dir=self.recipe.run_dir() / "models" / f"{self.evolve_id[:8]}-c{k}",
+                settings=self.recipe.train, name=self._candidate_name(k), job_id=self.job_id(k, attempt),
                 model_id=self.candidate_id(k),
             )
         except NothingToTrainError as e:
@@ -201,10 +204,13 @@ class Evolution:
         return CyclePhase.EVALUATE
 
     async def _evaluate(self, k: int, parent: ModelVersionRecord) -> CyclePhase:
-        await self._ensure_evaluated(self._model(self.candidate_id(k)))
+        await self._evaluate_version(self._model(self.candidate_id(k)))
         return CyclePhase.DECIDE
 
     async def _decide(self, k: int, parent: ModelVersionRecord) -> CyclePhase:
+        # Re-measured (from the store, no generation when already done) so both sides use this recipe's
+        # evaluation settings even if another recipe evaluated the parent differently since.
+        await self._evaluate_version(parent)
         candidate = self._model(self.candidate_id(k))
         decision = decide(candidate, self._model(parent.id), self.metric_prefix, self.recipe.promotion)
         self.store.update_model_metrics(candidate.id, {"decision": decision.reason})
@@ -222,22 +228,28 @@ class Evolution:
             raise RuntimeError(f"model version {model_id} vanished from the registry; see `strop models list`")
         return version
 
-    async def _serve(self, version: ModelVersionRecord) -> None:
-        if self.engine is None:
-            self.engine = load_version_engine(version, backend=self.recipe.engine.backend,
-                                              max_batch_size=self.recipe.engine.max_batch_size)
-        elif self.engine.model_version != version.id:
-            await self.engine.reload(version.path, adapter_path=version.adapter_path, model_version=version.id)
+    def _candidate_name(self, k: int) -> str:
+        name = f"{self.recipe.name}-c{k}"
+        other = self.store.get_model(name)
+        return name if other is None or other.id == self.candidate_id(k) else f"{name}-{self.evolve_id[:6]}"
 
-    async def _ensure_evaluated(self, version: ModelVersionRecord) -> None:
-        if self.metric in version.metrics and version.metrics.get(f"{self.metric_prefix}/n_tasks") == self.recipe.tasks.heldout:
-            return
-        await self._serve(version)
+    async def _serve(self, version: ModelVersionRecord) -> None:
+        """Make the engine serve `version`: load it the first time, reload weights when the version changes."""
+        async with self._serving:
+            if self.engine is None:
+                self.engine = load_version_engine(version, backend=self.recipe.engine.backend,
+                                                  max_batch_size=self.recipe.engine.max_batch_size)
+            elif self.engine.model_version != version.id:
+                await self.engine.reload(version.path, adapter_path=version.adapter_path, model_version=version.id)
+
+    async def _evaluate_version(self, version: ModelVersionRecord) -> None:
+        """Held-out evaluation with this recipe's settings; episodes already in the store are not redone."""
         cfg = EvalConfig(split=Split.HELDOUT, n_tasks=self.recipe.tasks.heldout, k=self.recipe.eval.k,
                          max_tokens=self.recipe.collect.max_tokens, system_prompt=self.recipe.collect.system_prompt)
-        res = await evaluate(self.engine, self.task_set, store=self.store, model_id=version.id, config=cfg,
-                             runner=self.runner)
-        self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
+        res = await evaluate(_ServedBy(self, version), self.task_set, store=self.store, model_id=version.id,
+                             config=cfg, runner=self.runner)
+        if res.seconds > 1 or "eval_seconds" not in version.metrics:
+            self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
         self.console.print(f"{version.name}: held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks "
                            f"({res.seconds / 60:.1f} min)")
 
@@ -324,3 +336,22 @@ def _plot(rows: list[CycleRow], path: Path, *, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+class _ServedBy:
+    """The evolution's one engine, switched to `version` on first use: a phase whose episodes are all in the
+    store already never loads weights."""
+
+    def __init__(self, evolution: Evolution, version: ModelVersionRecord) -> None:
+        self.evolution, self.version = evolution, version
+
+    @property
+    def model_version(self) -> str:
+        return self.version.id
+
+    async def generate(self, requests: list[Any]) -> list[list[Any]]:
+        await self.evolution._serve(self.version)
+        return await self.evolution.engine.generate(requests)
+
+    async def close(self) -> None:
+        return None

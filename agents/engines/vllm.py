@@ -164,6 +164,16 @@ class VLLMEngine:
         self.tokenizer = self._auto_tokenizer.from_pretrained(str(model_path))
         self.context_length: int = int(self._llm.model_config.max_model_len)
 
+    def _check_adapter(self, adapter_path: str | Path) -> Path:
+        folder = _folder(adapter_path, "adapter", "adapter_config.json")
+        rank = json.loads((folder / "adapter_config.json").read_text()).get("r", 0)
+        if rank > self._max_lora_rank:
+            raise EngineError(
+                f"adapter {folder} has LoRA rank {rank}, above this engine's max_lora_rank={self._max_lora_rank}: "
+                f"create the engine with max_lora_rank={rank} or more"
+            )
+        return folder
+
     def _use_adapter_now(self, adapter_path: str | Path | None) -> None:
         """Point new requests at an adapter (or none); a fresh id makes vLLM load it rather than reuse a cache."""
         if adapter_path is None:
@@ -172,13 +182,7 @@ class VLLMEngine:
             return
         from vllm.lora.request import LoRARequest
 
-        folder = _folder(adapter_path, "adapter", "adapter_config.json")
-        rank = json.loads((folder / "adapter_config.json").read_text()).get("r", 0)
-        if rank > self._max_lora_rank:
-            raise EngineError(
-                f"adapter {folder} has LoRA rank {rank}, above this engine's max_lora_rank={self._max_lora_rank}: "
-                f"create the engine with max_lora_rank={rank} or more"
-            )
+        folder = self._check_adapter(adapter_path)
         lora_id = next(self._lora_ids)
         self._lora = LoRARequest(
             lora_name=f"{folder.name}-{lora_id}", lora_int_id=lora_id, lora_path=str(folder)
@@ -198,6 +202,8 @@ class VLLMEngine:
         """Serve new weights (after a promotion); see the module docstring for which path each case takes."""
         self._check_open()
         new_model = _folder(model_path, "model", "config.json")
+        if adapter_path is not None:
+            self._check_adapter(adapter_path)  # before touching the weights being served
         async with self._exclusive():
             old_lora = self._lora
             if new_model != self.model_path or (adapter_path is not None and not self._enable_lora):
@@ -209,7 +215,11 @@ class VLLMEngine:
                     await self._reload_in_place(new_model)
                 else:
                     self._llm.shutdown()
-                    self._start(new_model)
+                    try:
+                        self._start(new_model)
+                    except EngineError:
+                        self._closed = True  # the old engine is gone; nothing can be served any more
+                        raise
                     old_lora = None  # a new engine holds no adapters
             self._use_adapter_now(adapter_path)
             if old_lora is not None:
@@ -224,7 +234,7 @@ class VLLMEngine:
         except Exception as exc:  # the worker's error comes back wrapped; keep it chained
             raise EngineError(
                 f"vLLM could not reload weights from {new_model} in place ({type(exc).__name__}: {exc}); "
-                "the engine still serves the old weights"
+                "some layers may hold the new weights: reload again, or close this engine and load a new one"
             ) from exc
         finally:
             await self._llm.resume_generation()

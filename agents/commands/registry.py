@@ -134,11 +134,15 @@ def register(models_app: typer.Typer) -> None:
         """The model cache, and the registry: every version with its lineage, status and metrics (* = current)."""
         from rich.console import Console
 
-        from memory import Store
+        from memory import Store, StoreConnectionError
 
         if cache and cache_list is not None and cache_list.callback is not None:
             cache_list.callback()
-        store = Store(db)
+        try:
+            store = Store(db, create=False)  # listing must not leave an empty strop.db behind
+        except StoreConnectionError as e:
+            typer.echo(f"no registry yet: {e}")
+            return
         versions = store.list_models(lineage=lineage)
         if not versions:
             typer.echo("the registry is empty: versions appear after `strop eval`, `strop train sft` or `strop evolve`")

@@ -97,6 +97,10 @@ def _sqlite_events(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        # 64 MiB page cache (default 2 MiB): the random-key indexes of a big store stay in memory.
+        cur.execute("PRAGMA cache_size=-65536")
+        # Checkpoint the WAL every ~16 MiB instead of 4 MiB: fewer fsyncs for a busy writer.
+        cur.execute("PRAGMA wal_autocheckpoint=4000")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -135,36 +135,44 @@ class Store(RegistryMixin, TrainingDataMixin):
                 )
         if not episodes:
             return set()
+        unique = list({ep.id: ep for ep in reversed(episodes)}.values())[::-1]  # same id twice: write the first
+        # Fast path: insert straight away. A new episode (nearly always the case) costs no extra round trip;
+        # the primary keys and the foreign key to runs catch retries and mistakes.
         try:
             with self._write() as conn:
-                return self._insert_episodes(conn, episodes)
+                return self._insert_episodes(conn, unique)
         except IntegrityError:
+            pass
+        # Something is already stored (a retry) or wrong: look before writing, and name what is wrong.
+        try:
+            with self._write() as conn:
+                existing: set[str] = set()
+                for ids in chunks([ep.id for ep in unique]):
+                    existing.update(conn.scalars(select(Episode.id).where(Episode.id.in_(ids))))
+                new = [ep for ep in unique if ep.id not in existing]
+                run_ids = {ep.run_id for ep in new}
+                missing = run_ids - set(conn.scalars(select(Run.id).where(Run.id.in_(run_ids))))
+                if missing:
+                    raise NotFoundError(
+                        f"episodes name run(s) {sorted(missing)} that are not in the store: call "
+                        "create_run(RunRecord) before writing their episodes"
+                    )
+                return self._insert_episodes(conn, new)
+        except IntegrityError as exc:
             # A concurrent writer stored one of them between our check and our insert: retry one by one, so
             # each duplicate is skipped by the check and any real conflict surfaces with its own episode.
-            if len(episodes) == 1:
-                if self.has_episode(episodes[0].id):
-                    return set()
-                raise
-            return set().union(*(self._write_batch([ep]) for ep in episodes))
+            if len(unique) > 1:
+                return set().union(*(self._write_batch([ep]) for ep in unique))
+            if self.has_episode(unique[0].id):
+                return set()
+            raise StoreError(
+                f"episode {unique[0].id} could not be written: {exc.orig}. A step, critique or example id in it "
+                "is already used by another episode; ids must be unique (records.new_id() makes them)."
+            ) from exc
 
-    def _insert_episodes(self, conn: Connection, episodes: Sequence[EpisodeRecord]) -> set[str]:
-        existing = set()
-        for ids in chunks([ep.id for ep in episodes]):
-            existing.update(conn.scalars(select(Episode.id).where(Episode.id.in_(ids))))
-        new: list[EpisodeRecord] = []
-        for ep in episodes:
-            if ep.id not in existing:
-                existing.add(ep.id)  # the same id twice in one batch is written once
-                new.append(ep)
+    def _insert_episodes(self, conn: Connection, new: Sequence[EpisodeRecord]) -> set[str]:
         if not new:
             return set()
-        run_ids = {ep.run_id for ep in new}
-        missing = run_ids - set(conn.scalars(select(Run.id).where(Run.id.in_(run_ids))))
-        if missing:
-            raise NotFoundError(
-                f"episodes name run(s) {sorted(missing)} that are not in the store: call create_run(RunRecord) "
-                "before writing their episodes"
-            )
         now = utcnow()
         ep_rows, step_rows, crit_rows, ex_rows = [], [], [], []
         for ep in new:

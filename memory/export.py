@@ -42,6 +42,9 @@ REQUIRED: dict[ExampleKind, list[set[str]]] = {
 }
 
 
+CANONICAL = ("prompt", "completion", "completions", "chosen", "rejected", "messages", "text", "labels", "reward")
+
+
 def parse_kind(kind: ExampleKind | str) -> ExampleKind:
     try:
         return KIND_NAMES[str(kind)]
@@ -54,7 +57,7 @@ def check_payload(example: ExampleRecord, kind: ExampleKind) -> None:
         raise StoreError(f"example {example.id} is of kind {example.kind}, not {kind}: export one kind at a time")
     keys = set(example.payload)
     if not any(alt <= keys for alt in REQUIRED[kind]):
-        wanted = " or ".join("/".join(sorted(a)) for a in REQUIRED[kind])
+        wanted = " or ".join("/".join(c for c in CANONICAL if c in alt) for alt in REQUIRED[kind])
         raise StoreError(
             f"example {example.id} ({kind}) has payload keys {sorted(keys)}; TRL needs {wanted}. "
             "The loop that wrote it builds a malformed payload."
@@ -65,9 +68,11 @@ def to_rows(examples: Sequence[ExampleRecord], kind: ExampleKind | str) -> list[
     kind = parse_kind(kind)
     for ex in examples:
         check_payload(ex, kind)
-    columns: dict[str, None] = {}
+    names: set[str] = set()
     for ex in examples:
-        columns.update(dict.fromkeys(ex.payload))
+        names.update(ex.payload)
+    # PostgreSQL's JSONB does not keep key order: give columns TRL's usual order, then the rest by name.
+    columns = [c for c in CANONICAL if c in names] + sorted(names - set(CANONICAL))
     # Every row gets every column: datasets would otherwise take the columns of the first row only.
     return [{c: ex.payload.get(c) for c in columns} for ex in examples]
 

@@ -100,7 +100,7 @@ def run_sft(
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=cfg.weight_decay,
         max_length=cfg.max_length,
         seed=cfg.seed,
@@ -108,7 +108,7 @@ def run_sft(
         fp16=False,
         use_cpu=not cuda,
         # TRL turns this on by default; on a small model it only trades speed for memory we do not need.
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         report_to=cfg.report_to or "none",
         logging_steps=cfg.logging_steps,
         save_strategy="no",

@@ -145,7 +145,7 @@ class EmbeddingMemory:
         return stored
 
     def index_critiques(self) -> int:
-        """Embed every critique not embedded yet (its text, or its verdict when it has none)."""
+        """Embed every critique with text that is not embedded yet."""
         items = self._missing(CRITIQUE, select(Critique.id, Critique.text))
         return self.add(CRITIQUE, [(i, t) for i, t in items if t.strip()])
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from memory.records import JobStatus, ModelStatus, ModelVersionRecord, Role, TrainingJobRecord
-from training.datasets import claim_sft
+from training.builders import claim_sft
 from training.sft import SFTSettings, run_sft
 
 

@@ -36,6 +36,15 @@ class BestOfNConfig(BaseModel):
     emit_examples: bool = Field(True, description="Emit SFT examples from correct answers (off for evaluation).")
     dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer text of a task.")
     seed: int | None = Field(None, description="Sampling seed; None draws one per request.")
+    rationalize: bool = Field(
+        False,
+        description="STaR rationalization: when no answer is correct, sample again with the reference answer "
+        "as a hint and keep the correct ones as examples for the un-hinted prompt.",
+    )
+    hint_template: str = Field(
+        "{prompt} (Hint: the answer is {answer}.)",
+        description="The hinted prompt for rationalization; {prompt} and {answer} are filled in.",
+    )
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -52,6 +61,8 @@ class BestOfNState(TypedDict, total=False):
     episode_id: str  # input
     samples: list[dict[str, Any]]  # Completion as JSON, one per sampled answer
     critiques: list[dict[str, Any]]  # Critique as JSON, aligned with samples
+    hinted_samples: list[dict[str, Any]]  # rationalization: answers sampled with the reference as a hint
+    hinted_critiques: list[dict[str, Any]]
     episode: dict[str, Any]  # EpisodeRecord as JSON (output)
 
 
@@ -72,16 +83,31 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
         )
         return {"critiques": [c.model_dump(mode="json") for c in critiques]}
 
+    async def rationalize(state: BestOfNState) -> dict[str, Any]:
+        task = Task.model_validate(state["task"])
+        hinted = task.model_copy(update={"prompt": cfg.hint_template.format(prompt=task.prompt, answer=task.answer)})
+        [completions] = await engine.generate([chat_request(task_messages(hinted, cfg.system_prompt), cfg.sampling())])
+        critiques = await asyncio.gather(*(critic.critique(task, c.text, task.reference_solution) for c in completions))
+        return {"hinted_samples": [completion_json(c) for c in completions],
+                "hinted_critiques": [c.model_dump(mode="json") for c in critiques]}
+
+    def after_verify(state: BestOfNState) -> str:
+        all_wrong = not any(Critique.model_validate(c).correct for c in state["critiques"])
+        train = Task.model_validate(state["task"]).split == Split.TRAIN
+        return "rationalize" if cfg.rationalize and cfg.emit_examples and train and all_wrong else "record"
+
     def record(state: BestOfNState) -> dict[str, Any]:
         return {"episode": _episode(state, cfg).model_dump(mode="json")}
 
     graph = StateGraph(BestOfNState)
     graph.add_node("sample", sample)
     graph.add_node("verify", verify)
+    graph.add_node("rationalize", rationalize)
     graph.add_node("record", record)
     graph.add_edge(START, "sample")
     graph.add_edge("sample", "verify")
-    graph.add_edge("verify", "record")
+    graph.add_conditional_edges("verify", after_verify, ["rationalize", "record"])
+    graph.add_edge("rationalize", "record")
     graph.add_edge("record", END)
     return graph
 
@@ -94,14 +120,19 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
     critiques: list[CritiqueRecord] = []
     examples: list[ExampleRecord] = []
     seen: set[str] = set()
-    for i, (s, c) in enumerate(zip(state["samples"], state["critiques"], strict=True)):
+    n_plain = len(state["samples"])
+    pairs = [*zip(state["samples"], state["critiques"], strict=True),
+             *zip(state.get("hinted_samples", []), state.get("hinted_critiques", []), strict=True)]
+    for i, (s, c) in enumerate(pairs):
         crit = Critique.model_validate(c)
+        hinted = i >= n_plain
         step_id = stable_id(eid, "step", i)
         steps.append(
             StepRecord(
                 id=step_id, index=i, role="assistant", model_version=s["model_version"], text=s["text"],
                 prompt_token_ids=s["prompt_token_ids"], token_ids=s["token_ids"], logprobs=s["logprobs"],
-                reward=crit.reward, metadata={"finish_reason": s["finish_reason"], "extracted": crit.extracted},
+                reward=crit.reward,
+                metadata={"finish_reason": s["finish_reason"], "extracted": crit.extracted, "hinted": hinted},
             )
         )
         critiques.append(
@@ -114,6 +145,8 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
         # Held-out answers never become training data: the store refuses them, and so do we.
         if not (cfg.emit_examples and crit.correct and task.split == Split.TRAIN):
             continue
+        if hinted and "hint" in s["text"].lower():  # a rationale that cites the hint teaches nothing un-hinted
+            continue
         if cfg.dedupe_examples and s["text"].strip() in seen:
             continue
         seen.add(s["text"].strip())
@@ -124,15 +157,19 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
                 episode_id=eid, task_id=task.id, split=str(task.split),
             )
         )
-    n = len(steps)
-    correct = sum(1 for c in critiques if c.verdict == "correct")
+    # Accuracy counts the policy's own answers; hinted ones are reported apart.
+    verdicts = [c.verdict == "correct" for c in critiques]
+    correct = sum(verdicts[:n_plain])
+    outcome: dict[str, Any] = {
+        "n": n_plain, "correct": correct, "pass": correct > 0, "examples": len(examples),
+        "tokens": sum(len(s.token_ids or []) for s in steps),
+        "first_correct": next((i for i, ok in enumerate(verdicts[:n_plain]) if ok), None),
+    }
+    if len(steps) > n_plain:
+        outcome.update(hinted=len(steps) - n_plain, rationalized=sum(verdicts[n_plain:]))
     return EpisodeRecord(
         id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
-        reward=correct / n if n else 0.0,
-        outcome={
-            "n": n, "correct": correct, "pass": correct > 0, "examples": len(examples),
-            "tokens": sum(len(s.token_ids or []) for s in steps),
-            "first_correct": next((s.index for s, c in zip(steps, critiques, strict=True) if c.verdict == "correct"), None),
-        },
+        reward=correct / n_plain if n_plain else 0.0,
+        outcome=outcome,
         steps=steps, critiques=critiques, examples=examples,
     )

@@ -92,3 +92,28 @@ async def test_best_of_n_runs_as_a_subgraph_inside_a_users_graph() -> None:
 
 def test_state_schema_is_exported() -> None:
     assert {"task", "samples", "critiques", "episode"} <= set(best_of_n.BestOfNState.__annotations__)
+
+
+async def test_rationalization_hints_only_all_wrong_tasks_and_trains_the_unhinted_prompt() -> None:
+    def answer(prompt: str, i: int) -> str:  # wrong without the hint; with it, right (and once citing it)
+        if "Hint" not in prompt:
+            return "#### 0"
+        value = prompt.split("the answer is ")[1].rstrip(".)")
+        return f"as the hint says, {value}" if i == 0 else f"so it is #### {value}"
+
+    engine = ScriptedEngine(answer=answer)
+    task = TS.tasks(Split.TRAIN, 1)[0]
+    cfg = best_of_n.BestOfNConfig(n=3, rationalize=True)
+    out = await best_of_n.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, "r"))
+    ep = EpisodeRecord.model_validate(out["episode"])
+    assert len(engine.calls) == 2 and "Hint: the answer is" in engine.calls[1]
+    assert ep.outcome["correct"] == 0 and ep.outcome["n"] == 3  # accuracy is the policy's own
+    assert ep.outcome["rationalized"] == 3 and len(ep.steps) == 6
+    assert [s.metadata["hinted"] for s in ep.steps] == [False] * 3 + [True] * 3
+    assert len(ep.examples) == 2  # the one citing the hint is dropped
+    assert ep.examples[0].payload["prompt"] == [{"role": "user", "content": task.prompt}]  # no hint in training
+
+    # A task with a correct answer, or an evaluation, is never hinted.
+    engine2 = ScriptedEngine()
+    await best_of_n.build_graph(engine2, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, "r"))
+    assert len(engine2.calls) == 1

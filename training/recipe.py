@@ -42,6 +42,9 @@ class CollectSettings(BaseModel):
     max_tokens: int = Field(48, ge=1, description="Most new tokens per answer (also used for evaluation).")
     system_prompt: str | None = Field(None, description="System message for every task, in collection, training and evaluation.")
     dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer of a task.")
+    rationalize: bool = Field(
+        False, description="STaR rationalization: re-sample tasks with no correct answer with the reference answer as a hint."
+    )
     concurrency: int = Field(64, ge=1, description="Episodes in flight at once (the engine batches across them).")
 
 

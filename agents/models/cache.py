@@ -181,9 +181,13 @@ def staging_dir(name: str) -> Iterator[Path]:
     try:
         yield tmp
         final = root / name
+        # Swap by renames so a reader sees the old entry or the new one, never a missing or half one.
+        old = root / f".{name}.old.{os.getpid()}"
         if final.exists():
-            shutil.rmtree(final)
+            final.rename(old)
         tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

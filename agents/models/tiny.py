@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from agents.models.cache import (
     TINY,
@@ -84,6 +84,12 @@ class TinyBuildConfig(BaseModel):
     intermediate_size: int = Field(384, ge=16, description="MLP width.")
     max_position_embeddings: int = Field(1024, ge=64, description="Context length (RoPE, so no parameter cost).")
     bpe_vocab_size: int = Field(384, ge=280, description="BPE vocabulary incl. the 256 byte symbols and specials.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyBuildConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        return self
 
 
 def _training_texts(cfg: TinyBuildConfig) -> tuple[list[tuple[str, str]], list[Task]]:

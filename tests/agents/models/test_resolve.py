@@ -116,3 +116,58 @@ def test_listing_skips_incomplete_and_hidden(cache: Path) -> None:
     assert cached_names() == ["tiny"]
     [entry] = cached_entries()
     assert entry["name"] == "tiny" and entry["parameters"] == 5 and entry["path"] == cache / "tiny"
+
+
+def test_staging_failure_leaves_no_entry(cache: Path) -> None:
+    from agents.models.cache import staging_dir
+
+    with pytest.raises(RuntimeError, match="boom"), staging_dir("tiny") as tmp:
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("boom")
+    assert not (cache / "tiny").exists()
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_staging_replaces_entry_whole(cache: Path) -> None:
+    from agents.models.cache import staging_dir
+
+    _fake_model(cache / "tiny", meta={"source": "old"})
+    with staging_dir("tiny") as tmp:
+        _fake_model(tmp / "x")  # unrelated content proves the old folder is not merged in
+        (tmp / "meta.json").write_text(json.dumps({"source": "new"}))
+    assert json.loads((cache / "tiny" / "meta.json").read_text()) == {"source": "new"}
+    assert not (cache / "tiny" / "config.json").exists()
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["tiny"]
+
+
+def test_cache_lock_serialises_builders(cache: Path) -> None:
+    """A second builder waits for the first: the lock is what lets parallel test workers share one build."""
+    import threading
+    import time
+
+    from agents.models.cache import cache_lock
+
+    events: list[str] = []
+
+    def second() -> None:
+        with cache_lock("tiny"):
+            events.append("second")
+
+    with cache_lock("tiny"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.2)
+        events.append("first done")
+    t.join(timeout=5)
+    assert events == ["first done", "second"]
+
+
+def test_tiny_config_rejects_bad_shapes() -> None:
+    from pydantic import ValidationError
+
+    from agents.models.tiny import TinyBuildConfig
+
+    with pytest.raises(ValidationError, match="multiple of num_heads"):
+        TinyBuildConfig(hidden_size=128, num_heads=5)
+    with pytest.raises(ValidationError, match="max_steps"):
+        TinyBuildConfig(max_steps=0)

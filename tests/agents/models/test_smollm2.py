@@ -50,9 +50,9 @@ def test_trl_trains_it(smollm2_path: Path, tmp_path: Path) -> None:
     data = Dataset.from_list([
         {"prompt": [{"role": "user", "content": "What is 2 + 3?"}],
          "completion": [{"role": "assistant", "content": "Step 1: 2 + 3 = 5\n#### 5"}]},
-    ] * 2)
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to=[],
-                     save_strategy="no", use_cpu=True, max_length=64, logging_steps=1)
+    ])
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, report_to=[],
+                     save_strategy="no", use_cpu=True, max_length=48, logging_steps=1)
     trainer = SFTTrainer(model=str(smollm2_path), args=args, train_dataset=data)
     result = trainer.train()
     assert result.global_step == 1 and result.training_loss > 0

@@ -107,3 +107,13 @@ def test_trl_sft_assistant_only_loss(tiny_model_path: Path, tmp_path: Path) -> N
                      save_strategy="no", use_cpu=True, max_length=64, assistant_only_loss=True)
     result = SFTTrainer(model=str(tiny_model_path), args=args, train_dataset=data).train()
     assert result.global_step == 1
+
+
+def test_continue_final_message(tiny_model_path: Path) -> None:
+    """Engines continue a partial assistant turn (e.g. a step prefix in tree search) without closing it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    msgs = [{"role": "user", "content": "What is 1 + 2?"}, {"role": "assistant", "content": "Step 1:"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, continue_final_message=True)
+    assert text == "<|user|>\nWhat is 1 + 2?\n<|assistant|>\nStep 1:"

@@ -66,8 +66,13 @@ def _dequantize_to_plain_llama(gguf: Path) -> tuple[object, object]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    # transformers' own message for a missing gguf does not say how this project installs it.
+    if importlib.util.find_spec("gguf") is None:
+        raise Smollm2ImportError("reading the GGUF file needs the `gguf` package: pip install gguf (or `make setup`)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if loaded.config.model_type != "llama":
+        raise Smollm2ImportError(f"{gguf.name} holds a {loaded.config.model_type!r} model, expected a Llama (SmolLM2)")
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)

@@ -183,6 +183,7 @@ def staging_dir(name: str) -> Iterator[Path]:
         final = root / name
         # Swap by renames so a reader sees the old entry or the new one, never a missing or half one.
         old = root / f".{name}.old.{os.getpid()}"
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a cache is shared with other users and the jail
         if final.exists():
             final.rename(old)
         tmp.rename(final)

@@ -137,6 +137,7 @@ def test_staging_replaces_entry_whole(cache: Path) -> None:
         (tmp / "meta.json").write_text(json.dumps({"source": "new"}))
     assert json.loads((cache / "tiny" / "meta.json").read_text()) == {"source": "new"}
     assert not (cache / "tiny" / "config.json").exists()
+    assert (cache / "tiny").stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["tiny"]
 
 

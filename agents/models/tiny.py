@@ -52,7 +52,7 @@ CHAT_TEMPLATE = (
 
 
 class TinyBuildConfig(BaseModel):
-    """How the tiny model is shaped and pre-trained. Defaults reach ~40% on two-digit addition in ~1 min."""
+    """How the tiny model is shaped and pre-trained. Defaults: 42% held-out in ~75 s of one CPU core (seed 0)."""
 
     seed: int = Field(0, description="Seeds weights, data order and sampling of the training problems.")
     max_steps: int = Field(2000, ge=1, description="Upper bound on optimizer steps.")
@@ -115,7 +115,7 @@ def _training_texts(cfg: TinyBuildConfig) -> tuple[list[tuple[str, str]], list[T
     return pairs, validation
 
 
-def build_tokenizer(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: Sequence[str], vocab_size: int, max_length: int = 1024) -> PreTrainedTokenizerFast:
     """Byte-level BPE (any text encodes) whose digits are always single tokens, so carries are learnable."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -133,7 +133,7 @@ def build_tokenizer(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokeniz
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
-        additional_special_tokens=SPECIAL_TOKENS[3:], model_max_length=1024,
+        additional_special_tokens=SPECIAL_TOKENS[3:], model_max_length=max_length,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -181,22 +181,26 @@ def accuracy(
         raise ValueError("accuracy() needs at least one task")
     was_training = model.training
     model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # batched generation needs left padding
     correct = 0
-    for i in range(0, len(tasks), batch_size):
-        chunk = tasks[i : i + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": t.prompt}], add_generation_prompt=True, tokenize=False)
-            for t in chunk
-        ]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(task_set.verify(t, text).correct for t, text in zip(chunk, texts, strict=True))
-    tokenizer.padding_side = side
-    model.train(was_training)
+    try:
+        for i in range(0, len(tasks), batch_size):
+            chunk = tasks[i : i + batch_size]
+            prompts = [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": t.prompt}], add_generation_prompt=True, tokenize=False
+                )
+                for t in chunk
+            ]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            correct += sum(task_set.verify(t, text).correct for t, text in zip(chunk, texts, strict=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
     return correct / len(tasks)
 
 
@@ -299,7 +303,7 @@ def _build_into_cache(cfg: TinyBuildConfig, say: Callable[[str], None]) -> None:
 
     torch.manual_seed(cfg.seed)
     pairs, validation = _training_texts(cfg)
-    tokenizer = build_tokenizer([f"{p}\n{a}" for p, a in pairs], cfg.bpe_vocab_size)
+    tokenizer = build_tokenizer([f"{p}\n{a}" for p, a in pairs], cfg.bpe_vocab_size, cfg.max_position_embeddings)
     model = _build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"pre-training tiny ({n_params:,} parameters) on {len(pairs)} arithmetic problems, "

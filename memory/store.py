@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import JSON, Connection, Table, func, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from memory.core import (
@@ -25,6 +26,7 @@ from memory.core import (
     run_from_row,
     step_from_row,
 )
+from memory.db import to_json_text
 from memory.errors import HeldoutLeakError, NotFoundError, StoreError
 from memory.group_commit import GroupCommitter
 from memory.records import (
@@ -63,6 +65,13 @@ class Store(RegistryMixin, TrainingDataMixin):
         self.group_commit = group_commit
         self._committer: GroupCommitter | None = None
         self._committer_lock = threading.Lock()
+        self._pg_sql: dict[str, tuple[str, list[str]]] = {}
+        # Pipelined inserts raise psycopg's own IntegrityError, outside SQLAlchemy.
+        self._integrity_errors: tuple[type[Exception], ...] = (IntegrityError,)
+        if not self.is_sqlite:
+            import psycopg
+
+            self._integrity_errors += (psycopg.errors.IntegrityError,)
 
     def close(self) -> None:
         with self._committer_lock:
@@ -141,7 +150,7 @@ class Store(RegistryMixin, TrainingDataMixin):
         try:
             with self._write() as conn:
                 return self._insert_episodes(conn, unique)
-        except IntegrityError:
+        except self._integrity_errors:
             pass
         # Something is already stored (a retry) or wrong: look before writing, and name what is wrong.
         try:
@@ -158,7 +167,7 @@ class Store(RegistryMixin, TrainingDataMixin):
                         "create_run(RunRecord) before writing their episodes"
                     )
                 return self._insert_episodes(conn, new)
-        except IntegrityError as exc:
+        except self._integrity_errors as exc:
             # A concurrent writer stored one of them between our check and our insert: retry one by one, so
             # each duplicate is skipped by the check and any real conflict surfaces with its own episode.
             if len(unique) > 1:
@@ -166,7 +175,7 @@ class Store(RegistryMixin, TrainingDataMixin):
             if self.has_episode(unique[0].id):
                 return set()
             raise StoreError(
-                f"episode {unique[0].id} could not be written: {exc.orig}. A step, critique or example id in it "
+                f"episode {unique[0].id} could not be written: {getattr(exc, 'orig', exc)}. A step, critique or example id in it "
                 "is already used by another episode; ids must be unique (records.new_id() makes them)."
             ) from exc
 
@@ -236,12 +245,39 @@ class Store(RegistryMixin, TrainingDataMixin):
                         "created_at": now + timedelta(microseconds=len(ex_rows)),
                     }
                 )
-        # executemany per table: one round trip per table, not per row.
-        conn.execute(Episode.__table__.insert(), ep_rows)
-        for table, rows in ((Step, step_rows), (Critique, crit_rows), (Example, ex_rows)):
-            if rows:
-                conn.execute(table.__table__.insert(), rows)
+        tables = ((Episode, ep_rows), (Step, step_rows), (Critique, crit_rows), (Example, ex_rows))
+        if self.is_sqlite:
+            for table, rows in tables:
+                if rows:  # executemany: one call per table, not per row
+                    conn.execute(table.__table__.insert(), rows)
+        else:
+            self._pg_pipelined_insert(conn, [(t.__table__, r) for t, r in tables if r])
         return {ep.id for ep in new}
+
+    def _pg_pipelined_insert(self, conn: Connection, tables: list[tuple[Table, list[dict[str, Any]]]]) -> None:
+        """The four inserts of a write in ONE round trip (psycopg pipeline mode).
+
+        Hand-rolled below SQLAlchemy on purpose: SQLAlchemy waits for each statement's result, so a write
+        cost one round trip per table, and a PostgreSQL writer spends most of its time waiting on round
+        trips (each one a wake-up of the server process), not on work. The SQL is SQLAlchemy's own,
+        compiled once per table; JSON columns are sent as text and cast by it.
+        """
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        with raw.pipeline(), raw.cursor() as cur:
+            for table, rows in tables:
+                sql, json_cols = self._pg_insert_sql(conn, table)
+                if json_cols:
+                    rows = [{**r, **{c: to_json_text(r[c]) for c in json_cols}} for r in rows]
+                cur.executemany(sql, rows)
+
+    def _pg_insert_sql(self, conn: Connection, table: Table) -> tuple[str, list[str]]:
+        cached = self._pg_sql.get(table.name)
+        if cached is None:
+            compiled = table.insert().compile(dialect=conn.dialect, column_keys=[c.key for c in table.columns])
+            json_cols = [c.key for c in table.columns if isinstance(c.type, JSON | JSONB)]
+            cached = self._pg_sql[table.name] = (compiled.string, json_cols)
+        return cached
 
     def has_episode(self, episode_id: str) -> bool:
         with self._read() as conn:

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-
 from memory import Store
 from memory.records import EpisodeRecord, TrainingJobRecord
 
@@ -36,17 +34,20 @@ def claim_until_empty(url: str, out: str, batch: int) -> None:
 
 
 def write_and_hang(url: str, episode_file: str, ready_file: str) -> None:
-    """Start writing an episode and stop dead inside the transaction, after its steps were inserted and
-    before its critiques, so the parent can SIGKILL a writer that is provably mid-episode."""
+    """Start writing an episode and stop dead inside its transaction, after every row was inserted and
+    before the commit (the latest, most dangerous moment), so the parent can SIGKILL a writer that is
+    provably mid-episode."""
     store = Store(url)
     episode = EpisodeRecord.model_validate_json(Path(episode_file).read_text())
+    insert = store._insert_episodes
 
-    @event.listens_for(store.engine, "before_cursor_execute")
-    def _hang(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.startswith("INSERT INTO critiques"):
-            Path(ready_file).write_text("in transaction")
-            time.sleep(120)
+    def insert_then_hang(conn: Any, episodes: Any) -> Any:
+        result = insert(conn, episodes)
+        Path(ready_file).write_text("rows inserted, transaction open")
+        time.sleep(120)
+        return result
 
+    store._insert_episodes = insert_then_hang  # type: ignore[method-assign]
     store.write_episode(episode)
     raise SystemExit("the hang hook never fired: the test no longer kills the writer mid-episode")
 

@@ -224,20 +224,20 @@ class HFEngine:
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """Token ids of the prompt: the chat template for messages, the raw text (with BOS if any) for prompts."""
         if request.prompt is not None:
-            return list(self.tokenizer(request.prompt)["input_ids"])
+            return list(self.tokenizer.encode(request.prompt))
         if not getattr(self.tokenizer, "chat_template", None):
             raise EngineError(
                 f"{self.model_path} has no chat template, so it cannot take `messages`: "
                 "send a raw `prompt` instead, or add a chat_template to its tokenizer_config.json"
             )
-        messages = [m.model_dump() for m in request.messages or []]
+        messages = [{"role": m.role, "content": m.content} for m in request.messages or []]
         text = self.tokenizer.apply_chat_template(
             messages,
             tokenize=False,
             add_generation_prompt=not request.continue_final,
             continue_final_message=request.continue_final,
         )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _check_length(self, prompt_len: int, max_tokens: int) -> None:
         if prompt_len + max_tokens > self.context_length:

@@ -103,6 +103,8 @@ def main() -> None:
 
     loop = asyncio.new_event_loop()
     rows: list[dict[str, float]] = []
+    best_a: list[float] = []
+    best_b: list[float] = []
     for round_ in range(args.repeats):
         # (a) and (b) alternate `--pairs` times: their ratio is the sensitive one, so it is taken pair by pair.
         pair_ratios, ta, tb = [], [], []
@@ -119,6 +121,8 @@ def main() -> None:
             t_c += t
             toks_c.append(toks)
         same = sum(x == y for x, y in zip(toks_a, toks_b, strict=True)) / len(prompts)
+        best_a.append(max(ta))
+        best_b.append(max(tb))
         row = {
             "a_tps": statistics.median(ta),
             "b_tps": statistics.median(tb),
@@ -152,6 +156,8 @@ def main() -> None:
         f"a/b = {med['a/b']:.2f} (target >= 0.9), a/c = {med['a/c']:.2f} (target >= 4); "
         f"per round a/b {[round(r['a/b'], 2) for r in rows]}, a/c {[round(r['a/c'], 2) for r in rows]}"
     )
+    # The fastest run of each is the one least disturbed by other jobs on the shared cores (timeit's rule).
+    print(f"best-of-runs a/b = {max(best_a) / max(best_b):.2f}")
 
 
 if __name__ == "__main__":

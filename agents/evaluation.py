@@ -80,7 +80,7 @@ async def evaluate(
     scores: dict[str, float] = {}
     run_ids: list[str] = []
     for mode, loop_cfg in modes:
-        run_id = stable_id("eval", model_id, task_set.name, cfg.split, cfg.n_tasks, mode, loop_cfg.model_dump_json())
+        run_id = stable_id("eval", model_id, task_set.name, cfg.split, cfg.n_tasks, mode, loop_cfg.model_dump_json(exclude_defaults=True))
         run = RunRecord(id=run_id, loop="eval", model_ids=[model_id],
                         config={"mode": mode, "task_set": task_set.name, "eval": cfg.model_dump(mode="json")})
         graph = best_of_n.build_graph(engine, critic, loop_cfg)

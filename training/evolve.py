@@ -77,7 +77,8 @@ class Evolution:
         self.runner = Runner(store, concurrency=recipe.collect.concurrency, progress=progress)
         self.base = resolve_version(store, recipe.model)
         # Same recipe (whatever --cycles, --db or output folder) and same base = same evolution, resumed.
-        fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"})
+        # Defaults are left out so that a field added to the recipe schema later does not orphan old runs.
+        fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True)
         self.evolve_id = stable_id("evolve", recipe.name, self.base.id, fingerprint)
         self.metric_prefix = metric_key(self.task_set.name, Split.HELDOUT)
         self.metric = f"{self.metric_prefix}/{recipe.promotion.metric}"

@@ -139,7 +139,7 @@ def test_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
         HFEngine(tmp_path / "missing")
     from agents.models import NotAModelError
 
-    with pytest.raises(NotAModelError, match="config.json"):
+    with pytest.raises(NotAModelError, match=r"config\.json"):
         load_engine(str(tmp_path))
 
 
@@ -165,3 +165,24 @@ async def test_reload_swaps_the_version(random_tiny_path: Path) -> None:
     await engine.close()
     with pytest.raises(EngineError, match="closed"):
         await engine.generate([_chat("hi")])
+
+
+async def test_lora_adapter_is_applied_and_swapped_by_reload(random_tiny_path: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(random_tiny_path)
+    # init_lora_weights=False: a random (non-zero) update, so the adapter visibly changes the logits
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+
+    request = _chat("What is 1 + 2?", max_tokens=4, temperature=0)
+    engine = HFEngine(random_tiny_path, model_version="base")
+    [[plain]] = await engine.generate([request])
+    await engine.reload(random_tiny_path, adapter_path=tmp_path / "adapter", model_version="lora")
+    [[adapted]] = await engine.generate([request])
+    assert adapted.model_version == "lora"
+    assert adapted.logprobs != plain.logprobs
+    await engine.close()
+    with pytest.raises(EngineError, match=r"adapter_config\.json"):
+        HFEngine(random_tiny_path, adapter_path=tmp_path)

@@ -111,3 +111,16 @@ async def test_a_server_that_does_not_answer_fails_fast_and_clearly() -> None:
 def test_openai_backend_needs_a_base_url() -> None:
     with pytest.raises(EngineError, match="base_url"):
         load_engine("tiny", "openai")
+
+
+async def test_a_server_that_hangs_times_out_with_bounded_retries() -> None:
+    with socket.socket() as listener:  # accepts connections (kernel backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        engine = OpenAIEngine(url, "some-model", timeout_s=0.5, max_retries=1)
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"after 2 attempts \(APITimeoutError"):
+            await engine.generate([GenerationRequest.chat("hi", max_tokens=2)])
+        assert time.monotonic() - started < 10
+        await engine.close()

@@ -63,7 +63,9 @@ class ChatCompletionRequest(_Sampling):
     continue_final_message: bool = Field(
         False, description="Continue the last assistant message (vLLM field)."
     )
-    add_generation_prompt: bool = Field(True, description="Open a new assistant turn (vLLM field).")
+    add_generation_prompt: bool = Field(
+        True, description="Accepted for vLLM compatibility; the turn is opened unless continue_final_message."
+    )
 
 
 class CompletionRequest(_Sampling):
@@ -130,7 +132,7 @@ def create_app(engine: Engine) -> FastAPI:
             return GenerationRequest(
                 messages=body.messages,
                 sampling=body.sampling(body.logprobs),
-                continue_final=body.continue_final_message or not body.add_generation_prompt,
+                continue_final=body.continue_final_message,
             )
 
         result = await _run(body, build)

@@ -124,3 +124,20 @@ async def test_a_server_that_hangs_times_out_with_bounded_retries() -> None:
             await engine.generate([GenerationRequest.chat("hi", max_tokens=2)])
         assert time.monotonic() - started < 10
         await engine.close()
+
+
+async def test_continue_final_message_round_trips(base_url: str, random_tiny_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from agents.engines import Message
+
+    messages = [Message(role="user", content="What is 1 + 1?"), Message(role="assistant", content="Step 1:")]
+    request = GenerationRequest(
+        messages=messages, continue_final=True, sampling=SamplingParams(max_tokens=3, temperature=0)
+    )
+    engine = OpenAIEngine(base_url, "random-tiny")
+    [[c]] = await engine.generate([request])
+    await engine.close()
+    # the prompt ends inside the assistant turn: no end-of-turn token after the partial answer
+    text = AutoTokenizer.from_pretrained(random_tiny_path).decode(c.prompt_token_ids)
+    assert text.endswith("<|user|>What is 1 + 1?<|end|><|assistant|>Step 1:")

@@ -171,13 +171,24 @@ def _pg_worker(url: str, n: int, seed: int, ready: Any, go: Any, out: Any) -> No
     # Each worker is its own run, as rollout workers on different hosts are.
     run = store.create_run(RunRecord(loop="best_of_n", host=f"worker-{seed}"))
     eps = make_episodes(run.id, n, seed)
+    with store.engine.connect() as conn:  # the pool hands this same connection to every write below
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     ready.release()
     go.wait()
-    start = time.perf_counter()
+    start, cpu, server = time.perf_counter(), time.process_time(), _proc_cpu(backend)
     for ep in eps:
         store.write_episode(ep)
-    out.put((start, time.perf_counter()))
+    out.put((start, time.perf_counter(), time.process_time() - cpu, _proc_cpu(backend) - server))
     store.close()
+
+
+def _proc_cpu(pid: Any) -> float:
+    """CPU seconds of a local process (the PostgreSQL backend serving a writer); 0 if not readable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_pg_writers(url: str, n_total: int, writers: int) -> float:
@@ -199,7 +210,17 @@ def bench_pg_writers(url: str, n_total: int, writers: int) -> float:
         p.join()
         if p.exitcode != 0:
             raise SystemExit(f"a PostgreSQL writer failed (exit {p.exitcode})")
-    return max(e for _, e in spans) - min(s for s, _ in spans)
+    wall = max(s[1] for s in spans) - min(s[0] for s in spans)
+    client, server = sum(s[2] for s in spans), sum(s[3] for s in spans)
+    # How much CPU the writers and their server processes got: if it does not grow with the number of
+    # writers, the machine's free CPU, not the store, is the limit.
+    print(
+        f"  {writers} writer(s): CPU per episode {1000 * (client + server) / n_total:.2f} ms "
+        f"(client {1000 * client / n_total:.2f}, server {1000 * server / n_total:.2f}); "
+        f"cores obtained {(client + server) / wall:.2f}; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    return wall
 
 
 def pg_schema_url() -> tuple[str, str]:
@@ -272,7 +293,7 @@ def main() -> None:
 
     if not args.no_pg:
         timings: dict[int, float] = {}
-        for writers in (1, args.writers, 1, args.writers):  # alternate, keep the better of two each
+        for writers in [1, args.writers] * args.rounds:  # alternate; keep the best of each
             url, schema = pg_schema_url()
             try:
                 t = bench_pg_writers(url, n, writers)

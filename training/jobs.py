@@ -43,7 +43,7 @@ def train_sft_candidate(
         metrics={"settings": cfg.model_dump(mode="json")},
     ))
     try:
-        examples, dataset = claim_sft(store, job.id, consumer=consumer, limit=limit)
+        examples, dataset = claim_sft(store, job.id, consumer=consumer, limit=limit or cfg.max_examples)
         if not examples:
             raise NothingToTrainError(
                 f"nothing to train: no unconsumed SFT examples for {parent.name}; collect some first with "

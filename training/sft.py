@@ -46,6 +46,9 @@ class SFTSettings(BaseModel):
     bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
     report_to: list[str] = Field(default_factory=list, description="Trackers (e.g. ['wandb']); empty reports nowhere.")
     logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
+    max_examples: int | None = Field(
+        None, ge=1, description="Claim at most this many examples per job (oldest first); the rest wait for the next job."
+    )
 
 
 class SFTOutcome(BaseModel):
@@ -64,9 +67,16 @@ def run_sft(
     adapter_path: str | Path | None = None,
 ) -> SFTOutcome:
     """Fine-tune on a TRL conversational prompt/completion dataset and save the result in `output_dir`."""
+    import warnings
+
+    import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()  # a few hundred rows: the bars are noise in the evolve log
+    # TRL 1.16 calls transformers 5's deprecated gradient-checkpointing names on every run; nothing we can fix.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
     cfg = settings or SFTSettings()
     started = time.monotonic()

@@ -76,6 +76,7 @@ def evolve_cmd(
     """Collect -> train -> evaluate -> promote, N times. Kill it at any point and run it again to continue."""
     _passive_threads()
     import asyncio
+    import warnings
 
     from agents.models import ModelNotFoundError
     from memory import Store
@@ -88,6 +89,8 @@ def evolve_cmd(
         _fail(str(e))
     if cycles is not None and cycles < 1:
         _fail(f"--cycles must be at least 1, got {cycles}")
+    # transformers 5 deprecations that TRL/PEFT trigger on every load; not ours to fix, only noise here.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     store = Store(db or r.db)
     try:
         evo = Evolution(r, store, progress=progress)

@@ -24,7 +24,9 @@ def _evolve(recipe: Path, db: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(tmp_path: Path, tiny_model_path: Path) -> None:
+@pytest.mark.parametrize("kill_in", ["collect", "train"])
+def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(kill_in: str, tmp_path: Path,
+                                                                      tiny_model_path: Path) -> None:
     from memory import Store
     from training.evolve import Evolution
     from training.recipe import load_recipe
@@ -43,7 +45,9 @@ def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(tmp_path:
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
         episodes = store.counts()["episodes"]
-        if episodes > heldout:  # base evaluation done, collection writing episodes: mid-cycle
+        # collect: base evaluation done, collection writing episodes. train: a job holds claimed examples.
+        hit = episodes > heldout if kill_in == "collect" else bool(store.list_jobs(JobStatus.RUNNING))
+        if hit:
             proc.send_signal(signal.SIGKILL)
             killed_at = episodes
             break
@@ -51,7 +55,10 @@ def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(tmp_path:
     out = proc.communicate()[0].decode()
     assert killed_at is not None, f"evolve ended before it could be killed:\n{out}"
     assert proc.returncode == -signal.SIGKILL
-    assert store.counts()["episodes"] < heldout + per_cycle + heldout, "killed too late to test anything"
+    if kill_in == "collect":
+        assert store.counts()["episodes"] < heldout + per_cycle, "killed after collection: too late to test it"
+    else:
+        assert store.get_model(Evolution(load_recipe(path), store, progress=False).candidate_id(1)) is None
 
     proc = _evolve(path, db)
     out = proc.communicate(timeout=300)[0].decode()

@@ -154,7 +154,7 @@ class Runner:
         return EpisodeRecord.model_validate(out["episode"])
 
     async def _result(self, run_id: str, *, ran: int, seconds: float) -> RunResult:
-        episodes = await asyncio.to_thread(self.store.list_episodes, run_id)
+        episodes = await asyncio.to_thread(self.store.list_episodes, run_id, children=False)
         res = RunResult(run_id=run_id, episodes=len(episodes), episodes_run=ran, seconds=seconds)
         for ep in episodes:
             o = ep.outcome

@@ -266,7 +266,8 @@ class Evolution:
             phase = self.phase(k)
             examples, seconds = 0, 0.0
             if collect is not None:
-                examples = sum(int(e.outcome.get("examples", 0)) for e in self.store.list_episodes(collect.id))
+                examples = sum(int(e.outcome.get("examples", 0))
+                               for e in self.store.list_episodes(collect.id, children=False))
                 if collect.finished_at is not None:
                     seconds += (collect.finished_at - collect.started_at).total_seconds()
             cand = self.store.get_model(self.candidate_id(k))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from memory import HeldoutLeakError, InvalidTransitionError, NotFoundError, Store
+from memory import HeldoutLeakError, InvalidTransitionError, NotFoundError, Store, StoreError
 from memory.records import (
     EpisodeRecord,
     ExampleKind,
@@ -199,3 +199,13 @@ async def test_one_bad_episode_fails_alone_in_a_group(store: Store, run: RunReco
     assert results[:-1] == [True] * 20
     assert isinstance(results[-1], HeldoutLeakError)
     assert not store.has_episode(bad.id) and store.counts()["episodes"] == 20
+
+
+def test_reused_step_id_is_named_not_swallowed(store: Store, run: RunRecord) -> None:
+    first = make_episode(run.id, seed=1)
+    store.write_episode(first)
+    clash = make_episode(run.id, seed=2)
+    clash.steps[0].id = first.steps[0].id
+    with pytest.raises(StoreError, match="ids must be unique"):
+        store.write_episode(clash)
+    assert not store.has_episode(clash.id)

@@ -162,6 +162,7 @@ class Evolution:
         loop_cfg = best_of_n.BestOfNConfig(
             n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
             system_prompt=c.system_prompt, dedupe_examples=c.dedupe_examples, rationalize=c.rationalize,
+            seed=None if c.seed is None else c.seed + k,  # a fresh stream every cycle
         )
         graph = best_of_n.build_graph(_ServedBy(self, parent), VerifierCritic(self.task_set), loop_cfg)
         run = RunRecord(id=self.collect_run_id(k), loop=best_of_n.LOOP_NAME, model_ids=[parent.id],

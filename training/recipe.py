@@ -45,6 +45,7 @@ class CollectSettings(BaseModel):
     rationalize: bool = Field(
         False, description="STaR rationalization: re-sample tasks with no correct answer with the reference answer as a hint."
     )
+    seed: int | None = Field(0, description="Sampling seed (each task gets its own stream); none for fresh randomness.")
     concurrency: int = Field(64, ge=1, description="Episodes in flight at once (the engine batches across them).")
 
 

@@ -35,7 +35,9 @@ class BestOfNConfig(BaseModel):
     system_prompt: str | None = Field(None, description="System message put before each task prompt (and kept in SFT examples).")
     emit_examples: bool = Field(True, description="Emit SFT examples from correct answers (off for evaluation).")
     dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer text of a task.")
-    seed: int | None = Field(None, description="Sampling seed; None draws one per request.")
+    seed: int | None = Field(
+        None, description="Sampling seed; each task samples from its own stream derived from it. None: random."
+    )
     rationalize: bool = Field(
         False,
         description="STaR rationalization: when no answer is correct, sample again with the reference answer "
@@ -46,10 +48,12 @@ class BestOfNConfig(BaseModel):
         description="The hinted prompt for rationalization; {prompt} and {answer} are filled in.",
     )
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, *stream: object) -> SamplingParams:
+        """Sampling parameters; `stream` (e.g. the task id) picks a reproducible seed when `seed` is set."""
+        seed = None if self.seed is None else int(stable_id(self.seed, *stream)[:12], 16)
         return SamplingParams(
             n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-            stop=self.stop, seed=self.seed, logprobs=True,
+            stop=self.stop, seed=seed, logprobs=True,
         )
 
 
@@ -72,7 +76,7 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
 
     async def sample(state: BestOfNState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
-        request = chat_request(task_messages(task, cfg.system_prompt), cfg.sampling())
+        request = chat_request(task_messages(task, cfg.system_prompt), cfg.sampling(task.id))
         [completions] = await engine.generate([request])
         return {"samples": [completion_json(c) for c in completions]}
 
@@ -86,7 +90,8 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
     async def rationalize(state: BestOfNState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
         hinted = task.model_copy(update={"prompt": cfg.hint_template.format(prompt=task.prompt, answer=task.answer)})
-        [completions] = await engine.generate([chat_request(task_messages(hinted, cfg.system_prompt), cfg.sampling())])
+        request = chat_request(task_messages(hinted, cfg.system_prompt), cfg.sampling(task.id, "hint"))
+        [completions] = await engine.generate([request])
         critiques = await asyncio.gather(*(critic.critique(task, c.text, task.reference_solution) for c in completions))
         return {"hinted_samples": [completion_json(c) for c in completions],
                 "hinted_critiques": [c.model_dump(mode="json") for c in critiques]}

@@ -117,3 +117,9 @@ async def test_rationalization_hints_only_all_wrong_tasks_and_trains_the_unhinte
     engine2 = ScriptedEngine()
     await best_of_n.build_graph(engine2, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, "r"))
     assert len(engine2.calls) == 1
+
+
+def test_a_seed_gives_each_task_its_own_reproducible_stream() -> None:
+    cfg = best_of_n.BestOfNConfig(seed=7)
+    assert cfg.sampling("a").seed == cfg.sampling("a").seed != cfg.sampling("b").seed
+    assert best_of_n.BestOfNConfig().sampling("a").seed is None

@@ -125,7 +125,7 @@ class Runner:
                     await saver.adelete_thread(episode.id)
                 stats.add(episode)
 
-            with _progress_bar(self.progress, label or run.loop, stats) as tick:
+            with _progress_bar(self.progress and bool(pending), label or run.loop, stats) as tick:
                 stats.tick = tick
                 try:
                     async with asyncio.TaskGroup() as group:

@@ -250,10 +250,10 @@ class Evolution:
                          max_tokens=self.recipe.collect.max_tokens, system_prompt=self.recipe.collect.system_prompt)
         res = await evaluate(_ServedBy(self, version), self.task_set, store=self.store, model_id=version.id,
                              config=cfg, runner=self.runner)
-        if res.seconds > 1 or "eval_seconds" not in version.metrics:
+        if res.episodes_run or "eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
-        self.console.print(f"{version.name}: held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks "
-                           f"({res.seconds / 60:.1f} min)")
+        how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
+        self.console.print(f"{version.name}: held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})")
 
     # -------------------------------------------------------------------------------------- report
     def table(self, cycles: int) -> list[CycleRow]:

@@ -302,7 +302,7 @@ class Evolution:
             table.add_column(h)
         for c in cells:
             table.add_row(*c)
-        self.console.print(table)
+        self.console.print(table, width=max(self.console.width, 120))  # a log file must not squeeze it
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(c) + " |" for c in cells]
         (out / "table.md").write_text("\n".join(md) + "\n")

@@ -72,7 +72,7 @@ class Evolution:
 
         self.recipe = recipe
         self.store = store
-        self.console = console or Console(soft_wrap=True)  # long lines stay greppable in logs
+        self.console = console or _console()
         self.task_set = load_task_set(recipe.tasks.name, **recipe.tasks.options)
         self.runner = Runner(store, concurrency=recipe.collect.concurrency, progress=progress)
         self.base = resolve_version(store, recipe.model)
@@ -302,7 +302,7 @@ class Evolution:
             table.add_column(h)
         for c in cells:
             table.add_row(*c)
-        self.console.print(table, width=max(self.console.width, 120))  # a log file must not squeeze it
+        self.console.print(table)
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(c) + " |" for c in cells]
         (out / "table.md").write_text("\n".join(md) + "\n")
@@ -310,6 +310,12 @@ class Evolution:
         _plot(rows, out / "accuracy.png", title=self.recipe.name)
         self.console.print(f"report: {out / 'table.md'}, {out / 'accuracy.png'}")
         return out
+
+
+def _console() -> Console:
+    """Long lines unwrapped (greppable), and a log file gets 120 columns instead of 80, so the table fits."""
+    console = Console(soft_wrap=True)
+    return console if console.is_terminal else Console(soft_wrap=True, width=120)
 
 
 def _pct(x: float | None) -> str:

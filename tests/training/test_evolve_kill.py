@@ -35,7 +35,7 @@ def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(kill_in: 
     heldout, per_cycle = 8, 24
     # One episode in flight at a time, so collection spans many commits and the kill lands inside it.
     recipe = tiny_recipe(tmp_path, train_per_cycle=per_cycle, heldout=heldout,
-                         extra="").read_text().replace("concurrency = 16", "concurrency = 2")
+                         extra="").read_text().replace("concurrency = 16", "concurrency = 1")
     path = tmp_path / "recipe.toml"
     path.write_text(recipe)
 
@@ -51,7 +51,7 @@ def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(kill_in: 
             proc.send_signal(signal.SIGKILL)
             killed_at = episodes
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     out = proc.communicate()[0].decode()
     assert killed_at is not None, f"evolve ended before it could be killed:\n{out}"
     assert proc.returncode == -signal.SIGKILL

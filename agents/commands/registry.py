@@ -26,7 +26,7 @@ def promote_cmd(
     db: DbOpt = None,
 ) -> None:
     """Promote a candidate if it beats its parent on held-out tasks by the margin (or with --force)."""
-    from memory import Store
+    from memory import InvalidTransitionError, Store
     from training.promotion import PromotionError, PromotionSettings, decide, promote
 
     store = Store(db)
@@ -46,21 +46,19 @@ def promote_cmd(
                 _fail(f"not promoted: {decision.reason}. Reject it with `strop models reject {version.name}`, "
                       "or override with --force")
         promoted = promote(store, version.id)
-    except PromotionError as e:
-        _fail(str(e))
-    except ValueError as e:  # an illegal status change (memory.InvalidTransitionError)
+    except (PromotionError, InvalidTransitionError) as e:
         _fail(str(e))
     typer.echo(f"promoted {promoted.name}: it is now the current version of {promoted.lineage}")
 
 
 def reject_cmd(model: ModelArg, db: DbOpt = None) -> None:
     """Reject a candidate (kept for inspection) or demote a promoted version."""
-    from memory import Store
+    from memory import InvalidTransitionError, Store
     from training.promotion import PromotionError, reject
 
     try:
         v = reject(Store(db), model)
-    except (PromotionError, ValueError) as e:
+    except (PromotionError, InvalidTransitionError) as e:
         _fail(str(e))
     typer.echo(f"rejected {v.name}")
 

@@ -27,7 +27,7 @@ from memory.records import ModelStatus, ModelVersionRecord, RunRecord, RunStatus
 from sandbox.tasks.base import Split
 from training.jobs import NothingToTrainError, settle_orphan_job, train_sft_candidate
 from training.promotion import decide
-from training.recipe import Recipe
+from training.recipe import Recipe, RecipeError
 
 
 class CyclePhase(StrEnum):
@@ -68,14 +68,23 @@ class Evolution:
     """Runs a recipe against a store; safe to construct and `run` again after a crash."""
 
     def __init__(self, recipe: Recipe, store: Any, *, progress: bool = True, console: Console | None = None) -> None:
-        from sandbox.tasks import load_task_set
+        from agents.models import ModelNotFoundError
+        from sandbox.tasks import UnknownTaskSetError, load_task_set
 
         self.recipe = recipe
         self.store = store
         self.console = console or _console()
-        self.task_set = load_task_set(recipe.tasks.name, **recipe.tasks.options)
+        try:
+            self.task_set = load_task_set(recipe.tasks.name, **recipe.tasks.options)
+        except UnknownTaskSetError as e:
+            raise RecipeError(f"recipe field `tasks.name`: {e.args[0]}") from e
+        except ValueError as e:
+            raise RecipeError(f"recipe field `tasks.options`: {e}") from e
         self.runner = Runner(store, concurrency=recipe.collect.concurrency, progress=progress)
-        self.base = resolve_version(store, recipe.model)
+        try:
+            self.base = resolve_version(store, recipe.model)
+        except ModelNotFoundError as e:
+            raise RecipeError(f"recipe field `model`: {e}") from e
         # Same recipe (whatever --cycles, --db or output folder) and same base = same evolution, resumed.
         # Defaults are left out so that a field added to the recipe schema later does not orphan old runs.
         fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True)

@@ -78,7 +78,6 @@ def evolve_cmd(
     import asyncio
     import warnings
 
-    from agents.models import ModelNotFoundError
     from memory import Store
     from training.evolve import Evolution
     from training.recipe import RecipeError, load_recipe
@@ -94,10 +93,8 @@ def evolve_cmd(
     store = Store(db or r.db)
     try:
         evo = Evolution(r, store, progress=progress)
-    except ModelNotFoundError as e:
-        _fail(f"recipe field `model`: {e}")
-    except (KeyError, ValueError) as e:
-        _fail(f"recipe field `tasks.name`: {e.args[0] if e.args else e}")
+    except RecipeError as e:  # a task set or model the recipe names that does not exist
+        _fail(str(e))
     asyncio.run(evo.run(cycles))
 
 

@@ -34,3 +34,10 @@ def test_task_set_that_does_not_exist(tmp_path: Path) -> None:
 def test_model_that_does_not_exist(tmp_path: Path) -> None:
     code, out = _evolve(tiny_recipe(tmp_path, model="no-such-model"), tmp_path)
     assert code == 1 and "`model`" in out and "no-such-model" in out and "strop models" in out
+
+
+def test_task_set_options_that_do_not_exist(tmp_path: Path) -> None:
+    p = tiny_recipe(tmp_path)
+    p.write_text(p.read_text().replace('name = "arithmetic"', 'name = "arithmetic"\noptions = { digitz = 3 }'))
+    code, out = _evolve(p, tmp_path)
+    assert code == 1 and "tasks.options" in out and "digitz" in out

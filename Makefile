@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup models test test-fast test-vllm demo lint bench clean
 
@@ -58,7 +59,8 @@ test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/pytest --noconftest -p no:cacheprovider -q -rs -m vllm \
 		tests/agents/engines/test_vllm.py
 
-demo: models
+demo: setup
+	$(BIN)/strop models import smollm2
 	$(BIN)/strop evolve --recipe recipes/star-arithmetic.toml
 
 lint: setup

@@ -6,7 +6,6 @@ Typer and stdlib only at module level: torch, transformers and sqlalchemy load i
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Annotated
 
 import typer
@@ -17,12 +16,6 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registry name/id, 
 TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Task set name (see `strop tasks list`).")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path (default $STROP_DB or ./strop.db).")]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System message before each task prompt.")]
-
-
-def _passive_threads() -> None:
-    # Before torch loads: OpenMP threads that spin while waiting make torch up to 9x slower on a CPU shared
-    # with other processes (measured: 4 vs 35 tok/s); sleeping waiters cost little on an idle one.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _fail(message: str) -> None:
@@ -63,7 +56,6 @@ def best_of_n_cmd(
     db: DbOpt = None,
 ) -> None:
     """Best-of-N rejection sampling (STaR): sample N answers per task, verify, keep the correct ones as SFT data."""
-    _passive_threads()
     from agents.loops import best_of_n
     from agents.runner import Runner, load_version_engine
     from critics.verifier import VerifierCritic
@@ -101,7 +93,6 @@ def eval_cmd(
     db: DbOpt = None,
 ) -> None:
     """Accuracy on held-out tasks (greedy pass@1, and pass@k when asked), recorded on the model version."""
-    _passive_threads()
     from agents.evaluation import EvalConfig, evaluate
     from agents.runner import load_version_engine
     from sandbox.tasks import Split

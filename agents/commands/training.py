@@ -5,19 +5,12 @@ Typer and stdlib only at module level: torch, trl and sqlalchemy load inside the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model on the examples in the store.")
-
-
-def _passive_threads() -> None:
-    # Before torch loads: OpenMP threads that spin while waiting make torch up to 9x slower on a CPU shared
-    # with other processes (measured: 4 vs 35 tok/s); sleeping waiters cost little on an idle one.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _fail(message: str) -> None:
@@ -39,7 +32,6 @@ def sft_cmd(
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
     """SFT on the unconsumed SFT examples; registers the result as a candidate with its lineage."""
-    _passive_threads()
     from agents.models import ModelNotFoundError, model_cache_dir
     from agents.runner import resolve_version
     from memory import Store
@@ -74,7 +66,6 @@ def evolve_cmd(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Collect -> train -> evaluate -> promote, N times. Kill it at any point and run it again to continue."""
-    _passive_threads()
     import asyncio
     import warnings
 

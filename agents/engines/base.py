@@ -7,7 +7,7 @@ known source of drift between what the model sampled and what the trainer optimi
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,3 +99,35 @@ class Engine(Protocol):
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]: ...
 
     async def close(self) -> None: ...
+
+
+def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object) -> list[int]:
+    """Prompt token ids as every local backend must build them, so `prompt_token_ids` agree across engines.
+
+    Messages go through the chat template; a raw prompt is tokenized as is (with BOS if the tokenizer adds one).
+    """
+    if request.prompt is not None:
+        return list(tokenizer(request.prompt)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise EngineError(
+            f"{model_path} has no chat template, so it cannot take `messages`: "
+            "send a raw `prompt` instead, or add a chat_template to its tokenizer_config.json"
+        )
+    text = tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in request.messages or []],
+        tokenize=False,
+        add_generation_prompt=not request.continue_final,
+        continue_final_message=request.continue_final,
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_prompt_length(prompt_len: int, max_tokens: int, context_length: int, model_version: str) -> None:
+    """Refuse up front what the model cannot hold, naming both numbers and the fix."""
+    if prompt_len + max_tokens > context_length:
+        raise PromptTooLongError(
+            f"the prompt is {prompt_len} tokens and max_tokens is {max_tokens}: together "
+            f"{prompt_len + max_tokens} tokens, over the context window of {context_length} tokens "
+            f"of {model_version}. Shorten the prompt or lower SamplingParams.max_tokens to at most "
+            f"{max(context_length - prompt_len, 0)}."
+        )

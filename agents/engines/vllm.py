@@ -42,7 +42,8 @@ from agents.engines.base import (
     EngineError,
     FinishReason,
     GenerationRequest,
-    PromptTooLongError,
+    check_prompt_length,
+    encode_prompt,
 )
 
 INSTALL_HINT = (
@@ -295,29 +296,10 @@ class VLLMEngine:
     # --------------------------------------------------------------------------------------------- prompts
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """Token ids of the prompt: the chat template for messages, the raw text (with BOS if any) for prompts."""
-        if request.prompt is not None:
-            return list(self.tokenizer(request.prompt)["input_ids"])
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise EngineError(
-                f"{self.model_path} has no chat template, so it cannot take `messages`: "
-                "send a raw `prompt` instead, or add a chat_template to its tokenizer_config.json"
-            )
-        text = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in request.messages or []],
-            tokenize=False,
-            add_generation_prompt=not request.continue_final,
-            continue_final_message=request.continue_final,
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_prompt(self.tokenizer, request, self.model_path)
 
     def _check_length(self, prompt_len: int, max_tokens: int) -> None:
-        if prompt_len + max_tokens > self.context_length:
-            raise PromptTooLongError(
-                f"the prompt is {prompt_len} tokens and max_tokens is {max_tokens}: together "
-                f"{prompt_len + max_tokens} tokens, over the context window of {self.context_length} tokens "
-                f"of {self.model_version}. Shorten the prompt or lower SamplingParams.max_tokens to at most "
-                f"{max(self.context_length - prompt_len, 0)}."
-            )
+        check_prompt_length(prompt_len, max_tokens, self.context_length, self.model_version)
 
     # ------------------------------------------------------------------------------------------ generation
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:

@@ -13,13 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.engines.base import Engine
-from agents.loops import best_of_n
-from agents.loops.base import stable_id
-from agents.runner import Runner
-from critics.verifier import VerifierCritic
-from memory.records import RunRecord
-from sandbox.tasks.base import Split, TaskSet
+from strop.agents.engines.base import Engine
+from strop.agents.loops import best_of_n
+from strop.agents.loops.base import stable_id
+from strop.agents.runner import Runner
+from strop.critics.verifier import VerifierCritic
+from strop.memory.records import RunRecord
+from strop.sandbox.tasks.base import Split, TaskSet
 
 
 class EvalConfig(BaseModel):

@@ -19,9 +19,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, Field
 
-from agents.loops.base import episode_id, episode_input
-from memory.records import EpisodeRecord, RunRecord, RunStatus
-from sandbox.tasks.base import Task
+from strop.agents.loops.base import episode_id, episode_input
+from strop.memory.records import EpisodeRecord, RunRecord, RunStatus
+from strop.sandbox.tasks.base import Task
 
 
 class RunResult(BaseModel):
@@ -215,9 +215,9 @@ def resolve_version(store: Any, model: str) -> Any:
 
     Raises `agents.models.ModelNotFoundError` (naming the command that makes the model) when it is none of these.
     """
-    from agents.loops.base import stable_id
-    from agents.models import resolve_model
-    from memory.records import ModelStatus, ModelVersionRecord
+    from strop.agents.loops.base import stable_id
+    from strop.agents.models import resolve_model
+    from strop.memory.records import ModelStatus, ModelVersionRecord
 
     found = store.get_model(model)
     if found is not None:
@@ -230,7 +230,7 @@ def resolve_version(store: Any, model: str) -> Any:
 
 def load_version_engine(version: Any, *, backend: str = "hf", **options: Any) -> Any:
     """An engine serving a registered model version (base folder plus adapter where it has one)."""
-    from agents.engines import load_engine
+    from strop.agents.engines import load_engine
 
     if version.adapter_path:
         options["adapter_path"] = version.adapter_path

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.engines.base import (
+from strop.agents.engines.base import (
     Completion,
     Engine,
     EngineError,

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from agents.engines import GenerationRequest
-from agents.engines.hf import HFEngine
-from agents.models import resolve_model
+from strop.agents.engines import GenerationRequest
+from strop.agents.engines.hf import HFEngine
+from strop.agents.models import resolve_model
 
 
 def _prompts(count: int) -> list[GenerationRequest]:

@@ -22,8 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sandbox.jail import _python, isolation_level, run_code
-from sandbox.tasks.humaneval import HumanEvalTaskSet, build_program
+from strop.sandbox.jail import _python, isolation_level, run_code
+from strop.sandbox.tasks.humaneval import HumanEvalTaskSet, build_program
 
 TRIVIAL = "print('ok')\n"
 

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory.records import (
+from strop.memory.records import (
     CritiqueRecord,
     EpisodeRecord,
     ExampleKind,
@@ -110,7 +110,7 @@ def bench_store(url: str, eps: list[EpisodeRecord], run: RunRecord, mode: str, b
     `batch` concurrent coroutines, as a runner driving that many episodes does)."""
     import asyncio
 
-    from memory import Store
+    from strop.memory import Store
 
     with Store(url) as store:
         store.create_run(run)
@@ -138,7 +138,7 @@ def bench_store(url: str, eps: list[EpisodeRecord], run: RunRecord, mode: str, b
 
 def check_counts(url: str, n_episodes: int, run_ids: list[str] | None = None) -> dict[str, int]:
     """Count what landed: every episode once, 4 steps each, one example each."""
-    from memory import Store
+    from strop.memory import Store
 
     with Store(url) as store:
         counts = store.counts()
@@ -151,7 +151,7 @@ def check_counts(url: str, n_episodes: int, run_ids: list[str] | None = None) ->
 
 def bench_dataset(url: str) -> tuple[float, int]:
     """A training job's view: claim every unconsumed SFT example and build the TRL dataset."""
-    from memory import Store, to_dataset
+    from strop.memory import Store, to_dataset
 
     with Store(url) as store:
         start = time.perf_counter()
@@ -165,7 +165,7 @@ def bench_dataset(url: str) -> tuple[float, int]:
 
 
 def _pg_worker(url: str, n: int, seed: int, ready: Any, go: Any, out: Any) -> None:
-    from memory import Store
+    from strop.memory import Store
 
     store = Store(url)
     # Each worker is its own run, as rollout workers on different hosts are.

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from agents.engines.base import GenerationRequest
+from strop.agents.engines.base import GenerationRequest
 
 
 async def run(engine, reqs, rounds: int) -> tuple[float, int]:
@@ -27,8 +27,8 @@ async def run(engine, reqs, rounds: int) -> tuple[float, int]:
 
 
 async def main(model: str, n: int, max_tokens: int) -> None:
-    from agents.engines.hf import HFEngine
-    from agents.engines.vllm import VLLMEngine
+    from strop.agents.engines.hf import HFEngine
+    from strop.agents.engines.vllm import VLLMEngine
 
     reqs = [
         GenerationRequest.chat(f"What is {10 + i} + {37 + 2 * i}?", temperature=0.0, max_tokens=max_tokens)

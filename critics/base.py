@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from sandbox.tasks.base import Task
+from strop.sandbox.tasks.base import Task
 
 
 class CritiqueVerdict(StrEnum):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from critics.base import Critique, CritiqueVerdict
-from sandbox.tasks.base import Task, TaskSet
+from strop.critics.base import Critique, CritiqueVerdict
+from strop.sandbox.tasks.base import Task, TaskSet
 
 
 class VerifierCritic:

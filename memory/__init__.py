@@ -6,15 +6,9 @@ names, not at `import memory`, so light modules (the CLI) can import record type
 
 from __future__ import annotations
 
-import os as _os
 from typing import TYPE_CHECKING, Any
 
-# No machine strop runs on may reach a model hub: fail fast instead of hanging on a download.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-_os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from memory.errors import (
+from strop.memory.errors import (
     HeldoutLeakError,
     InvalidTransitionError,
     NotFoundError,
@@ -26,11 +20,11 @@ from memory.errors import (
 )
 
 if TYPE_CHECKING:
-    from memory.db import resolve_db_url
-    from memory.export import to_dataset
-    from memory.store import Store
+    from strop.memory.db import resolve_db_url
+    from strop.memory.export import to_dataset
+    from strop.memory.store import Store
 
-_LAZY = {"Store": "memory.store", "resolve_db_url": "memory.db", "to_dataset": "memory.export"}
+_LAZY = {"Store": "strop.memory.store", "resolve_db_url": "strop.memory.db", "to_dataset": "strop.memory.export"}
 
 __all__ = [
     "HeldoutLeakError",
@@ -52,4 +46,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'memory' has no attribute {name!r}")
+    raise AttributeError(f"module 'strop.memory' has no attribute {name!r}")

@@ -11,8 +11,8 @@ from sqlalchemy import Connection, Row, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from memory import db
-from memory.records import (
+from strop.memory import db
+from strop.memory.records import (
     CritiqueRecord,
     EpisodeRecord,
     ExampleRecord,
@@ -21,7 +21,7 @@ from memory.records import (
     StepRecord,
     TrainingJobRecord,
 )
-from memory.schema import unpack_floats, unpack_ids, utc
+from strop.memory.schema import unpack_floats, unpack_ids, utc
 
 T = TypeVar("T")
 # Stay under SQLite's bound-parameter limit (32766) and PostgreSQL's (65535) in IN (...) lists.

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from memory.errors import SchemaError, SchemaOutdatedError, StoreConnectionError, StoreLockedError
+from strop.memory.errors import SchemaError, SchemaOutdatedError, StoreConnectionError, StoreLockedError
 
 DEFAULT_DB = "sqlite:///./strop.db"
 ENV_VAR = "STROP_DB"

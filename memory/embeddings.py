@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import and_, select
 
-from memory.records import utcnow
-from memory.schema import Critique, Embedding, Episode, Step
+from strop.memory.records import utcnow
+from strop.memory.schema import Critique, Embedding, Episode, Step
 
 if TYPE_CHECKING:
-    from memory.store import Store
+    from strop.memory.store import Store
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 CRITIQUE = "critique"

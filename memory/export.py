@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from memory.errors import StoreError
-from memory.records import ExampleKind, ExampleRecord, Role
-from memory.schema import Consumption, Critique, Episode, Example, Run, Step
+from strop.memory.errors import StoreError
+from strop.memory.records import ExampleKind, ExampleRecord, Role
+from strop.memory.schema import Consumption, Critique, Episode, Example, Run, Step
 
 if TYPE_CHECKING:
     import datasets
 
-    from memory.store import Store
+    from strop.memory.store import Store
 
 # CLI names (plural, as users say them) and the record names both work.
 KIND_NAMES: dict[str, ExampleKind] = {

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from memory.records import EpisodeRecord
+from strop.memory.records import EpisodeRecord
 
 _STOP = None
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from memory.core import StoreCore, model_from_row
-from memory.errors import InvalidTransitionError, NotFoundError
-from memory.records import MODEL_TRANSITIONS, ModelStatus, ModelVersionRecord, utcnow
-from memory.schema import ModelVersion
+from strop.memory.core import StoreCore, model_from_row
+from strop.memory.errors import InvalidTransitionError, NotFoundError
+from strop.memory.records import MODEL_TRANSITIONS, ModelStatus, ModelVersionRecord, utcnow
+from strop.memory.schema import ModelVersion
 
 
 class RegistryMixin(StoreCore):

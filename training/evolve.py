@@ -18,16 +18,16 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 
-from agents.evaluation import EvalConfig, evaluate, metric_key
-from agents.loops import best_of_n
-from agents.loops.base import stable_id
-from agents.runner import Runner, load_version_engine, resolve_version, run_summary
-from critics.verifier import VerifierCritic
-from memory.records import ModelStatus, ModelVersionRecord, RunRecord, RunStatus
-from sandbox.tasks.base import Split
-from training.jobs import NothingToTrainError, settle_orphan_job, train_sft_candidate
-from training.promotion import decide
-from training.recipe import Recipe, RecipeError
+from strop.agents.evaluation import EvalConfig, evaluate, metric_key
+from strop.agents.loops import best_of_n
+from strop.agents.loops.base import stable_id
+from strop.agents.runner import Runner, load_version_engine, resolve_version, run_summary
+from strop.critics.verifier import VerifierCritic
+from strop.memory.records import ModelStatus, ModelVersionRecord, RunRecord, RunStatus
+from strop.sandbox.tasks.base import Split
+from strop.training.jobs import NothingToTrainError, settle_orphan_job, train_sft_candidate
+from strop.training.promotion import decide
+from strop.training.recipe import Recipe, RecipeError
 
 
 class CyclePhase(StrEnum):
@@ -68,8 +68,8 @@ class Evolution:
     """Runs a recipe against a store; safe to construct and `run` again after a crash."""
 
     def __init__(self, recipe: Recipe, store: Any, *, progress: bool = True, console: Console | None = None) -> None:
-        from agents.models import ModelNotFoundError
-        from sandbox.tasks import UnknownTaskSetError, load_task_set
+        from strop.agents.models import ModelNotFoundError
+        from strop.sandbox.tasks import UnknownTaskSetError, load_task_set
 
         self.recipe = recipe
         self.store = store

@@ -1,4 +1,4 @@
-"""Training jobs end to end: claim examples, train, register the candidate with its lineage.
+"""Training jobs end to end: claim examples, train with a trainer kind, register the candidate with its lineage.
 
 The order is what keeps the store consistent if the process dies anywhere: claims are held by a running job
 (released by `fail_job`), the candidate is registered before the job is finished, and `finish_job` is what
@@ -9,14 +9,22 @@ consumed by a model that does not exist.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from memory.records import JobStatus, ModelStatus, ModelVersionRecord, Role, TrainingJobRecord
-from training.builders import claim_sft
-from training.sft import SFTSettings, run_sft
+from strop.memory.records import (
+    ExampleKind,
+    JobStatus,
+    ModelStatus,
+    ModelVersionRecord,
+    Role,
+    TrainingJobRecord,
+)
+from strop.training.builders import claim
+from strop.training.trainers import TrainRequest, get_trainer
 
 
 class NothingToTrainError(RuntimeError):
@@ -31,43 +39,60 @@ class TrainResult(BaseModel):
     seconds: float
 
 
-def train_sft_candidate(
-    store: Any, parent: ModelVersionRecord, *, output_dir: str | Path, settings: SFTSettings | None = None,
+def train_candidate(
+    store: Any, parent: ModelVersionRecord, *, kind: str = "sft", settings: Any = None,
+    output_dir: str | Path, role: Role | str = Role.POLICY, example_kinds: Sequence[ExampleKind] | None = None,
     name: str | None = None, job_id: str | None = None, model_id: str | None = None, consumer: str | None = None,
-    limit: int | None = None,
+    limit: int | None = None, run_ids: Sequence[str] | None = None, context: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train `parent` on the SFT examples it has not consumed and register a candidate version."""
-    cfg = settings or SFTSettings()
+    """Train `parent` with trainer `kind` on examples it has not consumed and register a candidate version.
+
+    `example_kinds` defaults to what the kind consumes; `run_ids` limits the examples to those runs' output.
+    """
+    trainer = get_trainer(kind)
+    cfg = trainer.parse_settings(settings)
+    role = Role(role)
+    kinds = list(example_kinds) if example_kinds is not None else list(trainer.example_kinds)
     job = store.start_job(TrainingJobRecord(
-        **({"id": job_id} if job_id else {}), algorithm="sft", role=Role.POLICY, model_in=parent.id,
+        **({"id": job_id} if job_id else {}), algorithm=trainer.name, role=role, model_in=parent.id,
         metrics={"settings": cfg.model_dump(mode="json")},
     ))
     try:
-        examples, dataset = claim_sft(store, job.id, consumer=consumer, limit=limit or cfg.max_examples)
-        if not examples:
+        examples = claim(store, job.id, kinds=kinds, role=role, consumer=consumer,
+                         limit=limit or getattr(cfg, "max_examples", None), run_ids=run_ids) if kinds else []
+        if kinds and not examples:
             raise NothingToTrainError(
-                f"nothing to train: no unconsumed SFT examples for {parent.name}; collect some first with "
-                "`strop run best-of-n` (only correct answers become examples)"
+                f"nothing to train: no unconsumed {'/'.join(map(str, kinds))} examples of role {role} for "
+                f"{parent.name}; collect some first (e.g. `strop run best-of-n`: only correct answers become "
+                "SFT examples)"
             )
+        dataset = trainer.build_dataset(examples, cfg) if trainer.build_dataset and examples else None
         out = Path(output_dir)
         if out.exists():  # left by a job that died mid-save; its claims were released, so start clean
             shutil.rmtree(out)
-        outcome = run_sft(dataset, model_path=parent.path, adapter_path=parent.adapter_path, output_dir=out,
-                          settings=cfg)
+        outcome = trainer.train(TrainRequest(
+            parent=parent, settings=cfg, output_dir=out, dataset=dataset, examples=examples, store=store,
+            job_id=job.id, role=role, context=context or {},
+        ))
     except BaseException as e:
         store.fail_job(job.id, f"{type(e).__name__}: {e}")
         raise
     metrics = {"train_loss": outcome.train_loss, "examples": outcome.examples, "steps": outcome.steps,
-               "train_seconds": outcome.seconds}
+               "train_seconds": outcome.seconds, **outcome.metrics}
     candidate = store.register_model(ModelVersionRecord(
         **({"id": model_id} if model_id else {}),
-        name=name or f"{parent.lineage}-sft-{job.id[:8]}", lineage=parent.lineage, path=outcome.path,
+        name=name or f"{parent.lineage}-{trainer.name}-{job.id[:8]}", lineage=parent.lineage, path=outcome.path,
         adapter_path=outcome.adapter_path, parent_id=parent.id, status=ModelStatus.CANDIDATE, job_id=job.id,
         metrics=metrics,
     ))
     store.finish_job(job.id, model_out=candidate.id, metrics=metrics)
     return TrainResult(job=store.get_job(job.id), candidate=candidate, train_loss=outcome.train_loss,
                        examples=outcome.examples, seconds=outcome.seconds)
+
+
+def train_sft_candidate(store: Any, parent: ModelVersionRecord, **kwargs: Any) -> TrainResult:
+    """`train_candidate` with the `sft` kind (SFT examples of the policy)."""
+    return train_candidate(store, parent, kind="sft", **kwargs)
 
 
 def settle_orphan_job(store: Any, job_id: str, model_id: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memory.records import ModelStatus, ModelVersionRecord
+from strop.memory.records import ModelStatus, ModelVersionRecord
 
 
 class PromotionSettings(BaseModel):

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from training.promotion import PromotionSettings
-from training.sft import SFTSettings
+from strop.training.promotion import PromotionSettings
+from strop.training.sft import SFTSettings
 
 
 class RecipeError(ValueError):

@@ -13,6 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from strop.memory.records import ExampleKind, ExampleRecord
+from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
+
 
 class LoraSettings(BaseModel):
     """LoRA through PEFT."""
@@ -51,21 +54,11 @@ class SFTSettings(BaseModel):
     )
 
 
-class SFTOutcome(BaseModel):
-    """What a finished SFT job produced."""
-
-    path: str = Field(description="Model folder (the base folder when `adapter_path` is set).")
-    adapter_path: str | None = None
-    train_loss: float
-    steps: int
-    examples: int
-    seconds: float
-
 
 def run_sft(
     dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: SFTSettings | None = None,
     adapter_path: str | Path | None = None,
-) -> SFTOutcome:
+) -> TrainOutcome:
     """Fine-tune on a TRL conversational prompt/completion dataset and save the result in `output_dir`."""
     import warnings
 
@@ -140,7 +133,24 @@ def run_sft(
         trained.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
         path_out = str(out)
-    return SFTOutcome(
+    return TrainOutcome(
         path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
         steps=int(result.global_step), examples=len(dataset), seconds=time.monotonic() - started,
     )
+
+
+def _build_dataset(examples: list[ExampleRecord], settings: SFTSettings) -> Any:
+    from strop.memory import to_dataset
+
+    return to_dataset(examples, ExampleKind.SFT)
+
+
+def _train(req: TrainRequest) -> TrainOutcome:
+    return run_sft(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
+                   output_dir=req.output_dir, settings=req.settings)
+
+
+SFT = register_trainer(TrainerKind(
+    name="sft", settings=SFTSettings, example_kinds=(ExampleKind.SFT,), train=_train, build_dataset=_build_dataset,
+    description="Supervised fine-tuning (TRL SFTTrainer) on prompt/completion examples, e.g. best-of-N's correct answers.",
+))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.engines.base import (
+from strop.agents.engines.base import (
     Completion,
     Engine,
     EngineError,
@@ -39,13 +39,13 @@ def load_engine(model: str, backend: str = "hf", **options: Any) -> Engine:
     the model name the server knows. `options` go to the backend's constructor (for `openai`: base_url...).
     """
     if backend == "hf":
-        from agents.engines.hf import HFEngine
-        from agents.models import resolve_model
+        from strop.agents.engines.hf import HFEngine
+        from strop.agents.models import resolve_model
 
         options.setdefault("model_version", model)
         return HFEngine(resolve_model(model), **options)
     if backend == "openai":
-        from agents.engines.openai import OpenAIEngine
+        from strop.agents.engines.openai import OpenAIEngine
 
         base_url = options.pop("base_url", None)
         if not base_url:
@@ -55,8 +55,8 @@ def load_engine(model: str, backend: str = "hf", **options: Any) -> Engine:
             )
         return OpenAIEngine(base_url, model, **options)
     if backend == "vllm":
-        from agents.engines.vllm import VLLMEngine
-        from agents.models import resolve_model
+        from strop.agents.engines.vllm import VLLMEngine
+        from strop.agents.models import resolve_model
 
         options.setdefault("model_version", model)
         return VLLMEngine(resolve_model(model), **options)

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from agents.engines.base import (
+from strop.agents.engines.base import (
     Completion,
     EngineError,
     FinishReason,

@@ -20,7 +20,7 @@ from typing import Any
 
 import openai
 
-from agents.engines.base import (
+from strop.agents.engines.base import (
     Completion,
     EngineError,
     FinishReason,

@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from agents.engines.base import (
+from strop.agents.engines.base import (
     Completion,
     EngineError,
     FinishReason,

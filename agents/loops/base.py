@@ -12,8 +12,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, TypedDict
 
-from agents.engines.base import Completion, GenerationRequest, Message, SamplingParams
-from sandbox.tasks.base import Task
+from strop.agents.engines.base import Completion, GenerationRequest, Message, SamplingParams
+from strop.sandbox.tasks.base import Task
 
 _NAMESPACE = uuid.UUID("6f1d3c1e-1b7a-4c55-9d0e-5a7c2f0b9e11")
 

@@ -13,11 +13,13 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.engines.base import Engine, SamplingParams
-from agents.loops.base import chat_request, completion_json, stable_id, task_messages
-from critics.base import Critic, Critique
-from memory.records import CritiqueRecord, EpisodeRecord, ExampleKind, ExampleRecord, Role, StepRecord
-from sandbox.tasks.base import Split, Task
+from strop.agents.engines.base import Engine, SamplingParams
+from strop.agents.loops.base import chat_request, completion_json, stable_id, task_messages
+from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
+from strop.critics.base import Critic, Critique
+from strop.critics.verifier import VerifierCritic
+from strop.memory.records import CritiqueRecord, EpisodeRecord, ExampleKind, ExampleRecord, Role, StepRecord
+from strop.sandbox.tasks.base import Split, Task
 
 LOOP_NAME = "best_of_n"
 
@@ -178,3 +180,15 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
         outcome=outcome,
         steps=steps, critiques=critiques, examples=examples,
     )
+
+
+def _make(resources: LoopResources, config: BestOfNConfig) -> StateGraph:
+    return build_graph(resources.policy, VerifierCritic(resources.task_set), config)
+
+
+SPEC = register_loop(LoopSpec(
+    name=LOOP_NAME, config=BestOfNConfig, build_graph=build_graph, make=_make,
+    roles=(Role.POLICY,), example_kinds=(ExampleKind.SFT,),
+    description="Best-of-N rejection sampling (STaR): sample N answers per task, verify each, keep the correct "
+                "ones as SFT examples; every attempt, right or wrong, is stored.",
+))

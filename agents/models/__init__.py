@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.models.cache import (
+from strop.agents.models.cache import (
     SMOLLM2,
     TINY,
     ModelNotFoundError,
@@ -32,7 +32,7 @@ __all__ = [
     "resolve_model",
 ]
 
-_LAZY = {"build_tiny": "agents.models.tiny", "import_smollm2": "agents.models.smollm2"}
+_LAZY = {"build_tiny": "strop.agents.models.tiny", "import_smollm2": "strop.agents.models.smollm2"}
 
 
 def __getattr__(name: str) -> Any:
@@ -41,4 +41,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'agents.models' has no attribute {name!r}")
+    raise AttributeError(f"module 'strop.agents.models' has no attribute {name!r}")

@@ -11,7 +11,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from agents.models.cache import (
+from strop.agents.models.cache import (
     SMOLLM2,
     ModelMeta,
     cache_lock,

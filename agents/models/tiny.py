@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from agents.models.cache import (
+from strop.agents.models.cache import (
     TINY,
     ModelMeta,
     cache_lock,
@@ -31,7 +31,7 @@ from agents.models.cache import (
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from sandbox.tasks.base import Task, TaskSet
+    from strop.sandbox.tasks.base import Task, TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _training_texts(cfg: TinyBuildConfig) -> tuple[list[tuple[str, str]], list[T
     Mostly the target task (two-digit addition), plus one-digit addition and two-digit subtraction so the
     model is not a single-template lookup table.
     """
-    from sandbox.tasks.arithmetic import ArithmeticTaskSet
+    from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 
     target = ArithmeticTaskSet(digits=2, ops=("+",), seed=cfg.seed).tasks("train", n=5000)
     extra = [
@@ -216,7 +216,7 @@ def _pretrain(
     """
     import torch
 
-    from sandbox.tasks.arithmetic import ArithmeticTaskSet
+    from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 
     task_set = ArithmeticTaskSet(digits=2, ops=("+",), seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -299,7 +299,7 @@ def build_tiny(
 def _build_into_cache(cfg: TinyBuildConfig, say: Callable[[str], None]) -> None:
     import torch
 
-    from sandbox.tasks.arithmetic import ArithmeticTaskSet
+    from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 
     torch.manual_seed(cfg.seed)
     pairs, validation = _training_texts(cfg)

@@ -1,10 +1,10 @@
 """Task sets with verifiable answers: `load_task_set(name, **options)` builds one by name."""
 
-from sandbox.tasks.arithmetic import ArithmeticTaskSet
-from sandbox.tasks.base import Split, Task, TaskSet, Verdict
-from sandbox.tasks.extract import extract_answer, numbers_equal
-from sandbox.tasks.guard import HeldoutTaskError, assert_trainable, is_heldout, split_of
-from sandbox.tasks.registry import TaskSetInfo, UnknownTaskSetError, list_task_sets, load_task_set
+from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
+from strop.sandbox.tasks.base import Split, Task, TaskSet, Verdict
+from strop.sandbox.tasks.extract import extract_answer, numbers_equal
+from strop.sandbox.tasks.guard import HeldoutTaskError, assert_trainable, is_heldout, split_of
+from strop.sandbox.tasks.registry import TaskSetInfo, UnknownTaskSetError, list_task_sets, load_task_set
 
 __all__ = [
     "ArithmeticTaskSet",

@@ -12,8 +12,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from sandbox.tasks.base import Split, Task, Verdict
-from sandbox.tasks.extract import extract_answer, numbers_equal
+from strop.sandbox.tasks.base import Split, Task, Verdict
+from strop.sandbox.tasks.extract import extract_answer, numbers_equal
 
 OPS = ("+", "-", "*")
 

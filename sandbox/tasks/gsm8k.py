@@ -18,9 +18,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from sandbox.tasks.base import Split, Task, Verdict
-from sandbox.tasks.extract import extract_answer, numbers_equal
-from sandbox.tasks.guard import split_of
+from strop.sandbox.tasks.base import Split, Task, Verdict
+from strop.sandbox.tasks.extract import extract_answer, numbers_equal
+from strop.sandbox.tasks.guard import split_of
 
 _CALC = re.compile(r"<<[^<>]*>>")
 

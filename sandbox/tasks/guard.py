@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sandbox.tasks.base import Split, Task
+from strop.sandbox.tasks.base import Split, Task
 
 
 class HeldoutTaskError(ValueError):

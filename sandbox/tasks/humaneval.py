@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from sandbox.jail import IsolationChoice, JailLimits, JailResult, run_code
-from sandbox.tasks.base import Split, Task, Verdict
-from sandbox.tasks.guard import split_of
+from strop.sandbox.jail import IsolationChoice, JailLimits, JailResult, run_code
+from strop.sandbox.tasks.base import Split, Task, Verdict
+from strop.sandbox.tasks.guard import split_of
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 

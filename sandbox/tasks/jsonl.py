@@ -14,10 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from sandbox.tasks.base import Split, Task, Verdict
-from sandbox.tasks.extract import extract_answer, extract_marked
-from sandbox.tasks.gsm8k import TaskFileError, math_equal, read_jsonl
-from sandbox.tasks.guard import split_of
+from strop.sandbox.tasks.base import Split, Task, Verdict
+from strop.sandbox.tasks.extract import extract_answer, extract_marked
+from strop.sandbox.tasks.gsm8k import TaskFileError, math_equal, read_jsonl
+from strop.sandbox.tasks.guard import split_of
 
 AnswerType = Literal["number", "exact", "choice"]
 _LETTERS = "ABCDEFGHIJ"

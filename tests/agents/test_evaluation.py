@@ -5,18 +5,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.cli import app
-from agents.evaluation import EvalConfig, evaluate
-from agents.runner import load_version_engine, resolve_version
-from memory.records import ModelStatus
-from sandbox.tasks import ArithmeticTaskSet
+from strop.agents.evaluation import EvalConfig, evaluate
+from strop.agents.runner import load_version_engine, resolve_version
+from strop.cli import app
+from strop.memory.records import ModelStatus
+from strop.sandbox.tasks import ArithmeticTaskSet
 
 cli = CliRunner()
 
 
 @pytest.mark.slow
 async def test_pass_at_1_and_pass_at_k_are_recorded_on_the_model_version(tiny_model_path: Path, tmp_path: Path) -> None:
-    from memory import Store
+    from strop.memory import Store
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     version = resolve_version(store, "tiny")

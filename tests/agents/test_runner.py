@@ -5,13 +5,13 @@ import contextlib
 
 import pytest
 
-from agents.engines.base import Completion, GenerationRequest
-from agents.loops import best_of_n
-from agents.loops.base import episode_id
-from agents.runner import Runner, open_checkpointer
-from critics import Critique, VerifierCritic
-from memory.records import RunRecord
-from sandbox.tasks import ArithmeticTaskSet, Split
+from strop.agents.engines.base import Completion, GenerationRequest
+from strop.agents.loops import best_of_n
+from strop.agents.loops.base import episode_id
+from strop.agents.runner import Runner, open_checkpointer
+from strop.critics import Critique, VerifierCritic
+from strop.memory.records import RunRecord
+from strop.sandbox.tasks import ArithmeticTaskSet, Split
 from tests.agents.loops.fakes import ScriptedEngine
 
 TS = ArithmeticTaskSet()
@@ -99,7 +99,7 @@ async def test_a_crashed_run_resumes_mid_episode_from_the_checkpoint(store) -> N
 
 
 async def test_checkpoints_of_written_episodes_are_deleted(store) -> None:
-    from agents.runner import store_url
+    from strop.agents.runner import store_url
 
     engine = ScriptedEngine()
     tasks = TS.tasks(Split.TRAIN, 2)

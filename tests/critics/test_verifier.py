@@ -1,5 +1,5 @@
-from critics import Critic, CritiqueVerdict, VerifierCritic
-from sandbox.tasks import ArithmeticTaskSet, Split
+from strop.critics import Critic, CritiqueVerdict, VerifierCritic
+from strop.sandbox.tasks import ArithmeticTaskSet, Split
 
 
 async def test_verifier_critic_judges_with_the_task_sets_verifier() -> None:

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memory import Store
-from memory.records import EpisodeRecord, TrainingJobRecord
+from strop.memory import Store
+from strop.memory.records import EpisodeRecord, TrainingJobRecord
 
 
 def claim_until_empty(url: str, out: str, batch: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from memory.records import (
+from strop.memory.records import (
     CritiqueRecord,
     EpisodeRecord,
     ExampleKind,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from memory import InvalidTransitionError, NotFoundError, Store
-from memory.records import ExampleKind, JobStatus, Role, RunRecord, TrainingJobRecord
+from strop.memory import InvalidTransitionError, NotFoundError, Store
+from strop.memory.records import ExampleKind, JobStatus, Role, RunRecord, TrainingJobRecord
 from tests.memory.factories import make_episode
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memory import Store
-from memory.embeddings import CRITIQUE, FAILURE, Embedder, EmbeddingMemory, dedupe, near_duplicates
-from memory.records import CritiqueRecord, EpisodeRecord, RunRecord, StepRecord
+from strop.memory import Store
+from strop.memory.embeddings import CRITIQUE, FAILURE, Embedder, EmbeddingMemory, dedupe, near_duplicates
+from strop.memory.records import CritiqueRecord, EpisodeRecord, RunRecord, StepRecord
 
 pytestmark = pytest.mark.slow
 

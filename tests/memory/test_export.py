@@ -9,9 +9,9 @@ import datasets
 import pytest
 from typer.testing import CliRunner
 
-from agents.commands.db import app as db_app
-from memory import Store, StoreError, to_dataset
-from memory.records import ExampleKind, ExampleRecord, RunRecord, TrainingJobRecord
+from strop.cli.commands.db import app as db_app
+from strop.memory import Store, StoreError, to_dataset
+from strop.memory.records import ExampleKind, ExampleRecord, RunRecord, TrainingJobRecord
 from tests.memory.factories import make_episode, sft_payload
 
 

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import func, inspect, select
 from typer.testing import CliRunner
 
-from agents.commands.db import app as db_app
-from memory import SchemaOutdatedError, Store, StoreConnectionError, StoreLockedError
-from memory.db import make_engine, upgrade
-from memory.records import RunRecord
-from memory.schema import Critique, Example, Step
+from strop.cli.commands.db import app as db_app
+from strop.memory import SchemaOutdatedError, Store, StoreConnectionError, StoreLockedError
+from strop.memory.db import make_engine, upgrade
+from strop.memory.records import RunRecord
+from strop.memory.schema import Critique, Example, Step
 from tests.memory.factories import make_episode
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from memory import HeldoutLeakError, InvalidTransitionError, NotFoundError, Store, StoreError
-from memory.records import (
+from strop.memory import HeldoutLeakError, InvalidTransitionError, NotFoundError, Store, StoreError
+from strop.memory.records import (
     EpisodeRecord,
     ExampleKind,
     ModelStatus,
@@ -18,7 +18,7 @@ from memory.records import (
     RunRecord,
     RunStatus,
 )
-from memory.schema import Step
+from strop.memory.schema import Step
 from tests.memory.factories import make_episode
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agents.cli import app
+from strop.cli import app
 
 runner = CliRunner()
 

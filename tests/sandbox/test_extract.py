@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.tasks.extract import extract_answer, extract_marked, numbers_equal
+from strop.sandbox.tasks.extract import extract_answer, extract_marked, numbers_equal
 
 
 @pytest.mark.parametrize(

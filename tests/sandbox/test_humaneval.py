@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.tasks import load_task_set
-from sandbox.tasks.humaneval import HumanEvalTaskSet, build_program, extract_code
+from strop.sandbox.tasks import load_task_set
+from strop.sandbox.tasks.humaneval import HumanEvalTaskSet, build_program, extract_code
 
 
 @pytest.fixture(scope="module")

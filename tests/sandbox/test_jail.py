@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import jail
-from sandbox.jail import Isolation, JailLimits, JailVerdict, arun_code, run_code, run_file
+from strop.sandbox import jail
+from strop.sandbox.jail import Isolation, JailLimits, JailVerdict, arun_code, run_code, run_file
 
 MODES = ["auto", "rlimits"]
 FAST = JailLimits(timeout_s=2.0, memory_mb=256, file_size_mb=8, max_processes=16)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.tasks import (
+from strop.sandbox.tasks import (
     ArithmeticTaskSet,
     HeldoutTaskError,
     Split,
@@ -16,7 +16,7 @@ from sandbox.tasks import (
     list_task_sets,
     load_task_set,
 )
-from sandbox.tasks.gsm8k import TaskFileError
+from strop.sandbox.tasks.gsm8k import TaskFileError
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 

@@ -4,17 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from memory.records import ExampleKind, JobStatus, ModelStatus, Role, TrainingJobRecord
+from strop.memory.records import ExampleKind, JobStatus, ModelStatus, Role, TrainingJobRecord
+from strop.training.evolve import CYCLE_TRANSITIONS, CyclePhase, Evolution
+from strop.training.recipe import load_recipe
 from tests.agents.loops.fakes import ScriptedEngine
 from tests.training.evolve_helpers import tiny_recipe
-from training.evolve import CYCLE_TRANSITIONS, CyclePhase, Evolution
-from training.recipe import load_recipe
 
 
 @pytest.mark.slow
 async def test_one_cycle_collects_trains_evaluates_and_decides(db_url: str, tiny_model_path: Path,
                                                               tmp_path: Path) -> None:
-    from memory import Store
+    from strop.memory import Store
 
     store = Store(db_url)
     recipe = load_recipe(tiny_recipe(tmp_path))
@@ -59,8 +59,8 @@ async def test_one_cycle_collects_trains_evaluates_and_decides(db_url: str, tiny
 
 
 async def test_a_cycle_without_correct_answers_trains_nothing_and_promotes_nothing(tmp_path: Path, capsys) -> None:
-    from memory import Store
-    from memory.records import ModelVersionRecord
+    from strop.memory import Store
+    from strop.memory.records import ModelVersionRecord
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     store.register_model(ModelVersionRecord(name="dummy", lineage="dummy", path=str(tmp_path),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agents.cli import app
+from strop.cli import app
 from tests.training.evolve_helpers import tiny_recipe
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from memory.records import ExampleKind, JobStatus, ModelStatus, Role, TrainingJobRecord
+from strop.memory.records import ExampleKind, JobStatus, ModelStatus, Role, TrainingJobRecord
 from tests.training.evolve_helpers import tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _evolve(recipe: Path, db: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "evolve", "--recipe", str(recipe), "--db", db, "--no-progress"],
+        [sys.executable, "-m", "strop", "evolve", "--recipe", str(recipe), "--db", db, "--no-progress"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
     )
 
@@ -27,9 +27,9 @@ def _evolve(recipe: Path, db: str) -> subprocess.Popen[bytes]:
 @pytest.mark.parametrize("kill_in", ["collect", "train"])
 def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(kill_in: str, tmp_path: Path,
                                                                       tiny_model_path: Path) -> None:
-    from memory import Store
-    from training.evolve import Evolution
-    from training.recipe import load_recipe
+    from strop.memory import Store
+    from strop.training.evolve import Evolution
+    from strop.training.recipe import load_recipe
 
     db = f"sqlite:///{tmp_path / 'strop.db'}"
     heldout, per_cycle = 8, 24

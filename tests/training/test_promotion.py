@@ -1,7 +1,7 @@
 import pytest
 
-from memory.records import ModelStatus, ModelVersionRecord
-from training.promotion import PromotionError, PromotionSettings, decide, promote, reject, rollback
+from strop.memory.records import ModelStatus, ModelVersionRecord
+from strop.training.promotion import PromotionError, PromotionSettings, decide, promote, reject, rollback
 
 KEY = "arithmetic/heldout"
 

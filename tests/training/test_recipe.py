@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from training.recipe import Recipe, RecipeError, load_recipe
+from strop.training.recipe import Recipe, RecipeError, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,9 +15,9 @@ def test_the_shipped_recipe_is_valid_and_documented() -> None:
     def undocumented(model: type) -> list[str]:
         return [name for name, f in model.model_fields.items() if not f.description]
 
-    from training.promotion import PromotionSettings
-    from training.recipe import CollectSettings, EngineSettings, EvalSettings, TaskSettings
-    from training.sft import LoraSettings, SFTSettings
+    from strop.training.promotion import PromotionSettings
+    from strop.training.recipe import CollectSettings, EngineSettings, EvalSettings, TaskSettings
+    from strop.training.sft import LoraSettings, SFTSettings
 
     for m in (Recipe, TaskSettings, CollectSettings, EvalSettings, EngineSettings, SFTSettings, LoraSettings,
               PromotionSettings):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.tasks import ArithmeticTaskSet, Split
-from training.sft import LoraSettings, SFTSettings, run_sft
+from strop.sandbox.tasks import ArithmeticTaskSet, Split
+from strop.training.sft import LoraSettings, SFTSettings, run_sft
 
 
 def _dataset(n: int = 16):  # type: ignore[no-untyped-def]

@@ -9,9 +9,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from agents.engines import EngineError, GenerationRequest, PromptTooLongError, SamplingParams, load_engine
-from agents.engines.base import FinishReason
-from agents.engines.hf import HFEngine
+from strop.agents.engines import (
+    EngineError,
+    GenerationRequest,
+    PromptTooLongError,
+    SamplingParams,
+    load_engine,
+)
+from strop.agents.engines.base import FinishReason
+from strop.agents.engines.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +143,7 @@ def test_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
         HFEngine(tmp_path)
     with pytest.raises(EngineError, match=r"no model folder.*strop models"):
         HFEngine(tmp_path / "missing")
-    from agents.models import NotAModelError
+    from strop.agents.models import NotAModelError
 
     with pytest.raises(NotAModelError, match=r"config\.json"):
         load_engine(str(tmp_path))
@@ -149,7 +155,7 @@ def test_unknown_backend_lists_the_valid_ones() -> None:
 
 
 def test_unknown_model_id_names_the_command() -> None:
-    from agents.models import ModelNotFoundError
+    from strop.agents.models import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="strop models"):
         load_engine("no-such-model-anywhere")

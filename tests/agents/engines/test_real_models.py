@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.engines import FinishReason, GenerationRequest, load_engine
+from strop.agents.engines import FinishReason, GenerationRequest, load_engine
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ async def test_smollm2_chat_generation(smollm2_path: Path) -> None:
 
 
 def test_serve_command_reports_an_unknown_model() -> None:
-    from agents.cli import app
+    from strop.cli import app
 
     result = CliRunner().invoke(app, ["serve", "no-such-model-anywhere", "--port", "1"])
     assert result.exit_code == 1

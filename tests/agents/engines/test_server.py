@@ -12,10 +12,16 @@ import openai
 import pytest
 import uvicorn
 
-from agents.engines import EngineError, GenerationRequest, PromptTooLongError, SamplingParams, load_engine
-from agents.engines.hf import HFEngine
-from agents.engines.openai import OpenAIEngine
-from agents.server import create_app
+from strop.agents.engines import (
+    EngineError,
+    GenerationRequest,
+    PromptTooLongError,
+    SamplingParams,
+    load_engine,
+)
+from strop.agents.engines.hf import HFEngine
+from strop.agents.engines.openai import OpenAIEngine
+from strop.agents.server import create_app
 
 
 def _free_port() -> int:
@@ -129,7 +135,7 @@ async def test_a_server_that_hangs_times_out_with_bounded_retries() -> None:
 async def test_continue_final_message_round_trips(base_url: str, random_tiny_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from agents.engines import Message
+    from strop.agents.engines import Message
 
     messages = [Message(role="user", content="What is 1 + 1?"), Message(role="assistant", content="Step 1:")]
     request = GenerationRequest(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agents.engines.base import (
+from strop.agents.engines.base import (
     EngineError,
     FinishReason,
     GenerationRequest,
@@ -150,7 +150,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 async def engine(models: dict[str, Path]) -> AsyncIterator[Any]:
     # Small KV cache and eager mode: the CPU build would otherwise reserve 4 GiB and compile graphs.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from agents.engines.vllm import VLLMEngine
+    from strop.agents.engines.vllm import VLLMEngine
 
     eng = VLLMEngine(
         models["base"],
@@ -293,7 +293,7 @@ async def test_closed_engine_refuses(engine: Any) -> None:
 def test_missing_vllm_names_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs everywhere: without vLLM the backend says how to get it instead of an ImportError."""
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
-    from agents.engines.vllm import VLLMEngine
+    from strop.agents.engines.vllm import VLLMEngine
 
     with pytest.raises(EngineError, match=r"pip install 'strop\[vllm\]'.*make test-vllm"):
         VLLMEngine("/nonexistent")

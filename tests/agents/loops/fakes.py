@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from agents.engines.base import Completion, FinishReason, GenerationRequest
+from strop.agents.engines.base import Completion, FinishReason, GenerationRequest
 
 
 def _sum_of(prompt: str) -> int:

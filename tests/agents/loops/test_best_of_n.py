@@ -3,11 +3,11 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from agents.loops import best_of_n
-from agents.loops.base import episode_input
-from critics import VerifierCritic
-from memory.records import EpisodeRecord
-from sandbox.tasks import ArithmeticTaskSet, Split
+from strop.agents.loops import best_of_n
+from strop.agents.loops.base import episode_input
+from strop.critics import VerifierCritic
+from strop.memory.records import EpisodeRecord
+from strop.sandbox.tasks import ArithmeticTaskSet, Split
 from tests.agents.loops.fakes import ScriptedEngine
 
 TS = ArithmeticTaskSet()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.cli import app
+from strop.cli import app
 
 runner = CliRunner()
 

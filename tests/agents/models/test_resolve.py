@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.models import ModelNotFoundError, NotAModelError, model_cache_dir, resolve_model
-from agents.models.cache import cached_entries, cached_names
+from strop.agents.models import ModelNotFoundError, NotAModelError, model_cache_dir, resolve_model
+from strop.agents.models.cache import cached_entries, cached_names
 
 
 def _fake_model(folder: Path, meta: dict | None = None) -> Path:
@@ -119,7 +119,7 @@ def test_listing_skips_incomplete_and_hidden(cache: Path) -> None:
 
 
 def test_staging_failure_leaves_no_entry(cache: Path) -> None:
-    from agents.models.cache import staging_dir
+    from strop.agents.models.cache import staging_dir
 
     with pytest.raises(RuntimeError, match="boom"), staging_dir("tiny") as tmp:
         (tmp / "config.json").write_text("{}")
@@ -129,7 +129,7 @@ def test_staging_failure_leaves_no_entry(cache: Path) -> None:
 
 
 def test_staging_replaces_entry_whole(cache: Path) -> None:
-    from agents.models.cache import staging_dir
+    from strop.agents.models.cache import staging_dir
 
     _fake_model(cache / "tiny", meta={"source": "old"})
     with staging_dir("tiny") as tmp:
@@ -146,7 +146,7 @@ def test_cache_lock_serialises_builders(cache: Path) -> None:
     import threading
     import time
 
-    from agents.models.cache import cache_lock
+    from strop.agents.models.cache import cache_lock
 
     events: list[str] = []
 
@@ -166,7 +166,7 @@ def test_cache_lock_serialises_builders(cache: Path) -> None:
 def test_tiny_config_rejects_bad_shapes() -> None:
     from pydantic import ValidationError
 
-    from agents.models.tiny import TinyBuildConfig
+    from strop.agents.models.tiny import TinyBuildConfig
 
     with pytest.raises(ValidationError, match="multiple of num_heads"):
         TinyBuildConfig(hidden_size=128, num_heads=5)

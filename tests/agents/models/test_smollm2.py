@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.models import read_meta, resolve_model
+from strop.agents.models import read_meta, resolve_model
 
 pytestmark = [pytest.mark.smollm2]
 
@@ -35,7 +35,7 @@ def test_chat_template_is_chatml(smollm2_path: Path) -> None:
 
 @pytest.mark.slow
 def test_generates_sane_text(smollm2_path: Path) -> None:
-    from agents.models.smollm2 import sanity_check
+    from strop.agents.models.smollm2 import sanity_check
 
     answer = sanity_check(smollm2_path, max_new_tokens=16)
     assert any(ch.isdigit() for ch in answer)

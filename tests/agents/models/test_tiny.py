@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.models import read_meta, resolve_model
+from strop.agents.models import read_meta, resolve_model
 
 
 def test_meta_records_heldout_accuracy_in_range(tiny_model_path: Path) -> None:
@@ -52,8 +52,8 @@ def test_answers_in_task_format(tiny_model_path: Path) -> None:
     """Greedy answers parse as the reference format; accuracy on fresh held-out problems is partial."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agents.models.tiny import accuracy
-    from sandbox.tasks.arithmetic import ArithmeticTaskSet
+    from strop.agents.models.tiny import accuracy
+    from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)

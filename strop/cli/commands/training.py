@@ -32,12 +32,12 @@ def sft_cmd(
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
     """SFT on the unconsumed SFT examples; registers the result as a candidate with its lineage."""
-    from agents.models import ModelNotFoundError, model_cache_dir
-    from agents.runner import resolve_version
-    from memory import Store
-    from memory.records import new_id
-    from training.jobs import NothingToTrainError, train_sft_candidate
-    from training.sft import LoraSettings, SFTSettings
+    from strop.agents.models import ModelNotFoundError, model_cache_dir
+    from strop.agents.runner import resolve_version
+    from strop.memory import Store
+    from strop.memory.records import new_id
+    from strop.training.jobs import NothingToTrainError, train_sft_candidate
+    from strop.training.sft import LoraSettings, SFTSettings
 
     store = Store(db)
     try:
@@ -69,9 +69,9 @@ def evolve_cmd(
     import asyncio
     import warnings
 
-    from memory import Store
-    from training.evolve import Evolution
-    from training.recipe import RecipeError, load_recipe
+    from strop.memory import Store
+    from strop.training.evolve import Evolution
+    from strop.training.recipe import RecipeError, load_recipe
 
     try:
         r = load_recipe(recipe)

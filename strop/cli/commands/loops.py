@@ -25,10 +25,10 @@ def _fail(message: str) -> None:
 
 def _setup(model: str, tasks: str, db: str | None):  # type: ignore[no-untyped-def]
     """Store, task set and model version, with the user's mistakes turned into one-line errors."""
-    from agents.models import ModelNotFoundError
-    from agents.runner import resolve_version
-    from memory import Store
-    from sandbox.tasks import load_task_set
+    from strop.agents.models import ModelNotFoundError
+    from strop.agents.runner import resolve_version
+    from strop.memory import Store
+    from strop.sandbox.tasks import load_task_set
 
     try:
         task_set = load_task_set(tasks)
@@ -56,11 +56,11 @@ def best_of_n_cmd(
     db: DbOpt = None,
 ) -> None:
     """Best-of-N rejection sampling (STaR): sample N answers per task, verify, keep the correct ones as SFT data."""
-    from agents.loops import best_of_n
-    from agents.runner import Runner, load_version_engine
-    from critics.verifier import VerifierCritic
-    from memory.records import RunRecord, new_id
-    from sandbox.tasks import Split
+    from strop.agents.loops import best_of_n
+    from strop.agents.runner import Runner, load_version_engine
+    from strop.critics.verifier import VerifierCritic
+    from strop.memory.records import RunRecord, new_id
+    from strop.sandbox.tasks import Split
 
     store, task_set, version = _setup(model, tasks, db)
     cfg = best_of_n.BestOfNConfig(n=n, temperature=temperature, max_tokens=max_tokens, system_prompt=system)
@@ -93,9 +93,9 @@ def eval_cmd(
     db: DbOpt = None,
 ) -> None:
     """Accuracy on held-out tasks (greedy pass@1, and pass@k when asked), recorded on the model version."""
-    from agents.evaluation import EvalConfig, evaluate
-    from agents.runner import load_version_engine
-    from sandbox.tasks import Split
+    from strop.agents.evaluation import EvalConfig, evaluate
+    from strop.agents.runner import load_version_engine
+    from strop.sandbox.tasks import Split
 
     if split not in {s.value for s in Split}:
         _fail(f"--split must be one of {', '.join(s.value for s in Split)}, got {split!r}")

@@ -36,7 +36,7 @@ def list_tasks() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sandbox.tasks import list_task_sets
+    from strop.sandbox.tasks import list_task_sets
 
     table = Table("name", "description", "options (--option KEY=VALUE)")
     for info in list_task_sets():
@@ -59,7 +59,7 @@ def show_tasks(
     from rich.console import Console
     from rich.panel import Panel
 
-    from sandbox.tasks import Split, UnknownTaskSetError, load_task_set
+    from strop.sandbox.tasks import Split, UnknownTaskSetError, load_task_set
 
     if split not in {s.value for s in Split}:
         raise typer.BadParameter(f"split must be 'train' or 'heldout', not {split!r}", param_hint="--split")
@@ -88,7 +88,7 @@ def run_jail(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
 ) -> None:
     """Run a file in the code jail and print the verdict; the exit status is 0 only for 'ok'."""
-    from sandbox.jail import JailUnavailableError, JailVerdict, run_file
+    from strop.sandbox.jail import JailUnavailableError, JailVerdict, run_file
 
     if isolation not in {"auto", "bwrap", "rlimits"}:
         raise typer.BadParameter("isolation must be auto, bwrap or rlimits", param_hint="--isolation")

@@ -48,8 +48,8 @@ def upgrade(
     revision: Annotated[str, typer.Option(help="Target Alembic revision.")] = "head",
 ) -> None:
     """Create the store or migrate it to the schema this strop needs (the only command that alters tables)."""
-    from memory import StoreError
-    from memory import db as store_db
+    from strop.memory import StoreError
+    from strop.memory import db as store_db
 
     url = store_db.resolve_db_url(db)
     engine = store_db.make_engine(url)
@@ -74,8 +74,8 @@ def upgrade(
 @app.command()
 def current(db: DbOption = None) -> None:
     """Show the store's schema revision and whether it needs `strop db upgrade`."""
-    from memory import StoreError
-    from memory import db as store_db
+    from strop.memory import StoreError
+    from strop.memory import db as store_db
 
     url = store_db.resolve_db_url(db)
     if store_db.is_sqlite(url) and not store_db.sqlite_exists(url):
@@ -120,8 +120,8 @@ def stats(db: DbOption = None) -> None:
     """Counts per run, loop, example kind and role, and consumer, as tables."""
     from rich.console import Console
 
-    from memory import Store, StoreError
-    from memory.export import stats as store_stats
+    from strop.memory import Store, StoreError
+    from strop.memory.export import stats as store_stats
 
     try:
         with Store(db, create=False) as store:
@@ -151,8 +151,8 @@ def export(
     db: DbOption = None,
 ) -> None:
     """Export training examples in TRL's format (one payload per line / row)."""
-    from memory import Store, StoreError
-    from memory.export import export_examples
+    from strop.memory import Store, StoreError
+    from strop.memory.export import export_examples
 
     try:
         with Store(db, create=False) as store:

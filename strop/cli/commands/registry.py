@@ -26,8 +26,8 @@ def promote_cmd(
     db: DbOpt = None,
 ) -> None:
     """Promote a candidate if it beats its parent on held-out tasks by the margin (or with --force)."""
-    from memory import InvalidTransitionError, Store
-    from training.promotion import PromotionError, PromotionSettings, decide, promote
+    from strop.memory import InvalidTransitionError, Store
+    from strop.training.promotion import PromotionError, PromotionSettings, decide, promote
 
     store = Store(db)
     version = store.get_model(model)
@@ -53,8 +53,8 @@ def promote_cmd(
 
 def reject_cmd(model: ModelArg, db: DbOpt = None) -> None:
     """Reject a candidate (kept for inspection) or demote a promoted version."""
-    from memory import InvalidTransitionError, Store
-    from training.promotion import PromotionError, reject
+    from strop.memory import InvalidTransitionError, Store
+    from strop.training.promotion import PromotionError, reject
 
     try:
         v = reject(Store(db), model)
@@ -67,8 +67,8 @@ def rollback_cmd(
     lineage: Annotated[str, typer.Argument(help="Lineage (root model name), e.g. smollm2-135m.")], db: DbOpt = None,
 ) -> None:
     """Reject the current promoted version of a lineage; the previous one becomes current."""
-    from memory import Store
-    from training.promotion import PromotionError, rollback
+    from strop.memory import Store
+    from strop.training.promotion import PromotionError, rollback
 
     try:
         demoted, current = rollback(Store(db), lineage)
@@ -132,7 +132,7 @@ def register(models_app: typer.Typer) -> None:
         """The model cache, and the registry: every version with its lineage, status and metrics (* = current)."""
         from rich.console import Console
 
-        from memory import Store, StoreConnectionError
+        from strop.memory import Store, StoreConnectionError
 
         if cache and cache_list is not None and cache_list.callback is not None:
             cache_list.callback()

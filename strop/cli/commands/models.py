@@ -30,19 +30,19 @@ def import_model(
     if source.strip().lower() not in IMPORT_SOURCES:
         raise _fail(f"unknown import source {source!r}; known: {', '.join(IMPORT_SOURCES)}. "
                     f"For your own model, pass its local Hugging Face folder path as the model id instead.")
-    from agents.models.cache import SMOLLM2, missing_parts, model_cache_dir
+    from strop.agents.models.cache import SMOLLM2, missing_parts, model_cache_dir
 
     existing = model_cache_dir() / SMOLLM2
     if not force and existing.is_dir() and not missing_parts(existing):
         typer.echo(f"{SMOLLM2} already in the cache: {existing} (use --force to re-import)")
         return
-    from agents.models.smollm2 import Smollm2ImportError, import_smollm2
+    from strop.agents.models.smollm2 import Smollm2ImportError, import_smollm2
 
     try:
         path = import_smollm2(force=force)
     except Smollm2ImportError as exc:
         raise _fail(str(exc)) from exc
-    from agents.models.cache import read_meta
+    from strop.agents.models.cache import read_meta
 
     meta = read_meta(path)
     typer.echo(f"imported {SMOLLM2} ({meta.get('parameters', '?'):,} parameters) into {path}")
@@ -66,7 +66,7 @@ def build_tiny_cmd(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache entry exists.")] = False,
 ) -> None:
     """Build the 'tiny' model: a small Llama pre-trained from scratch on synthetic arithmetic."""
-    from agents.models.cache import TINY, missing_parts, model_cache_dir, read_meta
+    from strop.agents.models.cache import TINY, missing_parts, model_cache_dir, read_meta
 
     existing = model_cache_dir() / TINY
     if not force and existing.is_dir() and not missing_parts(existing):
@@ -74,7 +74,7 @@ def build_tiny_cmd(
         shown = f"{acc:.1%}" if isinstance(acc, float) else "unknown"
         typer.echo(f"{TINY} already in the cache: {existing} (held-out accuracy {shown}; use --force to rebuild)")
         return
-    from agents.models.tiny import TinyBuildConfig, build_tiny
+    from strop.agents.models.tiny import TinyBuildConfig, build_tiny
 
     cfg = TinyBuildConfig(max_steps=max_steps, max_seconds=max_seconds, target_accuracy=target, seed=seed,
                           threads=threads or None)
@@ -95,7 +95,7 @@ def build_tiny_cmd(
 
 def list_rows() -> list[dict[str, Any]]:
     """One row per cache entry: what `strop models list` shows, reusable by other commands."""
-    from agents.models.cache import cached_entries
+    from strop.agents.models.cache import cached_entries
 
     return cached_entries()
 
@@ -126,7 +126,7 @@ def list_models() -> None:
     """List the models in the local cache (STROP_MODEL_CACHE, default ~/.cache/strop/models)."""
     from rich.console import Console
 
-    from agents.models.cache import model_cache_dir
+    from strop.agents.models.cache import model_cache_dir
 
     rows = list_rows()
     if not rows:

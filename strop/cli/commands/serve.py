@@ -29,9 +29,9 @@ def serve(
     """Serve MODEL at http://HOST:PORT/v1 (chat/completions, completions, models) for any OpenAI client."""
     import uvicorn
 
-    from agents.engines import EngineError, load_engine
-    from agents.models import ModelNotFoundError
-    from agents.server import create_app
+    from strop.agents.engines import EngineError, load_engine
+    from strop.agents.models import ModelNotFoundError
+    from strop.agents.server import create_app
 
     try:
         engine = load_engine(

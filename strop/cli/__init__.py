@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from agents.commands import data, db, loops, models, registry, serve, training
+from strop.cli.commands import data, db, loops, models, registry, serve, training
 
 app = typer.Typer(
     name="strop",

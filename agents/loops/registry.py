@@ -1,0 +1,135 @@
+"""The loop registry: every loop strop can run, by name, with what it needs and what it emits.
+
+A loop is one module in `strop.agents.loops` that ends with `register_loop(LoopSpec(...))`. The CLI
+(`strop run LOOP`, `strop loops list`), recipes (a stage names its loop) and the docs read this registry, so a
+new loop needs no other wiring. Other packages add loops through the `strop.loops` entry-point group: the
+entry point names a `LoopSpec` (`my_pkg.loops:SPEC`) or a module that registers its loop on import.
+
+A spec keeps two builders apart on purpose. `build_graph` is the module's own, user-facing function with the
+arguments that loop really needs (an engine, a critic, a config); `make` builds the same graph from the
+uniform `LoopResources` a recipe stage or the CLI has at hand, so neither has to know each loop's signature.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from langgraph.graph import StateGraph
+from pydantic import BaseModel
+
+from strop.agents.engines.base import Engine
+from strop.memory.records import ExampleKind, Role
+from strop.sandbox.tasks.base import TaskSet
+
+ENTRY_POINT_GROUP = "strop.loops"
+# strop's own loops, imported on first look-up (each module registers itself).
+_BUILTIN_MODULES = ("strop.agents.loops.best_of_n",)
+
+
+class UnknownLoopError(KeyError):
+    """A loop name that no module registered; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class LoopResources:
+    """What a stage or the CLI hands a loop: engines per role, the task set, the store.
+
+    `engines` maps a role ('policy', 'critic', ...) to the engine that plays it; one engine may play several
+    roles (self-critique). A loop asks only for the roles its spec declares.
+    """
+
+    engines: dict[str, Engine]
+    task_set: TaskSet
+    store: Any = None
+
+    @property
+    def policy(self) -> Engine:
+        return self.engine(Role.POLICY)
+
+    def engine(self, role: Role | str) -> Engine:
+        try:
+            return self.engines[str(role)]
+        except KeyError:
+            raise KeyError(f"no engine for role {role!r}; this loop needs one (give the role a model)") from None
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """A loop as the registry knows it."""
+
+    name: str
+    config: type[BaseModel]
+    build_graph: Callable[..., StateGraph]
+    make: Callable[[LoopResources, Any], StateGraph]
+    roles: tuple[Role, ...] = (Role.POLICY,)
+    example_kinds: tuple[ExampleKind, ...] = ()
+    description: str = ""
+    # example kind -> the role whose training it feeds (default: the kind's usual role, policy)
+    example_roles: dict[ExampleKind, Role] = field(default_factory=dict)
+
+    def default_config(self) -> BaseModel:
+        return self.config()
+
+    def parse_config(self, values: dict[str, Any] | None) -> BaseModel:
+        """The loop's config from plain values (a recipe table, CLI `--set`); pydantic names bad fields."""
+        return self.config.model_validate(values or {})
+
+    def role_of(self, kind: ExampleKind) -> Role:
+        return self.example_roles.get(kind, Role.POLICY)
+
+
+_REGISTRY: dict[str, LoopSpec] = {}
+_loaded = False
+
+
+def _key(name: str) -> str:
+    return name.strip().replace("-", "_")
+
+
+def register_loop(spec: LoopSpec, *, replace: bool = False) -> LoopSpec:
+    """Add a loop; a second loop under the same name is refused unless `replace`."""
+    key = _key(spec.name)
+    if key in _REGISTRY and _REGISTRY[key] is not spec and not replace:
+        raise ValueError(f"a loop named {spec.name!r} is already registered; pick another name or replace=True")
+    _REGISTRY[key] = spec
+    return spec
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()  # a broken plugin should fail loudly, with its own traceback
+        if isinstance(obj, LoopSpec):
+            register_loop(obj, replace=True)
+        elif callable(obj) and not isinstance(obj, type):
+            spec = obj()
+            if isinstance(spec, LoopSpec):
+                register_loop(spec, replace=True)
+
+
+def get_loop(name: str) -> LoopSpec:
+    """The spec of a loop by name ('best_of_n' or 'best-of-n')."""
+    _load()
+    try:
+        return _REGISTRY[_key(name)]
+    except KeyError:
+        raise UnknownLoopError(
+            f"unknown loop {name!r}; known loops: {', '.join(sorted(_REGISTRY))} (see `strop loops list`)"
+        ) from None
+
+
+def list_loops() -> list[LoopSpec]:
+    _load()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

@@ -1,0 +1,132 @@
+"""strop: language models that improve themselves.
+
+The one import root. The design card's rooms are its subpackages (`strop.agents`, `strop.critics`,
+`strop.memory`, `strop.training`, `strop.sandbox`), and what an embedding user needs is importable from here
+in one line: `from strop import Store, load_engine, load_task_set, Runner, get_loop`.
+
+Names load on first use (PEP 562), so `import strop` and `strop --help` stay instant: torch, transformers,
+trl and SQLAlchemy are imported only by what needs them.
+"""
+
+from __future__ import annotations
+
+import os as _os
+from typing import TYPE_CHECKING, Any
+
+# Set before torch or transformers load, once for every room (each is imported through this package).
+# No machine strop runs on may reach a model hub: fail fast instead of hanging on a download.
+_os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# OpenMP threads that spin while waiting made torch up to 9x slower on a CPU shared with other processes
+# (measured: 4 vs 35 tok/s); sleeping waiters cost little on an idle one.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # store
+    "Store": "strop.memory.store",
+    "to_dataset": "strop.memory.export",
+    # engines and models
+    "load_engine": "strop.agents.engines",
+    "Engine": "strop.agents.engines.base",
+    "GenerationRequest": "strop.agents.engines.base",
+    "SamplingParams": "strop.agents.engines.base",
+    "Message": "strop.agents.engines.base",
+    "Completion": "strop.agents.engines.base",
+    # tasks
+    "load_task_set": "strop.sandbox.tasks",
+    "Task": "strop.sandbox.tasks.base",
+    "TaskSet": "strop.sandbox.tasks.base",
+    "Split": "strop.sandbox.tasks.base",
+    # loops and running them
+    "Runner": "strop.agents.runner",
+    "RunResult": "strop.agents.runner",
+    "LoopSpec": "strop.agents.loops.registry",
+    "LoopResources": "strop.agents.loops.registry",
+    "get_loop": "strop.agents.loops.registry",
+    "list_loops": "strop.agents.loops.registry",
+    "register_loop": "strop.agents.loops.registry",
+    "BestOfNConfig": "strop.agents.loops.best_of_n",
+    "BestOfNState": "strop.agents.loops.best_of_n",
+    "build_best_of_n": "strop.agents.loops.best_of_n",
+    "evaluate": "strop.agents.evaluation",
+    "EvalConfig": "strop.agents.evaluation",
+    # critics
+    "Critic": "strop.critics.base",
+    "Critique": "strop.critics.base",
+    "VerifierCritic": "strop.critics.verifier",
+    # training
+    "Recipe": "strop.training.recipe",
+    "load_recipe": "strop.training.recipe",
+    "Evolution": "strop.training.evolve",
+}
+# names whose attribute in their module differs from the public one
+_ALIAS = {"build_best_of_n": "build_graph"}
+
+__all__ = [
+    "BestOfNConfig",
+    "BestOfNState",
+    "Completion",
+    "Critic",
+    "Critique",
+    "Engine",
+    "EvalConfig",
+    "Evolution",
+    "GenerationRequest",
+    "LoopResources",
+    "LoopSpec",
+    "Message",
+    "Recipe",
+    "RunResult",
+    "Runner",
+    "SamplingParams",
+    "Split",
+    "Store",
+    "Task",
+    "TaskSet",
+    "VerifierCritic",
+    "__version__",
+    "build_best_of_n",
+    "evaluate",
+    "get_loop",
+    "list_loops",
+    "load_engine",
+    "load_recipe",
+    "load_task_set",
+    "register_loop",
+    "to_dataset",
+]
+
+if TYPE_CHECKING:
+    from strop.agents.engines import load_engine
+    from strop.agents.engines.base import Completion, Engine, GenerationRequest, Message, SamplingParams
+    from strop.agents.evaluation import EvalConfig, evaluate
+    from strop.agents.loops.best_of_n import BestOfNConfig, BestOfNState
+    from strop.agents.loops.best_of_n import build_graph as build_best_of_n
+    from strop.agents.loops.registry import LoopResources, LoopSpec, get_loop, list_loops, register_loop
+    from strop.agents.runner import Runner, RunResult
+    from strop.critics.base import Critic, Critique
+    from strop.critics.verifier import VerifierCritic
+    from strop.memory.export import to_dataset
+    from strop.memory.store import Store
+    from strop.sandbox.tasks import load_task_set
+    from strop.sandbox.tasks.base import Split, Task, TaskSet
+    from strop.training.evolve import Evolution
+    from strop.training.recipe import Recipe, load_recipe
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), _ALIAS.get(name, name))
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'strop' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

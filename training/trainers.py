@@ -1,0 +1,112 @@
+"""Trainer kinds: how a recipe stage (or `strop train KIND`) turns claimed examples into a new model version.
+
+A trainer kind is a thin layer over one TRL trainer: a settings model (every field with help text, refused
+at recipe load when TRL would refuse it later), the example kinds it consumes, how claimed examples become
+the TRL dataset, and the training call itself. `training.jobs.train_candidate` does the bookkeeping that
+every kind shares (start the job, claim exactly once, register the candidate, finish or fail the job), so a
+kind's module holds only what is specific to its algorithm.
+
+strop's kinds live in `strop.training.<name>` modules and register themselves on import; the registry loads
+them on first look-up so `import strop.training.trainers` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from strop.memory.records import ExampleKind, ExampleRecord, ModelVersionRecord, Role
+
+# Modules that register strop's own trainer kinds, imported on first look-up.
+_BUILTIN_MODULES: tuple[str, ...] = ("strop.training.sft",)
+
+
+class UnknownTrainerError(KeyError):
+    """A trainer kind nobody registered; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainOutcome(BaseModel):
+    """What a finished training run produced."""
+
+    path: str = Field(description="Model folder (the base folder when `adapter_path` is set).")
+    adapter_path: str | None = None
+    train_loss: float
+    steps: int
+    examples: int
+    seconds: float
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Kind-specific figures (e.g. DPO reward margins).")
+
+
+@dataclass
+class TrainRequest:
+    """Everything a trainer kind gets for one job."""
+
+    parent: ModelVersionRecord
+    settings: Any  # an instance of the kind's settings model
+    output_dir: Path
+    dataset: Any = None  # the TRL dataset built from `examples` (None for kinds that make their own data)
+    examples: list[ExampleRecord] = field(default_factory=list)
+    store: Any = None
+    job_id: str = ""
+    role: Role = Role.POLICY
+    # Kind-specific extras a caller can hand over (a task set and engine for on-line kinds, ...).
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainerKind:
+    """A trainer kind as the registry knows it."""
+
+    name: str
+    settings: type[BaseModel]
+    example_kinds: tuple[ExampleKind, ...]
+    train: Callable[[TrainRequest], TrainOutcome]
+    build_dataset: Callable[[list[ExampleRecord], Any], Any] | None = None
+    description: str = ""
+
+    def parse_settings(self, values: dict[str, Any] | BaseModel | None) -> BaseModel:
+        if isinstance(values, self.settings):
+            return values
+        if isinstance(values, BaseModel):
+            values = values.model_dump()
+        return self.settings.model_validate(values or {})
+
+
+_REGISTRY: dict[str, TrainerKind] = {}
+_loaded = False
+
+
+def register_trainer(kind: TrainerKind, *, replace: bool = False) -> TrainerKind:
+    if kind.name in _REGISTRY and _REGISTRY[kind.name] is not kind and not replace:
+        raise ValueError(f"a trainer kind named {kind.name!r} is already registered")
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+
+
+def get_trainer(name: str) -> TrainerKind:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownTrainerError(f"unknown trainer kind {name!r}; known kinds: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_trainers() -> list[TrainerKind]:
+    _load()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

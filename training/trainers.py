@@ -71,6 +71,10 @@ class TrainerKind:
     train: Callable[[TrainRequest], TrainOutcome]
     build_dataset: Callable[[list[ExampleRecord], Any], Any] | None = None
     description: str = ""
+    # An on-line kind (GRPO) makes its own data: a stage skips its collection phase and hands the trainer, in
+    # `TrainRequest.context`, what collection would have used: "loop" (LoopSpec), "loop_config", "task_set",
+    # "tasks" (this cycle's training tasks), "run_id" (the run its rollouts are written under) and "runner".
+    online: bool = False
 
     def parse_settings(self, values: dict[str, Any] | BaseModel | None) -> BaseModel:
         if isinstance(values, self.settings):

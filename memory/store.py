@@ -369,6 +369,38 @@ class Store(RegistryMixin, TrainingDataMixin):
         with self._read() as conn:
             return [example_from_row(r) for r in conn.execute(q.limit(limit))]
 
+    def add_examples(self, episode_id: str, examples: Sequence[ExampleRecord]) -> int:
+        """Add training examples to an episode already stored (e.g. DPO pairs derived later from its answers).
+
+        Idempotent by example id, like episode writes: an example whose id is stored is skipped, so a builder
+        can run again over the same episodes. New examples join the pool that `claim_examples` hands out, each
+        once per consumer. Held-out examples are refused. Returns how many were new."""
+        leaked = [x.id for x in examples if str(x.split) == HELDOUT]
+        if leaked:
+            raise HeldoutLeakError(
+                f"{len(leaked)} example(s) for episode {episode_id} come from a held-out task: held-out tasks are "
+                "for evaluation only"
+            )
+        if not examples:
+            return 0
+        unique = list({x.id: x for x in reversed(examples)}.values())[::-1]
+        with self._write() as conn:
+            task_id = conn.scalar(select(Episode.task_id).where(Episode.id == episode_id))
+            if task_id is None:
+                raise NotFoundError(f"episode {episode_id!r} is not in the store; write it with write_episode first")
+            now = utcnow()
+            added = 0
+            for part in chunks(unique, 1000):
+                rows = [
+                    {"id": x.id, "kind": str(x.kind), "role": str(x.role), "payload": x.payload,
+                     "episode_id": episode_id, "task_id": x.task_id if x.task_id is not None else task_id,
+                     "split": str(x.split), "created_at": now + timedelta(microseconds=added + i)}
+                    for i, x in enumerate(part)
+                ]
+                stmt = self._insert(Example.__table__).on_conflict_do_nothing(index_elements=["id"])
+                added += len(conn.execute(stmt.returning(Example.__table__.c.id), rows).all())
+        return added
+
     def counts(self) -> dict[str, int]:
         """Row counts per table: the quick health check (`strop db stats` shows the detail)."""
         tables = {"runs": Run, "episodes": Episode, "steps": Step, "critiques": Critique, "examples": Example}
@@ -417,6 +449,9 @@ class Store(RegistryMixin, TrainingDataMixin):
         self, episode_id: str | None = None, verdict: str | None = None, limit: int | None = None, **filters: Any
     ) -> list[CritiqueRecord]:
         return await asyncio.to_thread(self.list_critiques, episode_id, verdict, limit, **filters)
+
+    async def aadd_examples(self, episode_id: str, examples: Sequence[ExampleRecord]) -> int:
+        return await asyncio.to_thread(self.add_examples, episode_id, examples)
 
     async def alist_examples(
         self, role: Role | str | None = None, kind: ExampleKind | str | None = None, limit: int | None = None, **filters: Any

@@ -6,28 +6,15 @@ imported inside each command so that `strop --help` stays instant.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from strop.cli.commands._options import parse_options as _parse_options
+
 tasks_app = typer.Typer(no_args_is_help=True)
 jail_app = typer.Typer(no_args_is_help=True)
-
-
-def _parse_options(pairs: list[str]) -> dict[str, object]:
-    """KEY=VALUE pairs; values are JSON where they parse (3, 0.2, true), else plain strings (paths)."""
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. --option digits=3)", param_hint="--option")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 @tasks_app.command("list")

@@ -29,6 +29,14 @@ _LAZY: dict[str, str] = {
     # store
     "Store": "strop.memory.store",
     "to_dataset": "strop.memory.export",
+    # what crosses the store boundary: a run, and the episode a loop returns in state["episode"]
+    "RunRecord": "strop.memory.records",
+    "EpisodeRecord": "strop.memory.records",
+    "StepRecord": "strop.memory.records",
+    "CritiqueRecord": "strop.memory.records",
+    "ExampleRecord": "strop.memory.records",
+    "ExampleKind": "strop.memory.records",
+    "Role": "strop.memory.records",
     # engines and models
     "load_engine": "strop.agents.engines",
     "Engine": "strop.agents.engines.base",
@@ -52,11 +60,14 @@ _LAZY: dict[str, str] = {
     "BestOfNConfig": "strop.agents.loops.best_of_n",
     "BestOfNState": "strop.agents.loops.best_of_n",
     "build_best_of_n": "strop.agents.loops.best_of_n",
+    "episode_input": "strop.agents.loops.base",
     "evaluate": "strop.agents.evaluation",
     "EvalConfig": "strop.agents.evaluation",
+    "EvalResult": "strop.agents.evaluation",
     # critics
     "Critic": "strop.critics.base",
     "Critique": "strop.critics.base",
+    "CritiqueVerdict": "strop.critics.base",
     "VerifierCritic": "strop.critics.verifier",
     # training
     "Recipe": "strop.training.recipe",
@@ -72,24 +83,34 @@ __all__ = [
     "Completion",
     "Critic",
     "Critique",
+    "CritiqueRecord",
+    "CritiqueVerdict",
     "Engine",
+    "EpisodeRecord",
     "EvalConfig",
+    "EvalResult",
     "Evolution",
+    "ExampleKind",
+    "ExampleRecord",
     "GenerationRequest",
     "LoopResources",
     "LoopSpec",
     "Message",
     "Recipe",
+    "Role",
+    "RunRecord",
     "RunResult",
     "Runner",
     "SamplingParams",
     "Split",
+    "StepRecord",
     "Store",
     "Task",
     "TaskSet",
     "VerifierCritic",
     "__version__",
     "build_best_of_n",
+    "episode_input",
     "evaluate",
     "get_loop",
     "list_loops",
@@ -103,14 +124,24 @@ __all__ = [
 if TYPE_CHECKING:
     from strop.agents.engines import load_engine
     from strop.agents.engines.base import Completion, Engine, GenerationRequest, Message, SamplingParams
-    from strop.agents.evaluation import EvalConfig, evaluate
+    from strop.agents.evaluation import EvalConfig, EvalResult, evaluate
+    from strop.agents.loops.base import episode_input
     from strop.agents.loops.best_of_n import BestOfNConfig, BestOfNState
     from strop.agents.loops.best_of_n import build_graph as build_best_of_n
     from strop.agents.loops.registry import LoopResources, LoopSpec, get_loop, list_loops, register_loop
     from strop.agents.runner import Runner, RunResult
-    from strop.critics.base import Critic, Critique
+    from strop.critics.base import Critic, Critique, CritiqueVerdict
     from strop.critics.verifier import VerifierCritic
     from strop.memory.export import to_dataset
+    from strop.memory.records import (
+        CritiqueRecord,
+        EpisodeRecord,
+        ExampleKind,
+        ExampleRecord,
+        Role,
+        RunRecord,
+        StepRecord,
+    )
     from strop.memory.store import Store
     from strop.sandbox.tasks import load_task_set
     from strop.sandbox.tasks.base import Split, Task, TaskSet

@@ -1,0 +1,71 @@
+"""The public API: what an embedding user imports from `strop` in one line, and what `import strop` costs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import strop
+
+HEAVY = ("torch", "transformers", "trl", "sqlalchemy")
+
+# What a user who embeds a strop loop in their own LangGraph app needs (docs/library.md walks through it).
+EMBEDDING = (
+    "build_best_of_n", "BestOfNConfig", "BestOfNState", "get_loop", "list_loops", "register_loop", "LoopSpec",
+    "LoopResources", "episode_input", "Store", "RunRecord", "EpisodeRecord", "load_engine", "Engine",
+    "load_task_set", "Task", "TaskSet", "Split", "Runner", "RunResult", "evaluate", "Critic", "Critique",
+    "VerifierCritic",
+)
+
+
+def _fresh(code: str) -> dict:
+    """Run `code` in a new interpreter (nothing imported yet) and return the JSON it prints last."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", strop.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    assert getattr(strop, name) is not None
+    if name != "__version__":
+        assert name in strop._LAZY, f"{name} is in __all__ but not in _LAZY"
+
+
+def test_the_lazy_table_and_all_agree() -> None:
+    assert set(strop._LAZY) == set(strop.__all__) - {"__version__"}
+    assert set(dir(strop)) >= set(strop.__all__)
+    assert set(EMBEDDING) <= set(strop.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        strop.nope  # noqa: B018
+
+
+def test_public_names_are_the_package_objects() -> None:
+    from strop.agents.loops import best_of_n
+    from strop.agents.loops.registry import get_loop
+    from strop.memory.store import Store
+
+    assert strop.build_best_of_n is best_of_n.build_graph is get_loop("best_of_n").build_graph
+    assert strop.BestOfNConfig is get_loop("best_of_n").config
+    assert strop.Store is Store
+
+
+def test_import_strop_loads_no_heavy_library() -> None:
+    loaded = _fresh(f"import sys, json, strop; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    assert loaded == [], f"`import strop` imported {loaded}; keep them behind the lazy names"
+
+
+@pytest.mark.slow
+def test_building_a_loop_needs_no_torch() -> None:
+    # The loop, the store and the runner are plain Python over LangGraph and SQLAlchemy; torch, transformers
+    # and trl load only when a model engine or a trainer is actually built.
+    code = (
+        "import sys, json\n"
+        f"from strop import {', '.join(EMBEDDING)}\n"
+        "get_loop('best_of_n')\n"
+        "print(json.dumps([m for m in ('torch', 'transformers', 'trl') if m in sys.modules]))"
+    )
+    assert _fresh(code) == []

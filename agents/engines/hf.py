@@ -120,6 +120,27 @@ class HFEngine:
         dtype: str | None = None,
         model_version: str | None = None,
     ) -> None:
+        self._init_runtime(max_batch_size, batch_wait_ms, device, dtype)
+        self._load(Path(model_path), Path(adapter_path) if adapter_path else None, model_version)
+
+    @classmethod
+    def from_model(
+        cls, model: Any, tokenizer: Any, *, model_version: str, max_batch_size: int = 64, batch_wait_ms: float = 10,
+    ) -> HFEngine:
+        """Serve a model object that is already loaded, without copying it (e.g. the one a trainer is updating:
+        every batch then samples from the weights as they are at that moment, so no weight sync is needed).
+
+        The engine takes the model as it is (device, dtype, train/eval mode, PEFT wrapper) and does not change the
+        tokenizer's padding side (it pads rows itself). `reload` replaces the model with one loaded from disk.
+        """
+        engine = cls.__new__(cls)
+        engine._init_runtime(max_batch_size, batch_wait_ms, None, None)
+        param = next(model.parameters())
+        source = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
+        engine._adopt(model, tokenizer, param.device, param.dtype, Path(source), None, model_version)
+        return engine
+
+    def _init_runtime(self, max_batch_size: int, batch_wait_ms: float, device: str | None, dtype: str | None) -> None:
         if max_batch_size < 1:
             raise EngineError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if batch_wait_ms < 0:
@@ -138,7 +159,6 @@ class HFEngine:
             weakref.WeakKeyDictionary()
         )
         self._closed = False
-        self._load(Path(model_path), Path(adapter_path) if adapter_path else None, model_version)
 
     # ----------------------------------------------------------------------------------------------- loading
     def _load(self, model_path: Path, adapter_path: Path | None, model_version: str | None) -> None:
@@ -176,9 +196,14 @@ class HFEngine:
             # Merged for inference: one matmul per layer instead of base + low-rank; reload() reloads the base.
             model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
         model.to(device).eval()
-
         # Left padding: decoder-only models continue from the last position of each row.
         tokenizer.padding_side = "left"
+        self._adopt(model, tokenizer, device, dtype, model_path, adapter_path, model_version)
+
+    def _adopt(
+        self, model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_path: Path,
+        adapter_path: Path | None, model_version: str | None,
+    ) -> None:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         eos: set[int] = set()

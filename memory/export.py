@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 KIND_NAMES: dict[str, ExampleKind] = {
     "sft": ExampleKind.SFT,
     "pairs": ExampleKind.PAIR,
+    "dpo": ExampleKind.PAIR,  # what the pairs train
     "rewards": ExampleKind.REWARD,
     "values": ExampleKind.STEP_VALUE,
     "turns": ExampleKind.GAME_TURN,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from strop.agents.engines.base import Engine, SamplingParams
 from strop.agents.loops.base import chat_request, completion_json, stable_id, task_messages
+from strop.agents.loops.pairs import Answer, preference_pairs
 from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
 from strop.critics.base import Critic, Critique
 from strop.critics.verifier import VerifierCritic
@@ -37,6 +38,14 @@ class BestOfNConfig(BaseModel):
     system_prompt: str | None = Field(None, description="System message put before each task prompt (and kept in SFT examples).")
     emit_examples: bool = Field(True, description="Emit SFT examples from correct answers (off for evaluation).")
     dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer text of a task.")
+    emit_pairs: bool = Field(
+        False,
+        description="Also emit DPO preference pairs (PAIR examples): for one prompt, a correct answer is chosen over "
+        "an incorrect one; each distinct (chosen, rejected) text pair once. Train split only.",
+    )
+    max_pairs_per_task: int = Field(
+        4, ge=1, le=4096, description="Most preference pairs per task (taken so they use as many distinct answers as possible)."
+    )
     seed: int | None = Field(
         None, description="Sampling seed; each task samples from its own stream derived from it. None: random."
     )
@@ -174,6 +183,13 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
     }
     if len(steps) > n_plain:
         outcome.update(hinted=len(steps) - n_plain, rationalized=sum(verdicts[n_plain:]))
+    if cfg.emit_pairs and task.split == Split.TRAIN:  # held-out tasks never become training data
+        answers = [Answer(index=s.index, text=s.text, correct=ok, hinted=s.index >= n_plain)
+                   for s, ok in zip(steps, verdicts, strict=True)]
+        pairs = preference_pairs(eid, messages, answers, task_id=task.id, split=str(task.split),
+                                 max_pairs=cfg.max_pairs_per_task)
+        examples += pairs
+        outcome["pairs"] = len(pairs)
     return EpisodeRecord(
         id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
         reward=correct / n_plain if n_plain else 0.0,

@@ -27,6 +27,7 @@ DbOption = Annotated[
 class ExportKind(StrEnum):
     sft = "sft"
     pairs = "pairs"
+    dpo = "dpo"  # = pairs: prompt/chosen/rejected
     rewards = "rewards"
     values = "values"
     turns = "turns"

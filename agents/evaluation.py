@@ -60,12 +60,25 @@ def metric_key(task_set: str, split: str | Split) -> str:
     return f"{task_set}/{Split(split)}"
 
 
+def task_set_label(name: str, options: dict[str, Any] | None = None) -> str:
+    """A task set's name with its options, e.g. 'arithmetic[digits=2]': the key its metrics are recorded under."""
+    if not options:
+        return name
+    return f"{name}[{','.join(f'{k}={options[k]}' for k in sorted(options))}]"
+
+
 async def evaluate(
     engine: Engine, task_set: TaskSet, *, store: Any, model_id: str, config: EvalConfig | None = None,
-    runner: Runner | None = None, record: bool = True,
+    runner: Runner | None = None, record: bool = True, label: str | None = None,
 ) -> EvalResult:
-    """Evaluate the model the engine serves (registered as `model_id`) and record the result on it."""
+    """Evaluate the model the engine serves (registered as `model_id`) and record the result on it.
+
+    `label` names the task set in run ids and metric keys (default its name); give one per distinct set of
+    task-set options (`task_set_label`), or two evaluations of 'arithmetic' with other options would share
+    a run and a metric.
+    """
     cfg = config or EvalConfig()
+    label = label or task_set.name
     runner = runner or Runner(store)
     tasks = task_set.tasks(cfg.split, cfg.n_tasks)
     critic = VerifierCritic(task_set)
@@ -82,16 +95,16 @@ async def evaluate(
     run_ids: list[str] = []
     ran = 0
     for mode, loop_cfg in modes:
-        run_id = stable_id("eval", model_id, task_set.name, cfg.split, cfg.n_tasks, mode, loop_cfg.model_dump_json(exclude_defaults=True))
+        run_id = stable_id("eval", model_id, label, cfg.split, cfg.n_tasks, mode, loop_cfg.model_dump_json(exclude_defaults=True))
         run = RunRecord(id=run_id, loop="eval", model_ids=[model_id],
-                        config={"mode": mode, "task_set": task_set.name, "eval": cfg.model_dump(mode="json")})
+                        config={"mode": mode, "task_set": label, "eval": cfg.model_dump(mode="json")})
         graph = best_of_n.build_graph(engine, critic, loop_cfg)
         result = await runner.run(graph, tasks, run, label=f"eval {mode}")
         scores[mode] = result.pass_rate
         ran += result.episodes_run
         run_ids.append(run_id)
     res = EvalResult(
-        model_id=model_id, task_set=task_set.name, split=str(cfg.split), n_tasks=len(tasks),
+        model_id=model_id, task_set=label, split=str(cfg.split), n_tasks=len(tasks),
         pass_at_1=scores["pass@1"], k=cfg.k, pass_at_k=scores.get(f"pass@{cfg.k}") if cfg.k else None,
         seconds=time.monotonic() - started, run_ids=run_ids, episodes_run=ran,
     )

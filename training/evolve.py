@@ -1,10 +1,13 @@
-"""The evolve cycle: collect -> train -> evaluate -> decide, N times, resumable at any point.
+"""The evolve cycle: each cycle runs the recipe's stages in order; each stage collects with its loop, trains
+one role, evaluates the candidate and decides its promotion. Resumable at any point.
 
-Resumption needs no bookkeeping of its own: every artefact of a cycle has an id derived from
-(recipe, base model, cycle), and a cycle's phase is read back from those artefacts in the store (collection
-run finished? candidate registered? evaluated? decided?). A rerun after a kill therefore continues at the
-first missing artefact; the store's own guarantees (idempotent episode writes, claims released by failed
-jobs, examples consumed only when a job finishes) make sure nothing is done or trained twice.
+Resumption needs no bookkeeping of its own: every artefact of a stage has an id derived from
+(recipe, base models, cycle, stage), and a stage's phase is read back from those artefacts in the store
+(collection run finished? candidate registered? evaluated? decided?). A rerun after a kill therefore
+continues at the first missing artefact; the store's own guarantees (idempotent episode writes, claims
+released by failed jobs, examples consumed only when a job finishes) make sure nothing is done or trained
+twice. The role versions a stage starts from are recorded on its run, so a resumed stage uses the same
+parents even when a later stage has promoted something since.
 """
 
 from __future__ import annotations
@@ -18,19 +21,20 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 
-from strop.agents.evaluation import EvalConfig, evaluate, metric_key
-from strop.agents.loops import best_of_n
+from strop.agents.evaluation import EvalConfig, evaluate, metric_key, task_set_label
 from strop.agents.loops.base import stable_id
-from strop.agents.runner import Runner, load_version_engine, resolve_version, run_summary
-from strop.critics.verifier import VerifierCritic
+from strop.agents.loops.registry import LoopResources, get_loop
+from strop.agents.runner import Runner, load_version_engine, resolve_version
 from strop.memory.records import ModelStatus, ModelVersionRecord, RunRecord, RunStatus
+from strop.memory.training_data import default_consumer
 from strop.sandbox.tasks.base import Split
-from strop.training.jobs import NothingToTrainError, settle_orphan_job, train_sft_candidate
+from strop.training.jobs import NothingToTrainError, settle_orphan_job, train_candidate
 from strop.training.promotion import decide
-from strop.training.recipe import Recipe, RecipeError
+from strop.training.recipe import Recipe, RecipeError, Stage
+from strop.training.trainers import get_trainer
 
 
-class CyclePhase(StrEnum):
+class StagePhase(StrEnum):
     COLLECT = "collect"
     TRAIN = "train"
     EVALUATE = "evaluate"
@@ -39,23 +43,26 @@ class CyclePhase(StrEnum):
     SKIPPED = "skipped"  # nothing to train on: no training, no promotion
 
 
-CYCLE_TRANSITIONS: dict[CyclePhase, frozenset[CyclePhase]] = {
-    CyclePhase.COLLECT: frozenset({CyclePhase.TRAIN}),
-    CyclePhase.TRAIN: frozenset({CyclePhase.EVALUATE, CyclePhase.SKIPPED}),
-    CyclePhase.EVALUATE: frozenset({CyclePhase.DECIDE}),
-    CyclePhase.DECIDE: frozenset({CyclePhase.DONE}),
-    CyclePhase.DONE: frozenset(),
-    CyclePhase.SKIPPED: frozenset(),
+# The moves a stage may make; anything else is a bug and stops the cycle.
+STAGE_TRANSITIONS: dict[StagePhase, frozenset[StagePhase]] = {
+    StagePhase.COLLECT: frozenset({StagePhase.TRAIN, StagePhase.DONE}),  # DONE: a stage that trains nothing
+    StagePhase.TRAIN: frozenset({StagePhase.EVALUATE, StagePhase.SKIPPED}),
+    StagePhase.EVALUATE: frozenset({StagePhase.DECIDE}),
+    StagePhase.DECIDE: frozenset({StagePhase.DONE}),
+    StagePhase.DONE: frozenset(),
+    StagePhase.SKIPPED: frozenset(),
 }
 _MAX_TRAIN_ATTEMPTS = 20
 
 
-class CycleRow(BaseModel):
-    """One line of the per-cycle table (cycle 0 is the starting model)."""
+class StageRow(BaseModel):
+    """One line of the per-cycle table (cycle 0 is the starting model of each trained role)."""
 
     cycle: int
+    stage: str
+    role: str = ""
     model: str
-    phase: CyclePhase
+    phase: StagePhase
     heldout_accuracy: float | None = None
     current_accuracy: float | None = None
     decision: str = ""
@@ -73,164 +80,241 @@ class Evolution:
 
         self.recipe = recipe
         self.store = store
+        self.progress = progress
         self.console = console or _console()
-        try:
-            self.task_set = load_task_set(recipe.tasks.name, **recipe.tasks.options)
-        except UnknownTaskSetError as e:
-            raise RecipeError(f"recipe field `tasks.name`: {e.args[0]}") from e
-        except ValueError as e:
-            raise RecipeError(f"recipe field `tasks.options`: {e}") from e
-        self.runner = Runner(store, concurrency=recipe.collect.concurrency, progress=progress)
-        try:
-            self.base = resolve_version(store, recipe.model)
-        except ModelNotFoundError as e:
-            raise RecipeError(f"recipe field `model`: {e}") from e
-        # Same recipe (whatever --cycles, --db or output folder) and same base = same evolution, resumed.
+        self.task_sets = []
+        for i, stage in enumerate(recipe.stages):
+            try:
+                self.task_sets.append(load_task_set(stage.tasks.name, **stage.tasks.options))
+            except UnknownTaskSetError as e:
+                raise RecipeError(f"recipe field `stages[{i}].tasks.name`: {e.args[0]}") from e
+            except (ValueError, TypeError) as e:
+                raise RecipeError(f"recipe field `stages[{i}].tasks.options`: {e}") from e
+        # Roles that own weights (not `critic = "policy"` aliases) start from a registered version each.
+        self.bases: dict[str, ModelVersionRecord] = {}
+        for role, model in recipe.roles.items():
+            if model in recipe.roles:
+                continue
+            try:
+                self.bases[role] = resolve_version(store, model)
+            except ModelNotFoundError as e:
+                raise RecipeError(f"recipe field `roles.{role}`: {e}") from e
+        # Same recipe (whatever --cycles, --db or output folder) and same bases = same evolution, resumed.
         # Defaults are left out so that a field added to the recipe schema later does not orphan old runs.
         fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True)
-        self.evolve_id = stable_id("evolve", recipe.name, self.base.id, fingerprint)
-        self.metric_prefix = metric_key(self.task_set.name, Split.HELDOUT)
-        self.metric = f"{self.metric_prefix}/{recipe.promotion.metric}"
-        self.engine: Any = None
+        self.evolve_id = stable_id("evolve", recipe.name, *sorted(f"{r}={v.id}" for r, v in self.bases.items()),
+                                   fingerprint)
+        self.engines: dict[str, Any] = {}  # weights role -> the one engine serving it
         self._serving = asyncio.Lock()
 
     # ----------------------------------------------------------------------------------------- ids
-    def cycle_run_id(self, k: int) -> str:
-        return stable_id(self.evolve_id, "cycle", k)
+    def stage_run_id(self, k: int, s: int) -> str:
+        return stable_id(self.evolve_id, "stage", k, self.recipe.stages[s].name)
 
-    def collect_run_id(self, k: int) -> str:
-        return stable_id(self.evolve_id, "collect", k)
+    def collect_run_id(self, k: int, s: int = 0) -> str:
+        return stable_id(self.evolve_id, "collect", k, self.recipe.stages[s].name)
 
-    def candidate_id(self, k: int) -> str:
-        return stable_id(self.evolve_id, "model", k)
+    def candidate_id(self, k: int, s: int = 0) -> str:
+        return stable_id(self.evolve_id, "model", k, self.recipe.stages[s].name)
 
-    def job_id(self, k: int, attempt: int) -> str:
-        return stable_id(self.evolve_id, "job", k, attempt)
+    def job_id(self, k: int, s: int, attempt: int) -> str:
+        return stable_id(self.evolve_id, "job", k, self.recipe.stages[s].name, attempt)
+
+    def metric_prefix(self, s: int) -> str:
+        return metric_key(self.label(s), Split.HELDOUT)
+
+    def metric(self, s: int = 0) -> str:
+        ev = self.recipe.stages[s].eval
+        return f"{self.metric_prefix(s)}/{ev.metric if ev else 'pass@1'}"
+
+    def label(self, s: int) -> str:
+        t = self.recipe.stages[s].tasks
+        return task_set_label(t.name, t.options)
+
+    def weights(self, role: str) -> str:
+        return self.recipe.weights_of(role)
 
     # ------------------------------------------------------------------------------------- driver
-    async def run(self, cycles: int | None = None) -> list[CycleRow]:
+    async def run(self, cycles: int | None = None) -> list[StageRow]:
         cycles = cycles or self.recipe.cycles
         try:
-            await self._evaluate_version(self.base)
-            parent = self.base
+            versions = dict(self.bases)
+            for s, stage in enumerate(self.recipe.stages):  # cycle 0: where each trained role starts
+                if stage.train is not None:
+                    await self._evaluate_version(self.bases[self.weights(stage.train.role)], s)
             for k in range(1, cycles + 1):
-                parent = await self._cycle(k, parent)
+                for s in range(len(self.recipe.stages)):
+                    versions = await self._stage(k, s, versions)
         finally:
-            if self.engine is not None:
-                await self.engine.close()
+            for engine in self.engines.values():
+                await engine.close()
+            self.engines.clear()
         rows = self.table(cycles)
         self.write_report(rows)
         return rows
 
-    async def _cycle(self, k: int, default_parent: ModelVersionRecord) -> ModelVersionRecord:
-        run = self.store.get_run(self.cycle_run_id(k))
+    async def _stage(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> dict[str, ModelVersionRecord]:
+        stage = self.recipe.stages[s]
+        run = self.store.get_run(self.stage_run_id(k, s))
         if run is None:
             run = self.store.create_run(RunRecord(
-                id=self.cycle_run_id(k), loop="evolve-cycle", model_ids=[default_parent.id],
-                config={"recipe": self.recipe.name, "evolve_id": self.evolve_id, "cycle": k,
-                        "parent_id": default_parent.id},
+                id=self.stage_run_id(k, s), loop="evolve-stage", model_ids=sorted(v.id for v in versions.values()),
+                config={"recipe": self.recipe.name, "evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,
+                        "versions": {r: v.id for r, v in versions.items()}},
             ))
-        parent = self._model(run.config["parent_id"])
-        phase = self.phase(k)
-        if phase not in (CyclePhase.DONE, CyclePhase.SKIPPED):
-            self.console.print(f"[bold]cycle {k}[/]: {phase} (parent {parent.name})")
-        handlers = {CyclePhase.COLLECT: self._collect, CyclePhase.TRAIN: self._train,
-                    CyclePhase.EVALUATE: self._evaluate, CyclePhase.DECIDE: self._decide}
+        versions = {r: self._model(i) for r, i in run.config["versions"].items()}
+        phase = self.phase(k, s)
+        if phase not in (StagePhase.DONE, StagePhase.SKIPPED):
+            trained = f", training {stage.train.role} from {versions[self.weights(stage.train.role)].name}" if stage.train else ""
+            self.console.print(f"[bold]cycle {k} {stage.name}[/]: {phase}{trained}")
+        handlers = {StagePhase.COLLECT: self._collect, StagePhase.TRAIN: self._train,
+                    StagePhase.EVALUATE: self._evaluate, StagePhase.DECIDE: self._decide}
         while phase in handlers:
-            nxt = await handlers[phase](k, parent)
-            if nxt not in CYCLE_TRANSITIONS[phase]:
-                raise RuntimeError(f"bug: cycle {k} moved {phase} -> {nxt}, which the evolve cycle does not allow")
+            nxt = await handlers[phase](k, s, versions)
+            if nxt not in STAGE_TRANSITIONS[phase]:
+                raise RuntimeError(f"bug: cycle {k} stage {stage.name} moved {phase} -> {nxt}, which is not allowed")
             phase = nxt
         if self.store.get_run(run.id).status != RunStatus.FINISHED:
             self.store.finish_run(run.id, RunStatus.FINISHED)
-        candidate = self.store.get_model(self.candidate_id(k))
-        return candidate if candidate is not None and candidate.status == ModelStatus.PROMOTED else parent
+        out = dict(versions)
+        if stage.train is not None:
+            candidate = self.store.get_model(self.candidate_id(k, s))
+            if candidate is not None and candidate.status == ModelStatus.PROMOTED:
+                out[self.weights(stage.train.role)] = candidate
+        return out
 
-    def phase(self, k: int) -> CyclePhase:
-        """Where cycle k stands, read from the store."""
-        run = self.store.get_run(self.cycle_run_id(k))
+    def phase(self, k: int, s: int = 0) -> StagePhase:
+        """Where stage s of cycle k stands, read from the store."""
+        stage = self.recipe.stages[s]
+        run = self.store.get_run(self.stage_run_id(k, s))
         if run is None:
-            return CyclePhase.COLLECT
-        collect = self.store.get_run(self.collect_run_id(k))
-        if collect is None or collect.status != RunStatus.FINISHED:
-            return CyclePhase.COLLECT
-        candidate = self.store.get_model(self.candidate_id(k))
+            return StagePhase.COLLECT
+        online = stage.train is not None and get_trainer(stage.train.kind).online
+        if not online:
+            collect = self.store.get_run(self.collect_run_id(k, s))
+            if collect is None or collect.status != RunStatus.FINISHED:
+                return StagePhase.COLLECT
+        if stage.train is None:
+            return StagePhase.DONE
+        candidate = self.store.get_model(self.candidate_id(k, s))
         if candidate is None:
-            return CyclePhase.SKIPPED if run.status == RunStatus.FINISHED else CyclePhase.TRAIN
-        if self.metric not in candidate.metrics:
-            return CyclePhase.EVALUATE
+            return StagePhase.SKIPPED if run.status == RunStatus.FINISHED else StagePhase.TRAIN
+        if self.metric(s) not in candidate.metrics:
+            return StagePhase.EVALUATE
         if candidate.status == ModelStatus.CANDIDATE:
-            return CyclePhase.DECIDE
-        return CyclePhase.DONE
+            return StagePhase.DECIDE
+        return StagePhase.DONE
 
     # -------------------------------------------------------------------------------------- phases
-    async def _collect(self, k: int, parent: ModelVersionRecord) -> CyclePhase:
-        per = self.recipe.tasks.train_per_cycle
-        tasks = self.task_set.tasks(Split.TRAIN, per * k)[per * (k - 1):]  # fresh problems every cycle
-        c = self.recipe.collect
-        loop_cfg = best_of_n.BestOfNConfig(
-            n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-            system_prompt=c.system_prompt, dedupe_examples=c.dedupe_examples, rationalize=c.rationalize,
-            seed=None if c.seed is None else c.seed + k,  # a fresh stream every cycle
-        )
-        graph = best_of_n.build_graph(_ServedBy(self, parent), VerifierCritic(self.task_set), loop_cfg)
-        run = RunRecord(id=self.collect_run_id(k), loop=best_of_n.LOOP_NAME, model_ids=[parent.id],
-                        config={"evolve_id": self.evolve_id, "cycle": k, "loop": loop_cfg.model_dump(mode="json")})
-        res = await self.runner.run(graph, tasks, run, label=f"cycle {k} collect")
-        self.console.print(
-            f"cycle {k}: collected {res.samples} answers on {res.episodes} tasks, {res.correct} correct "
-            f"({res.accuracy:.1%}), {res.examples} SFT examples, {res.tokens / max(res.seconds, 1e-6):.0f} tok/s"
-        )
-        return CyclePhase.TRAIN
+    def _loop(self, k: int, s: int) -> tuple[Any, Any]:
+        """The stage's loop spec and its config for cycle k (a seeded config gets a fresh stream per cycle)."""
+        stage = self.recipe.stages[s]
+        spec = get_loop(stage.loop)
+        cfg = spec.parse_config(stage.config)
+        if getattr(cfg, "seed", None) is not None:
+            cfg = cfg.model_copy(update={"seed": cfg.seed + k})
+        return spec, cfg
 
-    async def _train(self, k: int, parent: ModelVersionRecord) -> CyclePhase:
-        collected = await run_summary(self.store, self.collect_run_id(k))
-        if collected.examples == 0:
-            self.console.print(
-                f"[yellow]cycle {k}: no correct answers among {collected.samples} samples: nothing to train; "
-                "skipping training and promotion[/] (raise collect.n or collect.temperature, or start from a "
-                "stronger model)"
-            )
-            return CyclePhase.SKIPPED
+    def _train_tasks(self, k: int, s: int) -> list[Any]:
+        per = self.recipe.stages[s].tasks.train_per_cycle
+        return self.task_sets[s].tasks(Split.TRAIN, per * k)[per * (k - 1):]  # fresh problems every cycle
+
+    def _runner(self, stage: Stage) -> Runner:
+        return Runner(self.store, concurrency=stage.concurrency, progress=self.progress)
+
+    async def _collect(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
+        stage = self.recipe.stages[s]
+        if stage.train is not None and get_trainer(stage.train.kind).online:
+            return StagePhase.TRAIN  # an on-line trainer collects its own rollouts
+        spec, cfg = self._loop(k, s)
+        engines = {str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))]) for r in spec.roles}
+        graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store), cfg)
+        run = RunRecord(id=self.collect_run_id(k, s), loop=spec.name,
+                        model_ids=sorted({e.version.id for e in engines.values()}),
+                        config={"evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,
+                                "task_set": self.label(s), "loop": cfg.model_dump(mode="json")})
+        res = await self._runner(stage).run(graph, self._train_tasks(k, s), run, label=f"cycle {k} {stage.name}")
+        self.console.print(
+            f"cycle {k} {stage.name}: collected {res.samples} answers on {res.episodes} tasks, {res.correct} correct "
+            f"({res.accuracy:.1%}), {res.examples} examples, {res.tokens / max(res.seconds, 1e-6):.0f} tok/s"
+        )
+        return StagePhase.TRAIN if stage.train is not None else StagePhase.DONE
+
+    def source_runs(self, k: int, s: int) -> list[str] | None:
+        """The collection runs whose examples stage s of cycle k trains on (None: any run's)."""
+        stage = self.recipe.stages[s]
+        assert stage.train is not None
+        if "any" in stage.train.sources:
+            return None
+        stages = [s if src == "self" else self.recipe.stage_index(src) for src in stage.train.sources]
+        return [self.collect_run_id(j, i) for i in stages for j in range(1, k + 1)]
+
+    async def _train(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
+        stage = self.recipe.stages[s]
+        t = stage.train
+        assert t is not None
+        trainer = get_trainer(t.kind)
+        parent = versions[self.weights(t.role)]
         attempt = 0
-        while (job := self.store.get_job(self.job_id(k, attempt))) is not None:
-            if settle_orphan_job(self.store, job.id, self.candidate_id(k)):
-                return CyclePhase.EVALUATE
+        while (job := self.store.get_job(self.job_id(k, s, attempt))) is not None:
+            if settle_orphan_job(self.store, job.id, self.candidate_id(k, s)):
+                return StagePhase.EVALUATE
             attempt += 1
             if attempt >= _MAX_TRAIN_ATTEMPTS:
-                raise RuntimeError(f"cycle {k}: training failed {attempt} times; see `strop db stats` for the errors")
+                raise RuntimeError(f"cycle {k} {stage.name}: training failed {attempt} times; see `strop db stats`")
+        run_ids = self.source_runs(k, s)
+        kinds = t.example_kinds if t.example_kinds is not None else list(trainer.example_kinds)
+        context: dict[str, Any] = {}
+        if trainer.online:
+            spec, cfg = self._loop(k, s)
+            context = {"loop": spec, "loop_config": cfg, "task_set": self.task_sets[s], "tasks": self._train_tasks(k, s),
+                       "run_id": self.collect_run_id(k, s), "runner": self._runner(stage)}
+        else:
+            consumer = t.consumer or default_consumer(t.role, trainer.name)
+            left = sum(self.store.count_examples(t.role, kind, unconsumed_by=consumer, run_ids=run_ids) for kind in kinds)
+            if left == 0:
+                self.console.print(
+                    f"[yellow]cycle {k} {stage.name}: no unconsumed {'/'.join(map(str, kinds))} examples of role "
+                    f"{t.role} from {', '.join(t.sources)}: nothing to train; skipping training and promotion[/] "
+                    "(for best-of-N: raise n or temperature, or start from a stronger model)"
+                )
+                return StagePhase.SKIPPED
         try:
-            res = train_sft_candidate(
-                self.store, parent, output_dir=self.recipe.run_dir() / "models" / f"{self.evolve_id[:8]}-c{k}",
-                settings=self.recipe.train, name=self._candidate_name(k), job_id=self.job_id(k, attempt),
-                model_id=self.candidate_id(k),
+            res = train_candidate(
+                self.store, parent, kind=t.kind, settings=t.settings, role=t.role, example_kinds=kinds,
+                output_dir=self.recipe.run_dir() / "models" / f"{self.evolve_id[:8]}-c{k}-{stage.name}",
+                name=self._candidate_name(k, s), job_id=self.job_id(k, s, attempt), model_id=self.candidate_id(k, s),
+                consumer=t.consumer, run_ids=run_ids, context=context,
             )
         except NothingToTrainError as e:
-            self.console.print(f"[yellow]cycle {k}: {e}; skipping training and promotion[/]")
-            return CyclePhase.SKIPPED
+            self.console.print(f"[yellow]cycle {k} {stage.name}: {e}; skipping training and promotion[/]")
+            return StagePhase.SKIPPED
         self.console.print(
-            f"cycle {k}: trained {res.candidate.name} on {res.examples} examples, loss {res.train_loss:.3f}, "
-            f"{res.seconds / 60:.1f} min"
+            f"cycle {k} {stage.name}: trained {res.candidate.name} ({t.kind}) on {res.examples} examples, loss "
+            f"{res.train_loss:.3f}, {res.seconds / 60:.1f} min"
         )
-        return CyclePhase.EVALUATE
+        return StagePhase.EVALUATE
 
-    async def _evaluate(self, k: int, parent: ModelVersionRecord) -> CyclePhase:
-        await self._evaluate_version(self._model(self.candidate_id(k)))
-        return CyclePhase.DECIDE
+    async def _evaluate(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
+        await self._evaluate_version(self._model(self.candidate_id(k, s)), s)
+        return StagePhase.DECIDE
 
-    async def _decide(self, k: int, parent: ModelVersionRecord) -> CyclePhase:
-        # Re-measured (from the store, no generation when already done) so both sides use this recipe's
+    async def _decide(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
+        stage = self.recipe.stages[s]
+        assert stage.train is not None and stage.eval is not None
+        parent = versions[self.weights(stage.train.role)]
+        # Re-measured (from the store, no generation when already done) so both sides use this stage's
         # evaluation settings even if another recipe evaluated the parent differently since.
-        await self._evaluate_version(parent)
-        candidate = self._model(self.candidate_id(k))
-        decision = decide(candidate, self._model(parent.id), self.metric_prefix, self.recipe.promotion)
+        await self._evaluate_version(parent, s)
+        candidate = self._model(self.candidate_id(k, s))
+        decision = decide(candidate, self._model(parent.id), self.metric_prefix(s), stage.eval.promotion())
         self.store.update_model_metrics(candidate.id, {"decision": decision.reason})
         status = ModelStatus.PROMOTED if decision.promote else ModelStatus.REJECTED
         self.store.set_model_status(candidate.id, status)
-        self.console.print(f"cycle {k}: {status} {candidate.name}: {decision.reason}")
+        self.console.print(f"cycle {k} {stage.name}: {status} {candidate.name}: {decision.reason}")
         if decision.promote:
-            await self._serve(candidate)  # engines serve the promoted version from here on
-        return CyclePhase.DONE
+            await self._serve(self.weights(stage.train.role), candidate)  # engines serve it from here on
+        return StagePhase.DONE
 
     # ------------------------------------------------------------------------------------- helpers
     def _model(self, model_id: str) -> ModelVersionRecord:
@@ -239,74 +323,102 @@ class Evolution:
             raise RuntimeError(f"model version {model_id} vanished from the registry; see `strop models list`")
         return version
 
-    def _candidate_name(self, k: int) -> str:
-        name = f"{self.recipe.name}-c{k}"
+    def _candidate_name(self, k: int, s: int) -> str:
+        stage = self.recipe.stages[s]
+        name = f"{self.recipe.name}-c{k}" if len(self.recipe.stages) == 1 else f"{self.recipe.name}-{stage.name}-c{k}"
         other = self.store.get_model(name)
-        return name if other is None or other.id == self.candidate_id(k) else f"{name}-{self.evolve_id[:6]}"
+        return name if other is None or other.id == self.candidate_id(k, s) else f"{name}-{self.evolve_id[:6]}"
 
-    async def _serve(self, version: ModelVersionRecord) -> None:
-        """Make the engine serve `version`: load it the first time, reload weights when the version changes."""
+    async def _serve(self, weights: str, version: ModelVersionRecord) -> Any:
+        """Make the engine of a weights role serve `version`: load it once, reload weights when it changes."""
         async with self._serving:
-            if self.engine is None:
-                self.engine = load_version_engine(version, backend=self.recipe.engine.backend,
-                                                  max_batch_size=self.recipe.engine.max_batch_size)
-            elif self.engine.model_version != version.id:
-                await self.engine.reload(version.path, adapter_path=version.adapter_path, model_version=version.id)
+            engine = self.engines.get(weights)
+            if engine is None:
+                engine = self.engines[weights] = load_version_engine(
+                    version, backend=self.recipe.engine.backend, max_batch_size=self.recipe.engine.max_batch_size)
+            elif engine.model_version != version.id:
+                await engine.reload(version.path, adapter_path=version.adapter_path, model_version=version.id)
+            return engine
 
-    async def _evaluate_version(self, version: ModelVersionRecord) -> None:
-        """Held-out evaluation with this recipe's settings; episodes already in the store are not redone."""
-        cfg = EvalConfig(split=Split.HELDOUT, n_tasks=self.recipe.tasks.heldout, k=self.recipe.eval.k,
-                         max_tokens=self.recipe.collect.max_tokens, system_prompt=self.recipe.collect.system_prompt)
-        res = await evaluate(_ServedBy(self, version), self.task_set, store=self.store, model_id=version.id,
-                             config=cfg, runner=self.runner)
+    async def _evaluate_version(self, version: ModelVersionRecord, s: int) -> None:
+        """Held-out evaluation with stage s's settings; episodes already in the store are not redone."""
+        stage = self.recipe.stages[s]
+        ev = stage.eval
+        assert stage.train is not None and ev is not None
+        loop_cfg = self._loop(0, s)[1]
+        cfg = EvalConfig(split=Split.HELDOUT, n_tasks=stage.tasks.heldout, k=ev.k,
+                         max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", None) or 64,
+                         system_prompt=ev.system_prompt or getattr(loop_cfg, "system_prompt", None))
+        served = _ServedBy(self, self.weights(stage.train.role), version)
+        res = await evaluate(served, self.task_sets[s], store=self.store, model_id=version.id, config=cfg,
+                             runner=self._runner(stage), label=self.label(s))
         if res.episodes_run or "eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
         how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
-        self.console.print(f"{version.name}: held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})")
+        self.console.print(f"{version.name}: {self.label(s)} held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})")
 
     # -------------------------------------------------------------------------------------- report
-    def table(self, cycles: int) -> list[CycleRow]:
-        base = self._model(self.base.id)
-        acc = base.metrics.get(self.metric)
-        rows = [CycleRow(cycle=0, model=base.name, phase=CyclePhase.DONE, heldout_accuracy=acc, current_accuracy=acc,
-                         decision="start", minutes=float(base.metrics.get("eval_seconds", 0.0)) / 60)]
-        current = acc
+    def table(self, cycles: int) -> list[StageRow]:
+        rows: list[StageRow] = []
+        current: dict[int, float | None] = {}
+        for s, stage in enumerate(self.recipe.stages):
+            if stage.train is None:
+                continue
+            base = self._model(self.bases[self.weights(stage.train.role)].id)
+            acc = base.metrics.get(self.metric(s))
+            current[s] = acc
+            rows.append(StageRow(cycle=0, stage=stage.name, role=stage.train.role, model=base.name,
+                                 phase=StagePhase.DONE, heldout_accuracy=acc, current_accuracy=acc, decision="start",
+                                 minutes=float(base.metrics.get("eval_seconds", 0.0)) / 60))
         for k in range(1, cycles + 1):
-            collect = self.store.get_run(self.collect_run_id(k))
-            phase = self.phase(k)
-            examples, seconds = 0, 0.0
-            if collect is not None:
-                examples = sum(int(e.outcome.get("examples", 0))
-                               for e in self.store.list_episodes(collect.id, children=False))
-                if collect.finished_at is not None:
-                    seconds += (collect.finished_at - collect.started_at).total_seconds()
-            cand = self.store.get_model(self.candidate_id(k))
-            row = CycleRow(cycle=k, model=cand.name if cand else "-", phase=phase, examples=examples)
-            if cand is not None:
-                row.heldout_accuracy = cand.metrics.get(self.metric)
-                row.train_loss = cand.metrics.get("train_loss")
-                seconds += float(cand.metrics.get("train_seconds", 0.0)) + float(cand.metrics.get("eval_seconds", 0.0))
-                row.decision = str(cand.status)
-                if cand.status == ModelStatus.PROMOTED:
-                    current = row.heldout_accuracy
-            elif phase == CyclePhase.SKIPPED:
-                row.decision = "skipped (nothing to train)"
-            row.current_accuracy, row.minutes = current, seconds / 60
-            rows.append(row)
+            for s in range(len(self.recipe.stages)):
+                rows.append(self._row(k, s, current))
         return rows
 
-    def write_report(self, rows: list[CycleRow]) -> Path:
+    def _row(self, k: int, s: int, current: dict[int, float | None]) -> StageRow:
+        stage = self.recipe.stages[s]
+        collect = self.store.get_run(self.collect_run_id(k, s))
+        phase = self.phase(k, s)
+        examples, seconds = 0, 0.0
+        if collect is not None:
+            examples = sum(int(e.outcome.get("examples", 0)) for e in self.store.list_episodes(collect.id, children=False))
+            if collect.finished_at is not None:
+                seconds += (collect.finished_at - collect.started_at).total_seconds()
+        if stage.train is None:
+            return StageRow(cycle=k, stage=stage.name, model="-", phase=phase, decision="collect only",
+                            examples=examples, minutes=seconds / 60)
+        cand = self.store.get_model(self.candidate_id(k, s))
+        row = StageRow(cycle=k, stage=stage.name, role=stage.train.role, model=cand.name if cand else "-",
+                       phase=phase, examples=examples)
+        if cand is not None:
+            row.heldout_accuracy = cand.metrics.get(self.metric(s))
+            row.train_loss = cand.metrics.get("train_loss")
+            row.examples = int(cand.metrics.get("examples", examples))
+            seconds += float(cand.metrics.get("train_seconds", 0.0)) + float(cand.metrics.get("eval_seconds", 0.0))
+            row.decision = str(cand.status)
+            if cand.status == ModelStatus.PROMOTED:
+                current[s] = row.heldout_accuracy
+        elif phase == StagePhase.SKIPPED:
+            row.decision = "skipped (nothing to train)"
+        row.current_accuracy, row.minutes = current.get(s), seconds / 60
+        return row
+
+    def write_report(self, rows: list[StageRow]) -> Path:
         """Print the table and write table.md, table.json and accuracy.png into the run folder."""
         from rich.table import Table
 
         out = self.recipe.run_dir()
         out.mkdir(parents=True, exist_ok=True)
-        header = ["cycle", "model", "held-out acc", "current acc", "decision", "examples", "train loss", "minutes"]
-        cells = [[str(r.cycle), r.model, _pct(r.heldout_accuracy), _pct(r.current_accuracy), r.decision,
-                  str(r.examples), "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}"]
+        multi = len(self.recipe.stages) > 1
+        header = ["cycle", *(["stage", "role"] if multi else []), "model", "held-out acc", "current acc", "decision",
+                  "examples", "train loss", "minutes"]
+        cells = [[str(r.cycle), *([r.stage, r.role] if multi else []), r.model, _pct(r.heldout_accuracy),
+                  _pct(r.current_accuracy), r.decision, str(r.examples),
+                  "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}"]
                  for r in rows]
-        table = Table(title=f"{self.recipe.name}: held-out {self.recipe.promotion.metric} on "
-                            f"{self.recipe.tasks.heldout} {self.task_set.name} tasks")
+        gates = sorted({f"{self.recipe.stages[s].eval.metric} on {self.recipe.stages[s].tasks.heldout} {self.label(s)}"
+                        for s, st in enumerate(self.recipe.stages) if st.eval is not None})
+        table = Table(title=f"{self.recipe.name}: held-out {'; '.join(gates)} tasks")
         for h in header:
             table.add_column(h)
         for c in cells:
@@ -331,45 +443,50 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _plot(rows: list[CycleRow], path: Path, *, title: str) -> None:
+def _plot(rows: list[StageRow], path: Path, *, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    pts = [(r.cycle, 100 * r.heldout_accuracy) for r in rows if r.heldout_accuracy is not None]
-    cur = [(r.cycle, 100 * r.current_accuracy) for r in rows if r.current_accuracy is not None]
-    if pts:
-        ax.plot(*zip(*pts, strict=True), "o", label="candidate")
-    if cur:
-        ax.plot(*zip(*cur, strict=True), "-", label="current (promoted)")
+    stages = list(dict.fromkeys(r.stage for r in rows if r.role))
+    for stage in stages:
+        mine = [r for r in rows if r.stage == stage]
+        suffix = f" ({stage})" if len(stages) > 1 else ""
+        pts = [(r.cycle, 100 * r.heldout_accuracy) for r in mine if r.heldout_accuracy is not None]
+        cur = [(r.cycle, 100 * r.current_accuracy) for r in mine if r.current_accuracy is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o", label=f"candidate{suffix}")
+        if cur:
+            ax.plot(*zip(*cur, strict=True), "-", label=f"current (promoted){suffix}")
     ax.set_xlabel("cycle")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_xticks([r.cycle for r in rows])
+    ax.set_xticks(sorted({r.cycle for r in rows}))
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if stages:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 class _ServedBy:
-    """The evolution's one engine, switched to `version` on first use: a phase whose episodes are all in the
-    store already never loads weights."""
+    """The engine of one weights role, switched to `version` on first use: a phase whose episodes are all in
+    the store already never loads weights."""
 
-    def __init__(self, evolution: Evolution, version: ModelVersionRecord) -> None:
-        self.evolution, self.version = evolution, version
+    def __init__(self, evolution: Evolution, weights: str, version: ModelVersionRecord) -> None:
+        self.evolution, self.weights, self.version = evolution, weights, version
 
     @property
     def model_version(self) -> str:
         return self.version.id
 
     async def generate(self, requests: list[Any]) -> list[list[Any]]:
-        await self.evolution._serve(self.version)
-        return await self.evolution.engine.generate(requests)
+        engine = await self.evolution._serve(self.weights, self.version)
+        return await engine.generate(requests)
 
     async def close(self) -> None:
         return None

@@ -1,7 +1,20 @@
-"""Evolve recipes: one TOML file says which model improves on which tasks, and how.
+"""Recipes: which models improve, through which loops, trained how, judged how. One TOML file.
 
-Every field is validated by pydantic with `extra="forbid"`, so a typo or a wrong type fails before any work
-starts, with the offending field named (`collect.temprature: unknown field`).
+A recipe names **roles** and lists **stages**:
+- a role (`policy`, `critic`, `generator`) is a model lineage in the registry. `critic = "policy"` means one
+  set of weights plays both roles (self-critique); a model name gives the role its own lineage with its own
+  promotions.
+- a stage runs a registered loop (`strop loops list`) with its config on a task set, trains one role on the
+  examples its own runs emitted (or other stages' runs, when `train.sources` says so) with a trainer kind,
+  and evaluates that role's candidate with a gate that decides its promotion. A cycle runs the stages in
+  order; the next stage sees the versions the previous one promoted.
+
+The flat form of the first recipes (`model`, `[collect]`, `[train]`, `[eval]`, `[promotion]`) is still read:
+it is one best-of-N stage training the policy with SFT (`legacy_to_stages`).
+
+Every field is validated by pydantic with `extra="forbid"`, and the loop config and trainer settings by the
+loop's and the trainer kind's own models, so a typo, a wrong type, an unknown loop or role, or a trainer
+setting TRL would refuse fails before any work starts, with the field named (`stages[0].config.temprature`).
 """
 
 from __future__ import annotations
@@ -10,10 +23,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from strop.memory.records import ExampleKind, Role
 from strop.training.promotion import PromotionSettings
-from strop.training.sft import SFTSettings
 
 
 class RecipeError(ValueError):
@@ -21,44 +34,68 @@ class RecipeError(ValueError):
 
 
 class TaskSettings(BaseModel):
-    """Which tasks the model practises on and is judged by."""
+    """Which tasks a stage practises on and is judged by."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("arithmetic", description="Task set name for `sandbox.tasks.load_task_set` (see `strop tasks list`).")
+    name: str = Field("arithmetic", description="Task set name for `load_task_set` (see `strop tasks list`).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options for the task set, e.g. {digits = 2}.")
-    train_per_cycle: int = Field(96, ge=1, description="Training tasks sampled in each cycle; each cycle takes fresh ones.")
+    train_per_cycle: int = Field(96, ge=1, description="Training tasks taken in each cycle; each cycle takes fresh ones.")
     heldout: int = Field(100, ge=1, description="Held-out tasks for evaluation (the same ones every cycle).")
 
 
-class CollectSettings(BaseModel):
-    """How answers are sampled for training (the best-of-N loop)."""
+class TrainSettings(BaseModel):
+    """What a stage trains: which role, with which trainer kind, on which examples."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(8, ge=1, le=256, description="Answers sampled per task.")
-    temperature: float = Field(0.8, gt=0.0, le=10.0, description="Sampling temperature for exploration.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_tokens: int = Field(48, ge=1, description="Most new tokens per answer (also used for evaluation).")
-    system_prompt: str | None = Field(None, description="System message for every task, in collection, training and evaluation.")
-    dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer of a task.")
-    rationalize: bool = Field(
-        False, description="STaR rationalization: re-sample tasks with no correct answer with the reference answer as a hint."
+    kind: str = Field("sft", description="Trainer kind: sft, dpo, grpo, pg (see training/trainers.py).")
+    role: str = Field("policy", description="The role whose model is trained and, if it passes the gate, promoted.")
+    example_kinds: list[ExampleKind] | None = Field(
+        None, description="Example kinds to train on; default: what the trainer kind consumes (sft for sft, pair for dpo).")
+    sources: list[str] = Field(
+        default_factory=lambda: ["self"],
+        description="Whose examples: 'self' (this stage's runs, all cycles so far), other stage names, or 'any' "
+        "(every unconsumed example in the store, whoever wrote it).",
     )
-    seed: int | None = Field(0, description="Sampling seed (each task gets its own stream); none for fresh randomness.")
-    concurrency: int = Field(64, ge=1, description="Episodes in flight at once (the engine batches across them).")
+    consumer: str | None = Field(
+        None, description="Consumer name for exactly-once claims; default '<role>:<kind>'. Two stages with one "
+        "consumer never train on the same example.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="The trainer kind's hyper-parameters (e.g. SFTSettings for sft).")
 
 
-class EvalSettings(BaseModel):
-    """How candidates are measured on held-out tasks."""
+class StageEvalSettings(BaseModel):
+    """How a stage judges the candidate of the role it trained, and when the candidate is promoted."""
 
     model_config = ConfigDict(extra="forbid")
 
     k: int | None = Field(None, ge=2, description="Also record pass@k with k sampled answers (pass@1 is always greedy).")
+    max_tokens: int | None = Field(None, ge=1, description="Most new tokens per answer; default the loop config's max_tokens (else 64).")
+    system_prompt: str | None = Field(None, description="System message; default the loop config's system_prompt.")
+    metric: str = Field("pass@1", description="Metric the gate compares, measured on the held-out split: 'pass@1' or 'pass@K'.")
+    margin: float = Field(0.02, ge=0.0, le=1.0, description="Held-out gain over the parent required to promote (0.02 = 2 points).")
+
+    def promotion(self) -> PromotionSettings:
+        return PromotionSettings(margin=self.margin, metric=self.metric)
+
+
+class Stage(BaseModel):
+    """One step of a cycle: a loop collects, a trainer trains a role, an evaluation gates its promotion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Stage name, unique in the recipe; keys its runs and models, and `sources`.")
+    loop: str = Field("best_of_n", description="Registered loop to run (see `strop loops list`).")
+    config: dict[str, Any] = Field(default_factory=dict, description="The loop's config (see `strop loops show LOOP`).")
+    tasks: TaskSettings = Field(default_factory=TaskSettings, description="Tasks to practise on and evaluate with.")
+    concurrency: int = Field(64, ge=1, description="Episodes in flight at once (the engine batches across them).")
+    train: TrainSettings | None = Field(None, description="What this stage trains; none for a stage that only collects.")
+    eval: StageEvalSettings | None = Field(None, description="Evaluation and promotion gate for the trained role.")
 
 
 class EngineSettings(BaseModel):
-    """The engine that serves the policy."""
+    """The engines that serve the roles."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,24 +104,129 @@ class EngineSettings(BaseModel):
 
 
 class Recipe(BaseModel):
-    """A self-improvement recipe: collect -> train -> evaluate -> promote, `cycles` times."""
+    """A self-improvement recipe: roles, and the stages each cycle runs, `cycles` times."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Recipe name; names the run folder and keys resumption (same name = same run).")
-    model: str = Field(description="Starting model: a registry name/id, a cache name ('smollm2-135m', 'tiny') or a folder.")
+    roles: dict[str, str] = Field(
+        description="Role -> starting model (registry name/id, cache name or folder), or another role's name to "
+        "share its weights, e.g. {policy = 'smollm2-135m', critic = 'policy'}.")
+    stages: list[Stage] = Field(min_length=1, description="Stages run in order in every cycle.")
     cycles: int = Field(2, ge=1, description="Cycles to run (`strop evolve --cycles` overrides).")
     db: str | None = Field(None, description="Store URL or SQLite path; None means $STROP_DB or ./strop.db.")
     output_dir: str | None = Field(None, description="Run folder for models, table and plot; default runs/<name>.")
-    tasks: TaskSettings = Field(default_factory=TaskSettings, description="Tasks to practise on and evaluate with.")
-    collect: CollectSettings = Field(default_factory=CollectSettings, description="Sampling for training data.")
-    train: SFTSettings = Field(default_factory=SFTSettings, description="SFT hyper-parameters (TRL SFTTrainer).")
-    eval: EvalSettings = Field(default_factory=EvalSettings, description="Held-out evaluation.")
-    promotion: PromotionSettings = Field(default_factory=PromotionSettings, description="The promotion gate.")
-    engine: EngineSettings = Field(default_factory=EngineSettings, description="The policy engine.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="The engines serving the roles.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        check_recipe(self)
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
+
+    def weights_of(self, role: str) -> str:
+        """The role whose weights `role` uses ('critic' -> 'policy' under `critic = "policy"`)."""
+        seen = [role]
+        while self.roles.get(role) in self.roles:
+            role = self.roles[role]
+            if role in seen:
+                raise ValueError(f"roles: {' -> '.join([*seen, role])} is a cycle")
+            seen.append(role)
+        return role
+
+    def stage_index(self, name: str) -> int:
+        return next(i for i, s in enumerate(self.stages) if s.name == name)
+
+
+class _Field(ValueError):
+    """A semantic error at a field path (turned into the same 'field: message' lines as pydantic's)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+
+
+def check_recipe(r: Recipe) -> None:
+    """What pydantic's types cannot say: names that must exist, roles that must be evaluated."""
+    from strop.agents.loops.registry import UnknownLoopError, get_loop
+    from strop.training.trainers import UnknownTrainerError, get_trainer
+
+    known_roles = {str(x) for x in Role}
+    for role in r.roles:
+        if role not in known_roles:
+            raise _Field(f"roles.{role}", f"unknown role; roles are {', '.join(sorted(known_roles))}")
+    if "policy" not in r.roles:
+        raise _Field("roles.policy", "every recipe needs a policy (e.g. roles = { policy = 'smollm2-135m' })")
+    for role in r.roles:
+        try:
+            r.weights_of(role)
+        except ValueError as e:
+            raise _Field(f"roles.{role}", str(e)) from None
+    names = [s.name for s in r.stages]
+    for i, stage in enumerate(r.stages):
+        at = f"stages[{i}]"
+        if stage.name in names[:i]:
+            raise _Field(f"{at}.name", f"stage name {stage.name!r} is used twice; stage names must be unique")
+        try:
+            spec = get_loop(stage.loop)
+        except UnknownLoopError as e:
+            raise _Field(f"{at}.loop", str(e)) from None
+        for role in spec.roles:
+            if str(role) not in r.roles:
+                raise _Field(f"{at}.loop", f"loop {spec.name!r} needs role {role!r}; add it under [roles] "
+                                           f"({role} = \"policy\" to share the policy's weights)")
+        try:
+            spec.parse_config(stage.config)
+        except ValidationError as e:
+            raise _Field(f"{at}.config", "\n" + format_validation_error(e, prefix=f"{at}.config.")) from None
+        if stage.train is None:
+            if stage.eval is not None:
+                raise _Field(f"{at}.eval", "this stage trains nothing, so it has no candidate to evaluate; "
+                                           "add [stages.train] or remove [stages.eval]")
+            continue
+        t = stage.train
+        if t.role not in r.roles:
+            raise _Field(f"{at}.train.role", f"unknown role {t.role!r}; the recipe's roles are "
+                                             f"{', '.join(sorted(r.roles))} (add it under [roles])")
+        try:
+            kind = get_trainer(t.kind)
+        except UnknownTrainerError as e:
+            raise _Field(f"{at}.train.kind", str(e)) from None
+        try:
+            kind.parse_settings(t.settings)
+        except ValidationError as e:
+            raise _Field(f"{at}.train.settings", "\n" + format_validation_error(e, prefix=f"{at}.train.settings.")) from None
+        for src in t.sources:
+            if src not in ("self", "any") and src not in names:
+                raise _Field(f"{at}.train.sources", f"{src!r} is not 'self', 'any' or a stage name ({', '.join(names)})")
+        if stage.eval is None:
+            raise _Field(f"{at}.eval", f"stage {stage.name!r} trains role {t.role!r} but no stage evaluates it, so "
+                                       "its candidate could never be promoted; add [stages.eval] (e.g. margin = 0.02)")
+
+
+def legacy_to_stages(data: dict[str, Any]) -> dict[str, Any]:
+    """The first recipe form (one model, best-of-N collection, SFT) as a one-stage recipe."""
+    if "stages" in data or "model" not in data:
+        return data
+    data = dict(data)
+    collect = dict(data.pop("collect", {}))
+    concurrency = collect.pop("concurrency", 64)
+    config = {"seed": 0, "max_tokens": 48, **collect}
+    ev = dict(data.pop("eval", {}))
+    promotion = dict(data.pop("promotion", {}))
+    stage = {
+        "name": data.get("name", "stage"),
+        "loop": "best_of_n",
+        "config": config,
+        "tasks": data.pop("tasks", {}),
+        "concurrency": concurrency,
+        "train": {"kind": "sft", "role": "policy", "settings": data.pop("train", {})},
+        "eval": {**ev, **promotion},
+    }
+    data["roles"] = {"policy": data.pop("model")}
+    data["stages"] = [stage]
+    return data
 
 
 def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
@@ -97,16 +239,24 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{p}: not valid TOML: {e}") from e
     data.update({k: v for k, v in overrides.items() if v is not None})
+    return recipe_from_dict(data, source=str(p))
+
+
+def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(legacy_to_stages(data))
     except ValidationError as e:
-        raise RecipeError(f"{p}: invalid recipe:\n{format_validation_error(e)}") from e
+        raise RecipeError(f"{source}: invalid recipe:\n{format_validation_error(e)}") from e
 
 
-def format_validation_error(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in e.errors():
-        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), _Field):
+            lines.append(f"  {err['ctx']['error']}")
+            continue
+        loc = [f"[{x}]" if isinstance(x, int) else str(x) for x in err["loc"]]
+        field = prefix + ".".join(loc).replace(".[", "[") if loc else (prefix.rstrip(".") or "(top level)")
         msg = "unknown field (check the spelling; see recipes/star-arithmetic.toml)" if err["type"] == "extra_forbidden" else err["msg"]
         got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
         lines.append(f"  {field}: {msg}{got}")

@@ -1,4 +1,5 @@
-"""Kill `strop evolve` with SIGKILL mid-cycle, run it again, and check the store is consistent."""
+"""Kill `strop evolve` with SIGKILL inside each stage of a two-stage recipe, run it again, and check the store
+is consistent: every episode once, every example consumed once, one decided candidate per stage."""
 
 import os
 import signal
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from strop.memory.records import ExampleKind, JobStatus, ModelStatus, Role, TrainingJobRecord
-from tests.training.evolve_helpers import tiny_recipe
+from tests.training.evolve_helpers import two_stage_recipe
 
 REPO = Path(__file__).resolve().parents[2]
+PER_CYCLE = 16
 
 
 def _evolve(recipe: Path, db: str) -> subprocess.Popen[bytes]:
@@ -23,63 +25,69 @@ def _evolve(recipe: Path, db: str) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
-@pytest.mark.parametrize("kill_in", ["collect", "train"])
-def test_sigkill_mid_cycle_then_rerun_finishes_with_a_consistent_store(kill_in: str, tmp_path: Path,
-                                                                      tiny_model_path: Path) -> None:
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("stage", "kill_in", "backend"), [
+    (0, "collect", "sqlite"), (0, "train", "postgresql"), (1, "collect", "postgresql"), (1, "train", "sqlite"),
+])
+def test_sigkill_in_a_stage_then_rerun_finishes_with_a_consistent_store(
+        stage: int, kill_in: str, backend: str, tmp_path: Path, tiny_model_path: Path,
+        request: pytest.FixtureRequest) -> None:
     from strop.memory import Store
     from strop.training.evolve import Evolution
     from strop.training.recipe import load_recipe
 
-    db = f"sqlite:///{tmp_path / 'strop.db'}"
-    heldout, per_cycle = 8, 24
+    db = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
     # One episode in flight at a time, so collection spans many commits and the kill lands inside it.
-    recipe = tiny_recipe(tmp_path, train_per_cycle=per_cycle, heldout=heldout,
-                         extra="").read_text().replace("concurrency = 16", "concurrency = 1")
-    path = tmp_path / "recipe.toml"
-    path.write_text(recipe)
-
+    path = two_stage_recipe(tmp_path, train_per_cycle=PER_CYCLE, heldout=8, concurrency=1)
     store = Store(db)  # schema created here, before the child starts, so polling never races its creation
+    evo = Evolution(load_recipe(path), store, progress=False)
+
     proc = _evolve(path, db)
-    deadline = time.monotonic() + 240
-    killed_at = None
+    deadline = time.monotonic() + 400
+    killed = False
     while time.monotonic() < deadline and proc.poll() is None:
-        episodes = store.counts()["episodes"]
-        # collect: base evaluation done, collection writing episodes. train: a job holds claimed examples.
-        hit = episodes > heldout if kill_in == "collect" else bool(store.list_jobs(JobStatus.RUNNING))
+        if kill_in == "collect":
+            hit = len(store.episode_ids(evo.collect_run_id(1, stage))) >= 2
+        else:
+            job = store.get_job(evo.job_id(1, stage, 0))
+            hit = job is not None and job.status == JobStatus.RUNNING
         if hit:
             proc.send_signal(signal.SIGKILL)
-            killed_at = episodes
+            killed = True
             break
         time.sleep(0.05)
     out = proc.communicate()[0].decode()
-    assert killed_at is not None, f"evolve ended before it could be killed:\n{out}"
+    assert killed, f"evolve ended before it could be killed in stage {stage} {kill_in}:\n{out}"
     assert proc.returncode == -signal.SIGKILL
     if kill_in == "collect":
-        assert store.counts()["episodes"] < heldout + per_cycle, "killed after collection: too late to test it"
+        assert len(store.episode_ids(evo.collect_run_id(1, stage))) < PER_CYCLE, "killed too late to test it"
     else:
-        assert store.get_model(Evolution(load_recipe(path), store, progress=False).candidate_id(1)) is None
+        assert store.get_model(evo.candidate_id(1, stage)) is None
 
     proc = _evolve(path, db)
-    out = proc.communicate(timeout=300)[0].decode()
+    out = proc.communicate(timeout=400)[0].decode()
     assert proc.returncode == 0, out
-    assert "cycle 1" in out
 
-    evo = Evolution(load_recipe(path), store, progress=False)
-    # No duplicate episodes: one per task per run (base eval, collection, candidate eval).
-    assert len(store.episode_ids(evo.collect_run_id(1))) == per_cycle
-    assert store.counts()["episodes"] == heldout + per_cycle + heldout
-    # Exactly one model version for the finished cycle, evaluated and decided.
-    versions = store.list_models(lineage="tiny")
-    assert sorted(v.status for v in versions) == sorted([ModelStatus.BASE, store.get_model(evo.candidate_id(1)).status])
-    cand = store.get_model(evo.candidate_id(1))
-    assert cand.status in (ModelStatus.PROMOTED, ModelStatus.REJECTED) and evo.metric in cand.metrics
-    # Each example consumed once: the one successful job trained on all of them, nothing is left to claim.
     jobs = store.list_jobs()
-    assert [j.status for j in jobs].count(JobStatus.SUCCEEDED) == 1
-    assert all(j.status == JobStatus.FAILED for j in jobs if j.id != cand.job_id)
-    assert cand.metrics["examples"] == store.count_examples(role=Role.POLICY, kind=ExampleKind.SFT)
-    probe = store.start_job(TrainingJobRecord(algorithm="sft", role=Role.POLICY, model_in=cand.id))
+    for s in (0, 1):
+        # Every collected task once, in each stage.
+        episodes = store.list_episodes(evo.collect_run_id(1, s))
+        assert len(episodes) == PER_CYCLE == len({e.task_id for e in episodes})
+        assert store.get_run(evo.stage_run_id(1, s)).status == "finished"
+        emitted = sum(e.outcome["examples"] for e in episodes)
+        cand = store.get_model(evo.candidate_id(1, s))
+        if cand is None:  # nothing correct to train on
+            assert emitted == 0
+            continue
+        # One successful job per stage; any other was failed and released its claims.
+        mine = [j for j in jobs if j.id in {evo.job_id(1, s, a) for a in range(3)}]
+        assert [j.status for j in mine].count(JobStatus.SUCCEEDED) == 1
+        assert all(j.status == JobStatus.FAILED for j in mine if j.id != cand.job_id)
+        # The candidate trained on exactly its stage's examples, was evaluated and decided.
+        assert cand.metrics["examples"] == emitted
+        assert cand.status in (ModelStatus.PROMOTED, ModelStatus.REJECTED) and evo.metric(s) in cand.metrics
+    assert not store.list_jobs(JobStatus.RUNNING)
+    # Nothing the stages trained on can be claimed again by the policy's SFT consumer.
+    probe = store.start_job(TrainingJobRecord(algorithm="sft", role=Role.POLICY, model_in=evo.bases["policy"].id))
     assert store.claim_examples(probe.id, role=Role.POLICY, kind=ExampleKind.SFT) == []
-    assert store.get_run(evo.cycle_run_id(1)).status == "finished"
     store.close()

@@ -63,12 +63,19 @@ def evolve_cmd(
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML file, e.g. recipes/star-arithmetic.toml.")],
     cycles: Annotated[int | None, typer.Option(help="Cycles to run (default: the recipe's `cycles`).")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path (overrides the recipe's `db`).")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="Task-set option KEY=VALUE for every stage's task set (overrides the recipe's), "
+        "repeatable: --option steps=2 --option word_problems=true.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Collect -> train -> evaluate -> promote, N times. Kill it at any point and run it again to continue."""
+    """Run a recipe's cycles: each stage collects with its loop, trains a role, evaluates, promotes.
+
+    Kill it at any point and run it again to continue where it stopped.
+    """
     import asyncio
     import warnings
 
+    from strop.cli.commands.data import _parse_options
     from strop.memory import Store
     from strop.training.evolve import Evolution
     from strop.training.recipe import RecipeError, load_recipe
@@ -79,12 +86,16 @@ def evolve_cmd(
         _fail(str(e))
     if cycles is not None and cycles < 1:
         _fail(f"--cycles must be at least 1, got {cycles}")
+    if option:
+        overrides = _parse_options(option)
+        for stage in r.stages:
+            stage.tasks.options = {**stage.tasks.options, **overrides}
     # transformers 5 deprecations that TRL/PEFT trigger on every load; not ours to fix, only noise here.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     store = Store(db or r.db)
     try:
         evo = Evolution(r, store, progress=progress)
-    except RecipeError as e:  # a task set or model the recipe names that does not exist
+    except RecipeError as e:  # a task set, task option or model the recipe names that does not exist
         _fail(str(e))
     asyncio.run(evo.run(cycles))
 

@@ -30,6 +30,7 @@ KIND_NAMES: dict[str, ExampleKind] = {
     "rewards": ExampleKind.REWARD,
     "values": ExampleKind.STEP_VALUE,
     "turns": ExampleKind.GAME_TURN,
+    "advantages": ExampleKind.ADVANTAGE,
     **{k.value: k for k in ExampleKind},
 }
 
@@ -39,11 +40,14 @@ REQUIRED: dict[ExampleKind, list[set[str]]] = {
     ExampleKind.PAIR: [{"prompt", "chosen", "rejected"}, {"chosen", "rejected"}],
     ExampleKind.REWARD: [{"prompt", "completion"}, {"chosen", "rejected"}],
     ExampleKind.STEP_VALUE: [{"prompt", "completions", "labels"}, {"prompt", "completion"}],
-    ExampleKind.GAME_TURN: [{"prompt", "completion"}],
+    ExampleKind.GAME_TURN: [{"prompt_ids", "completion_ids", "logprobs", "advantage"}, {"prompt", "completion"}],
+    # Token-level actions for the `pg` trainer (records.AdvantagePayload); no TRL dataset format to match.
+    ExampleKind.ADVANTAGE: [{"prompt_ids", "completion_ids", "logprobs", "advantage"}],
 }
 
 
-CANONICAL = ("prompt", "completion", "completions", "chosen", "rejected", "messages", "text", "labels", "reward")
+CANONICAL = ("prompt", "completion", "completions", "chosen", "rejected", "messages", "text", "labels", "reward",
+             "prompt_ids", "completion_ids", "logprobs", "advantage")
 
 
 def parse_kind(kind: ExampleKind | str) -> ExampleKind:

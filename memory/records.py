@@ -7,12 +7,13 @@ chosen by the caller so that a retried write is idempotent.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def new_id() -> str:
@@ -68,7 +69,8 @@ class ExampleKind(StrEnum):
     PAIR = "pair"  # prompt/chosen/rejected
     REWARD = "reward"  # prompt/completion/reward
     STEP_VALUE = "step_value"  # partial solution/value target
-    GAME_TURN = "game_turn"  # prompt/completion/advantage for one seat
+    GAME_TURN = "game_turn"  # one seat's action in a game: an `AdvantagePayload` (seat and game in its metadata)
+    ADVANTAGE = "advantage"  # one action with its sampling log-probs and advantage: an `AdvantagePayload`
 
 
 class Role(StrEnum):
@@ -141,6 +143,78 @@ class ExampleRecord(BaseModel):
     episode_id: str | None = None
     task_id: str | None = None
     split: str = Field("train", description="Split of the task it came from; held-out examples are refused.")
+
+
+class AdvantagePayload(BaseModel):
+    """The payload of an `ADVANTAGE` (or `GAME_TURN`) example: one action of an episode, scored by its loop.
+
+    Multi-turn and multi-agent loops (self-correction, self-play games) compute advantages themselves (SCoRe's
+    improvement bonus, SPIRAL's role-conditioned baselines) and emit one example per action; the `pg` trainer
+    kind raises or lowers the probability of exactly these tokens. Everything is token ids as the engine
+    reported them, never text to re-tokenize: a later turn's `prompt_ids` is the whole context the policy was
+    conditioned on (earlier turns, the other seat's or the environment's messages, the chat template), and
+    `completion_ids` is that turn's own action only.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_ids: list[int] = Field(min_length=1, description="Token ids the policy saw before acting (the full context).")
+    completion_ids: list[int] = Field(min_length=1, description="The action: the sampled token ids, as generated.")
+    logprobs: list[float] = Field(
+        description="Per completion token, the log-probability it had when it was sampled (same length as "
+        "`completion_ids`), of the distribution it was drawn from: after temperature (and top-p truncation, "
+        "which a trainer cannot replay: sample with top_p = 1 for exact ratios)."
+    )
+    advantage: float = Field(description="How much better than expected the action was; its sign raises or lowers it.")
+    temperature: float | None = Field(
+        None, gt=0, description="Sampling temperature the log-probs were taken at; the trainer refuses a mismatch."
+    )
+    model_version: str | None = Field(None, description="Model version id that sampled the action.")
+    reward: float | None = Field(None, description="The return the advantage was computed from (for reports).")
+    prompt: str | list[dict[str, Any]] | None = Field(None, description="The prompt as text or messages, for people.")
+    completion: str | None = Field(None, description="The action as text, for people; training never reads it.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Loop-specific labels, e.g. {'turn': 2, 'seat': 1, 'game': 'kuhn_poker'}."
+    )
+
+    @field_validator("prompt_ids", "completion_ids")
+    @classmethod
+    def _token_ids(cls, ids: list[int]) -> list[int]:
+        if any(i < 0 for i in ids):
+            raise ValueError("token ids must be non-negative")
+        return ids
+
+    @field_validator("advantage")
+    @classmethod
+    def _finite_advantage(cls, a: float) -> float:
+        if not math.isfinite(a):
+            raise ValueError(f"advantage must be a finite number, got {a}")
+        return a
+
+    @model_validator(mode="after")
+    def _aligned(self) -> AdvantagePayload:
+        if len(self.logprobs) != len(self.completion_ids):
+            raise ValueError(
+                f"{len(self.logprobs)} logprobs for {len(self.completion_ids)} completion tokens: there must be one "
+                "sampling log-prob per completion token"
+            )
+        bad = [i for i, lp in enumerate(self.logprobs) if not math.isfinite(lp) or lp > 1e-4]
+        if bad:
+            raise ValueError(
+                f"logprobs must be finite and <= 0 (log-probabilities); position {bad[0]} is {self.logprobs[bad[0]]}"
+            )
+        return self
+
+    def example(self, *, kind: ExampleKind = ExampleKind.ADVANTAGE, role: Role = Role.POLICY,
+                task_id: str | None = None, split: str = "train") -> ExampleRecord:
+        """This payload as an example record for `EpisodeRecord.examples`.
+
+        Unset optional fields are left out, empty `metadata` too (Parquet cannot store a struct without fields).
+        """
+        payload = self.model_dump(mode="json", exclude_none=True)
+        if not payload.get("metadata"):
+            payload.pop("metadata", None)
+        return ExampleRecord(kind=kind, role=role, payload=payload, task_id=task_id, split=split)
 
 
 class EpisodeRecord(BaseModel):

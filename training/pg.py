@@ -95,7 +95,8 @@ class PGSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for shuffling and adapter initialisation.")
     lora: LoraSettings | None = Field(
-        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning."
+        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning. Dropout, the "
+        "adapter's included, is off while training: the stored log-probs were taken without it."
     )
     merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
     bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")

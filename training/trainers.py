@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from strop.memory.records import ExampleKind, ExampleRecord, ModelVersionRecord, Role
 
 # Modules that register strop's own trainer kinds, imported on first look-up.
-_BUILTIN_MODULES: tuple[str, ...] = ("strop.training.sft", "strop.training.grpo", "strop.training.pg")
+_BUILTIN_MODULES: tuple[str, ...] = ("strop.training.sft", "strop.training.grpo", "strop.training.dpo", "strop.training.pg")
 
 
 class UnknownTrainerError(KeyError):

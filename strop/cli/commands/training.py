@@ -59,6 +59,75 @@ def sft_cmd(
                f"then `strop models promote {res.candidate.name}`")
 
 
+@train_app.command("dpo")
+def dpo_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model version to train from (registry name/id, cache name or folder); it is also the DPO reference.")],
+    beta: Annotated[float, typer.Option(help="KL strength toward the reference (the parent version).")] = 0.1,
+    loss_type: Annotated[str, typer.Option(help="TRL DPO loss: sigmoid, ipo, hinge, robust, ... (see `DPOSettings`).")] = "sigmoid",
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 8,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
+    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Train on at most this many pairs.")] = None,
+    derive_from: Annotated[list[str] | None, typer.Option(
+        "--derive-from", help="Run id, repeatable: first derive pairs from these best-of-N runs' answers (for runs "
+        "recorded without emit_pairs), then train on those runs' pairs only.")] = None,
+    max_pairs_per_task: Annotated[int, typer.Option(help="With --derive-from: most pairs derived per task.")] = 4,
+    name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
+) -> None:
+    """DPO on the unconsumed preference pairs (correct over incorrect answers); registers a candidate."""
+    from pydantic import ValidationError
+
+    from strop.agents.models import ModelNotFoundError, model_cache_dir
+    from strop.agents.runner import resolve_version
+    from strop.memory import Store
+    from strop.memory.records import new_id
+    from strop.training.dpo import DPOSettings
+    from strop.training.jobs import NothingToTrainError, train_candidate
+    from strop.training.pairs import derive_pairs, format_balance
+    from strop.training.sft import LoraSettings
+
+    try:
+        settings = DPOSettings(beta=beta, loss_type=loss_type, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                               merge=merge, lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None)
+    except ValidationError as e:
+        _fail("; ".join(err["msg"] for err in e.errors()))
+    store = Store(db)
+    try:
+        parent = resolve_version(store, model)
+    except ModelNotFoundError as e:
+        _fail(str(e))
+    if derive_from:
+        try:
+            got = derive_pairs(store, derive_from, max_pairs_per_task=max_pairs_per_task)
+        except ValueError as e:
+            _fail(str(e))
+        typer.echo(f"derived {got.pairs} pairs from {got.with_pairs} of {got.episodes} episodes ({got.added} new)"
+                   + (f"; {got.skipped_no_prompt} episodes skipped: prompt unknown" if got.skipped_no_prompt else ""))
+    job_id = new_id()
+    cand_name = name or f"{parent.lineage}-dpo-{job_id[:8]}"
+    out = output_dir or model_cache_dir() / "versions" / cand_name
+    try:
+        res = train_candidate(store, parent, kind="dpo", output_dir=out, settings=settings, name=cand_name,
+                              job_id=job_id, limit=limit, run_ids=derive_from or None)
+    except NothingToTrainError:
+        _fail("nothing to train: no unconsumed preference pairs of the policy. Collect some with "
+              "`strop run best_of_n --set emit_pairs=true`, or derive them from a recorded best-of-N run with "
+              "`--derive-from RUN_ID`")
+    metrics = res.job.metrics
+    if "balance" in metrics:
+        typer.echo(f"pairs: {format_balance(metrics['balance'])}")
+    margin = metrics.get("reward_margin")
+    typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} pairs, loss {res.train_loss:.3f}"
+               + (f", reward margin {margin:+.3f} (accuracy {metrics.get('reward_accuracy', 0):.0%})"
+                  if margin is not None else "")
+               + f", {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, then "
+               f"`strop models promote {res.candidate.name}`")
+
+
 def evolve_cmd(
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML file, e.g. recipes/star-arithmetic.toml.")],
     cycles: Annotated[int | None, typer.Option(help="Cycles to run (default: the recipe's `cycles`).")] = None,

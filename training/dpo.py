@@ -1,0 +1,251 @@
+"""Direct preference optimisation over TRL's `DPOTrainer`, with defaults that are safe on a CPU-only machine.
+
+Data: PAIR examples in TRL's conversational format, `{"prompt": [messages], "chosen": [assistant message],
+"rejected": [assistant message]}` (best-of-N's `emit_pairs`, or `training.pairs.derive_pairs` over runs
+recorded without it).
+
+The reference model is the parent version, as DPO wants:
+- LoRA over a full parent: TRL computes the reference with the adapter disabled, which is the parent.
+- LoRA over a parent that is itself an adapter: training continues the parent's adapter (every candidate
+  stays one adapter over the same base, as with SFT) and TRL keeps a frozen copy of it as the reference.
+- Full fine-tuning: a second, frozen copy of the parent (merged, if the parent is an adapter).
+
+Each job records a balance report of its pairs (pairs per task, chosen vs rejected token lengths) and TRL's
+reward figures (margins, accuracies) in the job's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from strop.memory.records import ExampleKind, ExampleRecord
+from strop.training.sft import LoraSettings
+from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
+
+log = logging.getLogger(__name__)
+
+# The losses TRL 1.16's DPOTrainer implements (`DPOConfig.loss_type`; anything else fails at its first step).
+# tests/training/test_dpo.py checks this list against the installed TRL source.
+DPO_LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+
+# TRL's logged figures that a job keeps (the last logged value), under the job-metric names.
+_REWARD_KEYS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"}
+
+
+class DPOSettings(BaseModel):
+    """DPO hyper-parameters; they map onto TRL's `DPOConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(
+        0.1, gt=0, description="KL strength toward the reference (the parent): higher keeps the model closer to it "
+        "(for loss_type 'ipo', the regularisation tau)."
+    )
+    loss_type: str | list[str] = Field(
+        "sigmoid", description=f"DPO loss, or a list of losses summed: one of {', '.join(DPO_LOSS_TYPES)}."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Assumed share of flipped preference labels ('robust' needs < 0.5; 'exo_pair' "
+        "needs > 0, e.g. 1e-3)."
+    )
+    learning_rate: float = Field(
+        5e-5, gt=0, description="Peak learning rate (DPO wants less than SFT: ~5e-5 with LoRA, ~5e-7..5e-6 full)."
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the claimed pairs.")
+    batch_size: int = Field(8, ge=1, description="Pairs per device step (each pair is two sequences).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(256, ge=8, description="Longest tokenized prompt+answer; longer ones are truncated.")
+    lr_scheduler: str = Field("linear", description="Transformers scheduler name: linear, cosine, constant...")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    seed: int = Field(0, description="Seed for shuffling and adapter initialisation.")
+    lora: LoraSettings | None = Field(
+        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning. A parent that "
+        "is an adapter is continued with its own adapter settings."
+    )
+    merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
+    bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
+    report_to: list[str] = Field(default_factory=list, description="Trackers (e.g. ['wandb']); empty reports nowhere.")
+    logging_steps: int = Field(5, ge=1, description="Log the loss and reward figures every this many steps.")
+    max_examples: int | None = Field(
+        None, ge=1, description="Claim at most this many pairs per job (oldest first); the rest wait for the next job."
+    )
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, value: str | list[str]) -> str | list[str]:
+        losses = [value] if isinstance(value, str) else value
+        bad = [x for x in losses if x not in DPO_LOSS_TYPES]
+        if not losses or bad:
+            raise ValueError(f"unknown DPO loss_type {bad or value!r}; TRL 1.16 knows: {', '.join(DPO_LOSS_TYPES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _smoothing_fits_loss(self) -> DPOSettings:
+        if "robust" in self.losses and self.label_smoothing >= 0.5:
+            raise ValueError(f"loss_type 'robust' needs label_smoothing < 0.5, got {self.label_smoothing}")
+        if "exo_pair" in self.losses and self.label_smoothing == 0:
+            raise ValueError("loss_type 'exo_pair' needs label_smoothing > 0 (the paper uses 1e-3)")
+        return self
+
+    @property
+    def losses(self) -> list[str]:
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+
+def _reward_figures(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """TRL's reward figures at the last logged step, and the margin at the first one (with logging_steps=1 that
+    is before any update, where it is 0: the reference is the parent)."""
+    logged = [h for h in log_history if "rewards/margins" in h]
+    out: dict[str, float] = {}
+    if logged:
+        for key, name in _REWARD_KEYS.items():
+            if key in logged[-1]:
+                out[name] = float(logged[-1][key])
+        out["reward_margin_first"] = float(logged[0]["rewards/margins"])
+    return out
+
+
+def run_dpo(
+    dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: DPOSettings | None = None,
+    adapter_path: str | Path | None = None,
+) -> TrainOutcome:
+    """DPO on a TRL conversational prompt/chosen/rejected dataset; the result is saved in `output_dir`."""
+    import warnings
+
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+
+    cfg = settings or DPOSettings()
+    started = time.monotonic()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def load_parent(trainable: bool) -> Any:
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+        if adapter_path is None:
+            return model
+        from peft import PeftModel
+
+        if trainable and cfg.lora is not None:  # continue the parent's adapter; TRL copies it as the reference
+            return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+        merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+        return merged.requires_grad_(trainable)  # PEFT froze the base weights when it loaded the adapter
+
+    model = load_parent(trainable=True)
+    ref_model = None
+    peft_config = None
+    if cfg.lora is None:  # full fine-tuning: an explicit frozen parent (TRL would reload the base, not a merged adapter)
+        ref_model = load_parent(trainable=False)
+    elif adapter_path is None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+        )
+    bf16 = cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported())
+    args = DPOConfig(
+        output_dir=str(out / "trainer"),
+        beta=cfg.beta,
+        loss_type=cfg.losses,
+        label_smoothing=cfg.label_smoothing,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        # TRL turns activation (gradient) checkpointing on by default; a small model only loses speed with it.
+        gradient_checkpointing=False,
+        report_to=cfg.report_to or "none",
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        dataloader_pin_memory=cuda,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    result = trainer.train()
+    trained = trainer.model
+    if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
+        trained.delete_adapter("ref")  # TRL's frozen copy of the parent's adapter: not part of the result
+    adapter_out: str | None = None
+    if cfg.lora is not None and not cfg.merge:
+        trained.save_pretrained(str(out))
+        adapter_out, path_out = str(out), str(model_path)
+    else:
+        if hasattr(trained, "merge_and_unload"):
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        path_out = str(out)
+    return TrainOutcome(
+        path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
+        steps=int(result.global_step), examples=len(dataset), seconds=time.monotonic() - started,
+        metrics=_reward_figures(trainer.state.log_history),
+    )
+
+
+def _build_dataset(examples: list[ExampleRecord], settings: DPOSettings) -> Any:
+    from strop.memory import to_dataset
+
+    return to_dataset(examples, ExampleKind.PAIR)
+
+
+def pair_balance(examples: list[ExampleRecord], model_path: str | Path | None = None) -> dict[str, Any]:
+    """`training.pairs.balance_report` with token counts from the model's tokenizer (words without one)."""
+    from strop.training.pairs import balance_report
+
+    count = None
+    if model_path is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+
+        def count(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return balance_report(examples, count)
+
+
+def _train(req: TrainRequest) -> TrainOutcome:
+    from strop.training.pairs import format_balance
+
+    balance = pair_balance(req.examples, req.parent.path)
+    log.info("DPO job %s: %s", req.job_id[:8], format_balance(balance))
+    outcome = run_dpo(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
+                      output_dir=req.output_dir, settings=req.settings)
+    outcome.metrics = {"balance": balance, **outcome.metrics}
+    return outcome
+
+
+DPO = register_trainer(TrainerKind(
+    name="dpo", settings=DPOSettings, example_kinds=(ExampleKind.PAIR,), train=_train, build_dataset=_build_dataset,
+    description="Direct preference optimisation (TRL DPOTrainer) on prompt/chosen/rejected pairs, e.g. best-of-N's "
+                "correct answers over its incorrect ones; the parent version is the reference.",
+))

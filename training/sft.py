@@ -88,6 +88,7 @@ def run_sft(
             model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
         else:  # full fine-tuning starts from the merged parent
             model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+            model.requires_grad_(True)  # PEFT loads the parent frozen; merged, every weight trains
     elif cfg.lora is not None:
         from peft import LoraConfig
 

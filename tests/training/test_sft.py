@@ -38,3 +38,13 @@ def test_lora_adapter_kept_then_continued_then_merged(tiny_model_path: Path, tmp
     assert merged.adapter_path is None and merged.path == str(tmp_path / "c")
     model = AutoModelForCausalLM.from_pretrained(merged.path)
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_from_an_adapter_parent_trains_the_merged_weights(tiny_model_path: Path,
+                                                                           tmp_path: Path) -> None:
+    lora = SFTSettings(epochs=1, batch_size=8, learning_rate=1e-3, lora=LoraSettings(r=4, alpha=8))
+    parent = run_sft(_dataset(), model_path=tiny_model_path, output_dir=tmp_path / "a", settings=lora)
+    full = run_sft(_dataset(), model_path=parent.path, adapter_path=parent.adapter_path, output_dir=tmp_path / "b",
+                   settings=lora.model_copy(update={"lora": None}))
+    assert full.adapter_path is None and full.train_loss > 0 and full.steps == 2

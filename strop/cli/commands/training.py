@@ -144,7 +144,7 @@ def evolve_cmd(
     import asyncio
     import warnings
 
-    from strop.cli.commands.data import _parse_options
+    from strop.cli.commands._options import parse_options
     from strop.memory import Store
     from strop.training.evolve import Evolution
     from strop.training.recipe import RecipeError, load_recipe
@@ -156,7 +156,7 @@ def evolve_cmd(
     if cycles is not None and cycles < 1:
         _fail(f"--cycles must be at least 1, got {cycles}")
     if option:
-        overrides = _parse_options(option)
+        overrides = parse_options(option)
         for stage in r.stages:
             stage.tasks.options = {**stage.tasks.options, **overrides}
     # transformers 5 deprecations that TRL/PEFT trigger on every load; not ours to fix, only noise here.

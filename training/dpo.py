@@ -114,6 +114,15 @@ def _reward_figures(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _no_activation_checkpointing(config_cls: type) -> dict[str, bool]:
+    """Checkpointing off under the name this transformers knows: `activation_checkpointing` since 5.2x, where
+    `gradient_checkpointing` became a deprecated alias; only the old name before (pyproject allows >=5.16)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
+
+
 def run_dpo(
     dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: DPOSettings | None = None,
     adapter_path: str | Path | None = None,
@@ -178,8 +187,8 @@ def run_dpo(
         bf16=bf16,
         fp16=False,
         use_cpu=not cuda,
-        # TRL turns activation (gradient) checkpointing on by default; a small model only loses speed with it.
-        gradient_checkpointing=False,
+        # TRL turns activation checkpointing on by default; a small model only loses speed with it.
+        **_no_activation_checkpointing(DPOConfig),
         report_to=cfg.report_to or "none",
         logging_steps=cfg.logging_steps,
         save_strategy="no",

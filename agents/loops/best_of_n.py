@@ -189,7 +189,7 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
         pairs = preference_pairs(eid, messages, answers, task_id=task.id, split=str(task.split),
                                  max_pairs=cfg.max_pairs_per_task)
         examples += pairs
-        outcome["pairs"] = len(pairs)
+        outcome.update(pairs=len(pairs), examples=len(examples))  # examples: every kind the episode emits
     return EpisodeRecord(
         id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
         reward=correct / n_plain if n_plain else 0.0,

@@ -49,7 +49,7 @@ async def test_best_of_n_emits_correct_over_incorrect_pairs_deduped_and_capped()
     ep = await _episode(best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True, max_pairs_per_task=4), task)
     pairs = _pairs(ep)
     assert len([x for x in ep.examples if x.kind == ExampleKind.SFT]) == 2  # SFT examples are unchanged
-    assert ep.outcome["pairs"] == 4 and ep.outcome["examples"] == 2
+    assert ep.outcome["pairs"] == 4 and ep.outcome["examples"] == 6  # what the runner reports as emitted
     # 2 distinct correct x 3 distinct wrong = 6 pairs; the cap keeps 4, along diagonals so every answer is used.
     assert [_texts(x) for x in pairs] == [
         (f"#### {s}", f"#### {s + 1}"), (f"it is #### {s}", f"#### {s + 2}"),

@@ -204,7 +204,8 @@ def _make(resources: LoopResources, config: BestOfNConfig) -> StateGraph:
 
 SPEC = register_loop(LoopSpec(
     name=LOOP_NAME, config=BestOfNConfig, build_graph=build_graph, make=_make,
-    roles=(Role.POLICY,), example_kinds=(ExampleKind.SFT,),
+    roles=(Role.POLICY,), example_kinds=(ExampleKind.SFT, ExampleKind.PAIR),
     description="Best-of-N rejection sampling (STaR): sample N answers per task, verify each, keep the correct "
-                "ones as SFT examples; every attempt, right or wrong, is stored.",
+                "ones as SFT examples (and correct-over-incorrect DPO pairs with emit_pairs); every attempt, right "
+                "or wrong, is stored.",
 ))

@@ -164,3 +164,23 @@ def test_grpo_kind_end_to_end(tiny_model_path: Path, store: Any, tmp_path: Path)
 
     help_text = GRPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
     assert all(f"'{v}'" in help_text for v in allowed_loss_types())
+
+
+def test_adapter_merged_for_sampling_is_restored(tiny_model_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from strop.training.grpo import _merge_for_sampling
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        unmerged = model(x).logits
+        assert _merge_for_sampling(model)
+        assert torch.allclose(model(x).logits, unmerged, atol=1e-5)  # same function, one matmul per layer
+        model.unmerge_adapter()
+    assert all(torch.allclose(p, before[n], atol=1e-6) for n, p in model.named_parameters())
+    assert not _merge_for_sampling(AutoModelForCausalLM.from_pretrained(tiny_model_path))  # no adapter: nothing

@@ -13,6 +13,7 @@ them on first look-up so `import strop.training.trainers` stays cheap.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class TrainerKind:
 
 _REGISTRY: dict[str, TrainerKind] = {}
 _loaded = False
+_loading = threading.RLock()  # first look-ups on several threads wait for the imports, not see an empty registry
 
 
 def register_trainer(kind: TrainerKind, *, replace: bool = False) -> TrainerKind:
@@ -97,10 +99,13 @@ def register_trainer(kind: TrainerKind, *, replace: bool = False) -> TrainerKind
 
 def _load() -> None:
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+    if _loaded:
+        return
+    with _loading:
+        if not _loaded:
+            for module in _BUILTIN_MODULES:
+                importlib.import_module(module)
+            _loaded = True  # only once every kind is registered (a failed import is retried next look-up)
 
 
 def get_trainer(name: str) -> TrainerKind:

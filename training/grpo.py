@@ -88,8 +88,9 @@ def allowed_loss_types() -> tuple[str, ...]:
                 values = tuple(re.findall(r"'([a-z_]+)'", part.group(1))) if part else ()
                 if values:
                     return values
-    except Exception:  # an unreadable or reshaped TRL: fall back to the values of the version strop pins
-        pass
+    except (OSError, SyntaxError, StopIteration, AssertionError, KeyError, ValueError, TypeError, AttributeError):
+        # An unreadable or reshaped TRL source: fall back to the values of the TRL version strop pins.
+        return _FALLBACK_LOSS_TYPES
     return _FALLBACK_LOSS_TYPES
 
 
@@ -769,7 +770,7 @@ def _advantage_check(trainer: Any, rollout: StropRollout) -> float | None:
         if not ours or len(trl_adv) != len(ours):
             return None
         return max(abs(a - b) for a, b in zip(trl_adv, ours, strict=True))
-    except Exception:
+    except (AttributeError, KeyError, TypeError, ValueError):  # TRL's private log changed shape: no check
         return None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from strop.agents.evaluation import EvalConfig, evaluate, metric_key, task_set_label
 from strop.agents.loops.base import stable_id
@@ -166,7 +167,7 @@ class Evolution:
         phase = self.phase(k, s)
         if phase not in (StagePhase.DONE, StagePhase.SKIPPED):
             trained = f", training {stage.train.role} from {versions[self.weights(stage.train.role)].name}" if stage.train else ""
-            self.console.print(f"[bold]cycle {k} {stage.name}[/]: {phase}{trained}")
+            self.console.print(f"[bold]cycle {k} {escape(stage.name)}[/]: {phase}{escape(trained)}")
         handlers = {StagePhase.COLLECT: self._collect, StagePhase.TRAIN: self._train,
                     StagePhase.EVALUATE: self._evaluate, StagePhase.DECIDE: self._decide}
         while phase in handlers:
@@ -274,9 +275,9 @@ class Evolution:
             left = sum(self.store.count_examples(t.role, kind, unconsumed_by=consumer, run_ids=run_ids) for kind in kinds)
             if left == 0:
                 self.console.print(
-                    f"[yellow]cycle {k} {stage.name}: no unconsumed {'/'.join(map(str, kinds))} examples of role "
-                    f"{t.role} from {', '.join(t.sources)}: nothing to train; skipping training and promotion[/] "
-                    "(for best-of-N: raise n or temperature, or start from a stronger model)"
+                    f"cycle {k} {stage.name}: no unconsumed {'/'.join(map(str, kinds))} examples of role "
+                    f"{t.role} from {', '.join(t.sources)}: nothing to train; skipping training and promotion "
+                    "(for best-of-N: raise n or temperature, or start from a stronger model)", markup=False, style="yellow"
                 )
                 return StagePhase.SKIPPED
         try:
@@ -287,7 +288,7 @@ class Evolution:
                 consumer=t.consumer, run_ids=run_ids, context=context,
             )
         except NothingToTrainError as e:
-            self.console.print(f"[yellow]cycle {k} {stage.name}: {e}; skipping training and promotion[/]")
+            self.console.print(f"[yellow]cycle {k} {escape(stage.name)}: {escape(str(e))}; skipping training and promotion[/]")
             return StagePhase.SKIPPED
         self.console.print(
             f"cycle {k} {stage.name}: trained {res.candidate.name} ({t.kind}) on {res.examples} examples, loss "
@@ -311,7 +312,7 @@ class Evolution:
         self.store.update_model_metrics(candidate.id, {"decision": decision.reason})
         status = ModelStatus.PROMOTED if decision.promote else ModelStatus.REJECTED
         self.store.set_model_status(candidate.id, status)
-        self.console.print(f"cycle {k} {stage.name}: {status} {candidate.name}: {decision.reason}")
+        self.console.print(f"cycle {k} {stage.name}: {status} {candidate.name}: {decision.reason}", markup=False)
         if decision.promote:
             await self._serve(self.weights(stage.train.role), candidate)  # engines serve it from here on
         return StagePhase.DONE
@@ -355,7 +356,8 @@ class Evolution:
         if res.episodes_run or "eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
         how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
-        self.console.print(f"{version.name}: {self.label(s)} held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})")
+        self.console.print(f"{version.name}: {self.label(s)} held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})",
+                           markup=False)
 
     # -------------------------------------------------------------------------------------- report
     def table(self, cycles: int) -> list[StageRow]:
@@ -418,18 +420,18 @@ class Evolution:
                  for r in rows]
         gates = sorted({f"{self.recipe.stages[s].eval.metric} on {self.recipe.stages[s].tasks.heldout} {self.label(s)}"
                         for s, st in enumerate(self.recipe.stages) if st.eval is not None})
-        table = Table(title=f"{self.recipe.name}: held-out {'; '.join(gates)} tasks")
+        table = Table(title=escape(f"{self.recipe.name}: held-out {'; '.join(gates)} tasks"))
         for h in header:
             table.add_column(h)
         for c in cells:
-            table.add_row(*c)
+            table.add_row(*map(escape, c))
         self.console.print(table)
         md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(c) + " |" for c in cells]
         (out / "table.md").write_text("\n".join(md) + "\n")
         (out / "table.json").write_text(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         _plot(rows, out / "accuracy.png", title=self.recipe.name)
-        self.console.print(f"report: {out / 'table.md'}, {out / 'accuracy.png'}")
+        self.console.print(f"report: {out / 'table.md'}, {out / 'accuracy.png'}", markup=False)
         return out
 
 

@@ -17,13 +17,13 @@ reward figures (margins, accuracies) in the job's metrics.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from strop.memory.records import ExampleKind, ExampleRecord
+from strop.training import common
 from strop.training.sft import LoraSettings
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
@@ -114,110 +114,34 @@ def _reward_figures(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _no_activation_checkpointing(config_cls: type) -> dict[str, bool]:
-    """Checkpointing off under the name this transformers knows: `activation_checkpointing` since 5.2x, where
-    `gradient_checkpointing` became a deprecated alias; only the old name before (pyproject allows >=5.16)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
-
-
 def run_dpo(
     dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: DPOSettings | None = None,
     adapter_path: str | Path | None = None,
 ) -> TrainOutcome:
     """DPO on a TRL conversational prompt/chosen/rejected dataset; the result is saved in `output_dir`."""
-    import warnings
-
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-
     cfg = settings or DPOSettings()
-    started = time.monotonic()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-    def load_parent(trainable: bool) -> Any:
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-        if adapter_path is None:
-            return model
-        from peft import PeftModel
-
-        if trainable and cfg.lora is not None:  # continue the parent's adapter; TRL copies it as the reference
-            return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
-        merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-        return merged.requires_grad_(trainable)  # PEFT froze the base weights when it loaded the adapter
-
-    model = load_parent(trainable=True)
+    out, started = common.start_run(output_dir)
+    tokenizer = common.load_tokenizer(model_path)
+    # With LoRA over an adapter parent, the parent's adapter is continued and TRL copies it as the reference.
+    model = common.load_parent(model_path, adapter_path, lora=cfg.lora is not None)
     ref_model = None
-    peft_config = None
     if cfg.lora is None:  # full fine-tuning: an explicit frozen parent (TRL would reload the base, not a merged adapter)
-        ref_model = load_parent(trainable=False)
-    elif adapter_path is None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
-        )
-    bf16 = cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported())
-    args = DPOConfig(
-        output_dir=str(out / "trainer"),
-        beta=cfg.beta,
-        loss_type=cfg.losses,
-        label_smoothing=cfg.label_smoothing,
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not cuda,
-        # TRL turns activation checkpointing on by default; a small model only loses speed with it.
-        **_no_activation_checkpointing(DPOConfig),
-        report_to=cfg.report_to or "none",
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        dataloader_pin_memory=cuda,
-        disable_tqdm=True,
-    )
+        ref_model = common.load_parent(model_path, adapter_path, lora=False, frozen=True)
+    args = common.training_args(DPOConfig, cfg, out, beta=cfg.beta, loss_type=cfg.losses,
+                                label_smoothing=cfg.label_smoothing, max_length=cfg.max_length)
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=common.new_adapter_config(cfg.lora, adapter_path),
     )
     result = trainer.train()
     trained = trainer.model
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")  # TRL's frozen copy of the parent's adapter: not part of the result
-    adapter_out: str | None = None
-    if cfg.lora is not None and not cfg.merge:
-        trained.save_pretrained(str(out))
-        adapter_out, path_out = str(out), str(model_path)
-    else:
-        if hasattr(trained, "merge_and_unload"):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        path_out = str(out)
-    return TrainOutcome(
-        path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
-        steps=int(result.global_step), examples=len(dataset), seconds=time.monotonic() - started,
-        metrics=_reward_figures(trainer.state.log_history),
-    )
+    return common.save_outcome(trained, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
+                               examples=len(dataset), started=started,
+                               metrics=_reward_figures(trainer.state.log_history))
 
 
 def _build_dataset(examples: list[ExampleRecord], settings: DPOSettings) -> Any:

@@ -58,6 +58,7 @@ from strop.memory.records import (
     StepRecord,
 )
 from strop.sandbox.tasks.base import Split, Task
+from strop.training import common
 from strop.training.sft import LoraSettings
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
@@ -644,50 +645,17 @@ def run_grpo(
     """Train with GRPO on `rollout`'s tasks and save the result in `output_dir` (adapter kept, or merged)."""
     import warnings
 
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
-
     cfg = settings or rollout.settings
-    started = time.monotonic()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    peft_config = None
-    if adapter_path is not None:
-        from peft import PeftModel
-
-        if cfg.lora is not None:  # continue the parent's adapter: the result is still one adapter over the base
-            model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
-        else:
-            model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-    elif cfg.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
-        )
-    bf16 = cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported())
-    args = GRPOConfig(
-        output_dir=str(out / "trainer"),
-        num_train_epochs=cfg.epochs,
+    out, started = common.start_run(output_dir)
+    warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
+    tokenizer = common.load_tokenizer(model_path)
+    model = common.load_parent(model_path, adapter_path, lora=cfg.lora is not None)
+    args = common.training_args(
+        GRPOConfig, cfg, out,
         max_steps=cfg.max_steps or -1,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
         generation_batch_size=cfg.generation_batch_size,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
@@ -703,20 +671,11 @@ def run_grpo(
         # The engine samples from the live model, in whatever mode the trainer left it: no dropout anywhere, so
         # sampling, the old log-probs and the loss all see the same function.
         disable_dropout=True,
-        gradient_checkpointing=False,
-        seed=cfg.seed,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not cuda,
-        report_to=cfg.report_to or "none",
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        dataloader_pin_memory=cuda,
-        disable_tqdm=True,
     )
     trainer = GRPOTrainer(
         model=model, reward_funcs=rollout.reward_funcs(), args=args, train_dataset=rollout.dataset(),
-        processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout,
+        processing_class=tokenizer, peft_config=common.new_adapter_config(cfg.lora, adapter_path),
+        rollout_func=rollout,
     )
     try:
         train_started = time.monotonic()
@@ -725,17 +684,6 @@ def run_grpo(
         check = _advantage_check(trainer, rollout)
     finally:
         rollout.close()
-    trained = trainer.model
-    adapter_out: str | None = None
-    if cfg.lora is not None and not cfg.merge:
-        trained.save_pretrained(str(out))
-        adapter_out, path_out = str(out), str(model_path)
-    else:
-        if hasattr(trained, "merge_and_unload"):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        path_out = str(out)
     st = rollout.stats
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     metrics: dict[str, Any] = {
@@ -755,10 +703,8 @@ def run_grpo(
         metrics["engine_mean_batch_rows"] = engine_stats.mean_batch_size
     if check is not None:
         metrics["advantage_max_diff_vs_trl"] = check
-    return TrainOutcome(
-        path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
-        steps=int(result.global_step), examples=st.samples, seconds=time.monotonic() - started, metrics=metrics,
-    )
+    return common.save_outcome(trainer.model, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
+                               examples=st.samples, started=started, metrics=metrics)
 
 
 def _advantage_check(trainer: Any, rollout: StropRollout) -> float | None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from strop.memory.records import AdvantagePayload, ExampleKind, ExampleRecord
+from strop.training import common
 from strop.training.sft import LoraSettings
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
@@ -299,28 +299,15 @@ def run_pg(
 ) -> TrainOutcome:
     """Train on stored actions (`build_dataset`'s columns) and save the result in `output_dir`."""
     import copy
-    import warnings
 
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     pg_config, trainer_cls = _trainer_classes()
-
     cfg = settings or PGSettings()
-    started = time.monotonic()
     n = len(dataset)
     if n == 0:
         raise ValueError("pg needs at least one example")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    out, started = common.start_run(output_dir)
+    tokenizer = common.load_tokenizer(model_path)
+    model = common.load_base(model_path)
     vocab = model.get_input_embeddings().num_embeddings
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     for row in dataset:
@@ -335,31 +322,14 @@ def run_pg(
             raise MalformedExampleError(
                 f"example {row['example_id']} is {length} tokens long, more than {model_path}'s context of {context}"
             )
-    peft_config = None
-    if adapter_path is not None:
-        from peft import PeftModel
-
-        if cfg.lora is not None:  # continue the parent's adapter: TRL keeps a frozen copy of it as the reference
-            model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
-        else:  # full fine-tuning starts from the merged parent
-            model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-            model.requires_grad_(True)  # PEFT froze the base weights when it loaded the adapter
-    elif cfg.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
-        )
+    # With LoRA over an adapter parent, the parent's adapter is continued; TRL keeps a frozen copy as the reference.
+    model = common.apply_parent_adapter(model, adapter_path, lora=cfg.lora is not None)
     # Full fine-tuning: the reference is the parent as loaded (merged or not), not whatever the config names.
     ref_model = copy.deepcopy(model).eval() if cfg.lora is None and cfg.beta > 0 else None
-    bf16 = cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported())
     batch_size = min(cfg.batch_size, n)
     grad_accum = max(1, min(cfg.grad_accum, n // batch_size))
-    args = pg_config(
-        output_dir=str(out / "trainer"),
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
+    args = common.training_args(
+        pg_config, cfg, out,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         num_iterations=cfg.iterations,
@@ -370,50 +340,26 @@ def run_pg(
         temperature=cfg.temperature,
         optim=cfg.optimizer,
         max_grad_norm=cfg.max_grad_norm,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not cuda,
-        gradient_checkpointing=False,  # a small model gains nothing from trading speed for memory
         # The stored log-probs came from inference (no dropout): dropout in training would skew every ratio.
         disable_dropout=True,
-        report_to=cfg.report_to or "none",
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        dataloader_pin_memory=cuda,
-        disable_tqdm=True,
     )
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-        ref_model=ref_model,
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=common.new_adapter_config(cfg.lora, adapter_path), ref_model=ref_model,
     )
     result = trainer.train()
     trained = trainer.model
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")  # TRL's frozen copy of the parent adapter: not part of the new version
-    adapter_out: str | None = None
-    if cfg.lora is not None and not cfg.merge:
-        trained.save_pretrained(str(out))
-        adapter_out, path_out = str(out), str(model_path)
-    else:
-        if hasattr(trained, "merge_and_unload"):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        path_out = str(out)
     # TRL's figures, averaged over the logged windows (the last window is logged with the run's summary).
     metrics: dict[str, Any] = {"batch_size": batch_size, "grad_accum": grad_accum}
     for key in ("kl", "entropy", "clip_ratio/region_mean", "advantage/mean", "frac_advantage_zero"):
         values = [h[key] for h in trainer.state.log_history if h.get(key) is not None]
         if values:
             metrics[key.replace("/", "_")] = sum(values) / len(values)
-    return TrainOutcome(
-        path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
-        steps=int(result.global_step), examples=n, seconds=time.monotonic() - started, metrics=metrics,
-    )
+    return common.save_outcome(trained, tokenizer, result, cfg=cfg, out=out, model_path=model_path, examples=n,
+                               started=started, metrics=metrics)
 
 
 def _train(req: TrainRequest) -> TrainOutcome:

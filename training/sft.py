@@ -7,13 +7,13 @@ candidate stays one small adapter over the same base instead of a stack of merge
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from strop.memory.records import ExampleKind, ExampleRecord
+from strop.training import common
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 
@@ -60,84 +60,20 @@ def run_sft(
     adapter_path: str | Path | None = None,
 ) -> TrainOutcome:
     """Fine-tune on a TRL conversational prompt/completion dataset and save the result in `output_dir`."""
-    import warnings
-
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    datasets.disable_progress_bars()  # a few hundred rows: the bars are noise in the evolve log
-    # TRL 1.16 calls transformers 5's deprecated gradient-checkpointing names on every run; nothing we can fix.
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-
     cfg = settings or SFTSettings()
-    started = time.monotonic()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    peft_config = None
-    if adapter_path is not None:
-        from peft import PeftModel
-
-        if cfg.lora is not None:  # continue the parent's adapter: the result is still one adapter over the base
-            model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
-        else:  # full fine-tuning starts from the merged parent
-            model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
-            model.requires_grad_(True)  # PEFT loads the parent frozen; merged, every weight trains
-    elif cfg.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
-        )
-    bf16 = cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported())
-    args = SFTConfig(
-        output_dir=str(out / "trainer"),
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
-        weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not cuda,
-        # TRL turns this on by default; on a small model it only trades speed for memory we do not need.
-        activation_checkpointing=False,
-        report_to=cfg.report_to or "none",
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        dataloader_pin_memory=cuda,
-        disable_tqdm=True,
-    )
+    out, started = common.start_run(output_dir)
+    tokenizer = common.load_tokenizer(model_path)
+    model = common.load_parent(model_path, adapter_path, lora=cfg.lora is not None)
+    args = common.training_args(SFTConfig, cfg, out, weight_decay=cfg.weight_decay, max_length=cfg.max_length)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=common.new_adapter_config(cfg.lora, adapter_path),
     )
     result = trainer.train()
-    trained = trainer.model
-    adapter_out: str | None = None
-    if cfg.lora is not None and not cfg.merge:
-        trained.save_pretrained(str(out))
-        adapter_out, path_out = str(out), str(model_path)
-    else:
-        if hasattr(trained, "merge_and_unload"):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        path_out = str(out)
-    return TrainOutcome(
-        path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
-        steps=int(result.global_step), examples=len(dataset), seconds=time.monotonic() - started,
-    )
+    return common.save_outcome(trainer.model, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
+                               examples=len(dataset), started=started)
 
 
 def _build_dataset(examples: list[ExampleRecord], settings: SFTSettings) -> Any:

@@ -187,8 +187,11 @@ def _job(db_url: str, parent_id: str, job_id: str, model_id: str, out: Path, *, 
     )
 
 
+# Two processes importing TRL at once cost about a minute: the race runs where row locks decide it
+# (PostgreSQL, SKIP LOCKED) and the kill on SQLite; test_trainer_kinds.py races sft and pg on both.
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_two_dpo_jobs_racing_consume_disjoint_pairs(store: Store, db_url: str, tiny_model_path: Path,
                                                           tmp_path: Path) -> None:
     pairs = await fill_pairs(store, tasks=3)
@@ -212,6 +215,7 @@ async def test_two_dpo_jobs_racing_consume_disjoint_pairs(store: Store, db_url: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_sigkill_mid_training_then_rerun_leaves_a_consistent_store(store: Store, db_url: str,
                                                                          tiny_model_path: Path, tmp_path: Path) -> None:
     pairs = await fill_pairs(store, tasks=3)

@@ -33,7 +33,7 @@ def test_run_best_of_n_with_set_and_option_writes_its_episodes(tiny_model_path: 
     code, out = _invoke("run", "best_of_n", "--model", "tiny", "--tasks", "arithmetic", "--episodes", "4",
                         "--set", "n=2", "--set", "max_tokens=16", "--option", "digits=1", "--db", db)
     assert code == 0, out
-    assert "4 episodes, 8 answers" in out and "SFT examples" in out
+    assert "4 episodes, 8 answers" in out and re.search(r"\d+ SFT(/PAIR)? examples", out)
     run_id = re.search(r"run (\S+): best_of_n with tiny", out).group(1)  # type: ignore[union-attr]
 
     store = Store(db)

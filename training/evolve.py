@@ -384,7 +384,8 @@ class Evolution:
         examples, seconds = 0, 0.0
         if collect is not None:
             examples = sum(int(e.outcome.get("examples", 0)) for e in self.store.list_episodes(collect.id, children=False))
-            if collect.finished_at is not None:
+            online = stage.train is not None and get_trainer(stage.train.kind).online
+            if collect.finished_at is not None and not online:  # an on-line trainer's rollouts are in its training time
                 seconds += (collect.finished_at - collect.started_at).total_seconds()
         if stage.train is None:
             return StageRow(cycle=k, stage=stage.name, model="-", phase=phase, decision="collect only",

@@ -119,8 +119,8 @@ def test_wheel_has_one_import_root_and_ships_migrations_and_package_data(wheel: 
 
 
 PROBE = """
-import json, sys, tempfile, os
-import agents
+import importlib, json, sys, tempfile, os
+agents = importlib.import_module("agents")  # the other library's top-level package
 import strop
 spec = strop.get_loop("best_of_n")
 from strop import Store, Runner, load_engine, load_task_set, BestOfNConfig

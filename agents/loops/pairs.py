@@ -1,7 +1,7 @@
 """Preference pairs from one prompt's verified answers: a correct answer is preferred to an incorrect one.
 
 Shared by the best-of-N loop (`emit_pairs`, pairs written with the episode) and by
-`strop.training.pairs.derive_pairs` (the same pairs derived later from episodes already in the store): both
+`derive_pairs` in the training package (the same pairs derived later from episodes already in the store): both
 call `preference_pairs` with the same inputs, so they produce the same examples with the same ids, and a pair
 derived from a run that already emitted it is a no-op write.
 """

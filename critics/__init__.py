@@ -1,6 +1,21 @@
-"""Who judges: verifiers, LLM critics, judges and value scoring. May import `sandbox` only."""
+"""Who judges: verifiers, LLM critics, judges and value scoring. May import `memory` and `sandbox` only."""
 
 from strop.critics.base import Critic, Critique, CritiqueVerdict
+from strop.critics.llm import ContrastiveCritic, CriticSampling, StepwiseCritic, critique_all
+from strop.critics.pairwise import PairwiseJudge, Preference
+from strop.critics.scorer import StepScorer
 from strop.critics.verifier import VerifierCritic
 
-__all__ = ["Critic", "Critique", "CritiqueVerdict", "VerifierCritic"]
+__all__ = [
+    "ContrastiveCritic",
+    "Critic",
+    "CriticSampling",
+    "Critique",
+    "CritiqueVerdict",
+    "PairwiseJudge",
+    "Preference",
+    "StepScorer",
+    "StepwiseCritic",
+    "VerifierCritic",
+    "critique_all",
+]

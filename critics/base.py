@@ -30,6 +30,11 @@ class Critique(BaseModel):
     corrected_solution: str | None = Field(None, description="A corrected solution, when the critic offers one.")
     extracted: str | None = Field(None, description="The final answer the critic read from the solution, if any.")
     critic_version: str = Field("verifier", description="Model version of the critic, or 'verifier' for ground truth.")
+    step_labels: list[bool] | None = Field(
+        None, description="The critic's judgement of each step (True = correct), when it judged every step."
+    )
+    score: float | None = Field(None, description="A probability of correctness, for critics that score (step scorers).")
+    parse_error: str | None = Field(None, description="Why the critic's output did not parse (unparsed critiques only).")
 
     @property
     def correct(self) -> bool:

@@ -91,7 +91,11 @@ class Completion(BaseModel):
 
 @runtime_checkable
 class Engine(Protocol):
-    """A model backend. One completion list per request, `n` completions each, in request order."""
+    """A model backend. One completion list per request, `n` completions each, in request order.
+
+    A request may also be given as a plain dict in `GenerationRequest`'s JSON form: critics sit below this
+    package and ask engines without importing it.
+    """
 
     @property
     def model_version(self) -> str: ...
@@ -99,6 +103,11 @@ class Engine(Protocol):
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]: ...
 
     async def close(self) -> None: ...
+
+
+def as_requests(requests: list[GenerationRequest] | list[dict[str, Any]]) -> list[GenerationRequest]:
+    """Requests as validated objects; dicts (the JSON wire form) are validated here, naming a bad field."""
+    return [r if isinstance(r, GenerationRequest) else GenerationRequest.model_validate(r) for r in requests]
 
 
 def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object) -> list[int]:

@@ -44,6 +44,7 @@ from strop.agents.engines.base import (
     FinishReason,
     GenerationRequest,
     SamplingParams,
+    as_requests,
     check_prompt_length,
     encode_prompt,
 )
@@ -259,6 +260,7 @@ class HFEngine:
         """Queue every row of every request, then wait for all; rows from concurrent callers share batches."""
         if self._closed:
             raise EngineError("this engine is closed: create a new one with agents.engines.load_engine(...)")
+        requests = as_requests(requests)
         loop = asyncio.get_running_loop()
         encoded: list[list[int]] = []
         for request in requests:  # validate everything before queueing anything

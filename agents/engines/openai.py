@@ -26,6 +26,7 @@ from strop.agents.engines.base import (
     FinishReason,
     GenerationRequest,
     PromptTooLongError,
+    as_requests,
 )
 
 
@@ -74,6 +75,7 @@ class OpenAIEngine:
         return sem
 
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        requests = as_requests(requests)
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> list[Completion]:

@@ -42,6 +42,7 @@ from strop.agents.engines.base import (
     EngineError,
     FinishReason,
     GenerationRequest,
+    as_requests,
     check_prompt_length,
     encode_prompt,
 )
@@ -305,6 +306,7 @@ class VLLMEngine:
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         """Submit every request at once; vLLM's scheduler batches them with whatever else is running."""
         self._check_open()
+        requests = as_requests(requests)
         prompts = [self.prompt_ids(r) for r in requests]
         for ids, r in zip(prompts, requests, strict=True):
             self._check_length(len(ids), r.sampling.max_tokens)

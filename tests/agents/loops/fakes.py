@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from strop.agents.engines.base import Completion, FinishReason, GenerationRequest
+from strop.agents.engines.base import Completion, FinishReason, GenerationRequest, as_requests
 
 
 def _sum_of(prompt: str) -> int:
@@ -37,7 +37,7 @@ class ScriptedEngine:
 
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         out = []
-        for r in requests:
+        for r in as_requests(requests):
             prompt = r.messages[-1].content if r.messages else r.prompt or ""
             if prompt in self.fail_prompts:
                 self.fail_prompts.discard(prompt)

@@ -1,0 +1,29 @@
+"""Critic prompt templates, shipped as package data so users can read, copy and override them.
+
+Templates use `string.Template` ($name) placeholders rather than str.format: math and code are full of braces.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from string import Template
+
+TEMPLATES = ("stepwise", "contrastive", "pairwise", "step_score")
+
+
+@cache
+def load_template(name: str) -> Template:
+    """A shipped template by name (see TEMPLATES)."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown critic template {name!r}; shipped ones: {', '.join(TEMPLATES)}")
+    return Template(files(__package__).joinpath(f"{name}.txt").read_text(encoding="utf-8").strip())
+
+
+def render(template: str | Template, **values: object) -> str:
+    """Fill a template; a placeholder left unfilled is an error naming it, not a silent '$name' in a prompt."""
+    t = template if isinstance(template, Template) else load_template(template)
+    try:
+        return t.substitute({k: str(v) for k, v in values.items()})
+    except KeyError as exc:
+        raise ValueError(f"critic template needs a value for ${exc.args[0]}") from None

@@ -18,10 +18,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.markup import escape
 
+from strop.agents.critic_eval import CriticEvalConfig, critic_metric_prefix, evaluate_critic, labelled_set
 from strop.agents.evaluation import EvalConfig, evaluate, metric_key, task_set_label
 from strop.agents.loops.base import stable_id
 from strop.agents.loops.registry import LoopResources, get_loop
@@ -66,6 +67,7 @@ class StageRow(BaseModel):
     phase: StagePhase
     heldout_accuracy: float | None = None
     current_accuracy: float | None = None
+    policy_accuracy: float | None = Field(None, description="Critic stages: the policy's held-out pass@1 with these weights.")
     decision: str = ""
     examples: int = 0
     train_loss: float | None = None
@@ -121,12 +123,24 @@ class Evolution:
     def job_id(self, k: int, s: int, attempt: int) -> str:
         return stable_id(self.evolve_id, "job", k, self.recipe.stages[s].name, attempt)
 
+    def target(self, s: int) -> str:
+        """What stage s measures: 'policy' (held-out pass@k) or 'critic' (the critic benchmark)."""
+        stage = self.recipe.stages[s]
+        return stage.eval.target_of(stage.train.role) if stage.eval and stage.train else "policy"
+
     def metric_prefix(self, s: int) -> str:
+        if self.target(s) == "critic":
+            return critic_metric_prefix(self.label(s))
         return metric_key(self.label(s), Split.HELDOUT)
 
     def metric(self, s: int = 0) -> str:
-        ev = self.recipe.stages[s].eval
-        return f"{self.metric_prefix(s)}/{ev.metric if ev else 'pass@1'}"
+        stage = self.recipe.stages[s]
+        ev = stage.eval
+        return f"{self.metric_prefix(s)}/{ev.gate_metric(stage.train.role) if ev and stage.train else 'pass@1'}"
+
+    def policy_metric(self, s: int) -> str:
+        """The policy's held-out pass@1 on stage s's tasks (reported beside a critic stage's gate)."""
+        return f"{metric_key(self.label(s), Split.HELDOUT)}/pass@1"
 
     def label(self, s: int) -> str:
         t = self.recipe.stages[s].tasks
@@ -308,7 +322,8 @@ class Evolution:
         # evaluation settings even if another recipe evaluated the parent differently since.
         await self._evaluate_version(parent, s)
         candidate = self._model(self.candidate_id(k, s))
-        decision = decide(candidate, self._model(parent.id), self.metric_prefix(s), stage.eval.promotion())
+        decision = decide(candidate, self._model(parent.id), self.metric_prefix(s),
+                          stage.eval.promotion(stage.train.role))
         self.store.update_model_metrics(candidate.id, {"decision": decision.reason})
         status = ModelStatus.PROMOTED if decision.promote else ModelStatus.REJECTED
         self.store.set_model_status(candidate.id, status)
@@ -346,9 +361,14 @@ class Evolution:
         stage = self.recipe.stages[s]
         ev = stage.eval
         assert stage.train is not None and ev is not None
+        if self.target(s) == "critic":
+            await self._evaluate_critic(version, s)
+            if not (ev.policy_accuracy and self.weights(stage.train.role) == self.weights("policy")):
+                return
         loop_cfg = self._loop(0, s)[1]
         cfg = EvalConfig(split=Split.HELDOUT, n_tasks=stage.tasks.heldout, k=ev.k,
-                         max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", None) or 64,
+                         max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", None)
+                         or getattr(loop_cfg, "solution_max_tokens", None) or 64,
                          system_prompt=ev.system_prompt or getattr(loop_cfg, "system_prompt", None))
         served = _ServedBy(self, self.weights(stage.train.role), version)
         res = await evaluate(served, self.task_sets[s], store=self.store, model_id=version.id, config=cfg,
@@ -358,6 +378,28 @@ class Evolution:
         how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
         self.console.print(f"{version.name}: {self.label(s)} held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})",
                            markup=False)
+
+    async def _evaluate_critic(self, version: ModelVersionRecord, s: int) -> None:
+        """The critic benchmark on stage s's held-out tasks, as the critic role served by `version`."""
+        stage = self.recipe.stages[s]
+        ev = stage.eval
+        assert stage.train is not None and ev is not None
+        cfg = CriticEvalConfig(n_items=stage.tasks.heldout, seed=ev.seed, max_tokens=ev.critic_max_tokens)
+        items = labelled_set(self.task_sets[s], cfg, self.label(s))
+        served = _ServedBy(self, self.weights(stage.train.role), version)
+        res = await evaluate_critic(served, items, store=self.store, model_id=version.id, label=self.label(s),
+                                    config=cfg, runner=self._runner(stage))
+        if res.episodes_run or "critic_eval_seconds" not in version.metrics:
+            self.store.update_model_metrics(version.id, {"critic_eval_seconds": res.seconds})
+        how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
+        sc = res.scores
+        self.console.print(
+            f"{version.name}: {self.label(s)} critic F1 {_pct(sc.get('f1'))} (first wrong step found "
+            f"{_pct(sc.get('acc_erroneous'))}, right accepted {_pct(sc.get('acc_correct'))}), correction "
+            f"{_pct(sc.get('correction_acc'))}, unparsed {sc.get('unparsed')}/{res.n_items} ({how})", markup=False)
+
+    def _policy_accuracy(self, version: ModelVersionRecord, s: int) -> float | None:
+        return version.metrics.get(self.policy_metric(s)) if self.target(s) == "critic" else None
 
     # -------------------------------------------------------------------------------------- report
     def table(self, cycles: int) -> list[StageRow]:
@@ -371,7 +413,7 @@ class Evolution:
             current[s] = acc
             rows.append(StageRow(cycle=0, stage=stage.name, role=stage.train.role, model=base.name,
                                  phase=StagePhase.DONE, heldout_accuracy=acc, current_accuracy=acc, decision="start",
-                                 minutes=float(base.metrics.get("eval_seconds", 0.0)) / 60))
+                                 policy_accuracy=self._policy_accuracy(base, s), minutes=_eval_minutes(base)))
         for k in range(1, cycles + 1):
             for s in range(len(self.recipe.stages)):
                 rows.append(self._row(k, s, current))
@@ -397,7 +439,8 @@ class Evolution:
             row.heldout_accuracy = cand.metrics.get(self.metric(s))
             row.train_loss = cand.metrics.get("train_loss")
             row.examples = int(cand.metrics.get("examples", examples))
-            seconds += float(cand.metrics.get("train_seconds", 0.0)) + float(cand.metrics.get("eval_seconds", 0.0))
+            seconds += float(cand.metrics.get("train_seconds", 0.0)) + 60 * _eval_minutes(cand)
+            row.policy_accuracy = self._policy_accuracy(cand, s)
             row.decision = str(cand.status)
             if cand.status == ModelStatus.PROMOTED:
                 current[s] = row.heldout_accuracy
@@ -413,13 +456,15 @@ class Evolution:
         out = self.recipe.run_dir()
         out.mkdir(parents=True, exist_ok=True)
         multi = len(self.recipe.stages) > 1
-        header = ["cycle", *(["stage", "role"] if multi else []), "model", "held-out acc", "current acc", "decision",
-                  "examples", "train loss", "minutes"]
+        critic = any(self.target(s) == "critic" for s in range(len(self.recipe.stages)))
+        score = "held-out score" if critic else "held-out acc"
+        header = ["cycle", *(["stage", "role"] if multi else []), "model", score, f"current {score.split()[-1]}",
+                  *(["policy acc"] if critic else []), "decision", "examples", "train loss", "minutes"]
         cells = [[str(r.cycle), *([r.stage, r.role] if multi else []), r.model, _pct(r.heldout_accuracy),
-                  _pct(r.current_accuracy), r.decision, str(r.examples),
+                  _pct(r.current_accuracy), *([_pct(r.policy_accuracy)] if critic else []), r.decision, str(r.examples),
                   "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}"]
                  for r in rows]
-        gates = sorted({f"{self.recipe.stages[s].eval.metric} on {self.recipe.stages[s].tasks.heldout} {self.label(s)}"
+        gates = sorted({f"{self.metric(s).rsplit('/', 1)[1]} on {st.tasks.heldout} {self.label(s)}"
                         for s, st in enumerate(self.recipe.stages) if st.eval is not None})
         table = Table(title=escape(f"{self.recipe.name}: held-out {'; '.join(gates)} tasks"))
         for h in header:
@@ -440,6 +485,11 @@ def _console() -> Console:
     """Long lines unwrapped (greppable), and a log file gets 120 columns instead of 80, so the table fits."""
     console = Console(soft_wrap=True)
     return console if console.is_terminal else Console(soft_wrap=True, width=120)
+
+
+def _eval_minutes(version: ModelVersionRecord) -> float:
+    m = version.metrics
+    return (float(m.get("eval_seconds", 0.0)) + float(m.get("critic_eval_seconds", 0.0))) / 60
 
 
 def _pct(x: float | None) -> str:

@@ -19,9 +19,10 @@ setting TRL would refuse fails before any work starts, with the field named (`st
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -65,6 +66,9 @@ class TrainSettings(BaseModel):
         default_factory=dict, description="The trainer kind's hyper-parameters (e.g. SFTSettings for sft).")
 
 
+CRITIC_METRICS = ("f1", "acc_erroneous", "acc_correct", "correction_acc")
+
+
 class StageEvalSettings(BaseModel):
     """How a stage judges the candidate of the role it trained, and when the candidate is promoted."""
 
@@ -73,11 +77,31 @@ class StageEvalSettings(BaseModel):
     k: int | None = Field(None, ge=2, description="Also record pass@k with k sampled answers (pass@1 is always greedy).")
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens per answer; default the loop config's max_tokens (else 64).")
     system_prompt: str | None = Field(None, description="System message; default the loop config's system_prompt.")
-    metric: str = Field("pass@1", description="Metric the gate compares, measured on the held-out split: 'pass@1' or 'pass@K'.")
+    target: Literal["policy", "critic"] | None = Field(
+        None, description="What is measured: 'policy' (pass@k on held-out tasks) or 'critic' (the critic benchmark: "
+        "first-wrong-step F1 and correction on labelled held-out solutions). Default: 'critic' when the stage "
+        "trains the critic role, else 'policy'.",
+    )
+    metric: str | None = Field(
+        None, description="Metric the gate compares on held-out data. Policy: 'pass@1' (default) or 'pass@K'. "
+        "Critic: 'f1' (default), 'acc_erroneous', 'acc_correct' or 'correction_acc'.",
+    )
     margin: float = Field(0.02, ge=0.0, le=1.0, description="Held-out gain over the parent required to promote (0.02 = 2 points).")
+    seed: int = Field(0, description="Critic target: seed of the labelled set (its size is `tasks.heldout`).")
+    critic_max_tokens: int = Field(160, ge=16, description="Critic target: most tokens per critique.")
+    policy_accuracy: bool = Field(
+        True, description="Critic target: also measure the policy's held-out pass@1 when the critic shares its "
+        "weights, so a critic gain bought by a policy loss shows in the table.",
+    )
 
-    def promotion(self) -> PromotionSettings:
-        return PromotionSettings(margin=self.margin, metric=self.metric)
+    def target_of(self, role: str) -> str:
+        return self.target or ("critic" if role == "critic" else "policy")
+
+    def gate_metric(self, role: str) -> str:
+        return self.metric or ("f1" if self.target_of(role) == "critic" else "pass@1")
+
+    def promotion(self, role: str = "policy") -> PromotionSettings:
+        return PromotionSettings(margin=self.margin, metric=self.gate_metric(role))
 
 
 class Stage(BaseModel):
@@ -203,6 +227,13 @@ def check_recipe(r: Recipe) -> None:
         if stage.eval is None:
             raise _Field(f"{at}.eval", f"stage {stage.name!r} trains role {t.role!r} but no stage evaluates it, so "
                                        "its candidate could never be promoted; add [stages.eval] (e.g. margin = 0.02)")
+        metric = stage.eval.gate_metric(t.role)
+        allowed = CRITIC_METRICS if stage.eval.target_of(t.role) == "critic" else None
+        if allowed is not None and metric not in allowed:
+            raise _Field(f"{at}.eval.metric", f"{metric!r} is not a critic metric; use one of {', '.join(allowed)}")
+        if allowed is None and not re.fullmatch(r"pass@\d+", metric):
+            raise _Field(f"{at}.eval.metric", f"{metric!r} is not a policy metric; use 'pass@1' or 'pass@K' "
+                                              "(or set eval.target = 'critic' for critic metrics)")
 
 
 def legacy_to_stages(data: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from strop.sandbox.tasks.base import TaskSet
 
 ENTRY_POINT_GROUP = "strop.loops"
 # strop's own loops, imported on first look-up (each module registers itself).
-_BUILTIN_MODULES = ("strop.agents.loops.best_of_n",)
+_BUILTIN_MODULES = ("strop.agents.loops.best_of_n", "strop.agents.loops.scrit")
 
 
 class UnknownLoopError(KeyError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from strop.cli.commands import data, db, loops, models, registry, serve, training
+from strop.cli.commands import critics, data, db, loops, models, registry, serve, training
 
 app = typer.Typer(
     name="strop",
@@ -31,6 +31,7 @@ app.add_typer(data.jail_app, name="jail", help="Run untrusted code in the code j
 serve.register(app)
 loops.register(app)
 training.register(app)
+critics.register(app)
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ class CriticEvalConfig(BaseModel):
     kinds: tuple[str, ...] = Field(CORRUPTION_KINDS, description="Corruptions used for the wrong solutions.")
     correct_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of untouched (right) reference solutions.")
     max_tokens: int = Field(160, ge=16, description="Most tokens per critique (greedy).")
+    shots: int = Field(3, ge=0, le=3, description="Worked critiques shown as earlier turns (as the critic was trained).")
     system_prompt: str | None = Field(None, description="System message before the critic's prompt.")
 
 
@@ -141,7 +142,7 @@ async def evaluate_critic(
     runner = runner or Runner(store)
     tasks = items.tasks(Split.HELDOUT)
     critic = StepwiseCritic(engine, sampling=CriticSampling(max_tokens=cfg.max_tokens, temperature=0.0,
-                                                            system_prompt=cfg.system_prompt))
+                                                            system_prompt=cfg.system_prompt), shots=cfg.shots)
     run_id = stable_id("critic-eval", model_id, label, len(tasks), cfg.model_dump_json(exclude_defaults=True),
                        *sorted(t.id for t in tasks))
     run = RunRecord(id=run_id, loop=LOOP_NAME, model_ids=[model_id],

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from strop.critics.base import Critique, CritiqueVerdict
 from strop.critics.parsing import parse_critique
-from strop.critics.prompts import load_template, render
+from strop.critics.prompts import load_shots, load_template, render
 from strop.critics.steps import render_steps, split_steps
 from strop.sandbox.tasks.base import Task
 
@@ -66,26 +66,40 @@ class StepwiseCritic:
     template_name = "stepwise"
 
     def __init__(self, engine: object, *, sampling: CriticSampling | None = None,
-                 template: str | Template | None = None) -> None:
+                 template: str | Template | None = None, shots: int | Sequence[dict[str, str]] = 3) -> None:
         self.engine = engine
         self.sampling = sampling or CriticSampling()
         self.template = Template(template) if isinstance(template, str) else template or load_template(self.template_name)
+        # Worked examples as earlier turns: an int takes that many shipped ones, a list gives your own
+        # ({problem, solution, reference, critique} each).
+        self.shots = list(load_shots()[:shots]) if isinstance(shots, int) else list(shots)
 
     @property
     def version(self) -> str:
         return str(self.engine.model_version)  # type: ignore[attr-defined]
 
-    def prompt(self, task: Task, solution: str, reference: str | None = None) -> str:
-        """The user message this critic sends for `solution` (SCRIT stores it as the training prompt)."""
+    def render(self, problem: str, solution: str, reference: str | None = None) -> str:
+        """One user turn: the template filled with a problem and a solution shown as numbered steps."""
         steps, answer = split_steps(solution)
         shown = render_steps(steps) or solution.strip() or "(empty)"
         if answer is not None:
             shown += f"\n#### {answer}"
-        return render(self.template, problem=task.prompt, steps=shown, reference=reference or "")
+        return render(self.template, problem=problem, steps=shown, reference=reference or "")
+
+    def prompt(self, task: Task, solution: str, reference: str | None = None) -> str:
+        """The last user message this critic sends for `solution`."""
+        return self.render(task.prompt, solution, reference)
 
     def messages(self, task: Task, solution: str, reference: str | None = None) -> list[dict[str, str]]:
-        """The chat as plain dicts, the form TRL's conversational SFT examples take."""
+        """The chat as plain dicts (worked examples first), the form TRL's conversational SFT examples take.
+
+        SCRIT stores the step-wise critic's messages as the training prompt, so the trained critic sees exactly
+        what it will be asked at inference.
+        """
         msgs = [{"role": "system", "content": self.sampling.system_prompt}] if self.sampling.system_prompt else []
+        for shot in self.shots:
+            msgs += [{"role": "user", "content": self.render(shot["problem"], shot["solution"], shot.get("reference"))},
+                     {"role": "assistant", "content": shot["critique"]}]
         return [*msgs, {"role": "user", "content": self.prompt(task, solution, reference)}]
 
     def _request(self, task: Task, solution: str, reference: str | None, n: int, stream: object) -> dict[str, Any]:

@@ -68,10 +68,14 @@ def parse_critique(text: str, n_steps: int) -> ParsedCritique:
     corrected = text[fix.end():].strip() if fix else None
 
     verdicts = {_is_correct(m.group(1)) for m in _VERDICT.finditer(judgement)}
-    if not verdicts:
-        return _unparsed("no 'Verdict: correct|incorrect' line")
+    named = [m.group(1).lower() for m in _FIRST_WRONG.finditer(judgement)]
     if len(verdicts) > 1:
         return _unparsed("contradictory verdicts")
+    if not verdicts:
+        # 'First wrong step: 2' (or 'none') is itself a verdict; without either line nothing was judged.
+        if not named or len(set(named)) > 1:
+            return _unparsed("no 'Verdict: correct|incorrect' line")
+        verdicts = {not named[0].isdigit()}
     ok = verdicts.pop()
 
     labels: dict[int, bool] = {}
@@ -80,7 +84,6 @@ def parse_critique(text: str, n_steps: int) -> ParsedCritique:
     step_labels = [labels[i] for i in range(1, n_steps + 1)] if all(i in labels for i in range(1, n_steps + 1)) else []
 
     first: int | None = None
-    named = [m.group(1).lower() for m in _FIRST_WRONG.finditer(judgement)]
     if named:
         if len(set(named)) > 1:
             return _unparsed(f"contradictory first wrong steps: {', '.join(sorted(set(named)))}")

@@ -50,6 +50,8 @@ class ScritConfig(BaseModel):
     critiques_per_solution: int = Field(2, ge=1, le=64, description="Contrastive critiques sampled per solution.")
     critic_temperature: float = Field(0.7, ge=0.0, le=10.0, description="Sampling temperature of the critic.")
     critic_max_tokens: int = Field(160, ge=16, le=4096, description="Most tokens per critique.")
+    shots: int = Field(3, ge=0, le=3, description="Worked critiques shown to the critic as earlier turns (also in its "
+                       "training prompts, so evaluate with the same number).")
     validate_critiques: bool = Field(
         True, alias="validate",
         description="Self-validation: keep a critique only if its verdict matches the verifier and its corrected "
@@ -92,7 +94,7 @@ class ScritState(TypedDict, total=False):
 def build_graph(policy: Engine, critic: Engine, verifier: VerifierCritic, config: ScritConfig | None = None) -> StateGraph:
     """The uncompiled SCRIT graph: `policy` writes solutions, `critic` critiques them (may be the same engine)."""
     cfg = config or ScritConfig()
-    contrastive = ContrastiveCritic(critic, sampling=cfg.critic_sampling())
+    contrastive = ContrastiveCritic(critic, sampling=cfg.critic_sampling(), shots=cfg.shots)
 
     async def solve(state: ScritState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
@@ -119,7 +121,7 @@ def build_graph(policy: Engine, critic: Engine, verifier: VerifierCritic, config
                 "fixes": [list(f) for f in fixes]}
 
     def record(state: ScritState) -> dict[str, Any]:
-        return {"episode": _episode(state, cfg, StepwiseCritic(critic)).model_dump(mode="json")}
+        return {"episode": _episode(state, cfg, StepwiseCritic(critic, shots=cfg.shots)).model_dump(mode="json")}
 
     graph = StateGraph(ScritState)
     graph.add_node("solve", solve)

@@ -18,7 +18,7 @@ def test_eval_critic_on_a_built_set_and_on_a_processbench_file(tiny_model_path: 
     db = str(tmp_path / "s.db")
     runner = CliRunner()
     out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "-o", "steps=2", "--n-items", "6",
-                              "--max-tokens", "16", "--db", db])
+                              "--max-tokens", "16", "--shots", "0", "--db", db])
     assert out.exit_code == 0, out.output
     assert "F1" in out.output and "arithmetic[steps=2]/critic/" in out.output
     metrics = Store(db).get_model("tiny").metrics
@@ -33,7 +33,7 @@ def test_eval_critic_on_a_built_set_and_on_a_processbench_file(tiny_model_path: 
          "steps": ["4 - 1 = 3", "So he has 3."], "final_answer_correct": True, "label": -1},
     ]))
     out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "--tasks", str(bench), "--max-tokens", "16",
-                              "--db", db])
+                              "--shots", "0", "--db", db])
     assert out.exit_code == 0, out.output
     metrics = Store(db).get_model("tiny").metrics
     assert metrics["processbench:gsm8k_pb/critic/n_tasks"] == 2

@@ -109,13 +109,13 @@ async def test_every_critic_on_the_real_tiny_model(tiny_model_path: Path) -> Non
         items = [(t, "\n".join(f"Step {i}: {s}" for i, s in enumerate(t.reference_steps, 1)) + f"\n#### {t.answer}")
                  for t in TASKS] * 8
         before = engine.stats.batches
-        out = await critique_all(StepwiseCritic(engine, sampling=sampling), items)
+        out = await critique_all(StepwiseCritic(engine, sampling=sampling, shots=0), items)
         assert len(out) == 64 and all(c.critic_version == "tiny-critic" and c.text for c in out)
         assert all(c.parsed == (c.parse_error is None) for c in out)
         batches = engine.stats.batches - before
         assert batches <= 16, f"64 concurrent critiques took {batches} batches: they did not batch"
 
-        contrastive = await critique_all(ContrastiveCritic(engine, sampling=sampling), items[:4], reference=True)
+        contrastive = await critique_all(ContrastiveCritic(engine, sampling=sampling, shots=0), items[:4], reference=True)
         assert all(c.critic_version == "tiny-critic" for c in contrastive)
         pref = await PairwiseJudge(engine).compare(TASKS[0], items[0][1], "#### 0")
         assert pref.critic_version == "tiny-critic" and len(pref.texts) == 2
@@ -123,3 +123,13 @@ async def test_every_critic_on_the_real_tiny_model(tiny_model_path: Path) -> Non
         assert len(scores) == 2 and all(s is None or 0.0 <= s <= 1.0 for s in scores)
     finally:
         await asyncio.wait_for(engine.close(), 30)
+
+
+def test_worked_examples_come_first_as_earlier_turns() -> None:
+    critic = StepwiseCritic(scripted(CRITIQUE))
+    msgs = critic.messages(TASKS[0], "Step 1: 1 + 2 = 3\n#### 3")
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * 3 + ["user"]
+    assert msgs[1]["content"].startswith("Step 1: correct.") and "Reference" not in str(msgs)
+    assert len(StepwiseCritic(scripted(CRITIQUE), shots=0).messages(TASKS[0], "#### 3")) == 1
+    shots = ContrastiveCritic(scripted(CRITIQUE)).messages(TASKS[0], "#### 3", TASKS[0].reference_solution)
+    assert "Reference solution" in shots[0]["content"]

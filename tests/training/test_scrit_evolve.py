@@ -30,7 +30,7 @@ name = "scrit"
 loop = "scrit"
 concurrency = {concurrency}
 tasks = {{ name = "arithmetic", options = {{ steps = 2 }}, train_per_cycle = {per_cycle}, heldout = {heldout} }}
-config = {{ n_solutions = 2, critiques_per_solution = 2, solution_max_tokens = 32, critic_max_tokens = 24, seed = 0 }}
+config = {{ n_solutions = 2, critiques_per_solution = 2, solution_max_tokens = 32, critic_max_tokens = 24, shots = 0, seed = 0 }}
 
 [stages.train]
 kind = "sft"
@@ -134,7 +134,7 @@ async def test_critic_examples_train_a_candidate_the_benchmark_scores(db_url: st
     try:
         graph = scrit.build_graph(policy, ScriptedEngine(critic_says, "scripted-critic"), VerifierCritic(ts),
                                   scrit.ScritConfig(n_solutions=4, critiques_per_solution=1, solution_max_tokens=24,
-                                                    system_prompt=None, seed=0))
+                                                    system_prompt=None, shots=0, seed=0))
         res = await Runner(store, progress=False).run(graph, tasks, RunRecord(loop="scrit"))
     finally:
         await policy.close()
@@ -149,7 +149,7 @@ async def test_critic_examples_train_a_candidate_the_benchmark_scores(db_url: st
     assert store.count_examples(Role.CRITIC, ExampleKind.SFT, unconsumed_by="critic:sft") == 0
     engine = load_version_engine(out.candidate)
     try:
-        cfg = CriticEvalConfig(n_items=6, max_tokens=24)
+        cfg = CriticEvalConfig(n_items=6, max_tokens=24, shots=0)
         scored = await evaluate_critic(engine, labelled_set(ts, cfg, "arithmetic"), store=store,
                                        model_id=out.candidate.id, label="arithmetic", config=cfg)
     finally:

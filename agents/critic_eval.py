@@ -45,7 +45,7 @@ class CriticEvalConfig(BaseModel):
     kinds: tuple[str, ...] = Field(CORRUPTION_KINDS, description="Corruptions used for the wrong solutions.")
     correct_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of untouched (right) reference solutions.")
     max_tokens: int = Field(160, ge=16, description="Most tokens per critique (greedy).")
-    shots: int = Field(3, ge=0, le=3, description="Worked critiques shown as earlier turns (as the critic was trained).")
+    shots: int = Field(1, ge=0, le=3, description="Worked critiques shown as earlier turns (as the critic was trained).")
     system_prompt: str | None = Field(None, description="System message before the critic's prompt.")
 
 

@@ -66,12 +66,13 @@ class StepwiseCritic:
     template_name = "stepwise"
 
     def __init__(self, engine: object, *, sampling: CriticSampling | None = None,
-                 template: str | Template | None = None, shots: int | Sequence[dict[str, str]] = 3) -> None:
+                 template: str | Template | None = None, shots: int | Sequence[dict[str, str]] = 1) -> None:
         self.engine = engine
         self.sampling = sampling or CriticSampling()
         self.template = Template(template) if isinstance(template, str) else template or load_template(self.template_name)
         # Worked examples as earlier turns: an int takes that many shipped ones, a list gives your own
-        # ({problem, solution, reference, critique} each).
+        # ({problem, solution, reference, critique} each). One by default: on SmolLM2-135M one shot parsed
+        # 18 of 48 contrastive critiques and three shots 21, at twice the prompt (prefill dominates on CPU).
         self.shots = list(load_shots()[:shots]) if isinstance(shots, int) else list(shots)
 
     @property

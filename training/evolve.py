@@ -386,7 +386,7 @@ class Evolution:
         assert stage.train is not None and ev is not None
         # The critic is asked as its loop asks it (same worked examples), so its training prompts match.
         cfg = CriticEvalConfig(n_items=stage.tasks.heldout, seed=ev.seed, max_tokens=ev.critic_max_tokens,
-                               shots=getattr(self._loop(0, s)[1], "shots", 3))
+                               shots=getattr(self._loop(0, s)[1], "shots", 1))
         items = labelled_set(self.task_sets[s], cfg, self.label(s))
         served = _ServedBy(self, self.weights(stage.train.role), version)
         res = await evaluate_critic(served, items, store=self.store, model_id=version.id, label=self.label(s),

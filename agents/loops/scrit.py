@@ -50,7 +50,7 @@ class ScritConfig(BaseModel):
     critiques_per_solution: int = Field(2, ge=1, le=64, description="Contrastive critiques sampled per solution.")
     critic_temperature: float = Field(0.7, ge=0.0, le=10.0, description="Sampling temperature of the critic.")
     critic_max_tokens: int = Field(160, ge=16, le=4096, description="Most tokens per critique.")
-    shots: int = Field(3, ge=0, le=3, description="Worked critiques shown to the critic as earlier turns (also in its "
+    shots: int = Field(1, ge=0, le=3, description="Worked critiques shown to the critic as earlier turns (also in its "
                        "training prompts, so evaluate with the same number).")
     validate_critiques: bool = Field(
         True, alias="validate",

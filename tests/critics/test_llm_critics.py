@@ -128,7 +128,8 @@ async def test_every_critic_on_the_real_tiny_model(tiny_model_path: Path) -> Non
 def test_worked_examples_come_first_as_earlier_turns() -> None:
     critic = StepwiseCritic(scripted(CRITIQUE))
     msgs = critic.messages(TASKS[0], "Step 1: 1 + 2 = 3\n#### 3")
-    assert [m["role"] for m in msgs] == ["user", "assistant"] * 3 + ["user"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+    assert len(StepwiseCritic(scripted(CRITIQUE), shots=3).messages(TASKS[0], "#### 3")) == 7
     assert msgs[1]["content"].startswith("Step 1: correct.") and "Reference" not in str(msgs)
     assert len(StepwiseCritic(scripted(CRITIQUE), shots=0).messages(TASKS[0], "#### 3")) == 1
     shots = ContrastiveCritic(scripted(CRITIQUE)).messages(TASKS[0], "#### 3", TASKS[0].reference_solution)

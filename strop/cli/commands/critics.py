@@ -27,7 +27,7 @@ def eval_critic_cmd(
         help="Also label the policy's own answers from this stored best-of-N run (held-out tasks, steps checked "
         "one by one); repeatable.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens per critique (greedy).")] = 160,
-    shots: Annotated[int, typer.Option(help="Worked critiques shown first, as earlier chat turns (0-3).")] = 3,
+    shots: Annotated[int, typer.Option(help="Worked critiques shown first, as earlier chat turns (0-3).")] = 1,
     db: DbOpt = None,
 ) -> None:
     """Score a step-wise critic: does it find the first wrong step (F1), and does its correction come out right?

@@ -26,7 +26,7 @@ from strop.critics.labelling import (
     reference,
 )
 from strop.sandbox.tasks.base import Split, Task, TaskSet, Verdict
-from strop.sandbox.tasks.extract import extract_answer, numbers_equal
+from strop.sandbox.tasks.extract import answer_verdict, extract_answer, numbers_equal
 
 if TYPE_CHECKING:
     from strop.memory.store import Store
@@ -287,16 +287,9 @@ class LabelledSolutionSet:
         return [labelled_task(item, self.name) for item in chosen]
 
     def verify(self, task: Task, output: str) -> Verdict:
-        got = extract_answer(output)
         if not task.answer:
-            return Verdict(reward=0.0, correct=False, extracted=got, reason=NO_REFERENCE)
-        if got is None:
-            return Verdict(reward=0.0, correct=False, extracted=None, reason="no answer found")
-        ok = numbers_equal(got, task.answer)
-        return Verdict(
-            reward=1.0 if ok else 0.0, correct=ok, extracted=got,
-            reason="correct" if ok else f"expected {task.answer}, got {got}",
-        )
+            return Verdict(reward=0.0, correct=False, extracted=extract_answer(output), reason=NO_REFERENCE)
+        return answer_verdict(output, task.answer)
 
 
 # --- metrics ------------------------------------------------------------------------------------------------

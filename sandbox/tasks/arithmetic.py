@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from strop.sandbox.tasks.base import Split, Task, Verdict
-from strop.sandbox.tasks.extract import extract_answer, numbers_equal
+from strop.sandbox.tasks.extract import answer_verdict
 
 OPS = ("+", "-", "*")
 
@@ -135,11 +135,4 @@ class ArithmeticTaskSet:
         return out
 
     def verify(self, task: Task, output: str) -> Verdict:
-        got = extract_answer(output)
-        if got is None:
-            return Verdict(reward=0.0, correct=False, extracted=None, reason="no answer found")
-        ok = numbers_equal(got, task.answer)
-        return Verdict(
-            reward=1.0 if ok else 0.0, correct=ok, extracted=got,
-            reason="correct" if ok else f"expected {task.answer}, got {got}",
-        )
+        return answer_verdict(output, task.answer)

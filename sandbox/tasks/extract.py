@@ -7,6 +7,9 @@ so every function here returns None or False rather than raising.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+from strop.sandbox.tasks.base import Verdict
 
 _HASH = re.compile(r"####\s*([^\n]*)")
 _ANSWER_IS = re.compile(r"(?:final\s+)?answer\s*(?:is|:|=)\s*:?\s*([^\n]*)", re.IGNORECASE)
@@ -97,3 +100,13 @@ def numbers_equal(a: str, b: str) -> bool:
     if fa is not None and fb is not None:
         return abs(fa - fb) < 1e-6
     return a.strip() == b.strip()
+
+
+def answer_verdict(output: str, answer: str, equal: Callable[[str, str], bool] | None = None) -> Verdict:
+    """The verdict every final-answer task set gives: extract the answer, compare it with `equal`."""
+    got = extract_answer(output)
+    if got is None:
+        return Verdict(reward=0.0, correct=False, extracted=None, reason="no answer found")
+    ok = (equal or numbers_equal)(got, answer)
+    return Verdict(reward=1.0 if ok else 0.0, correct=ok, extracted=got,
+                   reason="correct" if ok else f"expected {answer}, got {got}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from strop.sandbox.tasks.base import Split, Task, Verdict
-from strop.sandbox.tasks.extract import extract_answer, numbers_equal
+from strop.sandbox.tasks.extract import answer_verdict, numbers_equal
 from strop.sandbox.tasks.guard import split_of
 
 _CALC = re.compile(r"<<[^<>]*>>")
@@ -130,11 +130,4 @@ class GSM8KTaskSet:
         return chosen if n is None else chosen[:n]
 
     def verify(self, task: Task, output: str) -> Verdict:
-        got = extract_answer(output)
-        if got is None:
-            return Verdict(reward=0.0, correct=False, extracted=None, reason="no answer found")
-        ok = math_equal(got, task.answer)
-        return Verdict(
-            reward=1.0 if ok else 0.0, correct=ok, extracted=got,
-            reason="correct" if ok else f"expected {task.answer}, got {got}",
-        )
+        return answer_verdict(output, task.answer, math_equal)

@@ -191,34 +191,29 @@ def _cpu_args(s: dict[str, Any], out: Path) -> dict[str, Any]:
             "dataloader_pin_memory": cuda, "disable_tqdm": True}
 
 
-def bare_sft(args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], out: Path) -> Any:
+def _bare_offline(kind: str, args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], out: Path) -> Any:
+    """What a user's own TRL script does for an off-line kind: config, trainer on an in-memory dataset, train, save."""
+    import trl
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
 
-    s = settings_for("sft", args)
+    config_cls, trainer_cls = {"sft": (trl.SFTConfig, trl.SFTTrainer), "dpo": (trl.DPOConfig, trl.DPOTrainer)}[kind]
+    s = settings_for(kind, args)
     tok, model, lora = _bare_common(args, model_path)
-    config = SFTConfig(**_cpu_args(s, out), num_train_epochs=s["epochs"], max_length=s["max_length"],
-                       activation_checkpointing=False)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=lora)
+    config = config_cls(**_cpu_args(s, out), num_train_epochs=s["epochs"], max_length=s["max_length"],
+                        activation_checkpointing=False)
+    trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                          peft_config=lora)
     result = trainer.train()
     trainer.model.save_pretrained(str(out))
     return result
+
+
+def bare_sft(args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], out: Path) -> Any:
+    return _bare_offline("sft", args, model_path, rows, out)
 
 
 def bare_dpo(args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], out: Path) -> Any:
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    s = settings_for("dpo", args)
-    tok, model, lora = _bare_common(args, model_path)
-    config = DPOConfig(**_cpu_args(s, out), num_train_epochs=s["epochs"], max_length=s["max_length"],
-                       activation_checkpointing=False)
-    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=lora)
-    result = trainer.train()
-    trainer.model.save_pretrained(str(out))
-    return result
+    return _bare_offline("dpo", args, model_path, rows, out)
 
 
 def _bare_pg_class() -> type:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strop.critics.base import Critique, CritiqueVerdict
+from strop.critics.base import Critique
 from strop.critics.parsing import parse_critique
 from strop.critics.prompts import load_shots, load_template, render
 from strop.critics.steps import render_steps, split_steps
@@ -152,7 +152,3 @@ async def critique_all(critic: object, items: Sequence[tuple[Task, str]], refere
         for t, s in items
     )))
 
-
-def unparsed(text: str, critic_version: str, reason: str) -> Critique:
-    """An unparsed critique for output no parser could read (kept for inspection, never a pass)."""
-    return Critique(verdict=CritiqueVerdict.UNPARSED, text=text, critic_version=critic_version, parse_error=reason)

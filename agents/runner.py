@@ -142,12 +142,15 @@ class Runner:
         eid = episode_id(run_id, task.id)
         config = {"configurable": {"thread_id": eid}}
         snapshot = await compiled.aget_state(config)
+        # durability="sync": each node's checkpoint is committed before the next node starts, so a process
+        # killed mid-episode (between two turns, say) resumes after the last node that finished. LangGraph's
+        # default ("async") writes in the background and a SIGKILL loses the writes still in flight.
         if snapshot.next:  # killed mid-episode: continue from the last finished node
-            out = await compiled.ainvoke(None, config)
+            out = await compiled.ainvoke(None, config, durability="sync")
         elif snapshot.values.get("episode"):  # finished but not yet written when the run died
             out = snapshot.values
         else:
-            out = await compiled.ainvoke(episode_input(task, run_id), config)
+            out = await compiled.ainvoke(episode_input(task, run_id), config, durability="sync")
         if "episode" not in out:
             raise RuntimeError(f"loop graph ended without an `episode` in its state (task {task.id}); "
                                "a loop's last node must set it (see agents/loops/base.py)")

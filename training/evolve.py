@@ -26,7 +26,13 @@ from strop.agents.critic_eval import CriticEvalConfig, critic_metric_prefix, eva
 from strop.agents.evaluation import EvalConfig, evaluate, metric_key, task_set_label
 from strop.agents.loops.base import stable_id
 from strop.agents.loops.registry import LoopResources, get_loop
+from strop.agents.loops.self_correct import critic_for
 from strop.agents.runner import Runner, load_version_engine, resolve_version
+from strop.agents.self_correct_eval import (
+    SelfCorrectEvalConfig,
+    evaluate_self_correction,
+    self_correct_metric_prefix,
+)
 from strop.memory.records import ModelStatus, ModelVersionRecord, RunRecord, RunStatus
 from strop.memory.training_data import default_consumer
 from strop.sandbox.tasks.base import Split
@@ -124,19 +130,25 @@ class Evolution:
         return stable_id(self.evolve_id, "job", k, self.recipe.stages[s].name, attempt)
 
     def target(self, s: int) -> str:
-        """What stage s measures: 'policy' (held-out pass@k) or 'critic' (the critic benchmark)."""
+        """What stage s measures: 'policy' (held-out pass@k), 'critic' (the critic benchmark) or 'self_correct'."""
         stage = self.recipe.stages[s]
-        return stage.eval.target_of(stage.train.role) if stage.eval and stage.train else "policy"
+        if not (stage.eval and stage.train):
+            return "policy"
+        return stage.eval.target_of(stage.train.role, get_loop(stage.loop).name)
 
     def metric_prefix(self, s: int) -> str:
         if self.target(s) == "critic":
             return critic_metric_prefix(self.label(s))
+        if self.target(s) == "self_correct":
+            return f"{self_correct_metric_prefix(self.label(s))}/{self._self_correct_eval(s).feedback[0]}"
         return metric_key(self.label(s), Split.HELDOUT)
 
     def metric(self, s: int = 0) -> str:
         stage = self.recipe.stages[s]
         ev = stage.eval
-        return f"{self.metric_prefix(s)}/{ev.gate_metric(stage.train.role) if ev and stage.train else 'pass@1'}"
+        if not (ev and stage.train):
+            return f"{self.metric_prefix(s)}/pass@1"
+        return f"{self.metric_prefix(s)}/{ev.gate_metric(stage.train.role, get_loop(stage.loop).name)}"
 
     def policy_metric(self, s: int) -> str:
         """The policy's held-out pass@1 on stage s's tasks (reported beside a critic stage's gate)."""
@@ -242,7 +254,7 @@ class Evolution:
         if stage.train is not None and get_trainer(stage.train.kind).online:
             return StagePhase.TRAIN  # an on-line trainer collects its own rollouts
         spec, cfg = self._loop(k, s)
-        engines = {str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))]) for r in spec.roles}
+        engines = {str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))]) for r in spec.needed_roles(cfg)}
         graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store), cfg)
         run = RunRecord(id=self.collect_run_id(k, s), loop=spec.name,
                         model_ids=sorted({e.version.id for e in engines.values()}),
@@ -323,7 +335,7 @@ class Evolution:
         await self._evaluate_version(parent, s)
         candidate = self._model(self.candidate_id(k, s))
         decision = decide(candidate, self._model(parent.id), self.metric_prefix(s),
-                          stage.eval.promotion(stage.train.role))
+                          stage.eval.promotion(stage.train.role, get_loop(stage.loop).name))
         self.store.update_model_metrics(candidate.id, {"decision": decision.reason})
         status = ModelStatus.PROMOTED if decision.promote else ModelStatus.REJECTED
         self.store.set_model_status(candidate.id, status)
@@ -361,6 +373,8 @@ class Evolution:
         stage = self.recipe.stages[s]
         ev = stage.eval
         assert stage.train is not None and ev is not None
+        if self.target(s) == "self_correct":
+            return await self._evaluate_self_correct(version, s)
         if self.target(s) == "critic":
             await self._evaluate_critic(version, s)
             if not (ev.policy_accuracy and self.weights(stage.train.role) == self.weights("policy")):
@@ -399,6 +413,48 @@ class Evolution:
             f"{version.name}: {self.label(s)} critic F1 {_pct(sc.get('f1'))} (first wrong step found "
             f"{_pct(sc.get('acc_erroneous'))}, right accepted {_pct(sc.get('acc_correct'))}), correction "
             f"{_pct(sc.get('correction_acc'))}, unparsed {sc.get('unparsed')}/{res.n_items} ({how})", markup=False)
+
+    def _self_correct_eval(self, s: int) -> SelfCorrectEvalConfig:
+        stage = self.recipe.stages[s]
+        ev = stage.eval
+        assert ev is not None
+        loop_cfg = self._loop(0, s)[1]
+        fields = ("max_tokens", "system_prompt", "instruction", "critic_max_tokens", "critic_shots")
+        return SelfCorrectEvalConfig(
+            n_tasks=stage.tasks.heldout, feedback=ev.feedback or [getattr(loop_cfg, "feedback", "intrinsic")],
+            turns=ev.turns or getattr(loop_cfg, "turns", 2),
+            **{f: getattr(loop_cfg, f) for f in fields if hasattr(loop_cfg, f)},
+            **({"max_tokens": ev.max_tokens} if ev.max_tokens else {}),
+            **({"system_prompt": ev.system_prompt} if ev.system_prompt else {}),
+        )
+
+    async def _evaluate_self_correct(self, version: ModelVersionRecord, s: int) -> None:
+        """Greedy K-turn conversations on stage s's held-out tasks, per feedback kind, as served by `version`.
+
+        Critic feedback comes from the critic role: the evaluated weights themselves when the critic shares
+        the policy's, else the critic role's base version (so every candidate is judged by the same critic).
+        """
+        stage = self.recipe.stages[s]
+        assert stage.train is not None
+        cfg = self._self_correct_eval(s)
+        served = _ServedBy(self, self.weights(stage.train.role), version)
+        critic = None
+        if "critic" in cfg.feedback:
+            w = self.weights("critic")
+            engine = served if w == self.weights(stage.train.role) else _ServedBy(self, w, self.bases[w])
+            critic = critic_for(LoopResources(engines={"critic": engine}, task_set=self.task_sets[s]),
+                                cfg.loop_config("critic"))
+        res = await evaluate_self_correction(served, self.task_sets[s], store=self.store, model_id=version.id,
+                                             label=self.label(s), config=cfg, critic=critic,
+                                             runner=self._runner(stage))
+        if res.episodes_run or "eval_seconds" not in version.metrics:
+            self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
+        how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
+        for fb, sc in res.scores.items():
+            self.console.print(
+                f"{version.name}: {self.label(s)} self-correction ({fb}) turn 1 {_pct(sc['acc_t1'])} -> turn "
+                f"{cfg.turns} {_pct(sc['acc_last'])}, wrong->right {_pct(sc['delta_i2c'])}, right->wrong "
+                f"{_pct(sc['delta_c2i'])} on {res.n_tasks} tasks ({how})", markup=False)
 
     def _policy_accuracy(self, version: ModelVersionRecord, s: int) -> float | None:
         return version.metrics.get(self.policy_metric(s)) if self.target(s) == "critic" else None

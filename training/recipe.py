@@ -67,6 +67,8 @@ class TrainSettings(BaseModel):
 
 
 CRITIC_METRICS = ("f1", "acc_erroneous", "acc_correct", "correction_acc")
+SELF_CORRECT_METRICS = ("acc_last", "acc_t1", "net", "delta_i2c")
+FEEDBACK_KINDS = ("intrinsic", "critic", "oracle", "execution")
 
 
 class StageEvalSettings(BaseModel):
@@ -77,15 +79,24 @@ class StageEvalSettings(BaseModel):
     k: int | None = Field(None, ge=2, description="Also record pass@k with k sampled answers (pass@1 is always greedy).")
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens per answer; default the loop config's max_tokens (else 64).")
     system_prompt: str | None = Field(None, description="System message; default the loop config's system_prompt.")
-    target: Literal["policy", "critic"] | None = Field(
-        None, description="What is measured: 'policy' (pass@k on held-out tasks) or 'critic' (the critic benchmark: "
-        "first-wrong-step F1 and correction on labelled held-out solutions). Default: 'critic' when the stage "
-        "trains the critic role, else 'policy'.",
+    target: Literal["policy", "critic", "self_correct"] | None = Field(
+        None, description="What is measured: 'policy' (pass@k on held-out tasks), 'critic' (the critic benchmark: "
+        "first-wrong-step F1 and correction on labelled held-out solutions) or 'self_correct' (greedy K-turn "
+        "conversations: accuracy at turn 1 and the last turn, wrong-to-right and right-to-wrong shares, per "
+        "feedback kind). Default: 'critic' when the stage trains the critic role, 'self_correct' when its loop "
+        "is self_correct, else 'policy'.",
     )
     metric: str | None = Field(
         None, description="Metric the gate compares on held-out data. Policy: 'pass@1' (default) or 'pass@K'. "
-        "Critic: 'f1' (default), 'acc_erroneous', 'acc_correct' or 'correction_acc'.",
+        "Critic: 'f1' (default), 'acc_erroneous', 'acc_correct' or 'correction_acc'. Self-correction (of the "
+        "first feedback kind): 'acc_last' (default), 'acc_t1', 'net', 'delta_i2c'.",
     )
+    feedback: list[str] | None = Field(
+        None, description="Self-correction target: feedback kinds to measure (intrinsic, critic, oracle, "
+        "execution); the gate reads the first. Default: the loop's own feedback.",
+    )
+    turns: int | None = Field(None, ge=2, le=8, description="Self-correction target: turns per conversation "
+                              "(default the loop's).")
     margin: float = Field(0.02, ge=0.0, le=1.0, description="Held-out gain over the parent required to promote (0.02 = 2 points).")
     seed: int = Field(0, description="Critic target: seed of the labelled set (its size is `tasks.heldout`).")
     critic_max_tokens: int = Field(160, ge=16, description="Critic target: most tokens per critique.")
@@ -94,14 +105,17 @@ class StageEvalSettings(BaseModel):
         "weights, so a critic gain bought by a policy loss shows in the table.",
     )
 
-    def target_of(self, role: str) -> str:
-        return self.target or ("critic" if role == "critic" else "policy")
+    def target_of(self, role: str, loop: str = "") -> str:
+        if self.target:
+            return self.target
+        return "critic" if role == "critic" else "self_correct" if loop == "self_correct" else "policy"
 
-    def gate_metric(self, role: str) -> str:
-        return self.metric or ("f1" if self.target_of(role) == "critic" else "pass@1")
+    def gate_metric(self, role: str, loop: str = "") -> str:
+        target = self.target_of(role, loop)
+        return self.metric or {"critic": "f1", "self_correct": "acc_last"}.get(target, "pass@1")
 
-    def promotion(self, role: str = "policy") -> PromotionSettings:
-        return PromotionSettings(margin=self.margin, metric=self.gate_metric(role))
+    def promotion(self, role: str = "policy", loop: str = "") -> PromotionSettings:
+        return PromotionSettings(margin=self.margin, metric=self.gate_metric(role, loop))
 
 
 class Stage(BaseModel):
@@ -196,14 +210,14 @@ def check_recipe(r: Recipe) -> None:
             spec = get_loop(stage.loop)
         except UnknownLoopError as e:
             raise _Field(f"{at}.loop", str(e)) from None
-        for role in spec.roles:
-            if str(role) not in r.roles:
-                raise _Field(f"{at}.loop", f"loop {spec.name!r} needs role {role!r}; add it under [roles] "
-                                           f"({role} = \"policy\" to share the policy's weights)")
         try:
-            spec.parse_config(stage.config)
+            loop_cfg = spec.parse_config(stage.config)
         except ValidationError as e:
             raise _Field(f"{at}.config", "\n" + format_validation_error(e, prefix=f"{at}.config.")) from None
+        for role in spec.needed_roles(loop_cfg):
+            if str(role) not in r.roles:
+                raise _Field(f"{at}.loop", f"loop {spec.name!r} needs role {str(role)!r}; add it under [roles] "
+                                           f"({role} = \"policy\" to share the policy's weights)")
         if stage.train is None:
             if stage.eval is not None:
                 raise _Field(f"{at}.eval", "this stage trains nothing, so it has no candidate to evaluate; "
@@ -227,10 +241,14 @@ def check_recipe(r: Recipe) -> None:
         if stage.eval is None:
             raise _Field(f"{at}.eval", f"stage {stage.name!r} trains role {t.role!r} but no stage evaluates it, so "
                                        "its candidate could never be promoted; add [stages.eval] (e.g. margin = 0.02)")
-        metric = stage.eval.gate_metric(t.role)
-        allowed = CRITIC_METRICS if stage.eval.target_of(t.role) == "critic" else None
+        metric = stage.eval.gate_metric(t.role, spec.name)
+        target = stage.eval.target_of(t.role, spec.name)
+        allowed = {"critic": CRITIC_METRICS, "self_correct": SELF_CORRECT_METRICS}.get(target)
         if allowed is not None and metric not in allowed:
-            raise _Field(f"{at}.eval.metric", f"{metric!r} is not a critic metric; use one of {', '.join(allowed)}")
+            raise _Field(f"{at}.eval.metric", f"{metric!r} is not a {target} metric; use one of {', '.join(allowed)}")
+        for fb in stage.eval.feedback or []:
+            if fb not in FEEDBACK_KINDS:
+                raise _Field(f"{at}.eval.feedback", f"unknown feedback kind {fb!r}; use {', '.join(FEEDBACK_KINDS)}")
         if allowed is None and not re.fullmatch(r"pass@\d+", metric):
             raise _Field(f"{at}.eval.metric", f"{metric!r} is not a policy metric; use 'pass@1' or 'pass@K' "
                                               "(or set eval.target = 'critic' for critic metrics)")

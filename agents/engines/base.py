@@ -57,11 +57,23 @@ class GenerationRequest(BaseModel):
         False,
         description="Continue the last assistant message instead of opening a new one (step-wise search).",
     )
+    context_token_ids: list[int] | None = Field(
+        None,
+        description="Token ids of an earlier exchange, used verbatim (its prompt and completion ids, as the engine "
+        "reported them); `messages` are then only the new turns, rendered with the chat template and appended. "
+        "Multi-turn loops use it so earlier turns are never re-tokenized. Needs a local tokenizer (hf, vllm).",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of `messages` or `prompt`")
+        if self.context_token_ids is not None:
+            if not self.messages or self.continue_final:
+                raise ValueError("`context_token_ids` continues a chat: give the new turns as `messages` "
+                                 "(and no `prompt` or `continue_final`)")
+            if not self.context_token_ids or min(self.context_token_ids) < 0:
+                raise ValueError("`context_token_ids` must be non-empty, non-negative token ids")
         return self
 
     @classmethod
@@ -113,7 +125,8 @@ def as_requests(requests: list[GenerationRequest] | list[dict[str, Any]]) -> lis
 def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object) -> list[int]:
     """Prompt token ids as every local backend must build them, so `prompt_token_ids` agree across engines.
 
-    Messages go through the chat template; a raw prompt is tokenized as is (with BOS if the tokenizer adds one).
+    Messages go through the chat template; a raw prompt is tokenized as is (with BOS if the tokenizer adds one);
+    with `context_token_ids` the new turns are appended to those ids (see `continuation_ids`).
     """
     if request.prompt is not None:
         return list(tokenizer(request.prompt)["input_ids"])
@@ -122,6 +135,8 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object
             f"{model_path} has no chat template, so it cannot take `messages`: "
             "send a raw `prompt` instead, or add a chat_template to its tokenizer_config.json"
         )
+    if request.context_token_ids is not None:
+        return continuation_ids(tokenizer, request.context_token_ids, request.messages or [])
     text = tokenizer.apply_chat_template(
         [{"role": m.role, "content": m.content} for m in request.messages or []],
         tokenize=False,
@@ -129,6 +144,31 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object
         continue_final_message=request.continue_final,
     )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+_SENTINEL = "\x00strop-turn-end\x00"
+
+
+def continuation_ids(tokenizer: Any, context: list[int], messages: list[Message]) -> list[int]:
+    """`context` verbatim, then the chat template's text that follows an assistant turn: the turn's end, the new
+    messages and the next assistant header.
+
+    The template is rendered around a sentinel assistant message and only what follows the sentinel is
+    tokenized, so the earlier turns keep the exact ids they were sampled with. When the context already ends
+    with the end-of-turn token (a completion that stopped at EOS), the template's copy of it is dropped.
+    """
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "."}, {"role": "assistant", "content": _SENTINEL},
+         *({"role": m.role, "content": m.content} for m in messages)],
+        tokenize=False, add_generation_prompt=True,
+    )
+    if _SENTINEL not in text:
+        raise EngineError("the chat template drops assistant messages, so a conversation cannot be continued "
+                          "from token ids; send the whole conversation as `messages` instead")
+    glue = list(tokenizer(text.split(_SENTINEL, 1)[1], add_special_tokens=False)["input_ids"])
+    if glue and context and context[-1] == glue[0]:
+        glue = glue[1:]
+    return [*context, *glue]
 
 
 def check_prompt_length(prompt_len: int, max_tokens: int, context_length: int, model_version: str) -> None:

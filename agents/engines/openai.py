@@ -76,6 +76,12 @@ class OpenAIEngine:
 
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         requests = as_requests(requests)
+        if any(r.context_token_ids is not None for r in requests):
+            raise EngineError(
+                f"{self.base_url} is reached over HTTP, without the model's tokenizer, so it cannot continue a "
+                "conversation from token ids (`context_token_ids`). Send the whole conversation as `messages` "
+                "(multi-turn loops: set token_context = false), or use the hf or vllm engine."
+            )
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> list[Completion]:

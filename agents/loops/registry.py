@@ -27,7 +27,7 @@ from strop.sandbox.tasks.base import TaskSet
 
 ENTRY_POINT_GROUP = "strop.loops"
 # strop's own loops, imported on first look-up (each module registers itself).
-_BUILTIN_MODULES = ("strop.agents.loops.best_of_n", "strop.agents.loops.scrit")
+_BUILTIN_MODULES = ("strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct")
 
 
 class UnknownLoopError(KeyError):
@@ -73,6 +73,15 @@ class LoopSpec:
     description: str = ""
     # example kind -> the role whose training it feeds (default: the kind's usual role, policy)
     example_roles: dict[ExampleKind, Role] = field(default_factory=dict)
+    # the roles a given config needs, when that depends on it (self-correction asks the critic role only for
+    # critic feedback); None: always `roles`
+    roles_for: Callable[[Any], tuple[Role, ...]] | None = None
+
+    def needed_roles(self, config: BaseModel | None = None) -> tuple[Role, ...]:
+        """The roles this loop asks engines for under `config` (default: its default config)."""
+        if self.roles_for is None:
+            return self.roles
+        return self.roles_for(config if config is not None else self.default_config())
 
     def default_config(self) -> BaseModel:
         return self.config()

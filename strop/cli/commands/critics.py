@@ -1,5 +1,7 @@
 """`strop eval-critic`: the critic benchmark (ProcessBench-style error identification, RealCritic-style
-correction) on labelled held-out solutions or on a ProcessBench file. Heavy imports stay inside the command."""
+correction) on labelled held-out solutions or on a ProcessBench file. `strop eval-self-correct`: how a model
+revises its own answers (turn-1 and last-turn accuracy, wrong-to-right and right-to-wrong) under each kind of
+feedback. Heavy imports stay inside the commands."""
 
 from __future__ import annotations
 
@@ -97,5 +99,91 @@ def _report(name: str, label: str, res: Any) -> None:
     typer.echo(f"recorded on {res.model_id} under {label}/critic/ (run {res.run_id})")
 
 
+def eval_self_correct_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="The policy: registry name/id, cache name or folder.")],
+    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Task set name (its held-out tasks are used).")] =
+        "arithmetic",
+    option: OptionOpt = None,
+    feedback: Annotated[str, typer.Option(
+        help="Feedback kinds between turns, comma-separated: intrinsic (the instruction alone), critic (a step-wise "
+        "critique by --critic), oracle (the verifier's right/wrong, an upper bound), execution (code tasks: the "
+        "tests' output from the jail).")] = "intrinsic",
+    critic: Annotated[str | None, typer.Option(
+        "--critic", "-c", help="Critic model for critic feedback (default: the policy critiques itself).")] = None,
+    n_tasks: Annotated[int, typer.Option(help="Held-out tasks to use (the first n).")] = 100,
+    turns: Annotated[int, typer.Option(help="Turns per conversation (2-8).")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="Most new tokens per turn (greedy).")] = 64,
+    system: Annotated[str | None, typer.Option(help="System message before each task.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Measure self-correction: greedy conversations of K turns on held-out tasks, one run per feedback kind.
+
+    Reports accuracy at turn 1 and at the last turn, and the shares of tasks that went wrong-to-right and
+    right-to-wrong. Conversations are stored (interrupted, it resumes); the figures are recorded on the model
+    version under '<set>/heldout/self_correct/<feedback>/...'.
+    """
+    from strop.agents.evaluation import task_set_label
+    from strop.agents.loops.registry import LoopResources
+    from strop.agents.loops.self_correct import Feedback, critic_for
+    from strop.agents.runner import load_version_engine
+    from strop.agents.self_correct_eval import SelfCorrectEvalConfig, evaluate_self_correction
+    from strop.cli.commands._options import parse_options
+    from strop.memory import Store
+
+    kinds = [k.strip() for k in feedback.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in {str(f) for f in Feedback}]
+    if bad or not kinds:
+        _fail(f"--feedback {feedback}: unknown kind {', '.join(bad) or '(none)'}; use intrinsic, critic, oracle, "
+              "execution (comma-separated)")
+    if critic is not None and "critic" not in kinds:
+        _fail("--critic is only used with critic feedback: add --feedback critic")
+    store = Store(db)
+    version = _version(store, model)
+    critic_version = _version(store, critic, "--critic") if critic is not None else None
+    task_set = _task_set(tasks, option)
+    label = task_set_label(tasks, parse_options(option or []))
+    try:
+        cfg = SelfCorrectEvalConfig(n_tasks=n_tasks, feedback=kinds, turns=turns, max_tokens=max_tokens,
+                                    system_prompt=system)
+    except ValueError as e:
+        _fail(str(e).splitlines()[-1])
+
+    async def go() -> Any:
+        engine = load_version_engine(version)
+        critic_engine = load_version_engine(critic_version) if critic_version is not None else engine
+        try:
+            judge = None
+            if "critic" in kinds:
+                judge = critic_for(LoopResources(engines={"critic": critic_engine}, task_set=task_set),
+                                   cfg.loop_config(Feedback.CRITIC))
+            return await evaluate_self_correction(engine, task_set, store=store, model_id=version.id, label=label,
+                                                  config=cfg, critic=judge)
+        finally:
+            await engine.close()
+            if critic_engine is not engine:
+                await critic_engine.close()
+
+    try:
+        res = asyncio.run(go())
+    except ValueError as e:  # e.g. execution feedback on a task set that is not code
+        _fail(str(e))
+    _report_self_correct(version.name, label, res, turns)
+
+
+def _report_self_correct(name: str, label: str, res: Any, turns: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{name} revising its answers on {label} ({res.n_tasks} held-out tasks, {turns} turns)")
+    for col in ("feedback", "turn 1", f"turn {turns}", "wrong->right", "right->wrong", "net"):
+        table.add_column(col)
+    for fb, s in res.scores.items():
+        table.add_row(fb, *(f"{100 * s[k]:+.1f}%" if k == "net" else f"{100 * s[k]:.1f}%"
+                            for k in ("acc_t1", "acc_last", "delta_i2c", "delta_c2i", "net")))
+    Console().print(table)
+    typer.echo(f"recorded on {res.model_id} under {label}/heldout/self_correct/ (runs {', '.join(res.run_ids)})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval-critic", no_args_is_help=True)(eval_critic_cmd)
+    app.command("eval-self-correct", no_args_is_help=True)(eval_self_correct_cmd)

@@ -206,7 +206,7 @@ def run_cmd(
         cfg = loop_config(spec, set_, shortcuts)
     except ValueError as exc:
         _fail(_one_line(str(exc)))
-    roles = [str(r) for r in spec.roles] or [str(Role.POLICY)]
+    roles = [str(r) for r in spec.needed_roles(cfg)] or [str(Role.POLICY)]
     if critic is not None and str(Role.CRITIC) not in roles:
         _fail(f"--critic: loop {spec.name!r} has no critic role (its roles: {', '.join(roles)})")
     task_set = _task_set(tasks, option)

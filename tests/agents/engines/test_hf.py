@@ -16,7 +16,7 @@ from strop.agents.engines import (
     SamplingParams,
     load_engine,
 )
-from strop.agents.engines.base import FinishReason
+from strop.agents.engines.base import FinishReason, Message
 from strop.agents.engines.hf import HFEngine
 
 
@@ -192,3 +192,36 @@ async def test_lora_adapter_is_applied_and_swapped_by_reload(random_tiny_path: P
     await engine.close()
     with pytest.raises(EngineError, match=r"adapter_config\.json"):
         HFEngine(random_tiny_path, adapter_path=tmp_path)
+
+
+async def test_a_conversation_continues_from_the_exact_token_ids(engine: HFEngine) -> None:
+    """A later turn reads the earlier turn's ids verbatim, then only the new turn's template text; for a turn
+    that ended at EOS this is what rendering the whole conversation gives, without re-tokenizing the answer."""
+    first = GenerationRequest.chat("What is 12 + 7?", max_tokens=12, temperature=0.0)
+    [[c]] = await engine.generate([first])
+    follow = [Message(role="user", content="Check your answer.")]
+    cont = GenerationRequest(messages=follow, context_token_ids=[*c.prompt_token_ids, *c.token_ids],
+                             sampling=SamplingParams(max_tokens=8, temperature=0.0))
+    ids = engine.prompt_ids(cont)
+    assert ids[: len(c.prompt_token_ids) + len(c.token_ids)] == [*c.prompt_token_ids, *c.token_ids]
+    if c.finish_reason == FinishReason.STOP:
+        whole = GenerationRequest(messages=[*first.messages, Message(role="assistant", content=c.text), *follow])
+        assert ids == engine.prompt_ids(whole)
+    [[d]] = await engine.generate([cont])
+    assert d.prompt_token_ids == ids
+
+
+def test_token_context_needs_new_turns_as_messages() -> None:
+    with pytest.raises(ValidationError, match="context_token_ids"):
+        GenerationRequest(prompt="hi", context_token_ids=[1, 2])
+    with pytest.raises(ValidationError, match="non-negative"):
+        GenerationRequest(messages=[Message(role="user", content="x")], context_token_ids=[-1])
+
+
+async def test_an_http_engine_refuses_token_context_naming_the_fix() -> None:
+    from strop.agents.engines.openai import OpenAIEngine
+
+    engine = OpenAIEngine("http://127.0.0.1:9/v1", "m")
+    request = GenerationRequest(messages=[Message(role="user", content="x")], context_token_ids=[1])
+    with pytest.raises(EngineError, match="token_context = false"):
+        await engine.generate([request])

@@ -93,6 +93,11 @@ class SelfCorrectConfig(BaseModel):
         "0, for the trainer's KL term); 2 trains every turn with the improvement bonus.",
     )
     alpha: float = Field(1.0, ge=0.0, description="Weight of SCoRe's bonus r(y_t) - r(y_t-1) (stage 2).")
+    anchors_per_task: int = Field(
+        1, ge=0, le=64, description="Stage 1: turn-1 anchors emitted per task (the first conversations'). They "
+        "only feed the trainer's KL term, for which one sample per task is an estimate; each costs a "
+        "training row, and with n = 4 anchoring all of them would be most of the stage's examples.",
+    )
     skip_zero_advantage: bool = Field(
         True, description="Drop pg examples whose advantage is 0 (they carry no gradient without a KL term); "
         "stage 1's turn-1 anchors are kept.",
@@ -330,6 +335,8 @@ def _examples(cfg: SelfCorrectConfig, task: Task, eid: str, i: int, t: int, stat
     if cfg.emit == "pg":
         anchor = cfg.stage == 1 and t == 0
         if anchor:
+            if i >= cfg.anchors_per_task:
+                return []
             advantage = 0.0
         elif advantage == 0.0 and cfg.skip_zero_advantage:
             return []

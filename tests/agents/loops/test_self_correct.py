@@ -82,9 +82,12 @@ async def test_stage_two_emits_every_turn_with_the_improvement_bonus() -> None:
 
 async def test_stage_one_anchors_turn_one_and_trains_the_revisions() -> None:
     engine = scripted([WRONG, RIGHT, RIGHT, WRONG], [RIGHT, WRONG, RIGHT, WRONG])
-    ep = await _episode(engine, sc.SelfCorrectConfig(n=4, stage=1, seed=0))
+    ep = await _episode(engine, sc.SelfCorrectConfig(n=4, stage=1, anchors_per_task=4, seed=0))
     anchors = [e for e in ep.examples if e.payload["metadata"]["anchor"]]
     assert len(anchors) == 4 and all(e.payload["advantage"] == 0.0 for e in anchors)
+    one = await _episode(scripted([WRONG, RIGHT, RIGHT, WRONG], [RIGHT, WRONG, RIGHT, WRONG]),
+                         sc.SelfCorrectConfig(n=4, stage=1, seed=0))
+    assert [e.payload["metadata"]["conversation"] for e in one.examples if e.payload["metadata"]["anchor"]] == [0]
     revisions = {e.payload["metadata"]["conversation"]: e.payload["advantage"] for e in ep.examples
                  if not e.payload["metadata"]["anchor"]}
     assert revisions == {0: 0.5, 1: -0.5, 2: 0.5, 3: -0.5}  # r(y2) minus its mean, no bonus

@@ -60,8 +60,9 @@ class GenerationRequest(BaseModel):
     context_token_ids: list[int] | None = Field(
         None,
         description="Token ids of an earlier exchange, used verbatim (its prompt and completion ids, as the engine "
-        "reported them); `messages` are then only the new turns, rendered with the chat template and appended. "
-        "Multi-turn loops use it so earlier turns are never re-tokenized. Needs a local tokenizer (hf, vllm).",
+        "reported them); `messages` are then only the new turns, rendered with the chat template and appended, "
+        "or empty to continue right after those ids (step-wise search extending a partial answer). Multi-turn "
+        "loops use it so earlier turns are never re-tokenized. Needs a local tokenizer (hf, vllm).",
     )
 
     @model_validator(mode="after")
@@ -69,9 +70,9 @@ class GenerationRequest(BaseModel):
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("give exactly one of `messages` or `prompt`")
         if self.context_token_ids is not None:
-            if not self.messages or self.continue_final:
-                raise ValueError("`context_token_ids` continues a chat: give the new turns as `messages` "
-                                 "(and no `prompt` or `continue_final`)")
+            if self.messages is None or self.continue_final:
+                raise ValueError("`context_token_ids` continues a chat: give the new turns as `messages` (an "
+                                 "empty list to continue right after the ids), and no `prompt` or `continue_final`")
             if not self.context_token_ids or min(self.context_token_ids) < 0:
                 raise ValueError("`context_token_ids` must be non-empty, non-negative token ids")
         return self
@@ -99,6 +100,10 @@ class Completion(BaseModel):
     logprobs: list[float] | None = Field(None, description="Log-prob of each token in `token_ids`.")
     finish_reason: FinishReason
     model_version: str = Field(description="Model id / version that produced this completion.")
+    matched_stop: str | None = Field(
+        None, description="The stop string that ended it (not in `text`; its tokens are in `token_ids`); None when "
+        "it ended at EOS or max_tokens, or the backend does not say.",
+    )
 
 
 @runtime_checkable
@@ -155,8 +160,11 @@ def continuation_ids(tokenizer: Any, context: list[int], messages: list[Message]
 
     The template is rendered around a sentinel assistant message and only what follows the sentinel is
     tokenized, so the earlier turns keep the exact ids they were sampled with. When the context already ends
-    with the end-of-turn token (a completion that stopped at EOS), the template's copy of it is dropped.
+    with the end-of-turn token (a completion that stopped at EOS), the template's copy of it is dropped. No
+    messages: the context itself, to be continued as it stands.
     """
+    if not messages:
+        return list(context)
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "."}, {"role": "assistant", "content": _SENTINEL},
          *({"role": m.role, "content": m.content} for m in messages)],

@@ -376,12 +376,13 @@ class HFEngine:
                 tokens, body, reason = tokens[: j + 1], tokens[:j], FinishReason.STOP
                 break
         text = self.tokenizer.decode(body, skip_special_tokens=True)
+        matched = None
         if s.stop:
             hits = [(text.find(stop), stop) for stop in s.stop if stop and stop in text]
             if hits:
-                pos, stop = min(hits)
+                pos, matched = min(hits)
                 text, reason = text[:pos], FinishReason.STOP
-                tokens = body[: self._tokens_through(body, pos + len(stop))]
+                tokens = body[: self._tokens_through(body, pos + len(matched))]
         return Completion(
             text=text,
             prompt_token_ids=row.prompt_ids,
@@ -389,6 +390,7 @@ class HFEngine:
             logprobs=logprobs[: len(tokens)] if s.logprobs else None,
             finish_reason=reason,
             model_version=self._model_version,
+            matched_stop=matched,
         )
 
     def _tokens_through(self, body: list[int], chars: int) -> int:

@@ -368,5 +368,6 @@ class VLLMEngine:
             token_ids=token_ids,
             logprobs=logprobs,
             finish_reason=reasons[out.finish_reason],
+            matched_stop=out.stop_reason if isinstance(out.stop_reason, str) else None,
             model_version=version,
         )

@@ -27,7 +27,10 @@ from strop.sandbox.tasks.base import TaskSet
 
 ENTRY_POINT_GROUP = "strop.loops"
 # strop's own loops, imported on first look-up (each module registers itself).
-_BUILTIN_MODULES = ("strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct")
+_BUILTIN_MODULES = (
+    "strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct",
+    "strop.agents.loops.mcts",
+)
 
 
 class UnknownLoopError(KeyError):

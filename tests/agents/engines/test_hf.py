@@ -209,11 +209,18 @@ async def test_a_conversation_continues_from_the_exact_token_ids(engine: HFEngin
         assert ids == engine.prompt_ids(whole)
     [[d]] = await engine.generate([cont])
     assert d.prompt_token_ids == ids
+    # No new turn: generation continues right after the ids (a partial answer extended step by step).
+    partial = [*c.prompt_token_ids, *c.token_ids[:3]]
+    ext = GenerationRequest(messages=[], context_token_ids=partial, sampling=SamplingParams(max_tokens=4))
+    [[e]] = await engine.generate([ext])
+    assert e.prompt_token_ids == partial
 
 
 def test_token_context_needs_new_turns_as_messages() -> None:
     with pytest.raises(ValidationError, match="context_token_ids"):
         GenerationRequest(prompt="hi", context_token_ids=[1, 2])
+    with pytest.raises(ValidationError, match="context_token_ids"):
+        GenerationRequest(messages=[], context_token_ids=[1, 2], continue_final=True)
     with pytest.raises(ValidationError, match="non-negative"):
         GenerationRequest(messages=[Message(role="user", content="x")], context_token_ids=[-1])
 

@@ -1,0 +1,152 @@
+"""The MCTS loop through the real path: the tiny model expands steps from exact token ids, rollouts are checked
+by the verifier, the whole tree is stored and reloads intact, the token budget is kept, step pairs come from
+sibling Q gaps, and a search killed mid-tree resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from strop.agents.loops import mcts
+from strop.agents.loops.base import episode_input
+from strop.agents.search import sibling_pairs
+from strop.critics import VerifierCritic
+from strop.memory.records import EpisodeRecord, ExampleKind, RunRecord
+from strop.sandbox.tasks import ArithmeticTaskSet, Split
+
+REPO = Path(__file__).resolve().parents[3]
+TS = ArithmeticTaskSet()
+# The tiny model was pre-trained without a system prompt.
+CFG = mcts.MCTSConfig(system_prompt=None, k=3, budget_tokens=300, max_step_tokens=24, rollout_max_tokens=32,
+                      temperature=1.0, min_q_gap=0.1, seed=0)
+
+
+async def test_search_stores_the_whole_tree_and_it_reloads_intact(tiny_model_path: Path) -> None:
+    from strop.agents.engines import load_engine
+
+    engine = load_engine("tiny")
+    try:
+        graph = mcts.build_graph(engine, VerifierCritic(TS), CFG).compile()
+        out = await graph.ainvoke(episode_input(TS.tasks(Split.TRAIN, 1)[0], "run-1"))
+    finally:
+        await engine.close()
+    ep = EpisodeRecord.model_validate(out["episode"])
+    final = mcts.Tree.from_json(out["tree"])
+    assert mcts.tree_from_steps(ep.steps) == final  # every node, parent, token, visit, value and reward
+    root = final.root
+    assert root.visits == sum(final.nodes[i].visits for i in root.children)  # each visit passed through one child
+    assert len(root.children) == 3 and ep.outcome["nodes"] == len(final.nodes)
+    for node in final.nodes[1:]:
+        # a node's context is the prompt plus its ancestors' own tokens: nothing was re-tokenized
+        assert node.token_ids and len(node.logprobs) == len(node.token_ids)
+    assert ep.outcome["tokens"] >= 1 and (ep.outcome["tokens"] >= CFG.budget_tokens or
+                                          all(n.terminal for n in final.leaves()))
+    pairs = [e for e in ep.examples if e.kind == ExampleKind.PAIR]
+    assert len(pairs) == min(len(sibling_pairs(final, min_gap=0.1)), CFG.max_pairs_per_task)
+    for p in pairs:
+        assert p.payload["chosen"][0]["content"] != p.payload["rejected"][0]["content"]
+
+
+async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:
+    from strop.agents.engines import load_engine
+
+    engine = load_engine("tiny")
+    cfg = CFG.model_copy(update={"budget_tokens": 1, "max_depth": 8})
+    try:
+        out = await mcts.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(
+            episode_input(TS.tasks(Split.TRAIN, 1)[0], "run-1"))
+    finally:
+        await engine.close()
+    assert out["iteration"] == 1  # one expansion already spends more than one token
+
+
+async def test_held_out_trees_emit_nothing_and_scorer_evaluation_needs_a_scorer(db_url: str,
+                                                                               tiny_model_path: Path) -> None:
+    from strop.agents.engines import load_engine
+    from strop.agents.runner import Runner
+    from strop.memory import Store
+
+    engine = load_engine("tiny")
+    store = Store(db_url)
+    try:
+        graph = mcts.build_graph(engine, VerifierCritic(TS), CFG)
+        res = await Runner(store, concurrency=4, progress=False).run(graph, TS.tasks(Split.HELDOUT, 3),
+                                                                     RunRecord(id="mcts-h", loop="mcts"))
+    finally:
+        await engine.close()
+    assert res.episodes == 3 and res.examples == 0
+    assert all(len(ep.steps) == ep.outcome["nodes"] for ep in store.list_episodes("mcts-h"))
+    with pytest.raises(ValueError, match="needs a step scorer"):
+        mcts.build_graph(engine, VerifierCritic(TS), mcts.MCTSConfig(evaluation="scorer"))
+
+
+WORKER = textwrap.dedent('''
+    import asyncio, os, signal, sys
+    from strop.agents.engines import load_engine
+    from strop.agents.loops import mcts
+    from strop.agents.runner import Runner
+    from strop.critics import VerifierCritic
+    from strop.memory import Store
+    from strop.memory.records import RunRecord
+    from strop.sandbox.tasks import ArithmeticTaskSet, Split
+
+    class Dying:
+        """The tiny engine; dies at its 4th call when told to (the tree is then a few iterations deep)."""
+        def __init__(self, engine, die):
+            self.engine, self.die, self.calls = engine, die, 0
+            self.prompt_ids = engine.prompt_ids
+        @property
+        def model_version(self):
+            return self.engine.model_version
+        async def generate(self, requests):
+            self.calls += 1
+            if self.die and self.calls == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await self.engine.generate(requests)
+        async def close(self):
+            await self.engine.close()
+
+    async def main(db, die):
+        ts = ArithmeticTaskSet()
+        engine = Dying(load_engine("tiny"), die)
+        cfg = mcts.MCTSConfig(system_prompt=None, k=2, budget_tokens=400, max_step_tokens=24,
+                              rollout_max_tokens=32, temperature=1.0, seed=0)
+        run = RunRecord(id="mcts-kill", loop="mcts")
+        await Runner(Store(db), concurrency=1, progress=False).run(
+            mcts.build_graph(engine, VerifierCritic(ts), cfg), ts.tasks(Split.TRAIN, 1), run)
+        print("calls", engine.calls)
+        await engine.close()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2] == "die"))
+''')
+
+
+@pytest.mark.timeout(300)
+def test_a_search_killed_mid_tree_resumes_from_its_checkpoint(sqlite_url: str, tmp_path: Path,
+                                                               tiny_model_path: Path) -> None:
+    from strop.memory import Store
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.run([sys.executable, str(script), sqlite_url, "die"], capture_output=True, text=True,
+                            env=env, timeout=200)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert Store(sqlite_url).list_episodes("mcts-kill") == []
+    full = subprocess.run([sys.executable, str(script), sqlite_url.replace("strop.db", "fresh.db"), "run"],
+                          capture_output=True, text=True, env=env, timeout=200)
+    rerun = subprocess.run([sys.executable, str(script), sqlite_url, "run"], capture_output=True, text=True,
+                           env=env, timeout=200)
+    assert full.returncode == 0 and rerun.returncode == 0, full.stderr + rerun.stderr
+    calls_full = int(full.stdout.split("calls")[1])
+    calls_rerun = int(rerun.stdout.split("calls")[1])
+    assert calls_rerun < calls_full  # the iterations done before the kill were not searched again
+    [a] = Store(sqlite_url).list_episodes("mcts-kill")
+    [b] = Store(sqlite_url.replace("strop.db", "fresh.db")).list_episodes("mcts-kill")
+    assert [s.text for s in a.steps] == [s.text for s in b.steps]  # seeded: the resumed tree is the same tree

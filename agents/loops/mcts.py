@@ -140,10 +140,12 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
             [completions] = await policy.generate([req])
             priors = priors_from_logprobs([c.logprobs or [] for c in completions])
             children = []
+            seen = {tree.nodes[i].step.strip() for i in leaf.children}
             for c, prior in zip(completions, priors, strict=True):
                 spent += len(c.token_ids)
-                if not c.token_ids:
-                    continue
+                if not c.token_ids or c.text.strip() in seen:
+                    continue  # a duplicate sibling would split one step's visits between two nodes
+                seen.add(c.text.strip())
                 # Ended by EOS (not by a step stop, not cut at max_step_tokens): the model finished its solution.
                 ended = c.finish_reason == FinishReason.STOP and c.matched_stop is None
                 terminal = cfg.answer_marker in c.text or leaf.depth + 1 >= cfg.max_depth or ended

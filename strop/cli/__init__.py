@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from strop.cli.commands import critics, data, db, loops, models, registry, serve, training
+from strop.cli.commands import critics, data, db, loops, models, registry, serve, show, training
 
 app = typer.Typer(
     name="strop",
@@ -32,6 +32,7 @@ serve.register(app)
 loops.register(app)
 training.register(app)
 critics.register(app)
+show.register(app)
 
 
 def main() -> None:

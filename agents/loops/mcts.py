@@ -116,28 +116,33 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
         return sum(values) / len(values), spent
 
     async def start(state: MCTSState) -> dict[str, Any]:
-        task = Task.model_validate(state["task"])
-        ids = policy.prompt_ids(GenerationRequest(messages=task_messages(task, cfg.system_prompt))) \
-            if hasattr(policy, "prompt_ids") else []
-        if not ids:
-            raise ValueError("the MCTS loop continues partial solutions from token ids, so its engine must tokenize "
-                             "locally (hf or vllm)")
-        return {"tree": Tree().to_json(), "root_ids": ids, "tokens": 0, "iteration": 0}
+        # The prompt's ids come back with the first expansion, which is asked as a chat (the engine applies
+        # its template); every later request continues from ids.
+        return {"tree": Tree().to_json(), "root_ids": [], "tokens": 0, "iteration": 0}
 
     async def iterate(state: MCTSState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
         tree = Tree.from_json(state["tree"])
         it = state["iteration"]
+        root_ids = list(state["root_ids"])
         leaf = tree.select(c=cfg.c, rule=cfg.selection)
         spent = 0
         if leaf.terminal:  # the best path is already finished: re-value it
-            value, _ = await evaluate(task, tree, state["root_ids"], leaf.id, it)
+            value, _ = await evaluate(task, tree, root_ids, leaf.id, it)
             tree.backpropagate(leaf.id, value)
         else:
-            req = GenerationRequest(messages=[], context_token_ids=context(tree, state["root_ids"], leaf.id),
-                                    sampling=cfg.sampling(task.id, "expand", it, n=cfg.k, max_tokens=cfg.max_step_tokens,
-                                                          stop=cfg.step_stop))
+            sampling = cfg.sampling(task.id, "expand", it, n=cfg.k, max_tokens=cfg.max_step_tokens, stop=cfg.step_stop)
+            if root_ids:
+                req = GenerationRequest(messages=[], context_token_ids=context(tree, root_ids, leaf.id),
+                                        sampling=sampling)
+            else:  # the root's first expansion
+                req = GenerationRequest(messages=task_messages(task, cfg.system_prompt), sampling=sampling)
             [completions] = await policy.generate([req])
+            if not root_ids and completions:
+                root_ids = list(completions[0].prompt_token_ids)
+                if not root_ids:
+                    raise ValueError("the MCTS loop continues partial solutions from token ids, but this engine "
+                                     "reports none (an HTTP server without return_token_ids); use hf or vllm")
             priors = priors_from_logprobs([c.logprobs or [] for c in completions])
             children = []
             seen = {tree.nodes[i].step.strip() for i in leaf.children}
@@ -152,8 +157,7 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
                 step = c.text + (c.matched_stop or "")  # the step's text matches its tokens
                 children.append(tree.add_child(leaf.id, step, token_ids=c.token_ids, logprobs=c.logprobs or [],
                                                prior=prior, terminal=terminal))
-            results = await asyncio.gather(*(evaluate(task, tree, state["root_ids"], ch.id, (it, ch.id))
-                                             for ch in children))
+            results = await asyncio.gather(*(evaluate(task, tree, root_ids, ch.id, (it, ch.id)) for ch in children))
             for ch, (value, cost) in zip(children, results, strict=True):
                 ch.value = value
                 spent += cost
@@ -162,7 +166,7 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
                 leaf.terminal = True
                 leaf.reward = 0.0
                 tree.backpropagate(leaf.id, 0.0)
-        return {"tree": tree.to_json(), "tokens": state["tokens"] + spent, "iteration": it + 1}
+        return {"tree": tree.to_json(), "root_ids": root_ids, "tokens": state["tokens"] + spent, "iteration": it + 1}
 
     def more(state: MCTSState) -> str:
         done = state["tokens"] >= cfg.budget_tokens or state["iteration"] >= cfg.max_iterations

@@ -100,7 +100,6 @@ WORKER = textwrap.dedent('''
         """The tiny engine; dies at its 4th call when told to (the tree is then a few iterations deep)."""
         def __init__(self, engine, die):
             self.engine, self.die, self.calls = engine, die, 0
-            self.prompt_ids = engine.prompt_ids
         @property
         def model_version(self):
             return self.engine.model_version

@@ -38,11 +38,15 @@ class StepScorer:
     def version(self) -> str:
         return str(self.engine.model_version)
 
-    def _request(self, task: Task, steps: list[str]) -> dict[str, Any]:
+    def messages(self, task: Task, steps: list[str]) -> list[dict[str, str]]:
+        """The chat the scorer is asked (and a PRM is trained on): is the last of `steps` correct?"""
         prompt = render(self.template, problem=task.prompt, steps=render_steps(steps), last=len(steps))
         msgs = [{"role": "system", "content": self.sampling.system_prompt}] if self.sampling.system_prompt else []
+        return [*msgs, {"role": "user", "content": prompt}]
+
+    def _request(self, task: Task, steps: list[str]) -> dict[str, Any]:
         greedy = self.sampling.model_copy(update={"temperature": 0.0})
-        return chat_request([*msgs, {"role": "user", "content": prompt}], greedy, 1, task.id, len(steps))
+        return chat_request(self.messages(task, steps), greedy, 1, task.id, len(steps))
 
     async def score(self, task: Task, steps: list[str]) -> float | None:
         """P(the last of `steps` is correct); None when the reply is neither Yes nor No (unparsed)."""

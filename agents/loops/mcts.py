@@ -26,7 +26,7 @@ from strop.agents.engines.base import Engine, FinishReason, GenerationRequest, S
 from strop.agents.loops.base import stable_id, task_messages
 from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
 from strop.agents.loops.scrit import STEP_SYSTEM_PROMPT
-from strop.agents.search.signals import sibling_pairs, verified_traces
+from strop.agents.search.signals import sibling_pairs, value_targets, verified_traces
 from strop.agents.search.tree import Node, Selection, Tree, priors_from_logprobs
 from strop.critics.scorer import StepScorer
 from strop.critics.verifier import VerifierCritic
@@ -63,6 +63,13 @@ class MCTSConfig(BaseModel):
     min_visits: int = Field(1, ge=1, description="Fewest visits each paired sibling needs.")
     max_pairs_per_task: int = Field(4, ge=0, description="Most pairs per tree.")
     emit_traces: bool = Field(False, description="Also emit the best verified trace as a policy SFT example.")
+    emit_values: bool = Field(
+        False, description="ReST-MCTS*: emit the tree's step values as critic-role SFT examples for the step "
+        "scorer (its Yes/No prompt, answered Yes when the node's Q is at least value_yes, No when at most value_no).",
+    )
+    value_yes: float = Field(0.7, ge=0.0, le=1.0, description="Q at or above which a step is labelled Yes.")
+    value_no: float = Field(0.2, ge=0.0, le=1.0, description="Q at or below which a step is labelled No.")
+    value_min_visits: int = Field(2, ge=1, description="Fewest visits for a node's Q to become a label.")
     seed: int | None = Field(None, description="Sampling seed; each task and iteration get their own stream.")
 
     def sampling(self, *stream: object, n: int = 1, max_tokens: int, stop: list[str] | None = None) -> SamplingParams:
@@ -225,6 +232,8 @@ def _episode(state: MCTSState, cfg: MCTSConfig, tree: Tree, best: int | None, re
                              "rejected": [{"role": "assistant", "content": (prefix + p.rejected_step).rstrip("\n")}],
                              "metadata": {"parent": p.parent, "q_gap": p.q_gap}},
                     episode_id=eid, task_id=task.id, split=str(task.split)))
+        if cfg.emit_values:
+            examples += _value_examples(cfg, task, eid, tree)
         if cfg.emit_traces and (traces := verified_traces(tree)):
             examples.append(ExampleRecord(
                 id=stable_id(eid, "trace", traces[0].id), kind=ExampleKind.SFT, role=Role.POLICY,
@@ -238,6 +247,23 @@ def _episode(state: MCTSState, cfg: MCTSConfig, tree: Tree, best: int | None, re
                  "terminals": sum(n.terminal for n in tree.nodes), "best": best},
         steps=steps, critiques=critiques, examples=examples,
     )
+
+
+def _value_examples(cfg: MCTSConfig, task: Task, eid: str, tree: Tree) -> list[ExampleRecord]:
+    """Step-scorer training examples from the tree's values: the PRM learns P(step leads to the answer)."""
+    scorer = StepScorer(None)
+    out = []
+    for v in value_targets(tree, min_visits=cfg.value_min_visits):
+        steps = [s.strip() for s in v.steps if s.strip()]
+        label = "Yes" if v.value >= cfg.value_yes else "No" if v.value <= cfg.value_no else None
+        if label is None or not steps:
+            continue
+        out.append(ExampleRecord(
+            id=stable_id(eid, "step-value", v.node), kind=ExampleKind.SFT, role=Role.CRITIC,
+            payload={"prompt": scorer.messages(task, steps), "completion": [{"role": "assistant", "content": label}],
+                     "metadata": {"value": v.value, "visits": v.visits}},
+            episode_id=eid, task_id=task.id, split=str(task.split)))
+    return out
 
 
 def tree_from_steps(steps: list[StepRecord]) -> Tree:

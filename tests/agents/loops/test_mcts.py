@@ -53,6 +53,21 @@ async def test_search_stores_the_whole_tree_and_it_reloads_intact(tiny_model_pat
         assert p.payload["chosen"][0]["content"] != p.payload["rejected"][0]["content"]
 
 
+def test_tree_values_become_step_scorer_examples() -> None:
+    from strop.agents.search import Tree
+
+    tree = Tree()
+    good = tree.add_child(0, "Step 1: 1 + 1 = 2\n")
+    bad = tree.add_child(0, "Step 1: 1 + 1 = 3\n")
+    for _ in range(2):
+        tree.backpropagate(good.id, 1.0)
+        tree.backpropagate(bad.id, 0.0)
+    task = TS.tasks(Split.TRAIN, 1)[0]
+    examples = mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", tree)
+    assert [(e.role, e.payload["completion"][0]["content"]) for e in examples] == [("critic", "Yes"), ("critic", "No")]
+    assert examples[0].payload["prompt"][-1]["content"].endswith("Is step 1 correct? Answer Yes or No.")
+
+
 async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:
     from strop.agents.engines import load_engine
 

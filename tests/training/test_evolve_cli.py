@@ -52,9 +52,9 @@ def test_task_options_on_the_command_line_reach_every_stage(tmp_path: Path) -> N
 
 def test_a_loop_that_does_not_exist_is_named(tmp_path: Path) -> None:
     p = tmp_path / "r.toml"
-    p.write_text('name = "x"\n[roles]\npolicy = "tiny"\n[[stages]]\nname = "a"\nloop = "mcts"\n')
+    p.write_text('name = "x"\n[roles]\npolicy = "tiny"\n[[stages]]\nname = "a"\nloop = "tree_of_thoughts"\n')
     code, out = _evolve(p, tmp_path)
-    assert code == 1 and "stages[0].loop: unknown loop 'mcts'" in out and "best_of_n" in out
+    assert code == 1 and "stages[0].loop: unknown loop 'tree_of_thoughts'" in out and "best_of_n" in out
 
 
 def _evolve_args(recipe: Path, tmp_path: Path, *args: str) -> tuple[int, str]:

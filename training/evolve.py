@@ -502,10 +502,23 @@ class Evolution:
             row.decision = str(cand.status)
             if cand.status == ModelStatus.PROMOTED:
                 current[s] = row.heldout_accuracy
+            elif (parent := self._stage_parent(k, s)) is not None and self.metric(s) in parent.metrics:
+                # Rejected: the role stays at the version this stage started from, which an earlier stage of
+                # the cycle may have promoted (two stages training one role), measured by this stage's gate.
+                current[s] = parent.metrics[self.metric(s)]
         elif phase == StagePhase.SKIPPED:
             row.decision = "skipped (nothing to train)"
         row.current_accuracy, row.minutes = current.get(s), seconds / 60
         return row
+
+    def _stage_parent(self, k: int, s: int) -> ModelVersionRecord | None:
+        """The version of stage s's trained role that cycle k's stage started from (recorded on its run)."""
+        stage = self.recipe.stages[s]
+        run = self.store.get_run(self.stage_run_id(k, s))
+        if run is None or stage.train is None:
+            return None
+        version_id = run.config.get("versions", {}).get(self.weights(stage.train.role))
+        return self.store.get_model(version_id) if version_id else None
 
     def write_report(self, rows: list[StageRow]) -> Path:
         """Print the table and write table.md, table.json and accuracy.png into the run folder."""

@@ -165,3 +165,18 @@ def test_the_loop_is_registered_and_asks_for_a_critic_only_for_critic_feedback()
     assert spec.needed_roles(spec.parse_config({"feedback": "critic"})) == (Role.POLICY, Role.CRITIC)
     with pytest.raises(ValueError, match="feedback"):
         spec.parse_config({"feedback": "telepathy"})
+
+
+async def test_without_token_context_the_whole_conversation_is_sent_as_text() -> None:
+    seen: list[list[str]] = []
+
+    class Recording(ScriptedEngine):
+        async def generate(self, requests: list) -> list:  # type: ignore[override]
+            for r in requests:
+                assert r.context_token_ids is None
+                seen.append([m.role for m in r.messages])
+            return await super().generate(requests)
+
+    engine = Recording(lambda prompt, i: RIGHT if prompt != TASK.prompt else WRONG)
+    ep = await _episode(engine, sc.SelfCorrectConfig(n=1, token_context=False, emit="none", seed=0))
+    assert seen == [["user"], ["user", "assistant", "user"]] and ep.outcome["i2c"] == 1

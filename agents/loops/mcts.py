@@ -106,11 +106,13 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
         node = tree.nodes[node_id]
         solution = "".join(tree.steps(node_id))
         if node.terminal:
+            # Stored with the tree either way; it is the node's value only where ground truth may be used.
             node.reward = (await verifier.critique(task, solution)).reward
-            return node.reward, 0
+            if cfg.evaluation != "scorer":
+                return node.reward, 0
         values: list[float] = []
         spent = 0
-        if cfg.evaluation in ("rollout", "mix"):
+        if cfg.evaluation in ("rollout", "mix") and not node.terminal:
             req = GenerationRequest(messages=[], context_token_ids=context(tree, root_ids, node_id),
                                     sampling=cfg.sampling(task.id, "rollout", stream, max_tokens=cfg.rollout_max_tokens))
             [[c]] = await policy.generate([req])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from strop.cli.commands import critics, data, db, loops, models, registry, serve, show, training
+from strop.cli.commands import critics, data, db, loops, models, registry, search, serve, show, training
 
 app = typer.Typer(
     name="strop",
@@ -33,6 +33,7 @@ loops.register(app)
 training.register(app)
 critics.register(app)
 show.register(app)
+search.register(app)
 
 
 def main() -> None:

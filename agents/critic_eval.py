@@ -10,14 +10,14 @@ read them.
 from __future__ import annotations
 
 import time
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
 from strop.agents.loops.base import stable_id
 from strop.agents.runner import Runner
-from strop.critics.base import Critique, CritiqueVerdict
+from strop.critics.base import Critic, Critique, CritiqueVerdict
 from strop.critics.benchmark import (
     CORRUPTION_KINDS,
     LabelledSolutionSet,
@@ -26,9 +26,11 @@ from strop.critics.benchmark import (
     correction_scores,
     labelled_from_task,
     processbench_scores,
+    step_label_scores,
 )
 from strop.critics.labelling import LabelledSolution
 from strop.critics.llm import CriticSampling, StepwiseCritic
+from strop.critics.scorer import StepScorer
 from strop.memory.records import CritiqueRecord, EpisodeRecord, RunRecord, StepRecord
 from strop.sandbox.tasks.base import Split, Task, TaskSet
 
@@ -47,6 +49,10 @@ class CriticEvalConfig(BaseModel):
     max_tokens: int = Field(160, ge=16, description="Most tokens per critique (greedy).")
     shots: int = Field(1, ge=0, le=3, description="Worked critiques shown as earlier turns (as the critic was trained).")
     system_prompt: str | None = Field(None, description="System message before the critic's prompt.")
+    kind: Literal["generative", "prm"] = Field(
+        "generative", description="generative: a written step-wise critique (StepwiseCritic); prm: a process reward "
+        "model, one Yes/No per step prefix with P(correct) from its log-prob (StepScorer), also scored on step accuracy.")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="prm: P(correct) under which a step counts as wrong.")
 
 
 class CriticEvalResult(BaseModel):
@@ -62,16 +68,20 @@ class CriticEvalResult(BaseModel):
     def f1(self) -> float | None:
         return self.scores.get("f1")
 
+    kind: str = "generative"
+
     def metrics(self) -> dict[str, Any]:
-        """Flat keys under `{label}/critic/`, with n_tasks so the gate compares like with like."""
-        prefix = critic_metric_prefix(self.label)
+        """Flat keys under `{label}/critic/` (`{label}/prm/` for a PRM), with n_tasks so the gate compares like
+        with like."""
+        prefix = critic_metric_prefix(self.label, self.kind)
         out = {f"{prefix}/{k}": v for k, v in self.scores.items() if v is not None}
         out[f"{prefix}/n_tasks"] = self.n_items
         return out
 
 
-def critic_metric_prefix(label: str) -> str:
-    return f"{label}/critic"
+def critic_metric_prefix(label: str, kind: str = "generative") -> str:
+    """A PRM's scores get their own keys: one model can be judged both ways, and the two are not comparable."""
+    return f"{label}/prm" if kind == "prm" else f"{label}/critic"
 
 
 class _State(TypedDict, total=False):
@@ -79,19 +89,22 @@ class _State(TypedDict, total=False):
     run_id: str
     episode_id: str
     critique: dict[str, Any]
+    step_labels: list[bool] | None
     fixed: bool
     episode: dict[str, Any]
 
 
-def build_graph(critic: StepwiseCritic, items: LabelledSolutionSet) -> StateGraph:
-    """One labelled solution per episode: critique it (no reference), check the correction, record both."""
+def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
+    """One labelled solution per episode: critique it (no reference), check the correction, record both.
+
+    Any `Critic` works; the step labels it gives (a PRM gives one per step) are kept for step accuracy."""
 
     async def judge(state: _State) -> dict[str, Any]:
         item = labelled_from_task(Task.model_validate(state["task"]))
         c = await critic.critique(item.task, item.solution)
         final = c.corrected_solution or (item.solution if c.verdict == CritiqueVerdict.CORRECT else None)
         fixed = bool(final) and bool(item.task.answer) and answer_matches(item, final or "")
-        return {"critique": c.model_dump(mode="json"), "fixed": fixed}
+        return {"critique": c.model_dump(mode="json"), "step_labels": c.step_labels, "fixed": fixed}
 
     def record(state: _State) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
@@ -105,7 +118,7 @@ def build_graph(critic: StepwiseCritic, items: LabelledSolutionSet) -> StateGrap
             id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME, reward=float(hit),
             outcome={"n": 1, "correct": int(hit), "pass": hit, "label": item.first_wrong_step,
                      "predicted": c.first_wrong_step, "verdict": str(c.verdict), "fixed": state["fixed"],
-                     "source": item.source, "examples": 0},
+                     "source": item.source, "step_labels": state.get("step_labels"), "examples": 0},
             steps=[StepRecord(id=sid, index=0, role="solution", text=item.solution,
                               metadata={"first_wrong_step": item.first_wrong_step, "source": item.source})],
             critiques=[CritiqueRecord(
@@ -141,29 +154,37 @@ async def evaluate_critic(
     cfg = config or CriticEvalConfig()
     runner = runner or Runner(store)
     tasks = items.tasks(Split.HELDOUT)
-    critic = StepwiseCritic(engine, sampling=CriticSampling(max_tokens=cfg.max_tokens, temperature=0.0,
-                                                            system_prompt=cfg.system_prompt), shots=cfg.shots)
+    sampling = CriticSampling(max_tokens=cfg.max_tokens, temperature=0.0, system_prompt=cfg.system_prompt)
+    critic: Critic
+    if cfg.kind == "prm":
+        critic = StepScorer(engine, threshold=cfg.threshold,
+                            sampling=sampling.model_copy(update={"max_tokens": 2}))
+    else:
+        critic = StepwiseCritic(engine, sampling=sampling, shots=cfg.shots)
     run_id = stable_id("critic-eval", model_id, label, len(tasks), cfg.model_dump_json(exclude_defaults=True),
                        *sorted(t.id for t in tasks))
     run = RunRecord(id=run_id, loop=LOOP_NAME, model_ids=[model_id],
                     config={"task_set": label, "items": len(tasks), "eval": cfg.model_dump(mode="json")})
     started = time.monotonic()
     result = await runner.run(build_graph(critic, items), tasks, run, label="critic eval")
-    scores = score_run(store, run_id, {t.id: labelled_from_task(t) for t in tasks})
-    res = CriticEvalResult(model_id=model_id, label=label, n_items=len(tasks), scores=scores,
+    scores = score_run(store, run_id, {t.id: labelled_from_task(t) for t in tasks}, steps=cfg.kind == "prm")
+    res = CriticEvalResult(model_id=model_id, label=label, n_items=len(tasks), scores=scores, kind=cfg.kind,
                            seconds=time.monotonic() - started, run_id=run_id, episodes_run=result.episodes_run)
     if record:
         await store.aupdate_model_metrics(model_id, res.metrics())
     return res
 
 
-def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution]) -> dict[str, Any]:
-    """ProcessBench and RealCritic scores of a finished critic-eval run, from its stored critiques."""
+def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution], *, steps: bool = False) -> dict[str, Any]:
+    """ProcessBench and RealCritic scores of a finished critic-eval run, from its stored critiques; with
+    `steps`, also step accuracy from the step labels each episode stored (a PRM's)."""
     pairs: list[tuple[LabelledSolution, Critique]] = []
+    labels: list[tuple[LabelledSolution, list[bool] | None]] = []
     for ep in store.list_episodes(run_id):
         if ep.task_id not in items or not ep.critiques:
             continue
         r = ep.critiques[0]
+        labels.append((items[ep.task_id], ep.outcome.get("step_labels")))
         pairs.append((items[ep.task_id], Critique(
             verdict=CritiqueVerdict(r.verdict), first_wrong_step=r.first_wrong_step, text=r.text,
             corrected_solution=r.corrected_solution, critic_version=r.critic_version,
@@ -174,4 +195,6 @@ def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution]) -> di
     correction = correction_scores(chosen, critiques, answer_matches)
     scores.update(correction_acc=correction["correction_acc"], fixed=correction["fixed"], kept=correction["kept"],
                   n_correction=correction["n"])
+    if steps:
+        scores.update(step_label_scores([i for i, _ in labels], [lab for _, lab in labels]))
     return scores

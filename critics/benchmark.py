@@ -328,6 +328,30 @@ def processbench_scores(items: Sequence[LabelledSolution], critiques: Sequence[C
     }
 
 
+def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[bool] | None]) -> dict[str, Any]:
+    """A PRM's step accuracy: its per-step right/wrong labels against the known ones.
+
+    A step before the first wrong one is right, the first wrong step is wrong, and the steps after it carry
+    no label (ProcessBench labels only the first error). Items whose labels are missing or of another length
+    (an unparsed reply) count every labelled step as missed. step_acc: share of labelled steps judged
+    right; step_acc_wrong: share of first wrong steps flagged, so a PRM that says Yes to everything does not
+    score well on a set where most steps are right.
+    """
+    hits = total = wrong_hits = wrong_total = 0
+    for item, got in zip(items, labels, strict=True):
+        n = item.first_wrong_step or len(item.steps)
+        truth = [True] * (n - 1) + [item.first_wrong_step is None]
+        ok = got is not None and len(got) == len(item.steps)
+        for i, t in enumerate(truth):
+            hit = ok and got[i] == t  # type: ignore[index]
+            hits += hit
+            total += 1
+            if not t:
+                wrong_hits += hit
+                wrong_total += 1
+    return {"step_acc": _share(hits, total), "step_acc_wrong": _share(wrong_hits, wrong_total), "n_steps": total}
+
+
 def answer_matches(item: LabelledSolution, text: str) -> bool:
     """A solution text's final answer equals the item's problem answer (numbers within 1e-6)."""
     got = extract_answer(text)

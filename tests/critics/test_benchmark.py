@@ -28,6 +28,7 @@ from strop.critics.benchmark import (
     labels_from_store,
     load_processbench,
     processbench_scores,
+    step_label_scores,
 )
 from strop.critics.labelling import equations, reference
 from strop.critics.steps import split_steps
@@ -384,6 +385,24 @@ def test_processbench_scores_by_hand() -> None:
     assert only_wrong["acc_erroneous"] == 1.0 and only_wrong["acc_correct"] is None and only_wrong["f1"] is None
     with pytest.raises(ValueError, match="one critique per item"):
         processbench_scores([_item(1)], [])
+
+
+def test_step_label_scores_by_hand() -> None:
+    # _item has three steps. Labelled: steps before the first wrong one (right) and that one (wrong); none after.
+    items = [_item(2), _item(None), _item(1), _item(3)]
+    labels = [
+        [True, False, True],  # step 1 right, step 2 flagged: 2/2 (step 3 carries no label)
+        [True, True, False],  # right solution, step 3 wrongly flagged: 2/3
+        None,  # unparsed: its one labelled step missed
+        [True, True],  # wrong length: its three labelled steps missed
+    ]
+    s = step_label_scores(items, labels)
+    assert s["n_steps"] == 2 + 3 + 1 + 3
+    assert s["step_acc"] == pytest.approx(4 / 9)
+    assert s["step_acc_wrong"] == pytest.approx(1 / 3)  # first wrong steps: item 1 flagged, items 3 and 4 missed
+    # Saying Yes to everything gets every right step and no wrong one.
+    yes = step_label_scores(items, [[True] * 3 for _ in items])
+    assert yes["step_acc_wrong"] == 0.0 and yes["step_acc"] == pytest.approx(6 / 9)
 
 
 def test_correction_scores_by_hand() -> None:

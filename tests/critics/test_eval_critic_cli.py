@@ -53,3 +53,28 @@ def test_eval_critic_names_what_is_wrong(tmp_path: Path, tiny_model_path: Path) 
     assert out.exit_code != 0 and "corruption kinds" in out.output
     out = runner.invoke(app, ["eval-critic", "--critic", "no-such-model", "--db", db])
     assert out.exit_code != 0 and "no-such-model" in out.output
+
+
+@pytest.mark.slow
+def test_eval_critic_as_a_prm_scores_every_step(tiny_model_path: Path, tmp_path: Path) -> None:
+    """--prm runs the real step scorer on the tiny model: one Yes/No per step prefix, stored per item."""
+    from strop.memory import Store
+
+    db = str(tmp_path / "s.db")
+    out = CliRunner().invoke(app, ["eval-critic", "--critic", "tiny", "-o", "steps=2", "--n-items", "6", "--prm",
+                                   "--db", db])
+    assert out.exit_code == 0, out.output
+    assert "step accuracy" in out.output and "arithmetic[steps=2]/prm/" in out.output
+    store = Store(db)
+    metrics = store.get_model("tiny").metrics
+    prefix = "arithmetic[steps=2]/prm"
+    assert metrics[f"{prefix}/n_tasks"] == 6 and 0.0 <= metrics[f"{prefix}/step_acc"] <= 1.0
+    assert metrics[f"{prefix}/n_steps"] >= 6  # each item has at least one labelled step
+    assert not any(k.startswith("arithmetic[steps=2]/critic/") for k in metrics)  # a PRM's scores stay apart
+    [run] = [r for r in store.list_runs() if r.loop == "critic_eval"]
+    episodes = store.list_episodes(run.id)
+    parsed = [e for e in episodes if e.outcome["verdict"] != "unparsed"]
+    for e in parsed:  # one label per step of the judged solution
+        assert len(e.outcome["step_labels"]) == e.critiques[0].text.count("P(correct)")
+    out = CliRunner().invoke(app, ["eval-critic", "--critic", "tiny", "--prm", "--threshold", "1.5", "--db", db])
+    assert out.exit_code != 0 and "--threshold" in out.output

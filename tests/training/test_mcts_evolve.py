@@ -37,7 +37,7 @@ name = "mcts"
 loop = "mcts"
 concurrency = 8
 tasks = {{ name = "arithmetic", train_per_cycle = 8, heldout = 8 }}
-config = {{ system_prompt = "", budget_tokens = 300, k = 3, temperature = 1.0, max_step_tokens = 24, rollout_max_tokens = 32, min_q_gap = 0.1, seed = 0 }}
+config = {{ system_prompt = "", budget_tokens = 300, k = 3, temperature = 1.0, max_step_tokens = 24, rollout_max_tokens = 32, min_q_gap = 0.1, emit_values = true, value_min_visits = 1, seed = 0 }}
 
 [stages.train]
 kind = "dpo"
@@ -53,7 +53,23 @@ margin = 0.0
     episodes = store.list_episodes(evo.collect_run_id(1, 0))
     assert len(episodes) == 8 and all(len(e.steps) == e.outcome["nodes"] > 1 for e in episodes)
     pairs = store.count_examples(Role.POLICY, ExampleKind.PAIR)
-    assert pairs == sum(e.outcome["examples"] for e in episodes) > 0
+    values = store.count_examples(Role.CRITIC, ExampleKind.SFT)
+    assert pairs > 0 and values > 0 and pairs + values == sum(e.outcome["examples"] for e in episodes)
     assert rows[-1].phase == StagePhase.DONE
     cand = store.get_model(evo.candidate_id(1, 0))
     assert cand is not None and cand.metrics["examples"] == pairs and "arithmetic/heldout/pass@1" in cand.metrics
+
+    # ReST-MCTS*: the same trees' step values train the critic role into a PRM, from the CLI.
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    out = CliRunner().invoke(app, ["train", "sft", "--model", "tiny", "--role", "critic", "--epochs", "1",
+                                   "--lora-r", "4", "--name", "tiny-prm", "--output-dir", str(tmp_path / "prm"),
+                                   "--db", sqlite_url])
+    assert out.exit_code == 0, out.output
+    prm = store.get_model("tiny-prm")
+    assert prm is not None and prm.metrics["examples"] == values
+    assert store.count_examples(Role.CRITIC, ExampleKind.SFT, unconsumed_by="critic:sft") == 0
+    out = CliRunner().invoke(app, ["train", "sft", "--model", "tiny", "--role", "judge", "--db", sqlite_url])
+    assert out.exit_code != 0 and "--role judge" in out.output

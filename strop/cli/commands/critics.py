@@ -30,6 +30,11 @@ def eval_critic_cmd(
         "one by one); repeatable.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens per critique (greedy).")] = 160,
     shots: Annotated[int, typer.Option(help="Worked critiques shown first, as earlier chat turns (0-3).")] = 1,
+    prm: Annotated[bool, typer.Option(
+        "--prm", help="Score it as a process reward model: one Yes/No per step prefix, P(correct) read from the "
+        "reply's log-prob (the step scorer that MCTS and reranking use); adds step accuracy, records under "
+        "'<set>/prm/...'.")] = False,
+    threshold: Annotated[float, typer.Option(help="With --prm: P(correct) under which a step counts as wrong.")] = 0.5,
     db: DbOpt = None,
 ) -> None:
     """Score a step-wise critic: does it find the first wrong step (F1), and does its correction come out right?
@@ -52,8 +57,10 @@ def eval_critic_cmd(
     store = Store(db)
     version = _version(store, critic, "--critic")
     path = Path(tasks).expanduser()
+    if not 0.0 < threshold < 1.0:
+        _fail(f"--threshold {threshold}: give a probability strictly between 0 and 1")
     cfg = CriticEvalConfig(n_items=n_items, seed=seed, max_tokens=max_tokens, shots=shots,
-                           kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()))
+                           kind="prm" if prm else "generative", threshold=threshold, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()))
     try:
         if path.suffix in (".json", ".jsonl") or path.is_file():
             if not path.is_file():
@@ -83,20 +90,32 @@ def _report(name: str, label: str, res: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from strop.agents.critic_eval import critic_metric_prefix
+
     s = res.scores
 
     def pct(key: str) -> str:
         v = s.get(key)
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    table = Table(title=f"{name} as a critic on {label} ({res.n_items} labelled solutions)")
-    for col in ("F1", "first wrong step found", "right accepted", "correction", "wrong fixed", "right kept", "unparsed"):
-        table.add_column(col)
-    table.add_row(pct("f1"), f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
-                  f"{pct('acc_correct')} of {s.get('n_correct')}", pct("correction_acc"), pct("fixed"), pct("kept"),
-                  str(s.get("unparsed")))
+    if res.kind == "prm":
+        table = Table(title=f"{name} as a process reward model on {label} ({res.n_items} labelled solutions)")
+        for col in ("F1", "first wrong step found", "right accepted", "step accuracy", "wrong steps flagged",
+                    "unparsed"):
+            table.add_column(col)
+        table.add_row(pct("f1"), f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
+                      f"{pct('acc_correct')} of {s.get('n_correct')}", f"{pct('step_acc')} of {s.get('n_steps')}",
+                      pct("step_acc_wrong"), str(s.get("unparsed")))
+    else:
+        table = Table(title=f"{name} as a critic on {label} ({res.n_items} labelled solutions)")
+        for col in ("F1", "first wrong step found", "right accepted", "correction", "wrong fixed", "right kept",
+                    "unparsed"):
+            table.add_column(col)
+        table.add_row(pct("f1"), f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
+                      f"{pct('acc_correct')} of {s.get('n_correct')}", pct("correction_acc"), pct("fixed"), pct("kept"),
+                      str(s.get("unparsed")))
     Console().print(table)
-    typer.echo(f"recorded on {res.model_id} under {label}/critic/ (run {res.run_id})")
+    typer.echo(f"recorded on {res.model_id} under {critic_metric_prefix(label, res.kind)}/ (run {res.run_id})")
 
 
 def eval_self_correct_cmd(

@@ -27,18 +27,23 @@ def sft_cmd(
     lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
     merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")] = False,
     limit: Annotated[int | None, typer.Option(help="Train on at most this many examples.")] = None,
+    role: Annotated[str, typer.Option(
+        help="Whose examples: policy, or critic (e.g. the step-value examples an MCTS run writes with emit_values, "
+        "which train a process reward model).")] = "policy",
     name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
-    """SFT on the unconsumed SFT examples; registers the result as a candidate with its lineage."""
+    """SFT on the unconsumed SFT examples of a role; registers the result as a candidate with its lineage."""
     from strop.agents.models import ModelNotFoundError, model_cache_dir
     from strop.agents.runner import resolve_version
     from strop.memory import Store
-    from strop.memory.records import new_id
+    from strop.memory.records import Role, new_id
     from strop.training.jobs import NothingToTrainError, train_sft_candidate
     from strop.training.sft import LoraSettings, SFTSettings
 
+    if role not in {str(r) for r in Role}:
+        _fail(f"--role {role}: no such role; give one of {', '.join(str(r) for r in Role)}")
     store = Store(db)
     try:
         parent = resolve_version(store, model)
@@ -51,7 +56,7 @@ def sft_cmd(
     out = output_dir or model_cache_dir() / "versions" / cand_name
     try:
         res = train_sft_candidate(store, parent, output_dir=out, settings=settings, name=cand_name, job_id=job_id,
-                                  limit=limit)
+                                  limit=limit, role=role)
     except NothingToTrainError as e:
         _fail(str(e))
     typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} examples, loss "

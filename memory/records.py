@@ -233,6 +233,57 @@ class EpisodeRecord(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class BaselineUpdate(BaseModel):
+    """One return folded into a running baseline: b <- decay * b + (1 - decay) * reward (`Store.update_baselines`).
+
+    Self-play's role-conditioned advantage estimation (SPIRAL) keeps one baseline per (game, role) as an
+    exponential moving average of that role's returns. The baseline lives in the store, not in a process, so a
+    resumed run or many workers continue the same averages. `id` makes the update idempotent: an update whose
+    id was applied already changes nothing and returns what the first application returned.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Idempotency key, e.g. derived from (episode, game, seat).")
+    namespace: str = Field(description="Whose baselines: a run, a recipe, an experiment; unrelated runs keep theirs apart.")
+    game: str = Field(description="The game (with its options where they change the returns), e.g. 'tictactoe'.")
+    role: str = Field(description="The role within the game, e.g. the seat '0' or '1'.")
+    reward: float = Field(description="The return R of this role in one game.")
+    decay: float = Field(0.95, ge=0.0, le=1.0, description="EMA decay (alpha): weight kept on the old baseline.")
+
+    @field_validator("reward")
+    @classmethod
+    def _finite_reward(cls, r: float) -> float:
+        if not math.isfinite(r):
+            raise ValueError(f"reward must be a finite number, got {r}")
+        return r
+
+
+class BaselineRecord(BaseModel):
+    """A baseline as stored: its value (0 before the first return) and how many returns it has seen."""
+
+    namespace: str
+    game: str
+    role: str
+    value: float = 0.0
+    count: int = 0
+    updated_at: datetime | None = None
+
+
+class BaselineUpdateResult(BaseModel):
+    """What an update did: the baseline before it (the one an advantage subtracts) and after it."""
+
+    id: str
+    namespace: str
+    game: str
+    role: str
+    reward: float
+    before: float = Field(description="The baseline before this return was folded in.")
+    after: float = Field(description="The baseline after it.")
+    count: int = Field(description="Returns the baseline has seen, this one included.")
+    replayed: bool = Field(False, description="True when the id was applied before and nothing changed now.")
+
+
 class TrainingJobRecord(BaseModel):
     id: str = Field(default_factory=new_id)
     algorithm: str = Field(description="sft, dpo, grpo, reward...")

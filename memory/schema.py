@@ -223,3 +223,33 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Baseline(Base):
+    """A running baseline keyed (namespace, game, role): SPIRAL's role-conditioned EMA of returns."""
+
+    __tablename__ = "baselines"
+    namespace: Mapped[str] = mapped_column(String(255), primary_key=True)
+    game: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BaselineUpdateLog(Base):
+    """Every update applied to a baseline, by its id: what makes a retried update (a resumed episode) a no-op
+    that returns the first result, and the history of a baseline for inspection."""
+
+    __tablename__ = "baseline_updates"
+    __table_args__ = (Index("ix_baseline_updates_key", "namespace", "game", "role"),)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(255))
+    game: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(32))
+    reward: Mapped[float] = mapped_column(Float)
+    decay: Mapped[float] = mapped_column(Float)
+    value_before: Mapped[float] = mapped_column(Float)
+    value_after: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -18,6 +18,7 @@ from sqlalchemy import JSON, Connection, Table, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
+from strop.memory.baselines import BaselinesMixin
 from strop.memory.core import (
     chunks,
     critique_from_row,
@@ -46,7 +47,7 @@ from strop.memory.training_data import TrainingDataMixin
 HELDOUT = "heldout"
 
 
-class Store(RegistryMixin, TrainingDataMixin):
+class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin):
     """The trajectory store. `Store()` opens $STROP_DB or ./strop.db; `Store("postgresql://...")` a server;
     `Store("runs/x.db")` a SQLite file. A brand-new database is created at the current schema; an older one
     is refused with the `strop db upgrade` command that fixes it."""

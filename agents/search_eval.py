@@ -5,7 +5,9 @@ not counted, and are the same for both reranked methods):
 - greedy: one greedy answer (its cost is what it is; it is the floor);
 - majority: best-of-N with N = B / (mean tokens of a greedy answer), the most common final answer;
 - prm-rerank: the same N answers, the one whose weakest step the PRM scores highest;
-- mcts-prm: MCTS with the PRM as the value (no ground truth at test time), B tokens, the best leaf by Q.
+- mcts-prm: MCTS with the PRM as the value (no ground truth at test time), B tokens, the best leaf by Q;
+  with `finish`, a search that reaches no answer within B completes its best partial solution greedily
+  (inside B: the last `max_tokens` are kept for it).
 Every run goes through the runner (stored, resumable); the figures are recorded on the policy's model
 version under `<set>/heldout/search/<method>@<B>`.
 """
@@ -41,7 +43,15 @@ class SearchEvalConfig(BaseModel):
     temperature: float = Field(0.8, gt=0.0, description="Sampling temperature of answers and search steps.")
     system_prompt: str | None = Field(mcts.MCTSConfig().system_prompt, description="The policy's system message.")
     k: int = Field(3, ge=1, description="MCTS: candidate steps per expansion.")
+    max_step_tokens: int = Field(32, ge=1, description="MCTS: most tokens per step.")
     seed: int = Field(0)
+
+
+class SearchEvalResult(BaseModel):
+    """Accuracy and mean generated tokens per task, of each method at each budget."""
+
+    accuracy: dict[str, dict[int, float]] = Field(description="{method: {budget: held-out accuracy}}")
+    tokens: dict[str, dict[int, float]] = Field(description="{method: {budget: mean tokens generated per task}}")
 
 
 def majority_pick(episode: EpisodeRecord) -> bool:
@@ -77,14 +87,19 @@ def _verdicts(episode: EpisodeRecord) -> dict[str, bool]:
 async def evaluate_search(
     policy: Engine, prm: StepScorer, task_set: TaskSet, *, store: Any, model_id: str, label: str,
     config: SearchEvalConfig | None = None, runner: Runner | None = None, record: bool = True,
-) -> dict[str, dict[int, float]]:
-    """Accuracy of each method at each budget: {method: {budget: accuracy}}."""
+) -> SearchEvalResult:
+    """Accuracy of each method at each budget, and what each really spent (the budget is a ceiling for MCTS,
+    a target for best-of-N, whose N is rounded)."""
     cfg = config or SearchEvalConfig()
     runner = runner or Runner(store)
     tasks = task_set.tasks(Split.HELDOUT, cfg.n_tasks)
     by_id = {t.id: t for t in tasks}
     verifier = VerifierCritic(task_set)
     out: dict[str, dict[int, float]] = {m: {} for m in METHODS}
+    spent: dict[str, dict[int, float]] = {m: {} for m in METHODS}
+
+    def mean_tokens(episodes: list[EpisodeRecord]) -> float:
+        return sum(e.outcome.get("tokens", 0) for e in episodes) / max(1, len(episodes))
 
     async def run(graph: Any, what: str) -> list[EpisodeRecord]:
         run_id = stable_id("search-eval", model_id, prm.version, label, len(tasks), what)
@@ -98,6 +113,7 @@ async def evaluate_search(
     per_answer = max(1.0, sum(e.outcome["tokens"] for e in greedy) / len(greedy))
     for b in cfg.budgets:
         out["greedy"][b] = sum(e.outcome["correct"] for e in greedy) / len(greedy)
+        spent["greedy"][b] = mean_tokens(greedy)
         n = max(1, round(b / per_answer))
         sampled = await run(best_of_n.build_graph(policy, verifier, best_of_n.BestOfNConfig(
             n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, system_prompt=cfg.system_prompt,
@@ -105,14 +121,18 @@ async def evaluate_search(
         out["majority"][b] = sum(majority_pick(e) for e in sampled) / len(sampled)
         picks = await asyncio.gather(*(prm_pick(prm, by_id[e.task_id], e) for e in sampled))
         out["prm-rerank"][b] = sum(picks) / len(picks)
+        spent["majority"][b] = spent["prm-rerank"][b] = mean_tokens(sampled)
         search_cfg = mcts.MCTSConfig(budget_tokens=b, k=cfg.k, evaluation="scorer", temperature=cfg.temperature,
                                      system_prompt=cfg.system_prompt, rollout_max_tokens=cfg.max_tokens,
-                                     emit_pairs=False, seed=cfg.seed)
+                                     max_step_tokens=cfg.max_step_tokens, finish=True, emit_pairs=False,
+                                     seed=cfg.seed)
         searched = await run(mcts.build_graph(policy, verifier, search_cfg, prm), f"mcts-prm-{b}")
         out["mcts-prm"][b] = sum(e.outcome["correct"] for e in searched) / len(searched)
+        spent["mcts-prm"][b] = mean_tokens(searched)
     if record:
         prefix = f"{metric_key(label, Split.HELDOUT)}/search"
-        await store.aupdate_model_metrics(model_id, {f"{prefix}/{m}@{b}": v for m, per in out.items()
-                                                     for b, v in per.items()})
-    return out
+        metrics = {f"{prefix}/{m}@{b}": v for m, per in out.items() for b, v in per.items()}
+        metrics |= {f"{prefix}/{m}@{b}/tokens": v for m, per in spent.items() for b, v in per.items()}
+        await store.aupdate_model_metrics(model_id, metrics)
+    return SearchEvalResult(accuracy=out, tokens=spent)
 

@@ -57,6 +57,10 @@ class MCTSConfig(BaseModel):
         "time), the step scorer's P(correct) (test time, no ground truth; needs the critic role), or their mean.",
     )
     rollout_max_tokens: int = Field(96, ge=1, le=4096, description="Most tokens per rollout.")
+    finish: bool = Field(
+        False, description="Test time: keep rollout_max_tokens of the budget in reserve while no node is terminal, "
+        "and if the search ends without one, complete its best partial solution with one greedy rollout (a "
+        "terminal node), so a search cut short by its budget still answers, within the budget.")
     system_prompt: str | None = Field(STEP_SYSTEM_PROMPT, description="System message (asks for one step a line).")
     emit_pairs: bool = Field(True, description="Emit step-level DPO pairs (MCTS-DPO) from train-split trees.")
     min_q_gap: float = Field(0.3, ge=0.0, description="Smallest Q gap between paired siblings.")
@@ -183,10 +187,35 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
         return {"tree": tree.to_json(), "root_ids": root_ids, "tokens": state["tokens"] + spent, "iteration": it + 1}
 
     def more(state: MCTSState) -> str:
-        done = state["tokens"] >= cfg.budget_tokens or state["iteration"] >= cfg.max_iterations
         tree = Tree.from_json(state["tree"])
+        unanswered = cfg.finish and not any(n.terminal for n in tree.nodes)
+        reserve = cfg.rollout_max_tokens if unanswered else 0
+        done = state["tokens"] >= cfg.budget_tokens - reserve or state["iteration"] >= cfg.max_iterations
         closed = tree.root.expanded and all(n.terminal for n in tree.leaves())
-        return "record" if done or closed else "iterate"
+        if done or closed:
+            return "finish" if unanswered else "record"
+        return "iterate"
+
+    async def finish(state: MCTSState) -> dict[str, Any]:
+        """Complete the best unfinished leaf with one greedy rollout: it becomes the tree's only terminal node."""
+        task = Task.model_validate(state["task"])
+        tree = Tree.from_json(state["tree"])
+        root_ids = list(state["root_ids"])
+        leaves = [n for n in tree.leaves() if n.parent is not None] or [tree.root]
+        leaf = max(leaves, key=lambda n: (n.q if n.visits else (n.value or 0.0), n.depth, -n.id))
+        allowance = max(1, min(cfg.rollout_max_tokens, cfg.budget_tokens - state["tokens"]))
+        greedy = SamplingParams(n=1, temperature=0.0, max_tokens=allowance, logprobs=True)
+        if root_ids:
+            req = GenerationRequest(messages=[], context_token_ids=context(tree, root_ids, leaf.id), sampling=greedy)
+        else:  # nothing was expanded: answer the problem greedily
+            req = GenerationRequest(messages=task_messages(task, cfg.system_prompt), sampling=greedy)
+        [[c]] = await policy.generate([req])
+        root_ids = root_ids or list(c.prompt_token_ids)
+        node = tree.add_child(leaf.id, c.text, token_ids=c.token_ids, logprobs=c.logprobs or [], terminal=True)
+        value, _ = await evaluate(task, tree, root_ids, node.id, "finish")
+        node.value = value
+        tree.backpropagate(node.id, value)
+        return {"tree": tree.to_json(), "root_ids": root_ids, "tokens": state["tokens"] + len(c.token_ids)}
 
     async def record(state: MCTSState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
@@ -201,10 +230,12 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
     graph = StateGraph(MCTSState)
     graph.add_node("start", start)
     graph.add_node("iterate", iterate)
+    graph.add_node("finish", finish)
     graph.add_node("record", record)
     graph.add_edge(START, "start")
     graph.add_edge("start", "iterate")
-    graph.add_conditional_edges("iterate", more, ["iterate", "record"])
+    graph.add_conditional_edges("iterate", more, ["iterate", "finish", "record"])
+    graph.add_edge("finish", "record")
     graph.add_edge("record", END)
     return graph
 

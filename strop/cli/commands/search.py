@@ -67,10 +67,11 @@ def eval_search_cmd(
     for b in levels:
         table.add_column(f"{b} tokens")
     for m in METHODS:
-        table.add_row(m, *(f"{100 * res[m][b]:.1f}%" for b in levels))
+        table.add_row(m, *(f"{100 * res.accuracy[m][b]:.1f}% ({res.tokens[m][b]:.0f} tok)" for b in levels))
     Console().print(table)
+    typer.echo("(each cell: held-out accuracy, and the mean tokens each task really cost)")
     if plot is not None:
-        _plot(res, levels, plot, title=f"{version.name} on {label}")
+        _plot(res.accuracy, levels, plot, title=f"{version.name} on {label}")
         typer.echo(f"wrote {plot}")
 
 

@@ -90,6 +90,33 @@ async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:
     assert out["iteration"] == 1  # one expansion already spends more than one token
 
 
+async def test_finish_answers_a_search_cut_short_within_its_budget(tiny_model_path: Path) -> None:
+    """With finish, a budget too small to reach an answer still ends in one terminal node: the best partial
+    solution completed greedily, inside the budget (its reserve); without it, such a search has no answer."""
+    from strop.agents.engines import load_engine
+    from strop.agents.search import Tree
+
+    engine = load_engine("tiny")
+    task = TS.tasks(Split.TRAIN, 1)[0]
+    cfg = CFG.model_copy(update={"budget_tokens": 60, "rollout_max_tokens": 24, "max_depth": 8, "finish": True,
+                                 "evaluation": "rollout"})
+    try:
+        out = await mcts.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, "run-1"))
+        bare = await mcts.build_graph(engine, VerifierCritic(TS), cfg.model_copy(update={"finish": False})).compile(
+        ).ainvoke(episode_input(task, "run-2"))
+    finally:
+        await engine.close()
+    tree = Tree.from_json(out["tree"])
+    terminals = [n for n in tree.nodes if n.terminal]
+    assert terminals and out["episode"]["outcome"]["best"] is not None
+    assert out["tokens"] <= cfg.budget_tokens + cfg.max_step_tokens * cfg.k  # one expansion may overshoot
+    if not any(n.terminal for n in Tree.from_json(bare["tree"]).nodes):
+        assert bare["episode"]["outcome"]["best"] is None  # what finish is for
+    # The finishing rollout continues its leaf's exact ids: its node holds only its own tokens.
+    last = tree.nodes[-1]
+    assert last.terminal and last.token_ids and len(last.logprobs) == len(last.token_ids)
+
+
 async def test_held_out_trees_emit_nothing_and_scorer_evaluation_needs_a_scorer(db_url: str,
                                                                                tiny_model_path: Path) -> None:
     from strop.agents.engines import load_engine

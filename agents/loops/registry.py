@@ -29,7 +29,7 @@ ENTRY_POINT_GROUP = "strop.loops"
 # strop's own loops, imported on first look-up (each module registers itself).
 _BUILTIN_MODULES = (
     "strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct",
-    "strop.agents.loops.mcts",
+    "strop.agents.loops.mcts", "strop.agents.loops.selfplay",
 )
 
 

@@ -52,6 +52,14 @@ class GameTaskSet:
             raise ValueError(f"games lists a game twice: {list(self.games)!r}")
         if extra := sorted(set(self.game_options) - set(self.games)):
             raise ValueError(f"game_options names games that are not played: {extra}")
+        if self.game_options:  # checked now, by the game's own options model, not at the first move
+            from strop.sandbox.games.registry import get_adapter
+
+            for game, options in self.game_options.items():
+                try:
+                    get_adapter(game).options_model(**options)
+                except ValueError as e:
+                    raise ValueError(f"game_options of {game}: {e}") from None
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1); got {self.heldout_fraction}")
 

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import typer
 
-from strop.cli.commands import critics, data, db, loops, models, registry, search, serve, show, training
+from strop.cli.commands import (
+    critics,
+    data,
+    db,
+    games,
+    loops,
+    models,
+    registry,
+    search,
+    serve,
+    show,
+    training,
+)
 
 app = typer.Typer(
     name="strop",
@@ -34,6 +46,7 @@ training.register(app)
 critics.register(app)
 show.register(app)
 search.register(app)
+games.register(app)
 
 
 def main() -> None:

@@ -40,3 +40,8 @@ def test_several_games_are_dealt_in_turn_with_their_options() -> None:
 def test_bad_options_are_named(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         load_task_set("games", **options)
+
+
+def test_game_options_are_checked_by_the_game() -> None:
+    with pytest.raises(ValueError, match=r"(?s)game_options of kuhn_poker.*rounds"):
+        load_task_set("games", games=["kuhn_poker"], game_options={"kuhn_poker": {"rounds": 0}})

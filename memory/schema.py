@@ -253,3 +253,43 @@ class BaselineUpdateLog(Base):
     value_after: Mapped[float] = mapped_column(Float)
     count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Lease(Base):
+    """A named lease with a heartbeat: who may run one cycle of a recipe now (see leases.py). A row whose
+    `expires_at` has passed is free for the taking; its holder stopped renewing it (killed, hung, cut off)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))  # host:pid:uuid
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ScheduleFiring(Base):
+    """One due firing of a schedule, keyed by (schedule, scheduled time): the key is what makes a firing that
+    two schedulers both see run once, and the row is what makes a failed or skipped firing visible."""
+
+    __tablename__ = "schedule_firings"
+    __table_args__ = (Index("ix_schedule_firings_started", "schedule_id", "started_at"),)
+    schedule_id: Mapped[str] = mapped_column(String(191), primary_key=True)
+    scheduled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    recipe: Mapped[str] = mapped_column(Text)
+    holder: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # running | ok | failed | skipped | missed
+    cycle: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SchedulerJob(Base):
+    """APScheduler 3's SQLAlchemyJobStore table, column for column: the schedules themselves (trigger, next
+    run time, arguments, pickled by APScheduler). Declared here so a migration creates it with the rest of the
+    store, instead of two schedulers racing to CREATE it on first start."""
+
+    __tablename__ = "apscheduler_jobs"
+    id: Mapped[str] = mapped_column(String(191), primary_key=True)
+    next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
+    job_state: Mapped[bytes] = mapped_column(LargeBinary)

@@ -29,7 +29,9 @@ from strop.memory.core import (
 )
 from strop.memory.db import to_json_text
 from strop.memory.errors import HeldoutLeakError, NotFoundError, StoreError
+from strop.memory.firings import FiringsMixin
 from strop.memory.group_commit import GroupCommitter
+from strop.memory.leases import LeasesMixin
 from strop.memory.records import (
     CritiqueRecord,
     EpisodeRecord,
@@ -47,7 +49,7 @@ from strop.memory.training_data import TrainingDataMixin
 HELDOUT = "heldout"
 
 
-class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin):
+class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, FiringsMixin):
     """The trajectory store. `Store()` opens $STROP_DB or ./strop.db; `Store("postgresql://...")` a server;
     `Store("runs/x.db")` a SQLite file. A brand-new database is created at the current schema; an older one
     is refused with the `strop db upgrade` command that fixes it."""

@@ -1,0 +1,186 @@
+"""Leases with a heartbeat: at most one holder of a name at a time, across processes and hosts.
+
+Why a lease row rather than a PostgreSQL advisory lock: an advisory lock lives as long as one connection,
+does not exist on SQLite, and cannot say *who* holds it. A row does all three, and a holder that is killed
+with SIGKILL (no chance to release anything) loses it on its own once it stops renewing: `expires_at` passes
+and the next `acquire_lease` takes it over.
+
+Acquisition is one conditional upsert, race-free on both backends: insert the row, or, on conflict, overwrite
+it only where it has expired (or is already ours). PostgreSQL's ON CONFLICT DO UPDATE re-checks that condition
+on the latest committed row under a row lock; SQLite serialises every write transaction (BEGIN IMMEDIATE).
+Times come from the database server on PostgreSQL (hosts' clocks may disagree) and from this host on SQLite
+(a SQLite file has one host).
+
+`LeaseKeeper` renews a held lease from a background thread every `ttl / 3` seconds, so a live holder never
+expires, and reports a lease taken over by someone else (the holder stalled past its TTL) to a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, delete, func, or_, select, update
+
+from strop.memory.core import StoreCore
+from strop.memory.errors import StoreError
+from strop.memory.records import utcnow
+from strop.memory.schema import Lease, utc
+
+log = logging.getLogger(__name__)
+
+
+class LeaseRecord(BaseModel):
+    name: str
+    holder: str
+    acquired_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+    previous: LeaseRecord | None = None  # on acquisition: the expired lease this one took over
+
+
+class LeaseHeldError(StoreError):
+    """Someone else holds the lease and it has not expired."""
+
+    def __init__(self, lease: LeaseRecord) -> None:
+        self.lease = lease
+        super().__init__(
+            f"lease {lease.name!r} is held by {lease.holder} since {_fmt(lease.acquired_at)} (last heartbeat "
+            f"{_fmt(lease.heartbeat_at)}; it expires at {_fmt(lease.expires_at)} unless renewed)"
+        )
+
+
+class LeaseLostError(StoreError):
+    """A renewal found the lease gone or held by someone else: this holder must stop."""
+
+
+def _fmt(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _record(row: Any, previous: LeaseRecord | None = None) -> LeaseRecord:
+    return LeaseRecord(name=row.name, holder=row.holder, acquired_at=utc(row.acquired_at),
+                       heartbeat_at=utc(row.heartbeat_at), expires_at=utc(row.expires_at), previous=previous)
+
+
+class LeasesMixin(StoreCore):
+    def _db_now(self, conn: Connection) -> datetime:
+        """The database server's clock on PostgreSQL (one clock for every host), this host's on SQLite."""
+        if self.is_sqlite:
+            return utcnow()
+        now = utc(conn.scalar(select(func.now())))
+        assert now is not None
+        return now
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> LeaseRecord:
+        """Take lease `name` for `ttl` seconds, or renew it if `holder` has it already.
+
+        Raises LeaseHeldError (with the current holder) when someone else holds it and it has not expired.
+        The returned record's `previous` is the expired lease this call took over, if any.
+        """
+        with self._write() as conn:
+            now = self._db_now(conn)
+            q = select(Lease).where(Lease.name == name)
+            before = conn.execute(q if self.is_sqlite else q.with_for_update()).one_or_none()
+            t = Lease.__table__
+            # A holder renewing keeps its acquisition time; a takeover starts a new one. `before` is exact:
+            # the row is locked (PostgreSQL) or every writer is serialised (SQLite).
+            mine = before is not None and before.holder == holder
+            stmt = self._insert(t).values(name=name, holder=holder, acquired_at=before.acquired_at if mine else now,
+                                          heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={c: stmt.excluded[c] for c in ("holder", "acquired_at", "heartbeat_at", "expires_at")},
+                where=or_(t.c.expires_at < now, t.c.holder == holder),
+            )
+            got = conn.execute(stmt.returning(t.c.holder)).one_or_none()
+            row = conn.execute(select(Lease).where(Lease.name == name)).one()
+        if got is None:
+            raise LeaseHeldError(_record(row))
+        previous = _record(before) if before is not None and before.holder != holder else None
+        return _record(row, previous)
+
+    def renew_lease(self, name: str, holder: str, ttl: float) -> LeaseRecord:
+        """Push the expiry `ttl` seconds ahead. An expired lease that nobody took over is still its holder's;
+        one that was taken over (or released) raises LeaseLostError."""
+        with self._write() as conn:
+            now = self._db_now(conn)
+            done = conn.execute(
+                update(Lease).where(Lease.name == name, Lease.holder == holder)
+                .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+            ).rowcount
+            row = conn.execute(select(Lease).where(Lease.name == name)).one_or_none()
+        if not done:
+            who = f"taken over by {row.holder} at {_fmt(utc(row.acquired_at))}" if row is not None else "released"
+            raise LeaseLostError(f"lease {name!r} of {holder} was {who}")
+        return _record(row)
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up; False when `holder` no longer had it (expired and taken over)."""
+        with self._write() as conn:
+            return bool(conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder)).rowcount)
+
+    def get_lease(self, name: str) -> LeaseRecord | None:
+        """The lease row, expired or not (compare `expires_at` with the time to tell)."""
+        with self._read() as conn:
+            row = conn.execute(select(Lease).where(Lease.name == name)).one_or_none()
+        return None if row is None else _record(row)
+
+    def list_leases(self) -> list[LeaseRecord]:
+        with self._read() as conn:
+            return [_record(r) for r in conn.execute(select(Lease).order_by(Lease.name))]
+
+
+class LeaseKeeper:
+    """Holds a lease and renews it every `ttl / 3` seconds from a daemon thread until `release()`.
+
+    A renewal that fails for a passing reason (the database briefly unreachable or locked) is retried at the
+    next beat; a lease taken over by someone else calls `on_lost` once and stops the thread: the work it
+    guarded must stop too, because another holder is running it now.
+    """
+
+    def __init__(self, store: LeasesMixin, lease: LeaseRecord, ttl: float,
+                 on_lost: Callable[[str], None] | None = None) -> None:
+        self.store, self.lease, self.ttl, self.on_lost = store, lease, ttl, on_lost
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{lease.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self.lease.name
+
+    @property
+    def holder(self) -> str:
+        return self.lease.holder
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.lease = self.store.renew_lease(self.name, self.holder, self.ttl)
+            except LeaseLostError as e:
+                self.lost = str(e)
+                log.error("%s", e)
+                if self.on_lost is not None:
+                    self.on_lost(self.lost)
+                return
+            except Exception as e:  # a passing failure: the lease has TTL left, try again at the next beat
+                log.warning("lease %r: heartbeat failed, retrying: %s", self.name, e)
+
+    def release(self) -> bool:
+        """Stop renewing and delete the lease (False if it had been taken over meanwhile)."""
+        self._stop.set()
+        self._thread.join()
+        if self.lost is not None:
+            return False
+        return self.store.release_lease(self.name, self.holder)
+
+    def stop(self) -> None:
+        """Stop renewing without releasing (as a killed holder would): the lease expires after its TTL."""
+        self._stop.set()
+        self._thread.join()

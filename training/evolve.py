@@ -24,6 +24,7 @@ from rich.markup import escape
 
 from strop.agents.critic_eval import CriticEvalConfig, critic_metric_prefix, evaluate_critic, labelled_set
 from strop.agents.evaluation import EvalConfig, evaluate, metric_key, task_set_label
+from strop.agents.game_eval import GameEvalConfig, eval_label, evaluate_games
 from strop.agents.loops.base import stable_id
 from strop.agents.loops.registry import LoopResources, get_loop
 from strop.agents.loops.self_correct import critic_for
@@ -137,6 +138,8 @@ class Evolution:
         return stage.eval.target_of(stage.train.role, get_loop(stage.loop).name)
 
     def metric_prefix(self, s: int) -> str:
+        if self.target(s) == "game":
+            return eval_label(self.task_sets[s])
         if self.target(s) == "critic":
             return critic_metric_prefix(self.label(s))
         if self.target(s) == "self_correct":
@@ -375,6 +378,8 @@ class Evolution:
         assert stage.train is not None and ev is not None
         if self.target(s) == "self_correct":
             return await self._evaluate_self_correct(version, s)
+        if self.target(s) == "game":
+            return await self._evaluate_game(version, s)
         if self.target(s) == "critic":
             await self._evaluate_critic(version, s)
             if not (ev.policy_accuracy and self.weights(stage.train.role) == self.weights("policy")):
@@ -456,7 +461,47 @@ class Evolution:
                 f"{cfg.turns} {_pct(sc['acc_last'])}, wrong->right {_pct(sc['delta_i2c'])}, right->wrong "
                 f"{_pct(sc['delta_c2i'])} on {res.n_tasks} tasks ({how})", markup=False)
 
+    async def _evaluate_game(self, version: ModelVersionRecord, s: int) -> None:
+        """Greedy games on stage s's held-out seeds against the fixed opponents, from each seat; and, when the
+        stage asks, held-out pass@1 on a reasoning task set (does game play transfer?)."""
+        stage = self.recipe.stages[s]
+        ev = stage.eval
+        assert stage.train is not None and ev is not None
+        loop_cfg = self._loop(0, s)[1]
+        cfg = GameEvalConfig(n_tasks=stage.tasks.heldout, max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", 64),
+                             seed=ev.seed, **({"opponents": ev.opponents} if ev.opponents else {}))
+        served = _ServedBy(self, self.weights(stage.train.role), version)
+        res = await evaluate_games(served, self.task_sets[s], store=self.store, model_id=version.id, config=cfg,
+                                   runner=self._runner(stage))
+        seconds = res.seconds
+        sc = res.scores()
+        line = ", ".join(f"vs {o} {_pct(sc[f'vs_{o}/win_rate'])} won ({_pct(sc[f'vs_{o}/seat0/win_rate'])} / "
+                         f"{_pct(sc[f'vs_{o}/seat1/win_rate'])} by seat)" for o in cfg.opponents)
+        self.console.print(f"{version.name}: {res.label} on {res.n_tasks} held-out seeds: {line}, illegal moves "
+                           f"{_pct(sc['illegal_rate'])}", markup=False)
+        if ev.transfer is not None:
+            from strop.sandbox.tasks import load_task_set
+
+            t = ev.transfer
+            label = task_set_label(t.name, t.options)
+            tr = await evaluate(served, load_task_set(t.name, **t.options), store=self.store, model_id=version.id,
+                                config=EvalConfig(n_tasks=t.heldout, max_tokens=ev.transfer_max_tokens),
+                                runner=self._runner(stage), label=label)
+            seconds += tr.seconds
+            self.console.print(f"{version.name}: transfer to {label}: held-out pass@1 {tr.pass_at_1:.1%}", markup=False)
+        if res.episodes_run or "eval_seconds" not in version.metrics:
+            self.store.update_model_metrics(version.id, {"eval_seconds": seconds})
+
+    def transfer_metric(self, s: int) -> str | None:
+        ev = self.recipe.stages[s].eval
+        if self.target(s) != "game" or ev is None or ev.transfer is None:
+            return None
+        return f"{metric_key(task_set_label(ev.transfer.name, ev.transfer.options), Split.HELDOUT)}/pass@1"
+
     def _policy_accuracy(self, version: ModelVersionRecord, s: int) -> float | None:
+        """The extra column: the policy's pass@1 beside a critic stage, the transfer beside a game stage."""
+        if (transfer := self.transfer_metric(s)) is not None:
+            return version.metrics.get(transfer)
         return version.metrics.get(self.policy_metric(s)) if self.target(s) == "critic" else None
 
     # -------------------------------------------------------------------------------------- report
@@ -511,6 +556,13 @@ class Evolution:
         row.current_accuracy, row.minutes = current.get(s), seconds / 60
         return row
 
+    def _gate_text(self, s: int) -> str:
+        """What stage s's gate compares, for the table's title."""
+        n = self.recipe.stages[s].tasks.heldout
+        if self.target(s) == "game":
+            return f"{self.metric(s).removeprefix(self.metric_prefix(s) + '/')} on {n} {self.metric_prefix(s)} seeds"
+        return f"{self.metric(s).rsplit('/', 1)[1]} on {n} {self.label(s)} tasks"
+
     def _stage_parent(self, k: int, s: int) -> ModelVersionRecord | None:
         """The version of stage s's trained role that cycle k's stage started from (recorded on its run)."""
         stage = self.recipe.stages[s]
@@ -527,17 +579,19 @@ class Evolution:
         out = self.recipe.run_dir()
         out.mkdir(parents=True, exist_ok=True)
         multi = len(self.recipe.stages) > 1
-        critic = any(self.target(s) == "critic" for s in range(len(self.recipe.stages)))
-        score = "held-out score" if critic else "held-out acc"
+        stages = range(len(self.recipe.stages))
+        critic = any(self.target(s) == "critic" for s in stages)
+        transfer = any(self.transfer_metric(s) is not None for s in stages)
+        extra = "policy acc" if critic else "transfer acc" if transfer else None
+        score = "held-out score" if critic or any(self.target(s) == "game" for s in stages) else "held-out acc"
         header = ["cycle", *(["stage", "role"] if multi else []), "model", score, f"current {score.split()[-1]}",
-                  *(["policy acc"] if critic else []), "decision", "examples", "train loss", "minutes"]
+                  *([extra] if extra else []), "decision", "examples", "train loss", "minutes"]
         cells = [[str(r.cycle), *([r.stage, r.role] if multi else []), r.model, _pct(r.heldout_accuracy),
-                  _pct(r.current_accuracy), *([_pct(r.policy_accuracy)] if critic else []), r.decision, str(r.examples),
+                  _pct(r.current_accuracy), *([_pct(r.policy_accuracy)] if extra else []), r.decision, str(r.examples),
                   "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}"]
                  for r in rows]
-        gates = sorted({f"{self.metric(s).rsplit('/', 1)[1]} on {st.tasks.heldout} {self.label(s)}"
-                        for s, st in enumerate(self.recipe.stages) if st.eval is not None})
-        table = Table(title=escape(f"{self.recipe.name}: held-out {'; '.join(gates)} tasks"))
+        gates = sorted({self._gate_text(s) for s, st in enumerate(self.recipe.stages) if st.eval is not None})
+        table = Table(title=escape(f"{self.recipe.name}: held-out {'; '.join(gates)}"))
         for h in header:
             table.add_column(h)
         for c in cells:

@@ -69,6 +69,8 @@ class TrainSettings(BaseModel):
 CRITIC_METRICS = ("f1", "acc_erroneous", "acc_correct", "correction_acc")
 SELF_CORRECT_METRICS = ("acc_last", "acc_t1", "net", "delta_i2c")
 FEEDBACK_KINDS = ("intrinsic", "critic", "oracle", "execution")
+# Game target: a rate against one opponent, pooled over seats or of one seat (higher is better).
+GAME_METRIC = re.compile(r"vs_(?P<opponent>\w+?)/(?:seat[01]/)?(?:win_rate|score|draw_rate)")
 
 
 class StageEvalSettings(BaseModel):
@@ -79,17 +81,20 @@ class StageEvalSettings(BaseModel):
     k: int | None = Field(None, ge=2, description="Also record pass@k with k sampled answers (pass@1 is always greedy).")
     max_tokens: int | None = Field(None, ge=1, description="Most new tokens per answer; default the loop config's max_tokens (else 64).")
     system_prompt: str | None = Field(None, description="System message; default the loop config's system_prompt.")
-    target: Literal["policy", "critic", "self_correct"] | None = Field(
+    target: Literal["policy", "critic", "self_correct", "game"] | None = Field(
         None, description="What is measured: 'policy' (pass@k on held-out tasks), 'critic' (the critic benchmark: "
-        "first-wrong-step F1 and correction on labelled held-out solutions) or 'self_correct' (greedy K-turn "
+        "first-wrong-step F1 and correction on labelled held-out solutions), 'self_correct' (greedy K-turn "
         "conversations: accuracy at turn 1 and the last turn, wrong-to-right and right-to-wrong shares, per "
-        "feedback kind). Default: 'critic' when the stage trains the critic role, 'self_correct' when its loop "
-        "is self_correct, else 'policy'.",
+        "feedback kind) or 'game' (greedy games on held-out seeds against fixed opponents, from each seat: "
+        "win/draw/loss rates and the illegal-move rate). Default: 'critic' when the stage trains the critic "
+        "role, 'self_correct' when its loop is self_correct, 'game' when it is selfplay, else 'policy'.",
     )
     metric: str | None = Field(
         None, description="Metric the gate compares on held-out data. Policy: 'pass@1' (default) or 'pass@K'. "
         "Critic: 'f1' (default), 'acc_erroneous', 'acc_correct' or 'correction_acc'. Self-correction (of the "
-        "first feedback kind): 'acc_last' (default), 'acc_t1', 'net', 'delta_i2c'.",
+        "first feedback kind): 'acc_last' (default), 'acc_t1', 'net', 'delta_i2c'. Game: 'vs_random/win_rate' "
+        "(default: averaged over the two seats), 'vs_heuristic/score' (wins + draws/2), "
+        "'vs_random/seat1/win_rate', ...",
     )
     feedback: list[str] | None = Field(
         None, description="Self-correction target: feedback kinds to measure (intrinsic, critic, oracle, "
@@ -104,15 +109,26 @@ class StageEvalSettings(BaseModel):
         True, description="Critic target: also measure the policy's held-out pass@1 when the critic shares its "
         "weights, so a critic gain bought by a policy loss shows in the table.",
     )
+    opponents: list[Literal["random", "heuristic"]] | None = Field(
+        None, description="Game target: the fixed opponents played (default both, random and heuristic).")
+    transfer: TaskSettings | None = Field(
+        None, description="Game target: also measure greedy held-out pass@1 on this task set (e.g. {name = "
+        "'arithmetic', heldout = 100}) for every version, to see whether game play transfers to reasoning "
+        "(reported in the table, not gated).",
+    )
+    transfer_max_tokens: int = Field(64, ge=1, description="Game target: most tokens per transfer answer.")
 
     def target_of(self, role: str, loop: str = "") -> str:
         if self.target:
             return self.target
-        return "critic" if role == "critic" else "self_correct" if loop == "self_correct" else "policy"
+        if role == "critic":
+            return "critic"
+        return {"self_correct": "self_correct", "selfplay": "game"}.get(loop, "policy")
 
     def gate_metric(self, role: str, loop: str = "") -> str:
         target = self.target_of(role, loop)
-        return self.metric or {"critic": "f1", "self_correct": "acc_last"}.get(target, "pass@1")
+        return self.metric or {"critic": "f1", "self_correct": "acc_last", "game": "vs_random/win_rate"}.get(
+            target, "pass@1")
 
     def promotion(self, role: str = "policy", loop: str = "") -> PromotionSettings:
         return PromotionSettings(margin=self.margin, metric=self.gate_metric(role, loop))
@@ -246,6 +262,14 @@ def check_recipe(r: Recipe) -> None:
         allowed = {"critic": CRITIC_METRICS, "self_correct": SELF_CORRECT_METRICS}.get(target)
         if allowed is not None and metric not in allowed:
             raise _Field(f"{at}.eval.metric", f"{metric!r} is not a {target} metric; use one of {', '.join(allowed)}")
+        if target == "game":
+            found = GAME_METRIC.fullmatch(metric)
+            played = stage.eval.opponents or ["random", "heuristic"]
+            if found is None or found["opponent"] not in played:
+                raise _Field(f"{at}.eval.metric", f"{metric!r} is not a game metric of this stage; use "
+                                                  f"vs_OPPONENT/win_rate, vs_OPPONENT/score or "
+                                                  f"vs_OPPONENT/seat0/win_rate with OPPONENT in {', '.join(played)}")
+            continue
         for fb in stage.eval.feedback or []:
             if fb not in FEEDBACK_KINDS:
                 raise _Field(f"{at}.eval.feedback", f"unknown feedback kind {fb!r}; use {', '.join(FEEDBACK_KINDS)}")

@@ -116,10 +116,9 @@ def outcome_of(cfg: SelfPlayConfig, state: SelfPlayState, results: list[GameResu
     }
 
 
-def _policy_return(games: list[dict[str, Any]], results: list[GameResult]) -> float | None:
-    """Mean return of the policy's seats against an opponent; None in self-play (zero by construction)."""
-    if games[0]["opponent"] is None:
-        return None
+def _policy_return(games: list[dict[str, Any]], results: list[GameResult]) -> float:
+    """Mean return of the seats the policy played: its score against an opponent; 0 in self-play, where the
+    policy plays both seats of a zero-sum game."""
     rets = [r.rewards[s] for g, r in zip(games, results, strict=True) for s in g["policy_seats"]]
     return sum(rets) / len(rets)
 

@@ -66,6 +66,7 @@ async def test_zero_sum_bookkeeping_and_rae_advantages(store: Store) -> None:
     b = {"0": 0.0, "1": 0.0}  # the baselines as the loop should have moved them, game by game
     for ep in episodes:
         assert ep.outcome["games"] == 2 and ep.outcome["seat_wins"] == [2, 0] and ep.outcome["n"] == 14
+        assert ep.reward == 0.0  # the policy's mean return over the seats it played: both, so zero
         assert ep.outcome["correct"] == 14 and ep.outcome["illegal"] == ep.outcome["unparseable"] == 0
         by_game: dict[int, list] = {0: [], 1: []}
         for s in ep.steps:
@@ -138,7 +139,8 @@ async def test_against_a_fixed_opponent_only_the_policy_seat_is_played_and_train
         assert s.metadata["player"] == ("policy" if policy else "heuristic")
     assert len(ep.examples) == sum(s.role == "assistant" for s in ep.steps)
     assert ep.outcome["by_seat"]["0"]["games"] == ep.outcome["by_seat"]["1"]["games"] == 1
-    assert ep.reward is not None and {b.count for b in store.list_baselines("vs")} == {1}
+    assert ep.reward == ep.outcome["by_seat"]["0"]["wins"] + ep.outcome["by_seat"]["1"]["wins"] - 1
+    assert {b.count for b in store.list_baselines("vs")} == {1}
     # The heuristic is seeded by position: the same episode again plays the same games.
     [twin] = await _run(store, first_empty, cfg, run_id="vs2", n=1)
     assert [s.text for s in twin.steps] == [s.text for s in ep.steps]

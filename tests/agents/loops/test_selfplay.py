@@ -257,6 +257,7 @@ def _played(db_url: str) -> tuple[list, list]:
     return games, baselines
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigkill_mid_game_or_after_the_baseline_update_then_rerun_plays_the_same_games(
         tmp_path: Path, tiny_model_path: Path) -> None:

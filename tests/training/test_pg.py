@@ -69,7 +69,9 @@ def _action(model_path: Path, advantage: float, question: str = "What is 98 + 69
 
 @pytest.mark.slow
 def test_advantage_sign_and_scale_move_the_action_log_prob(tiny_model_path: Path, tmp_path: Path) -> None:
-    cfg = PGSettings(epochs=1, batch_size=1, learning_rate=3e-3, optimizer="sgd", lora=None, max_grad_norm=1e6)
+    # A small step, so the change stays in the linear regime: at 3e-3 a tiny model that already likes the
+    # action saturates (+2.1 nats for A=1, +2.5 for A=2, -4.6 for A=-1 on one build of it).
+    cfg = PGSettings(epochs=1, batch_size=1, learning_rate=3e-4, optimizer="sgd", lora=None, max_grad_norm=1e6)
     base = _action(tiny_model_path, 0.0)
     prompt, completion = base.payload["prompt_ids"], base.payload["completion_ids"]
     before = sum(base.payload["logprobs"])
@@ -80,8 +82,8 @@ def test_advantage_sign_and_scale_move_the_action_log_prob(tiny_model_path: Path
                      settings=cfg)
         assert out.steps == 1 and out.examples == 1 and out.adapter_path is None
         moved[advantage] = sum(_logprobs(_load(out.path), prompt, completion)) - before
-    assert moved[1.0] > 0.3, moved  # raised
-    assert moved[-1.0] < -0.3, moved  # lowered
+    assert moved[1.0] > 0.03, moved  # raised
+    assert moved[-1.0] < -0.03, moved  # lowered
     assert abs(moved[0.0]) < 1e-4, moved  # no advantage, no gradient: unchanged
     assert 1.6 < moved[2.0] / moved[1.0] < 2.4, moved  # the step is proportional to the advantage
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -26,6 +27,7 @@ from typing import Any
 from strop.memory.leases import LeaseKeeper, LeaseLostError
 
 LEASE_TTL = 60.0  # seconds; the heartbeat renews it every TTL / 3
+log = logging.getLogger(__name__)
 
 
 def lease_name(recipe_name: str) -> str:
@@ -46,7 +48,10 @@ def recipe_lease(store: Any, recipe_name: str, *, ttl: float = LEASE_TTL,
     try:
         yield keeper
     finally:
-        keeper.release()
+        try:
+            keeper.release()
+        except Exception as e:  # the store unreachable at the end: the lease expires on its own after its TTL
+            log.warning("could not release %s (it expires in at most %g s): %s", keeper.name, ttl, e)
 
 
 def next_cycle(evo: Any) -> int:

@@ -104,6 +104,22 @@ class LeasesMixin(StoreCore):
         previous = _record(before) if before is not None and before.holder != holder else None
         return _record(row, previous)
 
+    def take_over_lease(self, name: str, from_holder: str, holder: str, ttl: float) -> LeaseRecord:
+        """Take the lease from `from_holder` before it expires: for a caller that knows that holder is dead
+        (a process of this host that no longer exists). Refused with LeaseHeldError if the lease changed
+        hands meanwhile; a lease that is gone is simply acquired."""
+        with self._write() as conn:
+            now = self._db_now(conn)
+            q = select(Lease).where(Lease.name == name)
+            before = conn.execute(q if self.is_sqlite else q.with_for_update()).one_or_none()
+            if before is not None and before.holder == from_holder:
+                conn.execute(update(Lease).where(Lease.name == name, Lease.holder == from_holder).values(
+                    holder=holder, acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl)))
+                return _record(conn.execute(q).one(), previous=_record(before))
+        if before is None:
+            return self.acquire_lease(name, holder, ttl)
+        raise LeaseHeldError(_record(before))
+
     def renew_lease(self, name: str, holder: str, ttl: float) -> LeaseRecord:
         """Push the expiry `ttl` seconds ahead. An expired lease that nobody took over is still its holder's;
         one that was taken over (or released) raises LeaseLostError."""

@@ -5,7 +5,8 @@ Why: two cycles of one recipe at once would both collect, both train from the sa
 and the evolve cycle resumes from the store, so a second run is never needed to make progress, only a
 later one. The lease (memory/leases.py) is named after the recipe, renewed by a heartbeat thread while the
 cycle runs, released at the end, and lost on its own after its TTL when the holder is killed: the next run
-takes it over and continues the cycle from the store.
+takes it over and continues the cycle from the store. A rerun on the holder's own machine that finds the
+holder's pid gone takes it over at once, so "kill it and run it again" needs no wait.
 
 Which cycles: `--cycles N` (or the recipe's `cycles`) runs cycles 1..N, each resumed from the store, as
 before. `--once` runs the next unfinished cycle and stops, for cron, systemd timers, Kubernetes CronJobs and
@@ -17,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
-from strop.memory.leases import LeaseKeeper, LeaseLostError
+from strop.memory.leases import LeaseHeldError, LeaseKeeper, LeaseLostError
 
 LEASE_TTL = 60.0  # seconds; the heartbeat renews it every TTL / 3
 log = logging.getLogger(__name__)
@@ -34,16 +38,60 @@ def lease_name(recipe_name: str) -> str:
     return f"evolve:{recipe_name}"
 
 
+@functools.cache
+def _machine() -> str:
+    """Which kernel and PID namespace this process runs in (boot id, pid namespace inode), hashed: two
+    holders with the same host name *and* this mark can see each other's pids. Containers that share a host
+    name (host networking) differ here, so a pid missing from our namespace is never read as a dead holder
+    of theirs. Empty where /proc does not tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return hashlib.sha1(f"{boot}:{ns}".encode()).hexdigest()[:8]
+
+
 def new_holder() -> str:
-    """host:pid:random, so `strop schedule list` and a refused run can say which process holds a recipe."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """host:pid:machine.random, so `strop schedule list` and a refused run can say which process holds a
+    recipe, and a rerun on the same machine can tell that the holder is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_machine()}.{uuid.uuid4().hex[:8]}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when `holder` was a process of this machine (same host name, kernel boot and pid namespace)
+    that no longer runs: then its lease need not wait for its TTL (a SIGKILLed `strop evolve` rerun at once).
+    Anything uncertain (another host, a reused pid, no /proc) is alive: the TTL decides."""
+    host, _, rest = holder.partition(":")
+    pid, _, tail = rest.partition(":")
+    mark = _machine()
+    if not mark or host != socket.gethostname() or not pid.isdigit() or tail.split(".")[0] != mark:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, someone else's
+        return False
+    try:  # a killed process that its parent has not reaped yet still has a pid: a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextlib.contextmanager
 def recipe_lease(store: Any, recipe_name: str, *, ttl: float = LEASE_TTL,
                  holder: str | None = None) -> Iterator[LeaseKeeper]:
-    """Hold the recipe's lease, heartbeat included, for the body; LeaseHeldError when another run has it."""
-    lease = store.acquire_lease(lease_name(recipe_name), holder or new_holder(), ttl)
+    """Hold the recipe's lease, heartbeat included, for the body; LeaseHeldError when another run has it.
+
+    A holder that is a dead process of this machine is taken over at once; any other waits for its TTL."""
+    name, holder = lease_name(recipe_name), holder or new_holder()
+    try:
+        lease = store.acquire_lease(name, holder, ttl)
+    except LeaseHeldError as e:
+        if not holder_is_dead(e.lease.holder):
+            raise
+        lease = store.take_over_lease(name, e.lease.holder, holder, ttl)
     keeper = LeaseKeeper(store, lease, ttl)
     try:
         yield keeper

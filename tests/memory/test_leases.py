@@ -165,3 +165,13 @@ def test_a_firing_is_claimed_once_and_its_outcome_kept(store: Store) -> None:
     last = store.last_firings()
     assert last["nightly"].scheduled_at == later and last["nightly"].status == FiringStatus.MISSED
     assert [f.scheduled_at for f in store.list_firings("nightly")] == [later, at]
+
+
+def test_take_over_from_a_named_holder_only(store: Store) -> None:
+    store.acquire_lease("evolve:t", "dead", ttl=60)
+    got = store.take_over_lease("evolve:t", "dead", "me", ttl=30)
+    assert got.holder == "me" and got.previous.holder == "dead"
+    with pytest.raises(LeaseHeldError, match="held by me"):  # it changed hands: not "dead"'s to take any more
+        store.take_over_lease("evolve:t", "dead", "other", ttl=30)
+    store.release_lease("evolve:t", "me")
+    assert store.take_over_lease("evolve:t", "dead", "other", ttl=30).holder == "other"  # gone: acquired

@@ -4,6 +4,10 @@ refused with the holder named, and a run stopped when another takes its lease ov
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,9 +19,17 @@ from typer.testing import CliRunner
 
 from strop.cli import app
 from strop.memory import Store
-from strop.memory.leases import LeaseLostError
+from strop.memory.leases import LeaseHeldError, LeaseLostError
 from strop.memory.schema import Lease
-from strop.training.cycle_lease import lease_name, next_cycle, recipe_lease, run_cycles, target_cycle
+from strop.training.cycle_lease import (
+    holder_is_dead,
+    lease_name,
+    new_holder,
+    next_cycle,
+    recipe_lease,
+    run_cycles,
+    target_cycle,
+)
 from strop.training.evolve import StagePhase
 from tests.training.evolve_helpers import tiny_recipe
 
@@ -71,4 +83,36 @@ def test_a_run_whose_lease_is_taken_over_stops(db_url: str) -> None:
             run_cycles(SlowEvolution(), 1, keeper)
         assert started == [1] and time.monotonic() - t < 5
     assert store.get_lease(lease_name("r")).holder == "thief"  # the old holder's exit released nothing
+    store.close()
+
+
+def test_a_dead_holder_on_this_machine_is_taken_over_at_once(db_url: str) -> None:
+    store = Store(db_url)
+    me = new_holder()
+    host, pid, tail = me.split(":")
+    assert pid == str(os.getpid()) and not holder_is_dead(me)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = f"{host}:{child.pid}:{tail}"
+        assert not holder_is_dead(theirs)  # alive
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not holder_is_dead(theirs):  # a zombie until reaped: dead already
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert holder_is_dead(theirs)
+    # Not provably dead: another host, another kernel or pid namespace, a malformed holder.
+    assert not holder_is_dead(f"otherhost:{child.pid}:{tail}")
+    assert not holder_is_dead(f"{host}:{child.pid}:0000ffff.{tail.split('.')[1]}")
+    assert not holder_is_dead("someone")
+
+    store.acquire_lease(lease_name("r"), theirs, ttl=60)
+    with recipe_lease(store, "r", ttl=30) as keeper:
+        assert keeper.lease.previous.holder == theirs and keeper.holder != theirs
+    store.acquire_lease(lease_name("r"), f"otherhost:{child.pid}:{tail}", ttl=60)
+    with pytest.raises(LeaseHeldError), recipe_lease(store, "r", ttl=30):
+        pass
     store.close()

@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from strop.cli import app
 from strop.memory.firings import FiringStatus
 from strop.memory.leases import LeaseHeldError
+from strop.memory.schema import Lease
 from strop.training.evolve import StagePhase
 from tests.training.evolve_helpers import tiny_recipe
 
@@ -45,7 +47,7 @@ def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(pg_url: str
     from strop.training.evolve import Evolution
     from strop.training.recipe import load_recipe
 
-    ttl = 6.0
+    ttl = 30.0  # long enough for the refused rerun below to start and stop inside it
     path = _slow_recipe(tmp_path)
     store = Store(pg_url)
     evo = Evolution(load_recipe(path), store, progress=False)
@@ -75,13 +77,21 @@ def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(pg_url: str
     with pytest.raises(LeaseHeldError, match=holder):  # its lease outlives it, up to its TTL
         store.acquire_lease("evolve:tiny-star", "probe", ttl=60)
 
+    # A rerun on this machine would see the holder's pid gone and take over at once (test_evolve_kill.py).
+    # Make it the lease of a process on another host, which nobody here can check: only the TTL frees it.
+    remote = "otherhost" + holder[holder.index(":"):]
+    with store._write() as conn:
+        conn.execute(update(Lease).where(Lease.name == "evolve:tiny-star").values(holder=remote))
+    refused = _strop(*evolve)
+    out = refused.communicate(timeout=300)[0].decode()
+    assert refused.returncode == 0 and f"being evolved by {remote}" in out, out
     expires = store.get_lease("evolve:tiny-star").expires_at
     while datetime.now(UTC) <= expires:
         time.sleep(0.1)
     third = _strop(*evolve)
     out = third.communicate(timeout=600)[0].decode()
     assert third.returncode == 0, out
-    assert f"took over recipe tiny-star: its last holder {holder} stopped renewing" in " ".join(out.split())
+    assert f"took over recipe tiny-star from {remote}, gone since its last heartbeat" in " ".join(out.split())
 
     # The cycle was continued, not restarted or doubled: every task once, a decided candidate, no cycle 2.
     episodes = store.list_episodes(evo.collect_run_id(1), children=False)

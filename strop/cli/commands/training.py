@@ -187,7 +187,7 @@ def evolve_cmd(
         with recipe_lease(store, r.name, ttl=lease_ttl) as keeper:
             if keeper.lease.previous is not None:
                 p = keeper.lease.previous
-                typer.echo(f"took over recipe {r.name}: its last holder {p.holder} stopped renewing its lease at "
+                typer.echo(f"took over recipe {r.name} from {p.holder}, gone since its last heartbeat at "
                            f"{p.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (killed?); continuing its cycle")
             target = target_cycle(evo, cycles=cycles, once=once)
             if target is None:

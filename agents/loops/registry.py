@@ -13,7 +13,7 @@ uniform `LoopResources` a recipe stage or the CLI has at hand, so neither has to
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -22,14 +22,14 @@ from langgraph.graph import StateGraph
 from pydantic import BaseModel
 
 from strop.agents.engines.base import Engine
-from strop.memory.records import ExampleKind, Role
+from strop.memory.records import EpisodeRecord, ExampleKind, Role
 from strop.sandbox.tasks.base import TaskSet
 
 ENTRY_POINT_GROUP = "strop.loops"
 # strop's own loops, imported on first look-up (each module registers itself).
 _BUILTIN_MODULES = (
     "strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct",
-    "strop.agents.loops.mcts", "strop.agents.loops.selfplay",
+    "strop.agents.loops.mcts", "strop.agents.loops.selfplay", "strop.agents.loops.sneaky",
 )
 
 
@@ -79,6 +79,9 @@ class LoopSpec:
     # the roles a given config needs, when that depends on it (self-correction asks the critic role only for
     # critic feedback); None: always `roles`
     roles_for: Callable[[Any], tuple[Role, ...]] | None = None
+    # a one-line summary of a collection run's episodes in the loop's own terms (e.g. the sneaky generator's
+    # success rate), printed after a recipe stage collects and shown in the evolve table; None: nothing extra
+    summarize: Callable[[Sequence[EpisodeRecord]], str] | None = None
 
     def needed_roles(self, config: BaseModel | None = None) -> tuple[Role, ...]:
         """The roles this loop asks engines for under `config` (default: its default config)."""

@@ -16,7 +16,7 @@ import asyncio
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -77,6 +77,7 @@ class StageRow(BaseModel):
     policy_accuracy: float | None = Field(None, description="Critic stages: the policy's held-out pass@1 with these weights.")
     decision: str = ""
     examples: int = 0
+    collection: str = Field("", description="The loop's own summary of the stage's games (LoopSpec.summarize).")
     train_loss: float | None = None
     minutes: float = 0.0
 
@@ -141,10 +142,18 @@ class Evolution:
         if self.target(s) == "game":
             return eval_label(self.task_sets[s])
         if self.target(s) == "critic":
-            return critic_metric_prefix(self.label(s))
+            return critic_metric_prefix(self.label(s), self.critic_kind(s))
         if self.target(s) == "self_correct":
             return f"{self_correct_metric_prefix(self.label(s))}/{self._self_correct_eval(s).feedback[0]}"
         return metric_key(self.label(s), Split.HELDOUT)
+
+    def critic_kind(self, s: int) -> Literal["generative", "prm"]:
+        """How stage s's critic benchmark asks the critic: the eval's `critic_kind`, else the loop's (the sneaky
+        loop's Yes/No critic is a 'prm'), else 'generative'."""
+        ev = self.recipe.stages[s].eval
+        if ev is not None and ev.critic_kind is not None:
+            return ev.critic_kind
+        return "prm" if getattr(self._loop(0, s)[1], "critic_kind", None) == "prm" else "generative"
 
     def metric(self, s: int = 0) -> str:
         stage = self.recipe.stages[s]
@@ -268,6 +277,9 @@ class Evolution:
             f"cycle {k} {stage.name}: collected {res.samples} answers on {res.episodes} tasks, {res.correct} correct "
             f"({res.accuracy:.1%}), {res.examples} examples, {res.tokens / max(res.seconds, 1e-6):.0f} tok/s"
         )
+        if spec.summarize is not None:
+            episodes = self.store.list_episodes(run.id, children=False)
+            self.console.print(f"cycle {k} {stage.name}: {spec.summarize(episodes)}", markup=False)
         return StagePhase.TRAIN if stage.train is not None else StagePhase.DONE
 
     def source_runs(self, k: int, s: int) -> list[str] | None:
@@ -405,6 +417,7 @@ class Evolution:
         assert stage.train is not None and ev is not None
         # The critic is asked as its loop asks it (same worked examples), so its training prompts match.
         cfg = CriticEvalConfig(n_items=stage.tasks.heldout, seed=ev.seed, max_tokens=ev.critic_max_tokens,
+                               kind=self.critic_kind(s),
                                shots=getattr(self._loop(0, s)[1], "shots", 1))
         items = labelled_set(self.task_sets[s], cfg, self.label(s))
         served = _ServedBy(self, self.weights(stage.train.role), version)
@@ -527,17 +540,21 @@ class Evolution:
         collect = self.store.get_run(self.collect_run_id(k, s))
         phase = self.phase(k, s)
         examples, seconds = 0, 0.0
+        collection = ""
         if collect is not None:
-            examples = sum(int(e.outcome.get("examples", 0)) for e in self.store.list_episodes(collect.id, children=False))
+            episodes = self.store.list_episodes(collect.id, children=False)
+            examples = sum(int(e.outcome.get("examples", 0)) for e in episodes)
+            if (summarize := get_loop(stage.loop).summarize) is not None and episodes:
+                collection = summarize(episodes)
             online = stage.train is not None and get_trainer(stage.train.kind).online
             if collect.finished_at is not None and not online:  # an on-line trainer's rollouts are in its training time
                 seconds += (collect.finished_at - collect.started_at).total_seconds()
         if stage.train is None:
             return StageRow(cycle=k, stage=stage.name, model="-", phase=phase, decision="collect only",
-                            examples=examples, minutes=seconds / 60)
+                            examples=examples, minutes=seconds / 60, collection=collection)
         cand = self.store.get_model(self.candidate_id(k, s))
         row = StageRow(cycle=k, stage=stage.name, role=stage.train.role, model=cand.name if cand else "-",
-                       phase=phase, examples=examples)
+                       phase=phase, examples=examples, collection=collection)
         if cand is not None:
             row.heldout_accuracy = cand.metrics.get(self.metric(s))
             row.train_loss = cand.metrics.get("train_loss")
@@ -584,11 +601,14 @@ class Evolution:
         transfer = any(self.transfer_metric(s) is not None for s in stages)
         extra = "policy acc" if critic else "transfer acc" if transfer else None
         score = "held-out score" if critic or any(self.target(s) == "game" for s in stages) else "held-out acc"
+        games = any(r.collection for r in rows)  # a loop that summarises its collection (the sneaky game)
         header = ["cycle", *(["stage", "role"] if multi else []), "model", score, f"current {score.split()[-1]}",
-                  *([extra] if extra else []), "decision", "examples", "train loss", "minutes"]
+                  *([extra] if extra else []), "decision", "examples", "train loss", "minutes",
+                  *(["collection"] if games else [])]
         cells = [[str(r.cycle), *([r.stage, r.role] if multi else []), r.model, _pct(r.heldout_accuracy),
                   _pct(r.current_accuracy), *([_pct(r.policy_accuracy)] if extra else []), r.decision, str(r.examples),
-                  "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}"]
+                  "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}",
+                  *([r.collection or "-"] if games else [])]
                  for r in rows]
         gates = sorted({self._gate_text(s) for s, st in enumerate(self.recipe.stages) if st.eval is not None})
         table = Table(title=escape(f"{self.recipe.name}: held-out {'; '.join(gates)}"))

@@ -105,6 +105,10 @@ class StageEvalSettings(BaseModel):
     margin: float = Field(0.02, ge=0.0, le=1.0, description="Held-out gain over the parent required to promote (0.02 = 2 points).")
     seed: int = Field(0, description="Critic target: seed of the labelled set (its size is `tasks.heldout`).")
     critic_max_tokens: int = Field(160, ge=16, description="Critic target: most tokens per critique.")
+    critic_kind: Literal["generative", "prm"] | None = Field(
+        None, description="Critic target: how the benchmark asks the critic, 'generative' (a written step-wise "
+        "critique) or 'prm' (one Yes/No per step prefix, scores under <set>/prm/). Default: the loop's "
+        "`critic_kind` where it has one (the sneaky loop), else generative.")
     policy_accuracy: bool = Field(
         True, description="Critic target: also measure the policy's held-out pass@1 when the critic shares its "
         "weights, so a critic gain bought by a policy loss shows in the table.",

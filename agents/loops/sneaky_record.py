@@ -379,12 +379,9 @@ def game_rates(episodes: Sequence[EpisodeRecord]) -> dict[str, float | int | Non
 
 
 def summarize(episodes: Sequence[EpisodeRecord]) -> str:
-    """One line per round for the collection printout and the evolve table."""
+    """A round in one short line, for the collection printout and the evolve table's `collection` column:
+    sneaky successes of all rewrites (and how many were really wrong), the critic's catches and accepts."""
     g = game_rates(episodes)
-
-    def pct(x: float | int | None) -> str:
-        return "-" if x is None else f"{100 * x:.0f}%"
-
-    return (f"sneaky success {pct(g['success_rate'])} of {g['rewrites']} rewrites (really wrong "
-            f"{pct(g['valid_rate'])}, unparsed {g['rewrites_unparsed']}); critic caught {g['caught']}/"
-            f"{g['judged_sneaky']} sneaky, accepted {g['accepted']}/{g['judged_correct']} correct")
+    pct = "-" if g["success_rate"] is None else f"{100 * g['success_rate']:.0f}%"
+    return (f"sneaky {g['sneaky_success']}/{g['rewrites']} ({pct}), really wrong {g['sneaky_valid']}; "
+            f"caught {g['caught']}/{g['judged_sneaky']}, accepted {g['accepted']}/{g['judged_correct']}")

@@ -115,7 +115,7 @@ async def test_a_sneaky_step_the_critic_accepts_wins_for_the_generator() -> None
     assert len(pg) == 4 and all(e.kind == ExampleKind.GAME_TURN for e in pg)
     assert all(AdvantagePayload.model_validate(e.payload).advantage == 1.0 for e in pg)
     assert game_rates([ep])["success_rate"] == 1.0
-    assert summarize([ep]).startswith("sneaky success 100% of 4 rewrites")
+    assert summarize([ep]) == "sneaky 4/4 (100%), really wrong 4; caught 0/4, accepted 0/0"
 
 
 async def test_unparseable_or_unchanged_rewrites_lose_and_are_never_judged() -> None:

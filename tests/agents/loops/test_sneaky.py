@@ -214,3 +214,21 @@ def test_config_and_registration() -> None:
         sneaky.SneakyConfig(error_types=["typo"])
     with pytest.raises(ValidationError):
         sneaky.SneakyConfig(rollout=3)
+
+
+def test_the_shipped_recipe_trains_both_roles_on_each_others_games() -> None:
+    from pathlib import Path
+
+    from strop.training.recipe import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parents[3] / "recipes" / "spc-arithmetic.toml")
+    critic, generator = r.stages
+    assert r.weights_of("generator") == "policy" and r.roles["critic"] != "critic"
+    assert (critic.train.kind, critic.train.role, generator.train.kind, generator.train.role) == (  # type: ignore[union-attr]
+        "dpo", "critic", "pg", "generator")
+    assert critic.eval.target_of("critic", "sneaky") == "critic"  # type: ignore[union-attr]
+    assert set(critic.train.sources) == {"self", "generator"} and set(generator.train.sources) == {"self", "critic"}  # type: ignore[union-attr]
+    for stage in r.stages:
+        cfg = get_loop(stage.loop).parse_config(stage.config)
+        assert cfg.critic_kind == "prm" and "pg" in cfg.generator_emit  # type: ignore[attr-defined]
+        assert cfg.generator_temperature == generator.train.settings["temperature"]  # type: ignore[attr-defined,union-attr]

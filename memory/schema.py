@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -222,6 +223,35 @@ class Embedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Reflection(Base):
+    """A past failure kept for reflection memory: a train-split task's problem, a wrong answer to it and the
+    critique of that answer, with the embedding of the problem text. One row per (scope, model, episode).
+
+    `scope` is the task-set label the failure belongs to (retrieval never crosses it); `split` is always
+    'train' (the store refuses anything else, and every search filters on it again); `seq` only grows, so a
+    cached matrix of vectors refreshes by reading the rows above the last one it holds."""
+
+    __tablename__ = "reflections"
+    __table_args__ = (
+        UniqueConstraint("scope", "model", "episode_id", name="uq_reflections_scope_model_episode"),
+        # Covers the freshness check (count and max of seq per scope) without touching the wide rows.
+        Index("ix_reflections_scope", "scope", "model", "split", "seq"),
+        {"sqlite_autoincrement": True},  # a deleted seq is never handed out again: caches stay consistent
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(128))
+    episode_id: Mapped[str] = mapped_column(ID, ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str] = mapped_column(String(255))
+    split: Mapped[str] = mapped_column(String(16))
+    problem: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    critique: Mapped[str] = mapped_column(Text)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

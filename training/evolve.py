@@ -267,7 +267,8 @@ class Evolution:
             return StagePhase.TRAIN  # an on-line trainer collects its own rollouts
         spec, cfg = self._loop(k, s)
         engines = {str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))]) for r in spec.needed_roles(cfg)}
-        graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store), cfg)
+        graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store,
+                                        label=self.label(s)), cfg)
         run = RunRecord(id=self.collect_run_id(k, s), loop=spec.name,
                         model_ids=sorted({e.version.id for e in engines.values()}),
                         config={"evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,

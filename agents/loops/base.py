@@ -10,9 +10,11 @@ which is what makes writes idempotent and resumption skip finished work.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from strop.agents.engines.base import Completion, GenerationRequest, Message, SamplingParams
+from strop.agents.reflection import render_memory
 from strop.sandbox.tasks.base import Task
 
 _NAMESPACE = uuid.UUID("6f1d3c1e-1b7a-4c55-9d0e-5a7c2f0b9e11")
@@ -39,10 +41,15 @@ def episode_input(task: Task, run_id: str) -> EpisodeInput:
     return {"task": task.model_dump(mode="json"), "run_id": run_id, "episode_id": episode_id(run_id, task.id)}
 
 
-def task_messages(task: Task, system_prompt: str | None) -> list[Message]:
-    """The chat a policy sees for a task; SFT examples reuse it verbatim so training matches sampling."""
+def task_messages(task: Task, system_prompt: str | None,
+                  recalled: Sequence[Mapping[str, Any]] | None = None) -> list[Message]:
+    """The chat a policy sees for a task; SFT examples reuse it verbatim so training matches sampling.
+
+    `recalled`: past failures on similar problems (reflection memory), rendered before the problem."""
     msgs = [Message(role="system", content=system_prompt)] if system_prompt else []
-    return [*msgs, Message(role="user", content=task.prompt)]
+    block = render_memory(recalled or [])
+    prompt = f"{block}\n\nNow solve this problem.\n{task.prompt}" if block else task.prompt
+    return [*msgs, Message(role="user", content=prompt)]
 
 
 def chat_request(messages: list[Message], sampling: SamplingParams) -> GenerationRequest:

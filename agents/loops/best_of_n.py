@@ -17,6 +17,7 @@ from strop.agents.engines.base import Engine, SamplingParams
 from strop.agents.loops.base import chat_request, completion_json, stable_id, task_messages
 from strop.agents.loops.pairs import Answer, preference_pairs
 from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
+from strop.agents.reflection import Recall, open_recall
 from strop.critics.base import Critic, Critique
 from strop.critics.verifier import VerifierCritic
 from strop.memory.records import CritiqueRecord, EpisodeRecord, ExampleKind, ExampleRecord, Role, StepRecord
@@ -58,6 +59,12 @@ class BestOfNConfig(BaseModel):
         "{prompt} (Hint: the answer is {answer}.)",
         description="The hinted prompt for rationalization; {prompt} and {answer} are filled in.",
     )
+    memory_k: int = Field(
+        0, ge=0, le=20,
+        description="Reflection memory: put the k most similar past failures on this task set's train tasks (the "
+        "problem, the wrong answer, its critique) before each prompt; never the task's own, never a held-out "
+        "one. 0: off. Needs the store (failures are indexed first; see docs/memory.md).",
+    )
 
     def sampling(self, *stream: object) -> SamplingParams:
         """Sampling parameters; `stream` (e.g. the task id) picks a reproducible seed when `seed` is set."""
@@ -74,6 +81,7 @@ class BestOfNState(TypedDict, total=False):
     task: dict[str, Any]  # Task as JSON (input)
     run_id: str  # input
     episode_id: str  # input
+    memory: list[dict[str, Any]]  # recalled past failures (reflection memory), shown before the prompt
     samples: list[dict[str, Any]]  # Completion as JSON, one per sampled answer
     critiques: list[dict[str, Any]]  # Critique as JSON, aligned with samples
     hinted_samples: list[dict[str, Any]]  # rationalization: answers sampled with the reference as a hint
@@ -81,13 +89,24 @@ class BestOfNState(TypedDict, total=False):
     episode: dict[str, Any]  # EpisodeRecord as JSON (output)
 
 
-def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = None) -> StateGraph:
-    """The uncompiled graph; compile it with your checkpointer or add it as a subgraph node."""
+def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = None,
+                recall: Recall | None = None) -> StateGraph:
+    """The uncompiled graph; compile it with your checkpointer or add it as a subgraph node.
+
+    `recall` (reflection memory, `agents.reflection.open_recall`) is needed when `memory_k` > 0: a first node
+    then recalls the task's nearest past failures into the state, so a resumed episode sees the same ones."""
     cfg = config or BestOfNConfig()
+    if cfg.memory_k and recall is None:
+        raise ValueError("best_of_n with memory_k > 0 needs a recall: build_graph(..., recall=open_recall(store, "
+                         "task_set, label)) from strop.agents.reflection")
+
+    async def remember(state: BestOfNState) -> dict[str, Any]:
+        assert recall is not None
+        return {"memory": await recall(Task.model_validate(state["task"]), cfg.memory_k)}
 
     async def sample(state: BestOfNState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
-        request = chat_request(task_messages(task, cfg.system_prompt), cfg.sampling(task.id))
+        request = chat_request(task_messages(task, cfg.system_prompt, state.get("memory")), cfg.sampling(task.id))
         [completions] = await engine.generate([request])
         return {"samples": [completion_json(c) for c in completions]}
 
@@ -101,7 +120,8 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
     async def rationalize(state: BestOfNState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
         hinted = task.model_copy(update={"prompt": cfg.hint_template.format(prompt=task.prompt, answer=task.answer)})
-        request = chat_request(task_messages(hinted, cfg.system_prompt), cfg.sampling(task.id, "hint"))
+        request = chat_request(task_messages(hinted, cfg.system_prompt, state.get("memory")),
+                               cfg.sampling(task.id, "hint"))
         [completions] = await engine.generate([request])
         critiques = await asyncio.gather(*(critic.critique(task, c.text, task.reference_solution) for c in completions))
         return {"hinted_samples": [completion_json(c) for c in completions],
@@ -116,11 +136,17 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
         return {"episode": _episode(state, cfg).model_dump(mode="json")}
 
     graph = StateGraph(BestOfNState)
+    if cfg.memory_k:
+        graph.add_node("remember", remember)
     graph.add_node("sample", sample)
     graph.add_node("verify", verify)
     graph.add_node("rationalize", rationalize)
     graph.add_node("record", record)
-    graph.add_edge(START, "sample")
+    if cfg.memory_k:  # without memory the graph is what it always was, so older checkpoints still resume
+        graph.add_edge(START, "remember")
+        graph.add_edge("remember", "sample")
+    else:
+        graph.add_edge(START, "sample")
     graph.add_edge("sample", "verify")
     graph.add_conditional_edges("verify", after_verify, ["rationalize", "record"])
     graph.add_edge("rationalize", "record")
@@ -131,7 +157,8 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
 def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
     task = Task.model_validate(state["task"])
     eid = state["episode_id"]
-    messages = [m.model_dump() for m in task_messages(task, cfg.system_prompt)]
+    # The prompt as sampled, memory included: training on it matches what the policy saw.
+    messages = [m.model_dump() for m in task_messages(task, cfg.system_prompt, state.get("memory"))]
     steps: list[StepRecord] = []
     critiques: list[CritiqueRecord] = []
     examples: list[ExampleRecord] = []
@@ -183,6 +210,8 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
     }
     if len(steps) > n_plain:
         outcome.update(hinted=len(steps) - n_plain, rationalized=sum(verdicts[n_plain:]))
+    if state.get("memory"):
+        outcome["memory"] = [m["task_id"] for m in state["memory"]]
     if cfg.emit_pairs and task.split == Split.TRAIN:  # held-out tasks never become training data
         answers = [Answer(index=s.index, text=s.text, correct=ok, hinted=s.index >= n_plain)
                    for s, ok in zip(steps, verdicts, strict=True)]
@@ -199,7 +228,12 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
 
 
 def _make(resources: LoopResources, config: BestOfNConfig) -> StateGraph:
-    return build_graph(resources.policy, VerifierCritic(resources.task_set), config)
+    recall = None
+    if config.memory_k:
+        if resources.store is None:
+            raise ValueError("best_of_n with memory_k > 0 needs the store (LoopResources.store)")
+        recall = open_recall(resources.store, resources.task_set, resources.label or resources.task_set.name)
+    return build_graph(resources.policy, VerifierCritic(resources.task_set), config, recall)
 
 
 SPEC = register_loop(LoopSpec(

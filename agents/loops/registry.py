@@ -42,7 +42,7 @@ class UnknownLoopError(KeyError):
 
 @dataclass
 class LoopResources:
-    """What a stage or the CLI hands a loop: engines per role, the task set, the store.
+    """What a stage or the CLI hands a loop: engines per role, the task set (and its label), the store.
 
     `engines` maps a role ('policy', 'critic', ...) to the engine that plays it; one engine may play several
     roles (self-critique). A loop asks only for the roles its spec declares.
@@ -51,6 +51,9 @@ class LoopResources:
     engines: dict[str, Engine]
     task_set: TaskSet
     store: Any = None
+    # the task set's label with its options (`evaluation.task_set_label`): what reflection memory is scoped by;
+    # None: the task set's name
+    label: str | None = None
 
     @property
     def policy(self) -> Engine:

@@ -193,6 +193,7 @@ def run_cmd(
 
     Example: [bold]strop run best-of-n -m tiny -t arithmetic -o digits=1 --set n=4 --episodes 32[/bold]
     """
+    from strop.agents.evaluation import task_set_label
     from strop.agents.loops.registry import LoopResources
     from strop.agents.runner import Runner, load_version_engine
     from strop.memory import Store
@@ -237,7 +238,8 @@ def run_cmd(
                 if version.id not in loaded:
                     loaded[version.id] = load_version_engine(version)
             engines = {role: loaded[versions[role].id] for role in versions}
-            graph = spec.make(LoopResources(engines=engines, task_set=task_set, store=store), cfg)
+            graph = spec.make(LoopResources(engines=engines, task_set=task_set, store=store,
+                                            label=task_set_label(tasks, options)), cfg)
             return await Runner(store, concurrency=concurrency).run(graph, task_list, run)
         finally:
             for engine in loaded.values():
@@ -324,17 +326,22 @@ def eval_cmd(
     k: Annotated[int | None, typer.Option(help="Also measure pass@k with k sampled answers.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
     system: SystemOpt = None,
+    memory_k: Annotated[int, typer.Option(
+        "--memory-k", min=0, max=20,
+        help="Reflection memory: show each task its K most similar past failures on this task set's train tasks "
+             "(indexed first; see `strop memory index`). Recorded apart, as <set>/<split>/memory<K>/pass@1.")] = 0,
     db: DbOpt = None,
 ) -> None:
     """Accuracy on held-out tasks (greedy pass@1, and pass@k when asked), recorded on the model version."""
-    from strop.agents.evaluation import EvalConfig, evaluate
+    from strop.agents.evaluation import EvalConfig, evaluate, task_set_label
     from strop.agents.runner import load_version_engine
     from strop.sandbox.tasks import Split
 
     if split not in {s.value for s in Split}:
         _fail(f"--split must be one of {', '.join(s.value for s in Split)}, got {split!r}")
     store, task_set, version = _setup(model, tasks, db, option, split=Split(split), n_tasks=n_tasks)
-    cfg = EvalConfig(split=Split(split), n_tasks=n_tasks, k=k, max_tokens=max_tokens, system_prompt=system)
+    cfg = EvalConfig(split=Split(split), n_tasks=n_tasks, k=k, max_tokens=max_tokens, system_prompt=system,
+                     memory_k=memory_k, memory_scope=task_set_label(tasks, parse_options(option)) if memory_k else None)
 
     async def go():  # type: ignore[no-untyped-def]
         engine = load_version_engine(version)
@@ -344,7 +351,8 @@ def eval_cmd(
             await engine.close()
 
     res = asyncio.run(go())
-    line = f"{version.name}: {task_set.name}/{split} pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks"
+    with_memory = f" with memory k={memory_k}" if memory_k else ""
+    line = f"{version.name}: {task_set.name}/{split}{with_memory} pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks"
     if res.pass_at_k is not None:
         line += f", pass@{k} {res.pass_at_k:.1%}"
     typer.echo(line + f" (recorded on {version.id})")

@@ -110,3 +110,30 @@ async def test_best_of_n_and_evaluation_with_memory_on_the_tiny_model(tiny_model
     finally:
         await engine.close()
         store.close()
+
+
+@pytest.mark.slow
+def test_cli_run_index_search_and_eval_with_memory(tiny_model_path: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    db = ["--db", f"sqlite:///{tmp_path / 's.db'}"]
+    words = ["-o", "word_problems=true"]
+
+    def ok(*args: str) -> str:
+        res = CliRunner().invoke(app, [*args, *db])
+        assert res.exit_code == 0, res.output
+        return " ".join(res.output.split())
+
+    ok("run", "best-of-n", "-m", "tiny", *words, "--n", "2", "--temperature", "1.5", "--episodes", "8",
+       "--max-tokens", "16")
+    out = ok("memory", "index", *words)
+    assert "arithmetic[word_problems=True]: " in out and "failures indexed" in out  # after MiniLM's loading bar
+    assert "arithmetic[word_problems=True]: 0 failures indexed" in ok("memory", "index", *words)
+    assert "nothing remembered" in ok("memory", "search", "What is 2 + 2?")  # bare sums: another label
+    out = ok("memory", "search", "Ana has 12 coins. Then 30 more coins arrive. How many coins are there now?",
+             *words, "-k", "2")
+    assert MEMORY_HEADER in out and "Wrong answer:" in out
+    out = ok("eval", "-m", "tiny", *words, "--n-tasks", "4", "--max-tokens", "16", "--memory-k", "2")
+    assert "with memory k=2 pass@1" in out

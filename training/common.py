@@ -16,6 +16,7 @@ from strop.training.trainers import TrainOutcome
 
 if TYPE_CHECKING:
     from strop.training.sft import LoraSettings
+    from strop.training.tracking import TrainHooks
 
 
 class CommonSettings(Protocol):
@@ -39,14 +40,17 @@ def start_run(output_dir: str | Path) -> tuple[Path, float]:
     """Begin a training run: the output folder (created), and the `time.monotonic()` the run's seconds count from.
 
     It also silences what every TRL run prints and nobody can act on: the datasets progress bars (a few hundred
-    rows, noise in the evolve log) and the FutureWarning TRL 1.16 raises on every run for transformers 5's
-    deprecated gradient-checkpointing names.
+    rows, noise in the evolve log), transformers' "Loading weights" bars, and the FutureWarning TRL 1.16 raises
+    on every run for transformers 5's deprecated gradient-checkpointing names. The run's own progress is one
+    rich bar (training.callbacks).
     """
     import warnings
 
     import datasets
+    from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     started = time.monotonic()
     out = Path(output_dir)
@@ -146,13 +150,25 @@ def training_args(config_cls: type, cfg: CommonSettings, out: Path, **kind_args:
     return config_cls(**{**common, **kind_args})
 
 
+def train(trainer: Any, hooks: TrainHooks | None) -> Any:
+    """`trainer.train()` with a rich progress bar instead of printed metric dicts (unless `hooks.progress` is
+    off), and strop's metrics in `hooks` logged to the trainer's trackers at the end (training.callbacks)."""
+    from strop.training.callbacks import run_trainer
+
+    return run_trainer(trainer, hooks)
+
+
 def save_outcome(
     trained: Any, tokenizer: Any, result: Any, *, cfg: CommonSettings, out: Path, model_path: str | Path,
     examples: int, started: float, metrics: dict[str, Any] | None = None,
+    log_history: list[dict[str, Any]] | None = None,
 ) -> TrainOutcome:
     """Save the trained model into `out` and describe it: with LoRA and no `merge`, only the adapter (the new
     version is the parent's base plus it); otherwise the merged weights with the tokenizer, a full model folder.
-    `result` is TRL's `TrainOutput`; `started` the `time.monotonic()` the run began at."""
+    `result` is TRL's `TrainOutput`; `started` the `time.monotonic()` the run began at; `log_history` the
+    trainer's `state.log_history`, kept (numbers only) for the job's loss and reward curves."""
+    from strop.training.tracking import compact_history
+
     adapter_out: str | None = None
     if cfg.lora is not None and not cfg.merge:
         trained.save_pretrained(str(out))
@@ -166,5 +182,5 @@ def save_outcome(
     return TrainOutcome(
         path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
         steps=int(result.global_step), examples=examples, seconds=time.monotonic() - started,
-        metrics=metrics or {},
+        metrics=metrics or {}, log_history=compact_history(log_history or []),
     )

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from strop.memory.records import ExampleKind, ExampleRecord
 from strop.training import common
 from strop.training.sft import LoraSettings
+from strop.training.tracking import ReportTo, TrainHooks
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class DPOSettings(BaseModel):
     )
     merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
     bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
-    report_to: list[str] = Field(default_factory=list, description="Trackers (e.g. ['wandb']); empty reports nowhere.")
+    report_to: ReportTo
     logging_steps: int = Field(5, ge=1, description="Log the loss and reward figures every this many steps.")
     max_examples: int | None = Field(
         None, ge=1, description="Claim at most this many pairs per job (oldest first); the rest wait for the next job."
@@ -116,7 +117,7 @@ def _reward_figures(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 def run_dpo(
     dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: DPOSettings | None = None,
-    adapter_path: str | Path | None = None,
+    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """DPO on a TRL conversational prompt/chosen/rejected dataset; the result is saved in `output_dir`."""
     from trl import DPOConfig, DPOTrainer
@@ -135,13 +136,14 @@ def run_dpo(
         model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=common.new_adapter_config(cfg.lora, adapter_path),
     )
-    result = trainer.train()
+    result = common.train(trainer, hooks)
     trained = trainer.model
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")  # TRL's frozen copy of the parent's adapter: not part of the result
     return common.save_outcome(trained, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
                                examples=len(dataset), started=started,
-                               metrics=_reward_figures(trainer.state.log_history))
+                               metrics=_reward_figures(trainer.state.log_history),
+                               log_history=trainer.state.log_history)
 
 
 def _build_dataset(examples: list[ExampleRecord], settings: DPOSettings) -> Any:
@@ -172,7 +174,7 @@ def _train(req: TrainRequest) -> TrainOutcome:
     balance = pair_balance(req.examples, req.parent.path)
     log.info("DPO job %s: %s", req.job_id[:8], format_balance(balance))
     outcome = run_dpo(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                      output_dir=req.output_dir, settings=req.settings)
+                      output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
     outcome.metrics = {"balance": balance, **outcome.metrics}
     return outcome
 

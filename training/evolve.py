@@ -40,6 +40,7 @@ from strop.sandbox.tasks.base import Split
 from strop.training.jobs import NothingToTrainError, settle_orphan_job, train_candidate
 from strop.training.promotion import decide
 from strop.training.recipe import Recipe, RecipeError, Stage
+from strop.training.tracking import TrainHooks, send_metrics
 from strop.training.trainers import get_trainer
 
 
@@ -82,6 +83,26 @@ class StageRow(BaseModel):
     minutes: float = 0.0
 
 
+def evolve_id(recipe: Recipe, bases: dict[str, ModelVersionRecord]) -> str:
+    """The id of a recipe's evolution from these base versions (one per weights role).
+
+    Same recipe (whatever --cycles, --db or output folder) and same bases = same evolution, resumed. Defaults
+    are left out so that a field added to the recipe schema later does not orphan old runs.
+    """
+    fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True)
+    return stable_id("evolve", recipe.name, *sorted(f"{r}={v.id}" for r, v in bases.items()), fingerprint)
+
+
+def collect_run_id(evolve: str, cycle: int, stage: str) -> str:
+    """The run a stage's collection (or an on-line trainer's rollouts) is stored under."""
+    return stable_id(evolve, "collect", cycle, stage)
+
+
+def candidate_id(evolve: str, cycle: int, stage: str) -> str:
+    """The model version a stage's training registers."""
+    return stable_id(evolve, "model", cycle, stage)
+
+
 class Evolution:
     """Runs a recipe against a store; safe to construct and `run` again after a crash."""
 
@@ -110,11 +131,7 @@ class Evolution:
                 self.bases[role] = resolve_version(store, model)
             except ModelNotFoundError as e:
                 raise RecipeError(f"recipe field `roles.{role}`: {e}") from e
-        # Same recipe (whatever --cycles, --db or output folder) and same bases = same evolution, resumed.
-        # Defaults are left out so that a field added to the recipe schema later does not orphan old runs.
-        fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True)
-        self.evolve_id = stable_id("evolve", recipe.name, *sorted(f"{r}={v.id}" for r, v in self.bases.items()),
-                                   fingerprint)
+        self.evolve_id = evolve_id(recipe, self.bases)
         self.engines: dict[str, Any] = {}  # weights role -> the one engine serving it
         self._serving = asyncio.Lock()
 
@@ -123,10 +140,10 @@ class Evolution:
         return stable_id(self.evolve_id, "stage", k, self.recipe.stages[s].name)
 
     def collect_run_id(self, k: int, s: int = 0) -> str:
-        return stable_id(self.evolve_id, "collect", k, self.recipe.stages[s].name)
+        return collect_run_id(self.evolve_id, k, self.recipe.stages[s].name)
 
     def candidate_id(self, k: int, s: int = 0) -> str:
-        return stable_id(self.evolve_id, "model", k, self.recipe.stages[s].name)
+        return candidate_id(self.evolve_id, k, self.recipe.stages[s].name)
 
     def job_id(self, k: int, s: int, attempt: int) -> str:
         return stable_id(self.evolve_id, "job", k, self.recipe.stages[s].name, attempt)
@@ -181,6 +198,7 @@ class Evolution:
             for s, stage in enumerate(self.recipe.stages):  # cycle 0: where each trained role starts
                 if stage.train is not None:
                     await self._evaluate_version(self.bases[self.weights(stage.train.role)], s)
+                    self._track(0, s, self._model(self.bases[self.weights(stage.train.role)].id))
             for k in range(1, cycles + 1):
                 for s in range(len(self.recipe.stages)):
                     versions = await self._stage(k, s, versions)
@@ -328,6 +346,8 @@ class Evolution:
                 output_dir=self.recipe.run_dir() / "models" / f"{self.evolve_id[:8]}-c{k}-{stage.name}",
                 name=self._candidate_name(k, s), job_id=self.job_id(k, s, attempt), model_id=self.candidate_id(k, s),
                 consumer=t.consumer, run_ids=run_ids, context=context,
+                hooks=TrainHooks(progress=self.progress, label=f"cycle {k} {stage.name}: {t.kind}",
+                                 metrics=self._strop_figures(k, s, parent)),
             )
         except NothingToTrainError as e:
             self.console.print(f"[yellow]cycle {k} {escape(stage.name)}: {escape(str(e))}; skipping training and promotion[/]")
@@ -340,7 +360,33 @@ class Evolution:
 
     async def _evaluate(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
         await self._evaluate_version(self._model(self.candidate_id(k, s)), s)
+        self._track(k, s, self._model(self.candidate_id(k, s)))
         return StagePhase.DECIDE
+
+    def _strop_figures(self, k: int, s: int, parent: ModelVersionRecord) -> dict[str, float]:
+        """What strop knows at training time and a tracker should show beside the losses: the stage's
+        collection (an on-line trainer collects while it trains) and the parent's score on the stage's gate."""
+        figures: dict[str, float] = {"cycle": k}
+        if self.store.get_run(self.collect_run_id(k, s)) is not None:
+            episodes = self.store.list_episodes(self.collect_run_id(k, s), children=False)
+            n = sum(int(e.outcome.get("n", 1)) for e in episodes)
+            figures["collect/episodes"] = len(episodes)
+            figures["collect/examples"] = sum(int(e.outcome.get("examples", 0)) for e in episodes)
+            figures["collect/accuracy"] = sum(int(e.outcome.get("correct", 0)) for e in episodes) / n if n else 0.0
+        if isinstance(score := parent.metrics.get(self.metric(s)), int | float):
+            figures[f"parent/{self.metric(s)}"] = score
+        return figures
+
+    def _track(self, k: int, s: int, version: ModelVersionRecord) -> None:
+        """Send `version`'s held-out scores to the stage's trackers (its trainer settings' `report_to`), one
+        point per cycle (0: the starting model) in <run folder>/tracking/<stage>."""
+        stage = self.recipe.stages[s]
+        assert stage.train is not None
+        report_to = getattr(get_trainer(stage.train.kind).parse_settings(stage.train.settings), "report_to", [])
+        keys = [self.metric(s), self.policy_metric(s), *filter(None, [self.transfer_metric(s)])]
+        scores = {f"strop/{key}": float(v) for key in dict.fromkeys(keys)
+                  if isinstance(v := version.metrics.get(key), int | float)}
+        send_metrics(report_to, self.recipe.run_dir() / "tracking" / stage.name, scores, step=k)
 
     async def _decide(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
         stage = self.recipe.stages[s]

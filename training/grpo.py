@@ -60,6 +60,7 @@ from strop.memory.records import (
 from strop.sandbox.tasks.base import Split, Task
 from strop.training import common
 from strop.training.sft import LoraSettings
+from strop.training.tracking import ReportTo, TrainHooks
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 # TRL 1.16's values, used only if its source cannot be read (see `allowed_loss_types`).
@@ -182,7 +183,7 @@ class GRPOSettings(BaseModel):
     seed: int = Field(0, description="Seed for TRL (task order, adapter initialisation) and for rollout sampling "
                                      "when the loop config has no seed.")
     bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
-    report_to: list[str] = Field(default_factory=list, description="Trackers (e.g. ['wandb']); empty reports nowhere.")
+    report_to: ReportTo
     logging_steps: int = Field(1, ge=1, description="Log TRL's metrics every this many steps.")
 
     @field_validator("loss_type")
@@ -640,7 +641,7 @@ class StropRollout:
 
 def run_grpo(
     rollout: StropRollout, *, model_path: str | Path, output_dir: str | Path, settings: GRPOSettings | None = None,
-    adapter_path: str | Path | None = None,
+    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """Train with GRPO on `rollout`'s tasks and save the result in `output_dir` (adapter kept, or merged)."""
     import warnings
@@ -679,7 +680,7 @@ def run_grpo(
     )
     try:
         train_started = time.monotonic()
-        result = trainer.train()
+        result = common.train(trainer, hooks)
         train_seconds = time.monotonic() - train_started
         check = _advantage_check(trainer, rollout)
     finally:
@@ -704,7 +705,8 @@ def run_grpo(
     if check is not None:
         metrics["advantage_max_diff_vs_trl"] = check
     return common.save_outcome(trainer.model, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
-                               examples=st.samples, started=started, metrics=metrics)
+                               examples=st.samples, started=started, metrics=metrics,
+                               log_history=trainer.state.log_history)
 
 
 def _advantage_check(trainer: Any, rollout: StropRollout) -> float | None:
@@ -751,7 +753,7 @@ def _train(req: TrainRequest) -> TrainOutcome:
         ))
     try:
         outcome = run_grpo(rollout, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                           output_dir=req.output_dir, settings=req.settings)
+                           output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
     except BaseException:
         if created:
             req.store.finish_run(rollout.run_id, RunStatus.FAILED)

@@ -24,6 +24,7 @@ from strop.memory.records import (
     TrainingJobRecord,
 )
 from strop.training.builders import claim
+from strop.training.tracking import TrainHooks
 from strop.training.trainers import TrainRequest, get_trainer
 
 
@@ -44,10 +45,13 @@ def train_candidate(
     output_dir: str | Path, role: Role | str = Role.POLICY, example_kinds: Sequence[ExampleKind] | None = None,
     name: str | None = None, job_id: str | None = None, model_id: str | None = None, consumer: str | None = None,
     limit: int | None = None, run_ids: Sequence[str] | None = None, context: dict[str, Any] | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train `parent` with trainer `kind` on examples it has not consumed and register a candidate version.
 
-    `example_kinds` defaults to what the kind consumes; `run_ids` limits the examples to those runs' output.
+    `example_kinds` defaults to what the kind consumes; `run_ids` limits the examples to those runs' output;
+    `hooks` the progress bar and strop's metrics for the trackers. The job keeps TRL's logged figures per
+    step (`log_history`: loss, reward...) for reports; the candidate keeps the summary figures only.
     """
     trainer = get_trainer(kind)
     cfg = trainer.parse_settings(settings)
@@ -72,7 +76,7 @@ def train_candidate(
             shutil.rmtree(out)
         outcome = trainer.train(TrainRequest(
             parent=parent, settings=cfg, output_dir=out, dataset=dataset, examples=examples, store=store,
-            job_id=job.id, role=role, context=context or {},
+            job_id=job.id, role=role, context=context or {}, hooks=hooks,
         ))
     except BaseException as e:
         store.fail_job(job.id, f"{type(e).__name__}: {e}")
@@ -85,7 +89,7 @@ def train_candidate(
         adapter_path=outcome.adapter_path, parent_id=parent.id, status=ModelStatus.CANDIDATE, job_id=job.id,
         metrics=metrics,
     ))
-    store.finish_job(job.id, model_out=candidate.id, metrics=metrics)
+    store.finish_job(job.id, model_out=candidate.id, metrics={**metrics, "log_history": outcome.log_history})
     return TrainResult(job=store.get_job(job.id), candidate=candidate, train_loss=outcome.train_loss,
                        examples=outcome.examples, seconds=outcome.seconds)
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from strop.memory.records import AdvantagePayload, ExampleKind, ExampleRecord
 from strop.training import common
 from strop.training.sft import LoraSettings
+from strop.training.tracking import ReportTo, TrainHooks
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 # The example kinds whose payload is an `AdvantagePayload`.
@@ -100,7 +101,7 @@ class PGSettings(BaseModel):
     )
     merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
     bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
-    report_to: list[str] = Field(default_factory=list, description="Trackers (e.g. ['wandb']); empty reports nowhere.")
+    report_to: ReportTo
     logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
     max_examples: int | None = Field(
         None, ge=1, description="Claim at most this many examples per job (oldest first); the rest wait for the next job."
@@ -295,7 +296,7 @@ def _no_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> lis
 
 def run_pg(
     dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: PGSettings | None = None,
-    adapter_path: str | Path | None = None,
+    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """Train on stored actions (`build_dataset`'s columns) and save the result in `output_dir`."""
     import copy
@@ -348,7 +349,7 @@ def run_pg(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=common.new_adapter_config(cfg.lora, adapter_path), ref_model=ref_model,
     )
-    result = trainer.train()
+    result = common.train(trainer, hooks)
     trained = trainer.model
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")  # TRL's frozen copy of the parent adapter: not part of the new version
@@ -359,12 +360,12 @@ def run_pg(
         if values:
             metrics[key.replace("/", "_")] = sum(values) / len(values)
     return common.save_outcome(trained, tokenizer, result, cfg=cfg, out=out, model_path=model_path, examples=n,
-                               started=started, metrics=metrics)
+                               started=started, metrics=metrics, log_history=trainer.state.log_history)
 
 
 def _train(req: TrainRequest) -> TrainOutcome:
     return run_pg(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                  output_dir=req.output_dir, settings=req.settings)
+                  output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
 
 
 PG = register_trainer(TrainerKind(

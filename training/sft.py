@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from strop.memory.records import ExampleKind, ExampleRecord
 from strop.training import common
+from strop.training.tracking import ReportTo, TrainHooks
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 
@@ -47,7 +48,7 @@ class SFTSettings(BaseModel):
     lora: LoraSettings | None = Field(default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning.")
     merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
     bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
-    report_to: list[str] = Field(default_factory=list, description="Trackers (e.g. ['wandb']); empty reports nowhere.")
+    report_to: ReportTo
     logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
     max_examples: int | None = Field(
         None, ge=1, description="Claim at most this many examples per job (oldest first); the rest wait for the next job."
@@ -57,7 +58,7 @@ class SFTSettings(BaseModel):
 
 def run_sft(
     dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: SFTSettings | None = None,
-    adapter_path: str | Path | None = None,
+    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """Fine-tune on a TRL conversational prompt/completion dataset and save the result in `output_dir`."""
     from trl import SFTConfig, SFTTrainer
@@ -71,9 +72,9 @@ def run_sft(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=common.new_adapter_config(cfg.lora, adapter_path),
     )
-    result = trainer.train()
+    result = common.train(trainer, hooks)
     return common.save_outcome(trainer.model, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
-                               examples=len(dataset), started=started)
+                               examples=len(dataset), started=started, log_history=trainer.state.log_history)
 
 
 def _build_dataset(examples: list[ExampleRecord], settings: SFTSettings) -> Any:
@@ -84,7 +85,7 @@ def _build_dataset(examples: list[ExampleRecord], settings: SFTSettings) -> Any:
 
 def _train(req: TrainRequest) -> TrainOutcome:
     return run_sft(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                   output_dir=req.output_dir, settings=req.settings)
+                   output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
 
 
 SFT = register_trainer(TrainerKind(

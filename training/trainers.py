@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from strop.memory.records import ExampleKind, ExampleRecord, ModelVersionRecord, Role
+from strop.training.tracking import TrainHooks
 
 # Modules that register strop's own trainer kinds, imported on first look-up.
 _BUILTIN_MODULES: tuple[str, ...] = ("strop.training.sft", "strop.training.grpo", "strop.training.dpo", "strop.training.pg")
@@ -44,6 +45,8 @@ class TrainOutcome(BaseModel):
     examples: int
     seconds: float
     metrics: dict[str, Any] = Field(default_factory=dict, description="Kind-specific figures (e.g. DPO reward margins).")
+    log_history: list[dict[str, float]] = Field(
+        default_factory=list, description="TRL's logged figures per logging step (loss, reward...), numbers only.")
 
 
 @dataclass
@@ -60,6 +63,8 @@ class TrainRequest:
     role: Role = Role.POLICY
     # Kind-specific extras a caller can hand over (a task set and engine for on-line kinds, ...).
     context: dict[str, Any] = field(default_factory=dict)
+    # The progress bar, strop's metrics for the trackers, extra TRL callbacks (training.tracking.TrainHooks).
+    hooks: TrainHooks | None = None
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,14 @@ from strop.training.dpo import DPOSettings
 from strop.training.jobs import train_candidate
 from strop.training.sft import LoraSettings
 
+from transformers import TrainerCallback
+from strop.training.tracking import TrainHooks
+
+class Logged(TrainerCallback):  # strop prints no metric dicts: print each logged step, the test waits for one
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        print("logged", logs, flush=True)
+
+hooks = TrainHooks(progress=False, callbacks=[Logged()])
 db, parent_id, job_id, model_id, out, epochs, limit, go = sys.argv[1:]
 settings = DPOSettings(batch_size=2, epochs=float(epochs), learning_rate=1e-3, lora=LoraSettings(r=4, alpha=8),
                        logging_steps=1)
@@ -174,7 +182,7 @@ if go:
     while not Path(go).exists():
         time.sleep(0.01)
 train_candidate(store, store.get_model(parent_id), kind="dpo", settings=settings, output_dir=out, job_id=job_id,
-                model_id=model_id, limit=int(limit) if limit else None)
+                model_id=model_id, limit=int(limit) if limit else None, hooks=hooks)
 """
 
 
@@ -224,7 +232,7 @@ async def test_sigkill_mid_training_then_rerun_leaves_a_consistent_store(store: 
     proc = _job(db_url, parent.id, job_id, model_id, out, epochs=50)  # long enough to be killed mid-way
     seen = []
     assert proc.stdout is not None
-    for line in proc.stdout:  # TRL prints each logged step: the first one means training is under way
+    for line in proc.stdout:  # the job prints each logged step: the first one means training is under way
         seen.append(line)
         if "'loss'" in line:
             proc.send_signal(signal.SIGKILL)

@@ -111,10 +111,18 @@ import json, sys
 from strop.memory import Store
 from strop.training.jobs import train_candidate
 
+from transformers import TrainerCallback
+from strop.training.tracking import TrainHooks
+
+class Logged(TrainerCallback):  # strop prints no metric dicts: print each logged step, the test waits for one
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        print("logged", logs, flush=True)
+
+hooks = TrainHooks(progress=False, callbacks=[Logged()])
 db, parent_id, kind, settings, job_id, model_id, out = sys.argv[1:]
 store = Store(db)
 train_candidate(store, store.get_model(parent_id), kind=kind, settings=json.loads(settings), output_dir=out,
-                job_id=job_id, model_id=model_id)
+                job_id=job_id, model_id=model_id, hooks=hooks)
 """
 
 

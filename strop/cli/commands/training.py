@@ -10,12 +10,23 @@ from typing import Annotated
 
 import typer
 
+ReportToOpt = Annotated[list[str] | None, typer.Option(
+    "--report-to", help="Experiment tracker for TRL's losses and strop's metrics, repeatable: tensorboard, mlflow, "
+    "... (default: none). TensorBoard writes under OUTPUT_DIR/trainer/runs.")]
+ProgressOpt = Annotated[bool, typer.Option(help="A progress bar per training run (steps, loss, ETA).")]
+
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model on the examples in the store.")
 
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def _first_error(exc: ValueError) -> str:
+    """A pydantic ValidationError's messages on one line (another ValueError as it is)."""
+    errors = getattr(exc, "errors", None)
+    return "; ".join(str(e["msg"]) for e in errors()) if callable(errors) else str(exc)
 
 
 @train_app.command("sft")
@@ -32,6 +43,8 @@ def sft_cmd(
         "which train a process reward model).")] = "policy",
     name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
+    report_to: ReportToOpt = None,
+    progress: ProgressOpt = True,
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
     """SFT on the unconsumed SFT examples of a role; registers the result as a candidate with its lineage."""
@@ -41,6 +54,7 @@ def sft_cmd(
     from strop.memory.records import Role, new_id
     from strop.training.jobs import NothingToTrainError, train_sft_candidate
     from strop.training.sft import LoraSettings, SFTSettings
+    from strop.training.tracking import TrainHooks
 
     if role not in {str(r) for r in Role}:
         _fail(f"--role {role}: no such role; give one of {', '.join(str(r) for r in Role)}")
@@ -49,14 +63,18 @@ def sft_cmd(
         parent = resolve_version(store, model)
     except ModelNotFoundError as e:
         _fail(str(e))
-    settings = SFTSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, merge=merge,
-                           lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None)
+    try:
+        settings = SFTSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, merge=merge,
+                               lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
+                               report_to=report_to or [])
+    except ValueError as e:
+        _fail(_first_error(e))
     job_id = new_id()
     cand_name = name or f"{parent.lineage}-sft-{job_id[:8]}"
     out = output_dir or model_cache_dir() / "versions" / cand_name
     try:
         res = train_sft_candidate(store, parent, output_dir=out, settings=settings, name=cand_name, job_id=job_id,
-                                  limit=limit, role=role)
+                                  limit=limit, role=role, hooks=TrainHooks(progress=progress, label=f"sft {cand_name}"))
     except NothingToTrainError as e:
         _fail(str(e))
     typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} examples, loss "
@@ -81,6 +99,8 @@ def dpo_cmd(
     max_pairs_per_task: Annotated[int, typer.Option(help="With --derive-from: most pairs derived per task.")] = 4,
     name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
+    report_to: ReportToOpt = None,
+    progress: ProgressOpt = True,
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
     """DPO on the unconsumed preference pairs (correct over incorrect answers); registers a candidate."""
@@ -94,10 +114,12 @@ def dpo_cmd(
     from strop.training.jobs import NothingToTrainError, train_candidate
     from strop.training.pairs import derive_pairs, format_balance
     from strop.training.sft import LoraSettings
+    from strop.training.tracking import TrainHooks
 
     try:
         settings = DPOSettings(beta=beta, loss_type=loss_type, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                               merge=merge, lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None)
+                               merge=merge, lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
+                               report_to=report_to or [])
     except ValidationError as e:
         _fail("; ".join(err["msg"] for err in e.errors()))
     store = Store(db)
@@ -117,7 +139,8 @@ def dpo_cmd(
     out = output_dir or model_cache_dir() / "versions" / cand_name
     try:
         res = train_candidate(store, parent, kind="dpo", output_dir=out, settings=settings, name=cand_name,
-                              job_id=job_id, limit=limit, run_ids=derive_from or None)
+                              job_id=job_id, limit=limit, run_ids=derive_from or None,
+                              hooks=TrainHooks(progress=progress, label=f"dpo {cand_name}"))
     except NothingToTrainError:
         _fail("nothing to train: no unconsumed preference pairs of the policy. Collect some with "
               "`strop run best_of_n --set emit_pairs=true`, or derive them from a recorded best-of-N run with "

@@ -211,6 +211,20 @@ class TrainingDataMixin(StoreCore):
         with self._read() as conn:
             return int(conn.scalar(q) or 0)
 
+    def example_counts(self, run_ids: Sequence[str]) -> dict[tuple[str, str, str], int]:
+        """How many examples the episodes of each run emitted, by (run id, kind, role), in one grouped query
+        per chunk of runs: what a report's data-counts panel shows. Pairs that have none are left out."""
+        out: dict[tuple[str, str, str], int] = {}
+        with self._read() as conn:
+            for part in chunks(list(dict.fromkeys(run_ids))):
+                q = (select(Episode.run_id, Example.kind, Example.role, func.count())
+                     .join(Episode, Episode.id == Example.episode_id)
+                     .where(Episode.run_id.in_(part))
+                     .group_by(Episode.run_id, Example.kind, Example.role))
+                for run_id, kind, role, n in conn.execute(q):
+                    out[(run_id, kind, role)] = int(n)
+        return out
+
     # --- async twins ---------------------------------------------------------------------------------------
 
     async def astart_job(self, job: TrainingJobRecord) -> TrainingJobRecord:
@@ -240,6 +254,9 @@ class TrainingDataMixin(StoreCore):
 
     async def arelease_stale_jobs(self, older_than_s: float) -> list[str]:
         return await asyncio.to_thread(self.release_stale_jobs, older_than_s)
+
+    async def aexample_counts(self, run_ids: Sequence[str]) -> dict[tuple[str, str, str], int]:
+        return await asyncio.to_thread(self.example_counts, run_ids)
 
     async def acount_examples(
         self, role: Role | str | None = None, kind: ExampleKind | str | None = None, *, unconsumed_by: str | None = None,

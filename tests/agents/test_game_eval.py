@@ -100,6 +100,7 @@ def test_eval_game_cli_on_the_tiny_model(tmp_path: Path, tiny_model_path: Path) 
     store = Store(str(db))
     metrics = store.get_model("tiny").metrics  # type: ignore[union-attr]
     assert {"tictactoe/vs_random/win_rate", "tictactoe/vs_heuristic/seat1/loss_rate", "tictactoe/illegal_rate"} <= set(metrics)
+    assert 0 < metrics["tictactoe/elo"] < 3000  # recorded for `strop report`
     store.close()
     bad = CliRunner().invoke(app, ["eval-game", "-m", "tiny", "-g", "kuhn_poker", "-o", "rounds=0", "--db", str(db)])
     assert bad.exit_code == 1 and "rounds" in bad.output

@@ -31,7 +31,8 @@ def eval_game_cmd(
 
     Per model: win/draw/loss by seat against each opponent and the illegal-move rate, recorded on the model
     version as [bold]{game}/vs_{opponent}/...[/bold]; the games are stored (interrupted, it resumes). The Elo
-    table rates the models, 'random' (anchored at 1000) and 'heuristic' from every series played.
+    table rates the models, 'random' (anchored at 1000) and 'heuristic' from every series played; each model's
+    rating is recorded as [bold]{game}/elo[/bold] (`strop report` draws it).
     """
     from strop.agents.game_eval import (
         EngineOpponent,
@@ -83,10 +84,16 @@ def eval_game_cmd(
         results, series = asyncio.run(go())
     except ValueError as exc:  # a bad game option, named by the game
         _fail(_one_line(str(exc)))
-    _report(results, series, fixed, task_set)
+    ratings = _report(results, series, fixed, task_set)
+    # Each model's Elo goes on its version beside its win rates, for `strop report`'s games panel.
+    label = next(iter(results.values())).label if results else game
+    for v in versions:
+        if v.name in ratings:
+            store.update_model_metrics(v.id, {f"{label}/elo": ratings[v.name]})
 
 
-def _report(results: dict[str, Any], series: dict[tuple[str, str], Any], fixed: list[str], task_set: Any) -> None:
+def _report(results: dict[str, Any], series: dict[tuple[str, str], Any], fixed: list[str],
+            task_set: Any) -> dict[str, float]:
     from rich.console import Console
     from rich.table import Table
 
@@ -114,6 +121,7 @@ def _report(results: dict[str, Any], series: dict[tuple[str, str], Any], fixed: 
         played = sum(s.games for pair, s in series.items() if player in pair)
         table.add_row(player, f"{rating:.0f}", str(played))
     console.print(table)
+    return ratings
 
 
 def register(app: typer.Typer) -> None:

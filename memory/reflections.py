@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,7 @@ class Recalled:
 class _Matrix:
     """The cached vectors of one (scope, model): rows in `seq` order, task ids as small integer codes.
 
-    Arrays grow by doubling their capacity, so an incremental refresh copies only the new rows."""
+    Arrays grow by half their capacity at a time, so an incremental refresh mostly copies only the new rows."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -88,6 +89,7 @@ class _Matrix:
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._tasks = np.zeros(0, dtype=np.int32)
         self.codes: dict[str, int] = {}
+        self.counted = time.monotonic()  # when the row count was last known to match the store
 
     @property
     def seqs(self) -> np.ndarray:
@@ -113,7 +115,7 @@ class _Matrix:
             raise ValueError(f"reflection vectors of {dim} dimensions beside cached ones of {self.dim}")
         n, end = len(rows), self.count + len(rows)
         if end > self._seqs.shape[0]:
-            cap = max(end, 2 * self._seqs.shape[0], 1024)
+            cap = max(end + end // 4, self._seqs.shape[0] * 3 // 2, 1024)  # headroom: new rows rarely copy
             self._seqs = np.resize(self._seqs, cap)
             self._tasks = np.resize(self._tasks, cap)
             grown = np.zeros((cap, dim), dtype=np.float32)
@@ -135,11 +137,18 @@ class ReflectionMemory:
     first use); `model` names the vectors (default the embedder's name), so vectors of two models never mix.
     Code that supplies its own vectors (`add(..., vectors=)`, `search_vector`) never loads the embedder.
     Safe to share between threads; one instance per process keeps one cache.
+
+    Freshness: every search reads the scope's highest `seq` (one index probe) and loads the rows above the
+    cached ones, so a new failure is recalled by the next search. Counting the scope's rows costs a scan of
+    its index (tens of ms at 100,000 rows), so it runs every `recount_s` seconds: a deleted row, or a row
+    that a concurrent PostgreSQL writer committed below the highest cached `seq`, is noticed then (0: on
+    every search).
     """
 
     def __init__(self, store: Store, embedder: Embedder | None = None, *, model: str | None = None,
-                 chunk: int = 1000) -> None:
+                 chunk: int = 1000, recount_s: float = 30.0) -> None:
         self.store = store
+        self.recount_s = recount_s
         self._embedder = embedder
         self.model = model or (embedder.name if embedder is not None else _default_model_name())
         self.chunk = chunk
@@ -217,17 +226,19 @@ class ReflectionMemory:
 
     def count(self, scope: str) -> int:
         """Failures remembered under `scope` for this model (train split only, as search sees them)."""
-        return self._state(scope)[0]
+        with self.store._read() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Reflection).where(self._where(scope))) or 0)
 
     # --- reading ---------------------------------------------------------------------------------------------
 
     def _where(self, scope: str) -> Any:
         return and_(Reflection.scope == scope, Reflection.model == self.model, Reflection.split == TRAIN)
 
-    def _state(self, scope: str) -> tuple[int, int]:
+    def _top(self, scope: str) -> int:
+        """The scope's highest seq: ORDER BY ... LIMIT 1 is one probe of the index on both backends."""
+        q = select(Reflection.seq).where(self._where(scope)).order_by(Reflection.seq.desc()).limit(1)
         with self.store._read() as conn:
-            n, top = conn.execute(select(func.count(), func.max(Reflection.seq)).where(self._where(scope))).one()
-        return int(n or 0), int(top or 0)
+            return int(conn.scalar(q) or 0)
 
     def _load(self, scope: str, after: int = 0) -> list[Any]:
         cols = (Reflection.seq, Reflection.task_id, Reflection.dim, Reflection.vector)
@@ -238,12 +249,14 @@ class ReflectionMemory:
     def _refresh(self, scope: str) -> _Matrix:
         """The cached vectors of `scope`, brought up to date with the store first (call under the lock)."""
         cached = self._cache.get(scope)
-        n, top = self._state(scope)
-        if cached is not None and cached.count == n and cached.max_seq == top:
-            return cached
+        top = self._top(scope)
         if cached is not None and top >= cached.max_seq:
-            cached.extend(self._load(scope, cached.max_seq))
-            if cached.count == n:
+            if top > cached.max_seq:
+                cached.extend(self._load(scope, cached.max_seq))
+            if time.monotonic() - cached.counted < self.recount_s:
+                return cached
+            if cached.count == self.count(scope):
+                cached.counted = time.monotonic()
                 return cached
         fresh = _Matrix()  # rows went away or arrived below the last one cached: read the scope again
         fresh.extend(self._load(scope))
@@ -262,16 +275,18 @@ class ReflectionMemory:
             if not m.count:
                 return []
             scores = m.vectors @ np.asarray(vector, dtype=np.float32)
-            masked = [m.codes[t] for t in exclude if t in m.codes]
-            if masked:
-                scores[np.isin(m.tasks, masked)] = -np.inf
+            for t in exclude:
+                if t in m.codes:
+                    scores[m.tasks == m.codes[t]] = -np.inf
             picked = _top_distinct(scores, m.tasks, k)
             if not picked:
                 return []
             by_seq = {int(m.seqs[i]): float(scores[i]) for i in picked}
         cols = (Reflection.seq, Reflection.episode_id, Reflection.task_id, Reflection.problem, Reflection.answer,
                 Reflection.critique)
-        q = select(*cols).where(self._where(scope), Reflection.seq.in_(list(by_seq)))
+        # By primary key (the seqs come from this scope's matrix); split and task are checked again here, so
+        # nothing held out or excluded is read back whatever the cache holds.
+        q = select(*cols).where(Reflection.seq.in_(list(by_seq)), Reflection.split == TRAIN)
         if exclude:
             q = q.where(Reflection.task_id.not_in(sorted(exclude)))
         with self.store._read() as conn:

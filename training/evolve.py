@@ -197,8 +197,10 @@ class Evolution:
             versions = dict(self.bases)
             for s, stage in enumerate(self.recipe.stages):  # cycle 0: where each trained role starts
                 if stage.train is not None:
+                    fresh = self.store.get_run(self.stage_run_id(1, s)) is None  # a resumed run tracked it already
                     await self._evaluate_version(self.bases[self.weights(stage.train.role)], s)
-                    self._track(0, s, self._model(self.bases[self.weights(stage.train.role)].id))
+                    if fresh:
+                        self._track(0, s, self._model(self.bases[self.weights(stage.train.role)].id))
             for k in range(1, cycles + 1):
                 for s in range(len(self.recipe.stages)):
                     versions = await self._stage(k, s, versions)

@@ -1,0 +1,103 @@
+"""Self-play throughput: policy moves/s with 64 games in flight against one game at a time (target >= 4x).
+
+Both run the self-play loop (agents/loops/selfplay.py) through the runner on TicTacToe tasks of the `games`
+task set, on the same engine, temperature 1.0, `--max-tokens` per move, RAE on with its in-memory baseline
+table (build_graph's default; nothing reaches a shared store), into a temporary SQLite store:
+
+  (a) in flight: `--rounds` x `--games` games, by default one per episode, `--games` in flight (runner
+      concurrency = `--games`; more episodes than slots, so a game that ends is replaced at once and about
+      `--games` stay live), and the hf engine coalesces the moves of the live games into batched `generate`
+      calls; with `--games-per-task` g > 1, episodes play g games side by side each (one batched call per move
+      per episode) and the concurrency is `--games` / g;
+  (b) serial:    `--serial-games` episodes of one game each, runner concurrency 1: one move in flight.
+
+(b) plays fewer games, since moves/s (policy moves / wall seconds, moves counted from the stored episodes'
+outcomes) does not depend on how many are played. TicTacToe games end early on an illegal or unparseable
+reply, so the moves per game differ from run to run; the rate is still per move. The mean engine batch of each
+run is printed too. One warm-up of each (one round of (a), two games of (b)), then
+`--pairs` interleaved pairs (alternating which goes first: the machine is shared); the headline is the median
+of the per-pair ratios. The loop always sends the game's rules as a system message (there is no option to
+drop it), also to the tiny model, which was pre-trained without one: its moves are mostly illegal, so its
+games are short, but the cost per move is what is measured.
+
+    .venv/bin/python bench/games.py --model smollm2-135m --games 64 --rounds 2 --serial-games 8 --pairs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from strop.agents.engines import load_engine
+from strop.agents.loops import selfplay
+from strop.agents.runner import Runner
+from strop.memory import Store
+from strop.memory.records import RunRecord, new_id
+from strop.sandbox.tasks import Split
+from strop.sandbox.tasks.games import GameTaskSet
+
+
+async def _run(engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int) -> tuple[int, float, float]:
+    """(policy moves, wall seconds, mean engine batch size) of one run."""
+    rows, batches = engine.stats.rows, engine.stats.batches
+    started = time.perf_counter()
+    res = await Runner(store, concurrency=concurrency, progress=False).run(
+        graph, tasks, RunRecord(id=new_id(), loop="bench"))
+    secs = time.perf_counter() - started
+    return res.samples, secs, (engine.stats.rows - rows) / max(1, engine.stats.batches - batches)
+
+
+async def main(args: argparse.Namespace) -> None:
+    if args.games % args.games_per_task:
+        raise SystemExit("--games must be a multiple of --games-per-task")
+    episodes = args.games // args.games_per_task
+    ts = GameTaskSet(games=("tictactoe",))
+    tasks = ts.tasks(Split.TRAIN, max(episodes * args.rounds, args.serial_games))
+    engine = load_engine(args.model)
+
+    def graph(games_per_task: int) -> Any:
+        return selfplay.build_graph(engine, selfplay.SelfPlayConfig(
+            games_per_task=games_per_task, temperature=1.0, max_tokens=args.max_tokens, rae=True))
+
+    modes = {"in-flight": (graph(args.games_per_task), tasks[:episodes * args.rounds], episodes),
+             "serial": (graph(1), tasks[:args.serial_games], 1)}
+    warm = {"in-flight": episodes, "serial": 2}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        for name, (g, ts_, conc) in modes.items():  # warm-up
+            moves, secs, batch = await _run(engine, store, g, ts_[:warm[name]], conc)
+            print(f"warm-up {name}: {moves} moves in {secs:.1f} s (mean batch {batch:.1f})", flush=True)
+        ratios = []
+        for p in range(args.pairs):
+            order = list(modes) if p % 2 == 0 else list(reversed(modes))
+            got = {}
+            for name in order:
+                g, ts_, conc = modes[name]
+                moves, secs, batch = await _run(engine, store, g, ts_, conc)
+                got[name] = (moves / secs, moves, secs, batch)
+            ratios.append(got["in-flight"][0] / got["serial"][0])
+            print(f"pair {p + 1}: " + ", ".join(
+                f"{n} {r:.2f} moves/s ({m} moves, {s:.1f} s, mean batch {b:.1f})" for n, (r, m, s, b) in got.items())
+                  + f", ratio {ratios[-1]:.2f}", flush=True)
+    await engine.close()
+    how = (f"{episodes} episodes x {args.games_per_task} games" if args.games_per_task > 1
+           else f"{episodes} episodes of 1 game")
+    print(f"median ratio {args.games} games in flight ({how}) / one game at a time, moves/s: "
+          f"{statistics.median(ratios):.2f} (target >= 4)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--games", type=int, default=64, help="Games in flight in (a).")
+    ap.add_argument("--rounds", type=int, default=2, help="(a) plays rounds x --games games, --games at a time.")
+    ap.add_argument("--games-per-task", type=int, default=1, help="Games per episode in (a) (default: one each).")
+    ap.add_argument("--serial-games", type=int, default=8, help="Games played one at a time in (b).")
+    ap.add_argument("--max-tokens", type=int, default=48, help="Most new tokens per move.")
+    ap.add_argument("--pairs", type=int, default=3)
+    asyncio.run(main(ap.parse_args()))

@@ -90,6 +90,7 @@ class _State(TypedDict, total=False):
     episode_id: str
     critique: dict[str, Any]
     step_labels: list[bool] | None
+    step_scores: list[float] | None
     fixed: bool
     episode: dict[str, Any]
 
@@ -104,7 +105,8 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
         c = await critic.critique(item.task, item.solution)
         final = c.corrected_solution or (item.solution if c.verdict == CritiqueVerdict.CORRECT else None)
         fixed = bool(final) and bool(item.task.answer) and answer_matches(item, final or "")
-        return {"critique": c.model_dump(mode="json"), "step_labels": c.step_labels, "fixed": fixed}
+        return {"critique": c.model_dump(mode="json"), "step_labels": c.step_labels, "step_scores": c.step_scores,
+                "fixed": fixed}
 
     def record(state: _State) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
@@ -118,7 +120,8 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
             id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME, reward=float(hit),
             outcome={"n": 1, "correct": int(hit), "pass": hit, "label": item.first_wrong_step,
                      "predicted": c.first_wrong_step, "verdict": str(c.verdict), "fixed": state["fixed"],
-                     "source": item.source, "step_labels": state.get("step_labels"), "examples": 0},
+                     "source": item.source, "step_labels": state.get("step_labels"),
+                     "step_scores": state.get("step_scores"), "examples": 0},
             steps=[StepRecord(id=sid, index=0, role="solution", text=item.solution,
                               metadata={"first_wrong_step": item.first_wrong_step, "source": item.source})],
             critiques=[CritiqueRecord(
@@ -179,12 +182,12 @@ def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution], *, st
     """ProcessBench and RealCritic scores of a finished critic-eval run, from its stored critiques; with
     `steps`, also step accuracy from the step labels each episode stored (a PRM's)."""
     pairs: list[tuple[LabelledSolution, Critique]] = []
-    labels: list[tuple[LabelledSolution, list[bool] | None]] = []
+    labels: list[tuple[LabelledSolution, list[bool] | None, list[float] | None]] = []
     for ep in store.list_episodes(run_id):
         if ep.task_id not in items or not ep.critiques:
             continue
         r = ep.critiques[0]
-        labels.append((items[ep.task_id], ep.outcome.get("step_labels")))
+        labels.append((items[ep.task_id], ep.outcome.get("step_labels"), ep.outcome.get("step_scores")))
         pairs.append((items[ep.task_id], Critique(
             verdict=CritiqueVerdict(r.verdict), first_wrong_step=r.first_wrong_step, text=r.text,
             corrected_solution=r.corrected_solution, critic_version=r.critic_version,
@@ -196,5 +199,6 @@ def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution], *, st
     scores.update(correction_acc=correction["correction_acc"], fixed=correction["fixed"], kept=correction["kept"],
                   n_correction=correction["n"])
     if steps:
-        scores.update(step_label_scores([i for i, _ in labels], [lab for _, lab in labels]))
+        scores.update(step_label_scores([i for i, _, _ in labels], [lab for _, lab, _ in labels],
+                                        [p for _, _, p in labels]))
     return scores

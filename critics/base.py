@@ -34,6 +34,9 @@ class Critique(BaseModel):
         None, description="The critic's judgement of each step (True = correct), when it judged every step."
     )
     score: float | None = Field(None, description="A probability of correctness, for critics that score (step scorers).")
+    step_scores: list[float] | None = Field(
+        None, description="P(correct) of each step, from a step scorer (PRM): what search and reranking rank by."
+    )
     parse_error: str | None = Field(None, description="Why the critic's output did not parse (unparsed critiques only).")
 
     @property

@@ -328,14 +328,18 @@ def processbench_scores(items: Sequence[LabelledSolution], critiques: Sequence[C
     }
 
 
-def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[bool] | None]) -> dict[str, Any]:
+def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[bool] | None],
+                      probs: Sequence[list[float] | None] | None = None) -> dict[str, Any]:
     """A PRM's step accuracy: its per-step right/wrong labels against the known ones.
 
     A step before the first wrong one is right, the first wrong step is wrong, and the steps after it carry
     no label (ProcessBench labels only the first error). Items whose labels are missing or of another length
     (an unparsed reply) count every labelled step as missed. step_acc: share of labelled steps judged
     right; step_acc_wrong: share of first wrong steps flagged, so a PRM that says Yes to everything does not
-    score well on a set where most steps are right.
+    score well on a set where most steps are right. With `probs` (each step's P(correct)), step_auc: the
+    chance that a labelled right step scores above a first wrong step (ties count half), over all items.
+    It ignores the threshold: search and reranking only rank, so a PRM can rank well while being badly
+    calibrated (say No to everything, more or less firmly). None when either class is missing.
     """
     hits = total = wrong_hits = wrong_total = 0
     for item, got in zip(items, labels, strict=True):
@@ -349,7 +353,20 @@ def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[b
             if not t:
                 wrong_hits += hit
                 wrong_total += 1
-    return {"step_acc": _share(hits, total), "step_acc_wrong": _share(wrong_hits, wrong_total), "n_steps": total}
+    out: dict[str, Any] = {"step_acc": _share(hits, total), "step_acc_wrong": _share(wrong_hits, wrong_total),
+                           "n_steps": total}
+    if probs is not None:
+        right: list[float] = []
+        wrong: list[float] = []
+        for item, p in zip(items, probs, strict=True):
+            if p is None or len(p) != len(item.steps):
+                continue  # unparsed: no scores to rank
+            n = item.first_wrong_step or len(item.steps)
+            right += p[: n - 1] if item.first_wrong_step else p[:n]
+            wrong += [p[n - 1]] if item.first_wrong_step else []
+        pairs = len(right) * len(wrong)
+        out["step_auc"] = (sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / pairs) if pairs else None
+    return out
 
 
 def answer_matches(item: LabelledSolution, text: str) -> bool:

@@ -71,7 +71,7 @@ class StepScorer:
         return Critique(
             verdict=CritiqueVerdict.CORRECT if first is None else CritiqueVerdict.INCORRECT,
             reward=min(probs), score=min(probs), first_wrong_step=first, text=text,
-            step_labels=[p >= self.threshold for p in probs], critic_version=self.version,
+            step_labels=[p >= self.threshold for p in probs], step_scores=probs, critic_version=self.version,
         )
 
 

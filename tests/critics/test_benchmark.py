@@ -403,6 +403,13 @@ def test_step_label_scores_by_hand() -> None:
     # Saying Yes to everything gets every right step and no wrong one.
     yes = step_label_scores(items, [[True] * 3 for _ in items])
     assert yes["step_acc_wrong"] == 0.0 and yes["step_acc"] == pytest.approx(6 / 9)
+    # AUC ranks: right steps (0.9, 0.4 | 0.8, 0.6, 0.2 | 0.7, 0.3) against first wrong ones (0.5 | 0.1 | 0.7).
+    probs = [[0.9, 0.5, 0.0], [0.8, 0.6, 0.2], [0.1, 0.9, 0.9], [0.7, 0.3, 0.7]]
+    auc = step_label_scores(items, labels, probs)["step_auc"]
+    right, wrong = [0.9, 0.8, 0.6, 0.2, 0.7, 0.3], [0.5, 0.1, 0.7]
+    want = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / 18
+    assert auc == pytest.approx(want) and 0.5 < auc < 1.0
+    assert step_label_scores(items, labels, [None] * 4)["step_auc"] is None  # nothing to rank
 
 
 def test_correction_scores_by_hand() -> None:

@@ -101,11 +101,12 @@ def _report(name: str, label: str, res: Any) -> None:
     if res.kind == "prm":
         table = Table(title=f"{name} as a process reward model on {label} ({res.n_items} labelled solutions)")
         for col in ("F1", "first wrong step found", "right accepted", "step accuracy", "wrong steps flagged",
-                    "unparsed"):
+                    "step AUC", "unparsed"):
             table.add_column(col)
+        auc = s.get("step_auc")
         table.add_row(pct("f1"), f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
                       f"{pct('acc_correct')} of {s.get('n_correct')}", f"{pct('step_acc')} of {s.get('n_steps')}",
-                      pct("step_acc_wrong"), str(s.get("unparsed")))
+                      pct("step_acc_wrong"), "-" if auc is None else f"{auc:.3f}", str(s.get("unparsed")))
     else:
         table = Table(title=f"{name} as a critic on {label} ({res.n_items} labelled solutions)")
         for col in ("F1", "first wrong step found", "right accepted", "correction", "wrong fixed", "right kept",

@@ -90,6 +90,20 @@ class _LoopState:
     task: asyncio.Task[None]
 
 
+def length_groups(rows: list[_Row]) -> list[list[_Row]]:
+    """Split a batch into groups of like length, shortest first.
+
+    `generate` runs a batch until its last row stops, so a 10-token step that ends at a newline, batched with
+    a 64-token rollout, holds its slot for 54 empty steps. Rows are grouped by whether they stop at a string
+    and by their max_tokens' power of two; a workload of one kind (best-of-N) stays one batch, a mixed one
+    (MCTS: steps and rollouts) runs as a few, and the short group's callers get their answers first.
+    """
+    groups: dict[tuple[bool, int], list[_Row]] = {}
+    for r in rows:
+        groups.setdefault((bool(r.sampling.stop), r.sampling.max_tokens.bit_length()), []).append(r)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]
+
+
 def _check_model_folder(path: Path, what: str) -> None:
     if not path.exists():
         raise EngineError(f"no {what} folder at {path}: {_MISSING_MODEL_FIX}")
@@ -313,21 +327,20 @@ class HFEngine:
                 except TimeoutError:
                     break
             batch = [r for r in batch if not r.future.done()]  # callers that were cancelled
-            if not batch:
-                continue
-            try:
-                async with self._gate_lock():
-                    results = await loop.run_in_executor(self._executor, self._run_batch, batch)
-            except Exception as e:  # handed to every waiting caller, never swallowed
-                for row in batch:
+            for group in length_groups(batch):
+                try:
+                    async with self._gate_lock():
+                        results = await loop.run_in_executor(self._executor, self._run_batch, group)
+                except Exception as e:  # handed to every waiting caller, never swallowed
+                    for row in group:
+                        if not row.future.done():
+                            row.future.set_exception(
+                                e if isinstance(e, EngineError) else EngineError(f"generation failed: {e!r}")
+                            )
+                    continue
+                for row, completion in zip(group, results, strict=True):
                     if not row.future.done():
-                        row.future.set_exception(
-                            e if isinstance(e, EngineError) else EngineError(f"generation failed: {e!r}")
-                        )
-                continue
-            for row, completion in zip(batch, results, strict=True):
-                if not row.future.done():
-                    row.future.set_result(completion)
+                        row.future.set_result(completion)
 
     def _run_batch(self, rows: list[_Row]) -> list[Completion]:
         """Runs on the worker thread: one `generate` call over all rows."""

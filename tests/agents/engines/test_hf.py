@@ -232,3 +232,23 @@ async def test_an_http_engine_refuses_token_context_naming_the_fix() -> None:
     request = GenerationRequest(messages=[Message(role="user", content="x")], context_token_ids=[1])
     with pytest.raises(EngineError, match="token_context = false"):
         await engine.generate([request])
+
+
+async def test_steps_and_rollouts_run_as_separate_batches_shortest_first(engine: HFEngine) -> None:
+    """A mixed batch splits by length class: the stop-at-newline steps do not wait for 64-token rollouts."""
+    from strop.agents.engines.hf import length_groups
+
+    def row(max_tokens: int, stop: list[str]) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sampling=SimpleNamespace(max_tokens=max_tokens, stop=stop))
+
+    rows = [row(64, []), row(32, ["\n"]), row(96, []), row(32, ["\n"]), row(8, [])]
+    groups = length_groups(rows)  # type: ignore[arg-type]
+    assert [[r.sampling.max_tokens for r in g] for g in groups] == [[8], [32, 32], [64, 96]]
+    assert len(length_groups([row(48, []) for _ in range(5)])) == 1  # one kind of work stays one batch
+
+    before = engine.stats.batches
+    step, rollout = _chat("What is 1 + 2?", n=3, max_tokens=24, stop=["\n"]), _chat("What is 3 + 4?", max_tokens=64)
+    out = await engine.generate([step, rollout])
+    assert engine.stats.batches - before == 2 and len(out[0]) == 3 and len(out[1]) == 1

@@ -64,12 +64,13 @@ def test_eval_critic_as_a_prm_scores_every_step(tiny_model_path: Path, tmp_path:
     out = CliRunner().invoke(app, ["eval-critic", "--critic", "tiny", "-o", "steps=2", "--n-items", "6", "--prm",
                                    "--db", db])
     assert out.exit_code == 0, out.output
-    assert "step accuracy" in out.output and "arithmetic[steps=2]/prm/" in out.output
+    assert "process reward model" in out.output and "arithmetic[steps=2]/prm/" in out.output
     store = Store(db)
     metrics = store.get_model("tiny").metrics
     prefix = "arithmetic[steps=2]/prm"
     assert metrics[f"{prefix}/n_tasks"] == 6 and 0.0 <= metrics[f"{prefix}/step_acc"] <= 1.0
     assert metrics[f"{prefix}/n_steps"] >= 6  # each item has at least one labelled step
+    assert "AUC" in out.output  # the ranking column (headers wrap in a narrow terminal)
     assert not any(k.startswith("arithmetic[steps=2]/critic/") for k in metrics)  # a PRM's scores stay apart
     [run] = [r for r in store.list_runs() if r.loop == "critic_eval"]
     episodes = store.list_episodes(run.id)

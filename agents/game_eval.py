@@ -28,7 +28,7 @@ from strop.agents.loops.base import stable_id
 from strop.agents.loops.selfplay import FIXED_OPPONENTS, LOOP_NAME, SelfPlayConfig, build_graph
 from strop.agents.runner import Runner
 from strop.memory.records import RunRecord
-from strop.sandbox.games import MoveOutcome, Opponent, SeatView, SeriesResult, make_game, play_game
+from strop.sandbox.games import Opponent, SeatView, SeriesResult, make_game, play_game
 from strop.sandbox.tasks.base import Split, TaskSet
 from strop.sandbox.tasks.games import game_label
 
@@ -200,19 +200,7 @@ async def play_match(game: str, a: Opponent, b: Opponent, n_games: int, *, seed:
 
     out = SeriesResult()
     for a_seat, result in await asyncio.gather(*(one(i) for i in range(n_games))):
-        out.games += 1
-        out.first_seat_wins += result.winner == 0
-        if result.winner is None:
-            out.draws += 1
-        elif result.winner == a_seat:
-            out.wins += 1
-        else:
-            out.losses += 1
-        if result.forfeit in (MoveOutcome.ILLEGAL, MoveOutcome.UNPARSEABLE):
-            if result.forfeited_by == a_seat:
-                out.forfeits += 1
-            else:
-                out.opponent_forfeits += 1
+        out.add(result, a_seat)
     return out
 
 

@@ -64,6 +64,22 @@ class SeriesResult(BaseModel):
     opponent_forfeits: int = Field(0, description="Games B lost by an illegal or unparseable move.")
     first_seat_wins: int = Field(0, description="Games won by seat 0, whoever sat there.")
 
+    def add(self, result: GameResult, a_seat: int) -> None:
+        """Count one finished game in which A sat in `a_seat`."""
+        self.games += 1
+        self.first_seat_wins += result.winner == 0
+        if result.winner is None:
+            self.draws += 1
+        elif result.winner == a_seat:
+            self.wins += 1
+        else:
+            self.losses += 1
+        if result.forfeit in (MoveOutcome.ILLEGAL, MoveOutcome.UNPARSEABLE):
+            if result.forfeited_by == a_seat:
+                self.forfeits += 1
+            else:
+                self.opponent_forfeits += 1
+
     @property
     def score(self) -> float:
         """Wins plus half the draws, per game: the figure Elo ratings are fitted to."""
@@ -78,17 +94,5 @@ async def play_series(game: str, a: Opponent, b: Opponent, n_games: int, seed: i
         a_seat = i % 2
         players = (a, b) if a_seat == 0 else (b, a)
         result = await play_game(make_game(game, seed + i, **options), players)
-        out.games += 1
-        out.first_seat_wins += result.winner == 0
-        if result.winner is None:
-            out.draws += 1
-        elif result.winner == a_seat:
-            out.wins += 1
-        else:
-            out.losses += 1
-        if result.forfeit in (MoveOutcome.ILLEGAL, MoveOutcome.UNPARSEABLE):
-            if result.forfeited_by == a_seat:
-                out.forfeits += 1
-            else:
-                out.opponent_forfeits += 1
+        out.add(result, a_seat)
     return out

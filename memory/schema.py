@@ -323,3 +323,28 @@ class SchedulerJob(Base):
     id: Mapped[str] = mapped_column(String(191), primary_key=True)
     next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
     job_state: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class WorkItem(Base):
+    """One episode of a run still to do, being done or done, for rollout workers on many hosts (queue.py).
+
+    `owner` and `expires_at` are the item's lease: a worker that stops renewing it (killed, hung, cut off)
+    loses it when `expires_at` passes and another worker claims it again. `attempts` counts claims, so an
+    episode that kills every worker that tries it ends as `failed` instead of circling forever."""
+
+    __tablename__ = "work_items"
+    __table_args__ = (
+        Index("ix_work_items_claim", "run_id", "state", "position"),  # the claim's scan, in enqueue order
+        Index("ix_work_items_owner", "owner", "state"),  # the heartbeat renews all of one owner's items
+    )
+    run_id: Mapped[str] = mapped_column(ID, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    episode_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the task, as plain data
+    state: Mapped[str] = mapped_column(String(16))  # todo | claimed | done | failed
+    owner: Mapped[str | None] = mapped_column(String(255))  # host:pid:uuid of the worker holding it
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -32,6 +32,7 @@ from strop.memory.errors import HeldoutLeakError, NotFoundError, StoreError
 from strop.memory.firings import FiringsMixin
 from strop.memory.group_commit import GroupCommitter
 from strop.memory.leases import LeasesMixin
+from strop.memory.queue import QueueMixin
 from strop.memory.records import (
     CritiqueRecord,
     EpisodeRecord,
@@ -49,7 +50,7 @@ from strop.memory.training_data import TrainingDataMixin
 HELDOUT = "heldout"
 
 
-class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, FiringsMixin):
+class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, FiringsMixin, QueueMixin):
     """The trajectory store. `Store()` opens $STROP_DB or ./strop.db; `Store("postgresql://...")` a server;
     `Store("runs/x.db")` a SQLite file. A brand-new database is created at the current schema; an older one
     is refused with the `strop db upgrade` command that fixes it."""
@@ -137,14 +138,7 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
 
     def _write_batch(self, episodes: Sequence[EpisodeRecord]) -> set[str]:
         """Returns the ids this call newly stored."""
-        for ep in episodes:
-            leaked = [ex.id for ex in ep.examples if str(ex.split) == HELDOUT]
-            if leaked:
-                raise HeldoutLeakError(
-                    f"episode {ep.id} (task {ep.task_id}) carries {len(leaked)} training example(s) from a "
-                    "held-out task: held-out tasks are for evaluation only. Run the loop on the train split, "
-                    "or drop the examples for evaluation runs."
-                )
+        self._refuse_heldout(episodes)
         if not episodes:
             return set()
         unique = list({ep.id: ep for ep in reversed(episodes)}.values())[::-1]  # same id twice: write the first
@@ -181,6 +175,17 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
                 f"episode {unique[0].id} could not be written: {getattr(exc, 'orig', exc)}. A step, critique or example id in it "
                 "is already used by another episode; ids must be unique (records.new_id() makes them)."
             ) from exc
+
+    @staticmethod
+    def _refuse_heldout(episodes: Sequence[EpisodeRecord]) -> None:
+        for ep in episodes:
+            leaked = [ex.id for ex in ep.examples if str(ex.split) == HELDOUT]
+            if leaked:
+                raise HeldoutLeakError(
+                    f"episode {ep.id} (task {ep.task_id}) carries {len(leaked)} training example(s) from a "
+                    "held-out task: held-out tasks are for evaluation only. Run the loop on the train split, "
+                    "or drop the examples for evaluation runs."
+                )
 
     def _insert_episodes(self, conn: Connection, new: Sequence[EpisodeRecord]) -> set[str]:
         if not new:

@@ -97,20 +97,35 @@ class CompletedWork(BaseModel):
     """What `complete_work` did with each episode it was given."""
 
     written: set[str] = Field(default_factory=set, description="Episodes written and marked done now.")
-    lost: set[str] = Field(default_factory=set, description="Items this worker no longer held (nothing written).")
-    existing: set[str] = Field(default_factory=set, description="Episodes already stored; the item is marked done.")
+    lost: set[str] = Field(
+        default_factory=set, description="Items this worker no longer held (nothing written)."
+    )
+    existing: set[str] = Field(
+        default_factory=set, description="Episodes already stored; the item is marked done."
+    )
 
 
 def _record(row: Any) -> WorkItemRecord:
-    return WorkItemRecord(run_id=row.run_id, episode_id=row.episode_id, position=row.position, task_id=row.task_id,
-                          payload=row.payload, state=row.state, owner=row.owner, expires_at=utc(row.expires_at),
-                          attempts=row.attempts, error=row.error)
+    return WorkItemRecord(
+        run_id=row.run_id,
+        episode_id=row.episode_id,
+        position=row.position,
+        task_id=row.task_id,
+        payload=row.payload,
+        state=row.state,
+        owner=row.owner,
+        expires_at=utc(row.expires_at),
+        attempts=row.attempts,
+        error=row.error,
+    )
 
 
 class QueueMixin(StoreCore):
     if TYPE_CHECKING:
+
         def _insert_episodes(self, conn: Connection, new: Sequence[EpisodeRecord]) -> set[str]: ...
         def _refuse_heldout(self, episodes: Sequence[EpisodeRecord]) -> None: ...
+
         _integrity_errors: tuple[type[Exception], ...]
 
     def _now(self) -> Any:
@@ -126,25 +141,50 @@ class QueueMixin(StoreCore):
         """Add (episode id, task id, task payload) items to a run's queue, in order; items already queued are
         left as they are (idempotent), and items whose episode is already stored start `done`. Returns how many
         were new."""
-        rows = [{"run_id": run_id, "episode_id": eid, "position": i, "task_id": tid, "payload": payload,
-                 "state": str(WorkState.TODO), "attempts": 0} for i, (eid, tid, payload) in enumerate(items)]
+        rows = [
+            {
+                "run_id": run_id,
+                "episode_id": eid,
+                "position": i,
+                "task_id": tid,
+                "payload": payload,
+                "state": str(WorkState.TODO),
+                "attempts": 0,
+            }
+            for i, (eid, tid, payload) in enumerate(items)
+        ]
         added = 0
         with self._write() as conn:
             if conn.scalar(select(Run.id).where(Run.id == run_id)) is None:
-                raise NotFoundError(f"run {run_id!r} is not in the store; create_run(RunRecord) before enqueueing")
+                raise NotFoundError(
+                    f"run {run_id!r} is not in the store; create_run(RunRecord) before enqueueing"
+                )
             now = utcnow()
             for part in chunks(rows, 2000):
-                stmt = self._insert(WorkItem.__table__).on_conflict_do_nothing(index_elements=["run_id", "episode_id"])
-                added += len(conn.execute(stmt.returning(WorkItem.__table__.c.episode_id),
-                                          [{**r, "updated_at": now} for r in part]).all())
+                stmt = self._insert(WorkItem.__table__).on_conflict_do_nothing(
+                    index_elements=["run_id", "episode_id"]
+                )
+                added += len(
+                    conn.execute(
+                        stmt.returning(WorkItem.__table__.c.episode_id),
+                        [{**r, "updated_at": now} for r in part],
+                    ).all()
+                )
             stored = select(Episode.id).where(Episode.run_id == run_id)
-            conn.execute(update(WorkItem).where(WorkItem.run_id == run_id, WorkItem.state == str(WorkState.TODO),
-                                                WorkItem.episode_id.in_(stored))
-                         .values(state=str(WorkState.DONE), updated_at=now))
+            conn.execute(
+                update(WorkItem)
+                .where(
+                    WorkItem.run_id == run_id,
+                    WorkItem.state == str(WorkState.TODO),
+                    WorkItem.episode_id.in_(stored),
+                )
+                .values(state=str(WorkState.DONE), updated_at=now)
+            )
         return added
 
-    def claim_work(self, run_id: str, owner: str, ttl: float, limit: int, *,
-                   max_attempts: int = 3) -> list[WorkItemRecord]:
+    def claim_work(
+        self, run_id: str, owner: str, ttl: float, limit: int, *, max_attempts: int = 3
+    ) -> list[WorkItemRecord]:
         """Claim up to `limit` items of a run for `owner` for `ttl` seconds: `todo` ones, and claimed ones whose
         lease expired with attempts left. Concurrent claimers get disjoint items and never wait on each other
         (SKIP LOCKED); an empty list means nothing is claimable now (see `work_counts` for why)."""
@@ -153,14 +193,29 @@ class QueueMixin(StoreCore):
             now = self._now()
             # A materialized CTE, not `IN (sub-select)`: PostgreSQL may run an IN's sub-select once per row it
             # scans, and each run with LIMIT and SKIP LOCKED would lock another batch.
-            pick = (select(w.episode_id).where(w.run_id == run_id, self._claimable(now, max_attempts))
-                    .order_by(w.position).limit(limit).with_for_update(skip_locked=True)
-                    .cte("pick").prefix_with("MATERIALIZED", dialect="postgresql"))
-            stmt = (update(w).where(w.run_id == run_id, w.episode_id == pick.c.episode_id,
-                                    self._claimable(now, max_attempts))
-                    .values(state=str(WorkState.CLAIMED), owner=owner, expires_at=now + timedelta(seconds=ttl),
-                            attempts=w.attempts + 1, updated_at=now)
-                    .returning(*w.__table__.c))
+            pick = (
+                select(w.episode_id)
+                .where(w.run_id == run_id, self._claimable(now, max_attempts))
+                .order_by(w.position)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .cte("pick")
+                .prefix_with("MATERIALIZED", dialect="postgresql")
+            )
+            stmt = (
+                update(w)
+                .where(
+                    w.run_id == run_id, w.episode_id == pick.c.episode_id, self._claimable(now, max_attempts)
+                )
+                .values(
+                    state=str(WorkState.CLAIMED),
+                    owner=owner,
+                    expires_at=now + timedelta(seconds=ttl),
+                    attempts=w.attempts + 1,
+                    updated_at=now,
+                )
+                .returning(*w.__table__.c)
+            )
             got = [_record(r) for r in conn.execute(stmt)]
         return sorted(got, key=lambda r: r.position)
 
@@ -169,9 +224,11 @@ class QueueMixin(StoreCore):
         Items taken over by another worker are no longer its own and are left alone."""
         with self._write() as conn:
             now = self._now()
-            return conn.execute(update(WorkItem).where(WorkItem.owner == owner,
-                                                       WorkItem.state == str(WorkState.CLAIMED))
-                                .values(expires_at=now + timedelta(seconds=ttl))).rowcount
+            return conn.execute(
+                update(WorkItem)
+                .where(WorkItem.owner == owner, WorkItem.state == str(WorkState.CLAIMED))
+                .values(expires_at=now + timedelta(seconds=ttl))
+            ).rowcount
 
     def complete_work(self, owner: str, episodes: Sequence[EpisodeRecord]) -> CompletedWork:
         """Write finished episodes and mark their items done, in ONE transaction, for the items `owner` still
@@ -197,30 +254,49 @@ class QueueMixin(StoreCore):
         out.lost = {ep.id for ep in episodes} - out.written - out.existing
         return out
 
-    def _mark_done(self, conn: Connection, owner: str, by_run: dict[str, dict[str, EpisodeRecord]]) -> set[str]:
+    def _mark_done(
+        self, conn: Connection, owner: str, by_run: dict[str, dict[str, EpisodeRecord]]
+    ) -> set[str]:
         mine: set[str] = set()
         for run_id, eps in by_run.items():
             for ids in chunks(list(eps)):
-                stmt = (update(WorkItem).where(WorkItem.run_id == run_id, WorkItem.episode_id.in_(ids),
-                                               WorkItem.owner == owner, WorkItem.state == str(WorkState.CLAIMED))
-                        .values(state=str(WorkState.DONE), expires_at=None, error=None, updated_at=self._now())
-                        .returning(WorkItem.episode_id))
+                stmt = (
+                    update(WorkItem)
+                    .where(
+                        WorkItem.run_id == run_id,
+                        WorkItem.episode_id.in_(ids),
+                        WorkItem.owner == owner,
+                        WorkItem.state == str(WorkState.CLAIMED),
+                    )
+                    .values(state=str(WorkState.DONE), expires_at=None, error=None, updated_at=self._now())
+                    .returning(WorkItem.episode_id)
+                )
                 mine.update(conn.scalars(stmt))
         return mine
 
-    def release_work(self, owner: str, run_id: str, episode_id: str, error: str | None = None, *,
-                     max_attempts: int = 3) -> WorkState | None:
+    def release_work(
+        self, owner: str, run_id: str, episode_id: str, error: str | None = None, *, max_attempts: int = 3
+    ) -> WorkState | None:
         """Give an item back after its episode raised: `todo` again while it has attempts left, else `failed`
         with the error kept. Returns the new state, or None when `owner` no longer held it."""
         w = WorkItem
         with self._write() as conn:
-            row = conn.execute(select(w.attempts).where(w.run_id == run_id, w.episode_id == episode_id,
-                                                        w.owner == owner, w.state == str(WorkState.CLAIMED))).one_or_none()
+            row = conn.execute(
+                select(w.attempts).where(
+                    w.run_id == run_id,
+                    w.episode_id == episode_id,
+                    w.owner == owner,
+                    w.state == str(WorkState.CLAIMED),
+                )
+            ).one_or_none()
             if row is None:
                 return None
             state = WorkState.FAILED if row.attempts >= max_attempts else WorkState.TODO
-            conn.execute(update(w).where(w.run_id == run_id, w.episode_id == episode_id, w.owner == owner)
-                         .values(state=str(state), owner=None, expires_at=None, error=error, updated_at=self._now()))
+            conn.execute(
+                update(w)
+                .where(w.run_id == run_id, w.episode_id == episode_id, w.owner == owner)
+                .values(state=str(state), owner=None, expires_at=None, error=error, updated_at=self._now())
+            )
         return state
 
     def fail_exhausted_work(self, run_id: str, max_attempts: int = 3) -> int:
@@ -230,27 +306,41 @@ class QueueMixin(StoreCore):
         with self._write() as conn:
             now = self._now()
             return conn.execute(
-                update(w).where(w.run_id == run_id, w.state == str(WorkState.CLAIMED), w.expires_at < now,
-                                w.attempts >= max_attempts)
-                .values(state=str(WorkState.FAILED), owner=None, updated_at=now,
-                        error=f"its lease expired {max_attempts} times: each worker that ran it died or stalled "
-                              "(out of memory? a hung engine?); fix the cause, then requeue_failed / run again")
+                update(w)
+                .where(
+                    w.run_id == run_id,
+                    w.state == str(WorkState.CLAIMED),
+                    w.expires_at < now,
+                    w.attempts >= max_attempts,
+                )
+                .values(
+                    state=str(WorkState.FAILED),
+                    owner=None,
+                    updated_at=now,
+                    error=f"its lease expired {max_attempts} times: each worker that ran it died or stalled "
+                    "(out of memory? a hung engine?); fix the cause, then requeue_failed / run again",
+                )
             ).rowcount
 
     def requeue_failed(self, run_id: str) -> int:
         """Failed items back to `todo` with their attempts reset (a rerun after fixing what failed them)."""
         with self._write() as conn:
-            return conn.execute(update(WorkItem).where(WorkItem.run_id == run_id,
-                                                       WorkItem.state == str(WorkState.FAILED))
-                                .values(state=str(WorkState.TODO), attempts=0, updated_at=utcnow())).rowcount
+            return conn.execute(
+                update(WorkItem)
+                .where(WorkItem.run_id == run_id, WorkItem.state == str(WorkState.FAILED))
+                .values(state=str(WorkState.TODO), attempts=0, updated_at=utcnow())
+            ).rowcount
 
     def work_counts(self, run_id: str) -> WorkCounts:
         w = WorkItem
         with self._read() as conn:
             now = self._now()
             counts = WorkCounts()
-            q = (select(w.state, func.count(), func.sum(case((w.expires_at < now, 1), else_=0)))
-                 .where(w.run_id == run_id).group_by(w.state))
+            q = (
+                select(w.state, func.count(), func.sum(case((w.expires_at < now, 1), else_=0)))
+                .where(w.run_id == run_id)
+                .group_by(w.state)
+            )
             for state, n, expired in conn.execute(q):
                 setattr(counts, str(state), int(n))
                 if state == str(WorkState.CLAIMED):
@@ -266,9 +356,12 @@ class QueueMixin(StoreCore):
 
     def open_work_runs(self) -> list[str]:
         """Runs with items left to do or in progress, oldest enqueued first: what `strop worker` serves."""
-        q = (select(WorkItem.run_id, func.min(WorkItem.updated_at).label("since"))
-             .where(WorkItem.state.in_([str(WorkState.TODO), str(WorkState.CLAIMED)]))
-             .group_by(WorkItem.run_id).order_by("since"))
+        q = (
+            select(WorkItem.run_id, func.min(WorkItem.updated_at).label("since"))
+            .where(WorkItem.state.in_([str(WorkState.TODO), str(WorkState.CLAIMED)]))
+            .group_by(WorkItem.run_id)
+            .order_by("since")
+        )
         with self._read() as conn:
             return [r.run_id for r in conn.execute(q)]
 

@@ -3,82 +3,48 @@
 Every choice also carries `token_ids`, and the response `prompt_token_ids` (the field names vLLM uses), so
 a strop client (the `openai` backend) can train on exactly what was sampled. Bad input answers 400 with an
 OpenAI-style error naming the field; a prompt over the context window answers 400 with code
-`prompt_too_long`, which the `openai` backend turns back into PromptTooLongError.
+`prompt_too_long`, which the `openai` backend turns back into PromptTooLongError. A parameter strop does not
+implement answers 400 naming it (server_api.py); a model name the server does not serve answers 404
+`model_not_found`; a full queue answers 429 with Retry-After, so load sheds at the door instead of piling up.
+`stream=true` streams from the engine's own decode loop (server_stream.py). With a `RegistryFollower`
+(server_follow.py) the server follows a lineage's promoted version without a restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from strop.agents.engines.base import (
-    Completion,
-    Engine,
-    EngineError,
-    GenerationRequest,
-    Message,
-    PromptTooLongError,
-    SamplingParams,
+from strop.agents.engines.base import Engine, EngineError, GenerationRequest, PromptTooLongError
+from strop.agents.engines.streaming import StreamingEngine
+from strop.agents.server_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_response,
+    error_body,
+    text_response,
 )
+from strop.agents.server_stream import chunks
+
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "create_app"]
 
 
-class _Sampling(BaseModel):
-    """The OpenAI sampling fields strop honours; unknown fields (user, metadata...) are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = Field(None, description="Ignored beyond echoing: the server serves one model.")
-    n: int = Field(1, description="Completions per request.")
-    temperature: float = Field(1.0, description="0 is greedy.")
-    top_p: float = Field(1.0, description="Nucleus sampling mass.")
-    max_tokens: int | None = Field(None, description="Most new tokens (default 256).")
-    max_completion_tokens: int | None = Field(None, description="Newer name for max_tokens; wins if both.")
-    stop: str | list[str] | None = Field(None, description="Stop strings.")
-    seed: int | None = Field(None, description="Seed for reproducible sampling.")
-    stream: bool = Field(False, description="Streaming is not supported; true answers 400.")
-
-    def sampling(self, logprobs: bool) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        max_tokens = self.max_completion_tokens or self.max_tokens
-        return SamplingParams(
-            n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=stop,
-            seed=self.seed,
-            logprobs=logprobs,
-            **({"max_tokens": max_tokens} if max_tokens is not None else {}),
-        )
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: list[Message] = Field(description="The conversation.")
-    logprobs: bool = Field(False, description="Return per-token log-probs in choices[].logprobs.content.")
-    continue_final_message: bool = Field(
-        False, description="Continue the last assistant message (vLLM field)."
-    )
-    add_generation_prompt: bool = Field(
-        True, description="Accepted for vLLM compatibility; the turn is opened unless continue_final_message."
-    )
-
-
-class CompletionRequest(_Sampling):
-    prompt: str = Field(description="Raw prompt text, used without chat template.")
-    logprobs: int | None = Field(None, description="Any value returns the sampled tokens' log-probs.")
-
-
-def _error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, *, param: str | None = None, code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse(
-        status_code=status,
-        content={"error": {"message": message, "type": kind, "param": param, "code": code}},
-    )
+    if status == 429:
+        kind = "rate_limit_error"
+    return JSONResponse(status_code=status, content=error_body(message, kind=kind, param=param, code=code),
+                        headers=headers)
 
 
 def _validation_response(errors: list[Any]) -> JSONResponse:
@@ -92,147 +58,161 @@ def _validation_response(errors: list[Any]) -> JSONResponse:
     return _error(400, f"invalid request: {message}", param=field)
 
 
-def create_app(engine: Engine) -> FastAPI:
-    """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread."""
-    app = FastAPI(title="strop", description="OpenAI-compatible API over a strop engine.")
+class Admission:
+    """A bound on the completions (rows) queued or decoding at once; beyond it requests get 429.
+
+    Why rows, not requests: a request with n=16 costs the engine 16 rows. Without a bound, a burst grows the
+    engine's queue without limit and every client waits longer; with one, the excess is told to come back.
+    """
+
+    def __init__(self, max_rows: int, retry_after_s: int = 1) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_rows}")
+        self.max_rows = max_rows
+        self.retry_after_s = retry_after_s
+        self.rows = 0
+
+    def enter(self, rows: int) -> Callable[[], None] | None:
+        """A release function, or None when the queue is full."""
+        if self.rows + rows > self.max_rows and self.rows > 0:
+            return None
+        self.rows += rows
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.rows -= rows
+
+        return release
+
+
+def create_app(
+    engine: Engine, *, aliases: tuple[str, ...] = (), max_queue: int = 256, follower: Any = None,
+) -> FastAPI:
+    """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread or through ASGI.
+
+    aliases: more names the model answers to (with --follow, the lineage, which always means "the current
+    version"). max_queue: most rows queued or decoding before 429. follower: a RegistryFollower, started
+    and stopped with the app.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if follower is not None:
+            await follower.start()
+        try:
+            yield
+        finally:
+            if follower is not None:
+                await follower.stop()
+
+    app = FastAPI(title="strop", description="OpenAI-compatible API over a strop engine.", lifespan=lifespan)
+    admission = Admission(max_queue)
+    app.state.admission = admission
     created = int(time.time())
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(list(exc.errors()))
 
+    def names() -> list[str]:
+        return [engine.model_version, *aliases]
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": engine.model_version, "object": "model", "created": created, "owned_by": "strop"}
-            ],
-        }
+        root = aliases[0] if aliases else engine.model_version
+        data = [{"id": engine.model_version, "object": "model", "created": created, "owned_by": "strop",
+                 "root": root}]
+        return {"object": "list", "data": data}
 
-    async def _run(body: _Sampling, build: Any) -> Any:
-        if body.stream:
-            return _error(
-                400, "stream=true is not supported by strop serve: send stream=false", param="stream"
-            )
+    async def _run(body: ChatCompletionRequest | CompletionRequest, chat: bool, build: Any) -> Any:
+        refused = body.refused()
+        if refused is not None:
+            return _error(400, f"unsupported parameter `{refused[0]}`: {refused[1]}", param=refused[0],
+                          code="unsupported_parameter")
         try:
-            request = build()
-            [completions] = await engine.generate([request])
+            request: GenerationRequest = build()
         except ValidationError as e:
             return _validation_response(list(e.errors()))
+        if body.stream and not isinstance(engine, StreamingEngine):
+            return _error(400, f"the {type(engine).__name__} engine cannot stream: send stream=false",
+                          param="stream")
+        if body.model is not None and body.model not in names():
+            return _error(
+                404, f"The model `{body.model}` does not exist: this server serves "
+                f"{', '.join(repr(n) for n in names())} (see /v1/models)", param="model", code="model_not_found",
+            )
+        release = admission.enter(request.sampling.n)
+        if release is None:
+            return _error(
+                429, f"the server's queue is full ({admission.rows} completions queued or decoding, limit "
+                f"{admission.max_rows}): retry after {admission.retry_after_s} s, or start the server with a "
+                "larger --max-queue", code="queue_full", headers={"Retry-After": str(admission.retry_after_s)},
+            )
+        tokenizer = getattr(engine, "tokenizer", None)
+        if body.stream:
+            return await _stream(body, chat, request, release, tokenizer)
+        try:
+            [completions] = await engine.generate([request])
         except PromptTooLongError as e:
-            return _error(400, str(e), param="messages", code="prompt_too_long")
+            return _error(400, str(e), param="messages" if chat else "prompt", code="prompt_too_long")
         except EngineError as e:
             return _error(500, str(e))
-        return completions
+        finally:
+            release()
+        want = request.sampling.logprobs
+        return chat_response(completions, want, tokenizer) if chat else text_response(completions, want, tokenizer)
+
+    async def _stream(
+        body: Any, chat: bool, request: GenerationRequest, release: Callable[[], None], tokenizer: Any
+    ) -> Any:
+        events = engine.stream(request)  # type: ignore[attr-defined]
+        try:  # the first event before the status line, so a bad prompt is still a plain 400
+            first = await anext(events)
+        except PromptTooLongError as e:
+            release()
+            return _error(400, str(e), param="messages" if chat else "prompt", code="prompt_too_long")
+        except EngineError as e:
+            release()
+            return _error(500, str(e))
+        except BaseException:
+            release()
+            raise
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            chunks(first, events, chat=chat, logprobs=request.sampling.logprobs, include_usage=include_usage,
+                   tokenizer=tokenizer, release=release),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest) -> Any:
         def build() -> GenerationRequest:
+            if body.top_logprobs and not body.logprobs:
+                raise _field_error("top_logprobs", "top_logprobs needs logprobs=true")
             return GenerationRequest(
                 messages=body.messages,
-                sampling=body.sampling(body.logprobs),
+                sampling=body.sampling(body.logprobs, body.top_logprobs or 0),
                 continue_final=body.continue_final_message,
             )
 
-        result = await _run(body, build)
-        if isinstance(result, JSONResponse):
-            return result
-        return _chat_response(engine, result, body.logprobs, _tokenizer(engine))
+        return await _run(body, True, build)
 
     @app.post("/v1/completions", response_model=None)
     async def complete(body: CompletionRequest) -> Any:
-        want = body.logprobs is not None
-
         def build() -> GenerationRequest:
-            return GenerationRequest(prompt=body.prompt, sampling=body.sampling(want))
+            want = body.logprobs is not None
+            return GenerationRequest(prompt=body.prompt, sampling=body.sampling(want, body.logprobs or 0))
 
-        result = await _run(body, build)
-        if isinstance(result, JSONResponse):
-            return result
-        return _text_response(engine, result, want, _tokenizer(engine))
+        return await _run(body, False, build)
 
     return app
 
 
-def _tokenizer(engine: Engine) -> Any:
-    return getattr(engine, "tokenizer", None)
-
-
-def _token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
-    if tokenizer is None:
-        return [str(i) for i in ids]
-    return [tokenizer.decode([i]) for i in ids]
-
-
-def _usage(completions: list[Completion]) -> dict[str, int]:
-    prompt = len(completions[0].prompt_token_ids) if completions else 0
-    generated = sum(len(c.token_ids) for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
-
-
-def _chat_response(
-    engine: Engine, completions: list[Completion], logprobs: bool, tokenizer: Any
-) -> dict[str, Any]:
-    choices = []
-    for i, c in enumerate(completions):
-        lp: dict[str, Any] | None = None
-        if logprobs and c.logprobs is not None:
-            tokens = _token_strings(tokenizer, c.token_ids)
-            lp = {
-                "content": [
-                    {"token": t, "logprob": v, "bytes": list(t.encode()), "top_logprobs": []}
-                    for t, v in zip(tokens, c.logprobs, strict=False)
-                ]
-            }
-        choices.append(
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason.value,
-                "logprobs": lp,
-                "token_ids": c.token_ids,
-            }
-        )
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": engine.model_version,
-        "choices": choices,
-        "usage": _usage(completions),
-        "prompt_token_ids": completions[0].prompt_token_ids if completions else [],
-    }
-
-
-def _text_response(
-    engine: Engine, completions: list[Completion], logprobs: bool, tokenizer: Any
-) -> dict[str, Any]:
-    choices: list[dict[str, Any]] = []
-    for i, c in enumerate(completions):
-        lp = None
-        if logprobs and c.logprobs is not None:
-            lp = {
-                "tokens": _token_strings(tokenizer, c.token_ids),
-                "token_logprobs": c.logprobs,
-                "top_logprobs": None,
-                "text_offset": None,
-            }
-        choices.append(
-            {
-                "index": i,
-                "text": c.text,
-                "finish_reason": c.finish_reason.value,
-                "logprobs": lp,
-                "token_ids": c.token_ids,
-            }
-        )
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": engine.model_version,
-        "choices": choices,
-        "usage": _usage(completions),
-        "prompt_token_ids": completions[0].prompt_token_ids if completions else [],
-    }
+def _field_error(field: str, message: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "request", [{"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": ValueError(message)}}]
+    )

@@ -32,6 +32,15 @@ class SamplingParams(BaseModel):
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion (not included).")
     seed: int | None = Field(None, description="Seed for reproducible sampling; None draws one.")
     logprobs: bool = Field(True, description="Return the log-prob of each sampled token.")
+    top_logprobs: int = Field(
+        0, ge=0, le=20, description="Also return the k most likely tokens at each position (needs `logprobs`)."
+    )
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> SamplingParams:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=True")
+        return self
 
     @property
     def greedy(self) -> bool:
@@ -103,6 +112,10 @@ class Completion(BaseModel):
     matched_stop: str | None = Field(
         None, description="The stop string that ended it (not in `text`; its tokens are in `token_ids`); None when "
         "it ended at EOS or max_tokens, or the backend does not say.",
+    )
+    top_logprobs: list[dict[int, float]] | None = Field(
+        None, description="Per token of `token_ids`: the `top_logprobs` most likely token ids and their log-probs "
+        "(same distribution as `logprobs`); None unless asked for.",
     )
 
 

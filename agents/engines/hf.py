@@ -6,7 +6,7 @@ arrive within a short window (`batch_wait_ms`, at most `max_batch_size`) and dec
 worker thread. torch releases the GIL during the pass, so the event loop keeps scheduling episodes meanwhile.
 
 Why per-row sampling in a logits processor: requests in one batch may differ in temperature, top-p, seed and
-`max_tokens`. `_RowSampler` draws each row's next token with that row's own parameters and `torch.Generator`,
+`max_tokens`. `RowSampler` draws each row's next token with that row's own parameters and `torch.Generator`,
 records its log-prob, and hands `generate` a one-hot mask that greedy decoding then follows. So a mixed batch
 is still one `generate` call, and a seeded request draws from its own random stream whatever else shares its
 batch.
@@ -27,27 +27,31 @@ What is guaranteed:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import weakref
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
 
 from strop.agents.engines.base import (
     Completion,
     EngineError,
     FinishReason,
     GenerationRequest,
-    SamplingParams,
     as_requests,
     check_prompt_length,
     encode_prompt,
 )
+from strop.agents.engines.hf_rows import Row, RowSampler, RowStop, TokenUpdate, length_groups
+from strop.agents.engines.streaming import StreamEvent, TextDeltas
+
+__all__ = ["EngineStats", "HFEngine", "length_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ class EngineStats:
     batches: int = 0
     rows: int = 0
     tokens_generated: int = 0
+    adapter_swaps: int = 0  # reloads done as a LoRA swap on the base in memory
 
     @property
     def mean_batch_size(self) -> float:
@@ -73,35 +78,11 @@ class EngineStats:
 
 
 @dataclass
-class _Row:
-    """One completion to sample: a request expands into `n` rows."""
-
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    seed: int
-    future: asyncio.Future[Completion] = field(repr=False)
-
-
-@dataclass
 class _LoopState:
     """Queue and batcher task of one event loop (asyncio queues cannot cross loops)."""
 
-    queue: asyncio.Queue[_Row]
+    queue: asyncio.Queue[Row]
     task: asyncio.Task[None]
-
-
-def length_groups(rows: list[_Row]) -> list[list[_Row]]:
-    """Split a batch into groups of like length, shortest first.
-
-    `generate` runs a batch until its last row stops, so a 10-token step that ends at a newline, batched with
-    a 64-token rollout, holds its slot for 54 empty steps. Rows are grouped by whether they stop at a string
-    and by their max_tokens' power of two; a workload of one kind (best-of-N) stays one batch, a mixed one
-    (MCTS: steps and rollouts) runs as a few, and the short group's callers get their answers first.
-    """
-    groups: dict[tuple[bool, int], list[_Row]] = {}
-    for r in rows:
-        groups.setdefault((bool(r.sampling.stop), r.sampling.max_tokens.bit_length()), []).append(r)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]
 
 
 def _check_model_folder(path: Path, what: str) -> None:
@@ -153,6 +134,7 @@ class HFEngine:
         param = next(model.parameters())
         source = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
         engine._adopt(model, tokenizer, param.device, param.dtype, Path(source), None, model_version)
+        engine._owns_model = False  # a trainer's model: never unmerge or unwrap it here
         return engine
 
     def _init_runtime(self, max_batch_size: int, batch_wait_ms: float, device: str | None, dtype: str | None) -> None:
@@ -208,12 +190,15 @@ class HFEngine:
         if adapter_path is not None:
             from peft import PeftModel
 
-            # Merged for inference: one matmul per layer instead of base + low-rank; reload() reloads the base.
-            model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+            # Merged for inference (one matmul per layer instead of base + low-rank), but kept wrapped so that
+            # a reload to another adapter on this base can unmerge it instead of reading the base again.
+            model = PeftModel.from_pretrained(model, adapter_path)
+            model.merge_adapter()
         model.to(device).eval()
         # Left padding: decoder-only models continue from the last position of each row.
         tokenizer.padding_side = "left"
         self._adopt(model, tokenizer, device, dtype, model_path, adapter_path, model_version)
+        self._owns_model = True
 
     def _adopt(
         self, model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_path: Path,
@@ -251,15 +236,40 @@ class HFEngine:
     async def reload(
         self, model_path: str | Path, adapter_path: str | Path | None = None, model_version: str | None = None
     ) -> None:
-        """Swap in new weights (after a promotion). Waits for the batch in flight; queued rows use the new ones."""
+        """Swap in new weights (after a promotion). Waits for the batch in flight; queued rows use the new ones.
+
+        An adapter on the base already loaded (or the bare base after an adapter) is a LoRA swap: the old
+        adapter is unmerged and the new one merged, without reading the base again. Anything else loads anew.
+        """
+        base = Path(model_path).expanduser()
+        adapter = Path(adapter_path).expanduser() if adapter_path else None
+        swap = (
+            getattr(self, "_owns_model", False)
+            and base.resolve() == self.model_path.resolve()
+            and (adapter is not None or self.adapter_path is not None)
+        )
+        work = functools.partial(self._swap_adapter if swap else self._load, base, adapter, model_version)
         async with self._gate_lock():
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                self._load,
-                Path(model_path),
-                Path(adapter_path) if adapter_path else None,
-                model_version,
-            )
+            await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _swap_adapter(self, model_path: Path, adapter_path: Path | None, model_version: str | None) -> None:
+        """On the worker: unmerge the adapter in use (exact up to float rounding) and merge the new one."""
+        from peft import PeftModel
+
+        if adapter_path is not None:
+            _check_model_folder(adapter_path, "adapter")
+        model = self.model
+        if isinstance(model, PeftModel):
+            model.unmerge_adapter()
+            model = model.unload()  # the bare base, LoRA layers removed
+        if adapter_path is not None:
+            model = PeftModel.from_pretrained(model, adapter_path)
+            model.to(self.device).eval()
+            model.merge_adapter()
+        self.model = model
+        self.adapter_path = adapter_path
+        self._model_version = model_version or str(adapter_path or model_path)
+        self.stats.adapter_swaps += 1
 
     # ---------------------------------------------------------------------------------------------- prompts
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -271,29 +281,105 @@ class HFEngine:
 
     # ------------------------------------------------------------------------------------------- generation
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
-        """Queue every row of every request, then wait for all; rows from concurrent callers share batches."""
+        """Queue every row of every request, then wait for all; rows from concurrent callers share batches.
+
+        A caller that is cancelled (a client that went away) takes its rows out: those not started are skipped,
+        those being decoded stop at the next step.
+        """
+        requests = as_requests(requests)
+        encoded = [self._encode(r) for r in requests]  # validate everything before queueing anything
+        rows = [self._queue_rows(r, ids) for r, ids in zip(requests, encoded, strict=True)]
+        self.stats.requests += len(requests)
+        try:
+            return [list(await asyncio.gather(*(row.future for row in rs))) for rs in rows]
+        except asyncio.CancelledError:
+            _cancel([row for rs in rows for row in rs])
+            raise
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Yield each choice's tokens as the batch that decodes them draws them; see `streaming.StreamEvent`.
+
+        The rows join the same batches as `generate`'s (same seeds, same sampler), so the same request gives the
+        same text streamed or not. Closing the iterator (a client disconnect) stops decoding its rows.
+        """
+        [request] = as_requests([request])
+        ids = self._encode(request)
+        events: asyncio.Queue[tuple[int, str, TokenUpdate | None]] = asyncio.Queue()
+        rows = self._queue_rows(request, ids, sink=events.put_nowait)
+        self.stats.requests += 1
+        texts = [TextDeltas(self.tokenizer, set(self._eos_ids), request.sampling.stop) for _ in rows]
+        want_lp, want_top = request.sampling.logprobs, request.sampling.top_logprobs > 0
+        left = len(rows)
+        try:
+            while left:
+                items = [await events.get()]
+                while not events.empty():  # a slow reader gets several steps in one event, not a backlog
+                    items.append(events.get_nowait())
+                for event in self._merge(items, rows, texts, want_lp, want_top):
+                    if event.completion is not None:
+                        left -= 1
+                    yield event
+        finally:
+            _cancel(rows)
+
+    @staticmethod
+    def _merge(
+        items: list[tuple[int, str, TokenUpdate | None]], rows: list[Row], texts: list[TextDeltas],
+        want_lp: bool, want_top: bool,
+    ) -> list[StreamEvent]:
+        """One event per choice for consecutive tokens, then its final event once its row is done."""
+        out: list[StreamEvent] = []
+        pending: dict[int, StreamEvent] = {}
+        for index, version, update in items:
+            if update is not None:
+                token, logprob, top = update
+                ev = pending.get(index)
+                if ev is None or ev.model_version != version:
+                    if ev is not None:
+                        out.append(ev)
+                    ev = pending[index] = StreamEvent(
+                        index, version, logprobs=[] if want_lp else None, top_logprobs=[] if want_top else None
+                    )
+                ev.token_ids.append(token)
+                if ev.logprobs is not None:
+                    ev.logprobs.append(logprob)
+                if ev.top_logprobs is not None:
+                    ev.top_logprobs.append(top or {})
+                continue
+            if index in pending:
+                out.append(pending.pop(index))
+            completion = rows[index].future.result()  # raises the engine's error, if any
+            out.append(StreamEvent(index, completion.model_version, completion=completion))
+        out.extend(pending.values())
+        for ev in out:
+            ev.text = texts[ev.index].finish(ev.completion.text) if ev.completion else texts[ev.index].push(ev.token_ids)
+        return out
+
+    def _encode(self, request: GenerationRequest) -> list[int]:
         if self._closed:
             raise EngineError("this engine is closed: create a new one with agents.engines.load_engine(...)")
-        requests = as_requests(requests)
+        ids = self.prompt_ids(request)
+        self._check_length(len(ids), request.sampling.max_tokens)
+        return ids
+
+    def _queue_rows(
+        self, request: GenerationRequest, ids: list[int],
+        sink: Callable[[tuple[int, str, TokenUpdate | None]], None] | None = None,
+    ) -> list[Row]:
         loop = asyncio.get_running_loop()
-        encoded: list[list[int]] = []
-        for request in requests:  # validate everything before queueing anything
-            ids = self.prompt_ids(request)
-            self._check_length(len(ids), request.sampling.max_tokens)
-            encoded.append(ids)
         state = self._loop_state(loop)
-        futures: list[list[asyncio.Future[Completion]]] = []
-        for request, ids in zip(requests, encoded, strict=True):
-            s = request.sampling
-            base_seed = s.seed if s.seed is not None else random.getrandbits(62)
-            row_futures = []
-            for k in range(s.n):
-                fut: asyncio.Future[Completion] = loop.create_future()
-                state.queue.put_nowait(_Row(ids, s, base_seed + k, fut))
-                row_futures.append(fut)
-            futures.append(row_futures)
-        self.stats.requests += len(requests)
-        return [list(await asyncio.gather(*fs)) for fs in futures]
+        s = request.sampling
+        base_seed = s.seed if s.seed is not None else random.getrandbits(62)
+        rows = []
+        for k in range(s.n):
+            fut: asyncio.Future[Completion] = loop.create_future()
+            row = Row(ids, s, base_seed + k, fut)
+            if sink is not None:
+                row.sink = functools.partial(_to_sink, sink, k)
+                fut.add_done_callback(functools.partial(_end_of_row, sink, k))
+            state.queue.put_nowait(row)
+            rows.append(row)
+        return rows
 
     def _gate_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -305,12 +391,12 @@ class HFEngine:
     def _loop_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
         state = self._loops.get(loop)
         if state is None or state.task.done():
-            queue: asyncio.Queue[_Row] = asyncio.Queue()
+            queue: asyncio.Queue[Row] = asyncio.Queue()
             state = _LoopState(queue, loop.create_task(self._batch_loop(queue), name="strop-hf-batcher"))
             self._loops[loop] = state
         return state
 
-    async def _batch_loop(self, queue: asyncio.Queue[_Row]) -> None:
+    async def _batch_loop(self, queue: asyncio.Queue[Row]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
@@ -342,7 +428,7 @@ class HFEngine:
                     if not row.future.done():
                         row.future.set_result(completion)
 
-    def _run_batch(self, rows: list[_Row]) -> list[Completion]:
+    def _run_batch(self, rows: list[Row]) -> list[Completion]:
         """Runs on the worker thread: one `generate` call over all rows."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -350,11 +436,17 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
         attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
-        sampler = _RowSampler(rows, self.device)
-        stopper = _RowStop(rows, width, self.tokenizer, self.device)
+        sampler = RowSampler(rows, self.device)
+        emit = None
+        if any(r.sink is not None for r in rows):
+            loop, version = rows[0].future.get_loop(), self._model_version
+            emit = functools.partial(loop.call_soon_threadsafe, _deliver, version)
+        stopper = RowStop(
+            rows, width, self.tokenizer, self.device, sampler=sampler, eos_ids=set(self._eos_ids), emit=emit
+        )
         config = GenerationConfig(
             max_new_tokens=max(r.sampling.max_tokens for r in rows),
-            do_sample=False,  # _RowSampler has already drawn the token; greedy just follows its mask
+            do_sample=False,  # RowSampler has already drawn the token; greedy just follows its mask
             num_beams=1,
             pad_token_id=pad,
             eos_token_id=self._eos_ids,
@@ -369,8 +461,10 @@ class HFEngine:
             )
         generated = out[:, width:].tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
+        tops = [[step.get(i, {}) for step in sampler.top] for i in range(len(rows))]
         completions = [
-            self._finish(row, gen, lps) for row, gen, lps in zip(rows, generated, logprobs, strict=True)
+            self._finish(row, gen, lps, top)
+            for row, gen, lps, top in zip(rows, generated, logprobs, tops, strict=True)
         ]
         self.stats.batches += 1
         self.stats.rows += len(rows)
@@ -378,7 +472,9 @@ class HFEngine:
         self.stats.tokens_generated += sum(len(c.token_ids) for c in completions)
         return completions
 
-    def _finish(self, row: _Row, generated: list[int], logprobs: list[float]) -> Completion:
+    def _finish(
+        self, row: Row, generated: list[int], logprobs: list[float], top: list[dict[int, float]]
+    ) -> Completion:
         """Trim one row at its max_tokens, its first EOS or its first stop string."""
         s = row.sampling
         tokens = generated[: s.max_tokens]
@@ -404,6 +500,7 @@ class HFEngine:
             finish_reason=reason,
             model_version=self._model_version,
             matched_stop=matched,
+            top_logprobs=top[: len(tokens)] if s.top_logprobs else None,
         )
 
     def _tokens_through(self, body: list[int], chars: int) -> int:
@@ -430,79 +527,24 @@ class HFEngine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class _RowSampler(LogitsProcessor):
-    """A logits processor that samples each row with its own temperature, top-p and generator.
-
-    It returns a mask that is 0 at the chosen token and -inf elsewhere, so `generate` in greedy mode picks
-    exactly the token drawn here, and it records that token's log-prob on the way.
-    """
-
-    def __init__(self, rows: list[_Row], device: Any) -> None:
-        temps = [r.sampling.temperature for r in rows]
-        self.temps = torch.tensor([t if t > 0 else 1.0 for t in temps], device=device).unsqueeze(1)
-        self.top_p = torch.tensor([r.sampling.top_p for r in rows], device=device).unsqueeze(1)
-        self.sampled = [i for i, t in enumerate(temps) if t > 0]
-        self.any_top_p = any(r.sampling.top_p < 1.0 for r in rows)
-        self.generators = {}
-        for i in self.sampled:
-            g = torch.Generator(device=device)
-            g.manual_seed(rows[i].seed)
-            self.generators[i] = g
-        self.logprobs: list[Any] = []
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        scores = scores.float()
-        if not self.sampled:
-            # All greedy: generate's own argmax picks the same tokens, so skip the mask; log-prob of the
-            # chosen token only (logit - logsumexp), not a full log_softmax over the vocabulary.
-            chosen = scores.argmax(dim=-1, keepdim=True)
-            self.logprobs.append((scores.gather(1, chosen).squeeze(1) - scores.logsumexp(dim=-1)).cpu())
-            return scores
-        else:
-            logits = scores / self.temps
-            if self.any_top_p:
-                sorted_logits, order = logits.sort(dim=-1, descending=True)
-                probs = sorted_logits.softmax(dim=-1)
-                # drop a token once the mass before it already reaches top_p (the top token always stays)
-                drop = (probs.cumsum(dim=-1) - probs) >= self.top_p
-                sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-                logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-            logp = torch.log_softmax(logits, dim=-1)
-            chosen = scores.argmax(dim=-1)
-            greedy_rows = [i for i in range(scores.shape[0]) if i not in self.generators]
-            if greedy_rows:  # greedy rows report log-probs under the raw distribution
-                idx = torch.tensor(greedy_rows, device=scores.device)
-                logp[idx] = torch.log_softmax(scores[idx], dim=-1)
-            for i, g in self.generators.items():
-                chosen[i] = torch.multinomial(logp[i].exp(), 1, generator=g)[0]
-        self.logprobs.append(logp.gather(1, chosen.unsqueeze(1)).squeeze(1).cpu())
-        mask = torch.full_like(scores, float("-inf"))
-        return mask.scatter_(1, chosen.unsqueeze(1), 0.0)
+def _cancel(rows: list[Row]) -> None:
+    for row in rows:
+        row.cancelled = True
+        row.future.cancel()
 
 
-class _RowStop(StoppingCriteria):
-    """Stopping criterion per row: its own max_tokens and stop strings (transformers' are per batch)."""
+def _to_sink(sink: Callable[[tuple[int, str, TokenUpdate | None]], None], index: int, version: str,
+             update: TokenUpdate) -> None:
+    sink((index, version, update))
 
-    def __init__(self, rows: list[_Row], prompt_width: int, tokenizer: Any, device: Any) -> None:
-        self.width = prompt_width
-        self.tokenizer = tokenizer
-        self.max_tokens = torch.tensor([r.sampling.max_tokens for r in rows], device=device)
-        # A stop string of m characters spans at most m tokens (+ slack for tokens that decode to nothing).
-        self.stops = {
-            i: (r.sampling.stop, max(map(len, r.sampling.stop)) + 4)
-            for i, r in enumerate(rows)
-            if r.sampling.stop
-        }
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        n = input_ids.shape[1] - self.width
-        done = self.max_tokens <= n
-        for i, (stops, window) in self.stops.items():
-            if done[i]:
-                continue
-            tail = self.tokenizer.decode(
-                input_ids[i, max(self.width, input_ids.shape[1] - window) :], skip_special_tokens=True
-            )
-            if any(s in tail for s in stops):
-                done[i] = True
-        return done
+def _end_of_row(sink: Callable[[tuple[int, str, TokenUpdate | None]], None], index: int, future: Any) -> None:
+    if not future.cancelled():
+        sink((index, "", None))
+
+
+def _deliver(version: str, updates: list[tuple[Row, TokenUpdate]]) -> None:
+    """On the event loop: hand one decoding step's tokens to their streams."""
+    for row, update in updates:
+        if row.sink is not None and not row.cancelled:
+            row.sink(version, update)

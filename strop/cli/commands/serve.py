@@ -1,4 +1,4 @@
-"""`strop serve MODEL`: an OpenAI-compatible HTTP server over the hf engine.
+"""`strop serve MODEL` / `strop serve --follow LINEAGE`: an OpenAI-compatible HTTP server over a strop engine.
 
 Only typer and the standard library at import; uvicorn, torch and the engine load inside the command.
 """
@@ -6,47 +6,86 @@ Only typer and the standard library at import; uvicorn, torch and the engine loa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+ENGINES = ("hf", "vllm")
 
 
 def serve(
     model: Annotated[
-        str, typer.Argument(help="A cache name ('tiny', 'smollm2-135m') or a local HF model folder.")
-    ],
+        str | None,
+        typer.Argument(help="A cache name ('tiny', 'smollm2-135m') or a local HF model folder; omit with --follow."),
+    ] = None,
+    follow: Annotated[
+        str | None,
+        typer.Option(help="Serve this registry lineage's promoted version and swap to each newly promoted one."),
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Store URL or SQLite path for --follow (default $STROP_DB or ./strop.db).")
+    ] = None,
+    poll_s: Annotated[float, typer.Option(help="How often --follow checks the registry (seconds).")] = 2.0,
+    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm (where vLLM is installed).")] = "hf",
     host: Annotated[
         str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     adapter: Annotated[Path | None, typer.Option(help="A PEFT (LoRA) adapter folder to apply.")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Most rows decoded together in one forward pass.")] = 64,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long to wait for more requests to batch.")] = 10,
+    max_batch_size: Annotated[int, typer.Option(help="Most rows decoded together in one forward pass (hf).")] = 64,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long to wait for more requests to batch (hf).")] = 10,
+    max_queue: Annotated[
+        int, typer.Option(help="Most completions queued or decoding at once; more get 429 with Retry-After.")
+    ] = 256,
     device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (hf; default: cuda if available).")
     ] = None,
 ) -> None:
-    """Serve MODEL at http://HOST:PORT/v1 (chat/completions, completions, models) for any OpenAI client."""
+    """Serve at http://HOST:PORT/v1 (chat/completions, completions, models, streaming) for any OpenAI client."""
+    if engine not in ENGINES:
+        _fail(f"unknown --engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if (model is None) == (follow is None):
+        _fail("give a MODEL to serve, or --follow LINEAGE to serve a registry lineage's promoted version")
+    if follow is not None and adapter is not None:
+        _fail("--adapter and --follow exclude each other: the registry says which adapter to serve")
     import uvicorn
 
     from strop.agents.engines import EngineError, load_engine
     from strop.agents.models import ModelNotFoundError
     from strop.agents.server import create_app
 
+    options: dict[str, Any] = (
+        {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "device": device} if engine == "hf" else {}
+    )
+    follower = None
     try:
-        engine = load_engine(
-            model,
-            "hf",
-            adapter_path=adapter,
-            max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
-            device=device,
-        )
+        if follow is not None:
+            from strop.agents.server_follow import RegistryFollower, current_version
+            from strop.memory import Store
+
+            store = Store(db)
+            version = current_version(store, follow)
+            if engine == "vllm":
+                options["enable_lora"] = True  # later adapters swap in without a restart
+            served = load_engine(
+                version.path, engine, adapter_path=version.adapter_path, model_version=version.name, **options
+            )
+            follower = RegistryFollower(served, store, follow, version, poll_s=poll_s)
+        else:
+            assert model is not None
+            served = load_engine(model, engine, adapter_path=adapter, **options)
     except (EngineError, ModelNotFoundError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from e
-    typer.echo(f"serving {engine.model_version} at http://{host}:{port}/v1")
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+        _fail(str(e))
+    aliases = (follow,) if follow else ()
+    what = f"{served.model_version} (following {follow})" if follow else served.model_version
+    typer.echo(f"serving {what} with the {engine} engine at http://{host}:{port}/v1")
+    app = create_app(served, aliases=aliases, max_queue=max_queue, follower=follower)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

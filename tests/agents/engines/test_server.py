@@ -80,7 +80,7 @@ def test_bad_input_is_a_400_naming_the_field(base_url: str) -> None:
         client.chat.completions.create(model="m", messages="hi")  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "fox " * 400}], max_tokens=8
+            model="random-tiny", messages=[{"role": "user", "content": "fox " * 400}], max_tokens=8
         )
     assert "context window of 256" in str(err.value)
 

@@ -8,6 +8,7 @@ dropout and batch capping, each algorithm's own config fields) stays in the kind
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -158,6 +159,16 @@ def train(trainer: Any, hooks: TrainHooks | None) -> Any:
     return run_trainer(trainer, hooks)
 
 
+def is_main_process() -> bool:
+    """False only in a launched training process other than rank 0 (`training.launch`): files a job writes once
+    (the model, the outcome) are written by rank 0 alone, not raced over by every data-parallel copy."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
 def save_outcome(
     trained: Any, tokenizer: Any, result: Any, *, cfg: CommonSettings, out: Path, model_path: str | Path,
     examples: int, started: float, metrics: dict[str, Any] | None = None,
@@ -170,14 +181,17 @@ def save_outcome(
     from strop.training.tracking import compact_history
 
     adapter_out: str | None = None
+    save = is_main_process()  # under `accelerate launch` every rank holds the same weights: rank 0 writes them
     if cfg.lora is not None and not cfg.merge:
-        trained.save_pretrained(str(out))
+        if save:
+            trained.save_pretrained(str(out))
         adapter_out, path_out = str(out), str(model_path)
     else:
-        if hasattr(trained, "merge_and_unload"):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
+        if save:
+            if hasattr(trained, "merge_and_unload"):
+                trained = trained.merge_and_unload()
+            trained.save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
         path_out = str(out)
     return TrainOutcome(
         path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),

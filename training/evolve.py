@@ -347,7 +347,7 @@ class Evolution:
                 self.store, parent, kind=t.kind, settings=t.settings, role=t.role, example_kinds=kinds,
                 output_dir=self.recipe.run_dir() / "models" / f"{self.evolve_id[:8]}-c{k}-{stage.name}",
                 name=self._candidate_name(k, s), job_id=self.job_id(k, s, attempt), model_id=self.candidate_id(k, s),
-                consumer=t.consumer, run_ids=run_ids, context=context,
+                consumer=t.consumer, run_ids=run_ids, context=context, launch=t,
                 hooks=TrainHooks(progress=self.progress, label=f"cycle {k} {stage.name}: {t.kind}",
                                  metrics=self._strop_figures(k, s, parent)),
             )

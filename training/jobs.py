@@ -24,6 +24,7 @@ from strop.memory.records import (
     TrainingJobRecord,
 )
 from strop.training.builders import claim
+from strop.training.launch import LaunchSettings, check_launchable, run_launched
 from strop.training.tracking import TrainHooks
 from strop.training.trainers import TrainRequest, get_trainer
 
@@ -45,17 +46,23 @@ def train_candidate(
     output_dir: str | Path, role: Role | str = Role.POLICY, example_kinds: Sequence[ExampleKind] | None = None,
     name: str | None = None, job_id: str | None = None, model_id: str | None = None, consumer: str | None = None,
     limit: int | None = None, run_ids: Sequence[str] | None = None, context: dict[str, Any] | None = None,
-    hooks: TrainHooks | None = None,
+    hooks: TrainHooks | None = None, launch: LaunchSettings | None = None,
 ) -> TrainResult:
     """Train `parent` with trainer `kind` on examples it has not consumed and register a candidate version.
 
     `example_kinds` defaults to what the kind consumes; `run_ids` limits the examples to those runs' output;
     `hooks` the progress bar and strop's metrics for the trackers. The job keeps TRL's logged figures per
     step (`log_history`: loss, reward...) for reports; the candidate keeps the summary figures only.
+
+    `launch` with launcher 'accelerate' runs the TRL job under `accelerate launch` (training.launch); this
+    process still claims, registers and finishes the job, so the bookkeeping is the same as in one process and
+    a failed launch releases the claim like any failed job.
     """
     trainer = get_trainer(kind)
     cfg = trainer.parse_settings(settings)
     role = Role(role)
+    launch = launch.launch_only() if launch is not None else LaunchSettings()
+    check_launchable(trainer, launch, hooks)  # before the job claims anything
     kinds = list(example_kinds) if example_kinds is not None else list(trainer.example_kinds)
     job = store.start_job(TrainingJobRecord(
         **({"id": job_id} if job_id else {}), algorithm=trainer.name, role=role, model_in=parent.id,
@@ -70,14 +77,18 @@ def train_candidate(
                 f"{parent.name}; collect some first (e.g. `strop run best-of-n`: only correct answers become "
                 "SFT examples)"
             )
-        dataset = trainer.build_dataset(examples, cfg) if trainer.build_dataset and examples else None
         out = Path(output_dir)
         if out.exists():  # left by a job that died mid-save; its claims were released, so start clean
             shutil.rmtree(out)
-        outcome = trainer.train(TrainRequest(
-            parent=parent, settings=cfg, output_dir=out, dataset=dataset, examples=examples, store=store,
-            job_id=job.id, role=role, context=context or {}, hooks=hooks,
-        ))
+        if launch.distributed:  # the launched processes build the dataset from the claimed examples themselves
+            outcome = run_launched(trainer, settings=cfg, parent=parent, examples=examples, output_dir=out,
+                                   role=role, job_id=job.id, hooks=hooks, launch=launch)
+        else:
+            dataset = trainer.build_dataset(examples, cfg) if trainer.build_dataset and examples else None
+            outcome = trainer.train(TrainRequest(
+                parent=parent, settings=cfg, output_dir=out, dataset=dataset, examples=examples, store=store,
+                job_id=job.id, role=role, context=context or {}, hooks=hooks,
+            ))
     except BaseException as e:
         store.fail_job(job.id, f"{type(e).__name__}: {e}")
         raise

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from strop.memory.records import ExampleKind, Role
+from strop.training.launch import LaunchSettings
 from strop.training.promotion import PromotionSettings
 
 
@@ -45,8 +46,10 @@ class TaskSettings(BaseModel):
     heldout: int = Field(100, ge=1, description="Held-out tasks for evaluation (the same ones every cycle).")
 
 
-class TrainSettings(BaseModel):
-    """What a stage trains: which role, with which trainer kind, on which examples."""
+class TrainSettings(LaunchSettings):
+    """What a stage trains: which role, with which trainer kind, on which examples, launched how (in this
+    process, or under `accelerate launch`: the `LaunchSettings` fields launcher, num_processes and
+    accelerate_config)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -255,6 +258,10 @@ def check_recipe(r: Recipe) -> None:
             kind.parse_settings(t.settings)
         except ValidationError as e:
             raise _Field(f"{at}.train.settings", "\n" + format_validation_error(e, prefix=f"{at}.train.settings.")) from None
+        if t.distributed and kind.online:
+            raise _Field(f"{at}.train.launcher", f"trainer kind {kind.name!r} collects its own rollouts in the "
+                                                 "evolve process and cannot run under accelerate; use launcher = "
+                                                 "'local' (sft, dpo and pg can be launched)")
         for src in t.sources:
             if src not in ("self", "any") and src not in names:
                 raise _Field(f"{at}.train.sources", f"{src!r} is not 'self', 'any' or a stage name ({', '.join(names)})")

@@ -6,7 +6,7 @@ Typer and stdlib only at module level: torch, trl and sqlalchemy load inside the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,14 @@ ReportToOpt = Annotated[list[str] | None, typer.Option(
     "--report-to", help="Experiment tracker for TRL's losses and strop's metrics, repeatable: tensorboard, mlflow, "
     "... (default: none). TensorBoard writes under OUTPUT_DIR/trainer/runs.")]
 ProgressOpt = Annotated[bool, typer.Option(help="A progress bar per training run (steps, loss, ETA).")]
+LauncherOpt = Annotated[str, typer.Option(
+    "--launcher", help="local: train in this process. accelerate: run the TRL job under `accelerate launch` "
+    "(data parallel; this process still claims the examples and registers the candidate).")]
+NumProcessesOpt = Annotated[int | None, typer.Option(
+    "--num-processes", help="With --launcher accelerate: processes to launch (GPUs on a GPU host, gloo on CPU).")]
+AccelerateConfigOpt = Annotated[Path | None, typer.Option(
+    "--accelerate-config", help="With --launcher accelerate: an `accelerate config` YAML file (multi-GPU, "
+    "DeepSpeed ZeRO-1/2, FSDP, several machines).")]
 
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model on the examples in the store.")
 
@@ -27,6 +35,23 @@ def _first_error(exc: ValueError) -> str:
     """A pydantic ValidationError's messages on one line (another ValueError as it is)."""
     errors = getattr(exc, "errors", None)
     return "; ".join(str(e["msg"]) for e in errors()) if callable(errors) else str(exc)
+
+
+def _launch_settings(launcher: str, num_processes: int | None, accelerate_config: Path | None) -> Any:
+    """The `--launcher` options as `LaunchSettings`; a bad combination exits naming the option."""
+    from pydantic import ValidationError
+
+    from strop.training.launch import LaunchSettings
+
+    try:
+        return LaunchSettings(launcher=launcher, num_processes=num_processes,  # type: ignore[arg-type]
+                              accelerate_config=str(accelerate_config) if accelerate_config else None)
+    except ValidationError as e:
+        names = {"launcher": "--launcher", "num_processes": "--num-processes", "accelerate_config": "--accelerate-config"}
+        # A field's error names its option; the cross-field one (a process count without accelerate) the option given.
+        given = "--num-processes" if num_processes is not None else "--accelerate-config"
+        _fail("; ".join(f"{names[str(err['loc'][0])] if err['loc'] else given}: "
+                        f"{str(err['msg']).removeprefix('Value error, ')}" for err in e.errors()))
 
 
 @train_app.command("sft")
@@ -45,6 +70,9 @@ def sft_cmd(
     output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
     report_to: ReportToOpt = None,
     progress: ProgressOpt = True,
+    launcher: LauncherOpt = "local",
+    num_processes: NumProcessesOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
     """SFT on the unconsumed SFT examples of a role; registers the result as a candidate with its lineage."""
@@ -53,11 +81,13 @@ def sft_cmd(
     from strop.memory import Store
     from strop.memory.records import Role, new_id
     from strop.training.jobs import NothingToTrainError, train_sft_candidate
+    from strop.training.launch import LaunchError
     from strop.training.sft import LoraSettings, SFTSettings
     from strop.training.tracking import TrainHooks
 
     if role not in {str(r) for r in Role}:
         _fail(f"--role {role}: no such role; give one of {', '.join(str(r) for r in Role)}")
+    launch = _launch_settings(launcher, num_processes, accelerate_config)
     store = Store(db)
     try:
         parent = resolve_version(store, model)
@@ -74,8 +104,9 @@ def sft_cmd(
     out = output_dir or model_cache_dir() / "versions" / cand_name
     try:
         res = train_sft_candidate(store, parent, output_dir=out, settings=settings, name=cand_name, job_id=job_id,
-                                  limit=limit, role=role, hooks=TrainHooks(progress=progress, label=f"sft {cand_name}"))
-    except NothingToTrainError as e:
+                                  limit=limit, role=role, hooks=TrainHooks(progress=progress, label=f"sft {cand_name}"),
+                                  launch=launch)
+    except (NothingToTrainError, LaunchError) as e:
         _fail(str(e))
     typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} examples, loss "
                f"{res.train_loss:.3f}, {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, "
@@ -101,6 +132,9 @@ def dpo_cmd(
     output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
     report_to: ReportToOpt = None,
     progress: ProgressOpt = True,
+    launcher: LauncherOpt = "local",
+    num_processes: NumProcessesOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
     db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path.")] = None,
 ) -> None:
     """DPO on the unconsumed preference pairs (correct over incorrect answers); registers a candidate."""
@@ -112,10 +146,12 @@ def dpo_cmd(
     from strop.memory.records import new_id
     from strop.training.dpo import DPOSettings
     from strop.training.jobs import NothingToTrainError, train_candidate
+    from strop.training.launch import LaunchError
     from strop.training.pairs import derive_pairs, format_balance
     from strop.training.sft import LoraSettings
     from strop.training.tracking import TrainHooks
 
+    launch = _launch_settings(launcher, num_processes, accelerate_config)
     try:
         settings = DPOSettings(beta=beta, loss_type=loss_type, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                                merge=merge, lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
@@ -140,7 +176,9 @@ def dpo_cmd(
     try:
         res = train_candidate(store, parent, kind="dpo", output_dir=out, settings=settings, name=cand_name,
                               job_id=job_id, limit=limit, run_ids=derive_from or None,
-                              hooks=TrainHooks(progress=progress, label=f"dpo {cand_name}"))
+                              hooks=TrainHooks(progress=progress, label=f"dpo {cand_name}"), launch=launch)
+    except LaunchError as e:
+        _fail(str(e))
     except NothingToTrainError:
         _fail("nothing to train: no unconsumed preference pairs of the policy. Collect some with "
               "`strop run best_of_n --set emit_pairs=true`, or derive them from a recorded best-of-N run with "

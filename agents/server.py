@@ -37,14 +37,19 @@ __all__ = ["ChatCompletionRequest", "CompletionRequest", "create_app"]
 
 
 def _error(
-    status: int, message: str, *, param: str | None = None, code: str | None = None,
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 429:
         kind = "rate_limit_error"
-    return JSONResponse(status_code=status, content=error_body(message, kind=kind, param=param, code=code),
-                        headers=headers)
+    return JSONResponse(
+        status_code=status, content=error_body(message, kind=kind, param=param, code=code), headers=headers
+    )
 
 
 def _validation_response(errors: list[Any]) -> JSONResponse:
@@ -89,7 +94,11 @@ class Admission:
 
 
 def create_app(
-    engine: Engine, *, aliases: tuple[str, ...] = (), max_queue: int = 256, follower: Any = None,
+    engine: Engine,
+    *,
+    aliases: tuple[str, ...] = (),
+    max_queue: int = 256,
+    follower: Any = None,
 ) -> FastAPI:
     """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread or through ASGI.
 
@@ -123,33 +132,51 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         root = aliases[0] if aliases else engine.model_version
-        data = [{"id": engine.model_version, "object": "model", "created": created, "owned_by": "strop",
-                 "root": root}]
+        data = [
+            {
+                "id": engine.model_version,
+                "object": "model",
+                "created": created,
+                "owned_by": "strop",
+                "root": root,
+            }
+        ]
         return {"object": "list", "data": data}
 
     async def _run(body: ChatCompletionRequest | CompletionRequest, chat: bool, build: Any) -> Any:
         refused = body.refused()
         if refused is not None:
-            return _error(400, f"unsupported parameter `{refused[0]}`: {refused[1]}", param=refused[0],
-                          code="unsupported_parameter")
+            return _error(
+                400,
+                f"unsupported parameter `{refused[0]}`: {refused[1]}",
+                param=refused[0],
+                code="unsupported_parameter",
+            )
         try:
             request: GenerationRequest = build()
         except ValidationError as e:
             return _validation_response(list(e.errors()))
         if body.stream and not isinstance(engine, StreamingEngine):
-            return _error(400, f"the {type(engine).__name__} engine cannot stream: send stream=false",
-                          param="stream")
+            return _error(
+                400, f"the {type(engine).__name__} engine cannot stream: send stream=false", param="stream"
+            )
         if body.model is not None and body.model not in names():
             return _error(
-                404, f"The model `{body.model}` does not exist: this server serves "
-                f"{', '.join(repr(n) for n in names())} (see /v1/models)", param="model", code="model_not_found",
+                404,
+                f"The model `{body.model}` does not exist: this server serves "
+                f"{', '.join(repr(n) for n in names())} (see /v1/models)",
+                param="model",
+                code="model_not_found",
             )
         release = admission.enter(request.sampling.n)
         if release is None:
             return _error(
-                429, f"the server's queue is full ({admission.rows} completions queued or decoding, limit "
+                429,
+                f"the server's queue is full ({admission.rows} completions queued or decoding, limit "
                 f"{admission.max_rows}): retry after {admission.retry_after_s} s, or start the server with a "
-                "larger --max-queue", code="queue_full", headers={"Retry-After": str(admission.retry_after_s)},
+                "larger --max-queue",
+                code="queue_full",
+                headers={"Retry-After": str(admission.retry_after_s)},
             )
         tokenizer = getattr(engine, "tokenizer", None)
         if body.stream:
@@ -163,7 +190,11 @@ def create_app(
         finally:
             release()
         want = request.sampling.logprobs
-        return chat_response(completions, want, tokenizer) if chat else text_response(completions, want, tokenizer)
+        return (
+            chat_response(completions, want, tokenizer)
+            if chat
+            else text_response(completions, want, tokenizer)
+        )
 
     async def _stream(
         body: Any, chat: bool, request: GenerationRequest, release: Callable[[], None], tokenizer: Any
@@ -182,8 +213,15 @@ def create_app(
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            chunks(first, events, chat=chat, logprobs=request.sampling.logprobs, include_usage=include_usage,
-                   tokenizer=tokenizer, release=release),
+            chunks(
+                first,
+                events,
+                chat=chat,
+                logprobs=request.sampling.logprobs,
+                include_usage=include_usage,
+                tokenizer=tokenizer,
+                release=release,
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -214,5 +252,6 @@ def create_app(
 
 def _field_error(field: str, message: str) -> ValidationError:
     return ValidationError.from_exception_data(
-        "request", [{"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": ValueError(message)}}]
+        "request",
+        [{"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": ValueError(message)}}],
     )

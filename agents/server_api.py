@@ -20,7 +20,12 @@ MAX_TOP_LOGPROBS = 20
 # Accepted and without effect on the answer: caller identification, billing hints, vLLM's token-id switch
 # (strop always returns token ids), the neutral values of sampling knobs strop does not have.
 _HARMLESS = {
-    "user", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "return_token_ids",
+    "user",
+    "metadata",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "return_token_ids",
     "parallel_tool_calls",
 }
 # Refused unless neutral: name -> (test that the value is neutral, what to send instead).
@@ -28,18 +33,24 @@ _NEUTRAL: dict[str, tuple[Any, str]] = {
     "tools": (lambda v: not v, "strop serve has no tool calling: drop `tools`"),
     "tool_choice": (lambda v: v in (None, "none"), "strop serve has no tool calling: drop `tool_choice`"),
     "functions": (lambda v: not v, "strop serve has no function calling: drop `functions`"),
-    "function_call": (lambda v: v in (None, "none"), "strop serve has no function calling: drop `function_call`"),
+    "function_call": (
+        lambda v: v in (None, "none"),
+        "strop serve has no function calling: drop `function_call`",
+    ),
     "response_format": (
         lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
-        "only response_format {\"type\": \"text\"} is supported (no JSON mode or schemas)",
+        'only response_format {"type": "text"} is supported (no JSON mode or schemas)',
     ),
     "logit_bias": (lambda v: not v, "logit_bias is not supported: drop it"),
     "presence_penalty": (lambda v: not v, "presence_penalty is not supported: send 0 or drop it"),
     "frequency_penalty": (lambda v: not v, "frequency_penalty is not supported: send 0 or drop it"),
-    "modalities": (lambda v: v in (None, ["text"]), "only text output is supported: modalities [\"text\"]"),
+    "modalities": (lambda v: v in (None, ["text"]), 'only text output is supported: modalities ["text"]'),
     "audio": (lambda v: v is None, "audio output is not supported: drop `audio`"),
     "prediction": (lambda v: v is None, "predicted outputs are not supported: drop `prediction`"),
-    "store": (lambda v: not v, "strop serve stores no completions: drop `store` (strop's own store is the runner's)"),
+    "store": (
+        lambda v: not v,
+        "strop serve stores no completions: drop `store` (strop's own store is the runner's)",
+    ),
     "echo": (lambda v: not v, "echo is not supported: prepend the prompt yourself"),
     "suffix": (lambda v: not v, "suffix (insertion) is not supported: drop it"),
     "reasoning_effort": (lambda v: v is None, "reasoning_effort is not supported: drop it"),
@@ -97,7 +108,10 @@ class _Common(BaseModel):
                 if not neutral(value):
                     return name, why
                 continue
-            return name, f"strop serve does not implement `{name}`: drop it (see docs/serving.md for what is supported)"
+            return (
+                name,
+                f"strop serve does not implement `{name}`: drop it (see docs/serving.md for what is supported)",
+            )
         return None
 
 
@@ -118,12 +132,16 @@ class ChatCompletionRequest(_Common):
 class CompletionRequest(_Common):
     prompt: str = Field(description="Raw prompt text, used without chat template.")
     logprobs: int | None = Field(
-        None, ge=0, le=MAX_TOP_LOGPROBS,
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
         description="Return the sampled tokens' log-probs, and the k most likely tokens at each position.",
     )
 
 
-def error_body(message: str, *, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, *, kind: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -150,7 +168,10 @@ def chat_logprobs(
 
 
 def text_logprobs(
-    tokenizer: Any, ids: list[int], logprobs: list[float] | None, top: list[dict[int, float]] | None,
+    tokenizer: Any,
+    ids: list[int],
+    logprobs: list[float] | None,
+    top: list[dict[int, float]] | None,
     offset: int = 0,
 ) -> dict[str, Any]:
     """OpenAI's choices[].logprobs for completions: parallel lists, top alternatives keyed by token text."""
@@ -165,25 +186,36 @@ def text_logprobs(
             {token_strings(tokenizer, [i])[0]: lp for i, lp in sorted(step.items(), key=lambda kv: -kv[1])}
             for step in top[: len(tokens)]
         ]
-    return {"tokens": tokens, "token_logprobs": list(logprobs or []), "top_logprobs": tops, "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(logprobs or []),
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
 
 
 def usage(prompt_len: int, completions: list[Completion]) -> dict[str, int]:
     generated = sum(len(c.token_ids) for c in completions)
-    return {"prompt_tokens": prompt_len, "completion_tokens": generated, "total_tokens": prompt_len + generated}
+    return {
+        "prompt_tokens": prompt_len,
+        "completion_tokens": generated,
+        "total_tokens": prompt_len + generated,
+    }
 
 
 def chat_response(completions: list[Completion], logprobs: bool, tokenizer: Any) -> dict[str, Any]:
     choices = []
     for i, c in enumerate(completions):
         lp = chat_logprobs(tokenizer, c.token_ids, c.logprobs, c.top_logprobs) if logprobs else None
-        choices.append({
-            "index": i,
-            "message": {"role": "assistant", "content": c.text},
-            "finish_reason": c.finish_reason.value,
-            "logprobs": lp,
-            "token_ids": c.token_ids,
-        })
+        choices.append(
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason.value,
+                "logprobs": lp,
+                "token_ids": c.token_ids,
+            }
+        )
     return _envelope("chatcmpl", "chat.completion", completions, choices)
 
 
@@ -191,10 +223,15 @@ def text_response(completions: list[Completion], logprobs: bool, tokenizer: Any)
     choices = []
     for i, c in enumerate(completions):
         lp = text_logprobs(tokenizer, c.token_ids, c.logprobs, c.top_logprobs) if logprobs else None
-        choices.append({
-            "index": i, "text": c.text, "finish_reason": c.finish_reason.value, "logprobs": lp,
-            "token_ids": c.token_ids,
-        })
+        choices.append(
+            {
+                "index": i,
+                "text": c.text,
+                "finish_reason": c.finish_reason.value,
+                "logprobs": lp,
+                "token_ids": c.token_ids,
+            }
+        )
     return _envelope("cmpl", "text_completion", completions, choices)
 
 

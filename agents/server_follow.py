@@ -36,10 +36,13 @@ def current_version(store: Any, lineage: str) -> ModelVersionRecord:
 class RegistryFollower:
     """Polls the registry and reloads the engine when the lineage's current version changes."""
 
-    def __init__(self, engine: Any, store: Any, lineage: str, version: ModelVersionRecord, *,
-                 poll_s: float = 2.0) -> None:
+    def __init__(
+        self, engine: Any, store: Any, lineage: str, version: ModelVersionRecord, *, poll_s: float = 2.0
+    ) -> None:
         if not hasattr(engine, "reload"):
-            raise EngineError(f"the {type(engine).__name__} engine cannot reload weights: --follow needs hf or vllm")
+            raise EngineError(
+                f"the {type(engine).__name__} engine cannot reload weights: --follow needs hf or vllm"
+            )
         self.engine = engine
         self.store = store
         self.lineage = lineage
@@ -73,11 +76,18 @@ class RegistryFollower:
             return False
         log.info("following %s: %s -> %s", self.lineage, self.version.name, current.name)
         try:
-            await self.engine.reload(current.path, adapter_path=current.adapter_path, model_version=current.name)
+            await self.engine.reload(
+                current.path, adapter_path=current.adapter_path, model_version=current.name
+            )
         except EngineError as e:
             self._failed = current.id
-            log.error("following %s: could not load %s (%s); still serving %s", self.lineage, current.name, e,
-                      self.engine.model_version)
+            log.error(
+                "following %s: could not load %s (%s); still serving %s",
+                self.lineage,
+                current.name,
+                e,
+                self.engine.model_version,
+            )
             return False
         self.version = current
         self.swaps += 1

@@ -24,8 +24,14 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 async def chunks(
-    first: StreamEvent, events: AsyncIterator[StreamEvent], *, chat: bool, logprobs: bool, include_usage: bool,
-    tokenizer: Any, release: Callable[[], None],
+    first: StreamEvent,
+    events: AsyncIterator[StreamEvent],
+    *,
+    chat: bool,
+    logprobs: bool,
+    include_usage: bool,
+    tokenizer: Any,
+    release: Callable[[], None],
 ) -> AsyncIterator[bytes]:
     """The SSE body of one streamed request; `release` frees its place in the server's queue, however it ends."""
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -54,13 +60,19 @@ async def chunks(
             if chat:
                 lp = chat_logprobs(tokenizer, ev.token_ids, ev.logprobs, ev.top_logprobs)
             else:
-                lp = text_logprobs(tokenizer, ev.token_ids, ev.logprobs, ev.top_logprobs, offsets.get(ev.index, 0))
+                lp = text_logprobs(
+                    tokenizer, ev.token_ids, ev.logprobs, ev.top_logprobs, offsets.get(ev.index, 0)
+                )
                 offsets[ev.index] = offsets.get(ev.index, 0) + sum(len(t) for t in lp["tokens"])
         choice["logprobs"] = lp
         choice["finish_reason"] = c.finish_reason.value if c is not None else None
         choice["token_ids"] = ev.token_ids
         body: dict[str, Any] = {
-            "id": rid, "object": kind, "created": created, "model": ev.model_version or version, "choices": [choice],
+            "id": rid,
+            "object": kind,
+            "created": created,
+            "model": ev.model_version or version,
+            "choices": [choice],
         }
         if include_usage:
             body["usage"] = None
@@ -78,8 +90,16 @@ async def chunks(
         if include_usage:
             finished = [done[i] for i in sorted(done)]
             prompt = len(finished[0].prompt_token_ids) if finished else 0
-            yield sse({"id": rid, "object": kind, "created": created, "model": version, "choices": [],
-                       "usage": usage(prompt, finished)})
+            yield sse(
+                {
+                    "id": rid,
+                    "object": kind,
+                    "created": created,
+                    "model": version,
+                    "choices": [],
+                    "usage": usage(prompt, finished),
+                }
+            )
         yield b"data: [DONE]\n\n"
     except EngineError as e:  # the status line is sent already: report it in the stream
         yield sse(error_body(str(e), kind="server_error"))

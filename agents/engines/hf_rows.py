@@ -80,7 +80,9 @@ class RowSampler(LogitsProcessor):
             chosen = scores.argmax(dim=-1, keepdim=True)
             self.logprobs.append((scores.gather(1, chosen).squeeze(1) - scores.logsumexp(dim=-1)).cpu())
             if self.want_top:
-                self.top.append({i: _topk(torch.log_softmax(scores[i], dim=-1), k) for i, k in self.want_top.items()})
+                self.top.append(
+                    {i: _topk(torch.log_softmax(scores[i], dim=-1), k) for i, k in self.want_top.items()}
+                )
             return scores
         logits = scores / self.temps
         if self.any_top_p:
@@ -117,8 +119,15 @@ class RowStop(StoppingCriteria):
     """
 
     def __init__(
-        self, rows: list[Row], prompt_width: int, tokenizer: Any, device: Any, *, sampler: RowSampler,
-        eos_ids: set[int], emit: Callable[[list[tuple[Row, TokenUpdate]]], None] | None = None,
+        self,
+        rows: list[Row],
+        prompt_width: int,
+        tokenizer: Any,
+        device: Any,
+        *,
+        sampler: RowSampler,
+        eos_ids: set[int],
+        emit: Callable[[list[tuple[Row, TokenUpdate]]], None] | None = None,
     ) -> None:
         self.rows = rows
         self.width = prompt_width

@@ -67,7 +67,9 @@ class TextDeltas:
             if hits:
                 text = text[: min(hits)]
             else:
-                hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+                hold = max(
+                    (k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+                )
                 text = text[: len(text) - hold]
         if len(text) <= len(self.sent) or not text.startswith(self.sent):
             return ""  # nothing new, or a decode that rewrote earlier text: wait for the final text

@@ -16,14 +16,19 @@ ENGINES = ("hf", "vllm")
 def serve(
     model: Annotated[
         str | None,
-        typer.Argument(help="A cache name ('tiny', 'smollm2-135m') or a local HF model folder; omit with --follow."),
+        typer.Argument(
+            help="A cache name ('tiny', 'smollm2-135m') or a local HF model folder; omit with --follow."
+        ),
     ] = None,
     follow: Annotated[
         str | None,
-        typer.Option(help="Serve this registry lineage's promoted version and swap to each newly promoted one."),
+        typer.Option(
+            help="Serve this registry lineage's promoted version and swap to each newly promoted one."
+        ),
     ] = None,
     db: Annotated[
-        str | None, typer.Option(help="Store URL or SQLite path for --follow (default $STROP_DB or ./strop.db).")
+        str | None,
+        typer.Option(help="Store URL or SQLite path for --follow (default $STROP_DB or ./strop.db)."),
     ] = None,
     poll_s: Annotated[float, typer.Option(help="How often --follow checks the registry (seconds).")] = 2.0,
     engine: Annotated[str, typer.Option(help="hf (transformers) or vllm (where vLLM is installed).")] = "hf",
@@ -32,8 +37,12 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     adapter: Annotated[Path | None, typer.Option(help="A PEFT (LoRA) adapter folder to apply.")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Most rows decoded together in one forward pass (hf).")] = 64,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long to wait for more requests to batch (hf).")] = 10,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most rows decoded together in one forward pass (hf).")
+    ] = 64,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long to wait for more requests to batch (hf).")
+    ] = 10,
     max_queue: Annotated[
         int, typer.Option(help="Most completions queued or decoding at once; more get 429 with Retry-After.")
     ] = 256,
@@ -55,7 +64,9 @@ def serve(
     from strop.agents.server import create_app
 
     options: dict[str, Any] = (
-        {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "device": device} if engine == "hf" else {}
+        {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "device": device}
+        if engine == "hf"
+        else {}
     )
     follower = None
     try:

@@ -82,6 +82,11 @@ class OpenAIEngine:
                 "conversation from token ids (`context_token_ids`). Send the whole conversation as `messages` "
                 "(multi-turn loops: set token_context = false), or use the hf or vllm engine."
             )
+        if any(r.sampling.top_logprobs for r in requests):
+            raise EngineError(
+                "the openai backend does not return top_logprobs (it keeps the sampled tokens' log-probs only): "
+                "ask with top_logprobs=0, or use the hf or vllm engine"
+            )
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> list[Completion]:

@@ -23,6 +23,11 @@ Reload (after a promotion), measured against restarting the engine, which on CPU
   engine is shut down and started again on the new folder.
 Requests are drained before any reload and held until it is done, so each completion's `model_version` names
 the weights that produced every one of its tokens.
+
+Streaming (`stream`) uses vLLM's own per-step output (`RequestOutputKind.DELTA`); closing the stream aborts the
+request in vLLM. On the CPU backend the KV cache is sized from what the run needs (`cpu_kv_cache_seqs`
+sequences of `max_model_len` tokens) instead of `gpu_memory_utilization`, which there reserves that share of
+the NUMA node's memory; `VLLM_CPU_KVCACHE_SPACE` (GiB), when set, wins.
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from strop.agents.engines.base import (
@@ -46,6 +54,7 @@ from strop.agents.engines.base import (
     check_prompt_length,
     encode_prompt,
 )
+from strop.agents.engines.streaming import StreamEvent
 
 INSTALL_HINT = (
     "install it with `pip install 'strop[vllm]'` on a GPU machine, or run `make test-vllm`, which builds "
@@ -122,6 +131,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         enable_lora: bool = False,
         model_version: str | None = None,
+        cpu_kv_cache_seqs: int = 4,
         **engine_kwargs: Any,
     ) -> None:
         self._vllm = import_vllm()
@@ -132,6 +142,9 @@ class VLLMEngine:
         self._gpu_memory_utilization = gpu_memory_utilization
         self._max_model_len = max_model_len
         self._enable_lora = enable_lora or adapter_path is not None
+        if cpu_kv_cache_seqs < 1:
+            raise EngineError(f"cpu_kv_cache_seqs must be at least 1, got {cpu_kv_cache_seqs}")
+        self._cpu_kv_cache_seqs = cpu_kv_cache_seqs
         self._engine_kwargs = engine_kwargs
         self._lora_ids = itertools.count(1)
         self._lora: Any = None  # vllm.lora.request.LoRARequest of the adapter being served, if any
@@ -148,6 +161,7 @@ class VLLMEngine:
     def _start(self, model_path: Path) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        extra, kv_note = self._cpu_kv_cache(model_path)
         args = self._vllm.AsyncEngineArgs(
             model=str(model_path),
             tokenizer=str(model_path),
@@ -156,15 +170,53 @@ class VLLMEngine:
             enable_lora=self._enable_lora,
             max_lora_rank=self._max_lora_rank,
             logprobs_mode="processed_logprobs",
+            **extra,
             **self._engine_kwargs,
         )
         try:
             self._llm = AsyncLLM.from_engine_args(args)
         except Exception as exc:  # vLLM raises many kinds; name the folder and keep the cause chained
-            raise EngineError(f"vLLM could not start on {model_path}: {type(exc).__name__}: {exc}") from exc
+            hint = (
+                f" ({kv_note})"
+                if kv_note and ("memory" in str(exc).lower() or "cache" in str(exc).lower())
+                else ""
+            )
+            raise EngineError(
+                f"vLLM could not start on {model_path}: {type(exc).__name__}: {exc}{hint}"
+            ) from exc
         self.model_path = model_path
         self.tokenizer = self._auto_tokenizer.from_pretrained(str(model_path))
         self.context_length: int = int(self._llm.model_config.max_model_len)
+
+    def _cpu_kv_cache(self, model_path: Path) -> tuple[dict[str, Any], str]:
+        """On CPU: the KV cache this run needs, as engine args, and a note for errors; nothing on GPU."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu() or "kv_cache_memory_bytes" in self._engine_kwargs:
+            return {}, ""
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            gib = os.environ["VLLM_CPU_KVCACHE_SPACE"]
+            return {}, f"VLLM_CPU_KVCACHE_SPACE={gib} GiB from the environment; lower it, or max_model_len"
+        need, tokens = kv_cache_bytes(
+            model_path, self._max_model_len, self._cpu_kv_cache_seqs, self._engine_kwargs.get("dtype")
+        )
+        note = (
+            f"the KV cache was sized at {need / 2**30:.2f} GiB for {self._cpu_kv_cache_seqs} sequences of {tokens} "
+            "tokens; lower max_model_len or cpu_kv_cache_seqs, or set VLLM_CPU_KVCACHE_SPACE=<GiB> yourself"
+        )
+        available = _available_memory()
+        if available is not None and need > 0.8 * available:
+            raise EngineError(
+                f"vLLM on CPU would need {need / 2**30:.2f} GiB of KV cache ({self._cpu_kv_cache_seqs} sequences of "
+                f"{tokens} tokens of {model_path.name}) but only {available / 2**30:.2f} GiB of memory is "
+                "available: pass max_model_len (the longest prompt + completion the run needs) or a smaller "
+                "cpu_kv_cache_seqs, or set VLLM_CPU_KVCACHE_SPACE=<GiB>"
+            )
+        if "kv_cache_memory_bytes" in getattr(self._vllm.AsyncEngineArgs, "__dataclass_fields__", {}):
+            return {"kv_cache_memory_bytes": need}, note
+        # older vLLM: only the environment variable, in whole GiB, read by the engine process it starts
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(need / 2**30)))
+        return {}, note
 
     def _check_adapter(self, adapter_path: str | Path) -> Path:
         folder = _folder(adapter_path, "adapter", "adapter_config.json")
@@ -315,7 +367,7 @@ class VLLMEngine:
                 await asyncio.gather(*(self._one(ids, r) for ids, r in zip(prompts, requests, strict=True)))
             )
 
-    def _sampling_params(self, request: GenerationRequest) -> Any:
+    def _sampling_params(self, request: GenerationRequest, *, delta: bool = False) -> Any:
         from vllm.sampling_params import RequestOutputKind
 
         s = request.sampling
@@ -326,9 +378,57 @@ class VLLMEngine:
             max_tokens=s.max_tokens,
             stop=list(s.stop) or None,
             seed=s.seed,
-            logprobs=1 if s.logprobs else None,
-            output_kind=RequestOutputKind.FINAL_ONLY,  # one message per request, not one per token
+            logprobs=max(1, s.top_logprobs) if s.logprobs else None,
+            # FINAL_ONLY: one message per request; DELTA: each step's new tokens, for streaming
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Each step's new tokens per choice, from vLLM's DELTA outputs (vLLM holds back text that may start a
+        stop string); the choice's last event carries its Completion. Closing the iterator aborts the request."""
+        self._check_open()
+        [request] = as_requests([request])
+        prompt_ids = self.prompt_ids(request)
+        self._check_length(len(prompt_ids), request.sampling.max_tokens)
+        want_lp, k = request.sampling.logprobs, request.sampling.top_logprobs
+        async with self._shared():
+            version, lora = self._model_version, self._lora
+            acc: dict[int, SimpleNamespace] = {}
+            outputs = self._llm.generate(
+                self._vllm.TokensPrompt(prompt_token_ids=prompt_ids),
+                self._sampling_params(request, delta=True),
+                request_id=uuid.uuid4().hex,
+                lora_request=lora,
+            )
+            async with contextlib.aclosing(outputs):
+                async for out in outputs:
+                    for o in out.outputs:
+                        a = acc.setdefault(
+                            o.index,
+                            SimpleNamespace(
+                                text="", token_ids=[], logprobs=[], finish_reason=None, stop_reason=None
+                            ),
+                        )
+                        ids = list(o.token_ids)
+                        steps = list(o.logprobs or []) if want_lp else []
+                        a.text += o.text
+                        a.token_ids += ids
+                        a.logprobs += steps
+                        completion = None
+                        if o.finish_reason is not None:
+                            a.finish_reason, a.stop_reason = o.finish_reason, o.stop_reason
+                            completion = self._completion(a, prompt_ids, version, want_lp, k)
+                        yield StreamEvent(
+                            o.index,
+                            version,
+                            o.text,
+                            ids,
+                            [float(pos[t].logprob) for t, pos in zip(ids, steps, strict=True)]
+                            if want_lp
+                            else None,
+                            [_top(pos, k) for pos in steps] if k else None,
+                            completion,
+                        )
 
     async def _one(self, prompt_ids: list[int], request: GenerationRequest) -> list[Completion]:
         version, lora = self._model_version, self._lora  # fixed for this request: reloads wait for it
@@ -344,13 +444,16 @@ class VLLMEngine:
             raise EngineError(
                 f"vLLM returned no finished output for a request to {version}; see the vLLM log above"
             )
+        s = request.sampling
         return [
-            self._completion(o, prompt_ids, version, request.sampling.logprobs)
+            self._completion(o, prompt_ids, version, s.logprobs, s.top_logprobs)
             for o in sorted(final.outputs, key=lambda o: o.index)
         ]
 
     @staticmethod
-    def _completion(out: Any, prompt_ids: list[int], version: str, want_logprobs: bool) -> Completion:
+    def _completion(
+        out: Any, prompt_ids: list[int], version: str, want_logprobs: bool, top_k: int = 0
+    ) -> Completion:
         reasons = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
         if out.finish_reason not in reasons:
             raise EngineError(
@@ -370,4 +473,40 @@ class VLLMEngine:
             finish_reason=reasons[out.finish_reason],
             matched_stop=out.stop_reason if isinstance(out.stop_reason, str) else None,
             model_version=version,
+            top_logprobs=[_top(pos, top_k) for pos in out.logprobs] if want_logprobs and top_k else None,
         )
+
+
+def _top(position: Any, k: int) -> dict[int, float]:
+    """The k most likely tokens of one position (vLLM adds the sampled token, ranked, when it is not among them)."""
+    ranked = sorted(position.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
+    return {int(t): float(lp.logprob) for t, lp in ranked[:k]}
+
+
+def kv_cache_bytes(
+    model_path: Path, max_model_len: int | None, seqs: int, dtype: Any = None
+) -> tuple[int, int]:
+    """Bytes of KV cache for `seqs` sequences of `max_model_len` tokens (default: the model's context), and that
+    length: 2 (K and V) x layers x KV heads x head size x bytes per value, per token."""
+    config = json.loads((model_path / "config.json").read_text())
+    text = config.get("text_config") or config
+    heads = int(text.get("num_attention_heads") or 1)
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or int(text.get("hidden_size", 0)) // heads)
+    layers = int(text.get("num_hidden_layers") or 1)
+    tokens = int(max_model_len or text.get("max_position_embeddings") or 2048)
+    name = str(dtype or text.get("torch_dtype") or text.get("dtype") or "float32").removeprefix("torch.")
+    width = 4 if name in ("float32", "float", "auto") else 2
+    per_token = 2 * layers * kv_heads * head_dim * width
+    return per_token * tokens * seqs, tokens
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -283,6 +283,59 @@ async def test_lora_swap_then_full_weight_reloads(engine: Any, models: dict[str,
 
 
 @vllm_case
+async def test_stream_equals_generate_and_gives_top_logprobs(engine: Any) -> None:
+    """vLLM's own DELTA outputs: the streamed pieces add up to the non-streamed completion of the same seed."""
+    req = GenerationRequest.chat("What is 98 + 69?", n=2, temperature=1.0, max_tokens=16, seed=5, top_logprobs=3)
+    [full] = await engine.generate([req])
+    texts, ids, finals = ["", ""], [[], []], {}
+    async for ev in engine.stream(req):
+        texts[ev.index] += ev.text
+        ids[ev.index] += ev.token_ids
+        assert ev.top_logprobs is not None and all(len(t) == 3 for t in ev.top_logprobs)
+        if ev.completion is not None:
+            finals[ev.index] = ev.completion
+    assert texts == [c.text for c in full] and ids == [c.token_ids for c in full]
+    assert [finals[i].token_ids for i in (0, 1)] == [c.token_ids for c in full]
+    for c in full:
+        assert c.top_logprobs is not None and len(c.top_logprobs) == len(c.token_ids)
+        for lp, top in zip(c.logprobs, c.top_logprobs, strict=True):
+            assert max(top.values()) >= lp - 1e-4
+
+
+@vllm_case
+async def test_a_closed_stream_is_aborted(engine: Any) -> None:
+    req = GenerationRequest(prompt="What is", sampling=SamplingParams(temperature=1.0, max_tokens=200, seed=1))
+    stream = engine.stream(req)
+    await anext(stream)
+    await stream.aclose()  # aborts the request in vLLM
+    [[after]] = await engine.generate([PROMPT])  # the engine still serves
+    assert after.token_ids
+
+
+@vllm_case
+async def test_served_through_the_openai_api_with_streaming(engine: Any) -> None:
+    """strop serve --engine vllm: the same app, streamed chunks equal to the non-streamed answer."""
+    import httpx
+    import openai
+
+    from strop.agents.server import create_app
+
+    app = create_app(engine, max_queue=8)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://strop")
+    client = openai.AsyncOpenAI(base_url="http://strop/v1", api_key="unused", http_client=http, max_retries=0)
+    args: dict[str, Any] = dict(model=engine.model_version, prompt="What is 98 + 69?", max_tokens=12, temperature=0)
+    full = await client.completions.create(**args)
+    streamed = ""
+    async for chunk in await client.completions.create(**args, stream=True):
+        streamed += chunk.choices[0].text
+        assert chunk.model == engine.model_version
+    assert streamed == full.choices[0].text
+    with pytest.raises(openai.NotFoundError):
+        await client.completions.create(**{**args, "model": "nope"})
+    await client.close()
+
+
+@vllm_case
 async def test_closed_engine_refuses(engine: Any) -> None:
     """Last in the module: it closes the shared engine."""
     await engine.close()
@@ -297,3 +350,20 @@ def test_missing_vllm_names_the_install_commands(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(EngineError, match=r"pip install 'strop\[vllm\]'.*make test-vllm"):
         VLLMEngine("/nonexistent")
+
+
+def test_cpu_kv_cache_is_sized_from_the_run() -> None:
+    """Runs everywhere: the KV bytes the CPU backend asks for, from the model's config, not a share of RAM."""
+    import json
+    import tempfile
+
+    from strop.agents.engines.vllm import kv_cache_bytes
+
+    with tempfile.TemporaryDirectory() as d:
+        config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                  "hidden_size": 576, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+        (Path(d) / "config.json").write_text(json.dumps(config))
+        need, tokens = kv_cache_bytes(Path(d), None, 4)
+        assert tokens == 8192 and need == 2 * 30 * 3 * 64 * 2 * 8192 * 4
+        need, tokens = kv_cache_bytes(Path(d), 1024, 2, dtype="float32")
+        assert tokens == 1024 and need == 2 * 30 * 3 * 64 * 4 * 1024 * 2

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Run as `python bench/training.py`, this folder comes first on sys.path, and its vllm.py (the vLLM bench) would
-# pass for the vllm package when TRL probes for it ("Invalid version: 'N/A'"): drop the folder.
+# Run as `python bench/training.py`, this folder comes first on sys.path, where a module named like a package
+# (the vLLM bench was once bench/vllm.py, now vllm_engine.py) would shadow it when TRL probes: drop the folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from strop.agents.models import resolve_model  # noqa: E402

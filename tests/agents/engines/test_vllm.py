@@ -367,3 +367,10 @@ def test_cpu_kv_cache_is_sized_from_the_run() -> None:
         assert tokens == 8192 and need == 2 * 30 * 3 * 64 * 2 * 8192 * 4
         need, tokens = kv_cache_bytes(Path(d), 1024, 2, dtype="float32")
         assert tokens == 1024 and need == 2 * 30 * 3 * 64 * 4 * 1024 * 2
+
+
+def test_no_bench_script_shadows_a_package() -> None:
+    """`python bench/X.py` puts bench/ first on sys.path: a bench/vllm.py made `import vllm` find itself."""
+    bench = Path(__file__).resolve().parents[3] / "bench"
+    shadowing = {"vllm", "torch", "transformers", "trl", "peft", "datasets", "openai", "fastapi", "uvicorn"}
+    assert not {p.stem for p in bench.glob("*.py")} & shadowing

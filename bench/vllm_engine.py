@@ -1,7 +1,7 @@
 """vLLM (CPU build) vs the hf engine on the same model, same prompts, one process: greedy tokens/s.
 
 Run inside the vLLM environment that `make test-vllm` builds:
-    .venv-vllm/bin/python bench/vllm.py ~/.cache/strop/models/smollm2-135m 32 32
+    .venv-vllm/bin/python bench/vllm_engine.py ~/.cache/strop/models/smollm2-135m 32 32
 """
 
 from __future__ import annotations

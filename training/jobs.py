@@ -80,11 +80,13 @@ def train_candidate(
         out = Path(output_dir)
         if out.exists():  # left by a job that died mid-save; its claims were released, so start clean
             shutil.rmtree(out)
-        if launch.distributed:  # the launched processes build the dataset from the claimed examples themselves
+        # Built here under accelerate too, where the launched processes build their own: a malformed example
+        # then fails the job with its own message, not inside a launch log.
+        dataset = trainer.build_dataset(examples, cfg) if trainer.build_dataset and examples else None
+        if launch.distributed:
             outcome = run_launched(trainer, settings=cfg, parent=parent, examples=examples, output_dir=out,
                                    role=role, job_id=job.id, hooks=hooks, launch=launch)
         else:
-            dataset = trainer.build_dataset(examples, cfg) if trainer.build_dataset and examples else None
             outcome = trainer.train(TrainRequest(
                 parent=parent, settings=cfg, output_dir=out, dataset=dataset, examples=examples, store=store,
                 job_id=job.id, role=role, context=context or {}, hooks=hooks,

@@ -11,7 +11,8 @@ up or is killed leaves no candidate, and the claim is released for the rerun.
 On a host without a config file, `num_processes > 1` launches with accelerate's `--multi_gpu` launcher (torchrun):
 one process per GPU on a GPU host, and on a CPU-only host processes that TRL's `use_cpu=True` (set by every
 kind when CUDA is absent) joins over gloo. accelerate's plain launcher would start only one process on a CPU.
-A config file (`accelerate config`) chooses everything else: DeepSpeed, FSDP, several machines.
+A config file (`accelerate config`) chooses everything else: mixed precision, DeepSpeed ZeRO-1/2, FSDP. strop
+starts the launch on its own host only; several machines are not automated (docs/scale-training.md).
 
 Only the standard library and pydantic at module level: recipe validation imports `LaunchSettings`.
 """
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,7 +70,7 @@ class LaunchSettings(BaseModel):
     accelerate_config: str | None = Field(
         None,
         description="An `accelerate config` YAML file (accelerate's --config_file): multi-GPU, DeepSpeed "
-        "ZeRO-1/2, FSDP, several machines. Only with launcher = 'accelerate'.",
+        "ZeRO-1/2, FSDP (one machine). Only with launcher = 'accelerate'.",
     )
 
     @field_validator("accelerate_config")
@@ -144,7 +146,7 @@ def _zero_stage(path: Path) -> int | None:
 
 def job_folder(output_dir: Path) -> Path:
     """Where a launched job's spec, examples, log and outcome live: beside the output folder (a shared filesystem
-    for a job over several machines), kept after a failure so its log can be read."""
+    for a job over several machines, started by hand), kept after a failure so its log can be read."""
     return output_dir.with_name(output_dir.name + ".launch")
 
 
@@ -241,12 +243,14 @@ def run_launched(
     )
     cmd = accelerate_command(launch, spec, port=free_port())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
     rc, tail = _run(cmd, env, folder / LOG_FILE, echo=echo)
     shown = " ".join(cmd)
     if rc != 0:
         raise LaunchError(
             f"accelerate launch failed with exit status {rc} (the claimed examples are released for a rerun).\n"
-            f"command: {shown}\nlast lines of its output (all of it in {folder / LOG_FILE}):\n"
+            + _rank_errors(folder)
+            + f"command: {shown}\nlast lines of its output (all of it in {folder / LOG_FILE}):\n"
             + "".join(tail)
         )
     outcome = folder / OUTCOME_FILE
@@ -256,8 +260,19 @@ def run_launched(
             f"{WORKER_MODULE} the script launched? command: {shown}"
         )
     result = TrainOutcome.model_validate_json(outcome.read_text())
+    # Beside the training seconds: what the launch cost in all (starting the processes, imports, saving).
+    result.metrics["launch_seconds"] = time.monotonic() - started
     shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def _rank_errors(folder: Path) -> str:
+    """The exception each failed rank recorded (the worker writes one file per rank), one line each."""
+    lines = []
+    for path in sorted(folder.glob("error-rank*.txt")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else "(empty)"
+        lines.append(f"rank {path.stem.removeprefix('error-rank')}: {first}\n")
+    return "".join(lines)
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path, *, echo: bool) -> tuple[int, list[str]]:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
+
+# One file per failed rank in the job folder (training.launch reads them into its error).
+ERROR_PREFIX = "error-rank"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,12 +24,24 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print(f"usage: python -m strop.training.launch_worker SPEC.json (got {args})", file=sys.stderr)
         return 2
+    spec_path = Path(args[0])
+    try:
+        return _train(spec_path)
+    except BaseException as e:
+        # torchrun's summary names the failed rank but not the error: leave it where the launcher reads it.
+        rank = os.environ.get("RANK", "0")
+        (spec_path.parent / f"{ERROR_PREFIX}{rank}.txt").write_text(
+            f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+        )
+        raise
+
+
+def _train(spec_path: Path) -> int:
     from strop.memory.records import ExampleRecord, ModelVersionRecord, Role
     from strop.training.common import is_main_process
     from strop.training.tracking import TrainHooks
     from strop.training.trainers import TrainRequest, get_trainer
 
-    spec_path = Path(args[0])
     folder = spec_path.parent
     spec = json.loads(spec_path.read_text())
     kind = get_trainer(spec["kind"])
@@ -53,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             hooks=hooks,
         )
     )
+    outcome.metrics["processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # the data-parallel width it ran at
     if is_main_process():
         tmp = folder / (spec["outcome"] + ".tmp")
         tmp.write_text(outcome.model_dump_json())

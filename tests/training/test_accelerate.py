@@ -50,6 +50,7 @@ def test_sft_in_two_accelerate_processes_registers_once_and_consumes_each_exampl
     assert {"train_loss", "examples", "steps", "train_seconds"} <= set(cand.metrics)
     # 12 examples, 4 per device step on 2 processes: 2 steps (the one-process path takes 3).
     assert res.examples == len(ids) and cand.metrics["steps"] == 2 and res.train_loss > 0
+    assert cand.metrics["processes"] == 2 and cand.metrics["launch_seconds"] >= cand.metrics["train_seconds"]
     assert [m.id for m in store.list_models() if m.status == ModelStatus.CANDIDATE] == [cand.id]
     assert res.job.status == JobStatus.SUCCEEDED and res.job.model_out == cand.id
     assert _consumed(store) == {res.job.id: set(ids)}
@@ -163,3 +164,20 @@ def test_strop_train_takes_the_launcher_options_and_names_a_bad_one(tmp_path: Pa
         for kind in ("sft", "dpo"):
             res = CliRunner().invoke(app, ["train", kind, "--model", "tiny", "--db", db, *argv])
             assert res.exit_code == 1 and fix in res.output, (kind, argv, res.output)
+
+
+def test_a_rank_that_fails_leaves_its_error_for_the_launch_message(tmp_path: Path) -> None:
+    """torchrun's summary names a failed rank but not its exception: the worker writes it into the job folder."""
+    from strop.memory.records import ExampleKind, ExampleRecord, ModelVersionRecord
+    from strop.training import launch_worker
+    from strop.training.launch import _rank_errors, write_job
+    from strop.training.pg import MalformedExampleError, PGSettings
+
+    parent = ModelVersionRecord(name="tiny", lineage="tiny", path=str(tmp_path / "no-model"))
+    bad = ExampleRecord(id="ex-bad", kind=ExampleKind.ADVANTAGE, payload={"prompt_ids": [1]})
+    folder = tmp_path / "out.launch"
+    spec = write_job(folder, kind="pg", settings=PGSettings(), parent=parent, examples=[bad],
+                     output_dir=tmp_path / "out", role=Role.POLICY, job_id="j", hooks=None)
+    with pytest.raises(MalformedExampleError):
+        launch_worker.main([str(spec)])
+    assert _rank_errors(folder).startswith("rank 0: MalformedExampleError: example ex-bad (advantage")

@@ -21,7 +21,7 @@ NumProcessesOpt = Annotated[int | None, typer.Option(
     "--num-processes", help="With --launcher accelerate: processes to launch (GPUs on a GPU host, gloo on CPU).")]
 AccelerateConfigOpt = Annotated[Path | None, typer.Option(
     "--accelerate-config", help="With --launcher accelerate: an `accelerate config` YAML file (multi-GPU, "
-    "DeepSpeed ZeRO-1/2, FSDP, several machines).")]
+    "DeepSpeed ZeRO-1/2, FSDP on one machine).")]
 
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model on the examples in the store.")
 

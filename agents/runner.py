@@ -69,10 +69,26 @@ async def open_checkpointer(db_url: str | None) -> AsyncIterator[BaseCheckpointS
 
         conn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         async with AsyncPostgresSaver.from_conn_string(conn) as saver:
-            await saver.setup()
+            await _setup_saver(saver)
             yield saver
     else:
         raise ValueError(f"no LangGraph checkpointer for database {url.get_backend_name()!r}; use SQLite or PostgreSQL")
+
+
+async def _setup_saver(saver: Any, tries: int = 5) -> None:
+    """The saver's migrations, tolerating another process running them at the same moment: rollout workers
+    start together, and two concurrent `CREATE TABLE IF NOT EXISTS` can still collide in PostgreSQL's catalog.
+    The loser retries once the winner has committed (the migrations skip what is done)."""
+    import psycopg
+
+    for attempt in range(tries):
+        try:
+            await saver.setup()
+            return
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
 
 
 def store_url(store: Any) -> str | None:

@@ -137,10 +137,17 @@ class QueueMixin(StoreCore):
         expired = and_(w.state == str(WorkState.CLAIMED), w.expires_at < now, w.attempts < max_attempts)
         return or_(w.state == str(WorkState.TODO), expired)
 
-    def enqueue_work(self, run_id: str, items: Iterable[tuple[str, str, dict[str, Any]]]) -> int:
+    def enqueue_work(
+        self,
+        run_id: str,
+        items: Iterable[tuple[str, str, dict[str, Any]]],
+        *,
+        run_config: dict[str, Any] | None = None,
+    ) -> int:
         """Add (episode id, task id, task payload) items to a run's queue, in order; items already queued are
-        left as they are (idempotent), and items whose episode is already stored start `done`. Returns how many
-        were new."""
+        left as they are (idempotent), and items whose episode is already stored start `done`. `run_config`
+        keys are set in the run's config in the same transaction (what workers read to run it). Returns how
+        many items were new."""
         rows = [
             {
                 "run_id": run_id,
@@ -155,10 +162,14 @@ class QueueMixin(StoreCore):
         ]
         added = 0
         with self._write() as conn:
-            if conn.scalar(select(Run.id).where(Run.id == run_id)) is None:
+            q = select(Run.config).where(Run.id == run_id)
+            config = conn.scalar(q if self.is_sqlite else q.with_for_update())
+            if config is None:
                 raise NotFoundError(
                     f"run {run_id!r} is not in the store; create_run(RunRecord) before enqueueing"
                 )
+            if run_config and any(config.get(k) != v for k, v in run_config.items()):
+                conn.execute(update(Run).where(Run.id == run_id).values(config={**config, **run_config}))
             now = utcnow()
             for part in chunks(rows, 2000):
                 stmt = self._insert(WorkItem.__table__).on_conflict_do_nothing(

@@ -23,6 +23,7 @@ from strop.cli.commands import (
     serve,
     show,
     training,
+    worker,
 )
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ show.register(app)
 search.register(app)
 games.register(app)
 report.register(app)
+worker.register(app)
 
 
 def main() -> None:

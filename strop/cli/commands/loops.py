@@ -28,6 +28,7 @@ OptionOpt = Annotated[
 ]
 
 _SHORTCUTS_PANEL = "Shortcuts (each sets the loop config field of the same name, like --set)"
+_SCALE_PANEL = "Scale-out (docs/scale.md)"
 
 
 def _fail(message: str) -> None:
@@ -180,6 +181,19 @@ def run_cmd(
                                                    rich_help_panel=_SHORTCUTS_PANEL)] = None,
     system: Annotated[str | None, typer.Option("--system", help="= --set system_prompt=TEXT.",
                                                rich_help_panel=_SHORTCUTS_PANEL)] = None,
+    workers: Annotated[int, typer.Option(min=0, rich_help_panel=_SCALE_PANEL,
+                                         help="Rollout workers pulling episodes from the store's queue: local "
+                                              "processes, or Ray actors with --ray (0: this process).")] = 0,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="auto|local|ADDRESS", rich_help_panel=_SCALE_PANEL,
+                                            help="Start the workers as actors on this Ray cluster (needs "
+                                                 "strop[ray] and, across hosts, a PostgreSQL --db).")] = None,
+    actor_cpus: Annotated[float, typer.Option(min=0.0, rich_help_panel=_SCALE_PANEL,
+                                              help="CPUs Ray reserves per worker actor.")] = 1.0,
+    actor_gpus: Annotated[float, typer.Option(min=0.0, rich_help_panel=_SCALE_PANEL,
+                                              help="GPUs Ray reserves per worker actor.")] = 0.0,
+    lease_ttl: Annotated[float, typer.Option(min=1.0, rich_help_panel=_SCALE_PANEL,
+                                             help="Seconds a dead worker's episodes wait before others re-run "
+                                                  "them.")] = 60.0,
 ) -> None:
     """Run episodes of any registered loop on training tasks and record them in the store.
 
@@ -190,6 +204,10 @@ def run_cmd(
 
     Each role the loop declares gets an engine: policy from --model, critic from --critic (default: the
     policy model, self-critique); any other role plays with the policy model.
+
+    With [bold]--workers N[/bold] the episodes go to the store's work queue and N worker processes (or Ray
+    actors with [bold]--ray auto[/bold]) run them, each with its own engine; more can join from other hosts
+    with [bold]strop worker --db URL[/bold].
 
     Example: [bold]strop run best-of-n -m tiny -t arithmetic -o digits=1 --set n=4 --episodes 32[/bold]
     """
@@ -231,6 +249,15 @@ def run_cmd(
     typer.echo(f"run {run.id}: {spec.name} with {policy.name}{with_critic} on {episodes} {task_set.name} tasks "
                f"(resume with --run-id {run.id})")
 
+    if ray is not None and workers < 1:
+        _fail("--ray starts --workers N actors: give --workers (e.g. --workers 4)")
+    if workers:
+        res = _run_on_workers(store, spec, cfg, run, versions, task_list, tasks, options,
+                              workers=workers, ray=ray, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
+                              lease_ttl=lease_ttl, concurrency=concurrency)
+        _print_result(spec, cfg, res)
+        return
+
     async def go():  # type: ignore[no-untyped-def]
         loaded: dict[str, Any] = {}  # version id -> engine: one engine per distinct model, shared by its roles
         try:
@@ -245,12 +272,33 @@ def run_cmd(
             for engine in loaded.values():
                 await engine.close()
 
-    res = asyncio.run(go())
+    _print_result(spec, cfg, asyncio.run(go()))
+
+
+def _print_result(spec: Any, cfg: Any, res: Any) -> None:
     k = getattr(cfg, "n", None)
     kinds = "/".join(str(kind).upper() for kind in spec.example_kinds)
     typer.echo(f"{res.episodes} episodes, {res.samples} answers, {res.correct} correct ({res.accuracy:.1%}), "
                f"pass{'@' + str(k) if isinstance(k, int) else ''} {res.pass_rate:.1%}, "
                f"{res.examples} {kinds + ' ' if kinds else ''}examples; {res.seconds:.0f} s")
+
+
+def _run_on_workers(store: Any, spec: Any, cfg: Any, run: Any, versions: dict[str, Any], task_list: list[Any],
+                    tasks: str, options: dict[str, Any], *, workers: int, ray: str | None, actor_cpus: float,
+                    actor_gpus: float, lease_ttl: float, concurrency: int) -> Any:
+    """`strop run --workers N`: the episodes go through the store's queue to N workers with their own engines."""
+    from strop.agents.evaluation import task_set_label
+    from strop.agents.scale import ScaleError, ScaleSettings, run_on_workers
+    from strop.agents.worker import RoleModel, WorkSpec
+
+    scale = ScaleSettings(workers=workers, ray=ray, actor_cpus=actor_cpus, actor_gpus=actor_gpus, lease_ttl=lease_ttl)
+    work = WorkSpec(loop=spec.name, config=cfg.model_dump(mode="json"), task_set=tasks, task_options=options,
+                    label=task_set_label(tasks, options),
+                    roles={r: RoleModel(version=v.id, lineage=v.lineage) for r, v in versions.items()})
+    try:
+        return asyncio.run(run_on_workers(store, run, work, task_list, scale, concurrency=concurrency))
+    except ScaleError as exc:
+        _fail(_one_line(str(exc)))
 
 
 @loops_app.command("list")

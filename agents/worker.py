@@ -27,15 +27,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strop.agents.loops.base import episode_input
-from strop.agents.runner import Runner, open_checkpointer, store_url
 from strop.memory.group_commit import GroupCommitter
-from strop.memory.queue import WorkItemRecord
 from strop.memory.records import EpisodeRecord, ModelVersionRecord, RunRecord
+
+if TYPE_CHECKING:  # the runner pulls in LangGraph: loaded when a worker runs, not when a recipe is read
+    from strop.agents.runner import Runner
+    from strop.memory.queue import WorkItemRecord
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,8 @@ class Worker:
         if self._saver is not None:
             yield self._saver
             return
+        from strop.agents.runner import open_checkpointer, store_url
+
         async with open_checkpointer(store_url(self.store)) as saver:
             yield saver
 
@@ -278,7 +281,7 @@ class Worker:
                         await asyncio.wait(in_flight)
                         in_flight.clear()
                     graph = await self._graph(spec, task_set, versions, saver if spec.checkpoints else None)
-                    runner = Runner(self.store, progress=False, db_url="")
+                    runner = _runner(self.store)
                 started = time.perf_counter()
                 items = await asyncio.to_thread(
                     self.store.claim_work,
@@ -323,6 +326,8 @@ class Worker:
             if spec.checkpoints:  # the runner's own path: resumes an episode a dead worker left half-done
                 episode = await runner._episode(graph, saver, task, item.run_id)
             else:
+                from strop.agents.loops.base import episode_input
+
                 out = await graph.ainvoke(episode_input(task, item.run_id))
                 episode = EpisodeRecord.model_validate(out["episode"])
         except Exception as e:
@@ -406,6 +411,12 @@ class Worker:
         from strop.agents.runner import load_version_engine
 
         return load_version_engine(version, backend=engine.backend, **engine.options)
+
+
+def _runner(store: Any) -> Runner:
+    from strop.agents.runner import Runner
+
+    return Runner(store, progress=False, db_url="")
 
 
 def _task_set(spec: WorkSpec) -> Any:

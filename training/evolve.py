@@ -287,13 +287,16 @@ class Evolution:
             return StagePhase.TRAIN  # an on-line trainer collects its own rollouts
         spec, cfg = self._loop(k, s)
         engines = {str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))]) for r in spec.needed_roles(cfg)}
-        graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store,
-                                        label=self.label(s)), cfg)
         run = RunRecord(id=self.collect_run_id(k, s), loop=spec.name,
                         model_ids=sorted({e.version.id for e in engines.values()}),
                         config={"evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,
                                 "task_set": self.label(s), "loop": cfg.model_dump(mode="json")})
-        res = await self._runner(stage).run(graph, self._train_tasks(k, s), run, label=f"cycle {k} {stage.name}")
+        if self.recipe.scale.workers:  # rollout workers with their own engines collect through the store's queue
+            res = await self._collect_on_workers(k, s, spec, cfg, run, {r: e.version for r, e in engines.items()})
+        else:
+            graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store,
+                                            label=self.label(s)), cfg)
+            res = await self._runner(stage).run(graph, self._train_tasks(k, s), run, label=f"cycle {k} {stage.name}")
         self.console.print(
             f"cycle {k} {stage.name}: collected {res.samples} answers on {res.episodes} tasks, {res.correct} correct "
             f"({res.accuracy:.1%}), {res.examples} examples, {res.tokens / max(res.seconds, 1e-6):.0f} tok/s"
@@ -302,6 +305,24 @@ class Evolution:
             episodes = self.store.list_episodes(run.id, children=False)
             self.console.print(f"cycle {k} {stage.name}: {spec.summarize(episodes)}", markup=False)
         return StagePhase.TRAIN if stage.train is not None else StagePhase.DONE
+
+    async def _collect_on_workers(self, k: int, s: int, spec: Any, cfg: Any, run: RunRecord,
+                                  versions: dict[str, ModelVersionRecord]) -> Any:
+        """Stage s's collection on the recipe's [scale] workers: each loads the versions this cycle serves (a
+        worker left from the previous cycle reloads the promoted ones at its next claim)."""
+        from strop.agents.scale import run_on_workers
+        from strop.agents.worker import EngineSpec, RoleModel, WorkSpec
+
+        stage = self.recipe.stages[s]
+        scale = self.recipe.scale
+        work = WorkSpec(loop=spec.name, config=cfg.model_dump(mode="json"), task_set=stage.tasks.name,
+                        task_options=stage.tasks.options, label=self.label(s), checkpoints=scale.checkpoints,
+                        roles={r: RoleModel(version=v.id, lineage=v.lineage) for r, v in versions.items()},
+                        engine=EngineSpec(backend=self.recipe.engine.backend,
+                                          options={"max_batch_size": self.recipe.engine.max_batch_size}))
+        return await run_on_workers(self.store, run, work, self._train_tasks(k, s), scale,
+                                    concurrency=stage.concurrency, progress=self.progress,
+                                    label=f"cycle {k} {stage.name}")
 
     def source_runs(self, k: int, s: int) -> list[str] | None:
         """The collection runs whose examples stage s of cycle k trains on (None: any run's)."""

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from strop.agents.scale import ScaleSettings
 from strop.memory.records import ExampleKind, Role
 from strop.training.launch import LaunchSettings
 from strop.training.promotion import PromotionSettings
@@ -178,6 +179,9 @@ class Recipe(BaseModel):
     db: str | None = Field(None, description="Store URL or SQLite path; None means $STROP_DB or ./strop.db.")
     output_dir: str | None = Field(None, description="Run folder for models, table and plot; default runs/<name>.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="The engines serving the roles.")
+    scale: ScaleSettings = Field(
+        default_factory=ScaleSettings, description="Rollout workers for the stages' collection: [scale] workers = N "
+        "local processes, or Ray actors with ray = 'auto' (docs/scale.md); default: collect in this process.")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

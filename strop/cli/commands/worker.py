@@ -48,12 +48,14 @@ def worker_cmd(
     episodes and says how to run them; any number of `strop worker` processes on any hosts join it. Each
     claims a batch with a lease, writes every finished episode in the transaction that marks it done, and
     reloads its engines when the run asks for another model version. A worker killed mid-run loses its
-    claims after --lease-ttl seconds and the others re-run them: no episode is written twice.
+    claims after --lease-ttl seconds and the others re-run them: no episode is written twice. SIGTERM or
+    Ctrl-C stops it gracefully: the episodes in flight are finished and written first.
 
     Example: [bold]strop worker --db postgresql://strop@db-host/strop --concurrency 32[/bold]
     """
     import asyncio
     import logging
+    import signal
 
     from strop.agents.worker import Worker, WorkerSettings, WorkSpecError
     from strop.memory import Store, StoreError
@@ -69,14 +71,19 @@ def worker_cmd(
         raise typer.Exit(1) from None
     worker = Worker(store, settings)
     typer.echo(f"worker {worker.owner} on {store!r}" + (f", run {run_id}" if run_id else ", every open run"))
+
+    async def go():  # type: ignore[no-untyped-def]
+        # SIGTERM (a pod being stopped) and Ctrl-C: finish the episodes in flight, claim nothing more, exit.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        return await worker.run(run_id)
+
     try:
-        stats = asyncio.run(worker.run(run_id))
+        stats = asyncio.run(go())
     except WorkSpecError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: this worker's claims return to the queue when their leases expire")
-        raise typer.Exit(130) from None
     finally:
         store.close()
     store_share = (stats.claim_seconds + stats.write_seconds) / max(stats.wall_seconds, 1e-9)

@@ -144,6 +144,9 @@ class HFEngine:
             raise EngineError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
+        # Streamed tokens reach the event loop at most this often after the first (one hand-off per step for a
+        # model slower than this): on a fast model, per-step hand-offs to 64 streams cost more than decoding.
+        self.stream_interval_s = 0.05
         self._device_arg = device
         self._dtype_arg = dtype
         self.stats = EngineStats()
@@ -442,7 +445,8 @@ class HFEngine:
             loop, version = rows[0].future.get_loop(), self._model_version
             emit = functools.partial(loop.call_soon_threadsafe, _deliver, version)
         stopper = RowStop(
-            rows, width, self.tokenizer, self.device, sampler=sampler, eos_ids=set(self._eos_ids), emit=emit
+            rows, width, self.tokenizer, self.device, sampler=sampler, eos_ids=set(self._eos_ids), emit=emit,
+            interval_s=self.stream_interval_s,
         )
         config = GenerationConfig(
             max_new_tokens=max(r.sampling.max_tokens for r in rows),
@@ -459,6 +463,7 @@ class HFEngine:
                 logits_processor=LogitsProcessorList([sampler]),
                 stopping_criteria=StoppingCriteriaList([stopper]),
             )
+        stopper.flush()  # streamed tokens still pending go before the completions
         generated = out[:, width:].tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
         tops = [[step.get(i, {}) for step in sampler.top] for i in range(len(rows))]

@@ -8,6 +8,7 @@ each streamed row its new token as soon as the step that drew it is done. See hf
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,7 @@ class RowStop(StoppingCriteria):
         sampler: RowSampler,
         eos_ids: set[int],
         emit: Callable[[list[tuple[Row, TokenUpdate]]], None] | None = None,
+        interval_s: float = 0.0,
     ) -> None:
         self.rows = rows
         self.width = prompt_width
@@ -144,6 +146,10 @@ class RowStop(StoppingCriteria):
         self.emit = emit
         self.streamed = [i for i, r in enumerate(rows) if r.sink is not None] if emit else []
         self.finished = [False] * len(rows)  # a streamed row's stream has ended (later tokens are padding)
+        self.interval_s = interval_s
+        self._pending: list[tuple[Row, TokenUpdate]] = []
+        self._last_flush = 0.0
+        self._first = True
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         n = input_ids.shape[1] - self.width
@@ -177,6 +183,17 @@ class RowStop(StoppingCriteria):
                 updates.append((row, (last[i], logps[i], top.get(i))))
             if flags[i] or last[i] in self.eos_ids:
                 self.finished[i] = True
-        if updates:
-            assert self.emit is not None
-            self.emit(updates)
+        self._pending += updates
+        # The first tokens go out at once (time to first token); later ones at most every interval_s, so that a
+        # fast model does not cost the event loop one hand-off per client per step (it shares the GIL with us).
+        now = time.monotonic()
+        if self._first or now - self._last_flush >= self.interval_s:
+            self._first = False
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Hand what is pending to the event loop; `_run_batch` calls it once more after the last step."""
+        if self._pending and self.emit is not None:
+            self.emit(self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic() if now is None else now

@@ -1,0 +1,220 @@
+"""Does `strop serve` keep the engine's batched throughput when many clients stream? Two ways, interleaved:
+
+  (a) `strop serve MODEL` in its own process, CLIENTS concurrent streaming chat requests over HTTP
+      (stream=true, include_usage), each prompt once per round;
+  (b) the hf engine in this process, the same prompts as CLIENTS concurrent `generate` calls (bench/engine.py's
+      batched figure).
+
+Both greedy, same prompts and max_tokens, so both decode the same tokens. Tokens/s counts completion tokens
+(the server's usage chunk for (a)). Target: a/b >= 0.8. Also the time to first token (first chunk with a
+token) at 1 client and at CLIENTS clients. The clients are a minimal keep-alive HTTP/1.1 load generator that only looks
+for the first token and the usage chunk, so that on a small machine they take little CPU from the server (httpx
+cost several ms per request here); they run in this process, apart from the server's. Connections are opened
+in the warm-up, as a real client pool keeps them.
+
+    .venv/bin/python bench/serve.py --model tiny --clients 64 --max-tokens 32 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from strop.agents.engines import GenerationRequest
+from strop.agents.engines.hf import HFEngine
+from strop.agents.models import resolve_model
+
+
+def _questions(count: int) -> list[str]:
+    rng = random.Random(0)
+    return [f"What is {rng.randint(10, 99)} + {rng.randint(10, 99)}?" for _ in range(count)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_FIRST = re.compile(rb'"token_ids":\[\d')
+_USAGE = re.compile(rb'"completion_tokens":(\d+)')
+
+
+class _Client:
+    """One keep-alive HTTP/1.1 connection speaking just enough HTTP to stream: a load generator that costs the
+    shared cores little (httpx spends several ms of CPU per request here, which the server then lacks)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        """A fresh connection: uvicorn closes idle keep-alive connections after 5 s, shorter than an engine round."""
+        if self.writer is not None:
+            self.writer.close()
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def stream(self, model: str, question: str, max_tokens: int) -> tuple[float, int]:
+        """(seconds to the first token, completion tokens) of one streamed chat request."""
+        assert self.reader is not None and self.writer is not None, "connect() first"
+        body = json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": question}],
+                "temperature": 0,
+                "max_tokens": max_tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        start = time.perf_counter()
+        self.writer.write(head + body)
+        first, tokens, seen = None, None, b""
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                raise RuntimeError("the server closed the connection")
+            seen = seen[-256:] + data
+            if first is None and _FIRST.search(seen):
+                first = time.perf_counter() - start
+            usage = _USAGE.search(seen)
+            if usage:
+                tokens = int(usage.group(1))
+            if b"data: [DONE]" in seen:
+                # the chunked body ends with 0\r\n\r\n; read it so the connection is clean for the next request
+                while not seen.endswith(b"0\r\n\r\n"):
+                    seen = seen[-16:] + await self.reader.read(65536)
+                break
+        if first is None or tokens is None:
+            raise RuntimeError(f"a stream ended without a token or usage: {seen[-200:]!r}")
+        return first, tokens
+
+
+async def _served(
+    clients: list[_Client], model: str, questions: list[str], max_tokens: int
+) -> tuple[float, list[float]]:
+    await asyncio.gather(*(c.connect() for c in clients))  # a warm pool: connecting is not timed
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(c.stream(model, q, max_tokens) for c, q in zip(clients, questions, strict=False))
+    )
+    wall = time.perf_counter() - start
+    return sum(t for _, t in results) / wall, [f for f, _ in results]
+
+
+async def _engine(engine: HFEngine, questions: list[str], max_tokens: int) -> float:
+    start = time.perf_counter()
+    out = await asyncio.gather(
+        *(
+            engine.generate([GenerationRequest.chat(q, temperature=0, max_tokens=max_tokens)])
+            for q in questions
+        )
+    )
+    wall = time.perf_counter() - start
+    return sum(len(c.token_ids) for [[c]] in out) / wall
+
+
+def _start_server(model: str, port: int, clients: int) -> subprocess.Popen[bytes]:
+    strop = Path(sys.executable).with_name("strop")
+    cmd = [
+        str(strop),
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(clients),
+        "--max-queue",
+        str(4 * clients),
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"strop serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            return str(httpx.get(f"{url}/v1/models", timeout=2).json()["data"][0]["id"])
+        except (httpx.HTTPError, KeyError):
+            time.sleep(0.5)
+    raise RuntimeError("strop serve did not start within 300 s")
+
+
+async def main(args: argparse.Namespace) -> None:
+    questions = _questions(args.clients)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_server(args.model, port, args.clients)
+    try:
+        name = _wait_ready(url, proc)
+        clients = [_Client("127.0.0.1", port) for _ in questions]
+        engine = HFEngine(resolve_model(args.model), model_version=args.model, max_batch_size=args.clients)
+        # warm-up of both sides (first batches pay allocation and kernel selection)
+        await _served(clients, name, questions, 4)  # also opens the connections
+        await _engine(engine, questions[:4], 4)
+        ratios, served, batched, ttft_many = [], [], [], []
+        for r in range(args.rounds):
+            a, firsts = await _served(clients, name, questions, args.max_tokens)
+            b = await _engine(engine, questions, args.max_tokens)
+            served.append(a)
+            batched.append(b)
+            ratios.append(a / b)
+            ttft_many.append(statistics.median(firsts))
+            print(
+                f"round {r}: served {a:,.0f} tok/s, engine {b:,.0f} tok/s, a/b {a / b:.2f}, "
+                f"TTFT at {args.clients} clients median {statistics.median(firsts) * 1000:.0f} ms "
+                f"(max {max(firsts) * 1000:.0f} ms)",
+                flush=True,
+            )
+        ttft_one = []
+        for q in questions[: args.single]:
+            _, [first] = await _served(clients[:1], name, [q], args.max_tokens)
+            ttft_one.append(first)
+        print(
+            f"\n{args.model}: {args.clients} streaming clients, max_tokens {args.max_tokens}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"served (a): median {statistics.median(served):,.0f} tok/s; engine batched (b): median "
+            f"{statistics.median(batched):,.0f} tok/s; a/b median {statistics.median(ratios):.2f} "
+            f"(rounds {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.8)"
+        )
+        print(
+            f"TTFT: 1 client median {statistics.median(ttft_one) * 1000:.0f} ms ({len(ttft_one)} requests); "
+            f"{args.clients} clients median {statistics.median(ttft_many) * 1000:.0f} ms"
+        )
+        await engine.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--single", type=int, default=5, help="Requests timed alone for the 1-client TTFT.")
+    asyncio.run(main(parser.parse_args()))

@@ -66,6 +66,7 @@ class RayPool:
         self._connected = False
         self._errors: list[str] = []
         self._done: set[int] = set()
+        self.external = False
 
     def start(self, run_id: str) -> None:
         ray = _ray()

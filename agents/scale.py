@@ -58,12 +58,22 @@ class ScaleSettings(BaseModel):
     poll: float = Field(
         1.0, gt=0, description="Seconds an idle worker waits before looking at the queue again."
     )
+    external: bool = Field(
+        False,
+        description="Start no workers: enqueue, then wait for `strop worker` processes started elsewhere "
+        "(a Kubernetes Deployment, other hosts' shells).",
+    )
     checkpoints: bool = Field(
         False,
         description="LangGraph checkpoints per node in workers: an episode a dead "
         "worker left half-done resumes from its last node instead of "
         "starting over; worth it for long episodes (MCTS, games) only.",
     )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether collection goes through the store's queue (else the single-process Runner)."""
+        return self.workers > 0 or self.external
 
     def worker_settings(self, concurrency: int) -> WorkerSettings:
         return WorkerSettings(
@@ -72,7 +82,10 @@ class ScaleSettings(BaseModel):
 
 
 class WorkerPool(Protocol):
-    """N workers serving one run: local processes or Ray actors."""
+    """N workers serving one run: local processes or Ray actors. `external` pools did not start their workers,
+    so the driver never gives up on them."""
+
+    external: bool
 
     def start(self, run_id: str) -> None: ...
 
@@ -83,6 +96,31 @@ class WorkerPool(Protocol):
     def stop(self) -> list[dict[str, Any]]: ...
 
 
+class ExternalPool:
+    """Workers this driver does not start (`strop worker` anywhere); `alive` counts who holds claims now."""
+
+    external = True
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.run_id = ""
+
+    def start(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def alive(self) -> int:
+        from strop.memory.queue import WorkState
+
+        items = self.store.list_work(self.run_id, WorkState.CLAIMED)
+        return len({w.owner for w in items})
+
+    def errors(self) -> list[str]:
+        return []
+
+    def stop(self) -> list[dict[str, Any]]:
+        return []
+
+
 class ProcessPool:
     """Workers as local processes: `python -m strop.agents.worker`, the database URL in their environment
     (never on a command line, where `ps` would show its password)."""
@@ -90,6 +128,7 @@ class ProcessPool:
     def __init__(self, db_url: str, n: int, settings: WorkerSettings) -> None:
         self.db_url, self.n, self.settings = db_url, n, settings
         self.procs: list[subprocess.Popen[str]] = []
+        self.external = False
 
     def start(self, run_id: str) -> None:
         env = {**os.environ, "STROP_DB": self.db_url}
@@ -141,8 +180,10 @@ class ProcessPool:
         return stats
 
 
-def make_pool(scale: ScaleSettings, db_url: str, concurrency: int) -> WorkerPool:
+def make_pool(scale: ScaleSettings, db_url: str, concurrency: int, store: Any = None) -> WorkerPool:
     settings = scale.worker_settings(concurrency)
+    if scale.external:
+        return ExternalPool(store)
     if scale.ray:
         from strop.agents.ray_pool import RayPool
 
@@ -198,8 +239,8 @@ async def run_on_workers(
     started = time.monotonic()
     db_url = store_url(store) or ""
     _check_db(db_url, scale)
-    if scale.workers < 1:
-        raise ScaleError("run_on_workers needs scale.workers >= 1 (0 means: use the single-process Runner)")
+    if not scale.enabled:
+        raise ScaleError("run_on_workers needs scale.workers >= 1 or scale.external (else use the Runner)")
     if not run.host:
         run = run.model_copy(update={"host": socket.gethostname()})
     await store.acreate_run(run)
@@ -207,11 +248,17 @@ async def run_on_workers(
     await asyncio.to_thread(
         store.enqueue_work, run.id, items, run_config={WORK_KEY: spec.model_dump(mode="json")}
     )
+    await asyncio.to_thread(store.requeue_failed, run.id)  # running it again is the retry of what failed
     before = (await asyncio.to_thread(store.work_counts, run.id)).done
     if spec.checkpoints:
         async with open_checkpointer(db_url):  # its tables, once, before N workers race to create them
             pass
-    pool = pool or make_pool(scale, db_url, concurrency)
+    pool = pool or make_pool(scale, db_url, concurrency, store)
+    if pool.external:
+        print(
+            f"run {run.id}: waiting for workers; start them with `strop worker --db URL` on any host",
+            flush=True,
+        )
     counts = await asyncio.to_thread(store.work_counts, run.id)
     try:
         if not counts.settled:
@@ -222,7 +269,7 @@ async def run_on_workers(
                     tick(counts, pool.alive())
                 if on_progress is not None:
                     on_progress(counts, pool)
-                if pool.alive() == 0:
+                if not pool.external and pool.alive() == 0:
                     counts = await asyncio.to_thread(store.work_counts, run.id)
                     if counts.settled:
                         break
@@ -249,7 +296,7 @@ async def run_on_workers(
         first = "; ".join(f"{w.task_id}: {w.error}" for w in failed[:3])
         raise ScaleError(
             f"{counts.failed} episode(s) of run {run.id} failed for good ({first}). Fix the cause, "
-            f"then run again with --run-id {run.id} (store.requeue_failed re-opens them)"
+            f"then run again with --run-id {run.id} (done episodes are kept, failed ones retried)"
         )
     await store.afinish_run(run.id, RunStatus.FINISHED)
     return await Runner(store, progress=False, db_url="")._result(

@@ -137,6 +137,7 @@ class WorkerStats(BaseModel):
     write_seconds: float = 0.0
     heartbeat_seconds: float = 0.0
     wall_seconds: float = 0.0
+    first_claim_at: float | None = Field(None, description="Epoch seconds of its first non-empty claim.")
 
 
 def new_owner() -> str:
@@ -193,7 +194,8 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.owner = owner or new_owner()
         self.stats = WorkerStats(owner=self.owner)
-        self._saver = saver  # a shared checkpointer (workers hosted in one process); else one is opened
+        self._shared_saver = saver  # a checkpointer shared by workers hosted in one process; else one is opened
+        self._saver: Any = None
         self._engines: dict[str, Any] = {}  # version id -> the engine serving it
         self._records: dict[str, ModelVersionRecord] = {}  # version id -> its registry record
         self._stop = asyncio.Event()
@@ -209,7 +211,8 @@ class Worker:
         beat = _Heartbeat(self.store, self.owner, self.settings.lease_ttl, self.stats)
         committer = GroupCommitter(self._complete)
         try:
-            async with self._checkpointer() as saver:
+            self._saver = self._shared_saver
+            async with contextlib.AsyncExitStack() as self._exits:
                 while not self._stop.is_set():
                     rid = run_id or await self._next_run()
                     if rid is None:
@@ -217,7 +220,7 @@ class Worker:
                             break
                         await self._sleep(self.settings.poll)
                         continue
-                    await self._serve(rid, saver, committer)
+                    await self._serve(rid, committer)
                     if run_id is not None:
                         break
         finally:
@@ -229,15 +232,15 @@ class Worker:
             self.stats.wall_seconds = time.perf_counter() - started
         return self.stats
 
-    @contextlib.asynccontextmanager
-    async def _checkpointer(self) -> Any:
-        if self._saver is not None:
-            yield self._saver
-            return
-        from strop.agents.runner import open_checkpointer, store_url
+    async def _saver_for(self, spec: WorkSpec) -> Any:
+        """The checkpointer, opened the first time a run asks for checkpoints (a connection of its own)."""
+        if not spec.checkpoints:
+            return None
+        if self._saver is None:
+            from strop.agents.runner import open_checkpointer, store_url
 
-        async with open_checkpointer(store_url(self.store)) as saver:
-            yield saver
+            self._saver = await self._exits.enter_async_context(open_checkpointer(store_url(self.store)))
+        return self._saver
 
     async def _next_run(self) -> str | None:
         runs = await asyncio.to_thread(self.store.open_work_runs)
@@ -266,8 +269,9 @@ class Worker:
             )
         return out.written | out.existing
 
-    async def _serve(self, run_id: str, saver: Any, committer: GroupCommitter) -> None:
+    async def _serve(self, run_id: str, committer: GroupCommitter) -> None:
         spec = work_spec_of(await asyncio.to_thread(self.store.get_run, run_id), run_id)
+        saver = await self._saver_for(spec)
         task_set = _task_set(spec)
         runner: Any = None
         cap = self.settings.concurrency
@@ -280,7 +284,7 @@ class Worker:
                     if in_flight:  # never swap weights under a running episode
                         await asyncio.wait(in_flight)
                         in_flight.clear()
-                    graph = await self._graph(spec, task_set, versions, saver if spec.checkpoints else None)
+                    graph = await self._graph(spec, task_set, versions, saver)
                     runner = _runner(self.store)
                 started = time.perf_counter()
                 items = await asyncio.to_thread(
@@ -293,6 +297,8 @@ class Worker:
                 )
                 self.stats.claim_seconds += time.perf_counter() - started
                 self.stats.claims += 1
+                if items and self.stats.first_claim_at is None:
+                    self.stats.first_claim_at = time.time()
                 for item in items:
                     in_flight.add(
                         asyncio.create_task(self._episode(runner, graph, item, spec, saver, committer))

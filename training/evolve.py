@@ -291,7 +291,7 @@ class Evolution:
                         model_ids=sorted({e.version.id for e in engines.values()}),
                         config={"evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,
                                 "task_set": self.label(s), "loop": cfg.model_dump(mode="json")})
-        if self.recipe.scale.workers:  # rollout workers with their own engines collect through the store's queue
+        if self.recipe.scale.enabled:  # rollout workers with their own engines collect through the store's queue
             res = await self._collect_on_workers(k, s, spec, cfg, run, {r: e.version for r, e in engines.items()})
         else:
             graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store,

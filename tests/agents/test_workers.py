@@ -98,6 +98,8 @@ async def test_a_run_without_a_work_spec_is_refused_with_the_fix(store) -> None:
 class _DeadPool:
     """A pool whose workers all died at once (killed by the OOM killer, say)."""
 
+    external = False
+
     def start(self, run_id: str) -> None: ...
 
     def alive(self) -> int:
@@ -129,7 +131,6 @@ def test_two_strop_worker_processes_join_one_run(pg_url) -> None:
     import re
     import subprocess
     import sys
-    import time
 
     from strop.memory import Store
 
@@ -155,10 +156,18 @@ def test_two_strop_worker_processes_join_one_run(pg_url) -> None:
         for p in procs:  # both up and polling before the run appears, so both get a share of it
             assert p.stdout.readline().startswith("worker "), p.stdout.read()
         task_list = tasks(60)
-        asyncio.run(_enqueue(store, "join", sim_spec(latency=0.2), task_list))
-        deadline = time.monotonic() + 60
-        while not store.work_counts("join").settled and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # The driver with external workers: it starts none, enqueues, and waits for the queue to drain.
+        res = asyncio.run(
+            run_on_workers(
+                store,
+                run_record("join"),
+                sim_spec(latency=0.2),
+                task_list,
+                ScaleSettings(external=True),
+                progress=False,
+            )
+        )
+        assert res.episodes == res.episodes_run == 60
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)  # graceful: finish what is in flight, print the tally, exit 0

@@ -44,6 +44,8 @@ def test_scale_settings_parse_and_a_typo_is_named(tmp_path: Path) -> None:
 class InProcessPool:
     """Workers as tasks of this event loop: the driver's whole path, without process start-up."""
 
+    external = False
+
     def __init__(self, store, n: int, settings) -> None:  # type: ignore[no-untyped-def]
         self.store, self.n, self.settings = store, n, settings
         self.tasks: list[asyncio.Task] = []

@@ -191,6 +191,9 @@ def run_cmd(
                                               help="CPUs Ray reserves per worker actor.")] = 1.0,
     actor_gpus: Annotated[float, typer.Option(min=0.0, rich_help_panel=_SCALE_PANEL,
                                               help="GPUs Ray reserves per worker actor.")] = 0.0,
+    external_workers: Annotated[bool, typer.Option(
+        "--external-workers", rich_help_panel=_SCALE_PANEL,
+        help="Start no workers: enqueue and wait for `strop worker` processes started elsewhere.")] = False,
     lease_ttl: Annotated[float, typer.Option(min=1.0, rich_help_panel=_SCALE_PANEL,
                                              help="Seconds a dead worker's episodes wait before others re-run "
                                                   "them.")] = 60.0,
@@ -251,10 +254,10 @@ def run_cmd(
 
     if ray is not None and workers < 1:
         _fail("--ray starts --workers N actors: give --workers (e.g. --workers 4)")
-    if workers:
+    if workers or external_workers:
         res = _run_on_workers(store, spec, cfg, run, versions, task_list, tasks, options,
                               workers=workers, ray=ray, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
-                              lease_ttl=lease_ttl, concurrency=concurrency)
+                              lease_ttl=lease_ttl, concurrency=concurrency, external=external_workers)
         _print_result(spec, cfg, res)
         return
 
@@ -285,13 +288,14 @@ def _print_result(spec: Any, cfg: Any, res: Any) -> None:
 
 def _run_on_workers(store: Any, spec: Any, cfg: Any, run: Any, versions: dict[str, Any], task_list: list[Any],
                     tasks: str, options: dict[str, Any], *, workers: int, ray: str | None, actor_cpus: float,
-                    actor_gpus: float, lease_ttl: float, concurrency: int) -> Any:
+                    actor_gpus: float, lease_ttl: float, concurrency: int, external: bool) -> Any:
     """`strop run --workers N`: the episodes go through the store's queue to N workers with their own engines."""
     from strop.agents.evaluation import task_set_label
     from strop.agents.scale import ScaleError, ScaleSettings, run_on_workers
     from strop.agents.worker import RoleModel, WorkSpec
 
-    scale = ScaleSettings(workers=workers, ray=ray, actor_cpus=actor_cpus, actor_gpus=actor_gpus, lease_ttl=lease_ttl)
+    scale = ScaleSettings(workers=workers, ray=ray, actor_cpus=actor_cpus, actor_gpus=actor_gpus, lease_ttl=lease_ttl,
+                          external=external)
     work = WorkSpec(loop=spec.name, config=cfg.model_dump(mode="json"), task_set=tasks, task_options=options,
                     label=task_set_label(tasks, options),
                     roles={r: RoleModel(version=v.id, lineage=v.lineage) for r, v in versions.items()})

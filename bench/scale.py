@@ -81,7 +81,9 @@ def _host_workers(url: str, run_id: str, k: int, settings: dict[str, Any], out: 
     from strop.agents.worker import Worker, WorkerSettings
     from strop.memory import Store
 
-    store = Store(url, create=False)
+    # A worker uses up to 3 connections at once (claims, the group-commit writer, the heartbeat); a pool too
+    # small for k of them would make them queue for connections, which a process per worker would not.
+    store = Store(url, create=False, pool_size=k + 4)
     ws = WorkerSettings.model_validate(settings)
 
     async def go() -> list[Any]:
@@ -147,7 +149,7 @@ def _episode(run_id: str, eid: str, task_id: str) -> Any:
 def _host_claimers(url: str, run_id: str, k: int, batch: int, out: Any) -> None:
     from strop.memory import Store
 
-    store = Store(url, create=False)
+    store = Store(url, create=False, pool_size=k)
     totals = []
 
     def claimer() -> None:

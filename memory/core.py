@@ -37,13 +37,15 @@ class StoreCore:
     """Owns the SQLAlchemy engine. Safe to share between threads (each call takes a pooled connection);
     processes each make their own Store."""
 
-    def __init__(self, url: str | None = None, *, create: bool = True, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str | None = None, *, create: bool = True, busy_timeout: float = 30.0, pool_size: int | None = None
+    ) -> None:
         self.url = db.resolve_db_url(url)
         self.busy_timeout = busy_timeout
         self.is_sqlite = db.is_sqlite(self.url)
         if self.is_sqlite and not create and not db.sqlite_exists(self.url):
             raise db.missing_sqlite_error(self.url)
-        self.engine = db.make_engine(self.url, busy_timeout=busy_timeout)
+        self.engine = db.make_engine(self.url, busy_timeout=busy_timeout, pool_size=pool_size)
         with self._errors():
             db.check_schema(self.engine, create=create)
 

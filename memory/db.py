@@ -70,7 +70,9 @@ def to_json_text(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
 
 
-def make_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
+def make_engine(url: str, *, busy_timeout: float = 30.0, pool_size: int | None = None) -> Engine:
+    """`pool_size`: PostgreSQL connections kept per process (SQLAlchemy's default 5, plus as many again on
+    demand); a process hosting many workers needs more, a server with many hosts fewer."""
     json_args: dict[str, Any] = {"json_serializer": to_json_text, "json_deserializer": pydantic_core.from_json}
     if is_sqlite(url):
         path = sqlite_path(url)
@@ -81,7 +83,8 @@ def make_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
         )
         _sqlite_events(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10}, **json_args)
+    pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": pool_size}
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10}, **pool, **json_args)
 
 
 def _sqlite_events(engine: Engine) -> None:

@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, and_, case, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, case, delete, func, literal_column, select, text, update
 
 from strop.memory.core import StoreCore, chunks
 from strop.memory.errors import InvalidTransitionError, NotFoundError
@@ -132,10 +132,9 @@ class QueueMixin(StoreCore):
         """The server's clock inside a PostgreSQL statement (no extra round trip), this host's on SQLite."""
         return utcnow() if self.is_sqlite else func.now()
 
-    def _claimable(self, now: Any, max_attempts: int) -> ColumnElement[bool]:
+    def _expired(self, now: Any, max_attempts: int) -> ColumnElement[bool]:
         w = WorkItem
-        expired = and_(w.state == str(WorkState.CLAIMED), w.expires_at < now, w.attempts < max_attempts)
-        return or_(w.state == str(WorkState.TODO), expired)
+        return and_(w.state == str(WorkState.CLAIMED), w.expires_at < now, w.attempts < max_attempts)
 
     def enqueue_work(
         self,
@@ -181,6 +180,10 @@ class QueueMixin(StoreCore):
                         [{**r, "updated_at": now} for r in part],
                     ).all()
                 )
+            if added >= 500 and not self.is_sqlite:
+                # Fresh statistics after a bulk load, so the planner looks claimed rows up by key rather than
+                # scanning a run it believes holds one row (autovacuum would only get to it minutes later).
+                conn.execute(text("ANALYZE work_items"))
             stored = select(Episode.id).where(Episode.run_id == run_id)
             conn.execute(
                 update(WorkItem)
@@ -196,39 +199,56 @@ class QueueMixin(StoreCore):
     def claim_work(
         self, run_id: str, owner: str, ttl: float, limit: int, *, max_attempts: int = 3
     ) -> list[WorkItemRecord]:
-        """Claim up to `limit` items of a run for `owner` for `ttl` seconds: `todo` ones, and claimed ones whose
-        lease expired with attempts left. Concurrent claimers get disjoint items and never wait on each other
-        (SKIP LOCKED); an empty list means nothing is claimable now (see `work_counts` for why)."""
-        w = WorkItem
+        """Claim up to `limit` items of a run for `owner` for `ttl` seconds: `todo` ones first, then claimed ones
+        whose lease expired with attempts left. Concurrent claimers get disjoint items and never wait on each
+        other (SKIP LOCKED); an empty list means nothing is claimable now (see `work_counts` for why)."""
         with self._write() as conn:
             now = self._now()
-            # A materialized CTE, not `IN (sub-select)`: PostgreSQL may run an IN's sub-select once per row it
-            # scans, and each run with LIMIT and SKIP LOCKED would lock another batch.
-            pick = (
-                select(w.episode_id)
-                .where(w.run_id == run_id, self._claimable(now, max_attempts))
-                .order_by(w.position)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-                .cte("pick")
-                .prefix_with("MATERIALIZED", dialect="postgresql")
-            )
-            stmt = (
-                update(w)
-                .where(
-                    w.run_id == run_id, w.episode_id == pick.c.episode_id, self._claimable(now, max_attempts)
+            got = self._claim(conn, run_id, owner, ttl, limit, WorkItem.state == str(WorkState.TODO), now)
+            if len(got) < limit:  # a dead worker's items: rare, and only looked for once `todo` runs short
+                got += self._claim(
+                    conn, run_id, owner, ttl, limit - len(got), self._expired(now, max_attempts), now
                 )
-                .values(
-                    state=str(WorkState.CLAIMED),
-                    owner=owner,
-                    expires_at=now + timedelta(seconds=ttl),
-                    attempts=w.attempts + 1,
-                    updated_at=now,
-                )
-                .returning(*w.__table__.c)
+        return got
+
+    def _among(self, pick: Any) -> ColumnElement[bool]:
+        """episode_id among the picked ones. On PostgreSQL as `= ANY(array of the pick)`, an init-plan, so the
+        rows are fetched by primary key whatever the (often stale, for a fresh queue) statistics say."""
+        if self.is_sqlite:
+            return WorkItem.episode_id.in_(select(pick.c.episode_id))
+        return WorkItem.episode_id == func.any(literal_column(f"ARRAY(SELECT episode_id FROM {pick.name})"))
+
+    def _claim(
+        self, conn: Connection, run_id: str, owner: str, ttl: float, limit: int, which: Any, now: Any
+    ) -> list[WorkItemRecord]:
+        w = WorkItem
+        # The pick is a materialized CTE read through IN: evaluated exactly once (PostgreSQL may re-run a plain
+        # sub-select per row, and each run with LIMIT and SKIP LOCKED would lock another batch), and the
+        # UPDATE then finds its rows by primary key. One condition per pick, so `todo` is read in index order
+        # (run_id, state, position) and the scan stops after `limit` rows, however long the queue.
+        pick = (
+            select(w.episode_id)
+            .where(w.run_id == run_id, which)
+            .order_by(w.position)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("pick")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        stmt = (
+            update(w)
+            .add_cte(pick)
+            .where(w.run_id == run_id, self._among(pick))  # picked rows are locked: no one changed them since
+            .values(
+                state=str(WorkState.CLAIMED),
+                owner=owner,
+                expires_at=now + timedelta(seconds=ttl),
+                attempts=w.attempts + 1,
+                updated_at=now,
             )
-            got = [_record(r) for r in conn.execute(stmt)]
-        return sorted(got, key=lambda r: r.position)
+            .returning(*(c for c in w.__table__.c if c.key != "updated_at"))
+        )
+        return sorted((_record(r) for r in conn.execute(stmt)), key=lambda r: r.position)
 
     def renew_work(self, owner: str, ttl: float) -> int:
         """Push every lease `owner` holds `ttl` seconds ahead (the heartbeat); returns how many it holds.

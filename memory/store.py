@@ -62,10 +62,12 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
         create: bool = True,
         busy_timeout: float = 30.0,
         group_commit: bool = True,
+        pool_size: int | None = None,
     ) -> None:
         """`busy_timeout`: seconds a SQLite writer waits for the lock before StoreLockedError.
-        `group_commit`: concurrent `awrite_episode` calls share transactions (see group_commit.py)."""
-        super().__init__(url, create=create, busy_timeout=busy_timeout)
+        `group_commit`: concurrent `awrite_episode` calls share transactions (see group_commit.py).
+        `pool_size`: PostgreSQL connections kept by this process (default SQLAlchemy's 5, plus 10 on demand)."""
+        super().__init__(url, create=create, busy_timeout=busy_timeout, pool_size=pool_size)
         self.group_commit = group_commit
         self._committer: GroupCommitter | None = None
         self._committer_lock = threading.Lock()

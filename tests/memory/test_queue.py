@@ -101,12 +101,21 @@ def test_release_retries_until_attempts_run_out_then_fails(queued) -> None:
 
 
 def test_leases_that_keep_expiring_end_failed(queued) -> None:
-    for _ in range(2):
-        assert queued.claim_work("r", "A", ttl=0.05, limit=1, max_attempts=2)[0].episode_id == "ep0"
+    for attempt in (1, 2):
+        items = queued.claim_work("r", "A", ttl=0.05, limit=10, max_attempts=2)
+        assert len(items) == 10 and {w.attempts for w in items} == {attempt}
         time.sleep(0.15)
-    assert queued.fail_exhausted_work("r", max_attempts=2) == 1
-    [failed] = queued.list_work("r", WorkState.FAILED)
-    assert "expired 2 times" in (failed.error or "")
+    assert queued.claim_work("r", "B", ttl=30, limit=10, max_attempts=2) == []  # no attempts left
+    assert queued.fail_exhausted_work("r", max_attempts=2) == 10
+    failed = queued.list_work("r", WorkState.FAILED)
+    assert len(failed) == 10 and "expired 2 times" in (failed[0].error or "")
+
+
+def test_todo_items_go_before_expired_ones(queued) -> None:
+    queued.claim_work("r", "A", ttl=0.05, limit=2)  # ep0, ep1: their worker dies
+    time.sleep(0.15)
+    got = [w.episode_id for w in queued.claim_work("r", "B", ttl=30, limit=9)]
+    assert got == [f"ep{i}" for i in range(2, 10)] + ["ep0"]  # the queue first, then the dead worker's
 
 
 def test_concurrent_claimers_take_every_item_exactly_once(store) -> None:

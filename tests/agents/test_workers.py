@@ -261,3 +261,16 @@ def _train_tasks(n: int) -> list:
     from strop.sandbox.tasks import Split, load_task_set
 
     return load_task_set("arithmetic", digits=1).tasks(Split.TRAIN, n)
+
+
+def test_the_cli_and_recipes_load_neither_ray_nor_langgraph() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; from strop.cli import app; import strop.training.recipe, strop.agents.scale; "
+        "print(json.dumps([m for m in ('ray', 'langgraph', 'sqlalchemy', 'torch') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

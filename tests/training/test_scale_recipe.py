@@ -72,7 +72,7 @@ def test_evolve_collects_on_the_recipes_workers(tmp_path: Path, store, tiny_mode
 
     pools: list[InProcessPool] = []
 
-    def make_pool(scale, db_url, concurrency):  # type: ignore[no-untyped-def]
+    def make_pool(scale, db_url, concurrency, store_=None):  # type: ignore[no-untyped-def]
         pools.append(InProcessPool(store, scale.workers, scale.worker_settings(concurrency)))
         return pools[-1]
 

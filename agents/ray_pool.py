@@ -74,7 +74,7 @@ class RayPool:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
             self._connected = True
         cls = ray.remote(RolloutActor)
-        # The URL travels as the actor's environment, not as an argument Ray would keep in its object store.
+        # The URL travels in the actors' environment, as for local worker processes: never on a command line.
         env = {
             "STROP_DB": self.db_url,
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),

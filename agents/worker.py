@@ -194,7 +194,8 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.owner = owner or new_owner()
         self.stats = WorkerStats(owner=self.owner)
-        self._shared_saver = saver  # a checkpointer shared by workers hosted in one process; else one is opened
+        # a checkpointer shared by workers hosted in one process; else one is opened when a run asks for it
+        self._shared_saver = saver
         self._saver: Any = None
         self._engines: dict[str, Any] = {}  # version id -> the engine serving it
         self._records: dict[str, ModelVersionRecord] = {}  # version id -> its registry record

@@ -68,7 +68,7 @@ async def test_two_actors_run_200_episodes_each_once_though_one_is_sigkilled(loc
     res = await run_on_workers(
         pg_store,
         run_record("ray"),
-        sim_spec(latency=0.05),
+        sim_spec(latency=0.2),  # slow enough that the kill lands mid-run,
         task_list,
         scale,
         progress=False,

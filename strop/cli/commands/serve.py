@@ -90,7 +90,7 @@ def serve(
     aliases = (follow,) if follow else ()
     what = f"{served.model_version} (following {follow})" if follow else served.model_version
     typer.echo(f"serving {what} with the {engine} engine at http://{host}:{port}/v1")
-    app = create_app(served, aliases=aliases, max_queue=max_queue, follower=follower)
+    app = create_app(served, aliases=aliases, max_queue=max_queue, follower=follower, owns_engine=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

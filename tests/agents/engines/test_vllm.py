@@ -9,6 +9,8 @@ handler to the loop of the first request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import math
 import os
@@ -148,18 +150,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(models: dict[str, Path]) -> AsyncIterator[Any]:
-    # Small KV cache and eager mode: the CPU build would otherwise reserve 4 GiB and compile graphs.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # No dtype, enforce_eager or KV size given: the engine's CPU defaults (float32, eager, a KV cache sized
+    # for cpu_kv_cache_seqs sequences of max_model_len tokens) are what is under test.
     from strop.agents.engines.vllm import VLLMEngine
 
     eng = VLLMEngine(
-        models["base"],
-        enable_lora=True,
-        max_lora_rank=8,
-        max_model_len=256,
-        dtype="float32",
-        enforce_eager=True,
-        model_version="base-v0",
+        models["base"], enable_lora=True, max_lora_rank=8, max_model_len=256, model_version="base-v0"
     )
     yield eng
     await eng.close()
@@ -167,6 +163,29 @@ async def engine(models: dict[str, Path]) -> AsyncIterator[Any]:
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 PROMPT = GenerationRequest(prompt="What is 98 + 69?", sampling=GREEDY)
+
+
+@vllm_case
+async def test_cpu_defaults_size_the_kv_cache_from_the_run(engine: Any, models: dict[str, Path]) -> None:
+    """On CPU, vLLM gets float32 (as hf), eager mode and a KV cache of 4 x 256 tokens, not 85% of the RAM."""
+    from strop.agents.engines.vllm import kv_cache_bytes
+
+    config = engine._llm.vllm_config
+    assert str(config.model_config.dtype) == "torch.float32" and config.model_config.enforce_eager
+    if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # set, it wins (vLLM's own setting)
+        assert config.cache_config.kv_cache_memory_bytes == kv_cache_bytes(models["base"], 256, 4)[0]
+
+
+@vllm_case
+async def test_a_kv_cache_that_cannot_fit_names_the_fix(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before vLLM starts, with the knobs that fix it."""
+    from strop.agents.engines.vllm import VLLMEngine
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    with pytest.raises(EngineError, match=r"max_model_len.*cpu_kv_cache_seqs.*VLLM_CPU_KVCACHE_SPACE"):
+        VLLMEngine(models["base"], max_model_len=256, cpu_kv_cache_seqs=10**7)
 
 
 @vllm_case
@@ -285,7 +304,9 @@ async def test_lora_swap_then_full_weight_reloads(engine: Any, models: dict[str,
 @vllm_case
 async def test_stream_equals_generate_and_gives_top_logprobs(engine: Any) -> None:
     """vLLM's own DELTA outputs: the streamed pieces add up to the non-streamed completion of the same seed."""
-    req = GenerationRequest.chat("What is 98 + 69?", n=2, temperature=1.0, max_tokens=16, seed=5, top_logprobs=3)
+    req = GenerationRequest.chat(
+        "What is 98 + 69?", n=2, temperature=1.0, max_tokens=16, seed=5, top_logprobs=3
+    )
     [full] = await engine.generate([req])
     texts, ids, finals = ["", ""], [[], []], {}
     async for ev in engine.stream(req):
@@ -304,7 +325,9 @@ async def test_stream_equals_generate_and_gives_top_logprobs(engine: Any) -> Non
 
 @vllm_case
 async def test_a_closed_stream_is_aborted(engine: Any) -> None:
-    req = GenerationRequest(prompt="What is", sampling=SamplingParams(temperature=1.0, max_tokens=200, seed=1))
+    req = GenerationRequest(
+        prompt="What is", sampling=SamplingParams(temperature=1.0, max_tokens=200, seed=1)
+    )
     stream = engine.stream(req)
     await anext(stream)
     await stream.aclose()  # aborts the request in vLLM
@@ -323,7 +346,9 @@ async def test_served_through_the_openai_api_with_streaming(engine: Any) -> None
     app = create_app(engine, max_queue=8)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://strop")
     client = openai.AsyncOpenAI(base_url="http://strop/v1", api_key="unused", http_client=http, max_retries=0)
-    args: dict[str, Any] = dict(model=engine.model_version, prompt="What is 98 + 69?", max_tokens=12, temperature=0)
+    args: dict[str, Any] = dict(
+        model=engine.model_version, prompt="What is 98 + 69?", max_tokens=12, temperature=0
+    )
     full = await client.completions.create(**args)
     streamed = ""
     async for chunk in await client.completions.create(**args, stream=True):
@@ -337,10 +362,32 @@ async def test_served_through_the_openai_api_with_streaming(engine: Any) -> None
 
 @vllm_case
 async def test_closed_engine_refuses(engine: Any) -> None:
-    """Last in the module: it closes the shared engine."""
-    await engine.close()
+    """Last in the module: `strop serve`'s app (owns_engine) closes the shared engine at shutdown, and vLLM's
+    engine processes exit with it rather than outliving the server."""
+    import psutil
+
+    from strop.agents.server import create_app
+
+    def vllm_children() -> list[str]:
+        """Live ones: vLLM kills but does not reap them, so exited ones stay as zombies until pytest exits."""
+        live = []
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):  # one may exit while we look
+                if p.name().startswith("VLLM") and p.status() != psutil.STATUS_ZOMBIE:
+                    live.append(p.name())
+        return live
+
+    assert vllm_children()
+    app = create_app(engine, owns_engine=True)
+    async with app.router.lifespan_context(app):
+        pass
     with pytest.raises(EngineError, match="closed"):
         await engine.generate([PROMPT])
+    for _ in range(50):  # shutdown signals the processes; give them a moment to exit
+        if not vllm_children():
+            break
+        await asyncio.sleep(0.2)
+    assert not vllm_children()
 
 
 def test_missing_vllm_names_the_install_commands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,8 +407,14 @@ def test_cpu_kv_cache_is_sized_from_the_run() -> None:
     from strop.agents.engines.vllm import kv_cache_bytes
 
     with tempfile.TemporaryDirectory() as d:
-        config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-                  "hidden_size": 576, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+        config = {
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "hidden_size": 576,
+            "max_position_embeddings": 8192,
+            "torch_dtype": "bfloat16",
+        }
         (Path(d) / "config.json").write_text(json.dumps(config))
         need, tokens = kv_cache_bytes(Path(d), None, 4)
         assert tokens == 8192 and need == 2 * 30 * 3 * 64 * 2 * 8192 * 4

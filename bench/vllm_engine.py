@@ -3,7 +3,7 @@
 Run inside the vLLM environment that `make test-vllm` builds:
     .venv-vllm/bin/python bench/vllm_engine.py ~/.cache/strop/models/smollm2-135m --sizes 32x32 64x64 --rounds 3
 
-Each measurement loads one engine, warms it up, times the whole batch twice (the better run counts) and closes
+Each measurement loads one engine, warms it up, times the whole batch `--timed` times (2; the best counts) and closes
 it, so the two engines never share the cores. The order alternates between rounds (vllm, hf, then hf, vllm,
 ...) so a load that drifts during the run does not favour one engine; each round's ratio and the 1-minute
 load average before it are printed, and the median ratio over the rounds is the figure to quote. Both engines
@@ -33,7 +33,7 @@ async def measure(engine: Any, reqs: list[GenerationRequest], timed: int = 2) ->
     return best
 
 
-async def one(kind: str, model: str, reqs: list[GenerationRequest], max_tokens: int) -> float:
+async def one(kind: str, model: str, reqs: list[GenerationRequest], max_tokens: int, timed: int) -> float:
     if kind == "hf":
         from strop.agents.engines.hf import HFEngine
 
@@ -44,14 +44,16 @@ async def one(kind: str, model: str, reqs: list[GenerationRequest], max_tokens: 
         # The chat-templated prompts here are under 64 tokens: size the KV cache for the whole batch.
         engine = VLLMEngine(model, max_model_len=64 + max_tokens, cpu_kv_cache_seqs=len(reqs))
     try:
-        return await measure(engine, reqs)
+        return await measure(engine, reqs, timed)
     finally:
         await engine.close()
 
 
-async def main(model: str, sizes: list[tuple[int, int]], rounds: int) -> None:
+async def main(model: str, sizes: list[tuple[int, int]], rounds: int, timed: int) -> None:
     reserved = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "default")
-    print(f"model={model} rounds={rounds} cores={os.cpu_count()} VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}")
+    print(
+        f"model={model} rounds={rounds} timed={timed} cores={os.cpu_count()} VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}"
+    )
     for n, max_tokens in sizes:
         reqs = [
             GenerationRequest.chat(
@@ -66,7 +68,7 @@ async def main(model: str, sizes: list[tuple[int, int]], rounds: int) -> None:
             loads = []
             for kind in order:
                 loads.append(os.getloadavg()[0])
-                got[kind] = await one(kind, model, reqs, max_tokens)
+                got[kind] = await one(kind, model, reqs, max_tokens, timed)
             ratios.append(got["vllm"] / got["hf"])
             print(
                 f"{n}x{max_tokens} round {r + 1} ({order[0]} first, load {loads[0]:.1f}/{loads[1]:.1f}): "
@@ -84,6 +86,9 @@ if __name__ == "__main__":  # vLLM's CPU build spawns its engine process
     parser.add_argument("model", help="a local Hugging Face model folder")
     parser.add_argument("--sizes", nargs="+", default=["32x32", "64x64"], help="PROMPTSxMAX_TOKENS")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--timed", type=int, default=2, help="timed batches per measurement (the best counts)"
+    )
     args = parser.parse_args()
     parsed = [tuple(int(x) for x in s.split("x")) for s in args.sizes]
-    asyncio.run(main(os.path.expanduser(args.model), parsed, args.rounds))  # type: ignore[arg-type]
+    asyncio.run(main(os.path.expanduser(args.model), parsed, args.rounds, args.timed))  # type: ignore[arg-type]

@@ -27,7 +27,8 @@ the weights that produced every one of its tokens.
 Streaming (`stream`) uses vLLM's own per-step output (`RequestOutputKind.DELTA`); closing the stream aborts the
 request in vLLM. On the CPU backend the KV cache is sized from what the run needs (`cpu_kv_cache_seqs`
 sequences of `max_model_len` tokens) instead of `gpu_memory_utilization`, which there reserves that share of
-the NUMA node's memory; `VLLM_CPU_KVCACHE_SPACE` (GiB), when set, wins.
+the NUMA node's memory; `VLLM_CPU_KVCACHE_SPACE` (GiB), when set, wins. The CPU backend also defaults to float32
+and eager mode (see `_cpu_defaults`).
 """
 
 from __future__ import annotations

@@ -16,9 +16,20 @@ from strop.memory import Store
 from strop.memory.records import EpisodeRecord, TrainingJobRecord
 
 
-def claim_until_empty(url: str, out: str, batch: int) -> None:
-    """Consume SFT examples job by job until none are left; write the ids this process got."""
+def claim_until_empty(url: str, out: str, batch: int, go: str | None = None) -> None:
+    """Consume SFT examples job by job until none are left; write the ids this process got.
+
+    With `go`, it says it is ready (`out + ".ready"`) and starts only once that file exists, so two workers
+    really race: on a loaded machine one process's imports can take longer than the other's whole run.
+    """
     store = Store(url)
+    if go is not None:
+        Path(out + ".ready").touch()
+        deadline = time.monotonic() + 60
+        while not Path(go).exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no start signal at {go} within 60 s")
+            time.sleep(0.01)
     got: list[str] = []
     while True:
         job = store.start_job(TrainingJobRecord(algorithm="sft", model_in="m0"))
@@ -55,7 +66,7 @@ def write_and_hang(url: str, episode_file: str, ready_file: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "claim":
-        claim_until_empty(args[0], args[1], int(args[2]))
+        claim_until_empty(args[0], args[1], int(args[2]), args[3] if len(args) > 3 else None)
     elif command == "hang":
         write_and_hang(*args)
     else:

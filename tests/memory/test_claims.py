@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,14 +98,21 @@ def test_stale_jobs_are_released(store: Store) -> None:
 def test_two_processes_never_take_the_same_example(store: Store, db_url: str, tmp_path: Path) -> None:
     ids = fill(store, 150, examples=2)
     outs = [tmp_path / f"w{i}.json" for i in range(2)]
+    go = tmp_path / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.memory._workers", "claim", db_url, str(out), "7"],
+            [sys.executable, "-m", "tests.memory._workers", "claim", db_url, str(out), "7", str(go)],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         for out in outs
     ]
+    # Both start claiming together (imports under load can take longer than a whole run of the other).
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{out}.ready").exists() for out in outs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a worker did not start"
+        time.sleep(0.01)
+    go.touch()
     for p in procs:
         assert p.wait(timeout=120) == 0
     got = [json.loads(o.read_text()) for o in outs]

@@ -41,7 +41,8 @@ async def test_search_stores_the_whole_tree_and_it_reloads_intact(tiny_model_pat
     assert mcts.tree_from_steps(ep.steps) == final  # every node, parent, token, visit, value and reward
     root = final.root
     assert root.visits == sum(final.nodes[i].visits for i in root.children)  # each visit passed through one child
-    assert len(root.children) == 3 and ep.outcome["nodes"] == len(final.nodes)
+    # identical samples merge into one child, so a peaked model may give fewer than k
+    assert 1 <= len(root.children) <= CFG.k and ep.outcome["nodes"] == len(final.nodes) >= 2
     for node in final.nodes[1:]:
         # a node's context is the prompt plus its ancestors' own tokens: nothing was re-tokenized
         assert node.token_ids and len(node.logprobs) == len(node.token_ids)
@@ -148,7 +149,7 @@ WORKER = textwrap.dedent('''
     from strop.sandbox.tasks import ArithmeticTaskSet, Split
 
     class Dying:
-        """The tiny engine; dies at its 4th call when told to (the tree is then a few iterations deep)."""
+        """The tiny engine; dies at call number `die` (0: never)."""
         def __init__(self, engine, die):
             self.engine, self.die, self.calls = engine, die, 0
         @property
@@ -156,7 +157,7 @@ WORKER = textwrap.dedent('''
             return self.engine.model_version
         async def generate(self, requests):
             self.calls += 1
-            if self.die and self.calls == 4:
+            if self.calls == self.die:
                 os.kill(os.getpid(), signal.SIGKILL)
             return await self.engine.generate(requests)
         async def close(self):
@@ -173,7 +174,7 @@ WORKER = textwrap.dedent('''
         print("calls", engine.calls)
         await engine.close()
 
-    asyncio.run(main(sys.argv[1], sys.argv[2] == "die"))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 ''')
 
 
@@ -185,16 +186,20 @@ def test_a_search_killed_mid_tree_resumes_from_its_checkpoint(sqlite_url: str, t
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, str(script), sqlite_url, "die"], capture_output=True, text=True,
-                            env=env, timeout=200)
+    # The full search first: how many engine calls it makes depends on how peaked the tiny model is.
+    full = subprocess.run([sys.executable, str(script), sqlite_url.replace("strop.db", "fresh.db"), "0"],
+                          capture_output=True, text=True, env=env, timeout=200)
+    assert full.returncode == 0, full.stderr
+    calls_full = int(full.stdout.split("calls")[1])
+    assert calls_full >= 2
+    # Killed at its last call: the iterations before it are checkpointed, the one in flight is not.
+    killed = subprocess.run([sys.executable, str(script), sqlite_url, str(calls_full)], capture_output=True,
+                            text=True, env=env, timeout=200)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert Store(sqlite_url).list_episodes("mcts-kill") == []
-    full = subprocess.run([sys.executable, str(script), sqlite_url.replace("strop.db", "fresh.db"), "run"],
-                          capture_output=True, text=True, env=env, timeout=200)
-    rerun = subprocess.run([sys.executable, str(script), sqlite_url, "run"], capture_output=True, text=True,
+    rerun = subprocess.run([sys.executable, str(script), sqlite_url, "0"], capture_output=True, text=True,
                            env=env, timeout=200)
-    assert full.returncode == 0 and rerun.returncode == 0, full.stderr + rerun.stderr
-    calls_full = int(full.stdout.split("calls")[1])
+    assert rerun.returncode == 0, rerun.stderr
     calls_rerun = int(rerun.stdout.split("calls")[1])
     assert calls_rerun < calls_full  # the iterations done before the kill were not searched again
     [a] = Store(sqlite_url).list_episodes("mcts-kill")

@@ -119,7 +119,9 @@ WORKER = textwrap.dedent('''
         cfg = sc.SelfCorrectConfig(n=2, max_tokens=12, seed=0)
         graph = sc.build_graph(engine, VerifierCritic(ts), cfg)
         run = RunRecord(id="sc-kill", loop=sc.LOOP_NAME)
-        await Runner(Store(db), concurrency=4, progress=False).run(graph, ts.tasks(Split.TRAIN, 4), run)
+        # One task at a time: the kill then lands after exactly one task's attempts were checkpointed (with
+        # several in flight, another task's attempt could still be unsaved and the count would race).
+        await Runner(Store(db), concurrency=1, progress=False).run(graph, ts.tasks(Split.TRAIN, 4), run)
         print("first", engine.first, "revisions", engine.revisions)
         await engine.close()
 
@@ -143,7 +145,8 @@ def test_sigkill_between_turns_then_rerun_continues_from_the_checkpoint(sqlite_u
     rerun = subprocess.run([sys.executable, str(script), sqlite_url, "run"], capture_output=True, text=True,
                            env=env, timeout=200)
     assert rerun.returncode == 0, rerun.stderr
-    # The attempts were checkpointed before the kill: the rerun only revises.
-    assert "first 0 revisions 8" in rerun.stdout, rerun.stdout  # 4 tasks x 2 conversations
+    # The first task's attempts (one request, n=2) were checkpointed before the kill: the rerun only revises
+    # them, and runs the three other tasks whole (3 attempt requests; 4 tasks x 2 revisions).
+    assert "first 3 revisions 8" in rerun.stdout, rerun.stdout
     episodes = store.list_episodes("sc-kill")
     assert len(episodes) == 4 and all(len(ep.steps) == 4 for ep in episodes)

@@ -19,6 +19,7 @@ from strop.agents.search import sibling_pairs
 from strop.critics import VerifierCritic
 from strop.memory.records import EpisodeRecord, ExampleKind, RunRecord
 from strop.sandbox.tasks import ArithmeticTaskSet, Split
+from tests.worker_scripts import run_here
 
 REPO = Path(__file__).resolve().parents[3]
 TS = ArithmeticTaskSet()
@@ -187,8 +188,7 @@ def test_a_search_killed_mid_tree_resumes_from_its_checkpoint(sqlite_url: str, t
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # The full search first: how many engine calls it makes depends on how peaked the tiny model is.
-    full = subprocess.run([sys.executable, str(script), sqlite_url.replace("strop.db", "fresh.db"), "0"],
-                          capture_output=True, text=True, env=env, timeout=200)
+    full = run_here(script, sqlite_url.replace("strop.db", "fresh.db"), "0")  # only the dying run is a process
     assert full.returncode == 0, full.stderr
     calls_full = int(full.stdout.split("calls")[1])
     assert calls_full >= 2
@@ -197,8 +197,7 @@ def test_a_search_killed_mid_tree_resumes_from_its_checkpoint(sqlite_url: str, t
                             text=True, env=env, timeout=200)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert Store(sqlite_url).list_episodes("mcts-kill") == []
-    rerun = subprocess.run([sys.executable, str(script), sqlite_url, "0"], capture_output=True, text=True,
-                           env=env, timeout=200)
+    rerun = run_here(script, sqlite_url, "0")
     assert rerun.returncode == 0, rerun.stderr
     calls_rerun = int(rerun.stdout.split("calls")[1])
     assert calls_rerun < calls_full  # the iterations done before the kill were not searched again

@@ -15,6 +15,7 @@ import pytest
 
 from strop.agents.loops import self_correct as sc
 from strop.memory.records import AdvantagePayload, RunRecord
+from tests.worker_scripts import run_here
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -142,8 +143,7 @@ def test_sigkill_between_turns_then_rerun_continues_from_the_checkpoint(sqlite_u
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     store = Store(sqlite_url)
     assert store.list_episodes("sc-kill") == []  # nothing half-written
-    rerun = subprocess.run([sys.executable, str(script), sqlite_url, "run"], capture_output=True, text=True,
-                           env=env, timeout=200)
+    rerun = run_here(script, sqlite_url, "run")  # in this process: only the dying run needs its own
     assert rerun.returncode == 0, rerun.stderr
     # The first task's attempts (one request, n=2) were checkpointed before the kill: the rerun only revises
     # them, and runs the three other tasks whole (3 attempt requests; 4 tasks x 2 revisions).

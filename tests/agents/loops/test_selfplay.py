@@ -20,6 +20,7 @@ from strop.memory.records import AdvantagePayload, EpisodeRecord, ExampleKind, R
 from strop.sandbox.tasks import Split
 from strop.sandbox.tasks.games import GameTaskSet
 from tests.agents.loops.fakes import ScriptedEngine
+from tests.worker_scripts import run_here
 
 GAMES = GameTaskSet()
 DRAW = [0, 1, 2, 4, 3, 5, 7, 6, 8]  # a TicTacToe game that fills the board without a line
@@ -272,6 +273,8 @@ def test_sigkill_mid_game_or_after_the_baseline_update_then_rerun_plays_the_same
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
 
     def worker(db: str, mode: str) -> subprocess.CompletedProcess[str]:
+        if not mode.startswith("die"):  # only the dying runs need a process of their own
+            return run_here(script, db, mode)
         return subprocess.run([sys.executable, str(script), db, mode], capture_output=True, text=True, env=env,
                               timeout=180)
 

@@ -16,6 +16,7 @@ import pytest
 
 from strop.agents.loops import sneaky
 from strop.memory.records import AdvantagePayload, ExampleKind, Role, RunRecord
+from tests.worker_scripts import run_here
 
 REPO = Path(__file__).resolve().parents[3]
 # The tiny model was pre-trained without a system prompt; its answers are mostly not steps, so the game
@@ -130,6 +131,8 @@ def test_sigkill_before_the_critic_judges_then_rerun_plays_the_same_game(tmp_pat
     def worker(db: str, mode: str, seed: int) -> subprocess.CompletedProcess[str]:
         # Without the control, the tiny model's failing rollouts make its rewrites count, so both are judged.
         cfg = {**TINY, "control": False, "correct_share": 0.5, "judgements": 2, "seed": seed}
+        if mode != "die":  # only the dying run needs a process of its own
+            return run_here(script, db, mode, json.dumps(cfg))
         return subprocess.run([sys.executable, str(script), db, mode, json.dumps(cfg)], capture_output=True,
                               text=True, env=env, timeout=180)
 

@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from strop.cli import app
 from strop.memory import Store
 from strop.memory.records import (
     AdvantagePayload,
@@ -391,11 +393,11 @@ def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(store: S
     assert store.get_job(killed_job).status == JobStatus.RUNNING
     assert store.get_model(evo.candidate_id(1, 0)) is None, "killed too late to test it"
 
-    proc = _evolve(path, db_url)
-    children.append(proc)
-    output = _Output(proc)
-    proc.wait(timeout=300)
-    assert proc.returncode == 0, output.text()
+    # The rerun resumes from the store alone, so it runs in this process (the killed run above had to be a
+    # process of its own): no second interpreter importing torch and transformers.
+    res = CliRunner().invoke(app, ["evolve", "--recipe", str(path), "--db", db_url, "--no-progress"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
 
     # One candidate, trained by the rerun's job; the killed job failed; nothing left running.
     cand = store.get_model(evo.candidate_id(1, 0))

@@ -21,6 +21,7 @@ drop it), also to the tiny model, which was pre-trained without one: its moves a
 games are short, but the cost per move is what is measured.
 
     .venv/bin/python bench/games.py --model smollm2-135m --games 64 --rounds 2 --serial-games 8 --pairs 3
+    .venv-vllm/bin/python bench/games.py --backend vllm --model smollm2-135m --games 64 --rounds 2 ...
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ from strop.sandbox.tasks.games import GameTaskSet
 
 async def _run(engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int) -> tuple[int, float, float]:
     """(policy moves, wall seconds, mean engine batch size) of one run."""
-    rows, batches = engine.stats.rows, engine.stats.batches
+    stats = getattr(engine, "stats", None)  # the hf engine counts its batches; vLLM schedules per step
+    rows, batches = (stats.rows, stats.batches) if stats else (0, 0)
     started = time.perf_counter()
     res = await Runner(store, concurrency=concurrency, progress=False).run(
         graph, tasks, RunRecord(id=new_id(), loop="bench"))
     secs = time.perf_counter() - started
-    return res.samples, secs, (engine.stats.rows - rows) / max(1, engine.stats.batches - batches)
+    batch = (stats.rows - rows) / max(1, stats.batches - batches) if stats else float("nan")
+    return res.samples, secs, batch
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -58,7 +61,10 @@ async def main(args: argparse.Namespace) -> None:
     episodes = args.games // args.games_per_task
     ts = GameTaskSet(games=("tictactoe",))
     tasks = ts.tasks(Split.TRAIN, max(episodes * args.rounds, args.serial_games))
-    engine = load_engine(args.model)
+    # vLLM (the CPU build in .venv-vllm): continuous batching and prefix caching; its CPU KV cache is sized
+    # for the games in flight.
+    options = {"cpu_kv_cache_seqs": args.games, "max_model_len": 2048} if args.backend == "vllm" else {}
+    engine = load_engine(args.model, args.backend, **options)
 
     def graph(games_per_task: int) -> Any:
         return selfplay.build_graph(engine, selfplay.SelfPlayConfig(
@@ -100,4 +106,6 @@ if __name__ == "__main__":
     ap.add_argument("--serial-games", type=int, default=8, help="Games played one at a time in (b).")
     ap.add_argument("--max-tokens", type=int, default=48, help="Most new tokens per move.")
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                    help="Engine backend (vllm: run with .venv-vllm/bin/python, `make test-vllm` builds it).")
     asyncio.run(main(ap.parse_args()))

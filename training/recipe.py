@@ -91,7 +91,8 @@ class StageEvalSettings(BaseModel):
         "conversations: accuracy at turn 1 and the last turn, wrong-to-right and right-to-wrong shares, per "
         "feedback kind) or 'game' (greedy games on held-out seeds against fixed opponents, from each seat: "
         "win/draw/loss rates and the illegal-move rate). Default: 'critic' when the stage trains the critic "
-        "role, 'self_correct' when its loop is self_correct, 'game' when it is selfplay, else 'policy'.",
+        "role, 'self_correct' when its loop is self_correct, 'game' when it is selfplay or game_demos, else "
+        "'policy'.",
     )
     metric: str | None = Field(
         None, description="Metric the gate compares on held-out data. Policy: 'pass@1' (default) or 'pass@K'. "
@@ -131,7 +132,7 @@ class StageEvalSettings(BaseModel):
             return self.target
         if role == "critic":
             return "critic"
-        return {"self_correct": "self_correct", "selfplay": "game"}.get(loop, "policy")
+        return {"self_correct": "self_correct", "selfplay": "game", "game_demos": "game"}.get(loop, "policy")
 
     def gate_metric(self, role: str, loop: str = "") -> str:
         target = self.target_of(role, loop)

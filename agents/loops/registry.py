@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "strop.loops"
 _BUILTIN_MODULES = (
     "strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct",
     "strop.agents.loops.mcts", "strop.agents.loops.selfplay", "strop.agents.loops.sneaky",
+    "strop.agents.loops.game_demos",
 )
 
 

@@ -119,6 +119,17 @@ def plan_games(task: Task, cfg: SelfPlayConfig) -> list[dict[str, Any]]:
     return out
 
 
+def fixed_player(name: str, seed: int | None, tag: str, *stream: object) -> Opponent:
+    """The fixed player `name` ('random' or 'heuristic') for one position, seeded by it.
+
+    `stream` is the position (the game's seed and its moves so far): a resumed game gets the reply it would have
+    got before the kill, and every model evaluated meets the same opponent in the same position. `tag` keeps
+    two players of one position apart (the self-play opponent is 'opponent'; game_demos' teacher 'teacher').
+    """
+    s = int(stable_id(seed or 0, tag, *stream)[:8], 16)
+    return RandomOpponent(s) if name == "random" else HeuristicOpponent(s)
+
+
 def build_graph(policy: Engine, config: SelfPlayConfig | None = None, *, baselines: BaselineTable | None = None,
                 opponents: Mapping[str, Opponent] | None = None) -> StateGraph:
     """The uncompiled graph.
@@ -140,11 +151,7 @@ def build_graph(policy: Engine, config: SelfPlayConfig | None = None, *, baselin
     async def opponent_move(name: str, view: SeatView, *stream: object) -> str:
         if name in named:
             return await named[name].act(view)
-        # Seeded by the position (game seed and moves so far): a resumed game gets the reply it would have got
-        # before the kill, and every model evaluated meets the same opponent in the same position.
-        seed = int(stable_id(cfg.seed or 0, "opponent", *stream)[:8], 16)
-        player = RandomOpponent(seed) if name == "random" else HeuristicOpponent(seed)
-        return await player.act(view)
+        return await fixed_player(name, cfg.seed, "opponent", *stream).act(view)
 
     async def move(state: SelfPlayState) -> dict[str, Any]:
         eid = state["episode_id"]

@@ -263,11 +263,13 @@ def run_cmd(
 
     async def go():  # type: ignore[no-untyped-def]
         loaded: dict[str, Any] = {}  # version id -> engine: one engine per distinct model, shared by its roles
+        # A loop with no roles (game_demos: fixed players only) gets no engine: no weights are loaded for it.
+        wanted = versions if spec.needed_roles(cfg) else {}
         try:
-            for version in versions.values():
+            for version in wanted.values():
                 if version.id not in loaded:
                     loaded[version.id] = load_version_engine(version)
-            engines = {role: loaded[versions[role].id] for role in versions}
+            engines = {role: loaded[wanted[role].id] for role in wanted}
             graph = spec.make(LoopResources(engines=engines, task_set=task_set, store=store,
                                             label=task_set_label(tasks, options)), cfg)
             return await Runner(store, concurrency=concurrency).run(graph, task_list, run)

@@ -22,6 +22,13 @@ games are short, but the cost per move is what is measured.
 
     .venv/bin/python bench/games.py --model smollm2-135m --games 64 --rounds 2 --serial-games 8 --pairs 3
     .venv-vllm/bin/python bench/games.py --backend vllm --model smollm2-135m --games 64 --rounds 2 ...
+
+The vLLM run needs `make test-vllm`'s venv plus the loop's own dependencies, pinned to that venv's torch and
+transformers (strop is installed there without its dependencies):
+
+    .venv-vllm/bin/pip freeze | grep -iE '^(torch|transformers)==' > /tmp/c.txt
+    .venv-vllm/bin/pip install -c /tmp/c.txt langgraph langgraph-checkpoint-sqlite sqlalchemy alembic \
+        'textarena>=0.7.4,<0.8' math-verify typer rich
 """
 
 from __future__ import annotations

@@ -691,7 +691,8 @@ class Evolution:
         md += ["| " + " | ".join(c) + " |" for c in cells]
         (out / "table.md").write_text("\n".join(md) + "\n")
         (out / "table.json").write_text(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
-        _plot(rows, out / "accuracy.png", title=self.recipe.name)
+        # The y axis names what the gates compare: a game stage's gate is a win rate, a critic stage's an F1.
+        _plot(rows, out / "accuracy.png", title=self.recipe.name, ylabel=f"held-out {'; '.join(gates)} (%)")
         self.console.print(f"report: {out / 'table.md'}, {out / 'accuracy.png'}", markup=False)
         return out
 
@@ -711,7 +712,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _plot(rows: list[StageRow], path: Path, *, title: str) -> None:
+def _plot(rows: list[StageRow], path: Path, *, title: str, ylabel: str = "held-out accuracy (%)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -729,7 +730,7 @@ def _plot(rows: list[StageRow], path: Path, *, title: str) -> None:
         if cur:
             ax.plot(*zip(*cur, strict=True), "-", label=f"current (promoted){suffix}")
     ax.set_xlabel("cycle")
-    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylabel(ylabel, fontsize=9 if len(ylabel) > 40 else None)
     ax.set_xticks(sorted({r.cycle for r in rows}))
     ax.set_ylim(0, 100)
     ax.set_title(title)

@@ -17,6 +17,7 @@ reward figures (margins, accuracies) in the job's metrics.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ class DPOSettings(BaseModel):
     logging_steps: int = Field(5, ge=1, description="Log the loss and reward figures every this many steps.")
     max_examples: int | None = Field(
         None, ge=1, description="Claim at most this many pairs per job (oldest first); the rest wait for the next job."
+    )
+    balance_by: str | None = Field(
+        None, description="A key of the pairs' `metadata` whose values get equal numbers of pairs: larger groups are "
+        "subsampled (seeded) to the smallest; the pairs left out are still consumed. E.g. 'target' for SPC's critic "
+        "pairs, so that accepting correct steps and rejecting sneaky ones weigh the same and DPO does not learn the "
+        "class prior instead of the step."
     )
 
     @field_validator("loss_type")
@@ -149,7 +156,29 @@ def run_dpo(
 def _build_dataset(examples: list[ExampleRecord], settings: DPOSettings) -> Any:
     from strop.memory import to_dataset
 
+    if settings.balance_by is not None:
+        examples = balanced(examples, settings.balance_by, seed=settings.seed)
     return to_dataset(examples, ExampleKind.PAIR)
+
+
+def balanced(examples: list[ExampleRecord], key: str, *, seed: int = 0) -> list[ExampleRecord]:
+    """Equal numbers of pairs per value of `metadata[key]` (a missing key is a value of its own), in claim order.
+
+    Why: when one class of pairs outnumbers the other (a critic that rejected most correct steps gets more
+    "Yes over No" pairs than "No over Yes"), DPO on a one-token answer moves the answer's prior, not the judgement.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(str((ex.payload.get("metadata") or {}).get(key)), []).append(i)
+    if len(groups) < 2:
+        log.warning("balance_by %r: the %d pairs have one value (%s); nothing to balance", key, len(examples),
+                    next(iter(groups), "none"))
+        return examples
+    n = min(len(ix) for ix in groups.values())
+    rng = random.Random(seed)
+    keep = sorted(i for ix in groups.values() for i in (ix if len(ix) == n else rng.sample(ix, n)))
+    log.info("balance_by %r: %s -> %d pairs each", key, {g: len(ix) for g, ix in sorted(groups.items())}, n)
+    return [examples[i] for i in keep]
 
 
 def pair_balance(examples: list[ExampleRecord], model_path: str | Path | None = None) -> dict[str, Any]:

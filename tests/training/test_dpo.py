@@ -24,6 +24,7 @@ from strop.memory import Store
 from strop.memory.records import (
     EpisodeRecord,
     ExampleKind,
+    ExampleRecord,
     JobStatus,
     ModelStatus,
     ModelVersionRecord,
@@ -32,7 +33,7 @@ from strop.memory.records import (
     TrainingJobRecord,
 )
 from strop.sandbox.tasks import ArithmeticTaskSet, Split
-from strop.training.dpo import DPO_LOSS_TYPES, DPOSettings
+from strop.training.dpo import DPO_LOSS_TYPES, DPOSettings, balanced
 from strop.training.jobs import NothingToTrainError, settle_orphan_job, train_candidate
 from strop.training.sft import LoraSettings
 from strop.training.trainers import get_trainer
@@ -101,6 +102,27 @@ def test_settings_are_documented_and_checked() -> None:
     kind = get_trainer("dpo")
     assert kind.example_kinds == (ExampleKind.PAIR,) and kind.settings is DPOSettings and not kind.online
     assert kind.parse_settings({"beta": 0.3}).beta == 0.3
+
+
+def test_balance_by_subsamples_the_larger_groups_to_the_smallest() -> None:
+    def pair(i: int, target: str | None) -> ExampleRecord:
+        meta = {} if target is None else {"target": target}
+        return ExampleRecord(id=f"p{i}", kind=ExampleKind.PAIR, role=Role.CRITIC, split="train", payload={
+            "prompt": [{"role": "user", "content": f"step {i}?"}], "chosen": [{"role": "assistant", "content": "Yes"}],
+            "rejected": [{"role": "assistant", "content": "No"}], "metadata": meta})
+
+    pairs = [pair(i, "correct") for i in range(10)] + [pair(10 + i, "sneaky") for i in range(4)]
+    kept = balanced(pairs, "target", seed=0)
+    by = [p.payload["metadata"]["target"] for p in kept]
+    assert by.count("correct") == by.count("sneaky") == 4
+    assert [p.id for p in kept] == sorted((p.id for p in kept), key=lambda x: int(x[1:]))  # claim order kept
+    assert kept == balanced(pairs, "target", seed=0) and {p.id for p in kept} != {p.id for p in balanced(pairs, "target", seed=1)}
+    # One value only, or no such key: nothing to balance, nothing dropped.
+    assert balanced(pairs[:10], "target") == pairs[:10]
+    assert len(balanced([*pairs[:3], pair(99, None)], "target")) == 2  # a missing key is a group of its own
+    # The trainer kind applies it when building the dataset.
+    assert len(get_trainer("dpo").build_dataset(pairs, DPOSettings(balance_by="target"))) == 8
+    assert len(get_trainer("dpo").build_dataset(pairs, DPOSettings())) == 14
 
 
 # --- jobs on the tiny model ---------------------------------------------------------------------------------------

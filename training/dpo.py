@@ -164,8 +164,8 @@ def _build_dataset(examples: list[ExampleRecord], settings: DPOSettings) -> Any:
 def balanced(examples: list[ExampleRecord], key: str, *, seed: int = 0) -> list[ExampleRecord]:
     """Equal numbers of pairs per value of `metadata[key]` (a missing key is a value of its own), in claim order.
 
-    Why: when one class of pairs outnumbers the other (a critic that rejected most correct steps gets more
-    "Yes over No" pairs than "No over Yes"), DPO on a one-token answer moves the answer's prior, not the judgement.
+    Why: when one class of pairs outnumbers the other (more "Yes over No" pairs than "No over Yes"), DPO on a
+    one-token answer can learn the answer's prior from the mix instead of the judgement.
     """
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):

@@ -712,7 +712,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _plot(rows: list[StageRow], path: Path, *, title: str, ylabel: str = "held-out accuracy (%)") -> None:
+def _plot(rows: list[StageRow], path: Path, *, title: str, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -38,7 +38,9 @@ def claim_until_empty(url: str, out: str, batch: int, go: str | None = None) -> 
             store.fail_job(job.id, "nothing to train on")
             break
         got.extend(x.id for x in claimed)
-        time.sleep(0.002)  # training
+        # "Training": long enough that the other worker, backing off in SQLite's busy handler (sleeps of up to
+        # 100 ms), gets the write lock between our claims instead of finding the table empty.
+        time.sleep(0.02)
         store.finish_job(job.id)
     Path(out).write_text(json.dumps(got))
     store.close()

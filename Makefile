@@ -38,6 +38,7 @@ models: setup
 
 test: models
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -rs
 
 test-fast: setup

@@ -42,24 +42,36 @@ class CriticEvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_items: int = Field(100, ge=1, description="Labelled solutions built from held-out tasks (half right, half corrupted).")
+    n_items: int = Field(
+        100, ge=1, description="Labelled solutions built from held-out tasks (half right, half corrupted)."
+    )
     seed: int = Field(0, description="Seed of the labelled set: the same seed builds the same items.")
     kinds: tuple[str, ...] = Field(CORRUPTION_KINDS, description="Corruptions used for the wrong solutions.")
-    correct_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of untouched (right) reference solutions.")
+    correct_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of untouched (right) reference solutions."
+    )
     max_tokens: int = Field(160, ge=16, description="Most tokens per critique (greedy).")
-    shots: int = Field(1, ge=0, le=3, description="Worked critiques shown as earlier turns (as the critic was trained).")
+    shots: int = Field(
+        1, ge=0, le=3, description="Worked critiques shown as earlier turns (as the critic was trained)."
+    )
     system_prompt: str | None = Field(None, description="System message before the critic's prompt.")
     kind: Literal["generative", "prm"] = Field(
-        "generative", description="generative: a written step-wise critique (StepwiseCritic); prm: a process reward "
-        "model, one Yes/No per step prefix with P(correct) from its log-prob (StepScorer), also scored on step accuracy.")
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="prm: P(correct) under which a step counts as wrong.")
+        "generative",
+        description="generative: a written step-wise critique (StepwiseCritic); prm: a process reward "
+        "model, one Yes/No per step prefix with P(correct) from its log-prob (StepScorer), also scored on step accuracy.",
+    )
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="prm: P(correct) under which a step counts as wrong."
+    )
 
 
 class CriticEvalResult(BaseModel):
     model_id: str
     label: str
     n_items: int
-    scores: dict[str, Any] = Field(description="f1, acc_erroneous, acc_correct, correction_acc, fixed, kept, unparsed...")
+    scores: dict[str, Any] = Field(
+        description="f1, acc_erroneous, acc_correct, correction_acc, fixed, kept, unparsed..."
+    )
     seconds: float = 0.0
     run_id: str = ""
     episodes_run: int = 0
@@ -105,30 +117,64 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
         c = await critic.critique(item.task, item.solution)
         final = c.corrected_solution or (item.solution if c.verdict == CritiqueVerdict.CORRECT else None)
         fixed = bool(final) and bool(item.task.answer) and answer_matches(item, final or "")
-        return {"critique": c.model_dump(mode="json"), "step_labels": c.step_labels, "step_scores": c.step_scores,
-                "fixed": fixed}
+        return {
+            "critique": c.model_dump(mode="json"),
+            "step_labels": c.step_labels,
+            "step_scores": c.step_scores,
+            "fixed": fixed,
+        }
 
     def record(state: _State) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
         item = labelled_from_task(task)
         c = Critique.model_validate(state["critique"])
         eid = state["episode_id"]
-        hit = (c.first_wrong_step == item.first_wrong_step and c.verdict == CritiqueVerdict.INCORRECT
-               if item.erroneous else c.verdict == CritiqueVerdict.CORRECT)
+        hit = (
+            c.first_wrong_step == item.first_wrong_step and c.verdict == CritiqueVerdict.INCORRECT
+            if item.erroneous
+            else c.verdict == CritiqueVerdict.CORRECT
+        )
         sid = stable_id(eid, "solution")
         ep = EpisodeRecord(
-            id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME, reward=float(hit),
-            outcome={"n": 1, "correct": int(hit), "pass": hit, "label": item.first_wrong_step,
-                     "predicted": c.first_wrong_step, "verdict": str(c.verdict), "fixed": state["fixed"],
-                     "source": item.source, "step_labels": state.get("step_labels"),
-                     "step_scores": state.get("step_scores"), "examples": 0},
-            steps=[StepRecord(id=sid, index=0, role="solution", text=item.solution,
-                              metadata={"first_wrong_step": item.first_wrong_step, "source": item.source})],
-            critiques=[CritiqueRecord(
-                id=stable_id(eid, "critique"), step_id=sid, critic_version=c.critic_version, verdict=str(c.verdict),
-                first_wrong_step=c.first_wrong_step, text=c.text, parsed=c.parsed,
-                corrected_solution=c.corrected_solution,
-            )],
+            id=eid,
+            run_id=state["run_id"],
+            task_id=task.id,
+            loop=LOOP_NAME,
+            reward=float(hit),
+            outcome={
+                "n": 1,
+                "correct": int(hit),
+                "pass": hit,
+                "label": item.first_wrong_step,
+                "predicted": c.first_wrong_step,
+                "verdict": str(c.verdict),
+                "fixed": state["fixed"],
+                "source": item.source,
+                "step_labels": state.get("step_labels"),
+                "step_scores": state.get("step_scores"),
+                "examples": 0,
+            },
+            steps=[
+                StepRecord(
+                    id=sid,
+                    index=0,
+                    role="solution",
+                    text=item.solution,
+                    metadata={"first_wrong_step": item.first_wrong_step, "source": item.source},
+                )
+            ],
+            critiques=[
+                CritiqueRecord(
+                    id=stable_id(eid, "critique"),
+                    step_id=sid,
+                    critic_version=c.critic_version,
+                    verdict=str(c.verdict),
+                    first_wrong_step=c.first_wrong_step,
+                    text=c.text,
+                    parsed=c.parsed,
+                    corrected_solution=c.corrected_solution,
+                )
+            ],
         )
         return {"episode": ep.model_dump(mode="json")}
 
@@ -141,17 +187,31 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
     return graph
 
 
-def labelled_set(task_set: TaskSet, config: CriticEvalConfig, label: str,
-                 extra: list[LabelledSolution] | None = None) -> LabelledSolutionSet:
+def labelled_set(
+    task_set: TaskSet, config: CriticEvalConfig, label: str, extra: list[LabelledSolution] | None = None
+) -> LabelledSolutionSet:
     """The seeded labelled set of a task set's held-out tasks (plus `extra` items, e.g. from a file)."""
-    items = build_labelled_set(task_set, n=config.n_items, seed=config.seed, kinds=config.kinds,
-                               correct_share=config.correct_share, extra=extra or ())
+    items = build_labelled_set(
+        task_set,
+        n=config.n_items,
+        seed=config.seed,
+        kinds=config.kinds,
+        correct_share=config.correct_share,
+        extra=extra or (),
+    )
     return LabelledSolutionSet(items, name=f"critic-bench:{label}")
 
 
 async def evaluate_critic(
-    engine: Any, items: LabelledSolutionSet, *, store: Any, model_id: str, label: str,
-    config: CriticEvalConfig | None = None, runner: Runner | None = None, record: bool = True,
+    engine: Any,
+    items: LabelledSolutionSet,
+    *,
+    store: Any,
+    model_id: str,
+    label: str,
+    config: CriticEvalConfig | None = None,
+    runner: Runner | None = None,
+    record: bool = True,
 ) -> CriticEvalResult:
     """Run the step-wise critic served by `engine` (registered as `model_id`) over `items` and score it."""
     cfg = config or CriticEvalConfig()
@@ -160,25 +220,46 @@ async def evaluate_critic(
     sampling = CriticSampling(max_tokens=cfg.max_tokens, temperature=0.0, system_prompt=cfg.system_prompt)
     critic: Critic
     if cfg.kind == "prm":
-        critic = StepScorer(engine, threshold=cfg.threshold,
-                            sampling=sampling.model_copy(update={"max_tokens": 2}))
+        critic = StepScorer(
+            engine, threshold=cfg.threshold, sampling=sampling.model_copy(update={"max_tokens": 2})
+        )
     else:
         critic = StepwiseCritic(engine, sampling=sampling, shots=cfg.shots)
-    run_id = stable_id("critic-eval", model_id, label, len(tasks), cfg.model_dump_json(exclude_defaults=True),
-                       *sorted(t.id for t in tasks))
-    run = RunRecord(id=run_id, loop=LOOP_NAME, model_ids=[model_id],
-                    config={"task_set": label, "items": len(tasks), "eval": cfg.model_dump(mode="json")})
+    run_id = stable_id(
+        "critic-eval",
+        model_id,
+        label,
+        len(tasks),
+        cfg.model_dump_json(exclude_defaults=True),
+        *sorted(t.id for t in tasks),
+    )
+    run = RunRecord(
+        id=run_id,
+        loop=LOOP_NAME,
+        model_ids=[model_id],
+        config={"task_set": label, "items": len(tasks), "eval": cfg.model_dump(mode="json")},
+    )
     started = time.monotonic()
     result = await runner.run(build_graph(critic, items), tasks, run, label="critic eval")
     scores = score_run(store, run_id, {t.id: labelled_from_task(t) for t in tasks}, steps=cfg.kind == "prm")
-    res = CriticEvalResult(model_id=model_id, label=label, n_items=len(tasks), scores=scores, kind=cfg.kind,
-                           seconds=time.monotonic() - started, run_id=run_id, episodes_run=result.episodes_run)
+    res = CriticEvalResult(
+        model_id=model_id,
+        label=label,
+        n_items=len(tasks),
+        scores=scores,
+        kind=cfg.kind,
+        seconds=time.monotonic() - started,
+        run_id=run_id,
+        episodes_run=result.episodes_run,
+    )
     if record:
         await store.aupdate_model_metrics(model_id, res.metrics())
     return res
 
 
-def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution], *, steps: bool = False) -> dict[str, Any]:
+def score_run(
+    store: Any, run_id: str, items: dict[str, LabelledSolution], *, steps: bool = False
+) -> dict[str, Any]:
     """ProcessBench and RealCritic scores of a finished critic-eval run, from its stored critiques; with
     `steps`, also step accuracy from the step labels each episode stored (a PRM's)."""
     pairs: list[tuple[LabelledSolution, Critique]] = []
@@ -188,17 +269,32 @@ def score_run(store: Any, run_id: str, items: dict[str, LabelledSolution], *, st
             continue
         r = ep.critiques[0]
         labels.append((items[ep.task_id], ep.outcome.get("step_labels"), ep.outcome.get("step_scores")))
-        pairs.append((items[ep.task_id], Critique(
-            verdict=CritiqueVerdict(r.verdict), first_wrong_step=r.first_wrong_step, text=r.text,
-            corrected_solution=r.corrected_solution, critic_version=r.critic_version,
-        )))
+        pairs.append(
+            (
+                items[ep.task_id],
+                Critique(
+                    verdict=CritiqueVerdict(r.verdict),
+                    first_wrong_step=r.first_wrong_step,
+                    text=r.text,
+                    corrected_solution=r.corrected_solution,
+                    critic_version=r.critic_version,
+                ),
+            )
+        )
     chosen = [p[0] for p in pairs]
     critiques = [p[1] for p in pairs]
     scores = processbench_scores(chosen, critiques)
     correction = correction_scores(chosen, critiques, answer_matches)
-    scores.update(correction_acc=correction["correction_acc"], fixed=correction["fixed"], kept=correction["kept"],
-                  n_correction=correction["n"])
+    scores.update(
+        correction_acc=correction["correction_acc"],
+        fixed=correction["fixed"],
+        kept=correction["kept"],
+        n_correction=correction["n"],
+    )
     if steps:
-        scores.update(step_label_scores([i for i, _, _ in labels], [lab for _, lab, _ in labels],
-                                        [p for _, _, p in labels]))
+        scores.update(
+            step_label_scores(
+                [i for i, _, _ in labels], [lab for _, lab, _ in labels], [p for _, _, p in labels]
+            )
+        )
     return scores

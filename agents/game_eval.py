@@ -38,15 +38,26 @@ RATES = ("win_rate", "draw_rate", "loss_rate")
 class EngineOpponent:
     """A model as an opponent: sends the seat's chat messages to its engine and plays the reply's text."""
 
-    def __init__(self, engine: Engine, name: str | None = None, *, max_tokens: int = 64, temperature: float = 0.0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        name: str | None = None,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.engine, self.name = engine, name or engine.model_version
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
 
     async def act(self, view: SeatView) -> str:
         seed = int(stable_id(self.seed, view.game, view.turn, view.messages[-1]["content"])[:12], 16)
-        request = GenerationRequest(messages=[Message(**m) for m in view.messages], sampling=SamplingParams(
-            n=1, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed, logprobs=False))
+        request = GenerationRequest(
+            messages=[Message(**m) for m in view.messages],
+            sampling=SamplingParams(
+                n=1, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed, logprobs=False
+            ),
+        )
         [[completion]] = await self.engine.generate([request])
         return completion.text
 
@@ -56,17 +67,31 @@ class GameEvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_tasks: int = Field(50, ge=1, description="Held-out seeds (the first n); each is played once from each seat "
-                         "against each opponent.")
-    opponents: list[str] = Field(default_factory=lambda: list(FIXED_OPPONENTS),
-                                 description="Opponents: 'random', 'heuristic', or names given in `opponents=`.")
+    n_tasks: int = Field(
+        50,
+        ge=1,
+        description="Held-out seeds (the first n); each is played once from each seat against each opponent.",
+    )
+    opponents: list[str] = Field(
+        default_factory=lambda: list(FIXED_OPPONENTS),
+        description="Opponents: 'random', 'heuristic', or names given in `opponents=`.",
+    )
     max_tokens: int = Field(64, ge=1, description="Most new tokens per move.")
-    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the policy's moves (0: greedy).")
+    temperature: float = Field(
+        0.0, ge=0.0, description="Sampling temperature of the policy's moves (0: greedy)."
+    )
     seed: int = Field(0, description="Seeds the fixed opponents' choices (and sampling above temperature 0).")
 
     def loop_config(self, opponent: str) -> SelfPlayConfig:
-        return SelfPlayConfig(opponent=opponent, games_per_task=2, temperature=self.temperature,
-                              max_tokens=self.max_tokens, rae=False, emit="none", seed=self.seed)
+        return SelfPlayConfig(
+            opponent=opponent,
+            games_per_task=2,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            rae=False,
+            emit="none",
+            seed=self.seed,
+        )
 
 
 class GameEvalResult(BaseModel):
@@ -89,7 +114,9 @@ class GameEvalResult(BaseModel):
         for opp in opponents:
             both: dict[str, int] = {"games": 0, "wins": 0, "draws": 0, "losses": 0}
             for seat in ("0", "1"):
-                row = {k: sum(self.counts[g].get(opp, {}).get(seat, {}).get(k, 0) for g in labels) for k in both}
+                row = {
+                    k: sum(self.counts[g].get(opp, {}).get(seat, {}).get(k, 0) for g in labels) for k in both
+                }
                 out.update({f"vs_{opp}/seat{seat}/{k}": v for k, v in _rates(row).items()})
                 both = {k: both[k] + row[k] for k in both}
             out.update({f"vs_{opp}/{k}": v for k, v in _rates(both).items()})
@@ -110,10 +137,13 @@ class GameEvalResult(BaseModel):
         """The policy's record against `opponent` as a `SeriesResult` (for `elo_ratings`)."""
         labels = [label] if label is not None else list(self.counts)
         rows = [self.counts[g].get(opponent, {}).get(s, {}) for g in labels for s in ("0", "1")]
-        total = {k: sum(r.get(k, 0) for r in rows) for k in ("games", "wins", "draws", "losses", "forfeits",
-                                                             "opponent_forfeits")}
+        total = {
+            k: sum(r.get(k, 0) for r in rows)
+            for k in ("games", "wins", "draws", "losses", "forfeits", "opponent_forfeits")
+        }
         first = sum(self.counts[g].get(opponent, {}).get("0", {}).get("wins", 0) for g in labels) + sum(
-            self.counts[g].get(opponent, {}).get("1", {}).get("losses", 0) for g in labels)
+            self.counts[g].get(opponent, {}).get("1", {}).get("losses", 0) for g in labels
+        )
         return SeriesResult(first_seat_wins=first, **total)
 
 
@@ -121,8 +151,12 @@ def _rates(row: Mapping[str, int]) -> dict[str, float]:
     n = row["games"]
     if not n:
         return {**dict.fromkeys(RATES, 0.0), "score": 0.0}
-    return {"win_rate": row["wins"] / n, "draw_rate": row["draws"] / n, "loss_rate": row["losses"] / n,
-            "score": (row["wins"] + 0.5 * row["draws"]) / n}
+    return {
+        "win_rate": row["wins"] / n,
+        "draw_rate": row["draws"] / n,
+        "loss_rate": row["losses"] / n,
+        "score": (row["wins"] + 0.5 * row["draws"]) / n,
+    }
 
 
 def eval_label(task_set: Any) -> str:
@@ -139,8 +173,10 @@ def count_episodes(result: GameEvalResult, opponent: str, outcomes: Sequence[Map
         for r in o["results"]:
             per = result.counts.setdefault(r["label"], {}).setdefault(opponent, {})
             for seat in r["policy_seats"]:
-                row = per.setdefault(str(seat), dict.fromkeys(
-                    ("games", "wins", "draws", "losses", "forfeits", "opponent_forfeits"), 0))
+                row = per.setdefault(
+                    str(seat),
+                    dict.fromkeys(("games", "wins", "draws", "losses", "forfeits", "opponent_forfeits"), 0),
+                )
                 row["games"] += 1
                 row["wins" if r["winner"] == seat else "draws" if r["winner"] is None else "losses"] += 1
                 if r["forfeit"] is not None:
@@ -152,8 +188,15 @@ def count_episodes(result: GameEvalResult, opponent: str, outcomes: Sequence[Map
 
 
 async def evaluate_games(
-    policy: Engine, task_set: TaskSet, *, store: Any, model_id: str, config: GameEvalConfig | None = None,
-    label: str | None = None, runner: Runner | None = None, record: bool = True,
+    policy: Engine,
+    task_set: TaskSet,
+    *,
+    store: Any,
+    model_id: str,
+    config: GameEvalConfig | None = None,
+    label: str | None = None,
+    runner: Runner | None = None,
+    record: bool = True,
     opponents: Mapping[str, Opponent] | None = None,
 ) -> GameEvalResult:
     """Play the model `policy` serves (registered as `model_id`) against each opponent on held-out seeds.
@@ -169,23 +212,36 @@ async def evaluate_games(
     res = GameEvalResult(model_id=model_id, label=label, n_tasks=len(tasks))
     for opponent in cfg.opponents:
         loop_cfg = cfg.loop_config(opponent)
-        run_id = stable_id("game-eval", model_id, label, len(tasks), opponent,
-                           loop_cfg.model_dump_json(exclude_defaults=True))
-        run = RunRecord(id=run_id, loop=f"{LOOP_NAME}_eval", model_ids=[model_id],
-                        config={"task_set": label, "opponent": opponent, "eval": cfg.model_dump(mode="json")})
+        run_id = stable_id(
+            "game-eval",
+            model_id,
+            label,
+            len(tasks),
+            opponent,
+            loop_cfg.model_dump_json(exclude_defaults=True),
+        )
+        run = RunRecord(
+            id=run_id,
+            loop=f"{LOOP_NAME}_eval",
+            model_ids=[model_id],
+            config={"task_set": label, "opponent": opponent, "eval": cfg.model_dump(mode="json")},
+        )
         graph = build_graph(policy, loop_cfg, opponents=opponents)
         done = await runner.run(graph, tasks, run, label=f"game eval vs {opponent}")
         res.episodes_run += done.episodes_run
         res.run_ids.append(run_id)
-        count_episodes(res, opponent, [ep.outcome for ep in await store.alist_episodes(run_id, children=False)])
+        count_episodes(
+            res, opponent, [ep.outcome for ep in await store.alist_episodes(run_id, children=False)]
+        )
     res.seconds = time.monotonic() - started
     if record:
         await store.aupdate_model_metrics(model_id, res.metrics())
     return res
 
 
-async def play_match(game: str, a: Opponent, b: Opponent, n_games: int, *, seed: int = 0, concurrency: int = 64,
-                     **options: Any) -> SeriesResult:
+async def play_match(
+    game: str, a: Opponent, b: Opponent, n_games: int, *, seed: int = 0, concurrency: int = 64, **options: Any
+) -> SeriesResult:
     """`play_series` with the games in flight together, so model players' engines batch across them.
 
     A seeded opponent object shared by concurrent games draws in an order that depends on scheduling; for
@@ -204,8 +260,14 @@ async def play_match(game: str, a: Opponent, b: Opponent, n_games: int, *, seed:
     return out
 
 
-def elo_ratings(series: Mapping[tuple[str, str], SeriesResult], *, anchor: str | None = "random",
-                anchor_rating: float = 1000.0, prior_games: float = 1.0, iterations: int = 2000) -> dict[str, float]:
+def elo_ratings(
+    series: Mapping[tuple[str, str], SeriesResult],
+    *,
+    anchor: str | None = "random",
+    anchor_rating: float = 1000.0,
+    prior_games: float = 1.0,
+    iterations: int = 2000,
+) -> dict[str, float]:
     """One Elo rating per player, fitted to every pairwise series at once (Bradley-Terry by minorise-maximise).
 
     `series[(a, b)]` is a's record against b; draws count half. `prior_games` adds that many drawn games to

@@ -88,8 +88,14 @@ class IndexReport:
     total: int  # failures remembered under the label, this call's included
 
 
-def index_failures(store: Any, task_set: TaskSet, label: str | None = None, *, n_tasks: int | None = None,
-                   memory: ReflectionMemory | None = None) -> IndexReport:
+def index_failures(
+    store: Any,
+    task_set: TaskSet,
+    label: str | None = None,
+    *,
+    n_tasks: int | None = None,
+    memory: ReflectionMemory | None = None,
+) -> IndexReport:
     """Remember every failure of the runs on this task set that is not remembered yet (idempotent).
 
     `n_tasks`: how many of the set's first train tasks can be looked up (default: as many as the runs have
@@ -109,8 +115,11 @@ def index_failures(store: Any, task_set: TaskSet, label: str | None = None, *, n
     except ValueError:  # fewer train tasks exist than asked: take them all
         train = {t.id: t for t in task_set.tasks(Split.TRAIN)}
     items = [
-        ReflectionItem(f.episode_id, f.task_id, train[f.task_id].prompt, f.answer, f.critique, str(Split.TRAIN))
-        for f in failures if f.task_id in train and train[f.task_id].split == Split.TRAIN
+        ReflectionItem(
+            f.episode_id, f.task_id, train[f.task_id].prompt, f.answer, f.critique, str(Split.TRAIN)
+        )
+        for f in failures
+        if f.task_id in train and train[f.task_id].split == Split.TRAIN
     ]
     added = mem.add(label, items)
     return IndexReport(label, added, len(failures) - len(items), mem.count(label))
@@ -144,13 +153,30 @@ class Recall:
     async def __call__(self, task: Task, k: int) -> list[dict[str, Any]]:
         if k <= 0:
             return []
-        hits = await asyncio.to_thread(self.memory.search, self.label, task.prompt, k, exclude_task_ids=(task.id,))
-        return [{"task_id": h.task_id, "episode_id": h.episode_id, "problem": h.problem, "answer": h.answer,
-                 "critique": h.critique, "score": round(h.score, 4)} for h in hits]
+        hits = await asyncio.to_thread(
+            self.memory.search, self.label, task.prompt, k, exclude_task_ids=(task.id,)
+        )
+        return [
+            {
+                "task_id": h.task_id,
+                "episode_id": h.episode_id,
+                "problem": h.problem,
+                "answer": h.answer,
+                "critique": h.critique,
+                "score": round(h.score, 4),
+            }
+            for h in hits
+        ]
 
 
-def open_recall(store: Any, task_set: TaskSet, label: str | None = None, *, index: bool = True,
-                memory: ReflectionMemory | None = None) -> Recall:
+def open_recall(
+    store: Any,
+    task_set: TaskSet,
+    label: str | None = None,
+    *,
+    index: bool = True,
+    memory: ReflectionMemory | None = None,
+) -> Recall:
     """A Recall over the store's failures on this task set, indexing what is new first (unless `index=False`)."""
     label = label or task_set.name
     mem = memory or memory_for(store)

@@ -72,7 +72,9 @@ async def open_checkpointer(db_url: str | None) -> AsyncIterator[BaseCheckpointS
             await _setup_saver(saver)
             yield saver
     else:
-        raise ValueError(f"no LangGraph checkpointer for database {url.get_backend_name()!r}; use SQLite or PostgreSQL")
+        raise ValueError(
+            f"no LangGraph checkpointer for database {url.get_backend_name()!r}; use SQLite or PostgreSQL"
+        )
 
 
 async def _setup_saver(saver: Any, tries: int = 5) -> None:
@@ -85,7 +87,11 @@ async def _setup_saver(saver: Any, tries: int = 5) -> None:
         try:
             await saver.setup()
             return
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+        except (
+            psycopg.errors.UniqueViolation,
+            psycopg.errors.DuplicateTable,
+            psycopg.errors.DuplicateObject,
+        ):
             if attempt == tries - 1:
                 raise
             await asyncio.sleep(0.2 * (attempt + 1))
@@ -96,7 +102,11 @@ def store_url(store: Any) -> str | None:
     for attr in ("url", "db_url"):
         value = getattr(store, attr, None)
         if value is not None:
-            return str(value) if not hasattr(value, "render_as_string") else value.render_as_string(hide_password=False)
+            return (
+                str(value)
+                if not hasattr(value, "render_as_string")
+                else value.render_as_string(hide_password=False)
+            )
     engine = getattr(store, "engine", None)
     if engine is not None:
         return engine.url.render_as_string(hide_password=False)
@@ -107,14 +117,21 @@ class Runner:
     """Runs episodes of a loop graph over tasks, concurrently, into the store."""
 
     def __init__(
-        self, store: Any, *, concurrency: int = 64, progress: bool = True, db_url: str | None = None,
+        self,
+        store: Any,
+        *,
+        concurrency: int = 64,
+        progress: bool = True,
+        db_url: str | None = None,
     ) -> None:
         self.store = store
         self.concurrency = concurrency
         self.progress = progress
         self.db_url = db_url if db_url is not None else store_url(store)
 
-    async def run(self, graph: StateGraph, tasks: Sequence[Task], run: RunRecord, *, label: str = "") -> RunResult:
+    async def run(
+        self, graph: StateGraph, tasks: Sequence[Task], run: RunRecord, *, label: str = ""
+    ) -> RunResult:
         """Run one episode per task under `run` (created if new), skipping those already in the store."""
         started = time.monotonic()
         if not run.host:
@@ -137,7 +154,9 @@ class Runner:
                 write = asyncio.ensure_future(self.store.awrite_episode(episode))
                 writes.add(write)
                 await asyncio.shield(write)
-                with contextlib.suppress(NotImplementedError):  # a saver without deletion just keeps the thread
+                with contextlib.suppress(
+                    NotImplementedError
+                ):  # a saver without deletion just keeps the thread
                     await saver.adelete_thread(episode.id)
                 stats.add(episode)
 
@@ -154,7 +173,9 @@ class Runner:
         await self.store.afinish_run(run.id, RunStatus.FINISHED)
         return await self._result(run.id, ran=len(pending), seconds=time.monotonic() - started)
 
-    async def _episode(self, compiled: Any, saver: BaseCheckpointSaver, task: Task, run_id: str) -> EpisodeRecord:
+    async def _episode(
+        self, compiled: Any, saver: BaseCheckpointSaver, task: Task, run_id: str
+    ) -> EpisodeRecord:
         eid = episode_id(run_id, task.id)
         config = {"configurable": {"thread_id": eid}}
         snapshot = await compiled.aget_state(config)
@@ -168,8 +189,10 @@ class Runner:
         else:
             out = await compiled.ainvoke(episode_input(task, run_id), config, durability="sync")
         if "episode" not in out:
-            raise RuntimeError(f"loop graph ended without an `episode` in its state (task {task.id}); "
-                               "a loop's last node must set it (see agents/loops/base.py)")
+            raise RuntimeError(
+                f"loop graph ended without an `episode` in its state (task {task.id}); "
+                "a loop's last node must set it (see agents/loops/base.py)"
+            )
         return EpisodeRecord.model_validate(out["episode"])
 
     async def _result(self, run_id: str, *, ran: int, seconds: float) -> RunResult:
@@ -211,15 +234,20 @@ def _progress_bar(enabled: bool, label: str, stats: _Live) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("acc {task.fields[acc]:.1%}"), TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("acc {task.fields[acc]:.1%}"),
+        TextColumn("{task.fields[tps]:.0f} tok/s"),
         TimeElapsedColumn(),
     ) as bar:
         tid = bar.add_task(label, total=stats.total, completed=stats.done, acc=0.0, tps=0.0)
 
         def tick(s: _Live) -> None:
             elapsed = max(time.monotonic() - s.started, 1e-6)
-            bar.update(tid, completed=s.done, acc=s.correct / s.samples if s.samples else 0.0, tps=s.tokens / elapsed)
+            bar.update(
+                tid, completed=s.done, acc=s.correct / s.samples if s.samples else 0.0, tps=s.tokens / elapsed
+            )
 
         yield tick
 
@@ -242,9 +270,15 @@ def resolve_version(store: Any, model: str) -> Any:
     if found is not None:
         return found
     path = resolve_model(model)
-    return store.register_model(ModelVersionRecord(
-        id=stable_id("model", str(path.resolve())), name=model, lineage=model, path=str(path), status=ModelStatus.BASE,
-    ))
+    return store.register_model(
+        ModelVersionRecord(
+            id=stable_id("model", str(path.resolve())),
+            name=model,
+            lineage=model,
+            path=str(path),
+            status=ModelStatus.BASE,
+        )
+    )
 
 
 def load_version_engine(version: Any, *, backend: str = "hf", **options: Any) -> Any:

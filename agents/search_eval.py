@@ -38,10 +38,14 @@ class SearchEvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_tasks: int = Field(50, ge=1, description="Held-out tasks (the first n).")
-    budgets: list[int] = Field(default_factory=lambda: [256, 512, 1024], description="Generated tokens per task.")
+    budgets: list[int] = Field(
+        default_factory=lambda: [256, 512, 1024], description="Generated tokens per task."
+    )
     max_tokens: int = Field(96, ge=1, description="Most tokens per sampled answer.")
     temperature: float = Field(0.8, gt=0.0, description="Sampling temperature of answers and search steps.")
-    system_prompt: str | None = Field(mcts.MCTSConfig().system_prompt, description="The policy's system message.")
+    system_prompt: str | None = Field(
+        mcts.MCTSConfig().system_prompt, description="The policy's system message."
+    )
     k: int = Field(3, ge=1, description="MCTS: candidate steps per expansion.")
     max_step_tokens: int = Field(32, ge=1, description="MCTS: most tokens per step.")
     seed: int = Field(0)
@@ -51,7 +55,9 @@ class SearchEvalResult(BaseModel):
     """Accuracy and mean generated tokens per task, of each method at each budget."""
 
     accuracy: dict[str, dict[int, float]] = Field(description="{method: {budget: held-out accuracy}}")
-    tokens: dict[str, dict[int, float]] = Field(description="{method: {budget: mean tokens generated per task}}")
+    tokens: dict[str, dict[int, float]] = Field(
+        description="{method: {budget: mean tokens generated per task}}"
+    )
 
 
 def majority_pick(episode: EpisodeRecord) -> bool:
@@ -67,6 +73,7 @@ def majority_pick(episode: EpisodeRecord) -> bool:
 
 async def prm_pick(scorer: StepScorer, task: Any, episode: EpisodeRecord) -> bool:
     """Is the answer whose weakest step the PRM scores highest right?"""
+
     async def weakest(text: str) -> float:
         steps, _ = split_steps(text)
         if not steps:
@@ -85,8 +92,16 @@ def _verdicts(episode: EpisodeRecord) -> dict[str, bool]:
 
 
 async def evaluate_search(
-    policy: Engine, prm: StepScorer, task_set: TaskSet, *, store: Any, model_id: str, label: str,
-    config: SearchEvalConfig | None = None, runner: Runner | None = None, record: bool = True,
+    policy: Engine,
+    prm: StepScorer,
+    task_set: TaskSet,
+    *,
+    store: Any,
+    model_id: str,
+    label: str,
+    config: SearchEvalConfig | None = None,
+    runner: Runner | None = None,
+    record: bool = True,
 ) -> SearchEvalResult:
     """Accuracy of each method at each budget, and what each really spent (the budget is a ceiling for MCTS,
     a target for best-of-N, whose N is rounded)."""
@@ -103,29 +118,66 @@ async def evaluate_search(
 
     async def run(graph: Any, what: str) -> list[EpisodeRecord]:
         run_id = stable_id("search-eval", model_id, prm.version, label, len(tasks), what)
-        await runner.run(graph, tasks, RunRecord(id=run_id, loop="search_eval", model_ids=[model_id],
-                                                 config={"what": what, "task_set": label}), label=what)
+        await runner.run(
+            graph,
+            tasks,
+            RunRecord(
+                id=run_id, loop="search_eval", model_ids=[model_id], config={"what": what, "task_set": label}
+            ),
+            label=what,
+        )
         return store.list_episodes(run_id)
 
-    greedy = await run(best_of_n.build_graph(policy, verifier, best_of_n.BestOfNConfig(
-        n=1, temperature=0.0, max_tokens=cfg.max_tokens, system_prompt=cfg.system_prompt, emit_examples=False)),
-        f"greedy-{cfg.max_tokens}")
+    greedy = await run(
+        best_of_n.build_graph(
+            policy,
+            verifier,
+            best_of_n.BestOfNConfig(
+                n=1,
+                temperature=0.0,
+                max_tokens=cfg.max_tokens,
+                system_prompt=cfg.system_prompt,
+                emit_examples=False,
+            ),
+        ),
+        f"greedy-{cfg.max_tokens}",
+    )
     per_answer = max(1.0, sum(e.outcome["tokens"] for e in greedy) / len(greedy))
     for b in cfg.budgets:
         out["greedy"][b] = sum(e.outcome["correct"] for e in greedy) / len(greedy)
         spent["greedy"][b] = mean_tokens(greedy)
         n = max(1, round(b / per_answer))
-        sampled = await run(best_of_n.build_graph(policy, verifier, best_of_n.BestOfNConfig(
-            n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, system_prompt=cfg.system_prompt,
-            emit_examples=False, seed=cfg.seed)), f"sample-{n}-{cfg.max_tokens}-{cfg.temperature}")
+        sampled = await run(
+            best_of_n.build_graph(
+                policy,
+                verifier,
+                best_of_n.BestOfNConfig(
+                    n=n,
+                    temperature=cfg.temperature,
+                    max_tokens=cfg.max_tokens,
+                    system_prompt=cfg.system_prompt,
+                    emit_examples=False,
+                    seed=cfg.seed,
+                ),
+            ),
+            f"sample-{n}-{cfg.max_tokens}-{cfg.temperature}",
+        )
         out["majority"][b] = sum(majority_pick(e) for e in sampled) / len(sampled)
         picks = await asyncio.gather(*(prm_pick(prm, by_id[e.task_id], e) for e in sampled))
         out["prm-rerank"][b] = sum(picks) / len(picks)
         spent["majority"][b] = spent["prm-rerank"][b] = mean_tokens(sampled)
-        search_cfg = mcts.MCTSConfig(budget_tokens=b, k=cfg.k, evaluation="scorer", temperature=cfg.temperature,
-                                     system_prompt=cfg.system_prompt, rollout_max_tokens=cfg.max_tokens,
-                                     max_step_tokens=cfg.max_step_tokens, finish=True, emit_pairs=False,
-                                     seed=cfg.seed)
+        search_cfg = mcts.MCTSConfig(
+            budget_tokens=b,
+            k=cfg.k,
+            evaluation="scorer",
+            temperature=cfg.temperature,
+            system_prompt=cfg.system_prompt,
+            rollout_max_tokens=cfg.max_tokens,
+            max_step_tokens=cfg.max_step_tokens,
+            finish=True,
+            emit_pairs=False,
+            seed=cfg.seed,
+        )
         searched = await run(mcts.build_graph(policy, verifier, search_cfg, prm), f"mcts-prm-{b}")
         out["mcts-prm"][b] = sum(e.outcome["correct"] for e in searched) / len(searched)
         spent["mcts-prm"][b] = mean_tokens(searched)
@@ -135,4 +187,3 @@ async def evaluate_search(
         metrics |= {f"{prefix}/{m}@{b}/tokens": v for m, per in spent.items() for b, v in per.items()}
         await store.aupdate_model_metrics(model_id, metrics)
     return SearchEvalResult(accuracy=out, tokens=spent)
-

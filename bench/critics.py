@@ -94,30 +94,41 @@ def _critic_work(critic: StepwiseCritic, items: list[tuple[Task, str]], replies:
     for _ in range(5):
         start = time.perf_counter()
         for (task, solution), text in zip(items, replies, strict=True):
-            GenerationRequest.model_validate(chat_request(critic.messages(task, solution), critic.sampling, 1,
-                                                          task.id, solution, 0))
+            GenerationRequest.model_validate(
+                chat_request(critic.messages(task, solution), critic.sampling, 1, task.id, solution, 0)
+            )
             critic.read(text, solution)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny", help="a cache name (tiny, smollm2-135m) or a model folder")
-    parser.add_argument("--items", type=int, default=64, help="critiques (and plain prompts) per run, all concurrent")
+    parser.add_argument(
+        "--items", type=int, default=64, help="critiques (and plain prompts) per run, all concurrent"
+    )
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens for both paths")
-    parser.add_argument("--pairs", type=int, default=5, help="interleaved (critic, plain) pairs after the warm-up")
+    parser.add_argument(
+        "--pairs", type=int, default=5, help="interleaved (critic, plain) pairs after the warm-up"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    engine: Any = load_engine(args.model, model_version=args.model, max_batch_size=args.items, batch_wait_ms=10)
+    engine: Any = load_engine(
+        args.model, model_version=args.model, max_batch_size=args.items, batch_wait_ms=10
+    )
     critic = StepwiseCritic(engine, sampling=CriticSampling(max_tokens=args.max_tokens, temperature=0))
     items = _items(args.items)
     requests = [
-        GenerationRequest(messages=critic.messages(task, solution),
-                          sampling=SamplingParams(max_tokens=args.max_tokens, temperature=0))
+        GenerationRequest(
+            messages=critic.messages(task, solution),
+            sampling=SamplingParams(max_tokens=args.max_tokens, temperature=0),
+        )
         for task, solution in items
     ]
     prompt_tokens = [len(engine.prompt_ids(r)) for r in requests]
@@ -127,7 +138,9 @@ def main() -> None:
     _run_plain(engine, requests, loop)
 
     ratios: list[float] = []
-    cpu_ratios: list[float] = []  # plain CPU s / critic CPU s: the same ratio in CPU time, less swayed by load
+    cpu_ratios: list[
+        float
+    ] = []  # plain CPU s / critic CPU s: the same ratio in CPU time, less swayed by load
     critic_rates: list[float] = []
     plain_rates: list[float] = []
     tokens: set[tuple[int, int]] = set()
@@ -172,19 +185,25 @@ def main() -> None:
     )
     print("| path | per second (median) | generated tokens per run |")
     print("|---|---|---|")
-    print(f"| (a) `critique_all`, {args.items} concurrent critiques | {statistics.median(critic_rates):.2f} "
-          f"critiques/s | {', '.join(map(str, token_a))} |")
-    print(f"| (b) {args.items} concurrent plain `generate` | {statistics.median(plain_rates):.2f} "
-          f"answers/s | {', '.join(map(str, token_b))} |")
+    print(
+        f"| (a) `critique_all`, {args.items} concurrent critiques | {statistics.median(critic_rates):.2f} "
+        f"critiques/s | {', '.join(map(str, token_a))} |"
+    )
+    print(
+        f"| (b) {args.items} concurrent plain `generate` | {statistics.median(plain_rates):.2f} "
+        f"answers/s | {', '.join(map(str, token_b))} |"
+    )
     print(
         f"ratio (a)/(b) = {statistics.median(ratios):.3f} (median of {len(ratios)} pairs "
         f"{[round(r, 3) for r in ratios]}; target >= 0.9); tokens (a) == (b) in every pair: {match}; "
         f"same text for {min(same_text):.0%} of items (worst pair)"
     )
     # The fastest run of each is the one least disturbed by other jobs on the shared cores (timeit's rule).
-    print(f"best-of-runs ratio = {max(critic_rates) / max(plain_rates):.3f}; in CPU time (critiques per CPU "
-          f"second / answers per CPU second) = {statistics.median(cpu_ratios):.3f} "
-          f"{[round(r, 3) for r in cpu_ratios]}")
+    print(
+        f"best-of-runs ratio = {max(critic_rates) / max(plain_rates):.3f}; in CPU time (critiques per CPU "
+        f"second / answers per CPU second) = {statistics.median(cpu_ratios):.3f} "
+        f"{[round(r, 3) for r in cpu_ratios]}"
+    )
     print(
         f"the critic's own work (render + validate {args.items} requests, parse {args.items} replies) = "
         f"{work * 1e3:.1f} ms per run, {work / plain_time:.2%} of a median plain run ({plain_time:.2f}s): "

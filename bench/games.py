@@ -50,13 +50,16 @@ from strop.sandbox.tasks import Split
 from strop.sandbox.tasks.games import GameTaskSet
 
 
-async def _run(engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int) -> tuple[int, float, float]:
+async def _run(
+    engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int
+) -> tuple[int, float, float]:
     """(policy moves, wall seconds, mean engine batch size) of one run."""
     stats = getattr(engine, "stats", None)  # the hf engine counts its batches; vLLM schedules per step
     rows, batches = (stats.rows, stats.batches) if stats else (0, 0)
     started = time.perf_counter()
     res = await Runner(store, concurrency=concurrency, progress=False).run(
-        graph, tasks, RunRecord(id=new_id(), loop="bench"))
+        graph, tasks, RunRecord(id=new_id(), loop="bench")
+    )
     secs = time.perf_counter() - started
     batch = (stats.rows - rows) / max(1, stats.batches - batches) if stats else float("nan")
     return res.samples, secs, batch
@@ -74,16 +77,22 @@ async def main(args: argparse.Namespace) -> None:
     engine = load_engine(args.model, args.backend, **options)
 
     def graph(games_per_task: int) -> Any:
-        return selfplay.build_graph(engine, selfplay.SelfPlayConfig(
-            games_per_task=games_per_task, temperature=1.0, max_tokens=args.max_tokens, rae=True))
+        return selfplay.build_graph(
+            engine,
+            selfplay.SelfPlayConfig(
+                games_per_task=games_per_task, temperature=1.0, max_tokens=args.max_tokens, rae=True
+            ),
+        )
 
-    modes = {"in-flight": (graph(args.games_per_task), tasks[:episodes * args.rounds], episodes),
-             "serial": (graph(1), tasks[:args.serial_games], 1)}
+    modes = {
+        "in-flight": (graph(args.games_per_task), tasks[: episodes * args.rounds], episodes),
+        "serial": (graph(1), tasks[: args.serial_games], 1),
+    }
     warm = {"in-flight": episodes, "serial": 2}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
         for name, (g, ts_, conc) in modes.items():  # warm-up
-            moves, secs, batch = await _run(engine, store, g, ts_[:warm[name]], conc)
+            moves, secs, batch = await _run(engine, store, g, ts_[: warm[name]], conc)
             print(f"warm-up {name}: {moves} moves in {secs:.1f} s (mean batch {batch:.1f})", flush=True)
         ratios = []
         for p in range(args.pairs):
@@ -94,25 +103,44 @@ async def main(args: argparse.Namespace) -> None:
                 moves, secs, batch = await _run(engine, store, g, ts_, conc)
                 got[name] = (moves / secs, moves, secs, batch)
             ratios.append(got["in-flight"][0] / got["serial"][0])
-            print(f"pair {p + 1}: " + ", ".join(
-                f"{n} {r:.2f} moves/s ({m} moves, {s:.1f} s, mean batch {b:.1f})" for n, (r, m, s, b) in got.items())
-                  + f", ratio {ratios[-1]:.2f}", flush=True)
+            print(
+                f"pair {p + 1}: "
+                + ", ".join(
+                    f"{n} {r:.2f} moves/s ({m} moves, {s:.1f} s, mean batch {b:.1f})"
+                    for n, (r, m, s, b) in got.items()
+                )
+                + f", ratio {ratios[-1]:.2f}",
+                flush=True,
+            )
     await engine.close()
-    how = (f"{episodes} episodes x {args.games_per_task} games" if args.games_per_task > 1
-           else f"{episodes} episodes of 1 game")
-    print(f"median ratio {args.games} games in flight ({how}) / one game at a time, moves/s: "
-          f"{statistics.median(ratios):.2f} (target >= 4)")
+    how = (
+        f"{episodes} episodes x {args.games_per_task} games"
+        if args.games_per_task > 1
+        else f"{episodes} episodes of 1 game"
+    )
+    print(
+        f"median ratio {args.games} games in flight ({how}) / one game at a time, moves/s: "
+        f"{statistics.median(ratios):.2f} (target >= 4)"
+    )
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--games", type=int, default=64, help="Games in flight in (a).")
-    ap.add_argument("--rounds", type=int, default=2, help="(a) plays rounds x --games games, --games at a time.")
-    ap.add_argument("--games-per-task", type=int, default=1, help="Games per episode in (a) (default: one each).")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="(a) plays rounds x --games games, --games at a time."
+    )
+    ap.add_argument(
+        "--games-per-task", type=int, default=1, help="Games per episode in (a) (default: one each)."
+    )
     ap.add_argument("--serial-games", type=int, default=8, help="Games played one at a time in (b).")
     ap.add_argument("--max-tokens", type=int, default=48, help="Most new tokens per move.")
     ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--backend", default="hf", choices=["hf", "vllm"],
-                    help="Engine backend (vllm: run with .venv-vllm/bin/python, `make test-vllm` builds it).")
+    ap.add_argument(
+        "--backend",
+        default="hf",
+        choices=["hf", "vllm"],
+        help="Engine backend (vllm: run with .venv-vllm/bin/python, `make test-vllm` builds it).",
+    )
     asyncio.run(main(ap.parse_args()))

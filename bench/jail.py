@@ -34,8 +34,13 @@ def plain_run(code: str, timeout_s: float = 10.0) -> tuple[float, bool]:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         Path(d, "main.py").write_text(code)
-        done = subprocess.run([str(exe), "-E", "-S", "-s", "-B", "main.py"], cwd=d, capture_output=True,
-                              timeout=timeout_s, check=False)
+        done = subprocess.run(
+            [str(exe), "-E", "-S", "-s", "-B", "main.py"],
+            cwd=d,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
     return time.perf_counter() - start, done.returncode == 0
 
 
@@ -46,8 +51,11 @@ def jail_run(code: str, isolation: str) -> tuple[float, bool]:
 
 
 def trivial(rounds: int) -> dict[str, object]:
-    variants = {"plain": lambda: plain_run(TRIVIAL), "jail-auto": lambda: jail_run(TRIVIAL, "auto"),
-                "jail-rlimits": lambda: jail_run(TRIVIAL, "rlimits")}
+    variants = {
+        "plain": lambda: plain_run(TRIVIAL),
+        "jail-auto": lambda: jail_run(TRIVIAL, "auto"),
+        "jail-rlimits": lambda: jail_run(TRIVIAL, "rlimits"),
+    }
     for fn in variants.values():  # warm caches and the isolation probes
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -80,16 +88,25 @@ def humaneval(workers: int) -> dict[str, object]:
                 if name == "plain":
                     oks = [ok for _, ok in pool.map(plain_run, programs)]
                 else:
-                    oks = [v.correct for v in pool.map(HumanEvalTaskSet(workers=n).verify, tasks,
-                                                       [t.answer for t in tasks])]
+                    oks = [
+                        v.correct
+                        for v in pool.map(
+                            HumanEvalTaskSet(workers=n).verify, tasks, [t.answer for t in tasks]
+                        )
+                    ]
             elapsed = time.perf_counter() - start
-            out[f"{name}_workers{n}"] = {"seconds": round(elapsed, 2), "per_s": round(len(tasks) / elapsed, 1),
-                                         "passed": sum(oks)}
+            out[f"{name}_workers{n}"] = {
+                "seconds": round(elapsed, 2),
+                "per_s": round(len(tasks) / elapsed, 1),
+                "passed": sum(oks),
+            }
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=30, help="Interleaved rounds of the trivial program.")
     parser.add_argument("--workers", type=int, default=2, help="Parallel jails for HumanEval.")
     parser.add_argument("--skip-humaneval", action="store_true", help="Only the trivial-program latency.")

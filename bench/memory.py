@@ -57,14 +57,32 @@ def fill(store: Store, rows: int, tasks: int, seed: int) -> tuple[ReflectionMemo
     """`rows` failures (with their episodes) in one scope; returns the memory and the add rate (rows/s)."""
     run = store.create_run(RunRecord(loop="best_of_n"))
     now = utcnow()
-    episodes = [{"id": f"ep{i}", "run_id": run.id, "task_id": f"arithmetic/train/{i % tasks}", "loop": "best_of_n",
-                 "status": "finished", "reward": 0.0, "outcome": {}, "created_at": now} for i in range(rows)]
+    episodes = [
+        {
+            "id": f"ep{i}",
+            "run_id": run.id,
+            "task_id": f"arithmetic/train/{i % tasks}",
+            "loop": "best_of_n",
+            "status": "finished",
+            "reward": 0.0,
+            "outcome": {},
+            "created_at": now,
+        }
+        for i in range(rows)
+    ]
     with store._write() as conn:
         for start in range(0, rows, 5000):
             conn.execute(Episode.__table__.insert(), episodes[start : start + 5000])
-    items = [ReflectionItem(e["id"], e["task_id"], f"Ana has {i % 97} coins. Then {i % 89} more coins arrive. "
-                            "How many coins are there now?", f"Step 1: wrong\n#### {i}", f"expected {i + 1}, got {i}")
-             for i, e in enumerate(episodes)]
+    items = [
+        ReflectionItem(
+            e["id"],
+            e["task_id"],
+            f"Ana has {i % 97} coins. Then {i % 89} more coins arrive. How many coins are there now?",
+            f"Step 1: wrong\n#### {i}",
+            f"expected {i + 1}, got {i}",
+        )
+        for i, e in enumerate(episodes)
+    ]
     mem = ReflectionMemory(store, model=MODEL)
     started = time.perf_counter()
     assert mem.add(SCOPE, items, unit_rows(np.random.default_rng(seed), rows)) == rows
@@ -77,7 +95,10 @@ def pg_url() -> tuple[str, str]:
     schema = f"strop_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{PG_ADMIN.replace('postgresql://', 'postgresql+psycopg://', 1)}?options=-csearch_path%3D{schema}", schema
+    return (
+        f"{PG_ADMIN.replace('postgresql://', 'postgresql+psycopg://', 1)}?options=-csearch_path%3D{schema}",
+        schema,
+    )
 
 
 def drop_schema(schema: str) -> None:
@@ -116,7 +137,9 @@ def main() -> None:
         rng = np.random.default_rng(2)
         queries = unit_rows(rng, args.queries)
         excluded = [f"arithmetic/train/{int(t)}" for t in rng.integers(0, tasks, args.queries)]
-        timings: dict[str, dict[str, list[float]]] = {n: {"query": [], "check": [], "score": []} for n in backends}
+        timings: dict[str, dict[str, list[float]]] = {
+            n: {"query": [], "check": [], "score": []} for n in backends
+        }
         cold: dict[str, float] = {}
         for name, (_, mem) in backends.items():
             started = time.perf_counter()
@@ -151,11 +174,26 @@ def main() -> None:
         for name, (store, mem) in backends.items():
             more = ReflectionMemory(store, model=MODEL)  # another process's memory adds 100 failures
             run_id = store.list_runs()[0].id
-            more_eps = [{"id": f"new{j}", "run_id": run_id, "task_id": f"arithmetic/train/new{j}", "loop": "best_of_n",
-                         "status": "finished", "reward": 0.0, "outcome": {}, "created_at": utcnow()} for j in range(100)]
+            more_eps = [
+                {
+                    "id": f"new{j}",
+                    "run_id": run_id,
+                    "task_id": f"arithmetic/train/new{j}",
+                    "loop": "best_of_n",
+                    "status": "finished",
+                    "reward": 0.0,
+                    "outcome": {},
+                    "created_at": utcnow(),
+                }
+                for j in range(100)
+            ]
             with store._write() as conn:
                 conn.execute(Episode.__table__.insert(), more_eps)
-            more.add(SCOPE, [ReflectionItem(e["id"], e["task_id"], "p", "a", "c") for e in more_eps], unit_rows(rng, 100))
+            more.add(
+                SCOPE,
+                [ReflectionItem(e["id"], e["task_id"], "p", "a", "c") for e in more_eps],
+                unit_rows(rng, 100),
+            )
             started = time.perf_counter()
             mem.search_vector(SCOPE, queries[0], args.k)
             refresh[name] = time.perf_counter() - started
@@ -166,7 +204,10 @@ def main() -> None:
 
             e = Embedder()
             e.encode(["warm up"])
-            texts = [f"Ana has {i} coins. Then {i + 7} more coins arrive. How many coins are there now?" for i in range(50)]
+            texts = [
+                f"Ana has {i} coins. Then {i + 7} more coins arrive. How many coins are there now?"
+                for i in range(50)
+            ]
             samples = []
             for t in texts:
                 t0 = time.perf_counter()
@@ -181,11 +222,20 @@ def main() -> None:
             drop_schema(schema)
 
 
-def report(args: Any, backends: dict[str, Any], inserted: dict[str, float], cold: dict[str, float],
-           timings: dict[str, dict[str, list[float]]], recount: dict[str, float], refresh: dict[str, float],
-           embed: list[float] | None) -> None:
-    print(f"\n{args.rows:,} rows of {DIM} float32 ({args.rows * DIM * 4 / 2**20:.0f} MiB of vectors), "
-          f"{args.queries} queries, k={args.k}, load average {os.getloadavg()[0]:.1f}\n")
+def report(
+    args: Any,
+    backends: dict[str, Any],
+    inserted: dict[str, float],
+    cold: dict[str, float],
+    timings: dict[str, dict[str, list[float]]],
+    recount: dict[str, float],
+    refresh: dict[str, float],
+    embed: list[float] | None,
+) -> None:
+    print(
+        f"\n{args.rows:,} rows of {DIM} float32 ({args.rows * DIM * 4 / 2**20:.0f} MiB of vectors), "
+        f"{args.queries} queries, k={args.k}, load average {os.getloadavg()[0]:.1f}\n"
+    )
     print("| | " + " | ".join(backends) + (" | PostgreSQL / SQLite |" if len(backends) == 2 else " |"))
     print("|---|" + "---:|" * (len(backends) + (len(backends) == 2)))
 
@@ -195,15 +245,20 @@ def report(args: Any, backends: dict[str, Any], inserted: dict[str, float], cold
 
     row("add, rows/s", inserted, ",.0f")
     row("cold first search (reads every vector), ms", {n: 1000 * v for n, v in cold.items()}, ",.0f")
-    for part, label in (("query", "search_vector end to end"), ("check", "freshness probe (highest seq)"),
-                        ("score", "numpy scoring + top-k")):
+    for part, label in (
+        ("query", "search_vector end to end"),
+        ("check", "freshness probe (highest seq)"),
+        ("score", "numpy scoring + top-k"),
+    ):
         row(f"{label}, p50 ms", {n: ms(t[part], 0.5) for n, t in timings.items()}, ".2f")
         row(f"{label}, p95 ms", {n: ms(t[part], 0.95) for n, t in timings.items()}, ".2f")
     row("recount of the scope (every 30 s), median ms", {n: 1000 * v for n, v in recount.items()}, ".1f")
     row("first search after 100 new rows, ms", {n: 1000 * v for n, v in refresh.items()}, ".1f")
     if embed:
-        print(f"\nMiniLM embedding of one problem text: p50 {ms(embed, 0.5):.1f} ms, p95 {ms(embed, 0.95):.1f} ms "
-              f"(median of {len(embed)}: {1000 * statistics.median(embed):.1f} ms)")
+        print(
+            f"\nMiniLM embedding of one problem text: p50 {ms(embed, 0.5):.1f} ms, p95 {ms(embed, 0.95):.1f} ms "
+            f"(median of {len(embed)}: {1000 * statistics.median(embed):.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,14 @@ from strop.sandbox.tasks import Split
 from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 
 
-async def _run(engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int) -> tuple[int, float]:
+async def _run(
+    engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int
+) -> tuple[int, float]:
     before = engine.stats.tokens_generated
     started = time.perf_counter()
-    await Runner(store, concurrency=concurrency, progress=False).run(graph, tasks, RunRecord(id=new_id(), loop="bench"))
+    await Runner(store, concurrency=concurrency, progress=False).run(
+        graph, tasks, RunRecord(id=new_id(), loop="bench")
+    )
     return engine.stats.tokens_generated - before, time.perf_counter() - started
 
 
@@ -46,16 +50,33 @@ async def main(args: argparse.Namespace) -> None:
     tasks = ts.tasks(Split.TRAIN, args.tasks)
     engine = load_engine(args.model)
     system = None if args.model == "tiny" else mcts.MCTSConfig().system_prompt
-    search_cfg = mcts.MCTSConfig(budget_tokens=args.budget, k=3, max_step_tokens=32, rollout_max_tokens=64,
-                                 system_prompt=system, emit_pairs=False, seed=0)
+    search_cfg = mcts.MCTSConfig(
+        budget_tokens=args.budget,
+        k=3,
+        max_step_tokens=32,
+        rollout_max_tokens=64,
+        system_prompt=system,
+        emit_pairs=False,
+        seed=0,
+    )
     verifier = VerifierCritic(ts)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
         search = mcts.build_graph(engine, verifier, search_cfg)
         tokens, _ = await _run(engine, store, search, tasks, args.tasks)  # warm-up, and the per-task cost
         n = max(1, round(tokens / len(tasks) / args.answer_tokens))
-        sample = best_of_n.build_graph(engine, verifier, best_of_n.BestOfNConfig(
-            n=n, temperature=0.8, max_tokens=args.answer_tokens, system_prompt=system, emit_examples=False, seed=0))
+        sample = best_of_n.build_graph(
+            engine,
+            verifier,
+            best_of_n.BestOfNConfig(
+                n=n,
+                temperature=0.8,
+                max_tokens=args.answer_tokens,
+                system_prompt=system,
+                emit_examples=False,
+                seed=0,
+            ),
+        )
         await _run(engine, store, sample, tasks, args.tasks)
         ratios = []
         for p in range(args.pairs):
@@ -67,9 +88,12 @@ async def main(args: argparse.Namespace) -> None:
                 tok, secs = await _run(engine, store, graph, tasks, args.tasks)
                 rates[name] = (tok / secs, tok, secs)
             ratios.append(rates["mcts"][0] / rates["best-of-n"][0])
-            print(f"pair {p + 1}: mcts {rates['mcts'][0]:.0f} tok/s ({rates['mcts'][1]} tokens, {rates['mcts'][2]:.1f} s), "
-                  f"best-of-{n} {rates['best-of-n'][0]:.0f} tok/s ({rates['best-of-n'][1]} tokens, "
-                  f"{rates['best-of-n'][2]:.1f} s), ratio {ratios[-1]:.3f}", flush=True)
+            print(
+                f"pair {p + 1}: mcts {rates['mcts'][0]:.0f} tok/s ({rates['mcts'][1]} tokens, {rates['mcts'][2]:.1f} s), "
+                f"best-of-{n} {rates['best-of-n'][0]:.0f} tok/s ({rates['best-of-n'][1]} tokens, "
+                f"{rates['best-of-n'][2]:.1f} s), ratio {ratios[-1]:.3f}",
+                flush=True,
+            )
     await engine.close()
     print(f"median ratio mcts / best-of-{n} tokens/s: {statistics.median(ratios):.3f} (target >= 0.8)")
 

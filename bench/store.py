@@ -69,7 +69,9 @@ def make_episodes(run_id: str, n: int, seed: int) -> list[EpisodeRecord]:
                         kind=ExampleKind.SFT,
                         payload={
                             "prompt": [{"role": "user", "content": f"What is {e} + {seed}?"}],
-                            "completion": [{"role": "assistant", "content": "\n".join(s.text for s in steps)}],
+                            "completion": [
+                                {"role": "assistant", "content": "\n".join(s.text for s in steps)}
+                            ],
                         },
                     )
                 ],
@@ -142,7 +144,12 @@ def check_counts(url: str, n_episodes: int, run_ids: list[str] | None = None) ->
 
     with Store(url) as store:
         counts = store.counts()
-    expected = {"episodes": n_episodes, "steps": 4 * n_episodes, "critiques": n_episodes, "examples": n_episodes}
+    expected = {
+        "episodes": n_episodes,
+        "steps": 4 * n_episodes,
+        "critiques": n_episodes,
+        "examples": n_episodes,
+    }
     for table, want in expected.items():
         if counts[table] != want:
             raise SystemExit(f"LOST OR DUPLICATED ROWS in {url}: {table}={counts[table]}, expected {want}")
@@ -197,8 +204,7 @@ def bench_pg_writers(url: str, n_total: int, writers: int) -> float:
     ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     per = n_total // writers
     procs = [
-        ctx.Process(target=_pg_worker, args=(url, per, 1000 + w, ready, go, out))
-        for w in range(writers)
+        ctx.Process(target=_pg_worker, args=(url, per, 1000 + w, ready, go, out)) for w in range(writers)
     ]
     for p in procs:
         p.start()
@@ -229,7 +235,10 @@ def pg_schema_url() -> tuple[str, str]:
     schema = f"strop_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    return f"{PG_ADMIN.replace('postgresql://', 'postgresql+psycopg://', 1)}?options=-csearch_path%3D{schema}", schema
+    return (
+        f"{PG_ADMIN.replace('postgresql://', 'postgresql+psycopg://', 1)}?options=-csearch_path%3D{schema}",
+        schema,
+    )
 
 
 def drop_schema(schema: str) -> None:
@@ -244,7 +253,9 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=100, help="episodes per transaction for write_episodes")
     ap.add_argument("--concurrency", type=int, default=64, help="coroutines calling awrite_episode")
-    ap.add_argument("--rounds", type=int, default=3, help="alternate JSONL and SQLite this many times (median)")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternate JSONL and SQLite this many times (median)"
+    )
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--no-pg", action="store_true")
     ap.add_argument("--keep", type=Path, help="copy the filled SQLite store here (for `strop db stats`)")
@@ -260,8 +271,12 @@ def main() -> None:
         "jsonl": lambda r: bench_jsonl(eps, tmp / f"episodes-{r}.jsonl"),
         "jsonl_stdlib": lambda r: bench_jsonl_stdlib(eps, tmp / f"stdlib-{r}.jsonl"),
         "sqlite_one": lambda r: bench_store(f"sqlite:///{tmp / f'one-{r}.db'}", eps, run, "one"),
-        "sqlite_async": lambda r: bench_store(f"sqlite:///{tmp / f'async-{r}.db'}", eps, run, "async", args.concurrency),
-        "sqlite_batch": lambda r: bench_store(f"sqlite:///{tmp / f'batch-{r}.db'}", eps, run, "batch", args.batch),
+        "sqlite_async": lambda r: bench_store(
+            f"sqlite:///{tmp / f'async-{r}.db'}", eps, run, "async", args.concurrency
+        ),
+        "sqlite_batch": lambda r: bench_store(
+            f"sqlite:///{tmp / f'batch-{r}.db'}", eps, run, "batch", args.batch
+        ),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(args.rounds):
@@ -275,7 +290,10 @@ def main() -> None:
         ("JSONL append, pydantic model_dump_json (baseline)", n / med["jsonl"]),
         ("JSONL append, stdlib json.dumps of dicts", n / med["jsonl_stdlib"]),
         ("SQLite, write_episode (one transaction each)", n / med["sqlite_one"]),
-        (f"SQLite, awrite_episode from {args.concurrency} coroutines (group commit)", n / med["sqlite_async"]),
+        (
+            f"SQLite, awrite_episode from {args.concurrency} coroutines (group commit)",
+            n / med["sqlite_async"],
+        ),
         (f"SQLite, write_episodes({args.batch} per transaction)", n / med["sqlite_batch"]),
     ]
     ds_sqlite, n_ds = bench_dataset(f"sqlite:///{tmp / 'one-0.db'}")
@@ -323,9 +341,10 @@ def main() -> None:
     base = rows[0][1]
     for name, rate in rows:
         print(f"| {name} | {rate:,.0f} | {rate / base:.2f}x |")
-    print(f"\nSFT dataset of {n_ds} examples (claim + to_dataset): " + ", ".join(
-        f"{k} {v:.2f}s" for k, v in results["sft_dataset_s"].items()
-    ))
+    print(
+        f"\nSFT dataset of {n_ds} examples (claim + to_dataset): "
+        + ", ".join(f"{k} {v:.2f}s" for k, v in results["sft_dataset_s"].items())
+    )
     if "pg_writers_speedup" in results:
         print(f"PostgreSQL {args.writers} writers vs 1: {results['pg_writers_speedup']:.2f}x")
     print("row counts checked after every variant: no lost or duplicated rows")

@@ -71,11 +71,19 @@ def settings_for(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     if kind == "pg":
         return {**common, "epochs": 1, "learning_rate": 1e-4}
     g = args.num_generations
-    return {**common, "num_generations": g, "grad_accum": args.grpo_grad_accum, "max_steps": args.grpo_steps,
-            "max_completion_length": args.max_completion_length, "learning_rate": 1e-4, "logging_steps": 1}
+    return {
+        **common,
+        "num_generations": g,
+        "grad_accum": args.grpo_grad_accum,
+        "max_steps": args.grpo_steps,
+        "max_completion_length": args.max_completion_length,
+        "learning_rate": 1e-4,
+        "logging_steps": 1,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- data
+
 
 def _messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
@@ -90,11 +98,22 @@ def rows_for(kind: str, n: int, model_path: Path) -> list[dict[str, Any]]:
     """`n` payloads of the kind, in the format the kind stores (and TRL reads)."""
     tasks = TASKS.tasks(Split.TRAIN, n)
     if kind == "sft":
-        return [{"prompt": _messages(t.prompt), "completion": [{"role": "assistant", "content": t.reference_solution}]}
-                for t in tasks]
+        return [
+            {
+                "prompt": _messages(t.prompt),
+                "completion": [{"role": "assistant", "content": t.reference_solution}],
+            }
+            for t in tasks
+        ]
     if kind == "dpo":
-        return [{"prompt": _messages(t.prompt), "chosen": [{"role": "assistant", "content": t.reference_solution}],
-                 "rejected": [{"role": "assistant", "content": _wrong(t)}]} for t in tasks]
+        return [
+            {
+                "prompt": _messages(t.prompt),
+                "chosen": [{"role": "assistant", "content": t.reference_solution}],
+                "rejected": [{"role": "assistant", "content": _wrong(t)}],
+            }
+            for t in tasks
+        ]
     # pg: the action's exact tokens and the log-probs the parent gives them (one batched forward pass).
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,10 +126,16 @@ def rows_for(kind: str, n: int, model_path: Path) -> list[dict[str, Any]]:
         answer = t.reference_solution if i % 2 == 0 else _wrong(t)
         completion = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         with torch.no_grad():
-            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float()
+            logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].float()
         logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
-        rows.append({"prompt_ids": prompt, "completion_ids": completion, "logprobs": logprobs,
-                     "advantage": 1.0 if i % 2 == 0 else -1.0})
+        rows.append(
+            {
+                "prompt_ids": prompt,
+                "completion_ids": completion,
+                "logprobs": logprobs,
+                "advantage": 1.0 if i % 2 == 0 else -1.0,
+            }
+        )
     return rows
 
 
@@ -120,52 +145,96 @@ def fill_store(store: Store, kind: str, rows: list[dict[str, Any]]) -> None:
     ex_kind = {"sft": ExampleKind.SFT, "dpo": ExampleKind.PAIR, "pg": ExampleKind.ADVANTAGE}[kind]
     episodes = []
     for i, row in enumerate(rows):
-        example = AdvantagePayload(**row).example() if kind == "pg" else ExampleRecord(kind=ex_kind, payload=row)
-        episodes.append(EpisodeRecord(run_id=run.id, task_id=f"bench-{i}", loop="bench", reward=1.0,
-                                      examples=[example]))
+        example = (
+            AdvantagePayload(**row).example() if kind == "pg" else ExampleRecord(kind=ex_kind, payload=row)
+        )
+        episodes.append(
+            EpisodeRecord(run_id=run.id, task_id=f"bench-{i}", loop="bench", reward=1.0, examples=[example])
+        )
     assert store.write_episodes(episodes) == len(rows)
 
 
 # ------------------------------------------------------------------------------------------------ strop path
 
-def strop_run(kind: str, args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], work: Path,
-              grpo_tasks: list[Any]) -> dict[str, Any]:
+
+def strop_run(
+    kind: str,
+    args: argparse.Namespace,
+    model_path: Path,
+    rows: list[dict[str, Any]],
+    work: Path,
+    grpo_tasks: list[Any],
+) -> dict[str, Any]:
     from strop.training.jobs import train_candidate
 
     store = Store(f"sqlite:///{work / 'strop.db'}")
     try:
-        parent = store.register_model(ModelVersionRecord(name="base", lineage="base", path=str(model_path),
-                                                         status=ModelStatus.BASE))
+        parent = store.register_model(
+            ModelVersionRecord(name="base", lineage="base", path=str(model_path), status=ModelStatus.BASE)
+        )
         context = None
         if kind == "grpo":
             from strop.agents.loops.registry import get_loop
             from strop.agents.runner import Runner
 
             spec = get_loop("best_of_n")
-            context = {"loop": spec, "loop_config": spec.parse_config({"seed": 0}), "task_set": TASKS,
-                       "tasks": grpo_tasks, "run_id": "bench-grpo", "runner": Runner(store, progress=False)}
+            context = {
+                "loop": spec,
+                "loop_config": spec.parse_config({"seed": 0}),
+                "task_set": TASKS,
+                "tasks": grpo_tasks,
+                "run_id": "bench-grpo",
+                "runner": Runner(store, progress=False),
+            }
         else:
             fill_store(store, kind, rows)
         start, cpu = time.perf_counter(), time.process_time()
-        res = train_candidate(store, parent, kind=kind, settings=settings_for(kind, args),
-                              output_dir=work / "out", context=context)
+        res = train_candidate(
+            store,
+            parent,
+            kind=kind,
+            settings=settings_for(kind, args),
+            output_dir=work / "out",
+            context=context,
+        )
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         metrics = store.get_job(res.job.id).metrics
-        out: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "train_seconds": res.seconds,
-                               "steps": metrics["steps"], "loss": res.train_loss}
+        out: dict[str, Any] = {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "train_seconds": res.seconds,
+            "steps": metrics["steps"],
+            "loss": res.train_loss,
+        }
         if kind == "grpo":
-            lengths = [len(s.token_ids or []) for ep in store.list_episodes("bench-grpo") for s in ep.steps
-                       if s.metadata.get("in_group")]
-            out.update({k: metrics[k] for k in ("store_write_seconds", "store_write_share", "rollout_seconds",
-                                                "trainer_seconds", "seconds_per_step", "episodes_written",
-                                                "sample_accuracy")},
-                       mean_completion_tokens=statistics.mean(lengths) if lengths else 0.0)
+            lengths = [
+                len(s.token_ids or [])
+                for ep in store.list_episodes("bench-grpo")
+                for s in ep.steps
+                if s.metadata.get("in_group")
+            ]
+            out.update(
+                {
+                    k: metrics[k]
+                    for k in (
+                        "store_write_seconds",
+                        "store_write_share",
+                        "rollout_seconds",
+                        "trainer_seconds",
+                        "seconds_per_step",
+                        "episodes_written",
+                        "sample_accuracy",
+                    )
+                },
+                mean_completion_tokens=statistics.mean(lengths) if lengths else 0.0,
+            )
         return out
     finally:
         store.close()
 
 
 # ------------------------------------------------------------------------------------------------- bare path
+
 
 def _bare_common(args: argparse.Namespace, model_path: Path) -> tuple[Any, Any, Any]:
     import torch
@@ -176,8 +245,13 @@ def _bare_common(args: argparse.Namespace, model_path: Path) -> tuple[Any, Any, 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     return tok, model, lora
 
 
@@ -185,24 +259,47 @@ def _cpu_args(s: dict[str, Any], out: Path) -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"output_dir": str(out / "trainer"), "per_device_train_batch_size": s["batch_size"],
-            "learning_rate": s["learning_rate"], "seed": 0, "bf16": cuda and torch.cuda.is_bf16_supported(),
-            "use_cpu": not cuda, "report_to": "none", "logging_steps": s["logging_steps"], "save_strategy": "no",
-            "dataloader_pin_memory": cuda, "disable_tqdm": True}
+    return {
+        "output_dir": str(out / "trainer"),
+        "per_device_train_batch_size": s["batch_size"],
+        "learning_rate": s["learning_rate"],
+        "seed": 0,
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "use_cpu": not cuda,
+        "report_to": "none",
+        "logging_steps": s["logging_steps"],
+        "save_strategy": "no",
+        "dataloader_pin_memory": cuda,
+        "disable_tqdm": True,
+    }
 
 
-def _bare_offline(kind: str, args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], out: Path) -> Any:
+def _bare_offline(
+    kind: str, args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], out: Path
+) -> Any:
     """What a user's own TRL script does for an off-line kind: config, trainer on an in-memory dataset, train, save."""
     import trl
     from datasets import Dataset
 
-    config_cls, trainer_cls = {"sft": (trl.SFTConfig, trl.SFTTrainer), "dpo": (trl.DPOConfig, trl.DPOTrainer)}[kind]
+    config_cls, trainer_cls = {
+        "sft": (trl.SFTConfig, trl.SFTTrainer),
+        "dpo": (trl.DPOConfig, trl.DPOTrainer),
+    }[kind]
     s = settings_for(kind, args)
     tok, model, lora = _bare_common(args, model_path)
-    config = config_cls(**_cpu_args(s, out), num_train_epochs=s["epochs"], max_length=s["max_length"],
-                        activation_checkpointing=False)
-    trainer = trainer_cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          peft_config=lora)
+    config = config_cls(
+        **_cpu_args(s, out),
+        num_train_epochs=s["epochs"],
+        max_length=s["max_length"],
+        activation_checkpointing=False,
+    )
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora,
+    )
     result = trainer.train()
     trainer.model.save_pretrained(str(out))
     return result
@@ -228,13 +325,20 @@ def _bare_pg_class() -> type:
             p = [torch.tensor(x["prompt_ids"]) for x in inputs]
             c = [torch.tensor(x["completion_ids"]) for x in inputs]
             mask = pad([torch.ones_like(t) for t in c], padding_value=0, padding_side="right").to(dev)
-            logps = pad([torch.tensor(x["logprobs"]) for x in inputs], padding_value=0.0, padding_side="right")
-            return {"prompt_ids": pad(p, padding_value=pad_id, padding_side="left").to(dev),
-                    "prompt_mask": pad([torch.ones_like(t) for t in p], padding_value=0, padding_side="left").to(dev),
-                    "completion_ids": pad(c, padding_value=pad_id, padding_side="right").to(dev),
-                    "completion_mask": mask, "num_items_in_batch": mask.sum(),
-                    "advantages": torch.tensor([x["advantage"] for x in inputs], device=dev),
-                    "old_per_token_logps": logps.to(dev)}
+            logps = pad(
+                [torch.tensor(x["logprobs"]) for x in inputs], padding_value=0.0, padding_side="right"
+            )
+            return {
+                "prompt_ids": pad(p, padding_value=pad_id, padding_side="left").to(dev),
+                "prompt_mask": pad([torch.ones_like(t) for t in p], padding_value=0, padding_side="left").to(
+                    dev
+                ),
+                "completion_ids": pad(c, padding_value=pad_id, padding_side="right").to(dev),
+                "completion_mask": mask,
+                "num_items_in_batch": mask.sum(),
+                "advantages": torch.tensor([x["advantage"] for x in inputs], device=dev),
+                "old_per_token_logps": logps.to(dev),
+            }
 
     return StoredRows
 
@@ -246,11 +350,26 @@ def bare_pg(args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any
     s = settings_for("pg", args)
     tok, model, lora = _bare_common(args, model_path)
     # GRPOConfig insists on groups of >= 2; stored rows are single actions: validate with 2, then train with 1.
-    config = GRPOConfig(**_cpu_args(s, out), num_train_epochs=s["epochs"], num_generations=2, beta=0.0,
-                        loss_type="dapo", epsilon=0.2, optim="adamw_torch", lr_scheduler_type="constant",
-                        gradient_checkpointing=False, disable_dropout=True)
-    trainer = _bare_pg_class()(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                               peft_config=lora, reward_funcs=lambda **_: [])
+    config = GRPOConfig(
+        **_cpu_args(s, out),
+        num_train_epochs=s["epochs"],
+        num_generations=2,
+        beta=0.0,
+        loss_type="dapo",
+        epsilon=0.2,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        gradient_checkpointing=False,
+        disable_dropout=True,
+    )
+    trainer = _bare_pg_class()(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora,
+        reward_funcs=lambda **_: [],
+    )
     trainer.num_generations = 1  # TRL's sampler then takes each row once per epoch
     result = trainer.train()
     trainer.model.save_pretrained(str(out))
@@ -266,21 +385,42 @@ def bare_grpo(args: argparse.Namespace, model_path: Path, tasks: list[Any], out:
 
     s = settings_for("grpo", args)
     tok, model, lora = _bare_common(args, model_path)
-    config = GRPOConfig(**_cpu_args(s, out), max_steps=s["max_steps"], gradient_accumulation_steps=s["grad_accum"],
-                        num_generations=s["num_generations"], max_completion_length=s["max_completion_length"],
-                        temperature=0.8, loss_type="dapo", beta=0.0, lr_scheduler_type="constant",
-                        gradient_checkpointing=False, disable_dropout=True)
+    config = GRPOConfig(
+        **_cpu_args(s, out),
+        max_steps=s["max_steps"],
+        gradient_accumulation_steps=s["grad_accum"],
+        num_generations=s["num_generations"],
+        max_completion_length=s["max_completion_length"],
+        temperature=0.8,
+        loss_type="dapo",
+        beta=0.0,
+        lr_scheduler_type="constant",
+        gradient_checkpointing=False,
+        disable_dropout=True,
+    )
     reward = CriticReward(VerifierCritic(TASKS), 0, "verifier", {t.id: t for t in tasks})
     data = Dataset.from_list([{"prompt": _messages(t.prompt), "task_id": t.id} for t in tasks])
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=data, processing_class=tok,
-                          peft_config=lora)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=config,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=lora,
+    )
     result = trainer.train()
     trainer.model.save_pretrained(str(out))
     return result, trainer
 
 
-def bare_run(kind: str, args: argparse.Namespace, model_path: Path, rows: list[dict[str, Any]], work: Path,
-             grpo_tasks: list[Any]) -> dict[str, Any]:
+def bare_run(
+    kind: str,
+    args: argparse.Namespace,
+    model_path: Path,
+    rows: list[dict[str, Any]],
+    work: Path,
+    grpo_tasks: list[Any],
+) -> dict[str, Any]:
     out = work / "bare"
     start, cpu = time.perf_counter(), time.process_time()
     if kind == "grpo":
@@ -288,15 +428,22 @@ def bare_run(kind: str, args: argparse.Namespace, model_path: Path, rows: list[d
     else:
         result = {"sft": bare_sft, "dpo": bare_dpo, "pg": bare_pg}[kind](args, model_path, rows, out)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    res: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu, "steps": int(result.global_step),
-                           "loss": float(result.training_loss)}
+    res: dict[str, Any] = {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "steps": int(result.global_step),
+        "loss": float(result.training_loss),
+    }
     if kind == "grpo":
-        lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+        lengths = [
+            h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h
+        ]
         res["mean_completion_tokens"] = statistics.mean(lengths) if lengths else 0.0
     return res
 
 
 # ----------------------------------------------------------------------------------------------------- driver
+
 
 @contextlib.contextmanager
 def timed_generation(into: list[float]) -> Any:
@@ -335,8 +482,12 @@ def bench_kind(kind: str, args: argparse.Namespace, model_path: Path) -> dict[st
             work = Path(tempfile.mkdtemp(prefix=f"bench-train-{kind}-{name}-"))
             try:
                 gen: list[float] = []
-                with contextlib.redirect_stdout(io.StringIO()), (  # the Trainer prints its log dicts
-                        timed_generation(gen) if kind == "grpo" else contextlib.nullcontext()):
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),
+                    (  # the Trainer prints its log dicts
+                        timed_generation(gen) if kind == "grpo" else contextlib.nullcontext()
+                    ),
+                ):
                     got = paths[name](work)
                 if gen:
                     got["generate_seconds"] = sum(gen)
@@ -351,23 +502,42 @@ def bench_kind(kind: str, args: argparse.Namespace, model_path: Path) -> dict[st
     strop_s = [x["seconds"] for x in runs["strop"]]
     bare_s = [x["seconds"] for x in runs["bare"]]
     ratios = [a / b for a, b in zip(strop_s, bare_s, strict=True)]
-    cpu_ratios = [a["cpu_seconds"] / b["cpu_seconds"] for a, b in zip(runs["strop"], runs["bare"], strict=True)]
+    cpu_ratios = [
+        a["cpu_seconds"] / b["cpu_seconds"] for a, b in zip(runs["strop"], runs["bare"], strict=True)
+    ]
     out: dict[str, Any] = {
-        "strop_seconds": strop_s, "bare_seconds": bare_s, "ratios": ratios, "ratio": statistics.median(ratios),
-        "strop_median": statistics.median(strop_s), "bare_median": statistics.median(bare_s),
+        "strop_seconds": strop_s,
+        "bare_seconds": bare_s,
+        "ratios": ratios,
+        "ratio": statistics.median(ratios),
+        "strop_median": statistics.median(strop_s),
+        "bare_median": statistics.median(bare_s),
         # CPU seconds of the process (all threads): less sensitive to other jobs on the shared cores.
-        "cpu_ratios": cpu_ratios, "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_ratios": cpu_ratios,
+        "cpu_ratio": statistics.median(cpu_ratios),
         # Inside the strop figure: the kind's own module (load, train, save); the rest is the job's bookkeeping.
         "strop_train_median": statistics.median(x["train_seconds"] for x in runs["strop"]),
-        "strop_job_overhead_median": statistics.median(x["seconds"] - x["train_seconds"] for x in runs["strop"]),
+        "strop_job_overhead_median": statistics.median(
+            x["seconds"] - x["train_seconds"] for x in runs["strop"]
+        ),
         "steps": {"strop": runs["strop"][0]["steps"], "bare": runs["bare"][0]["steps"]},
-        "settings": settings_for(kind, args), "warmup_seconds": warm,
+        "settings": settings_for(kind, args),
+        "warmup_seconds": warm,
     }
     if kind == "grpo":
-        for key in ("store_write_share", "store_write_seconds", "rollout_seconds", "trainer_seconds",
-                    "seconds_per_step", "mean_completion_tokens", "sample_accuracy"):
+        for key in (
+            "store_write_share",
+            "store_write_seconds",
+            "rollout_seconds",
+            "trainer_seconds",
+            "seconds_per_step",
+            "mean_completion_tokens",
+            "sample_accuracy",
+        ):
             out[key] = statistics.median(x[key] for x in runs["strop"])
-        out["bare_mean_completion_tokens"] = statistics.median(x["mean_completion_tokens"] for x in runs["bare"])
+        out["bare_mean_completion_tokens"] = statistics.median(
+            x["mean_completion_tokens"] for x in runs["bare"]
+        )
         out["strop_generate_seconds"] = statistics.median(x["generate_seconds"] for x in runs["strop"])
         out["bare_generate_seconds"] = statistics.median(x["generate_seconds"] for x in runs["bare"])
         out["store_write_per_step"] = out["store_write_seconds"] / args.grpo_steps
@@ -404,9 +574,14 @@ def main() -> None:
         ap.error(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
     model_path = resolve_model(args.model)
     results: dict[str, Any] = {
-        "model": args.model, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "cuda": torch.cuda.is_available(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "model": args.model,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cuda": torch.cuda.is_available(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "kinds": {},
     }
     for kind in kinds:
@@ -414,19 +589,25 @@ def main() -> None:
         results["kinds"][kind] = bench_kind(kind, args, model_path)
 
     print(f"\nmodel {args.model}, {args.repeats} rounds (+{args.warmup} warm-up), median of per-round ratios")
-    print(f"{'kind':<6}{'steps':>6}{'strop s':>10}{'(train)':>10}{'bare s':>10}{'strop/bare':>12}{'cpu s/b':>9}"
-          "  rounds")
+    print(
+        f"{'kind':<6}{'steps':>6}{'strop s':>10}{'(train)':>10}{'bare s':>10}{'strop/bare':>12}{'cpu s/b':>9}"
+        "  rounds"
+    )
     for kind, r in results["kinds"].items():
         rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
-        print(f"{kind:<6}{r['steps']['strop']:>6}{r['strop_median']:>10.2f}{r['strop_train_median']:>10.2f}"
-              f"{r['bare_median']:>10.2f}{r['ratio']:>12.2f}{r['cpu_ratio']:>9.2f}  {rounds}")
+        print(
+            f"{kind:<6}{r['steps']['strop']:>6}{r['strop_median']:>10.2f}{r['strop_train_median']:>10.2f}"
+            f"{r['bare_median']:>10.2f}{r['ratio']:>12.2f}{r['cpu_ratio']:>9.2f}  {rounds}"
+        )
     if "grpo" in results["kinds"]:
         g = results["kinds"]["grpo"]
-        print(f"grpo: store writes {100 * g['store_write_share']:.2f}% of the trainer's time "
-              f"({g['store_write_per_step'] * 1000:.1f} ms per step of {g['seconds_per_step']:.2f} s); rollouts "
-              f"{g['rollout_seconds']:.2f} s; in GRPOTrainer._generate: strop {g['strop_generate_seconds']:.2f} s, "
-              f"bare {g['bare_generate_seconds']:.2f} s; mean completion tokens strop "
-              f"{g['mean_completion_tokens']:.1f}, bare {g['bare_mean_completion_tokens']:.1f}")
+        print(
+            f"grpo: store writes {100 * g['store_write_share']:.2f}% of the trainer's time "
+            f"({g['store_write_per_step'] * 1000:.1f} ms per step of {g['seconds_per_step']:.2f} s); rollouts "
+            f"{g['rollout_seconds']:.2f} s; in GRPOTrainer._generate: strop {g['strop_generate_seconds']:.2f} s, "
+            f"bare {g['bare_generate_seconds']:.2f} s; mean completion tokens strop "
+            f"{g['mean_completion_tokens']:.1f}, bare {g['bare_mean_completion_tokens']:.1f}"
+        )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

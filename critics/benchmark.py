@@ -103,19 +103,29 @@ def _processbench_item(path: Path, where: str, entry: object) -> LabelledSolutio
     if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
         raise bad("steps", "a non-empty list of strings", steps)
     if not isinstance(label, int) or isinstance(label, bool) or not -1 <= label < len(steps):
-        raise bad("label", f"an integer from -1 to {len(steps) - 1} (0-based first wrong step, -1 for none)", label)
+        raise bad(
+            "label", f"an integer from -1 to {len(steps) - 1} (0-based first wrong step, -1 for none)", label
+        )
     final_ok = entry.get("final_answer_correct")
     if final_ok is not None and not isinstance(final_ok, bool):
         raise bad("final_answer_correct", "true or false", final_ok)
     task = Task(
-        id=f"processbench/{pid}", set_name="processbench", split=Split.HELDOUT, prompt=problem, answer="",
+        id=f"processbench/{pid}",
+        set_name="processbench",
+        split=Split.HELDOUT,
+        prompt=problem,
+        answer="",
         metadata={"generator": str(entry.get("generator", ""))},
     )
     # One step per line is strop's step convention, so a step written over several lines becomes one line.
     flat = [" ".join(s.split()) for s in steps]
     return LabelledSolution(
-        id=item_id(task.id, "processbench", flat, None), task=task, steps=flat, answer=None,
-        first_wrong_step=None if label == -1 else label + 1, source="processbench",
+        id=item_id(task.id, "processbench", flat, None),
+        task=task,
+        steps=flat,
+        answer=None,
+        first_wrong_step=None if label == -1 else label + 1,
+        source="processbench",
         final_answer_correct=final_ok,
     )
 
@@ -226,19 +236,35 @@ def labels_from_store(
 
 # --- the labelled items as a task set -------------------------------------------------------------------------
 
-_KEYS = ("solution_steps", "solution_answer", "first_wrong_step", "source", "problem_id", "final_answer_correct")
+_KEYS = (
+    "solution_steps",
+    "solution_answer",
+    "first_wrong_step",
+    "source",
+    "problem_id",
+    "final_answer_correct",
+)
 
 
 def labelled_task(item: LabelledSolution, set_name: str) -> Task:
     """The item as a held-out Task; the metadata carries everything `labelled_from_task` needs to undo it."""
     return Task(
-        id=item.id, set_name=set_name, split=Split.HELDOUT, prompt=item.task.prompt, answer=item.task.answer,
+        id=item.id,
+        set_name=set_name,
+        split=Split.HELDOUT,
+        prompt=item.task.prompt,
+        answer=item.task.answer,
         reference_steps=list(item.task.reference_steps),
         metadata={
-            "solution_steps": list(item.steps), "solution_answer": item.answer,
-            "first_wrong_step": item.first_wrong_step, "source": item.source, "problem_id": item.task.id,
-            "final_answer_correct": item.final_answer_correct, "problem_set": item.task.set_name,
-            "problem_split": str(item.task.split), "problem_metadata": dict(item.task.metadata),
+            "solution_steps": list(item.steps),
+            "solution_answer": item.answer,
+            "first_wrong_step": item.first_wrong_step,
+            "source": item.source,
+            "problem_id": item.task.id,
+            "final_answer_correct": item.final_answer_correct,
+            "problem_set": item.task.set_name,
+            "problem_split": str(item.task.split),
+            "problem_metadata": dict(item.task.metadata),
         },
     )
 
@@ -253,13 +279,22 @@ def labelled_from_task(task: Task) -> LabelledSolution:
         )
     m: dict[str, Any] = task.metadata
     problem = Task(
-        id=m["problem_id"], set_name=m.get("problem_set", task.set_name),
-        split=Split(m.get("problem_split", Split.HELDOUT)), prompt=task.prompt, answer=task.answer,
-        reference_steps=list(task.reference_steps), metadata=dict(m.get("problem_metadata", {})),
+        id=m["problem_id"],
+        set_name=m.get("problem_set", task.set_name),
+        split=Split(m.get("problem_split", Split.HELDOUT)),
+        prompt=task.prompt,
+        answer=task.answer,
+        reference_steps=list(task.reference_steps),
+        metadata=dict(m.get("problem_metadata", {})),
     )
     return LabelledSolution(
-        id=task.id, task=problem, steps=list(m["solution_steps"]), answer=m["solution_answer"],
-        first_wrong_step=m["first_wrong_step"], source=m["source"], final_answer_correct=m["final_answer_correct"],
+        id=task.id,
+        task=problem,
+        steps=list(m["solution_steps"]),
+        answer=m["solution_answer"],
+        first_wrong_step=m["first_wrong_step"],
+        source=m["source"],
+        final_answer_correct=m["final_answer_correct"],
     )
 
 
@@ -295,7 +330,9 @@ class LabelledSolutionSet:
 # --- metrics ------------------------------------------------------------------------------------------------
 
 
-def _pairs(items: Sequence[LabelledSolution], critiques: Sequence[Critique]) -> list[tuple[LabelledSolution, Critique]]:
+def _pairs(
+    items: Sequence[LabelledSolution], critiques: Sequence[Critique]
+) -> list[tuple[LabelledSolution, Critique]]:
     if len(items) != len(critiques):
         raise ValueError(f"{len(items)} items but {len(critiques)} critiques; pass one critique per item")
     return list(zip(items, critiques, strict=True))
@@ -315,21 +352,29 @@ def processbench_scores(items: Sequence[LabelledSolution], critiques: Sequence[C
     pairs = _pairs(items, critiques)
     wrong = [(i, c) for i, c in pairs if i.erroneous]
     right = [(i, c) for i, c in pairs if not i.erroneous]
-    found = sum(c.verdict == CritiqueVerdict.INCORRECT and c.first_wrong_step == i.first_wrong_step for i, c in wrong)
+    found = sum(
+        c.verdict == CritiqueVerdict.INCORRECT and c.first_wrong_step == i.first_wrong_step for i, c in wrong
+    )
     accepted = sum(c.verdict == CritiqueVerdict.CORRECT and c.first_wrong_step is None for _, c in right)
     acc_err, acc_ok = _share(found, len(wrong)), _share(accepted, len(right))
     f1: float | None = None
     if acc_err is not None and acc_ok is not None:
         f1 = 0.0 if acc_err == 0 or acc_ok == 0 else 2 * acc_err * acc_ok / (acc_err + acc_ok)
     return {
-        "acc_erroneous": acc_err, "acc_correct": acc_ok, "f1": f1,
-        "n_erroneous": len(wrong), "n_correct": len(right),
+        "acc_erroneous": acc_err,
+        "acc_correct": acc_ok,
+        "f1": f1,
+        "n_erroneous": len(wrong),
+        "n_correct": len(right),
         "unparsed": sum(c.verdict == CritiqueVerdict.UNPARSED for c in critiques),
     }
 
 
-def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[bool] | None],
-                      probs: Sequence[list[float] | None] | None = None) -> dict[str, Any]:
+def step_label_scores(
+    items: Sequence[LabelledSolution],
+    labels: Sequence[list[bool] | None],
+    probs: Sequence[list[float] | None] | None = None,
+) -> dict[str, Any]:
     """A PRM's step accuracy: its per-step right/wrong labels against the known ones.
 
     A step before the first wrong one is right, the first wrong step is wrong, and the steps after it carry
@@ -353,8 +398,11 @@ def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[b
             if not t:
                 wrong_hits += hit
                 wrong_total += 1
-    out: dict[str, Any] = {"step_acc": _share(hits, total), "step_acc_wrong": _share(wrong_hits, wrong_total),
-                           "n_steps": total}
+    out: dict[str, Any] = {
+        "step_acc": _share(hits, total),
+        "step_acc_wrong": _share(wrong_hits, wrong_total),
+        "n_steps": total,
+    }
     if probs is not None:
         right: list[float] = []
         wrong: list[float] = []
@@ -365,7 +413,9 @@ def step_label_scores(items: Sequence[LabelledSolution], labels: Sequence[list[b
             right += p[: n - 1] if item.first_wrong_step else p[:n]
             wrong += [p[n - 1]] if item.first_wrong_step else []
         pairs = len(right) * len(wrong)
-        out["step_auc"] = (sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / pairs) if pairs else None
+        out["step_auc"] = (
+            (sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / pairs) if pairs else None
+        )
     return out
 
 
@@ -399,6 +449,9 @@ def correction_scores(
     right = [ok for item, ok in ends if not item.erroneous]
     return {
         "correction_acc": _share(sum(ok for _, ok in ends), len(ends)),
-        "fixed": _share(sum(wrong), len(wrong)), "kept": _share(sum(right), len(right)),
-        "n": len(ends), "n_erroneous": len(wrong), "n_correct": len(right),
+        "fixed": _share(sum(wrong), len(wrong)),
+        "kept": _share(sum(right), len(right)),
+        "n": len(ends),
+        "n_erroneous": len(wrong),
+        "n_correct": len(right),
     }

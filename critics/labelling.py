@@ -33,15 +33,21 @@ class LabelledSolution(BaseModel):
     id: str = Field(description="Stable id: the problem's task id, the source and a hash of the solution.")
     task: Task = Field(description="The problem; `task.answer` is '' when unknown (ProcessBench).")
     steps: list[str] = Field(description="Step texts, without 'Step i:' prefixes.")
-    answer: str | None = Field(None, description="The solution's final answer ('#### ...'), if it states one.")
+    answer: str | None = Field(
+        None, description="The solution's final answer ('#### ...'), if it states one."
+    )
     first_wrong_step: int | None = Field(None, ge=1, description="1-based; None when no step is wrong.")
     source: str = Field(description="'reference', 'corrupt:<kind>', 'policy', 'processbench', ...")
-    final_answer_correct: bool | None = Field(None, description="Whether the final answer is right; None if unknown.")
+    final_answer_correct: bool | None = Field(
+        None, description="Whether the final answer is right; None if unknown."
+    )
 
     @model_validator(mode="after")
     def _label_in_range(self) -> LabelledSolution:
         if self.first_wrong_step is not None and self.first_wrong_step > len(self.steps):
-            raise ValueError(f"first_wrong_step {self.first_wrong_step} is past the last of {len(self.steps)} steps")
+            raise ValueError(
+                f"first_wrong_step {self.first_wrong_step} is past the last of {len(self.steps)} steps"
+            )
         return self
 
     @property
@@ -240,8 +246,14 @@ def equations(text: str) -> list[Equation]:
             continue
         s, (lhs, nums, _) = left
         readings = [
-            Equation(toks[s].start, toks[k - 1].end, lhs, rhs, tuple(nums),
-                     rnums[0] if rops == 0 and len(rnums) == 1 else None)
+            Equation(
+                toks[s].start,
+                toks[k - 1].end,
+                lhs,
+                rhs,
+                tuple(nums),
+                rnums[0] if rops == 0 and len(rnums) == 1 else None,
+            )
             for k, (rhs, rnums, rops) in rights
         ]
         chosen = next((r for r in readings if r.holds), readings[-1])  # else: the first number on the right
@@ -250,7 +262,9 @@ def equations(text: str) -> list[Equation]:
         # out of a longer run ('$100 000 x 10/100'), nor for a division by a fraction written without
         # parentheses ('28 / 1/5' meaning 28 / (1/5)), nor when more digits follow the result ('= 18 000').
         divisions = sum(t.text in ("/", "÷") for t in toks[s:e])
-        if not chosen.holds and (s > start or divisions > 1 or (after < len(toks) and toks[after].kind == "num")):
+        if not chosen.holds and (
+            s > start or divisions > 1 or (after < len(toks) and toks[after].kind == "num")
+        ):
             continue
         out.append(chosen)
     return out
@@ -320,8 +334,13 @@ def label_solution(task: Task, text: str, source: str = "policy") -> LabelledSol
     if first_wrong is None and not answer_right:
         return None
     return LabelledSolution(
-        id=item_id(task.id, source, steps, final), task=task, steps=steps, answer=final,
-        first_wrong_step=first_wrong, source=source, final_answer_correct=answer_right,
+        id=item_id(task.id, source, steps, final),
+        task=task,
+        steps=steps,
+        answer=final,
+        first_wrong_step=first_wrong,
+        source=source,
+        final_answer_correct=answer_right,
     )
 
 
@@ -342,7 +361,9 @@ def _replace(text: str, spans: list[tuple[int, int, str]]) -> str:
     return text
 
 
-def _propagate(steps: list[str], changed: dict[Fraction, Fraction], start: int, after: int, chain: bool) -> bool:
+def _propagate(
+    steps: list[str], changed: dict[Fraction, Fraction], start: int, after: int, chain: bool
+) -> bool:
     """Carry wrong values into every later equation, recomputing each result; False if one cannot be redone.
 
     Works in place from character `after` of step `start`. A chain carries its quantity only into the first
@@ -358,8 +379,9 @@ def _propagate(steps: list[str], changed: dict[Fraction, Fraction], start: int, 
                 return False
             eq = current[j]
             targets = eq.operands[:1] if chain else eq.operands
-            text = _replace(steps[i], [(n.start, n.end, display(changed[n.value])) for n in targets
-                                       if n.value in changed])
+            text = _replace(
+                steps[i], [(n.start, n.end, display(changed[n.value])) for n in targets if n.value in changed]
+            )
             redone = equations(text)
             if len(redone) != count:
                 return False
@@ -399,7 +421,9 @@ class _Ref:
         return self.problem | self.earlier(len(self.steps))
 
 
-def _wrong_values(value: Fraction, avoid: set[Fraction], rng: random.Random, swaps: bool = False) -> list[Fraction]:
+def _wrong_values(
+    value: Fraction, avoid: set[Fraction], rng: random.Random, swaps: bool = False
+) -> list[Fraction]:
     """Plausible wrong values for `value`, shuffled: digit swaps (a copying slip) or a small nonzero delta."""
     swapped: list[Fraction] = []
     if swaps and value.denominator == 1 and abs(value) >= 10:
@@ -520,8 +544,13 @@ def reference(task: Task) -> LabelledSolution:
     """The task's own reference solution, labelled correct."""
     steps = list(task.reference_steps)
     return LabelledSolution(
-        id=item_id(task.id, "reference", steps, task.answer), task=task, steps=steps, answer=task.answer,
-        first_wrong_step=None, source="reference", final_answer_correct=True,
+        id=item_id(task.id, "reference", steps, task.answer),
+        task=task,
+        steps=steps,
+        answer=task.answer,
+        first_wrong_step=None,
+        source="reference",
+        final_answer_correct=True,
     )
 
 
@@ -547,7 +576,9 @@ def corrupt(task: Task, kind: str, rng: random.Random) -> LabelledSolution | Non
     chain = _is_chain(parsed)
     problem = problem_operands(task) if chain else None
     ref = _Ref(
-        steps=list(task.reference_steps), parsed=parsed, chain=chain,
+        steps=list(task.reference_steps),
+        parsed=parsed,
+        chain=chain,
         problem=problem if problem is not None else _numbers_in(task.prompt),
         results=[{eq.rhs for eq in eqs} for eqs in parsed],
     )
@@ -562,7 +593,12 @@ def corrupt(task: Task, kind: str, rng: random.Random) -> LabelledSolution | Non
         new_answer = display(final[-1].rhs)
         source = f"corrupt:{kind}"
         return LabelledSolution(
-            id=item_id(task.id, source, steps, new_answer), task=task, steps=steps, answer=new_answer,
-            first_wrong_step=index + 1, source=source, final_answer_correct=False,
+            id=item_id(task.id, source, steps, new_answer),
+            task=task,
+            steps=steps,
+            answer=new_answer,
+            first_wrong_step=index + 1,
+            source=source,
+            final_answer_correct=False,
         )
     return None

@@ -45,14 +45,24 @@ def stream_seed(seed: int | None, *parts: object) -> int | None:
     return int(digest[:12], 16)
 
 
-def chat_request(messages: list[dict[str, str]], sampling: CriticSampling, n: int, *parts: object,
-                 max_tokens: int | None = None) -> dict[str, Any]:
+def chat_request(
+    messages: list[dict[str, str]],
+    sampling: CriticSampling,
+    n: int,
+    *parts: object,
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
     """A request in the engine's JSON form: `critics` sits below `agents` and does not import its classes."""
     return {
         "messages": messages,
-        "sampling": {"n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                     "max_tokens": max_tokens or sampling.max_tokens, "seed": stream_seed(sampling.seed, *parts),
-                     "logprobs": True},
+        "sampling": {
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": max_tokens or sampling.max_tokens,
+            "seed": stream_seed(sampling.seed, *parts),
+            "logprobs": True,
+        },
     }
 
 
@@ -65,11 +75,19 @@ class StepwiseCritic:
 
     template_name = "stepwise"
 
-    def __init__(self, engine: object, *, sampling: CriticSampling | None = None,
-                 template: str | Template | None = None, shots: int | Sequence[dict[str, str]] = 1) -> None:
+    def __init__(
+        self,
+        engine: object,
+        *,
+        sampling: CriticSampling | None = None,
+        template: str | Template | None = None,
+        shots: int | Sequence[dict[str, str]] = 1,
+    ) -> None:
         self.engine = engine
         self.sampling = sampling or CriticSampling()
-        self.template = Template(template) if isinstance(template, str) else template or load_template(self.template_name)
+        self.template = (
+            Template(template) if isinstance(template, str) else template or load_template(self.template_name)
+        )
         # Worked examples as earlier turns: an int takes that many shipped ones, a list gives your own
         # ({problem, solution, reference, critique} each). One by default: on SmolLM2-135M one shot parsed
         # 18 of 48 contrastive critiques and three shots 21, at twice the prompt (prefill dominates on CPU).
@@ -97,22 +115,36 @@ class StepwiseCritic:
         SCRIT stores the step-wise critic's messages as the training prompt, so the trained critic sees exactly
         what it will be asked at inference.
         """
-        msgs = [{"role": "system", "content": self.sampling.system_prompt}] if self.sampling.system_prompt else []
+        msgs = (
+            [{"role": "system", "content": self.sampling.system_prompt}]
+            if self.sampling.system_prompt
+            else []
+        )
         for shot in self.shots:
-            msgs += [{"role": "user", "content": self.render(shot["problem"], shot["solution"], shot.get("reference"))},
-                     {"role": "assistant", "content": shot["critique"]}]
+            msgs += [
+                {
+                    "role": "user",
+                    "content": self.render(shot["problem"], shot["solution"], shot.get("reference")),
+                },
+                {"role": "assistant", "content": shot["critique"]},
+            ]
         return [*msgs, {"role": "user", "content": self.prompt(task, solution, reference)}]
 
-    def _request(self, task: Task, solution: str, reference: str | None, n: int, stream: object) -> dict[str, Any]:
-        return chat_request(self.messages(task, solution, reference), self.sampling, n, task.id, solution, stream)
+    def _request(
+        self, task: Task, solution: str, reference: str | None, n: int, stream: object
+    ) -> dict[str, Any]:
+        return chat_request(
+            self.messages(task, solution, reference), self.sampling, n, task.id, solution, stream
+        )
 
     def read(self, text: str, solution: str) -> Critique:
         """A critique from the critic's raw reply to `solution`; unparsed replies are kept, never raised."""
         n_steps = len(split_steps(solution)[0])
         return parse_critique(text, n_steps).critique(text, self.version)
 
-    async def sample(self, task: Task, solution: str, reference: str | None = None, *, n: int = 1,
-                     stream: object = 0) -> list[Critique]:
+    async def sample(
+        self, task: Task, solution: str, reference: str | None = None, *, n: int = 1, stream: object = 0
+    ) -> list[Critique]:
         """`n` critiques of one solution in one request (SCRIT samples several and keeps the validated ones)."""
         [completions] = await self.engine.generate([self._request(task, solution, reference, n, stream)])  # type: ignore[attr-defined]
         return [self.read(c.text, solution) for c in completions]
@@ -132,7 +164,9 @@ class ContrastiveCritic(StepwiseCritic):
 
     template_name = "contrastive"
 
-    def _request(self, task: Task, solution: str, reference: str | None, n: int, stream: object) -> dict[str, Any]:
+    def _request(
+        self, task: Task, solution: str, reference: str | None, n: int, stream: object
+    ) -> dict[str, Any]:
         if not reference:
             raise ValueError(
                 f"the contrastive critic needs a reference solution for task {task.id}; pass "
@@ -141,14 +175,21 @@ class ContrastiveCritic(StepwiseCritic):
         return super()._request(task, solution, reference, n, stream)
 
     async def critique(self, task: Task, solution: str, reference: str | None = None) -> Critique:
-        [c] = await self.sample(task, solution, reference or (task.reference_solution if task.reference_steps else None))
+        [c] = await self.sample(
+            task, solution, reference or (task.reference_solution if task.reference_steps else None)
+        )
         return c
 
 
-async def critique_all(critic: object, items: Sequence[tuple[Task, str]], reference: bool = False) -> list[Critique]:
+async def critique_all(
+    critic: object, items: Sequence[tuple[Task, str]], reference: bool = False
+) -> list[Critique]:
     """Critique many solutions at once, so the engine batches them (one concurrent request each)."""
-    return list(await asyncio.gather(*(
-        critic.critique(t, s, t.reference_solution if reference else None)  # type: ignore[attr-defined]
-        for t, s in items
-    )))
-
+    return list(
+        await asyncio.gather(
+            *(
+                critic.critique(t, s, t.reference_solution if reference else None)  # type: ignore[attr-defined]
+                for t, s in items
+            )
+        )
+    )

@@ -24,7 +24,9 @@ Winner = Literal["a", "b", "tie"]
 class Preference(BaseModel):
     """The judge's decision on (a, b) after asking in both orders."""
 
-    winner: Winner = Field(description="'a', 'b', or 'tie' (also when the two orders disagree or a reply did not parse).")
+    winner: Winner = Field(
+        description="'a', 'b', or 'tie' (also when the two orders disagree or a reply did not parse)."
+    )
     consistent: bool = Field(description="Both orders parsed and picked the same answer (or both said tie).")
     parsed: bool = Field(description="Both replies could be read.")
     choices: tuple[str | None, str | None] = Field(
@@ -37,11 +39,14 @@ class Preference(BaseModel):
 class PairwiseJudge:
     """Compares two answers to one task with an LLM; `position_bias_rate` is its share of order flips."""
 
-    def __init__(self, engine: Any, *, sampling: CriticSampling | None = None,
-                 template: str | Template | None = None) -> None:
+    def __init__(
+        self, engine: Any, *, sampling: CriticSampling | None = None, template: str | Template | None = None
+    ) -> None:
         self.engine = engine
         self.sampling = sampling or CriticSampling(max_tokens=16)
-        self.template = Template(template) if isinstance(template, str) else template or load_template("pairwise")
+        self.template = (
+            Template(template) if isinstance(template, str) else template or load_template("pairwise")
+        )
         self.compared = 0
         self.inconsistent = 0  # both orders parsed but disagreed
         self.unparsed = 0
@@ -58,7 +63,11 @@ class PairwiseJudge:
 
     def _request(self, task: Task, first: str, second: str, order: int) -> dict[str, Any]:
         prompt = render(self.template, problem=task.prompt, first=first.strip(), second=second.strip())
-        msgs = [{"role": "system", "content": self.sampling.system_prompt}] if self.sampling.system_prompt else []
+        msgs = (
+            [{"role": "system", "content": self.sampling.system_prompt}]
+            if self.sampling.system_prompt
+            else []
+        )
         return chat_request([*msgs, {"role": "user", "content": prompt}], self.sampling, 1, task.id, order)
 
     async def compare(self, task: Task, a: str, b: str) -> Preference:
@@ -76,6 +85,9 @@ class PairwiseJudge:
         self.inconsistent += parsed and not consistent
         return Preference(
             winner=first if consistent else "tie",  # type: ignore[arg-type]
-            consistent=consistent, parsed=parsed, choices=(first, second),
-            texts=(one.text, two.text), critic_version=self.version,
+            consistent=consistent,
+            parsed=parsed,
+            choices=(first, second),
+            texts=(one.text, two.text),
+            critic_version=self.version,
         )

@@ -19,7 +19,8 @@ _FIRST_WRONG = re.compile(
     re.IGNORECASE,
 )
 _STEP_JUDGEMENT = re.compile(
-    r"^\s*\**\s*step\s*(\d+)\s*\**\s*[:.)\-]\s*\**\s*(correct|incorrect|right|wrong)\b", re.IGNORECASE | re.MULTILINE
+    r"^\s*\**\s*step\s*(\d+)\s*\**\s*[:.)\-]\s*\**\s*(correct|incorrect|right|wrong)\b",
+    re.IGNORECASE | re.MULTILINE,
 )
 _BETTER = re.compile(r"better\s*\**\s*[:=\-]?\s*\**\s*(?:answer\s*)?\(?\b([AB])\b|\b(tie)\b", re.IGNORECASE)
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -43,9 +44,14 @@ class ParsedCritique:
 
     def critique(self, text: str, critic_version: str) -> Critique:
         return Critique(
-            verdict=self.verdict, reward=1.0 if self.verdict == CritiqueVerdict.CORRECT else 0.0,
-            first_wrong_step=self.first_wrong_step, text=text, corrected_solution=self.corrected_solution,
-            step_labels=self.step_labels or None, critic_version=critic_version, parse_error=self.error,
+            verdict=self.verdict,
+            reward=1.0 if self.verdict == CritiqueVerdict.CORRECT else 0.0,
+            first_wrong_step=self.first_wrong_step,
+            text=text,
+            corrected_solution=self.corrected_solution,
+            step_labels=self.step_labels or None,
+            critic_version=critic_version,
+            parse_error=self.error,
         )
 
 
@@ -65,7 +71,7 @@ def parse_critique(text: str, n_steps: int) -> ParsedCritique:
     # Only the judgement part is searched for verdicts: a corrected solution may quote anything.
     fix = _CORRECTED.search(text)
     judgement = text[: fix.start()] if fix else text
-    corrected = text[fix.end():].strip() if fix else None
+    corrected = text[fix.end() :].strip() if fix else None
 
     verdicts = {_is_correct(m.group(1)) for m in _VERDICT.finditer(judgement)}
     named = [m.group(1).lower() for m in _FIRST_WRONG.finditer(judgement)]
@@ -81,7 +87,9 @@ def parse_critique(text: str, n_steps: int) -> ParsedCritique:
     labels: dict[int, bool] = {}
     for m in _STEP_JUDGEMENT.finditer(judgement):
         labels.setdefault(int(m.group(1)), _is_correct(m.group(2)))
-    step_labels = [labels[i] for i in range(1, n_steps + 1)] if all(i in labels for i in range(1, n_steps + 1)) else []
+    step_labels = (
+        [labels[i] for i in range(1, n_steps + 1)] if all(i in labels for i in range(1, n_steps + 1)) else []
+    )
 
     first: int | None = None
     if named:
@@ -100,7 +108,8 @@ def parse_critique(text: str, n_steps: int) -> ParsedCritique:
         return _unparsed("verdict 'incorrect' but 'First wrong step: none'")
     return ParsedCritique(
         verdict=CritiqueVerdict.CORRECT if ok else CritiqueVerdict.INCORRECT,
-        first_wrong_step=first, step_labels=step_labels,
+        first_wrong_step=first,
+        step_labels=step_labels,
         corrected_solution=corrected or None,
     )
 

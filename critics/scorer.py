@@ -25,14 +25,22 @@ from strop.sandbox.tasks.base import Task
 class StepScorer:
     """Scores partial solutions step by step with an LLM's Yes/No log-probs."""
 
-    def __init__(self, engine: Any, *, threshold: float = 0.5, sampling: CriticSampling | None = None,
-                 template: str | Template | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        threshold: float = 0.5,
+        sampling: CriticSampling | None = None,
+        template: str | Template | None = None,
+    ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"StepScorer threshold must be in (0, 1); got {threshold}")
         self.engine = engine
         self.threshold = threshold
         self.sampling = sampling or CriticSampling(max_tokens=2)
-        self.template = Template(template) if isinstance(template, str) else template or load_template("step_score")
+        self.template = (
+            Template(template) if isinstance(template, str) else template or load_template("step_score")
+        )
 
     @property
     def version(self) -> str:
@@ -41,7 +49,11 @@ class StepScorer:
     def messages(self, task: Task, steps: list[str]) -> list[dict[str, str]]:
         """The chat the scorer is asked (and a PRM is trained on): is the last of `steps` correct?"""
         prompt = render(self.template, problem=task.prompt, steps=render_steps(steps), last=len(steps))
-        msgs = [{"role": "system", "content": self.sampling.system_prompt}] if self.sampling.system_prompt else []
+        msgs = (
+            [{"role": "system", "content": self.sampling.system_prompt}]
+            if self.sampling.system_prompt
+            else []
+        )
         return [*msgs, {"role": "user", "content": prompt}]
 
     def _request(self, task: Task, steps: list[str]) -> dict[str, Any]:
@@ -62,16 +74,25 @@ class StepScorer:
 
     async def critique(self, task: Task, solution: str, reference: str | None = None) -> Critique:
         scores = await self.score_steps(task, solution)
-        text = "\n".join(f"Step {i}: P(correct) = {'?' if p is None else f'{p:.3f}'}" for i, p in enumerate(scores, 1))
+        text = "\n".join(
+            f"Step {i}: P(correct) = {'?' if p is None else f'{p:.3f}'}" for i, p in enumerate(scores, 1)
+        )
         if not scores or any(p is None for p in scores):
             reason = "the solution has no steps" if not scores else "a step's reply was neither Yes nor No"
-            return Critique(verdict=CritiqueVerdict.UNPARSED, text=text, critic_version=self.version, parse_error=reason)
+            return Critique(
+                verdict=CritiqueVerdict.UNPARSED, text=text, critic_version=self.version, parse_error=reason
+            )
         probs = [p for p in scores if p is not None]
         first = next((i for i, p in enumerate(probs, 1) if p < self.threshold), None)
         return Critique(
             verdict=CritiqueVerdict.CORRECT if first is None else CritiqueVerdict.INCORRECT,
-            reward=min(probs), score=min(probs), first_wrong_step=first, text=text,
-            step_labels=[p >= self.threshold for p in probs], step_scores=probs, critic_version=self.version,
+            reward=min(probs),
+            score=min(probs),
+            first_wrong_step=first,
+            text=text,
+            step_labels=[p >= self.threshold for p in probs],
+            step_scores=probs,
+            critic_version=self.version,
         )
 
 

@@ -32,7 +32,11 @@ def report(state: MyState) -> dict[str, Any]:  # a node of your own, after the l
 
 
 async def main(db: str, n_tasks: int, model: str) -> None:
-    tasks, engine, spec = strop.load_task_set("arithmetic"), strop.load_engine(model), strop.get_loop("best_of_n")
+    tasks, engine, spec = (
+        strop.load_task_set("arithmetic"),
+        strop.load_engine(model),
+        strop.get_loop("best_of_n"),
+    )
     config = spec.config(n=8, seed=0)  # a strop.BestOfNConfig
     loop = spec.build_graph(engine, strop.VerifierCritic(tasks), config)  # = strop.build_best_of_n(...)
     graph = StateGraph(MyState)
@@ -47,7 +51,9 @@ async def main(db: str, n_tasks: int, model: str) -> None:
     run = store.create_run(strop.RunRecord(loop=spec.name, config=config.model_dump(), model_ids=[model]))
     inputs = [strop.episode_input(t, run.id) for t in tasks.tasks(strop.Split.TRAIN, n_tasks)]
     try:  # concurrent episodes: the engine batches their generate calls into one forward pass
-        outs = await asyncio.gather(*(app.ainvoke(i, {"configurable": {"thread_id": i["episode_id"]}}) for i in inputs))
+        outs = await asyncio.gather(
+            *(app.ainvoke(i, {"configurable": {"thread_id": i["episode_id"]}}) for i in inputs)
+        )
     finally:
         await engine.close()
     for out in outs:

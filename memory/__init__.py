@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from strop.memory.export import to_dataset
     from strop.memory.store import Store
 
-_LAZY = {"Store": "strop.memory.store", "resolve_db_url": "strop.memory.db", "to_dataset": "strop.memory.export"}
+_LAZY = {
+    "Store": "strop.memory.store",
+    "resolve_db_url": "strop.memory.db",
+    "to_dataset": "strop.memory.export",
+}
 
 __all__ = [
     "HeldoutLeakError",

@@ -40,9 +40,18 @@ class BaselinesMixin(StoreCore):
             keys = sorted({(u.namespace, u.game, u.role) for u in updates})
             for key in keys:  # create missing rows, then lock them all, always in the same order
                 ns, game, role = key
-                conn.execute(self._insert(Baseline.__table__).values(
-                    namespace=ns, game=game, role=role, value=0.0, count=0, updated_at=now,
-                ).on_conflict_do_nothing(index_elements=["namespace", "game", "role"]))
+                conn.execute(
+                    self._insert(Baseline.__table__)
+                    .values(
+                        namespace=ns,
+                        game=game,
+                        role=role,
+                        value=0.0,
+                        count=0,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["namespace", "game", "role"])
+                )
             state: dict[tuple[str, str, str], tuple[float, int]] = {}
             for key in keys:
                 q = select(Baseline.value, Baseline.count).where(*_key(*key))
@@ -52,11 +61,18 @@ class BaselinesMixin(StoreCore):
                 state[key] = (float(value), int(count))
             out = [self._apply(conn, u, state, now) for u in updates]
             for key, (value, count) in state.items():
-                conn.execute(update(Baseline).where(*_key(*key)).values(value=value, count=count, updated_at=now))
+                conn.execute(
+                    update(Baseline).where(*_key(*key)).values(value=value, count=count, updated_at=now)
+                )
         return out
 
-    def _apply(self, conn: Connection, u: BaselineUpdate, state: dict[tuple[str, str, str], tuple[float, int]],
-               now: Any) -> BaselineUpdateResult:
+    def _apply(
+        self,
+        conn: Connection,
+        u: BaselineUpdate,
+        state: dict[tuple[str, str, str], tuple[float, int]],
+        now: Any,
+    ) -> BaselineUpdateResult:
         done = conn.execute(select(BaselineUpdateLog).where(BaselineUpdateLog.id == u.id)).one_or_none()
         if done is not None:
             if (done.namespace, done.game, done.role) != (u.namespace, u.game, u.role):
@@ -64,19 +80,45 @@ class BaselinesMixin(StoreCore):
                     f"baseline update id {u.id!r} was used for ({done.namespace}, {done.game}, {done.role}) and now "
                     f"for ({u.namespace}, {u.game}, {u.role}); update ids must be unique per update"
                 )
-            return BaselineUpdateResult(id=u.id, namespace=u.namespace, game=u.game, role=u.role,
-                                        reward=done.reward, before=done.value_before, after=done.value_after,
-                                        count=done.count, replayed=True)
+            return BaselineUpdateResult(
+                id=u.id,
+                namespace=u.namespace,
+                game=u.game,
+                role=u.role,
+                reward=done.reward,
+                before=done.value_before,
+                after=done.value_after,
+                count=done.count,
+                replayed=True,
+            )
         key = (u.namespace, u.game, u.role)
         before, count = state[key]
         after = u.decay * before + (1.0 - u.decay) * u.reward
         state[key] = (after, count + 1)
-        conn.execute(BaselineUpdateLog.__table__.insert().values(
-            id=u.id, namespace=u.namespace, game=u.game, role=u.role, reward=u.reward, decay=u.decay,
-            value_before=before, value_after=after, count=count + 1, created_at=now,
-        ))
-        return BaselineUpdateResult(id=u.id, namespace=u.namespace, game=u.game, role=u.role, reward=u.reward,
-                                    before=before, after=after, count=count + 1)
+        conn.execute(
+            BaselineUpdateLog.__table__.insert().values(
+                id=u.id,
+                namespace=u.namespace,
+                game=u.game,
+                role=u.role,
+                reward=u.reward,
+                decay=u.decay,
+                value_before=before,
+                value_after=after,
+                count=count + 1,
+                created_at=now,
+            )
+        )
+        return BaselineUpdateResult(
+            id=u.id,
+            namespace=u.namespace,
+            game=u.game,
+            role=u.role,
+            reward=u.reward,
+            before=before,
+            after=after,
+            count=count + 1,
+        )
 
     def get_baseline(self, namespace: str, game: str, role: str) -> BaselineRecord | None:
         with self._read() as conn:
@@ -98,7 +140,9 @@ class BaselinesMixin(StoreCore):
     async def aget_baseline(self, namespace: str, game: str, role: str) -> BaselineRecord | None:
         return await asyncio.to_thread(self.get_baseline, namespace, game, role)
 
-    async def alist_baselines(self, namespace: str | None = None, game: str | None = None) -> list[BaselineRecord]:
+    async def alist_baselines(
+        self, namespace: str | None = None, game: str | None = None
+    ) -> list[BaselineRecord]:
         return await asyncio.to_thread(self.list_baselines, namespace, game)
 
 
@@ -107,5 +151,11 @@ def _key(namespace: str, game: str, role: str) -> tuple[Any, ...]:
 
 
 def _record(row: Any) -> BaselineRecord:
-    return BaselineRecord(namespace=row.namespace, game=row.game, role=row.role, value=row.value, count=row.count,
-                          updated_at=utc(row.updated_at))
+    return BaselineRecord(
+        namespace=row.namespace,
+        game=row.game,
+        role=row.role,
+        value=row.value,
+        count=row.count,
+        updated_at=utc(row.updated_at),
+    )

@@ -38,7 +38,12 @@ class StoreCore:
     processes each make their own Store."""
 
     def __init__(
-        self, url: str | None = None, *, create: bool = True, busy_timeout: float = 30.0, pool_size: int | None = None
+        self,
+        url: str | None = None,
+        *,
+        create: bool = True,
+        busy_timeout: float = 30.0,
+        pool_size: int | None = None,
     ) -> None:
         self.url = db.resolve_db_url(url)
         self.busy_timeout = busy_timeout

@@ -73,7 +73,10 @@ def to_json_text(value: Any) -> str:
 def make_engine(url: str, *, busy_timeout: float = 30.0, pool_size: int | None = None) -> Engine:
     """`pool_size`: PostgreSQL connections kept per process (SQLAlchemy's default 5, plus as many again on
     demand); a process hosting many workers needs more, a server with many hosts fewer."""
-    json_args: dict[str, Any] = {"json_serializer": to_json_text, "json_deserializer": pydantic_core.from_json}
+    json_args: dict[str, Any] = {
+        "json_serializer": to_json_text,
+        "json_deserializer": pydantic_core.from_json,
+    }
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None:
@@ -108,7 +111,9 @@ def _sqlite_events(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("strop_write") else "BEGIN")
+        conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get("strop_write") else "BEGIN"
+        )
 
 
 @contextlib.contextmanager

@@ -32,7 +32,9 @@ FAILURE = "episode"  # a failed attempt: the text of an episode whose reward was
 class Embedder:
     """sentence-transformers, loaded on first use (a few seconds) and shared by threads."""
 
-    def __init__(self, model_path: str | Path | None = None, *, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, *, batch_size: int = 64, device: str = "cpu"
+    ) -> None:
         self.model_path = model_path
         self.batch_size = batch_size
         self.device = device
@@ -74,7 +76,9 @@ def default_embedder() -> Embedder:
     return _default
 
 
-def near_duplicates(texts: Sequence[str], threshold: float = 0.95, embedder: Embedder | None = None) -> list[int]:
+def near_duplicates(
+    texts: Sequence[str], threshold: float = 0.95, embedder: Embedder | None = None
+) -> list[int]:
     """Indices of texts that are near-duplicates (cosine >= threshold) of an EARLIER text: what a dataset
     builder drops to keep one of each. Greedy in input order, so put the texts to prefer first."""
     if len(texts) < 2:
@@ -152,7 +156,9 @@ class EmbeddingMemory:
     def index_failures(self) -> int:
         """Embed every failed attempt not embedded yet: the joined step texts of an episode whose reward was
         zero or negative, or whose status is failed."""
-        failed = select(Episode.id, Episode.task_id).where((Episode.reward <= 0) | (Episode.status == "failed"))
+        failed = select(Episode.id, Episode.task_id).where(
+            (Episode.reward <= 0) | (Episode.status == "failed")
+        )
         items = self._missing(FAILURE, failed)
         if not items:
             return 0
@@ -160,12 +166,16 @@ class EmbeddingMemory:
         with self.store._read() as conn:
             for start in range(0, len(items), 5000):
                 ids = [i for i, _ in items[start : start + 5000]]
-                for r in conn.execute(select(Step.episode_id, Step.step_index, Step.text).where(Step.episode_id.in_(ids))):
+                for r in conn.execute(
+                    select(Step.episode_id, Step.step_index, Step.text).where(Step.episode_id.in_(ids))
+                ):
                     texts[r.episode_id].append((r.step_index, r.text))
         joined = [(i, "\n".join(t for _, t in sorted(texts[i]))) for i, _ in items]
         return self.add(FAILURE, [(i, t) for i, t in joined if t.strip()])
 
-    def search(self, query: str, kind: str = CRITIQUE, k: int = 5, min_score: float | None = None) -> list[Hit]:
+    def search(
+        self, query: str, kind: str = CRITIQUE, k: int = 5, min_score: float | None = None
+    ) -> list[Hit]:
         """The k stored texts of `kind` nearest in meaning to `query`, best first."""
         with self.store._read() as conn:
             rows = conn.execute(
@@ -181,7 +191,9 @@ class EmbeddingMemory:
         hits = [Hit(kind, rows[i].owner_id, float(scores[i]), rows[i].text) for i in order]
         return [h for h in hits if min_score is None or h.score >= min_score]
 
-    async def asearch(self, query: str, kind: str = CRITIQUE, k: int = 5, min_score: float | None = None) -> list[Hit]:
+    async def asearch(
+        self, query: str, kind: str = CRITIQUE, k: int = 5, min_score: float | None = None
+    ) -> list[Hit]:
         return await asyncio.to_thread(self.search, query, kind, k, min_score)
 
     async def aindex_critiques(self) -> int:

@@ -40,26 +40,46 @@ REQUIRED: dict[ExampleKind, list[set[str]]] = {
     ExampleKind.PAIR: [{"prompt", "chosen", "rejected"}, {"chosen", "rejected"}],
     ExampleKind.REWARD: [{"prompt", "completion"}, {"chosen", "rejected"}],
     ExampleKind.STEP_VALUE: [{"prompt", "completions", "labels"}, {"prompt", "completion"}],
-    ExampleKind.GAME_TURN: [{"prompt_ids", "completion_ids", "logprobs", "advantage"}, {"prompt", "completion"}],
+    ExampleKind.GAME_TURN: [
+        {"prompt_ids", "completion_ids", "logprobs", "advantage"},
+        {"prompt", "completion"},
+    ],
     # Token-level actions for the `pg` trainer (records.AdvantagePayload); no TRL dataset format to match.
     ExampleKind.ADVANTAGE: [{"prompt_ids", "completion_ids", "logprobs", "advantage"}],
 }
 
 
-CANONICAL = ("prompt", "completion", "completions", "chosen", "rejected", "messages", "text", "labels", "reward",
-             "prompt_ids", "completion_ids", "logprobs", "advantage")
+CANONICAL = (
+    "prompt",
+    "completion",
+    "completions",
+    "chosen",
+    "rejected",
+    "messages",
+    "text",
+    "labels",
+    "reward",
+    "prompt_ids",
+    "completion_ids",
+    "logprobs",
+    "advantage",
+)
 
 
 def parse_kind(kind: ExampleKind | str) -> ExampleKind:
     try:
         return KIND_NAMES[str(kind)]
     except KeyError:
-        raise StoreError(f"unknown example kind {kind!r}; use one of: {', '.join(sorted(KIND_NAMES))}") from None
+        raise StoreError(
+            f"unknown example kind {kind!r}; use one of: {', '.join(sorted(KIND_NAMES))}"
+        ) from None
 
 
 def check_payload(example: ExampleRecord, kind: ExampleKind) -> None:
     if example.kind != kind:
-        raise StoreError(f"example {example.id} is of kind {example.kind}, not {kind}: export one kind at a time")
+        raise StoreError(
+            f"example {example.id} is of kind {example.kind}, not {kind}: export one kind at a time"
+        )
     keys = set(example.payload)
     if not any(alt <= keys for alt in REQUIRED[kind]):
         wanted = " or ".join("/".join(c for c in CANONICAL if c in alt) for alt in REQUIRED[kind])
@@ -98,7 +118,9 @@ def to_dataset(examples: Sequence[ExampleRecord], kind: ExampleKind | str) -> da
         ) from exc
 
 
-def export_examples(store: Store, kind: ExampleKind | str, fmt: str, out: Path, role: Role | str | None = None) -> int:
+def export_examples(
+    store: Store, kind: ExampleKind | str, fmt: str, out: Path, role: Role | str | None = None
+) -> int:
     """Write every example of a kind (and role) to `out` as JSONL or Parquet; returns how many."""
     kind = parse_kind(kind)
     examples = store.list_examples(role=role, kind=kind)
@@ -180,5 +202,10 @@ def stats(store: Store) -> dict[str, list[dict[str, Any]]]:
     with store._read() as conn:
         return {
             name: [dict(r._mapping) for r in conn.execute(q)]
-            for name, q in (("runs", runs_q), ("loops", loops_q), ("examples", kinds_q), ("consumers", consumers_q))
+            for name, q in (
+                ("runs", runs_q),
+                ("loops", loops_q),
+                ("examples", kinds_q),
+                ("consumers", consumers_q),
+            )
         }

@@ -47,14 +47,30 @@ def _at(t: datetime) -> datetime:
 
 
 def _record(row: Any) -> FiringRecord:
-    return FiringRecord(schedule_id=row.schedule_id, scheduled_at=utc(row.scheduled_at), recipe=row.recipe,
-                        holder=row.holder, status=FiringStatus(row.status), cycle=row.cycle, error=row.error,
-                        started_at=utc(row.started_at), finished_at=utc(row.finished_at))
+    return FiringRecord(
+        schedule_id=row.schedule_id,
+        scheduled_at=utc(row.scheduled_at),
+        recipe=row.recipe,
+        holder=row.holder,
+        status=FiringStatus(row.status),
+        cycle=row.cycle,
+        error=row.error,
+        started_at=utc(row.started_at),
+        finished_at=utc(row.finished_at),
+    )
 
 
 class FiringsMixin(StoreCore):
-    def claim_firing(self, schedule_id: str, scheduled_at: datetime, *, recipe: str, holder: str,
-                     status: FiringStatus | str = FiringStatus.RUNNING, error: str | None = None) -> bool:
+    def claim_firing(
+        self,
+        schedule_id: str,
+        scheduled_at: datetime,
+        *,
+        recipe: str,
+        holder: str,
+        status: FiringStatus | str = FiringStatus.RUNNING,
+        error: str | None = None,
+    ) -> bool:
         """Record a firing unless one for this (schedule, scheduled time) exists; True when this call did.
 
         The second scheduler to fire the same due job gets False and must not run it. A terminal `status`
@@ -62,20 +78,39 @@ class FiringsMixin(StoreCore):
         status = FiringStatus(status)
         now = utcnow()
         with self._write() as conn:
-            stmt = self._insert(ScheduleFiring.__table__).values(
-                schedule_id=schedule_id, scheduled_at=_at(scheduled_at), recipe=recipe, holder=holder,
-                status=str(status), error=error, started_at=now,
-                finished_at=None if status == FiringStatus.RUNNING else now,
-            ).on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_at"])
+            stmt = (
+                self._insert(ScheduleFiring.__table__)
+                .values(
+                    schedule_id=schedule_id,
+                    scheduled_at=_at(scheduled_at),
+                    recipe=recipe,
+                    holder=holder,
+                    status=str(status),
+                    error=error,
+                    started_at=now,
+                    finished_at=None if status == FiringStatus.RUNNING else now,
+                )
+                .on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_at"])
+            )
             # RETURNING, not rowcount: psycopg reports 1 for a conflicting INSERT ... DO NOTHING here.
             return conn.execute(stmt.returning(ScheduleFiring.__table__.c.schedule_id)).first() is not None
 
-    def finish_firing(self, schedule_id: str, scheduled_at: datetime, status: FiringStatus | str, *,
-                      cycle: int | None = None, error: str | None = None) -> None:
+    def finish_firing(
+        self,
+        schedule_id: str,
+        scheduled_at: datetime,
+        status: FiringStatus | str,
+        *,
+        cycle: int | None = None,
+        error: str | None = None,
+    ) -> None:
         with self._write() as conn:
             conn.execute(
                 update(ScheduleFiring)
-                .where(ScheduleFiring.schedule_id == schedule_id, ScheduleFiring.scheduled_at == _at(scheduled_at))
+                .where(
+                    ScheduleFiring.schedule_id == schedule_id,
+                    ScheduleFiring.scheduled_at == _at(scheduled_at),
+                )
                 .values(status=str(FiringStatus(status)), cycle=cycle, error=error, finished_at=utcnow())
             )
 
@@ -88,16 +123,22 @@ class FiringsMixin(StoreCore):
         with self._write() as conn:
             return conn.execute(
                 update(ScheduleFiring)
-                .where(ScheduleFiring.schedule_id == schedule_id, ScheduleFiring.holder != holder,
-                       ScheduleFiring.status == str(FiringStatus.RUNNING))
+                .where(
+                    ScheduleFiring.schedule_id == schedule_id,
+                    ScheduleFiring.holder != holder,
+                    ScheduleFiring.status == str(FiringStatus.RUNNING),
+                )
                 .values(status=str(FiringStatus.FAILED), error=reason, finished_at=utcnow())
             ).rowcount
 
     def get_firing(self, schedule_id: str, scheduled_at: datetime) -> FiringRecord | None:
         with self._read() as conn:
-            row = conn.execute(select(ScheduleFiring).where(
-                ScheduleFiring.schedule_id == schedule_id, ScheduleFiring.scheduled_at == _at(scheduled_at),
-            )).one_or_none()
+            row = conn.execute(
+                select(ScheduleFiring).where(
+                    ScheduleFiring.schedule_id == schedule_id,
+                    ScheduleFiring.scheduled_at == _at(scheduled_at),
+                )
+            ).one_or_none()
         return None if row is None else _record(row)
 
     def list_firings(self, schedule_id: str | None = None, limit: int | None = 20) -> list[FiringRecord]:
@@ -110,9 +151,15 @@ class FiringsMixin(StoreCore):
 
     def last_firings(self) -> dict[str, FiringRecord]:
         """The latest firing of each schedule (by scheduled time)."""
-        latest = (select(ScheduleFiring.schedule_id, func.max(ScheduleFiring.scheduled_at).label("at"))
-                  .group_by(ScheduleFiring.schedule_id).subquery())
-        q = select(ScheduleFiring).join(latest, (ScheduleFiring.schedule_id == latest.c.schedule_id)
-                                        & (ScheduleFiring.scheduled_at == latest.c.at))
+        latest = (
+            select(ScheduleFiring.schedule_id, func.max(ScheduleFiring.scheduled_at).label("at"))
+            .group_by(ScheduleFiring.schedule_id)
+            .subquery()
+        )
+        q = select(ScheduleFiring).join(
+            latest,
+            (ScheduleFiring.schedule_id == latest.c.schedule_id)
+            & (ScheduleFiring.scheduled_at == latest.c.at),
+        )
         with self._read() as conn:
             return {r.schedule_id: _record(r) for r in conn.execute(q)}

@@ -63,8 +63,14 @@ def _fmt(t: datetime) -> str:
 
 
 def _record(row: Any, previous: LeaseRecord | None = None) -> LeaseRecord:
-    return LeaseRecord(name=row.name, holder=row.holder, acquired_at=utc(row.acquired_at),
-                       heartbeat_at=utc(row.heartbeat_at), expires_at=utc(row.expires_at), previous=previous)
+    return LeaseRecord(
+        name=row.name,
+        holder=row.holder,
+        acquired_at=utc(row.acquired_at),
+        heartbeat_at=utc(row.heartbeat_at),
+        expires_at=utc(row.expires_at),
+        previous=previous,
+    )
 
 
 class LeasesMixin(StoreCore):
@@ -90,8 +96,13 @@ class LeasesMixin(StoreCore):
             # A holder renewing keeps its acquisition time; a takeover starts a new one. `before` is exact:
             # the row is locked (PostgreSQL) or every writer is serialised (SQLite).
             mine = before is not None and before.holder == holder
-            stmt = self._insert(t).values(name=name, holder=holder, acquired_at=before.acquired_at if mine else now,
-                                          heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+            stmt = self._insert(t).values(
+                name=name,
+                holder=holder,
+                acquired_at=before.acquired_at if mine else now,
+                heartbeat_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
             stmt = stmt.on_conflict_do_update(
                 index_elements=["name"],
                 set_={c: stmt.excluded[c] for c in ("holder", "acquired_at", "heartbeat_at", "expires_at")},
@@ -113,8 +124,16 @@ class LeasesMixin(StoreCore):
             q = select(Lease).where(Lease.name == name)
             before = conn.execute(q if self.is_sqlite else q.with_for_update()).one_or_none()
             if before is not None and before.holder == from_holder:
-                conn.execute(update(Lease).where(Lease.name == name, Lease.holder == from_holder).values(
-                    holder=holder, acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl)))
+                conn.execute(
+                    update(Lease)
+                    .where(Lease.name == name, Lease.holder == from_holder)
+                    .values(
+                        holder=holder,
+                        acquired_at=now,
+                        heartbeat_at=now,
+                        expires_at=now + timedelta(seconds=ttl),
+                    )
+                )
                 return _record(conn.execute(q).one(), previous=_record(before))
         if before is None:
             return self.acquire_lease(name, holder, ttl)
@@ -126,19 +145,26 @@ class LeasesMixin(StoreCore):
         with self._write() as conn:
             now = self._db_now(conn)
             done = conn.execute(
-                update(Lease).where(Lease.name == name, Lease.holder == holder)
+                update(Lease)
+                .where(Lease.name == name, Lease.holder == holder)
                 .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
             ).rowcount
             row = conn.execute(select(Lease).where(Lease.name == name)).one_or_none()
         if not done:
-            who = f"taken over by {row.holder} at {_fmt(utc(row.acquired_at))}" if row is not None else "released"
+            who = (
+                f"taken over by {row.holder} at {_fmt(utc(row.acquired_at))}"
+                if row is not None
+                else "released"
+            )
             raise LeaseLostError(f"lease {name!r} of {holder} was {who}")
         return _record(row)
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up; False when `holder` no longer had it (expired and taken over)."""
         with self._write() as conn:
-            return bool(conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder)).rowcount)
+            return bool(
+                conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder)).rowcount
+            )
 
     def get_lease(self, name: str) -> LeaseRecord | None:
         """The lease row, expired or not (compare `expires_at` with the time to tell)."""
@@ -159,8 +185,9 @@ class LeaseKeeper:
     guarded must stop too, because another holder is running it now.
     """
 
-    def __init__(self, store: LeasesMixin, lease: LeaseRecord, ttl: float,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, store: LeasesMixin, lease: LeaseRecord, ttl: float, on_lost: Callable[[str], None] | None = None
+    ) -> None:
         self.store, self.lease, self.ttl, self.on_lost = store, lease, ttl, on_lost
         self.lost: str | None = None
         self._stop = threading.Event()

@@ -69,7 +69,9 @@ class ExampleKind(StrEnum):
     PAIR = "pair"  # prompt/chosen/rejected
     REWARD = "reward"  # prompt/completion/reward
     STEP_VALUE = "step_value"  # partial solution/value target
-    GAME_TURN = "game_turn"  # one seat's action in a game: an `AdvantagePayload` (seat and game in its metadata)
+    GAME_TURN = (
+        "game_turn"  # one seat's action in a game: an `AdvantagePayload` (seat and game in its metadata)
+    )
     ADVANTAGE = "advantage"  # one action with its sampling log-probs and advantage: an `AdvantagePayload`
 
 
@@ -82,7 +84,9 @@ class Role(StrEnum):
 class ModelVersionRecord(BaseModel):
     id: str = Field(default_factory=new_id)
     name: str = Field(description="Human name, e.g. 'smollm2-135m' or 'smollm2-135m-c3'.")
-    lineage: str = Field(description="Name of the root model this version descends from, e.g. 'smollm2-135m'.")
+    lineage: str = Field(
+        description="Name of the root model this version descends from, e.g. 'smollm2-135m'."
+    )
     path: str = Field(description="Model folder (or base model folder when `adapter_path` is set).")
     adapter_path: str | None = Field(None, description="LoRA adapter folder kept unmerged, if any.")
     parent_id: str | None = None
@@ -139,7 +143,9 @@ class ExampleRecord(BaseModel):
     id: str = Field(default_factory=new_id)
     kind: ExampleKind
     role: Role = Role.POLICY
-    payload: dict[str, Any] = Field(description="In TRL's format for the kind, e.g. {'prompt': [...], 'completion': [...]}.")
+    payload: dict[str, Any] = Field(
+        description="In TRL's format for the kind, e.g. {'prompt': [...], 'completion': [...]}."
+    )
     episode_id: str | None = None
     task_id: str | None = None
     split: str = Field("train", description="Split of the task it came from; held-out examples are refused.")
@@ -158,23 +164,38 @@ class AdvantagePayload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt_ids: list[int] = Field(min_length=1, description="Token ids the policy saw before acting (the full context).")
-    completion_ids: list[int] = Field(min_length=1, description="The action: the sampled token ids, as generated.")
+    prompt_ids: list[int] = Field(
+        min_length=1, description="Token ids the policy saw before acting (the full context)."
+    )
+    completion_ids: list[int] = Field(
+        min_length=1, description="The action: the sampled token ids, as generated."
+    )
     logprobs: list[float] = Field(
         description="Per completion token, the log-probability it had when it was sampled (same length as "
         "`completion_ids`), of the distribution it was drawn from: after temperature (and top-p truncation, "
         "which a trainer cannot replay: sample with top_p = 1 for exact ratios)."
     )
-    advantage: float = Field(description="How much better than expected the action was; its sign raises or lowers it.")
+    advantage: float = Field(
+        description="How much better than expected the action was; its sign raises or lowers it."
+    )
     temperature: float | None = Field(
-        None, gt=0, description="Sampling temperature the log-probs were taken at; the trainer refuses a mismatch."
+        None,
+        gt=0,
+        description="Sampling temperature the log-probs were taken at; the trainer refuses a mismatch.",
     )
     model_version: str | None = Field(None, description="Model version id that sampled the action.")
-    reward: float | None = Field(None, description="The return the advantage was computed from (for reports).")
-    prompt: str | list[dict[str, Any]] | None = Field(None, description="The prompt as text or messages, for people.")
-    completion: str | None = Field(None, description="The action as text, for people; training never reads it.")
+    reward: float | None = Field(
+        None, description="The return the advantage was computed from (for reports)."
+    )
+    prompt: str | list[dict[str, Any]] | None = Field(
+        None, description="The prompt as text or messages, for people."
+    )
+    completion: str | None = Field(
+        None, description="The action as text, for people; training never reads it."
+    )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Loop-specific labels, e.g. {'turn': 2, 'seat': 1, 'game': 'kuhn_poker'}."
+        default_factory=dict,
+        description="Loop-specific labels, e.g. {'turn': 2, 'seat': 1, 'game': 'kuhn_poker'}.",
     )
 
     @field_validator("prompt_ids", "completion_ids")
@@ -205,8 +226,14 @@ class AdvantagePayload(BaseModel):
             )
         return self
 
-    def example(self, *, kind: ExampleKind = ExampleKind.ADVANTAGE, role: Role = Role.POLICY,
-                task_id: str | None = None, split: str = "train") -> ExampleRecord:
+    def example(
+        self,
+        *,
+        kind: ExampleKind = ExampleKind.ADVANTAGE,
+        role: Role = Role.POLICY,
+        task_id: str | None = None,
+        split: str = "train",
+    ) -> ExampleRecord:
         """This payload as an example record for `EpisodeRecord.examples`.
 
         Unset optional fields are left out, empty `metadata` too (Parquet cannot store a struct without fields).
@@ -226,7 +253,9 @@ class EpisodeRecord(BaseModel):
     loop: str
     status: EpisodeStatus = EpisodeStatus.FINISHED
     reward: float | None = None
-    outcome: dict[str, Any] = Field(default_factory=dict, description="Loop-specific summary, e.g. {'correct': 3, 'n': 8}.")
+    outcome: dict[str, Any] = Field(
+        default_factory=dict, description="Loop-specific summary, e.g. {'correct': 3, 'n': 8}."
+    )
     steps: list[StepRecord] = Field(default_factory=list)
     critiques: list[CritiqueRecord] = Field(default_factory=list)
     examples: list[ExampleRecord] = Field(default_factory=list)
@@ -245,11 +274,17 @@ class BaselineUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="Idempotency key, e.g. derived from (episode, game, seat).")
-    namespace: str = Field(description="Whose baselines: a run, a recipe, an experiment; unrelated runs keep theirs apart.")
-    game: str = Field(description="The game (with its options where they change the returns), e.g. 'tictactoe'.")
+    namespace: str = Field(
+        description="Whose baselines: a run, a recipe, an experiment; unrelated runs keep theirs apart."
+    )
+    game: str = Field(
+        description="The game (with its options where they change the returns), e.g. 'tictactoe'."
+    )
     role: str = Field(description="The role within the game, e.g. the seat '0' or '1'.")
     reward: float = Field(description="The return R of this role in one game.")
-    decay: float = Field(0.95, ge=0.0, le=1.0, description="EMA decay (alpha): weight kept on the old baseline.")
+    decay: float = Field(
+        0.95, ge=0.0, le=1.0, description="EMA decay (alpha): weight kept on the old baseline."
+    )
 
     @field_validator("reward")
     @classmethod

@@ -123,10 +123,13 @@ class _Matrix:
                 grown[: self.count] = self._vectors[: self.count]
             self._vectors = grown
         self.dim = dim
-        self._vectors[self.count : end] = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(n, dim)
+        self._vectors[self.count : end] = np.frombuffer(
+            b"".join(r.vector for r in rows), dtype="<f4"
+        ).reshape(n, dim)
         self._seqs[self.count : end] = np.fromiter((r.seq for r in rows), np.int64, n)
         self._tasks[self.count : end] = np.fromiter(
-            (self.codes.setdefault(r.task_id, len(self.codes)) for r in rows), np.int32, n)
+            (self.codes.setdefault(r.task_id, len(self.codes)) for r in rows), np.int32, n
+        )
         self.count = end
 
 
@@ -145,8 +148,15 @@ class ReflectionMemory:
     every search).
     """
 
-    def __init__(self, store: Store, embedder: Embedder | None = None, *, model: str | None = None,
-                 chunk: int = 1000, recount_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder | None = None,
+        *,
+        model: str | None = None,
+        chunk: int = 1000,
+        recount_s: float = 30.0,
+    ) -> None:
         self.store = store
         self.recount_s = recount_s
         self._embedder = embedder
@@ -174,11 +184,21 @@ class ReflectionMemory:
         with self.store._read() as conn:
             for ids in chunks(list(run_ids)):
                 q = (
-                    select(Episode.id, Episode.task_id, Step.text, Step.meta.label("meta"), Critique.text.label("critique"))
+                    select(
+                        Episode.id,
+                        Episode.task_id,
+                        Step.text,
+                        Step.meta.label("meta"),
+                        Critique.text.label("critique"),
+                    )
                     .join(Critique, Critique.episode_id == Episode.id)
                     .join(Step, and_(Step.id == Critique.step_id, Step.episode_id == Episode.id))
-                    .where(Episode.run_id.in_(ids), Critique.verdict == INCORRECT, Step.role == "assistant",
-                           Episode.id.not_in(done))
+                    .where(
+                        Episode.run_id.in_(ids),
+                        Critique.verdict == INCORRECT,
+                        Step.role == "assistant",
+                        Episode.id.not_in(done),
+                    )
                     .order_by(Episode.id, Step.step_index)
                 )
                 for r in conn.execute(q):
@@ -211,13 +231,27 @@ class ReflectionMemory:
             raise ValueError(f"{vectors.shape[0]} vectors for {len(items)} reflections")
         added = 0
         now = utcnow()
-        stmt = self.store._insert(Reflection.__table__).on_conflict_do_nothing().returning(Reflection.__table__.c.seq)
+        stmt = (
+            self.store._insert(Reflection.__table__)
+            .on_conflict_do_nothing()
+            .returning(Reflection.__table__.c.seq)
+        )
         for start in range(0, len(items), self.chunk):
             part = items[start : start + self.chunk]
             rows = [
-                {"scope": scope, "model": self.model, "episode_id": i.episode_id, "task_id": i.task_id,
-                 "split": i.split, "problem": i.problem, "answer": i.answer, "critique": i.critique,
-                 "dim": int(vec.shape[0]), "vector": vec.tobytes(), "created_at": now}
+                {
+                    "scope": scope,
+                    "model": self.model,
+                    "episode_id": i.episode_id,
+                    "task_id": i.task_id,
+                    "split": i.split,
+                    "problem": i.problem,
+                    "answer": i.answer,
+                    "critique": i.critique,
+                    "dim": int(vec.shape[0]),
+                    "vector": vec.tobytes(),
+                    "created_at": now,
+                }
                 for i, vec in zip(part, vectors[start : start + self.chunk], strict=True)
             ]
             with self.store._write() as conn:
@@ -227,7 +261,9 @@ class ReflectionMemory:
     def count(self, scope: str) -> int:
         """Failures remembered under `scope` for this model (train split only, as search sees them)."""
         with self.store._read() as conn:
-            return int(conn.scalar(select(func.count()).select_from(Reflection).where(self._where(scope))) or 0)
+            return int(
+                conn.scalar(select(func.count()).select_from(Reflection).where(self._where(scope))) or 0
+            )
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -263,8 +299,9 @@ class ReflectionMemory:
         self._cache[scope] = fresh
         return fresh
 
-    def search_vector(self, scope: str, vector: np.ndarray, k: int = 3, *,
-                      exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
+    def search_vector(
+        self, scope: str, vector: np.ndarray, k: int = 3, *, exclude_task_ids: Iterable[str] = ()
+    ) -> list[Recalled]:
         """The k remembered failures of `scope` nearest to a unit `vector`, best first, one per task, never of
         an excluded task (pass the asking task's id) and never of a held-out one."""
         exclude = set(exclude_task_ids)
@@ -282,8 +319,14 @@ class ReflectionMemory:
             if not picked:
                 return []
             by_seq = {int(m.seqs[i]): float(scores[i]) for i in picked}
-        cols = (Reflection.seq, Reflection.episode_id, Reflection.task_id, Reflection.problem, Reflection.answer,
-                Reflection.critique)
+        cols = (
+            Reflection.seq,
+            Reflection.episode_id,
+            Reflection.task_id,
+            Reflection.problem,
+            Reflection.answer,
+            Reflection.critique,
+        )
         # By primary key (the seqs come from this scope's matrix); split and task are checked again here, so
         # nothing held out or excluded is read back whatever the cache holds.
         q = select(*cols).where(Reflection.seq.in_(list(by_seq)), Reflection.split == TRAIN)
@@ -291,18 +334,28 @@ class ReflectionMemory:
             q = q.where(Reflection.task_id.not_in(sorted(exclude)))
         with self.store._read() as conn:
             rows = {r.seq: r for r in conn.execute(q)}
-        return [Recalled(r.episode_id, r.task_id, r.problem, r.answer, r.critique, by_seq[s])
-                for s in by_seq if (r := rows.get(s)) is not None]
+        return [
+            Recalled(r.episode_id, r.task_id, r.problem, r.answer, r.critique, by_seq[s])
+            for s in by_seq
+            if (r := rows.get(s)) is not None
+        ]
 
-    def search(self, scope: str, problem: str, k: int = 3, *, exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
+    def search(
+        self, scope: str, problem: str, k: int = 3, *, exclude_task_ids: Iterable[str] = ()
+    ) -> list[Recalled]:
         """Like search_vector, for a problem text (embedded with the memory's embedder)."""
         if k <= 0:
             return []
-        return self.search_vector(scope, self.embedder.encode([problem])[0], k, exclude_task_ids=exclude_task_ids)
+        return self.search_vector(
+            scope, self.embedder.encode([problem])[0], k, exclude_task_ids=exclude_task_ids
+        )
 
-    async def asearch(self, scope: str, problem: str, k: int = 3, *,
-                      exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
-        return await asyncio.to_thread(self.search, scope, problem, k, exclude_task_ids=tuple(exclude_task_ids))
+    async def asearch(
+        self, scope: str, problem: str, k: int = 3, *, exclude_task_ids: Iterable[str] = ()
+    ) -> list[Recalled]:
+        return await asyncio.to_thread(
+            self.search, scope, problem, k, exclude_task_ids=tuple(exclude_task_ids)
+        )
 
 
 def _top_distinct(scores: np.ndarray, tasks: np.ndarray, k: int) -> list[int]:

@@ -48,7 +48,9 @@ class RegistryMixin(StoreCore):
             q = q.with_for_update()
         row = conn.execute(q).one_or_none()
         if row is None:
-            raise NotFoundError(f"model version {model_id!r} is not registered (`strop models list` shows them)")
+            raise NotFoundError(
+                f"model version {model_id!r} is not registered (`strop models list` shows them)"
+            )
         return row
 
     def get_model(self, id_or_name: str) -> ModelVersionRecord | None:
@@ -110,7 +112,9 @@ class RegistryMixin(StoreCore):
         with self._write() as conn:
             row = self._model_row(conn, model_id, lock=True)
             conn.execute(
-                update(ModelVersion).where(ModelVersion.id == model_id).values(metrics={**row.metrics, **metrics})
+                update(ModelVersion)
+                .where(ModelVersion.id == model_id)
+                .values(metrics={**row.metrics, **metrics})
             )
             return model_from_row(self._model_row(conn, model_id))
 

@@ -176,7 +176,9 @@ class Example(Base):
     kind: Mapped[str] = mapped_column(String(16))
     role: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    episode_id: Mapped[str | None] = mapped_column(ID, ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    episode_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("episodes.id", ondelete="CASCADE"), index=True
+    )
     task_id: Mapped[str | None] = mapped_column(String(255))
     split: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -203,7 +205,9 @@ class Consumption(Base):
 
     __tablename__ = "consumption"
     consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
-    example_id: Mapped[str] = mapped_column(ID, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True, index=True)
+    example_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
     job_id: Mapped[str] = mapped_column(ID, ForeignKey("training_jobs.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)  # claimed | consumed
     claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -217,7 +221,9 @@ class Embedding(Base):
 
     __tablename__ = "embeddings"
     __table_args__ = (Index("ix_embeddings_kind_model", "owner_kind", "model"),)
-    owner_kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # critique | step | episode | example
+    owner_kind: Mapped[str] = mapped_column(
+        String(16), primary_key=True
+    )  # critique | step | episode | example
     owner_id: Mapped[str] = mapped_column(ID, primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     dim: Mapped[int] = mapped_column(Integer)

@@ -143,7 +143,9 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
         self._refuse_heldout(episodes)
         if not episodes:
             return set()
-        unique = list({ep.id: ep for ep in reversed(episodes)}.values())[::-1]  # same id twice: write the first
+        unique = list({ep.id: ep for ep in reversed(episodes)}.values())[
+            ::-1
+        ]  # same id twice: write the first
         # Fast path: insert straight away. A new episode (nearly always the case) costs no extra round trip;
         # the primary keys and the foreign key to runs catch retries and mistakes.
         try:
@@ -264,7 +266,9 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
             self._pg_pipelined_insert(conn, [(t.__table__, r) for t, r in tables if r])
         return {ep.id for ep in new}
 
-    def _pg_pipelined_insert(self, conn: Connection, tables: list[tuple[Table, list[dict[str, Any]]]]) -> None:
+    def _pg_pipelined_insert(
+        self, conn: Connection, tables: list[tuple[Table, list[dict[str, Any]]]]
+    ) -> None:
         """The four inserts of a write in ONE round trip (psycopg pipeline mode).
 
         Hand-rolled below SQLAlchemy on purpose: SQLAlchemy waits for each statement's result, so a write
@@ -284,7 +288,9 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
     def _pg_insert_sql(self, conn: Connection, table: Table) -> tuple[str, list[str]]:
         cached = self._pg_sql.get(table.name)
         if cached is None:
-            compiled = table.insert().compile(dialect=conn.dialect, column_keys=[c.key for c in table.columns])
+            compiled = table.insert().compile(
+                dialect=conn.dialect, column_keys=[c.key for c in table.columns]
+            )
             json_cols = [c.key for c in table.columns if isinstance(c.type, JSON | JSONB)]
             cached = self._pg_sql[table.name] = (compiled.string, json_cols)
         return cached
@@ -328,9 +334,13 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
             for ids in chunks(list(by_id)):
                 for r in conn.execute(select(Step).where(Step.episode_id.in_(ids))):
                     steps[r.episode_id].append(step_from_row(r))
-                for r in conn.execute(select(Critique).where(Critique.episode_id.in_(ids)).order_by(Critique.id)):
+                for r in conn.execute(
+                    select(Critique).where(Critique.episode_id.in_(ids)).order_by(Critique.id)
+                ):
                     by_id[r.episode_id].critiques.append(critique_from_row(r))
-                for r in conn.execute(select(Example).where(Example.episode_id.in_(ids)).order_by(Example.id)):
+                for r in conn.execute(
+                    select(Example).where(Example.episode_id.in_(ids)).order_by(Example.id)
+                ):
                     by_id[r.episode_id].examples.append(example_from_row(r))
         for ep_id, ep_steps in steps.items():
             by_id[ep_id].steps = sorted(ep_steps, key=lambda s: s.index)
@@ -397,14 +407,23 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
         with self._write() as conn:
             task_id = conn.scalar(select(Episode.task_id).where(Episode.id == episode_id))
             if task_id is None:
-                raise NotFoundError(f"episode {episode_id!r} is not in the store; write it with write_episode first")
+                raise NotFoundError(
+                    f"episode {episode_id!r} is not in the store; write it with write_episode first"
+                )
             now = utcnow()
             added = 0
             for part in chunks(unique, 1000):
                 rows = [
-                    {"id": x.id, "kind": str(x.kind), "role": str(x.role), "payload": x.payload,
-                     "episode_id": episode_id, "task_id": x.task_id if x.task_id is not None else task_id,
-                     "split": str(x.split), "created_at": now + timedelta(microseconds=added + i)}
+                    {
+                        "id": x.id,
+                        "kind": str(x.kind),
+                        "role": str(x.role),
+                        "payload": x.payload,
+                        "episode_id": episode_id,
+                        "task_id": x.task_id if x.task_id is not None else task_id,
+                        "split": str(x.split),
+                        "created_at": now + timedelta(microseconds=added + i),
+                    }
                     for i, x in enumerate(part)
                 ]
                 stmt = self._insert(Example.__table__).on_conflict_do_nothing(index_elements=["id"])
@@ -415,7 +434,9 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
         """Row counts per table: the quick health check (`strop db stats` shows the detail)."""
         tables = {"runs": Run, "episodes": Episode, "steps": Step, "critiques": Critique, "examples": Example}
         with self._read() as conn:
-            return {name: int(conn.scalar(select(func.count()).select_from(t)) or 0) for name, t in tables.items()}
+            return {
+                name: int(conn.scalar(select(func.count()).select_from(t)) or 0) for name, t in tables.items()
+            }
 
     # --- async twins ---------------------------------------------------------------------------------------
 
@@ -452,11 +473,17 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
     async def aget_episode(self, episode_id: str) -> EpisodeRecord | None:
         return await asyncio.to_thread(self.get_episode, episode_id)
 
-    async def alist_episodes(self, run_id: str | None = None, limit: int | None = None, **filters: Any) -> list[EpisodeRecord]:
+    async def alist_episodes(
+        self, run_id: str | None = None, limit: int | None = None, **filters: Any
+    ) -> list[EpisodeRecord]:
         return await asyncio.to_thread(self.list_episodes, run_id, limit, **filters)
 
     async def alist_critiques(
-        self, episode_id: str | None = None, verdict: str | None = None, limit: int | None = None, **filters: Any
+        self,
+        episode_id: str | None = None,
+        verdict: str | None = None,
+        limit: int | None = None,
+        **filters: Any,
     ) -> list[CritiqueRecord]:
         return await asyncio.to_thread(self.list_critiques, episode_id, verdict, limit, **filters)
 
@@ -464,7 +491,11 @@ class Store(RegistryMixin, TrainingDataMixin, BaselinesMixin, LeasesMixin, Firin
         return await asyncio.to_thread(self.add_examples, episode_id, examples)
 
     async def alist_examples(
-        self, role: Role | str | None = None, kind: ExampleKind | str | None = None, limit: int | None = None, **filters: Any
+        self,
+        role: Role | str | None = None,
+        kind: ExampleKind | str | None = None,
+        limit: int | None = None,
+        **filters: Any,
     ) -> list[ExampleRecord]:
         return await asyncio.to_thread(self.list_examples, role, kind, limit, **filters)
 

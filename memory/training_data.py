@@ -61,7 +61,9 @@ class TrainingDataMixin(StoreCore):
             row = conn.execute(select(TrainingJob).where(TrainingJob.id == job_id)).one_or_none()
         return None if row is None else job_from_row(row)
 
-    def list_jobs(self, status: JobStatus | str | None = None, limit: int | None = None) -> list[TrainingJobRecord]:
+    def list_jobs(
+        self, status: JobStatus | str | None = None, limit: int | None = None
+    ) -> list[TrainingJobRecord]:
         q = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id)
         if status is not None:
             q = q.where(TrainingJob.status == str(JobStatus(status)))
@@ -74,7 +76,9 @@ class TrainingDataMixin(StoreCore):
             q = q.with_for_update()
         row = conn.execute(q).one_or_none()
         if row is None:
-            raise NotFoundError(f"training job {job_id!r} is not in the store; record it with start_job first")
+            raise NotFoundError(
+                f"training job {job_id!r} is not in the store; record it with start_job first"
+            )
         return row
 
     def _check_transition(self, row: Any, to: JobStatus) -> None:
@@ -117,14 +121,22 @@ class TrainingDataMixin(StoreCore):
                 .limit(limit)
             )
             if run_ids is not None:
-                q = q.where(Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids)))))
+                q = q.where(
+                    Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids))))
+                )
             if not self.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             ids = list(conn.scalars(q))
             now = utcnow()
             for part in chunks(ids, 2000):
                 rows = [
-                    {"consumer": consumer, "example_id": i, "job_id": job_id, "state": CLAIMED, "claimed_at": now}
+                    {
+                        "consumer": consumer,
+                        "example_id": i,
+                        "job_id": job_id,
+                        "state": CLAIMED,
+                        "claimed_at": now,
+                    }
                     for i in part
                 ]
                 # A row another job committed after our snapshot is skipped here, not raised: the primary
@@ -135,13 +147,17 @@ class TrainingDataMixin(StoreCore):
                 q = (
                     select(Example)
                     .join(Consumption, Consumption.example_id == Example.id)
-                    .where(Consumption.job_id == job_id, Consumption.consumer == consumer, Example.id.in_(part))
+                    .where(
+                        Consumption.job_id == job_id, Consumption.consumer == consumer, Example.id.in_(part)
+                    )
                     .order_by(Example.created_at, Example.id)
                 )
                 got.extend(example_from_row(r) for r in conn.execute(q))
         return got
 
-    def finish_job(self, job_id: str, *, model_out: str | None = None, metrics: dict[str, Any] | None = None) -> TrainingJobRecord:
+    def finish_job(
+        self, job_id: str, *, model_out: str | None = None, metrics: dict[str, Any] | None = None
+    ) -> TrainingJobRecord:
         """The job succeeded: its claimed examples become consumed (never handed to its consumer again)."""
         with self._write() as conn:
             row = self._job_row(conn, job_id, lock=True)
@@ -169,7 +185,9 @@ class TrainingDataMixin(StoreCore):
         with self._write() as conn:
             row = self._job_row(conn, job_id, lock=True)
             self._check_transition(row, JobStatus.FAILED)
-            conn.execute(delete(Consumption).where(Consumption.job_id == job_id, Consumption.state == CLAIMED))
+            conn.execute(
+                delete(Consumption).where(Consumption.job_id == job_id, Consumption.state == CLAIMED)
+            )
             conn.execute(
                 update(TrainingJob)
                 .where(TrainingJob.id == job_id)
@@ -183,7 +201,9 @@ class TrainingDataMixin(StoreCore):
         cutoff = utcnow().timestamp() - older_than_s
         stale = [j.id for j in self.list_jobs(JobStatus.RUNNING) if j.created_at.timestamp() < cutoff]
         for job_id in stale:
-            self.fail_job(job_id, f"abandoned: still running after {older_than_s:g} s (released by release_stale_jobs)")
+            self.fail_job(
+                job_id, f"abandoned: still running after {older_than_s:g} s (released by release_stale_jobs)"
+            )
         return stale
 
     def count_examples(
@@ -217,10 +237,12 @@ class TrainingDataMixin(StoreCore):
         out: dict[tuple[str, str, str], int] = {}
         with self._read() as conn:
             for part in chunks(list(dict.fromkeys(run_ids))):
-                q = (select(Episode.run_id, Example.kind, Example.role, func.count())
-                     .join(Episode, Episode.id == Example.episode_id)
-                     .where(Episode.run_id.in_(part))
-                     .group_by(Episode.run_id, Example.kind, Example.role))
+                q = (
+                    select(Episode.run_id, Example.kind, Example.role, func.count())
+                    .join(Episode, Episode.id == Example.episode_id)
+                    .where(Episode.run_id.in_(part))
+                    .group_by(Episode.run_id, Example.kind, Example.role)
+                )
                 for run_id, kind, role, n in conn.execute(q):
                     out[(run_id, kind, role)] = int(n)
         return out
@@ -233,15 +255,25 @@ class TrainingDataMixin(StoreCore):
     async def aget_job(self, job_id: str) -> TrainingJobRecord | None:
         return await asyncio.to_thread(self.get_job, job_id)
 
-    async def alist_jobs(self, status: JobStatus | str | None = None, limit: int | None = None) -> list[TrainingJobRecord]:
+    async def alist_jobs(
+        self, status: JobStatus | str | None = None, limit: int | None = None
+    ) -> list[TrainingJobRecord]:
         return await asyncio.to_thread(self.list_jobs, status, limit)
 
     async def aclaim_examples(
-        self, job_id: str, *, role: Role | str, kind: ExampleKind | str, consumer: str | None = None,
-        limit: int | None = None, run_ids: Sequence[str] | None = None,
+        self,
+        job_id: str,
+        *,
+        role: Role | str,
+        kind: ExampleKind | str,
+        consumer: str | None = None,
+        limit: int | None = None,
+        run_ids: Sequence[str] | None = None,
     ) -> list[ExampleRecord]:
         return await asyncio.to_thread(
-            lambda: self.claim_examples(job_id, role=role, kind=kind, consumer=consumer, limit=limit, run_ids=run_ids)
+            lambda: self.claim_examples(
+                job_id, role=role, kind=kind, consumer=consumer, limit=limit, run_ids=run_ids
+            )
         )
 
     async def afinish_job(
@@ -259,7 +291,11 @@ class TrainingDataMixin(StoreCore):
         return await asyncio.to_thread(self.example_counts, run_ids)
 
     async def acount_examples(
-        self, role: Role | str | None = None, kind: ExampleKind | str | None = None, *, unconsumed_by: str | None = None,
+        self,
+        role: Role | str | None = None,
+        kind: ExampleKind | str | None = None,
+        *,
+        unconsumed_by: str | None = None,
         run_ids: Sequence[str] | None = None,
     ) -> int:
         return await asyncio.to_thread(

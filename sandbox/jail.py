@@ -73,13 +73,19 @@ class JailUnavailableError(RuntimeError):
 class JailLimits(BaseModel):
     """Resource limits for one run."""
 
-    timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit in seconds; the process group is killed.")
-    cpu_s: float | None = Field(None, gt=0, description="CPU-time limit; None: the wall limit plus one second.")
+    timeout_s: float = Field(
+        5.0, gt=0, description="Wall-clock limit in seconds; the process group is killed."
+    )
+    cpu_s: float | None = Field(
+        None, gt=0, description="CPU-time limit; None: the wall limit plus one second."
+    )
     memory_mb: int = Field(512, gt=16, description="Address-space limit (RLIMIT_AS) in MiB.")
     file_size_mb: int = Field(16, ge=0, description="Largest file the code may write (RLIMIT_FSIZE), in MiB.")
     max_processes: int = Field(32, ge=1, description="Processes the code's uid may have (RLIMIT_NPROC).")
     max_open_files: int = Field(64, ge=8, description="Open file descriptors (RLIMIT_NOFILE).")
-    output_bytes: int = Field(1_000_000, ge=0, description="Bytes kept of stdout and of stderr; the rest is dropped.")
+    output_bytes: int = Field(
+        1_000_000, ge=0, description="Bytes kept of stdout and of stderr; the rest is dropped."
+    )
     tmp_mb: int = Field(64, ge=1, description="Size of the jail's private /tmp (bwrap only).")
 
 
@@ -203,8 +209,12 @@ def _check(rc: int, what: str) -> None:
 
 
 def _preexec(
-    rlimits: list[tuple[int, int]], *, unshare: int = 0, bind: tuple[bytes, bytes] | None = None,
-    uid: int | None = None, id_maps: tuple[int, int] | None = None,
+    rlimits: list[tuple[int, int]],
+    *,
+    unshare: int = 0,
+    bind: tuple[bytes, bytes] | None = None,
+    uid: int | None = None,
+    id_maps: tuple[int, int] | None = None,
 ):
     """The child-side setup, run between fork and exec. Only async-signal-safe-ish calls: no imports."""
 
@@ -217,8 +227,11 @@ def _preexec(
             _check(_libc.unshare(unshare), "unshare")
         if id_maps is not None:  # unprivileged user namespace: map our own ids so files stay ours
             real_uid, real_gid = id_maps
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{real_uid} {real_uid} 1"),
-                               ("gid_map", f"{real_gid} {real_gid} 1")):
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{real_uid} {real_uid} 1"),
+                ("gid_map", f"{real_gid} {real_gid} 1"),
+            ):
                 fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
                 os.write(fd, text.encode())
                 os.close(fd)
@@ -236,8 +249,20 @@ def _preexec(
 
 def _bwrap_argv(workdir: Path, limits: JailLimits, uid: int | None, program: list[str]) -> list[str]:
     exe, prefix = _python()
-    argv = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--as-pid-1", "--ro-bind", "/usr", "/usr"]
+    argv = [
+        "bwrap",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
@@ -245,12 +270,36 @@ def _bwrap_argv(workdir: Path, limits: JailLimits, uid: int | None, program: lis
             argv += ["--ro-bind", top, top]
     if not str(prefix).startswith("/usr/"):
         argv += ["--ro-bind", str(prefix), str(prefix)]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp",
-             "--bind", str(workdir), JAIL_DIR, "--chdir", JAIL_DIR]
+    argv += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(limits.tmp_mb * 1024 * 1024),
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        str(workdir),
+        JAIL_DIR,
+        "--chdir",
+        JAIL_DIR,
+    ]
     if uid is not None:  # privileged bwrap (root): keep just enough to drop to the run's uid inside
-        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                 shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}",
-                 "--clear-groups", "--no-new-privs"]
+        argv += [
+            "--cap-add",
+            "CAP_SETUID",
+            "--cap-add",
+            "CAP_SETGID",
+            "--",
+            shutil.which("setpriv") or "/usr/bin/setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--no-new-privs",
+        ]
     else:
         argv += ["--unshare-user", "--"]
     return [*argv, str(exe), *program]
@@ -273,8 +322,13 @@ def _netns_works() -> bool:
     flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
     maps = None if os.geteuid() == 0 else (os.getuid(), os.getgid())
     try:
-        subprocess.run(["true"], preexec_fn=_preexec([], unshare=flags, id_maps=maps), check=True,
-                       env={"PATH": "/usr/bin:/bin"}, timeout=30)
+        subprocess.run(
+            ["true"],
+            preexec_fn=_preexec([], unshare=flags, id_maps=maps),
+            check=True,
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=30,
+        )
     except (subprocess.SubprocessError, OSError) as exc:
         log.info("no network namespace for the jail: %s", exc)
         return False
@@ -301,15 +355,22 @@ def isolation_level(choice: IsolationChoice = "auto") -> Isolation:
         warnings.warn(
             f"bubblewrap is not available: the code jail falls back to '{level}' (the host filesystem is "
             "visible to jailed code). Install it with `apt-get install -y bubblewrap`.",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
     return level
 
 
 def _env(workdir: Path, lib: Path | None) -> dict[str, str]:
     """A scrubbed environment: nothing of the host's (keys, database URLs) reaches the code."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-           "HOME": str(workdir), "TMPDIR": "/tmp", "PYTHONIOENCODING": "utf-8"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": str(workdir),
+        "TMPDIR": "/tmp",
+        "PYTHONIOENCODING": "utf-8",
+    }
     if lib is not None:
         env["LD_LIBRARY_PATH"] = str(lib)
     return env
@@ -318,8 +379,9 @@ def _env(workdir: Path, lib: Path | None) -> dict[str, str]:
 # -- running ----------------------------------------------------------------------------------------------
 
 
-def _prepare_workdir(code: str, files: dict[str, str | bytes] | None, stdin: str | bytes | None,
-                     uid: int | None) -> Path:
+def _prepare_workdir(
+    code: str, files: dict[str, str | bytes] | None, stdin: str | bytes | None, uid: int | None
+) -> Path:
     workdir = Path(tempfile.mkdtemp(prefix="strop-jail-"))
     try:
         for rel, content in {**(files or {}), "main.py": code}.items():
@@ -419,13 +481,29 @@ def run_code(
         _remove(workdir)
 
 
-def _supervise(argv: list[str], workdir: Path, env: dict[str, str], preexec, limits: JailLimits,
-               level: Isolation, uid: int | None) -> JailResult:
+def _supervise(
+    argv: list[str],
+    workdir: Path,
+    env: dict[str, str],
+    preexec,
+    limits: JailLimits,
+    level: Isolation,
+    uid: int | None,
+) -> JailResult:
     out, err = _Capped(limits.output_bytes), _Capped(limits.output_bytes)
     start = time.monotonic()
     with (workdir / ".stdin").open("rb") as stdin:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
-                                env=env, preexec_fn=preexec, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=env,
+            preexec_fn=preexec,
+            start_new_session=True,
+            close_fds=True,
+        )
     deadline = start + limits.timeout_s
     timed_out = False
     status = 0
@@ -486,9 +564,17 @@ def _supervise(argv: list[str], workdir: Path, env: dict[str, str], preexec, lim
     if level == Isolation.BWRAP and code is not None and code > 128:
         code = -(code - 128)  # bwrap reports a child killed by signal N as exit 128+N
     verdict, reason = _verdict(code, timed_out, cpu, stderr_text, limits)
-    return JailResult(stdout=out.text(), stderr=stderr_text, exit_code=code, wall_s=round(wall, 6),
-                      cpu_s=round(cpu, 6), verdict=verdict, isolation=str(level),
-                      truncated=bool(out.dropped or err.dropped), reason=reason)
+    return JailResult(
+        stdout=out.text(),
+        stderr=stderr_text,
+        exit_code=code,
+        wall_s=round(wall, 6),
+        cpu_s=round(cpu, 6),
+        verdict=verdict,
+        isolation=str(level),
+        truncated=bool(out.dropped or err.dropped),
+        reason=reason,
+    )
 
 
 def _kill_group(pgid: int) -> None:
@@ -498,8 +584,9 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _verdict(code: int | None, timed_out: bool, cpu: float, stderr: str,
-             limits: JailLimits) -> tuple[JailVerdict, str]:
+def _verdict(
+    code: int | None, timed_out: bool, cpu: float, stderr: str, limits: JailLimits
+) -> tuple[JailVerdict, str]:
     tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     if timed_out:
         return JailVerdict.TIMEOUT, f"wall-clock limit of {limits.timeout_s:g} s exceeded"

@@ -32,28 +32,45 @@ def chromium() -> str:
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
-    pytest.fail(f"headless Chromium not found (tried $STROP_CHROMIUM, PATH, /usr/bin/chromium): {INSTALL_HINT}",
-                pytrace=False)
+    pytest.fail(
+        f"headless Chromium not found (tried $STROP_CHROMIUM, PATH, /usr/bin/chromium): {INSTALL_HINT}",
+        pytrace=False,
+    )
 
 
 def _run(args: list[str], what: str, timeout: float) -> subprocess.CompletedProcess[str]:
     # A fresh profile per call: no state from ~/.config/chromium, and parallel tests do not share a lock.
     # --no-sandbox: Chromium refuses to start as root without it (CI containers run as root).
     with tempfile.TemporaryDirectory(prefix="strop-chromium-") as profile:
-        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-               f"--user-data-dir={profile}", *args]
+        cmd = [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--mute-audio",
+            f"--user-data-dir={profile}",
+            *args,
+        ]
         # Its own session, so a hung browser goes with its renderer and GPU processes, and nothing else.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            pytest.fail(f"headless Chromium did not finish {what} in {timeout:g}s: {' '.join(cmd)}", pytrace=False)
+            pytest.fail(
+                f"headless Chromium did not finish {what} in {timeout:g}s: {' '.join(cmd)}", pytrace=False
+            )
     if proc.returncode != 0:
-        pytest.fail(f"headless Chromium failed {what} (exit {proc.returncode}):\n{err[-3000:]}", pytrace=False)
+        pytest.fail(
+            f"headless Chromium failed {what} (exit {proc.returncode}):\n{err[-3000:]}", pytrace=False
+        )
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -64,8 +81,9 @@ def _url(html_path: Path) -> str:
     return path.as_uri()
 
 
-def screenshot(html_path: Path, png_path: Path, width: int = 1200, height: int = 800,
-               timeout: float = 90.0) -> Path:
+def screenshot(
+    html_path: Path, png_path: Path, width: int = 1200, height: int = 800, timeout: float = 90.0
+) -> Path:
     """Load `html_path` (a local file) in headless Chromium and write a `width`x`height` PNG of the viewport."""
     url = _url(html_path)
     png_path = Path(png_path).resolve()
@@ -137,5 +155,6 @@ def analyse(png_path: Path) -> Pixels:
     colours, counts = np.unique(flat, axis=0, return_counts=True)
     top = int(counts.argmax())
     background = (int(colours[top][0]), int(colours[top][1]), int(colours[top][2]))
-    return Pixels(array=array, background=background, ink=1 - float(counts[top]) / len(flat),
-                  colours=len(colours))
+    return Pixels(
+        array=array, background=background, ink=1 - float(counts[top]) / len(flat), colours=len(colours)
+    )

@@ -20,7 +20,10 @@ def test_embed_best_of_n_runs_the_loop_in_a_users_graph_and_fills_the_store(
     db = tmp_path / "embed.db"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "embed_best_of_n.py"), str(db), "--tasks", "3"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     reports = [line for line in proc.stdout.splitlines() if "->" in line]

@@ -46,8 +46,9 @@ def _copy_source(dest: Path) -> Path:
 
 def _pip(*args: str, cwd: Path | None = None) -> None:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -94,7 +95,9 @@ def test_wheel_has_one_import_root_and_ships_migrations_and_package_data(wheel: 
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     dist_info = {t for t in top if t.endswith(".dist-info")}
-    assert len(dist_info) == 1 and top - dist_info == {"strop"}, f"top-level names in the wheel: {sorted(top)}"
+    assert len(dist_info) == 1 and top - dist_info == {"strop"}, (
+        f"top-level names in the wheel: {sorted(top)}"
+    )
     assert not top & set(ROOMS)
 
     # Every module and data file of each mapped folder is in the wheel, under its strop.* name: a subpackage
@@ -111,7 +114,9 @@ def test_wheel_has_one_import_root_and_ships_migrations_and_package_data(wheel: 
 
     migrations = "strop/memory/migrations/"
     assert f"{migrations}env.py" in names and f"{migrations}script.py.mako" in names
-    versions = [n for n in names if n.startswith(f"{migrations}versions/") and n[-3:] == ".py" and "__init__" not in n]
+    versions = [
+        n for n in names if n.startswith(f"{migrations}versions/") and n[-3:] == ".py" and "__init__" not in n
+    ]
     assert len(versions) >= 2  # 0001_core_tables, 0002_embeddings, ...
     assert any(n.startswith("strop/cli/") for n in names)
     meta = zipfile.ZipFile(wheel).read(f"{dist_info.pop()}/entry_points.txt").decode()
@@ -146,18 +151,33 @@ def test_wheel_installs_beside_another_top_level_agents_and_imports_from_outside
     env_dir = tmp_path / "throwaway"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
     py = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # strop's dependencies come from .venv, appended after the throw-away site-packages.
     (site / "zz_strop_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    _pip("--python", str(py), "install", "--no-deps", "--no-index", "-q",
-         str(wheel), str(_standin_agents_wheel(tmp_path)))
+    _pip(
+        "--python",
+        str(py),
+        "install",
+        "--no-deps",
+        "--no-index",
+        "-q",
+        str(wheel),
+        str(_standin_agents_wheel(tmp_path)),
+    )
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([str(py), "-I", "-c", PROBE], cwd=outside, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [str(py), "-I", "-c", PROBE], cwd=outside, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["standin"] is True and Path(got["agents_file"]).is_relative_to(site)

@@ -14,9 +14,29 @@ HEAVY = ("torch", "transformers", "trl", "sqlalchemy")
 
 # What a user who embeds a strop loop in their own LangGraph app needs (docs/library.md walks through it).
 EMBEDDING = (
-    "build_best_of_n", "BestOfNConfig", "BestOfNState", "get_loop", "list_loops", "register_loop", "LoopSpec",
-    "LoopResources", "episode_input", "Store", "RunRecord", "EpisodeRecord", "load_engine", "Engine",
-    "load_task_set", "Task", "TaskSet", "Split", "Runner", "RunResult", "evaluate", "Critic", "Critique",
+    "build_best_of_n",
+    "BestOfNConfig",
+    "BestOfNState",
+    "get_loop",
+    "list_loops",
+    "register_loop",
+    "LoopSpec",
+    "LoopResources",
+    "episode_input",
+    "Store",
+    "RunRecord",
+    "EpisodeRecord",
+    "load_engine",
+    "Engine",
+    "load_task_set",
+    "Task",
+    "TaskSet",
+    "Split",
+    "Runner",
+    "RunResult",
+    "evaluate",
+    "Critic",
+    "Critique",
     "VerifierCritic",
 )
 

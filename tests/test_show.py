@@ -28,8 +28,25 @@ def test_show_draws_a_stored_tree_and_writes_html(tiny_model_path: Path, tmp_pat
     from strop.memory import Store
 
     db = str(tmp_path / "s.db")
-    run = CliRunner().invoke(app, ["run", "mcts", "--model", "tiny", "--tasks", "arithmetic", "--episodes", "1",
-                                   "--set", "system_prompt=null", "--set", "budget_tokens=150", "--db", db])
+    run = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "mcts",
+            "--model",
+            "tiny",
+            "--tasks",
+            "arithmetic",
+            "--episodes",
+            "1",
+            "--set",
+            "system_prompt=null",
+            "--set",
+            "budget_tokens=150",
+            "--db",
+            db,
+        ],
+    )
     assert run.exit_code == 0, run.output
     [ep] = Store(db).list_episodes()
     page = tmp_path / "tree.html"

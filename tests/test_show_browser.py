@@ -45,15 +45,38 @@ def _store_tree(db: str) -> tuple[str, list[str]]:
     run = store.create_run(RunRecord(loop="mcts"))
     eid = "ep-show-browser"
     ids = {n.id: f"{eid}-node-{n.id}" for n in tree.nodes}
-    steps = [StepRecord(
-        id=ids[n.id], parent_id=ids[n.parent] if n.parent is not None else None, index=n.id,
-        role="root" if n.parent is None else "assistant", text=n.step, reward=n.reward, value=n.q,
-        visits=n.visits, metadata={"node": n.id, "terminal": n.terminal, "prior": n.prior, "own_value": n.value,
-                                   "depth": n.depth, "chosen": n.id in chosen},
-    ) for n in tree.nodes]
-    store.write_episode(EpisodeRecord(
-        id=eid, run_id=run.id, task_id="arith-17+25", loop="mcts", reward=1.0,
-        outcome={"n": 1, "correct": 1, "pass": True, "nodes": len(tree.nodes), "best": a1.id}, steps=steps))
+    steps = [
+        StepRecord(
+            id=ids[n.id],
+            parent_id=ids[n.parent] if n.parent is not None else None,
+            index=n.id,
+            role="root" if n.parent is None else "assistant",
+            text=n.step,
+            reward=n.reward,
+            value=n.q,
+            visits=n.visits,
+            metadata={
+                "node": n.id,
+                "terminal": n.terminal,
+                "prior": n.prior,
+                "own_value": n.value,
+                "depth": n.depth,
+                "chosen": n.id in chosen,
+            },
+        )
+        for n in tree.nodes
+    ]
+    store.write_episode(
+        EpisodeRecord(
+            id=eid,
+            run_id=run.id,
+            task_id="arith-17+25",
+            loop="mcts",
+            reward=1.0,
+            outcome={"n": 1, "correct": 1, "pass": True, "nodes": len(tree.nodes), "best": a1.id},
+            steps=steps,
+        )
+    )
     store.close()
     return eid, [tree.nodes[i].step.strip() for i in sorted(chosen) if tree.nodes[i].step]
 
@@ -68,7 +91,9 @@ def test_show_html_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     # Self-contained: nothing a browser would fetch (no scripts, stylesheets, images, fonts, links).
     source = page.read_text(encoding="utf-8")
-    assert not re.search(r"<script|<link|<img|<iframe|\bsrc\s*=|\bhref\s*=|url\(|@import|https?://", source, re.I)
+    assert not re.search(
+        r"<script|<link|<img|<iframe|\bsrc\s*=|\bhref\s*=|url\(|@import|https?://", source, re.I
+    )
 
     # Chromium parsed *our* page: the title and the steps show.py writes, not an error page.
     dom = dump_dom(page)

@@ -13,8 +13,14 @@ from strop.memory.records import ExampleKind, ExampleRecord, Role
 
 
 def claim(
-    store: Any, job_id: str, *, kinds: Sequence[ExampleKind], role: Role = Role.POLICY, consumer: str | None = None,
-    limit: int | None = None, run_ids: Sequence[str] | None = None,
+    store: Any,
+    job_id: str,
+    *,
+    kinds: Sequence[ExampleKind],
+    role: Role = Role.POLICY,
+    consumer: str | None = None,
+    limit: int | None = None,
+    run_ids: Sequence[str] | None = None,
 ) -> list[ExampleRecord]:
     """Claim unconsumed examples of `kinds` for `job_id` (at most `limit` in all, oldest first).
 
@@ -25,19 +31,27 @@ def claim(
         left = None if limit is None else limit - len(got)
         if left is not None and left <= 0:
             break
-        got += store.claim_examples(job_id, role=role, kind=kind, consumer=consumer, limit=left, run_ids=run_ids)
+        got += store.claim_examples(
+            job_id, role=role, kind=kind, consumer=consumer, limit=left, run_ids=run_ids
+        )
     return got
 
 
 def claim_sft(
-    store: Any, job_id: str, *, role: Role = Role.POLICY, consumer: str | None = None, limit: int | None = None,
+    store: Any,
+    job_id: str,
+    *,
+    role: Role = Role.POLICY,
+    consumer: str | None = None,
+    limit: int | None = None,
     run_ids: Sequence[str] | None = None,
 ) -> tuple[list[ExampleRecord], Any]:
     """Claim unconsumed SFT examples for `job_id`; returns them and the TRL prompt/completion dataset."""
     from strop.memory import to_dataset
 
-    examples = claim(store, job_id, kinds=[ExampleKind.SFT], role=role, consumer=consumer, limit=limit,
-                     run_ids=run_ids)
+    examples = claim(
+        store, job_id, kinds=[ExampleKind.SFT], role=role, consumer=consumer, limit=limit, run_ids=run_ids
+    )
     if not examples:
         return [], None
     return examples, to_dataset(examples, ExampleKind.SFT)

@@ -39,18 +39,29 @@ class RichProgress(TrainerCallback):
             TimeRemainingColumn,
         )
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                            TextColumn("{task.fields[figures]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=self.console)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TextColumn("{task.fields[figures]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
         self.bar.start()
-        self.task = self.bar.add_task(self.label, total=state.max_steps or None, completed=state.global_step,
-                                      figures="")
+        self.task = self.bar.add_task(
+            self.label, total=state.max_steps or None, completed=state.global_step, figures=""
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=state.global_step)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if self.bar is None or not logs or "loss" not in logs:
             return
         figures = [f"loss {_fmt(logs['loss'])}"]
@@ -84,8 +95,11 @@ def run_trainer(trainer: Any, hooks: TrainHooks | None) -> Any:
     finally:
         if bar is not None:
             bar.close()  # also when training raised: a live bar left running garbles the terminal
-    figures = {f"strop/{k}": float(v) for k, v in hooks.metrics.items()
-               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    figures = {
+        f"strop/{k}": float(v)
+        for k, v in hooks.metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
     if figures:
         trainer.log(figures)
         for callback in trainer.callback_handler.callbacks:  # TensorBoard re-opened its writer for that log

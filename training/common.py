@@ -78,7 +78,9 @@ def load_base(model_path: str | Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
 
 
-def apply_parent_adapter(model: Any, adapter_path: str | Path | None, *, lora: bool, frozen: bool = False) -> Any:
+def apply_parent_adapter(
+    model: Any, adapter_path: str | Path | None, *, lora: bool, frozen: bool = False
+) -> Any:
     """`model` with the parent's adapter, if the parent is one.
 
     With LoRA the parent's adapter is continued (trainable), so every candidate stays one small adapter over the
@@ -95,7 +97,9 @@ def apply_parent_adapter(model: Any, adapter_path: str | Path | None, *, lora: b
     return merged.requires_grad_(not frozen)
 
 
-def load_parent(model_path: str | Path, adapter_path: str | Path | None, *, lora: bool, frozen: bool = False) -> Any:
+def load_parent(
+    model_path: str | Path, adapter_path: str | Path | None, *, lora: bool, frozen: bool = False
+) -> Any:
     """`load_base` then `apply_parent_adapter`: the parent version, ready to train (or frozen, as a reference)."""
     return apply_parent_adapter(load_base(model_path), adapter_path, lora=lora, frozen=frozen)
 
@@ -107,8 +111,13 @@ def new_adapter_config(lora: LoraSettings | None, adapter_path: str | Path | Non
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def no_activation_checkpointing(config_cls: type) -> dict[str, bool]:
@@ -118,7 +127,11 @@ def no_activation_checkpointing(config_cls: type) -> dict[str, bool]:
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(config_cls)}
-    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
+    return (
+        {"activation_checkpointing": False}
+        if "activation_checkpointing" in names
+        else {"gradient_checkpointing": False}
+    )
 
 
 def training_args(config_cls: type, cfg: CommonSettings, out: Path, **kind_args: Any) -> Any:
@@ -170,8 +183,16 @@ def is_main_process() -> bool:
 
 
 def save_outcome(
-    trained: Any, tokenizer: Any, result: Any, *, cfg: CommonSettings, out: Path, model_path: str | Path,
-    examples: int, started: float, metrics: dict[str, Any] | None = None,
+    trained: Any,
+    tokenizer: Any,
+    result: Any,
+    *,
+    cfg: CommonSettings,
+    out: Path,
+    model_path: str | Path,
+    examples: int,
+    started: float,
+    metrics: dict[str, Any] | None = None,
     log_history: list[dict[str, Any]] | None = None,
 ) -> TrainOutcome:
     """Save the trained model into `out` and describe it: with LoRA and no `merge`, only the adapter (the new
@@ -181,7 +202,9 @@ def save_outcome(
     from strop.training.tracking import compact_history
 
     adapter_out: str | None = None
-    save = is_main_process()  # under `accelerate launch` every rank holds the same weights: rank 0 writes them
+    save = (
+        is_main_process()
+    )  # under `accelerate launch` every rank holds the same weights: rank 0 writes them
     if cfg.lora is not None and not cfg.merge:
         if save:
             trained.save_pretrained(str(out))
@@ -194,7 +217,12 @@ def save_outcome(
             tokenizer.save_pretrained(str(out))
         path_out = str(out)
     return TrainOutcome(
-        path=path_out, adapter_path=adapter_out, train_loss=float(result.training_loss),
-        steps=int(result.global_step), examples=examples, seconds=time.monotonic() - started,
-        metrics=metrics or {}, log_history=compact_history(log_history or []),
+        path=path_out,
+        adapter_path=adapter_out,
+        train_loss=float(result.training_loss),
+        steps=int(result.global_step),
+        examples=examples,
+        seconds=time.monotonic() - started,
+        metrics=metrics or {},
+        log_history=compact_history(log_history or []),
     )

@@ -80,8 +80,9 @@ def holder_is_dead(holder: str) -> bool:
 
 
 @contextlib.contextmanager
-def recipe_lease(store: Any, recipe_name: str, *, ttl: float = LEASE_TTL,
-                 holder: str | None = None) -> Iterator[LeaseKeeper]:
+def recipe_lease(
+    store: Any, recipe_name: str, *, ttl: float = LEASE_TTL, holder: str | None = None
+) -> Iterator[LeaseKeeper]:
     """Hold the recipe's lease, heartbeat included, for the body; LeaseHeldError when another run has it.
 
     A holder that is a dead process of this machine is taken over at once; any other waits for its TTL."""
@@ -136,8 +137,9 @@ async def _guarded(work: Coroutine[Any, Any, Any], keeper: LeaseKeeper) -> Any:
     except asyncio.CancelledError:
         if keeper.lost is None:
             raise
-        raise LeaseLostError(f"{keeper.lost}; this run stopped (the store is consistent, the new holder "
-                             "continues the cycle)") from None
+        raise LeaseLostError(
+            f"{keeper.lost}; this run stopped (the store is consistent, the new holder continues the cycle)"
+        ) from None
     finally:
         keeper.on_lost = None
 
@@ -147,8 +149,9 @@ def run_cycles(evo: Any, target: int, keeper: LeaseKeeper) -> Any:
     return asyncio.run(_guarded(evo.run(target), keeper))
 
 
-def evolve_next_cycle(recipe: Any, store: Any, *, keeper: LeaseKeeper, cycles: int | None = None,
-                      progress: bool = False) -> int | None:
+def evolve_next_cycle(
+    recipe: Any, store: Any, *, keeper: LeaseKeeper, cycles: int | None = None, progress: bool = False
+) -> int | None:
     """What a scheduled firing does with the lease held: run the recipe's next unfinished cycle.
 
     Returns the cycle it ran, or None when `cycles` caps the schedule and that cycle is done."""

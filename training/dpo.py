@@ -34,13 +34,30 @@ log = logging.getLogger(__name__)
 # The losses TRL 1.16's DPOTrainer implements (`DPOConfig.loss_type`; anything else fails at its first step).
 # tests/training/test_dpo.py checks this list against the installed TRL source.
 DPO_LOSS_TYPES: tuple[str, ...] = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
 )
 
 # TRL's logged figures that a job keeps (the last logged value), under the job-metric names.
-_REWARD_KEYS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
-                "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"}
+_REWARD_KEYS = {
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+}
 
 
 class DPOSettings(BaseModel):
@@ -49,42 +66,61 @@ class DPOSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     beta: float = Field(
-        0.1, gt=0, description="KL strength toward the reference (the parent): higher keeps the model closer to it "
-        "(for loss_type 'ipo', the regularisation tau)."
+        0.1,
+        gt=0,
+        description="KL strength toward the reference (the parent): higher keeps the model closer to it "
+        "(for loss_type 'ipo', the regularisation tau).",
     )
     loss_type: str | list[str] = Field(
         "sigmoid", description=f"DPO loss, or a list of losses summed: one of {', '.join(DPO_LOSS_TYPES)}."
     )
     label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="Assumed share of flipped preference labels ('robust' needs < 0.5; 'exo_pair' "
-        "needs > 0, e.g. 1e-3)."
+        0.0,
+        ge=0,
+        lt=1,
+        description="Assumed share of flipped preference labels ('robust' needs < 0.5; 'exo_pair' "
+        "needs > 0, e.g. 1e-3).",
     )
     learning_rate: float = Field(
-        5e-5, gt=0, description="Peak learning rate (DPO wants less than SFT: ~5e-5 with LoRA, ~5e-7..5e-6 full)."
+        5e-5,
+        gt=0,
+        description="Peak learning rate (DPO wants less than SFT: ~5e-5 with LoRA, ~5e-7..5e-6 full).",
     )
     epochs: float = Field(1.0, gt=0, description="Passes over the claimed pairs.")
     batch_size: int = Field(8, ge=1, description="Pairs per device step (each pair is two sequences).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(256, ge=8, description="Longest tokenized prompt+answer; longer ones are truncated.")
-    lr_scheduler: str = Field("linear", description="Transformers scheduler name: linear, cosine, constant...")
+    max_length: int = Field(
+        256, ge=8, description="Longest tokenized prompt+answer; longer ones are truncated."
+    )
+    lr_scheduler: str = Field(
+        "linear", description="Transformers scheduler name: linear, cosine, constant..."
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
     seed: int = Field(0, description="Seed for shuffling and adapter initialisation.")
     lora: LoraSettings | None = Field(
-        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning. A parent that "
-        "is an adapter is continued with its own adapter settings."
+        default_factory=LoraSettings,
+        description="LoRA settings; omit (or none) for full fine-tuning. A parent that "
+        "is an adapter is continued with its own adapter settings.",
     )
-    merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
-    bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
+    merge: bool = Field(
+        False, description="Merge the adapter into the weights and save a full model (else keep the adapter)."
+    )
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision; None means only when a CUDA GPU is present."
+    )
     report_to: ReportTo
     logging_steps: int = Field(5, ge=1, description="Log the loss and reward figures every this many steps.")
     max_examples: int | None = Field(
-        None, ge=1, description="Claim at most this many pairs per job (oldest first); the rest wait for the next job."
+        None,
+        ge=1,
+        description="Claim at most this many pairs per job (oldest first); the rest wait for the next job.",
     )
     balance_by: str | None = Field(
-        None, description="A key of the pairs' `metadata` whose values get equal numbers of pairs: larger groups are "
+        None,
+        description="A key of the pairs' `metadata` whose values get equal numbers of pairs: larger groups are "
         "subsampled (seeded) to the smallest; the pairs left out are still consumed. E.g. 'target' for SPC's critic "
         "pairs, so that accepting correct steps and rejecting sneaky ones weigh the same and DPO does not learn the "
-        "class prior instead of the step."
+        "class prior instead of the step.",
     )
 
     @field_validator("loss_type")
@@ -93,7 +129,9 @@ class DPOSettings(BaseModel):
         losses = [value] if isinstance(value, str) else value
         bad = [x for x in losses if x not in DPO_LOSS_TYPES]
         if not losses or bad:
-            raise ValueError(f"unknown DPO loss_type {bad or value!r}; TRL 1.16 knows: {', '.join(DPO_LOSS_TYPES)}")
+            raise ValueError(
+                f"unknown DPO loss_type {bad or value!r}; TRL 1.16 knows: {', '.join(DPO_LOSS_TYPES)}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -123,8 +161,13 @@ def _reward_figures(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_dpo(
-    dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: DPOSettings | None = None,
-    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
+    dataset: Any,
+    *,
+    model_path: str | Path,
+    output_dir: str | Path,
+    settings: DPOSettings | None = None,
+    adapter_path: str | Path | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """DPO on a TRL conversational prompt/chosen/rejected dataset; the result is saved in `output_dir`."""
     from trl import DPOConfig, DPOTrainer
@@ -135,22 +178,43 @@ def run_dpo(
     # With LoRA over an adapter parent, the parent's adapter is continued and TRL copies it as the reference.
     model = common.load_parent(model_path, adapter_path, lora=cfg.lora is not None)
     ref_model = None
-    if cfg.lora is None:  # full fine-tuning: an explicit frozen parent (TRL would reload the base, not a merged adapter)
+    if (
+        cfg.lora is None
+    ):  # full fine-tuning: an explicit frozen parent (TRL would reload the base, not a merged adapter)
         ref_model = common.load_parent(model_path, adapter_path, lora=False, frozen=True)
-    args = common.training_args(DPOConfig, cfg, out, beta=cfg.beta, loss_type=cfg.losses,
-                                label_smoothing=cfg.label_smoothing, max_length=cfg.max_length)
+    args = common.training_args(
+        DPOConfig,
+        cfg,
+        out,
+        beta=cfg.beta,
+        loss_type=cfg.losses,
+        label_smoothing=cfg.label_smoothing,
+        max_length=cfg.max_length,
+    )
     trainer = DPOTrainer(
-        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
         peft_config=common.new_adapter_config(cfg.lora, adapter_path),
     )
     result = common.train(trainer, hooks)
     trained = trainer.model
     if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
         trained.delete_adapter("ref")  # TRL's frozen copy of the parent's adapter: not part of the result
-    return common.save_outcome(trained, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
-                               examples=len(dataset), started=started,
-                               metrics=_reward_figures(trainer.state.log_history),
-                               log_history=trainer.state.log_history)
+    return common.save_outcome(
+        trained,
+        tokenizer,
+        result,
+        cfg=cfg,
+        out=out,
+        model_path=model_path,
+        examples=len(dataset),
+        started=started,
+        metrics=_reward_figures(trainer.state.log_history),
+        log_history=trainer.state.log_history,
+    )
 
 
 def _build_dataset(examples: list[ExampleRecord], settings: DPOSettings) -> Any:
@@ -171,8 +235,12 @@ def balanced(examples: list[ExampleRecord], key: str, *, seed: int = 0) -> list[
     for i, ex in enumerate(examples):
         groups.setdefault(str((ex.payload.get("metadata") or {}).get(key)), []).append(i)
     if len(groups) < 2:
-        log.warning("balance_by %r: the %d pairs have one value (%s); nothing to balance", key, len(examples),
-                    next(iter(groups), "none"))
+        log.warning(
+            "balance_by %r: the %d pairs have one value (%s); nothing to balance",
+            key,
+            len(examples),
+            next(iter(groups), "none"),
+        )
         return examples
     n = min(len(ix) for ix in groups.values())
     rng = random.Random(seed)
@@ -202,14 +270,26 @@ def _train(req: TrainRequest) -> TrainOutcome:
 
     balance = pair_balance(req.examples, req.parent.path)
     log.info("DPO job %s: %s", req.job_id[:8], format_balance(balance))
-    outcome = run_dpo(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                      output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
+    outcome = run_dpo(
+        req.dataset,
+        model_path=req.parent.path,
+        adapter_path=req.parent.adapter_path,
+        output_dir=req.output_dir,
+        settings=req.settings,
+        hooks=req.hooks,
+    )
     outcome.metrics = {"balance": balance, **outcome.metrics}
     return outcome
 
 
-DPO = register_trainer(TrainerKind(
-    name="dpo", settings=DPOSettings, example_kinds=(ExampleKind.PAIR,), train=_train, build_dataset=_build_dataset,
-    description="Direct preference optimisation (TRL DPOTrainer) on prompt/chosen/rejected pairs, e.g. best-of-N's "
-                "correct answers over its incorrect ones; the parent version is the reference.",
-))
+DPO = register_trainer(
+    TrainerKind(
+        name="dpo",
+        settings=DPOSettings,
+        example_kinds=(ExampleKind.PAIR,),
+        train=_train,
+        build_dataset=_build_dataset,
+        description="Direct preference optimisation (TRL DPOTrainer) on prompt/chosen/rejected pairs, e.g. best-of-N's "
+        "correct answers over its incorrect ones; the parent version is the reference.",
+    )
+)

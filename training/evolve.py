@@ -75,10 +75,14 @@ class StageRow(BaseModel):
     phase: StagePhase
     heldout_accuracy: float | None = None
     current_accuracy: float | None = None
-    policy_accuracy: float | None = Field(None, description="Critic stages: the policy's held-out pass@1 with these weights.")
+    policy_accuracy: float | None = Field(
+        None, description="Critic stages: the policy's held-out pass@1 with these weights."
+    )
     decision: str = ""
     examples: int = 0
-    collection: str = Field("", description="The loop's own summary of the stage's games (LoopSpec.summarize).")
+    collection: str = Field(
+        "", description="The loop's own summary of the stage's games (LoopSpec.summarize)."
+    )
     train_loss: float | None = None
     minutes: float = 0.0
 
@@ -89,7 +93,9 @@ def evolve_id(recipe: Recipe, bases: dict[str, ModelVersionRecord]) -> str:
     Same recipe (whatever --cycles, --db or output folder) and same bases = same evolution, resumed. Defaults
     are left out so that a field added to the recipe schema later does not orphan old runs.
     """
-    fingerprint = recipe.model_dump_json(exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True)
+    fingerprint = recipe.model_dump_json(
+        exclude={"cycles", "db", "output_dir", "engine"}, exclude_defaults=True
+    )
     return stable_id("evolve", recipe.name, *sorted(f"{r}={v.id}" for r, v in bases.items()), fingerprint)
 
 
@@ -106,7 +112,9 @@ def candidate_id(evolve: str, cycle: int, stage: str) -> str:
 class Evolution:
     """Runs a recipe against a store; safe to construct and `run` again after a crash."""
 
-    def __init__(self, recipe: Recipe, store: Any, *, progress: bool = True, console: Console | None = None) -> None:
+    def __init__(
+        self, recipe: Recipe, store: Any, *, progress: bool = True, console: Console | None = None
+    ) -> None:
         from strop.agents.models import ModelNotFoundError
         from strop.sandbox.tasks import UnknownTaskSetError, load_task_set
 
@@ -197,7 +205,9 @@ class Evolution:
             versions = dict(self.bases)
             for s, stage in enumerate(self.recipe.stages):  # cycle 0: where each trained role starts
                 if stage.train is not None:
-                    fresh = self.store.get_run(self.stage_run_id(1, s)) is None  # a resumed run tracked it already
+                    fresh = (
+                        self.store.get_run(self.stage_run_id(1, s)) is None
+                    )  # a resumed run tracked it already
                     await self._evaluate_version(self.bases[self.weights(stage.train.role)], s)
                     if fresh:
                         self._track(0, s, self._model(self.bases[self.weights(stage.train.role)].id))
@@ -212,26 +222,47 @@ class Evolution:
         self.write_report(rows)
         return rows
 
-    async def _stage(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> dict[str, ModelVersionRecord]:
+    async def _stage(
+        self, k: int, s: int, versions: dict[str, ModelVersionRecord]
+    ) -> dict[str, ModelVersionRecord]:
         stage = self.recipe.stages[s]
         run = self.store.get_run(self.stage_run_id(k, s))
         if run is None:
-            run = self.store.create_run(RunRecord(
-                id=self.stage_run_id(k, s), loop="evolve-stage", model_ids=sorted(v.id for v in versions.values()),
-                config={"recipe": self.recipe.name, "evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,
-                        "versions": {r: v.id for r, v in versions.items()}},
-            ))
+            run = self.store.create_run(
+                RunRecord(
+                    id=self.stage_run_id(k, s),
+                    loop="evolve-stage",
+                    model_ids=sorted(v.id for v in versions.values()),
+                    config={
+                        "recipe": self.recipe.name,
+                        "evolve_id": self.evolve_id,
+                        "cycle": k,
+                        "stage": stage.name,
+                        "versions": {r: v.id for r, v in versions.items()},
+                    },
+                )
+            )
         versions = {r: self._model(i) for r, i in run.config["versions"].items()}
         phase = self.phase(k, s)
         if phase not in (StagePhase.DONE, StagePhase.SKIPPED):
-            trained = f", training {stage.train.role} from {versions[self.weights(stage.train.role)].name}" if stage.train else ""
+            trained = (
+                f", training {stage.train.role} from {versions[self.weights(stage.train.role)].name}"
+                if stage.train
+                else ""
+            )
             self.console.print(f"[bold]cycle {k} {escape(stage.name)}[/]: {phase}{escape(trained)}")
-        handlers = {StagePhase.COLLECT: self._collect, StagePhase.TRAIN: self._train,
-                    StagePhase.EVALUATE: self._evaluate, StagePhase.DECIDE: self._decide}
+        handlers = {
+            StagePhase.COLLECT: self._collect,
+            StagePhase.TRAIN: self._train,
+            StagePhase.EVALUATE: self._evaluate,
+            StagePhase.DECIDE: self._decide,
+        }
         while phase in handlers:
             nxt = await handlers[phase](k, s, versions)
             if nxt not in STAGE_TRANSITIONS[phase]:
-                raise RuntimeError(f"bug: cycle {k} stage {stage.name} moved {phase} -> {nxt}, which is not allowed")
+                raise RuntimeError(
+                    f"bug: cycle {k} stage {stage.name} moved {phase} -> {nxt}, which is not allowed"
+                )
             phase = nxt
         if self.store.get_run(run.id).status != RunStatus.FINISHED:
             self.store.finish_run(run.id, RunStatus.FINISHED)
@@ -276,7 +307,7 @@ class Evolution:
 
     def _train_tasks(self, k: int, s: int) -> list[Any]:
         per = self.recipe.stages[s].tasks.train_per_cycle
-        return self.task_sets[s].tasks(Split.TRAIN, per * k)[per * (k - 1):]  # fresh problems every cycle
+        return self.task_sets[s].tasks(Split.TRAIN, per * k)[per * (k - 1) :]  # fresh problems every cycle
 
     def _runner(self, stage: Stage) -> Runner:
         return Runner(self.store, concurrency=stage.concurrency, progress=self.progress)
@@ -286,17 +317,38 @@ class Evolution:
         if stage.train is not None and get_trainer(stage.train.kind).online:
             return StagePhase.TRAIN  # an on-line trainer collects its own rollouts
         spec, cfg = self._loop(k, s)
-        engines = {str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))]) for r in spec.needed_roles(cfg)}
-        run = RunRecord(id=self.collect_run_id(k, s), loop=spec.name,
-                        model_ids=sorted({e.version.id for e in engines.values()}),
-                        config={"evolve_id": self.evolve_id, "cycle": k, "stage": stage.name,
-                                "task_set": self.label(s), "loop": cfg.model_dump(mode="json")})
-        if self.recipe.scale.enabled:  # rollout workers with their own engines collect through the store's queue
-            res = await self._collect_on_workers(k, s, spec, cfg, run, {r: e.version for r, e in engines.items()})
+        engines = {
+            str(r): _ServedBy(self, self.weights(str(r)), versions[self.weights(str(r))])
+            for r in spec.needed_roles(cfg)
+        }
+        run = RunRecord(
+            id=self.collect_run_id(k, s),
+            loop=spec.name,
+            model_ids=sorted({e.version.id for e in engines.values()}),
+            config={
+                "evolve_id": self.evolve_id,
+                "cycle": k,
+                "stage": stage.name,
+                "task_set": self.label(s),
+                "loop": cfg.model_dump(mode="json"),
+            },
+        )
+        if (
+            self.recipe.scale.enabled
+        ):  # rollout workers with their own engines collect through the store's queue
+            res = await self._collect_on_workers(
+                k, s, spec, cfg, run, {r: e.version for r, e in engines.items()}
+            )
         else:
-            graph = spec.make(LoopResources(engines=engines, task_set=self.task_sets[s], store=self.store,
-                                            label=self.label(s)), cfg)
-            res = await self._runner(stage).run(graph, self._train_tasks(k, s), run, label=f"cycle {k} {stage.name}")
+            graph = spec.make(
+                LoopResources(
+                    engines=engines, task_set=self.task_sets[s], store=self.store, label=self.label(s)
+                ),
+                cfg,
+            )
+            res = await self._runner(stage).run(
+                graph, self._train_tasks(k, s), run, label=f"cycle {k} {stage.name}"
+            )
         self.console.print(
             f"cycle {k} {stage.name}: collected {res.samples} answers on {res.episodes} tasks, {res.correct} correct "
             f"({res.accuracy:.1%}), {res.examples} examples, {res.tokens / max(res.seconds, 1e-6):.0f} tok/s"
@@ -306,8 +358,9 @@ class Evolution:
             self.console.print(f"cycle {k} {stage.name}: {spec.summarize(episodes)}", markup=False)
         return StagePhase.TRAIN if stage.train is not None else StagePhase.DONE
 
-    async def _collect_on_workers(self, k: int, s: int, spec: Any, cfg: Any, run: RunRecord,
-                                  versions: dict[str, ModelVersionRecord]) -> Any:
+    async def _collect_on_workers(
+        self, k: int, s: int, spec: Any, cfg: Any, run: RunRecord, versions: dict[str, ModelVersionRecord]
+    ) -> Any:
         """Stage s's collection on the recipe's [scale] workers: each loads the versions this cycle serves (a
         worker left from the previous cycle reloads the promoted ones at its next claim)."""
         from strop.agents.scale import run_on_workers
@@ -315,14 +368,29 @@ class Evolution:
 
         stage = self.recipe.stages[s]
         scale = self.recipe.scale
-        work = WorkSpec(loop=spec.name, config=cfg.model_dump(mode="json"), task_set=stage.tasks.name,
-                        task_options=stage.tasks.options, label=self.label(s), checkpoints=scale.checkpoints,
-                        roles={r: RoleModel(version=v.id, lineage=v.lineage) for r, v in versions.items()},
-                        engine=EngineSpec(backend=self.recipe.engine.backend,
-                                          options={"max_batch_size": self.recipe.engine.max_batch_size}))
-        return await run_on_workers(self.store, run, work, self._train_tasks(k, s), scale,
-                                    concurrency=stage.concurrency, progress=self.progress,
-                                    label=f"cycle {k} {stage.name}")
+        work = WorkSpec(
+            loop=spec.name,
+            config=cfg.model_dump(mode="json"),
+            task_set=stage.tasks.name,
+            task_options=stage.tasks.options,
+            label=self.label(s),
+            checkpoints=scale.checkpoints,
+            roles={r: RoleModel(version=v.id, lineage=v.lineage) for r, v in versions.items()},
+            engine=EngineSpec(
+                backend=self.recipe.engine.backend,
+                options={"max_batch_size": self.recipe.engine.max_batch_size},
+            ),
+        )
+        return await run_on_workers(
+            self.store,
+            run,
+            work,
+            self._train_tasks(k, s),
+            scale,
+            concurrency=stage.concurrency,
+            progress=self.progress,
+            label=f"cycle {k} {stage.name}",
+        )
 
     def source_runs(self, k: int, s: int) -> list[str] | None:
         """The collection runs whose examples stage s of cycle k trains on (None: any run's)."""
@@ -345,35 +413,63 @@ class Evolution:
                 return StagePhase.EVALUATE
             attempt += 1
             if attempt >= _MAX_TRAIN_ATTEMPTS:
-                raise RuntimeError(f"cycle {k} {stage.name}: training failed {attempt} times; see `strop db stats`")
+                raise RuntimeError(
+                    f"cycle {k} {stage.name}: training failed {attempt} times; see `strop db stats`"
+                )
         run_ids = self.source_runs(k, s)
         kinds = t.example_kinds if t.example_kinds is not None else list(trainer.example_kinds)
         context: dict[str, Any] = {}
         if trainer.online:
             spec, cfg = self._loop(k, s)
-            context = {"loop": spec, "loop_config": cfg, "task_set": self.task_sets[s], "tasks": self._train_tasks(k, s),
-                       "run_id": self.collect_run_id(k, s), "runner": self._runner(stage)}
+            context = {
+                "loop": spec,
+                "loop_config": cfg,
+                "task_set": self.task_sets[s],
+                "tasks": self._train_tasks(k, s),
+                "run_id": self.collect_run_id(k, s),
+                "runner": self._runner(stage),
+            }
         else:
             consumer = t.consumer or default_consumer(t.role, trainer.name)
-            left = sum(self.store.count_examples(t.role, kind, unconsumed_by=consumer, run_ids=run_ids) for kind in kinds)
+            left = sum(
+                self.store.count_examples(t.role, kind, unconsumed_by=consumer, run_ids=run_ids)
+                for kind in kinds
+            )
             if left == 0:
                 self.console.print(
                     f"cycle {k} {stage.name}: no unconsumed {'/'.join(map(str, kinds))} examples of role "
                     f"{t.role} from {', '.join(t.sources)}: nothing to train; skipping training and promotion "
-                    "(for best-of-N: raise n or temperature, or start from a stronger model)", markup=False, style="yellow"
+                    "(for best-of-N: raise n or temperature, or start from a stronger model)",
+                    markup=False,
+                    style="yellow",
                 )
                 return StagePhase.SKIPPED
         try:
             res = train_candidate(
-                self.store, parent, kind=t.kind, settings=t.settings, role=t.role, example_kinds=kinds,
+                self.store,
+                parent,
+                kind=t.kind,
+                settings=t.settings,
+                role=t.role,
+                example_kinds=kinds,
                 output_dir=self.recipe.run_dir() / "models" / f"{self.evolve_id[:8]}-c{k}-{stage.name}",
-                name=self._candidate_name(k, s), job_id=self.job_id(k, s, attempt), model_id=self.candidate_id(k, s),
-                consumer=t.consumer, run_ids=run_ids, context=context, launch=t,
-                hooks=TrainHooks(progress=self.progress, label=f"cycle {k} {stage.name}: {t.kind}",
-                                 metrics=self._strop_figures(k, s, parent)),
+                name=self._candidate_name(k, s),
+                job_id=self.job_id(k, s, attempt),
+                model_id=self.candidate_id(k, s),
+                consumer=t.consumer,
+                run_ids=run_ids,
+                context=context,
+                launch=t,
+                hooks=TrainHooks(
+                    progress=self.progress,
+                    label=f"cycle {k} {stage.name}: {t.kind}",
+                    metrics=self._strop_figures(k, s, parent),
+                ),
             )
         except NothingToTrainError as e:
-            self.console.print(f"[yellow]cycle {k} {escape(stage.name)}: {escape(str(e))}; skipping training and promotion[/]")
+            self.console.print(
+                f"[yellow]cycle {k} {escape(stage.name)}: {escape(str(e))}; skipping training and promotion[/]"
+            )
             return StagePhase.SKIPPED
         self.console.print(
             f"cycle {k} {stage.name}: trained {res.candidate.name} ({t.kind}) on {res.examples} examples, loss "
@@ -395,7 +491,9 @@ class Evolution:
             n = sum(int(e.outcome.get("n", 1)) for e in episodes)
             figures["collect/episodes"] = len(episodes)
             figures["collect/examples"] = sum(int(e.outcome.get("examples", 0)) for e in episodes)
-            figures["collect/accuracy"] = sum(int(e.outcome.get("correct", 0)) for e in episodes) / n if n else 0.0
+            figures["collect/accuracy"] = (
+                sum(int(e.outcome.get("correct", 0)) for e in episodes) / n if n else 0.0
+            )
         if isinstance(score := parent.metrics.get(self.metric(s)), int | float):
             figures[f"parent/{self.metric(s)}"] = score
         return figures
@@ -405,10 +503,15 @@ class Evolution:
         point per cycle (0: the starting model) in <run folder>/tracking/<stage>."""
         stage = self.recipe.stages[s]
         assert stage.train is not None
-        report_to = getattr(get_trainer(stage.train.kind).parse_settings(stage.train.settings), "report_to", [])
+        report_to = getattr(
+            get_trainer(stage.train.kind).parse_settings(stage.train.settings), "report_to", []
+        )
         keys = [self.metric(s), self.policy_metric(s), *filter(None, [self.transfer_metric(s)])]
-        scores = {f"strop/{key}": float(v) for key in dict.fromkeys(keys)
-                  if isinstance(v := version.metrics.get(key), int | float)}
+        scores = {
+            f"strop/{key}": float(v)
+            for key in dict.fromkeys(keys)
+            if isinstance(v := version.metrics.get(key), int | float)
+        }
         send_metrics(report_to, self.recipe.run_dir() / "tracking" / stage.name, scores, step=k)
 
     async def _decide(self, k: int, s: int, versions: dict[str, ModelVersionRecord]) -> StagePhase:
@@ -419,12 +522,18 @@ class Evolution:
         # evaluation settings even if another recipe evaluated the parent differently since.
         await self._evaluate_version(parent, s)
         candidate = self._model(self.candidate_id(k, s))
-        decision = decide(candidate, self._model(parent.id), self.metric_prefix(s),
-                          stage.eval.promotion(stage.train.role, get_loop(stage.loop).name))
+        decision = decide(
+            candidate,
+            self._model(parent.id),
+            self.metric_prefix(s),
+            stage.eval.promotion(stage.train.role, get_loop(stage.loop).name),
+        )
         self.store.update_model_metrics(candidate.id, {"decision": decision.reason})
         status = ModelStatus.PROMOTED if decision.promote else ModelStatus.REJECTED
         self.store.set_model_status(candidate.id, status)
-        self.console.print(f"cycle {k} {stage.name}: {status} {candidate.name}: {decision.reason}", markup=False)
+        self.console.print(
+            f"cycle {k} {stage.name}: {status} {candidate.name}: {decision.reason}", markup=False
+        )
         if decision.promote:
             await self._serve(self.weights(stage.train.role), candidate)  # engines serve it from here on
         return StagePhase.DONE
@@ -433,14 +542,22 @@ class Evolution:
     def _model(self, model_id: str) -> ModelVersionRecord:
         version = self.store.get_model(model_id)
         if version is None:
-            raise RuntimeError(f"model version {model_id} vanished from the registry; see `strop models list`")
+            raise RuntimeError(
+                f"model version {model_id} vanished from the registry; see `strop models list`"
+            )
         return version
 
     def _candidate_name(self, k: int, s: int) -> str:
         stage = self.recipe.stages[s]
-        name = f"{self.recipe.name}-c{k}" if len(self.recipe.stages) == 1 else f"{self.recipe.name}-{stage.name}-c{k}"
+        name = (
+            f"{self.recipe.name}-c{k}"
+            if len(self.recipe.stages) == 1
+            else f"{self.recipe.name}-{stage.name}-c{k}"
+        )
         other = self.store.get_model(name)
-        return name if other is None or other.id == self.candidate_id(k, s) else f"{name}-{self.evolve_id[:6]}"
+        return (
+            name if other is None or other.id == self.candidate_id(k, s) else f"{name}-{self.evolve_id[:6]}"
+        )
 
     async def _serve(self, weights: str, version: ModelVersionRecord) -> Any:
         """Make the engine of a weights role serve `version`: load it once, reload weights when it changes."""
@@ -448,7 +565,10 @@ class Evolution:
             engine = self.engines.get(weights)
             if engine is None:
                 engine = self.engines[weights] = load_version_engine(
-                    version, backend=self.recipe.engine.backend, max_batch_size=self.recipe.engine.max_batch_size)
+                    version,
+                    backend=self.recipe.engine.backend,
+                    max_batch_size=self.recipe.engine.max_batch_size,
+                )
             elif engine.model_version != version.id:
                 await engine.reload(version.path, adapter_path=version.adapter_path, model_version=version.id)
             return engine
@@ -467,18 +587,33 @@ class Evolution:
             if not (ev.policy_accuracy and self.weights(stage.train.role) == self.weights("policy")):
                 return
         loop_cfg = self._loop(0, s)[1]
-        cfg = EvalConfig(split=Split.HELDOUT, n_tasks=stage.tasks.heldout, k=ev.k,
-                         max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", None)
-                         or getattr(loop_cfg, "solution_max_tokens", None) or 64,
-                         system_prompt=ev.system_prompt or getattr(loop_cfg, "system_prompt", None))
+        cfg = EvalConfig(
+            split=Split.HELDOUT,
+            n_tasks=stage.tasks.heldout,
+            k=ev.k,
+            max_tokens=ev.max_tokens
+            or getattr(loop_cfg, "max_tokens", None)
+            or getattr(loop_cfg, "solution_max_tokens", None)
+            or 64,
+            system_prompt=ev.system_prompt or getattr(loop_cfg, "system_prompt", None),
+        )
         served = _ServedBy(self, self.weights(stage.train.role), version)
-        res = await evaluate(served, self.task_sets[s], store=self.store, model_id=version.id, config=cfg,
-                             runner=self._runner(stage), label=self.label(s))
+        res = await evaluate(
+            served,
+            self.task_sets[s],
+            store=self.store,
+            model_id=version.id,
+            config=cfg,
+            runner=self._runner(stage),
+            label=self.label(s),
+        )
         if res.episodes_run or "eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
         how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
-        self.console.print(f"{version.name}: {self.label(s)} held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})",
-                           markup=False)
+        self.console.print(
+            f"{version.name}: {self.label(s)} held-out pass@1 {res.pass_at_1:.1%} on {res.n_tasks} tasks ({how})",
+            markup=False,
+        )
 
     async def _evaluate_critic(self, version: ModelVersionRecord, s: int) -> None:
         """The critic benchmark on stage s's held-out tasks, as the critic role served by `version`."""
@@ -486,13 +621,24 @@ class Evolution:
         ev = stage.eval
         assert stage.train is not None and ev is not None
         # The critic is asked as its loop asks it (same worked examples), so its training prompts match.
-        cfg = CriticEvalConfig(n_items=stage.tasks.heldout, seed=ev.seed, max_tokens=ev.critic_max_tokens,
-                               kind=self.critic_kind(s),
-                               shots=getattr(self._loop(0, s)[1], "shots", 1))
+        cfg = CriticEvalConfig(
+            n_items=stage.tasks.heldout,
+            seed=ev.seed,
+            max_tokens=ev.critic_max_tokens,
+            kind=self.critic_kind(s),
+            shots=getattr(self._loop(0, s)[1], "shots", 1),
+        )
         items = labelled_set(self.task_sets[s], cfg, self.label(s))
         served = _ServedBy(self, self.weights(stage.train.role), version)
-        res = await evaluate_critic(served, items, store=self.store, model_id=version.id, label=self.label(s),
-                                    config=cfg, runner=self._runner(stage))
+        res = await evaluate_critic(
+            served,
+            items,
+            store=self.store,
+            model_id=version.id,
+            label=self.label(s),
+            config=cfg,
+            runner=self._runner(stage),
+        )
         if res.episodes_run or "critic_eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"critic_eval_seconds": res.seconds})
         how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
@@ -500,7 +646,9 @@ class Evolution:
         self.console.print(
             f"{version.name}: {self.label(s)} critic F1 {_pct(sc.get('f1'))} (first wrong step found "
             f"{_pct(sc.get('acc_erroneous'))}, right accepted {_pct(sc.get('acc_correct'))}), correction "
-            f"{_pct(sc.get('correction_acc'))}, unparsed {sc.get('unparsed')}/{res.n_items} ({how})", markup=False)
+            f"{_pct(sc.get('correction_acc'))}, unparsed {sc.get('unparsed')}/{res.n_items} ({how})",
+            markup=False,
+        )
 
     def _self_correct_eval(self, s: int) -> SelfCorrectEvalConfig:
         stage = self.recipe.stages[s]
@@ -509,7 +657,8 @@ class Evolution:
         loop_cfg = self._loop(0, s)[1]
         fields = ("max_tokens", "system_prompt", "instruction", "critic_max_tokens", "critic_shots")
         return SelfCorrectEvalConfig(
-            n_tasks=stage.tasks.heldout, feedback=ev.feedback or [getattr(loop_cfg, "feedback", "intrinsic")],
+            n_tasks=stage.tasks.heldout,
+            feedback=ev.feedback or [getattr(loop_cfg, "feedback", "intrinsic")],
             turns=ev.turns or getattr(loop_cfg, "turns", 2),
             **{f: getattr(loop_cfg, f) for f in fields if hasattr(loop_cfg, f)},
             **({"max_tokens": ev.max_tokens} if ev.max_tokens else {}),
@@ -530,11 +679,20 @@ class Evolution:
         if "critic" in cfg.feedback:
             w = self.weights("critic")
             engine = served if w == self.weights(stage.train.role) else _ServedBy(self, w, self.bases[w])
-            critic = critic_for(LoopResources(engines={"critic": engine}, task_set=self.task_sets[s]),
-                                cfg.loop_config("critic"))
-        res = await evaluate_self_correction(served, self.task_sets[s], store=self.store, model_id=version.id,
-                                             label=self.label(s), config=cfg, critic=critic,
-                                             runner=self._runner(stage))
+            critic = critic_for(
+                LoopResources(engines={"critic": engine}, task_set=self.task_sets[s]),
+                cfg.loop_config("critic"),
+            )
+        res = await evaluate_self_correction(
+            served,
+            self.task_sets[s],
+            store=self.store,
+            model_id=version.id,
+            label=self.label(s),
+            config=cfg,
+            critic=critic,
+            runner=self._runner(stage),
+        )
         if res.episodes_run or "eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"eval_seconds": res.seconds})
         how = f"{res.seconds / 60:.1f} min" if res.episodes_run else "from the store"
@@ -542,7 +700,9 @@ class Evolution:
             self.console.print(
                 f"{version.name}: {self.label(s)} self-correction ({fb}) turn 1 {_pct(sc['acc_t1'])} -> turn "
                 f"{cfg.turns} {_pct(sc['acc_last'])}, wrong->right {_pct(sc['delta_i2c'])}, right->wrong "
-                f"{_pct(sc['delta_c2i'])} on {res.n_tasks} tasks ({how})", markup=False)
+                f"{_pct(sc['delta_c2i'])} on {res.n_tasks} tasks ({how})",
+                markup=False,
+            )
 
     async def _evaluate_game(self, version: ModelVersionRecord, s: int) -> None:
         """Greedy games on stage s's held-out seeds against the fixed opponents, from each seat; and, when the
@@ -551,27 +711,51 @@ class Evolution:
         ev = stage.eval
         assert stage.train is not None and ev is not None
         loop_cfg = self._loop(0, s)[1]
-        cfg = GameEvalConfig(n_tasks=stage.tasks.heldout, max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", 64),
-                             seed=ev.seed, **({"opponents": ev.opponents} if ev.opponents else {}))
+        cfg = GameEvalConfig(
+            n_tasks=stage.tasks.heldout,
+            max_tokens=ev.max_tokens or getattr(loop_cfg, "max_tokens", 64),
+            seed=ev.seed,
+            **({"opponents": ev.opponents} if ev.opponents else {}),
+        )
         served = _ServedBy(self, self.weights(stage.train.role), version)
-        res = await evaluate_games(served, self.task_sets[s], store=self.store, model_id=version.id, config=cfg,
-                                   runner=self._runner(stage))
+        res = await evaluate_games(
+            served,
+            self.task_sets[s],
+            store=self.store,
+            model_id=version.id,
+            config=cfg,
+            runner=self._runner(stage),
+        )
         seconds = res.seconds
         sc = res.scores()
-        line = ", ".join(f"vs {o} {_pct(sc[f'vs_{o}/win_rate'])} won ({_pct(sc[f'vs_{o}/seat0/win_rate'])} / "
-                         f"{_pct(sc[f'vs_{o}/seat1/win_rate'])} by seat)" for o in cfg.opponents)
-        self.console.print(f"{version.name}: {res.label} on {res.n_tasks} held-out seeds: {line}, illegal moves "
-                           f"{_pct(sc['illegal_rate'])}", markup=False)
+        line = ", ".join(
+            f"vs {o} {_pct(sc[f'vs_{o}/win_rate'])} won ({_pct(sc[f'vs_{o}/seat0/win_rate'])} / "
+            f"{_pct(sc[f'vs_{o}/seat1/win_rate'])} by seat)"
+            for o in cfg.opponents
+        )
+        self.console.print(
+            f"{version.name}: {res.label} on {res.n_tasks} held-out seeds: {line}, illegal moves "
+            f"{_pct(sc['illegal_rate'])}",
+            markup=False,
+        )
         if ev.transfer is not None:
             from strop.sandbox.tasks import load_task_set
 
             t = ev.transfer
             label = task_set_label(t.name, t.options)
-            tr = await evaluate(served, load_task_set(t.name, **t.options), store=self.store, model_id=version.id,
-                                config=EvalConfig(n_tasks=t.heldout, max_tokens=ev.transfer_max_tokens),
-                                runner=self._runner(stage), label=label)
+            tr = await evaluate(
+                served,
+                load_task_set(t.name, **t.options),
+                store=self.store,
+                model_id=version.id,
+                config=EvalConfig(n_tasks=t.heldout, max_tokens=ev.transfer_max_tokens),
+                runner=self._runner(stage),
+                label=label,
+            )
             seconds += tr.seconds
-            self.console.print(f"{version.name}: transfer to {label}: held-out pass@1 {tr.pass_at_1:.1%}", markup=False)
+            self.console.print(
+                f"{version.name}: transfer to {label}: held-out pass@1 {tr.pass_at_1:.1%}", markup=False
+            )
         if res.episodes_run or "eval_seconds" not in version.metrics:
             self.store.update_model_metrics(version.id, {"eval_seconds": seconds})
 
@@ -597,9 +781,20 @@ class Evolution:
             base = self._model(self.bases[self.weights(stage.train.role)].id)
             acc = base.metrics.get(self.metric(s))
             current[s] = acc
-            rows.append(StageRow(cycle=0, stage=stage.name, role=stage.train.role, model=base.name,
-                                 phase=StagePhase.DONE, heldout_accuracy=acc, current_accuracy=acc, decision="start",
-                                 policy_accuracy=self._policy_accuracy(base, s), minutes=_eval_minutes(base)))
+            rows.append(
+                StageRow(
+                    cycle=0,
+                    stage=stage.name,
+                    role=stage.train.role,
+                    model=base.name,
+                    phase=StagePhase.DONE,
+                    heldout_accuracy=acc,
+                    current_accuracy=acc,
+                    decision="start",
+                    policy_accuracy=self._policy_accuracy(base, s),
+                    minutes=_eval_minutes(base),
+                )
+            )
         for k in range(1, cycles + 1):
             for s in range(len(self.recipe.stages)):
                 rows.append(self._row(k, s, current))
@@ -617,14 +812,31 @@ class Evolution:
             if (summarize := get_loop(stage.loop).summarize) is not None and episodes:
                 collection = summarize(episodes)
             online = stage.train is not None and get_trainer(stage.train.kind).online
-            if collect.finished_at is not None and not online:  # an on-line trainer's rollouts are in its training time
+            if (
+                collect.finished_at is not None and not online
+            ):  # an on-line trainer's rollouts are in its training time
                 seconds += (collect.finished_at - collect.started_at).total_seconds()
         if stage.train is None:
-            return StageRow(cycle=k, stage=stage.name, model="-", phase=phase, decision="collect only",
-                            examples=examples, minutes=seconds / 60, collection=collection)
+            return StageRow(
+                cycle=k,
+                stage=stage.name,
+                model="-",
+                phase=phase,
+                decision="collect only",
+                examples=examples,
+                minutes=seconds / 60,
+                collection=collection,
+            )
         cand = self.store.get_model(self.candidate_id(k, s))
-        row = StageRow(cycle=k, stage=stage.name, role=stage.train.role, model=cand.name if cand else "-",
-                       phase=phase, examples=examples, collection=collection)
+        row = StageRow(
+            cycle=k,
+            stage=stage.name,
+            role=stage.train.role,
+            model=cand.name if cand else "-",
+            phase=phase,
+            examples=examples,
+            collection=collection,
+        )
         if cand is not None:
             row.heldout_accuracy = cand.metrics.get(self.metric(s))
             row.train_loss = cand.metrics.get("train_loss")
@@ -670,16 +882,39 @@ class Evolution:
         critic = any(self.target(s) == "critic" for s in stages)
         transfer = any(self.transfer_metric(s) is not None for s in stages)
         extra = "policy acc" if critic else "transfer acc" if transfer else None
-        score = "held-out score" if critic or any(self.target(s) == "game" for s in stages) else "held-out acc"
+        score = (
+            "held-out score" if critic or any(self.target(s) == "game" for s in stages) else "held-out acc"
+        )
         games = any(r.collection for r in rows)  # a loop that summarises its collection (the sneaky game)
-        header = ["cycle", *(["stage", "role"] if multi else []), "model", score, f"current {score.split()[-1]}",
-                  *([extra] if extra else []), "decision", "examples", "train loss", "minutes",
-                  *(["collection"] if games else [])]
-        cells = [[str(r.cycle), *([r.stage, r.role] if multi else []), r.model, _pct(r.heldout_accuracy),
-                  _pct(r.current_accuracy), *([_pct(r.policy_accuracy)] if extra else []), r.decision, str(r.examples),
-                  "-" if r.train_loss is None else f"{r.train_loss:.3f}", f"{r.minutes:.1f}",
-                  *([r.collection or "-"] if games else [])]
-                 for r in rows]
+        header = [
+            "cycle",
+            *(["stage", "role"] if multi else []),
+            "model",
+            score,
+            f"current {score.split()[-1]}",
+            *([extra] if extra else []),
+            "decision",
+            "examples",
+            "train loss",
+            "minutes",
+            *(["collection"] if games else []),
+        ]
+        cells = [
+            [
+                str(r.cycle),
+                *([r.stage, r.role] if multi else []),
+                r.model,
+                _pct(r.heldout_accuracy),
+                _pct(r.current_accuracy),
+                *([_pct(r.policy_accuracy)] if extra else []),
+                r.decision,
+                str(r.examples),
+                "-" if r.train_loss is None else f"{r.train_loss:.3f}",
+                f"{r.minutes:.1f}",
+                *([r.collection or "-"] if games else []),
+            ]
+            for r in rows
+        ]
         gates = sorted({self._gate_text(s) for s, st in enumerate(self.recipe.stages) if st.eval is not None})
         table = Table(title=escape(f"{self.recipe.name}: held-out {'; '.join(gates)}"))
         for h in header:

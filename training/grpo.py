@@ -90,13 +90,23 @@ def allowed_loss_types() -> tuple[str, ...]:
                 values = tuple(re.findall(r"'([a-z_]+)'", part.group(1))) if part else ()
                 if values:
                     return values
-    except (OSError, SyntaxError, StopIteration, AssertionError, KeyError, ValueError, TypeError, AttributeError):
+    except (
+        OSError,
+        SyntaxError,
+        StopIteration,
+        AssertionError,
+        KeyError,
+        ValueError,
+        TypeError,
+        AttributeError,
+    ):
         # An unreadable or reshaped TRL source: fall back to the values of the TRL version strop pins.
         return _FALLBACK_LOSS_TYPES
     return _FALLBACK_LOSS_TYPES
 
 
 # ----------------------------------------------------------------------------------------------- settings
+
 
 def _verifier(task_set: Any, engine: Any) -> Critic:
     from strop.critics.verifier import VerifierCritic
@@ -113,9 +123,14 @@ class RewardSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    critic: str = Field("verifier", description="Critic that scores each sample (its Critique.reward): 'verifier' "
-                                                "(the task set's ground truth).")
-    weight: float = Field(1.0, description="Weight of this critic's reward in the total (TRL `reward_weights`).")
+    critic: str = Field(
+        "verifier",
+        description="Critic that scores each sample (its Critique.reward): 'verifier' "
+        "(the task set's ground truth).",
+    )
+    weight: float = Field(
+        1.0, description="Weight of this critic's reward in the total (TRL `reward_weights`)."
+    )
 
     @field_validator("critic")
     @classmethod
@@ -130,59 +145,109 @@ class GRPOSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_generations: int = Field(8, ge=2, description="Samples per task (the GRPO group); the stage's loop samples "
-                                                      "this many (its `n`).")
-    temperature: float = Field(0.8, gt=0, le=10.0, description="Sampling temperature of the rollouts; TRL divides "
-                                                               "the logits by the same value when it scores them.")
-    max_completion_length: int = Field(64, ge=1, description="Most new tokens per sample (the loop's `max_tokens`).")
-    batch_size: int = Field(16, ge=1, description="Completions per forward/backward micro-batch "
-                                                  "(TRL per_device_train_batch_size).")
+    num_generations: int = Field(
+        8,
+        ge=2,
+        description="Samples per task (the GRPO group); the stage's loop samples this many (its `n`).",
+    )
+    temperature: float = Field(
+        0.8,
+        gt=0,
+        le=10.0,
+        description="Sampling temperature of the rollouts; TRL divides "
+        "the logits by the same value when it scores them.",
+    )
+    max_completion_length: int = Field(
+        64, ge=1, description="Most new tokens per sample (the loop's `max_tokens`)."
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Completions per forward/backward micro-batch (TRL per_device_train_batch_size).",
+    )
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step (gradient accumulation).")
     generation_batch_size: int | None = Field(
-        None, validate_default=True,
+        None,
+        validate_default=True,
         description="Completions sampled per generation, i.e. (tasks per generation) x num_generations, all sent "
-                    "to the engine at once; None: batch_size x grad_accum (one generation per optimizer step). "
-                    "Must hold whole groups (a multiple of num_generations) and whole micro-batches.",
+        "to the engine at once; None: batch_size x grad_accum (one generation per optimizer step). "
+        "Must hold whole groups (a multiple of num_generations) and whole micro-batches.",
     )
     epochs: float = Field(1.0, gt=0, description="Passes over the stage's training tasks.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs` when set.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (LoRA ~1e-4..5e-4, full fine-tuning "
-                                                         "~1e-6..1e-5).")
-    lr_scheduler: str = Field("constant", description="Transformers scheduler name: constant, linear, cosine...")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Peak learning rate (LoRA ~1e-4..5e-4, full fine-tuning ~1e-6..1e-5)."
+    )
+    lr_scheduler: str = Field(
+        "constant", description="Transformers scheduler name: constant, linear, cosine..."
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    loss_type: str = Field("dapo", description="TRL loss formulation: dapo (token-level, no length bias), grpo, "
-                                               "dr_grpo, bnpo, cispo, sapo, luspo, vespo.")
-    beta: float = Field(0.0, ge=0, description="KL coefficient against the parent model; 0 loads no reference "
-                                               "model (faster, less memory).")
+    loss_type: str = Field(
+        "dapo",
+        description="TRL loss formulation: dapo (token-level, no length bias), grpo, "
+        "dr_grpo, bnpo, cispo, sapo, luspo, vespo.",
+    )
+    beta: float = Field(
+        0.0,
+        ge=0,
+        description="KL coefficient against the parent model; 0 loads no reference "
+        "model (faster, less memory).",
+    )
     epsilon: float = Field(0.2, gt=0, description="Lower clipping range of the importance ratio.")
-    epsilon_high: float | None = Field(None, gt=0, description="Upper clipping range (DAPO's clip-higher, e.g. "
-                                                               "0.28); None: same as epsilon.")
+    epsilon_high: float | None = Field(
+        None, gt=0, description="Upper clipping range (DAPO's clip-higher, e.g. 0.28); None: same as epsilon."
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Divide advantages by the reward std of the group, of the whole batch, or not at all "
-                             "(Dr. GRPO).")
-    num_iterations: int = Field(1, ge=1, description="Optimisation passes over each generation batch (GRPO's mu).")
-    mask_truncated_completions: bool = Field(False, description="Leave samples cut at max_completion_length out of "
-                                                                "the loss (DAPO).")
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec()], min_length=1,
-                                      description="Critics whose weighted rewards score each sample; the first one "
-                                                  "also decides which samples failed and critiques them for revival.")
-    revive_all_negative: bool = Field(False, description="When all samples of a task fail, revise one failed answer "
-                                                         "with the first critic's critique and let correct revisions "
-                                                         "replace failed samples (arXiv 2505.11595).")
-    revisions: int = Field(1, ge=1, le=16, description="Revisions sampled for an all-negative group; each correct one "
-                                                       "replaces a failed sample (at most num_generations - 1).")
+        "group",
+        description="Divide advantages by the reward std of the group, of the whole batch, or not at all "
+        "(Dr. GRPO).",
+    )
+    num_iterations: int = Field(
+        1, ge=1, description="Optimisation passes over each generation batch (GRPO's mu)."
+    )
+    mask_truncated_completions: bool = Field(
+        False, description="Leave samples cut at max_completion_length out of the loss (DAPO)."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec()],
+        min_length=1,
+        description="Critics whose weighted rewards score each sample; the first one "
+        "also decides which samples failed and critiques them for revival.",
+    )
+    revive_all_negative: bool = Field(
+        False,
+        description="When all samples of a task fail, revise one failed answer "
+        "with the first critic's critique and let correct revisions "
+        "replace failed samples (arXiv 2505.11595).",
+    )
+    revisions: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Revisions sampled for an all-negative group; each correct one "
+        "replaces a failed sample (at most num_generations - 1).",
+    )
     revision_prompt: str = Field(
         "Your answer is wrong: {critique}. Solve the problem again and give the corrected answer.",
         description="The user turn that asks for a revision after the failed answer; {critique} is filled in.",
     )
-    lora: LoraSettings | None = Field(default_factory=LoraSettings, description="LoRA settings; omit (or none) for "
-                                                                                "full fine-tuning.")
-    merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep "
-                                           "the adapter over the base).")
-    seed: int = Field(0, description="Seed for TRL (task order, adapter initialisation) and for rollout sampling "
-                                     "when the loop config has no seed.")
-    bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
+    lora: LoraSettings | None = Field(
+        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning."
+    )
+    merge: bool = Field(
+        False,
+        description="Merge the adapter into the weights and save a full model (else keep "
+        "the adapter over the base).",
+    )
+    seed: int = Field(
+        0,
+        description="Seed for TRL (task order, adapter initialisation) and for rollout sampling "
+        "when the loop config has no seed.",
+    )
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision; None means only when a CUDA GPU is present."
+    )
     report_to: ReportTo
     logging_steps: int = Field(1, ge=1, description="Log TRL's metrics every this many steps.")
 
@@ -213,11 +278,15 @@ class GRPOSettings(BaseModel):
         if v < 1:
             raise ValueError(f"generation_batch_size must be at least 1, got {v}")
         if v % g:
-            raise ValueError(f"generation_batch_size ({v}) is not a multiple of num_generations ({g}): a generation "
-                             "must hold whole groups")
+            raise ValueError(
+                f"generation_batch_size ({v}) is not a multiple of num_generations ({g}): a generation "
+                "must hold whole groups"
+            )
         if v % b:
-            raise ValueError(f"generation_batch_size ({v}) is not a multiple of batch_size ({b}): a generation must "
-                             "split into whole micro-batches")
+            raise ValueError(
+                f"generation_batch_size ({v}) is not a multiple of batch_size ({b}): a generation must "
+                "split into whole micro-batches"
+            )
         return v
 
     @field_validator("revision_prompt")
@@ -234,6 +303,7 @@ class GRPOSettings(BaseModel):
 
 # ------------------------------------------------------------------------------------------------ rewards
 
+
 class CriticReward:
     """A TRL reward function built from a strop `Critic`.
 
@@ -242,24 +312,42 @@ class CriticReward:
     generation it critiques each completion against its task (the dataset's `task_id` column).
     """
 
-    def __init__(self, critic: Critic, index: int, name: str, tasks: dict[str, Task] | None = None,
-                 run: Callable[[Coroutine[Any, Any, Any]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        critic: Critic,
+        index: int,
+        name: str,
+        tasks: dict[str, Task] | None = None,
+        run: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
+    ) -> None:
         self.critic, self.index, self.tasks = critic, index, tasks or {}
         self.__name__ = f"critic_{name}"  # TRL logs rewards under the function's name
         self._run = run or _run_anywhere
 
-    def __call__(self, prompts: list[Any], completions: list[Any], critic_rewards: list[list[float]] | None = None,
-                 task_id: list[str] | None = None, **_: Any) -> list[float]:
+    def __call__(
+        self,
+        prompts: list[Any],
+        completions: list[Any],
+        critic_rewards: list[list[float]] | None = None,
+        task_id: list[str] | None = None,
+        **_: Any,
+    ) -> list[float]:
         if critic_rewards is not None:
             return [float(r[self.index]) for r in critic_rewards]
         if task_id is None:
-            raise ValueError(f"{self.__name__}: no `critic_rewards` from the rollout and no `task_id` column to "
-                             "critique against")
+            raise ValueError(
+                f"{self.__name__}: no `critic_rewards` from the rollout and no `task_id` column to "
+                "critique against"
+            )
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
 
         async def score() -> list[Critique]:
-            return await asyncio.gather(*(self.critic.critique(self.tasks[t], x, self.tasks[t].reference_solution)
-                                          for t, x in zip(task_id, texts, strict=True)))
+            return await asyncio.gather(
+                *(
+                    self.critic.critique(self.tasks[t], x, self.tasks[t].reference_solution)
+                    for t, x in zip(task_id, texts, strict=True)
+                )
+            )
 
         return [c.reward for c in self._run(score())]
 
@@ -295,6 +383,7 @@ def group_advantages(totals: list[list[float]], scale: str) -> list[list[float]]
 
 
 # ----------------------------------------------------------------------------------------------- rollouts
+
 
 @dataclass
 class _Member:
@@ -343,7 +432,11 @@ def _merge_for_sampling(model: Any) -> bool:
     float32 base weights, where merging and unmerging again leaves them as they were to rounding (~1e-7)."""
     import torch
 
-    if model is None or not hasattr(model, "merge_adapter") or next(model.parameters()).dtype != torch.float32:
+    if (
+        model is None
+        or not hasattr(model, "merge_adapter")
+        or next(model.parameters()).dtype != torch.float32
+    ):
         return False
     model.merge_adapter()
     return True
@@ -362,9 +455,19 @@ class StropRollout:
     """
 
     def __init__(
-        self, *, spec: Any, loop_config: BaseModel | dict[str, Any] | None, task_set: Any, tasks: Sequence[Task],
-        settings: GRPOSettings, store: Any = None, run_id: str = "", job_id: str = "", engine: Any = None,
-        critics: Sequence[tuple[str, Critic, float]] | None = None, concurrency: int = 64,
+        self,
+        *,
+        spec: Any,
+        loop_config: BaseModel | dict[str, Any] | None,
+        task_set: Any,
+        tasks: Sequence[Task],
+        settings: GRPOSettings,
+        store: Any = None,
+        run_id: str = "",
+        job_id: str = "",
+        engine: Any = None,
+        critics: Sequence[tuple[str, Critic, float]] | None = None,
+        concurrency: int = 64,
     ) -> None:
         self.spec, self.task_set, self.settings, self.store = spec, task_set, settings, store
         self.run_id, self.job_id, self.engine, self.concurrency = run_id, job_id, engine, concurrency
@@ -375,15 +478,20 @@ class StropRollout:
         self.by_prompt: dict[str, Task] = {}
         for t in self.tasks:
             self.by_prompt.setdefault(_prompt_key(task_messages(t, self.system_prompt)), t)
-        self.critics = list(critics) if critics is not None else [
-            (r.critic, CRITICS[r.critic](task_set, engine), r.weight) for r in settings.rewards]
+        self.critics = (
+            list(critics)
+            if critics is not None
+            else [(r.critic, CRITICS[r.critic](task_set, engine), r.weight) for r in settings.rewards]
+        )
         self.stats = RolloutStats()
         self.last_advantages: list[float] = []  # of the last generation batch, in TRL's order
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def _align_loop_config(spec: Any, config: BaseModel | dict[str, Any] | None, s: GRPOSettings) -> BaseModel:
+    def _align_loop_config(
+        spec: Any, config: BaseModel | dict[str, Any] | None, s: GRPOSettings
+    ) -> BaseModel:
         """The loop config with GRPO's sampling: n = num_generations, temperature, max_tokens. A value the stage
         set explicitly and differently is refused (TRL scores samples with its own temperature and group size)."""
         if isinstance(config, BaseModel):
@@ -393,7 +501,11 @@ class StropRollout:
             given = dict(config or {})
             base = dict(given)
         wanted = {"n": s.num_generations, "temperature": s.temperature, "max_tokens": s.max_completion_length}
-        setting = {"n": "num_generations", "temperature": "temperature", "max_tokens": "max_completion_length"}
+        setting = {
+            "n": "num_generations",
+            "temperature": "temperature",
+            "max_tokens": "max_completion_length",
+        }
         fields = spec.config.model_fields
         for key, value in wanted.items():
             if key not in fields:
@@ -412,10 +524,12 @@ class StropRollout:
         """One row per task: the chat prompt TRL repeats num_generations times, and the task id."""
         from datasets import Dataset
 
-        return Dataset.from_list([
-            {"prompt": [m.model_dump() for m in task_messages(t, self.system_prompt)], "task_id": t.id}
-            for t in self.tasks
-        ])
+        return Dataset.from_list(
+            [
+                {"prompt": [m.model_dump() for m in task_messages(t, self.system_prompt)], "task_id": t.id}
+                for t in self.tasks
+            ]
+        )
 
     def reward_funcs(self) -> list[CriticReward]:
         return [CriticReward(c, i, name, self.by_id, self.run) for i, (name, c, _) in enumerate(self.critics)]
@@ -431,8 +545,11 @@ class StropRollout:
         if self.engine is None:
             model = trainer.accelerator.unwrap_model(trainer.model)
             self.engine = HFEngine.from_model(
-                model, trainer.processing_class, model_version=f"grpo-{self.job_id[:8]}",
-                max_batch_size=max(64, self.settings.completions_per_generation), batch_wait_ms=10,
+                model,
+                trainer.processing_class,
+                model_version=f"grpo-{self.job_id[:8]}",
+                max_batch_size=max(64, self.settings.completions_per_generation),
+                batch_wait_ms=10,
             )
         if len(prompts) % g:
             raise RuntimeError(f"TRL sent {len(prompts)} prompts, not whole groups of {g}")
@@ -465,7 +582,9 @@ class StropRollout:
         works from the trainer whether or not the calling thread is inside an event loop."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="strop-grpo-rollout", daemon=True)
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="strop-grpo-rollout", daemon=True
+            )
             self._thread.start()
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
@@ -495,15 +614,18 @@ class StropRollout:
             raise RuntimeError("StropRollout.collect needs an engine")
         started = time.monotonic()
         generation = self.stats.steps  # ids count generations: several may share an optimizer step
-        graph = self.spec.make(LoopResources(engines={"policy": self.engine}, task_set=self.task_set,
-                                             store=self.store), self._step_config(generation)).compile()
+        graph = self.spec.make(
+            LoopResources(engines={"policy": self.engine}, task_set=self.task_set, store=self.store),
+            self._step_config(generation),
+        ).compile()
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(i: int, task: Task) -> TaskGroup:
             async with sem:
                 eid = stable_id("grpo", self.job_id, generation, i, task.id)
-                state = await graph.ainvoke({"task": task.model_dump(mode="json"), "run_id": self.run_id,
-                                             "episode_id": eid})
+                state = await graph.ainvoke(
+                    {"task": task.model_dump(mode="json"), "run_id": self.run_id, "episode_id": eid}
+                )
             episode = EpisodeRecord.model_validate(state["episode"])
             return await self._score(task, episode, step)
 
@@ -511,8 +633,9 @@ class StropRollout:
         if self.settings.revive_all_negative:
             await asyncio.gather(*(self._revive(g) for g in groups if g.all_negative))
         scale = self.settings.scale_rewards
-        for group, adv in zip(groups, group_advantages([[m.total for m in g.members] for g in groups], scale),
-                              strict=True):
+        for group, adv in zip(
+            groups, group_advantages([[m.total for m in g.members] for g in groups], scale), strict=True
+        ):
             group.advantages = adv
             self._annotate(group, step)
         self.last_advantages = [a for g in groups for a in g.advantages]
@@ -528,26 +651,44 @@ class StropRollout:
         return groups
 
     async def _critique_all(self, task: Task, text: str) -> tuple[list[float], float, Critique]:
-        critiques = await asyncio.gather(*(c.critique(task, text, task.reference_solution) for _, c, _ in self.critics))
+        critiques = await asyncio.gather(
+            *(c.critique(task, text, task.reference_solution) for _, c, _ in self.critics)
+        )
         rewards = [c.reward for c in critiques]
         return rewards, sum(w * r for (_, _, w), r in zip(self.critics, rewards, strict=True)), critiques[0]
 
     async def _score(self, task: Task, episode: EpisodeRecord, step: int) -> TaskGroup:
         g = self.settings.num_generations
-        samples = [s for s in sorted(episode.steps, key=lambda s: s.index)
-                   if s.token_ids is not None and not s.metadata.get("hinted")][:g]
+        samples = [
+            s
+            for s in sorted(episode.steps, key=lambda s: s.index)
+            if s.token_ids is not None and not s.metadata.get("hinted")
+        ][:g]
         if len(samples) < g:
-            raise RuntimeError(f"the {self.spec.name} loop gave {len(samples)} samples for task {task.id}; GRPO needs "
-                               f"num_generations = {g} per task (is the loop a sampling loop with n = {g}?)")
+            raise RuntimeError(
+                f"the {self.spec.name} loop gave {len(samples)} samples for task {task.id}; GRPO needs "
+                f"num_generations = {g} per task (is the loop a sampling loop with n = {g}?)"
+            )
         scored = await asyncio.gather(*(self._critique_all(task, s.text) for s in samples))
         members = [
-            _Member(step_index=s.index, prompt_ids=list(s.prompt_token_ids or []),
-                    completion_ids=list(s.token_ids or []) or [self._eos()], logprobs=list(s.logprobs or []),
-                    rewards=rewards, total=total, correct=first.correct)
+            _Member(
+                step_index=s.index,
+                prompt_ids=list(s.prompt_token_ids or []),
+                completion_ids=list(s.token_ids or []) or [self._eos()],
+                logprobs=list(s.logprobs or []),
+                rewards=rewards,
+                total=total,
+                correct=first.correct,
+            )
             for s, (rewards, total, first) in zip(samples, scored, strict=True)
         ]
-        return TaskGroup(task=task, episode=episode, members=members, all_negative=not any(m.correct for m in members),
-                         critiques=[first for _, _, first in scored])
+        return TaskGroup(
+            task=task,
+            episode=episode,
+            members=members,
+            all_negative=not any(m.correct for m in members),
+            critiques=[first for _, _, first in scored],
+        )
 
     def _eos(self) -> int:
         tok = getattr(self.engine, "tokenizer", None)
@@ -561,13 +702,20 @@ class StropRollout:
         failed_step = next(x for x in ep.steps if x.index == failed.step_index)
         critique = group.critiques[0]
         text = critique.text or "the answer is not correct"
-        messages = [*task_messages(task, self.system_prompt), Message(role="assistant", content=failed_step.text),
-                    Message(role="user", content=s.revision_prompt.format(critique=text))]
+        messages = [
+            *task_messages(task, self.system_prompt),
+            Message(role="assistant", content=failed_step.text),
+            Message(role="user", content=s.revision_prompt.format(critique=text)),
+        ]
         cfg = self.loop_config
         seed_base = getattr(cfg, "seed", None)
         sampling = SamplingParams(
-            n=s.revisions, temperature=s.temperature, top_p=getattr(cfg, "top_p", 1.0),
-            max_tokens=s.max_completion_length, stop=list(getattr(cfg, "stop", []) or []), logprobs=True,
+            n=s.revisions,
+            temperature=s.temperature,
+            top_p=getattr(cfg, "top_p", 1.0),
+            max_tokens=s.max_completion_length,
+            stop=list(getattr(cfg, "stop", []) or []),
+            logprobs=True,
             seed=int(stable_id(s.seed if seed_base is None else seed_base, "revise", ep.id)[:12], 16),
         )
         [completions] = await self.engine.generate([chat_request(messages, sampling)])
@@ -579,32 +727,66 @@ class StropRollout:
             index = next_index + k
             step_id = stable_id(ep.id, "revision", k)
             slot = next(slots, None) if verdict.correct else None
-            ep.steps.append(StepRecord(
-                id=step_id, index=index, role="assistant", model_version=c.model_version, text=c.text,
-                prompt_token_ids=c.prompt_token_ids, token_ids=c.token_ids, logprobs=c.logprobs, reward=total,
-                metadata={"finish_reason": str(c.finish_reason), "extracted": verdict.extracted,
-                          "revision_of": failed.step_index, "critique": text, "revived": verdict.correct},
-            ))
-            ep.critiques.append(CritiqueRecord(
-                id=stable_id(ep.id, "revision-critique", k), step_id=step_id, critic_version=verdict.critic_version,
-                verdict=str(verdict.verdict), first_wrong_step=verdict.first_wrong_step, text=verdict.text,
-                parsed=verdict.parsed, corrected_solution=verdict.corrected_solution,
-            ))
+            ep.steps.append(
+                StepRecord(
+                    id=step_id,
+                    index=index,
+                    role="assistant",
+                    model_version=c.model_version,
+                    text=c.text,
+                    prompt_token_ids=c.prompt_token_ids,
+                    token_ids=c.token_ids,
+                    logprobs=c.logprobs,
+                    reward=total,
+                    metadata={
+                        "finish_reason": str(c.finish_reason),
+                        "extracted": verdict.extracted,
+                        "revision_of": failed.step_index,
+                        "critique": text,
+                        "revived": verdict.correct,
+                    },
+                )
+            )
+            ep.critiques.append(
+                CritiqueRecord(
+                    id=stable_id(ep.id, "revision-critique", k),
+                    step_id=step_id,
+                    critic_version=verdict.critic_version,
+                    verdict=str(verdict.verdict),
+                    first_wrong_step=verdict.first_wrong_step,
+                    text=verdict.text,
+                    parsed=verdict.parsed,
+                    corrected_solution=verdict.corrected_solution,
+                )
+            )
             if slot is None:
                 continue
             group.members[slot] = _Member(
-                step_index=index, prompt_ids=failed.prompt_ids, completion_ids=list(c.token_ids) or [self._eos()],
-                logprobs=list(c.logprobs or []), rewards=rewards, total=total, correct=True,
+                step_index=index,
+                prompt_ids=failed.prompt_ids,
+                completion_ids=list(c.token_ids) or [self._eos()],
+                logprobs=list(c.logprobs or []),
+                rewards=rewards,
+                total=total,
+                correct=True,
             )
             group.revived += 1
             if getattr(cfg, "emit_examples", False) and task.split == Split.TRAIN:
                 # A correct revision is a correct answer to the plain prompt: SFT data like best-of-N's own.
-                ep.examples.append(ExampleRecord(
-                    id=stable_id(ep.id, "revision-example", k), kind=ExampleKind.SFT, role=Role.POLICY,
-                    payload={"prompt": [m.model_dump() for m in task_messages(task, self.system_prompt)],
-                             "completion": [{"role": "assistant", "content": c.text}]},
-                    episode_id=ep.id, task_id=task.id, split=str(task.split),
-                ))
+                ep.examples.append(
+                    ExampleRecord(
+                        id=stable_id(ep.id, "revision-example", k),
+                        kind=ExampleKind.SFT,
+                        role=Role.POLICY,
+                        payload={
+                            "prompt": [m.model_dump() for m in task_messages(task, self.system_prompt)],
+                            "completion": [{"role": "assistant", "content": c.text}],
+                        },
+                        episode_id=ep.id,
+                        task_id=task.id,
+                        split=str(task.split),
+                    )
+                )
 
     def _annotate(self, group: TaskGroup, step: int) -> None:
         """Write the group into its episode: which steps TRL trained on, with which rewards and advantages."""
@@ -619,11 +801,20 @@ class StropRollout:
         for slot, (m, adv) in enumerate(zip(group.members, group.advantages, strict=True)):
             s = by_index[m.step_index]
             s.reward = m.total
-            s.metadata.update(in_group=True, group_slot=slot, advantage=adv, rewards=dict(zip(names, m.rewards,
-                                                                                               strict=True)))
+            s.metadata.update(
+                in_group=True,
+                group_slot=slot,
+                advantage=adv,
+                rewards=dict(zip(names, m.rewards, strict=True)),
+            )
         ep.outcome["grpo"] = {
-            "step": step, "generation": self.stats.steps, "job_id": self.job_id, "rewards": [m.total for m in group.members],
-            "advantages": group.advantages, "all_negative": group.all_negative, "revived": group.revived,
+            "step": step,
+            "generation": self.stats.steps,
+            "job_id": self.job_id,
+            "rewards": [m.total for m in group.members],
+            "advantages": group.advantages,
+            "all_negative": group.all_negative,
+            "revived": group.revived,
         }
 
     def write(self, groups: Sequence[TaskGroup]) -> int:
@@ -639,9 +830,15 @@ class StropRollout:
 
 # ------------------------------------------------------------------------------------------------ training
 
+
 def run_grpo(
-    rollout: StropRollout, *, model_path: str | Path, output_dir: str | Path, settings: GRPOSettings | None = None,
-    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
+    rollout: StropRollout,
+    *,
+    model_path: str | Path,
+    output_dir: str | Path,
+    settings: GRPOSettings | None = None,
+    adapter_path: str | Path | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """Train with GRPO on `rollout`'s tasks and save the result in `output_dir` (adapter kept, or merged)."""
     import warnings
@@ -654,7 +851,9 @@ def run_grpo(
     tokenizer = common.load_tokenizer(model_path)
     model = common.load_parent(model_path, adapter_path, lora=cfg.lora is not None)
     args = common.training_args(
-        GRPOConfig, cfg, out,
+        GRPOConfig,
+        cfg,
+        out,
         max_steps=cfg.max_steps or -1,
         weight_decay=cfg.weight_decay,
         generation_batch_size=cfg.generation_batch_size,
@@ -674,8 +873,12 @@ def run_grpo(
         disable_dropout=True,
     )
     trainer = GRPOTrainer(
-        model=model, reward_funcs=rollout.reward_funcs(), args=args, train_dataset=rollout.dataset(),
-        processing_class=tokenizer, peft_config=common.new_adapter_config(cfg.lora, adapter_path),
+        model=model,
+        reward_funcs=rollout.reward_funcs(),
+        args=args,
+        train_dataset=rollout.dataset(),
+        processing_class=tokenizer,
+        peft_config=common.new_adapter_config(cfg.lora, adapter_path),
         rollout_func=rollout,
     )
     try:
@@ -688,15 +891,22 @@ def run_grpo(
     st = rollout.stats
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     metrics: dict[str, Any] = {
-        "grpo_steps": st.steps, "groups": st.groups, "samples": st.samples,
+        "grpo_steps": st.steps,
+        "groups": st.groups,
+        "samples": st.samples,
         "sample_accuracy": st.correct / st.samples if st.samples else 0.0,
-        "all_negative_groups": st.all_negative, "revived_groups": st.revived_groups,
-        "revised_samples": st.revised_samples, "revisions_sampled": st.revisions,
-        "episodes_written": st.episodes_written, "rollout_seconds": st.rollout_seconds,
-        "store_write_seconds": st.write_seconds, "trainer_seconds": train_seconds,
+        "all_negative_groups": st.all_negative,
+        "revived_groups": st.revived_groups,
+        "revised_samples": st.revised_samples,
+        "revisions_sampled": st.revisions,
+        "episodes_written": st.episodes_written,
+        "rollout_seconds": st.rollout_seconds,
+        "store_write_seconds": st.write_seconds,
+        "trainer_seconds": train_seconds,
         "store_write_share": st.write_seconds / train_seconds if train_seconds else 0.0,
         "seconds_per_step": train_seconds / max(int(result.global_step), 1),
-        "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None,
+        "first_reward": rewards[0] if rewards else None,
+        "last_reward": rewards[-1] if rewards else None,
         "run_id": rollout.run_id,
     }
     engine_stats = getattr(rollout.engine, "stats", None)
@@ -704,9 +914,18 @@ def run_grpo(
         metrics["engine_mean_batch_rows"] = engine_stats.mean_batch_size
     if check is not None:
         metrics["advantage_max_diff_vs_trl"] = check
-    return common.save_outcome(trainer.model, tokenizer, result, cfg=cfg, out=out, model_path=model_path,
-                               examples=st.samples, started=started, metrics=metrics,
-                               log_history=trainer.state.log_history)
+    return common.save_outcome(
+        trainer.model,
+        tokenizer,
+        result,
+        cfg=cfg,
+        out=out,
+        model_path=model_path,
+        examples=st.samples,
+        started=started,
+        metrics=metrics,
+        log_history=trainer.state.log_history,
+    )
 
 
 def _advantage_check(trainer: Any, rollout: StropRollout) -> float | None:
@@ -724,20 +943,30 @@ def _advantage_check(trainer: Any, rollout: StropRollout) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ the kind
 
+
 def _rollout_from_request(req: TrainRequest) -> StropRollout:
     from strop.agents.loops.registry import get_loop
 
     ctx = req.context
     missing = [k for k in ("task_set", "tasks") if k not in ctx]
     if missing:
-        raise ValueError(f"the grpo trainer makes its own rollouts and needs {', '.join(missing)} in its context "
-                         "(a recipe stage hands it the stage's task set and this cycle's tasks)")
+        raise ValueError(
+            f"the grpo trainer makes its own rollouts and needs {', '.join(missing)} in its context "
+            "(a recipe stage hands it the stage's task set and this cycle's tasks)"
+        )
     spec = ctx.get("loop") or get_loop("best_of_n")
     runner = ctx.get("runner")
     return StropRollout(
-        spec=spec, loop_config=ctx.get("loop_config"), task_set=ctx["task_set"], tasks=ctx["tasks"],
-        settings=req.settings, store=req.store, run_id=ctx.get("run_id") or stable_id("grpo-run", req.job_id),
-        job_id=req.job_id, critics=ctx.get("critics"), concurrency=getattr(runner, "concurrency", 64),
+        spec=spec,
+        loop_config=ctx.get("loop_config"),
+        task_set=ctx["task_set"],
+        tasks=ctx["tasks"],
+        settings=req.settings,
+        store=req.store,
+        run_id=ctx.get("run_id") or stable_id("grpo-run", req.job_id),
+        job_id=req.job_id,
+        critics=ctx.get("critics"),
+        concurrency=getattr(runner, "concurrency", 64),
     )
 
 
@@ -746,14 +975,28 @@ def _train(req: TrainRequest) -> TrainOutcome:
     created = False
     if req.store is not None:
         created = req.store.get_run(rollout.run_id) is None
-        req.store.create_run(RunRecord(
-            id=rollout.run_id, loop=rollout.spec.name, model_ids=[req.parent.id],
-            config={"trainer": "grpo", "job_id": req.job_id, "loop": rollout.loop_config.model_dump(mode="json"),
-                    "grpo": req.settings.model_dump(mode="json")},
-        ))
+        req.store.create_run(
+            RunRecord(
+                id=rollout.run_id,
+                loop=rollout.spec.name,
+                model_ids=[req.parent.id],
+                config={
+                    "trainer": "grpo",
+                    "job_id": req.job_id,
+                    "loop": rollout.loop_config.model_dump(mode="json"),
+                    "grpo": req.settings.model_dump(mode="json"),
+                },
+            )
+        )
     try:
-        outcome = run_grpo(rollout, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                           output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
+        outcome = run_grpo(
+            rollout,
+            model_path=req.parent.path,
+            adapter_path=req.parent.adapter_path,
+            output_dir=req.output_dir,
+            settings=req.settings,
+            hooks=req.hooks,
+        )
     except BaseException:
         if created:
             req.store.finish_run(rollout.run_id, RunStatus.FAILED)
@@ -763,9 +1006,15 @@ def _train(req: TrainRequest) -> TrainOutcome:
     return outcome
 
 
-GRPO = register_trainer(TrainerKind(
-    name="grpo", settings=GRPOSettings, example_kinds=(), train=_train, online=True,
-    description="GRPO (TRL GRPOTrainer) on-line: the stage's loop samples each task's group from the live weights, "
-                "critics score it, every group is stored as an episode with its advantages; optional revival of "
-                "all-negative groups with critiques.",
-))
+GRPO = register_trainer(
+    TrainerKind(
+        name="grpo",
+        settings=GRPOSettings,
+        example_kinds=(),
+        train=_train,
+        online=True,
+        description="GRPO (TRL GRPOTrainer) on-line: the stage's loop samples each task's group from the live weights, "
+        "critics score it, every group is stored as an episode with its advantages; optional revival of "
+        "all-negative groups with critiques.",
+    )
+)

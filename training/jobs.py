@@ -42,11 +42,23 @@ class TrainResult(BaseModel):
 
 
 def train_candidate(
-    store: Any, parent: ModelVersionRecord, *, kind: str = "sft", settings: Any = None,
-    output_dir: str | Path, role: Role | str = Role.POLICY, example_kinds: Sequence[ExampleKind] | None = None,
-    name: str | None = None, job_id: str | None = None, model_id: str | None = None, consumer: str | None = None,
-    limit: int | None = None, run_ids: Sequence[str] | None = None, context: dict[str, Any] | None = None,
-    hooks: TrainHooks | None = None, launch: LaunchSettings | None = None,
+    store: Any,
+    parent: ModelVersionRecord,
+    *,
+    kind: str = "sft",
+    settings: Any = None,
+    output_dir: str | Path,
+    role: Role | str = Role.POLICY,
+    example_kinds: Sequence[ExampleKind] | None = None,
+    name: str | None = None,
+    job_id: str | None = None,
+    model_id: str | None = None,
+    consumer: str | None = None,
+    limit: int | None = None,
+    run_ids: Sequence[str] | None = None,
+    context: dict[str, Any] | None = None,
+    hooks: TrainHooks | None = None,
+    launch: LaunchSettings | None = None,
 ) -> TrainResult:
     """Train `parent` with trainer `kind` on examples it has not consumed and register a candidate version.
 
@@ -64,13 +76,29 @@ def train_candidate(
     launch = launch.launch_only() if launch is not None else LaunchSettings()
     check_launchable(trainer, launch, hooks)  # before the job claims anything
     kinds = list(example_kinds) if example_kinds is not None else list(trainer.example_kinds)
-    job = store.start_job(TrainingJobRecord(
-        **({"id": job_id} if job_id else {}), algorithm=trainer.name, role=role, model_in=parent.id,
-        metrics={"settings": cfg.model_dump(mode="json")},
-    ))
+    job = store.start_job(
+        TrainingJobRecord(
+            **({"id": job_id} if job_id else {}),
+            algorithm=trainer.name,
+            role=role,
+            model_in=parent.id,
+            metrics={"settings": cfg.model_dump(mode="json")},
+        )
+    )
     try:
-        examples = claim(store, job.id, kinds=kinds, role=role, consumer=consumer,
-                         limit=limit or getattr(cfg, "max_examples", None), run_ids=run_ids) if kinds else []
+        examples = (
+            claim(
+                store,
+                job.id,
+                kinds=kinds,
+                role=role,
+                consumer=consumer,
+                limit=limit or getattr(cfg, "max_examples", None),
+                run_ids=run_ids,
+            )
+            if kinds
+            else []
+        )
         if kinds and not examples:
             raise NothingToTrainError(
                 f"nothing to train: no unconsumed {'/'.join(map(str, kinds))} examples of role {role} for "
@@ -84,27 +112,63 @@ def train_candidate(
         # then fails the job with its own message, not inside a launch log.
         dataset = trainer.build_dataset(examples, cfg) if trainer.build_dataset and examples else None
         if launch.distributed:
-            outcome = run_launched(trainer, settings=cfg, parent=parent, examples=examples, output_dir=out,
-                                   role=role, job_id=job.id, hooks=hooks, launch=launch)
+            outcome = run_launched(
+                trainer,
+                settings=cfg,
+                parent=parent,
+                examples=examples,
+                output_dir=out,
+                role=role,
+                job_id=job.id,
+                hooks=hooks,
+                launch=launch,
+            )
         else:
-            outcome = trainer.train(TrainRequest(
-                parent=parent, settings=cfg, output_dir=out, dataset=dataset, examples=examples, store=store,
-                job_id=job.id, role=role, context=context or {}, hooks=hooks,
-            ))
+            outcome = trainer.train(
+                TrainRequest(
+                    parent=parent,
+                    settings=cfg,
+                    output_dir=out,
+                    dataset=dataset,
+                    examples=examples,
+                    store=store,
+                    job_id=job.id,
+                    role=role,
+                    context=context or {},
+                    hooks=hooks,
+                )
+            )
     except BaseException as e:
         store.fail_job(job.id, f"{type(e).__name__}: {e}")
         raise
-    metrics = {"train_loss": outcome.train_loss, "examples": outcome.examples, "steps": outcome.steps,
-               "train_seconds": outcome.seconds, **outcome.metrics}
-    candidate = store.register_model(ModelVersionRecord(
-        **({"id": model_id} if model_id else {}),
-        name=name or f"{parent.lineage}-{trainer.name}-{job.id[:8]}", lineage=parent.lineage, path=outcome.path,
-        adapter_path=outcome.adapter_path, parent_id=parent.id, status=ModelStatus.CANDIDATE, job_id=job.id,
-        metrics=metrics,
-    ))
+    metrics = {
+        "train_loss": outcome.train_loss,
+        "examples": outcome.examples,
+        "steps": outcome.steps,
+        "train_seconds": outcome.seconds,
+        **outcome.metrics,
+    }
+    candidate = store.register_model(
+        ModelVersionRecord(
+            **({"id": model_id} if model_id else {}),
+            name=name or f"{parent.lineage}-{trainer.name}-{job.id[:8]}",
+            lineage=parent.lineage,
+            path=outcome.path,
+            adapter_path=outcome.adapter_path,
+            parent_id=parent.id,
+            status=ModelStatus.CANDIDATE,
+            job_id=job.id,
+            metrics=metrics,
+        )
+    )
     store.finish_job(job.id, model_out=candidate.id, metrics={**metrics, "log_history": outcome.log_history})
-    return TrainResult(job=store.get_job(job.id), candidate=candidate, train_loss=outcome.train_loss,
-                       examples=outcome.examples, seconds=outcome.seconds)
+    return TrainResult(
+        job=store.get_job(job.id),
+        candidate=candidate,
+        train_loss=outcome.train_loss,
+        examples=outcome.examples,
+        seconds=outcome.seconds,
+    )
 
 
 def train_sft_candidate(store: Any, parent: ModelVersionRecord, **kwargs: Any) -> TrainResult:

@@ -33,17 +33,26 @@ class DerivedPairs(BaseModel):
     """What `derive_pairs` did."""
 
     episodes: int = Field(0, description="Best-of-N episodes looked at.")
-    with_pairs: int = Field(0, description="Episodes that yield at least one pair (a correct and an incorrect answer).")
+    with_pairs: int = Field(
+        0, description="Episodes that yield at least one pair (a correct and an incorrect answer)."
+    )
     pairs: int = Field(0, description="Pairs those episodes yield (under the per-task cap).")
     added: int = Field(0, description="Pairs newly written; the rest were already stored.")
-    skipped_heldout: int = Field(0, description="Episodes of held-out tasks or evaluation runs (never training data).")
+    skipped_heldout: int = Field(
+        0, description="Episodes of held-out tasks or evaluation runs (never training data)."
+    )
     skipped_no_prompt: int = Field(
-        0, description="Episodes with pairs to give but no known prompt (no SFT example and the task not given)."
+        0,
+        description="Episodes with pairs to give but no known prompt (no SFT example and the task not given).",
     )
 
 
 def derive_pairs(
-    store: Any, run_ids: Sequence[str], *, max_pairs_per_task: int = 4, tasks: Iterable[Task] | None = None,
+    store: Any,
+    run_ids: Sequence[str],
+    *,
+    max_pairs_per_task: int = 4,
+    tasks: Iterable[Task] | None = None,
     role: Role | str = Role.POLICY,
 ) -> DerivedPairs:
     """Add best-of-N preference pairs (a correct answer over an incorrect one, per prompt) to the episodes of
@@ -77,8 +86,15 @@ def derive_pairs(
             if prompt is None:
                 report.skipped_no_prompt += 1
                 continue
-            pairs = preference_pairs(ep.id, prompt, answers, task_id=ep.task_id, split=split or str(Split.TRAIN),
-                                     max_pairs=max_pairs_per_task, role=Role(role))
+            pairs = preference_pairs(
+                ep.id,
+                prompt,
+                answers,
+                task_id=ep.task_id,
+                split=split or str(Split.TRAIN),
+                max_pairs=max_pairs_per_task,
+                role=Role(role),
+            )
             if pairs:
                 report.with_pairs += 1
                 report.pairs += len(pairs)
@@ -89,15 +105,28 @@ def derive_pairs(
 def episode_answers(ep: EpisodeRecord) -> list[Answer]:
     """A best-of-N episode's answers with their verdicts (the verifier's critique of each step)."""
     verdict = {c.step_id: c.verdict for c in ep.critiques}
-    return [Answer(index=s.index, text=s.text, correct=verdict.get(s.id) == "correct",
-                   hinted=bool(s.metadata.get("hinted"))) for s in ep.steps]
+    return [
+        Answer(
+            index=s.index,
+            text=s.text,
+            correct=verdict.get(s.id) == "correct",
+            hinted=bool(s.metadata.get("hinted")),
+        )
+        for s in ep.steps
+    ]
 
 
-def _prompt_and_split(ep: EpisodeRecord, task: Task | None, system_prompt: str | None,
-                      ) -> tuple[list[dict[str, Any]] | None, str | None]:
+def _prompt_and_split(
+    ep: EpisodeRecord,
+    task: Task | None,
+    system_prompt: str | None,
+) -> tuple[list[dict[str, Any]] | None, str | None]:
     """The prompt verbatim from an SFT example of the episode, else rebuilt from the task; the task's split
     (an SFT example's where the task is not given: the store holds no held-out ones)."""
-    sft = next((x for x in ep.examples if x.kind == ExampleKind.SFT and isinstance(x.payload.get("prompt"), list)), None)
+    sft = next(
+        (x for x in ep.examples if x.kind == ExampleKind.SFT and isinstance(x.payload.get("prompt"), list)),
+        None,
+    )
     prompt = sft.payload["prompt"] if sft is not None else None
     if prompt is None and task is not None:
         prompt = [m.model_dump() for m in task_messages(task, system_prompt)]
@@ -114,7 +143,9 @@ def _text(messages: Any) -> str:
     return "".join(str(m.get("content", "")) for m in messages or [])
 
 
-def balance_report(examples: Sequence[Any], count_tokens: Callable[[str], int] | None = None) -> dict[str, Any]:
+def balance_report(
+    examples: Sequence[Any], count_tokens: Callable[[str], int] | None = None
+) -> dict[str, Any]:
     """Pairs per task (min/median/max) and mean token length of chosen vs rejected answers.
 
     `examples` are PAIR `ExampleRecord`s; `count_tokens` counts a text's tokens (the model's tokenizer; by
@@ -122,7 +153,9 @@ def balance_report(examples: Sequence[Any], count_tokens: Callable[[str], int] |
     can lower the loss by preferring a length rather than a better answer.
     """
     count = count_tokens or (lambda s: len(s.split()))
-    per_task = Counter(str(getattr(x, "task_id", None) or getattr(x, "episode_id", None) or "?") for x in examples)
+    per_task = Counter(
+        str(getattr(x, "task_id", None) or getattr(x, "episode_id", None) or "?") for x in examples
+    )
     chosen = [count(_text(x.payload.get("chosen"))) for x in examples]
     rejected = [count(_text(x.payload.get("rejected"))) for x in examples]
     n = list(per_task.values())
@@ -131,20 +164,26 @@ def balance_report(examples: Sequence[Any], count_tokens: Callable[[str], int] |
     return {
         "pairs": len(examples),
         "tasks": len(per_task),
-        "pairs_per_task": {"min": min(n, default=0), "median": float(statistics.median(n)) if n else 0.0,
-                           "max": max(n, default=0)},
+        "pairs_per_task": {
+            "min": min(n, default=0),
+            "median": float(statistics.median(n)) if n else 0.0,
+            "max": max(n, default=0),
+        },
         "chosen_tokens": round(mean_c, 2),
         "rejected_tokens": round(mean_r, 2),
         "length_bias": round(mean_c - mean_r, 2),
         "chosen_longer": round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen), 3)
-        if chosen else 0.0,
+        if chosen
+        else 0.0,
     }
 
 
 def format_balance(report: dict[str, Any]) -> str:
     """One line for a log or the CLI."""
     ppt = report["pairs_per_task"]
-    return (f"{report['pairs']} pairs over {report['tasks']} tasks (per task min {ppt['min']}, median "
-            f"{ppt['median']:g}, max {ppt['max']}); mean tokens chosen {report['chosen_tokens']:.1f} vs rejected "
-            f"{report['rejected_tokens']:.1f} (difference {report['length_bias']:+.1f}; chosen longer in "
-            f"{report['chosen_longer']:.0%} of pairs)")
+    return (
+        f"{report['pairs']} pairs over {report['tasks']} tasks (per task min {ppt['min']}, median "
+        f"{ppt['median']:g}, max {ppt['max']}); mean tokens chosen {report['chosen_tokens']:.1f} vs rejected "
+        f"{report['rejected_tokens']:.1f} (difference {report['length_bias']:+.1f}; chosen longer in "
+        f"{report['chosen_longer']:.0%} of pairs)"
+    )

@@ -58,57 +58,82 @@ class PGSettings(BaseModel):
     learning_rate: float = Field(
         1e-4, gt=0, description="Peak learning rate (LoRA wants ~1e-5..2e-4, full fine-tuning ~1e-6..1e-5)."
     )
-    batch_size: int = Field(8, ge=1, description="Actions per device step (capped at the number of examples).")
+    batch_size: int = Field(
+        8, ge=1, description="Actions per device step (capped at the number of examples)."
+    )
     grad_accum: int = Field(
-        1, ge=1, description="Gradient accumulation steps; batch_size * grad_accum actions make one optimizer step."
+        1,
+        ge=1,
+        description="Gradient accumulation steps; batch_size * grad_accum actions make one optimizer step.",
     )
     iterations: int = Field(
-        1, ge=1, description="Optimizer passes over each batch before the next (GRPO's mu); the clip bounds how "
-        "far these passes move the policy from the sampling one."
+        1,
+        ge=1,
+        description="Optimizer passes over each batch before the next (GRPO's mu); the clip bounds how "
+        "far these passes move the policy from the sampling one.",
     )
-    epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range below 1: the ratio is clipped at 1 - epsilon.")
+    epsilon: float = Field(
+        0.2, gt=0, lt=1, description="Clip range below 1: the ratio is clipped at 1 - epsilon."
+    )
     epsilon_high: float | None = Field(
-        None, gt=0, description="Clip range above 1 (ratio clipped at 1 + epsilon_high); None means epsilon. "
-        "DAPO's clip-higher uses 0.28."
+        None,
+        gt=0,
+        description="Clip range above 1 (ratio clipped at 1 + epsilon_high); None means epsilon. "
+        "DAPO's clip-higher uses 0.28.",
     )
     beta: float = Field(
-        0.0, ge=0, description="Weight of the per-token KL(new || ref) to the parent version; 0 loads no reference "
-        "(SCoRe's stage I keeps turn 1 near the base with a KL, e.g. 0.04)."
+        0.0,
+        ge=0,
+        description="Weight of the per-token KL(new || ref) to the parent version; 0 loads no reference "
+        "(SCoRe's stage I keeps turn 1 near the base with a KL, e.g. 0.04).",
     )
     loss_type: Literal["dapo", "grpo", "bnpo"] = Field(
-        "dapo", description="How TRL averages the per-token loss: 'dapo' over every token of the batch (TRL's "
-        "default), 'grpo' per sequence then over sequences, 'bnpo' over the tokens of each micro-batch."
+        "dapo",
+        description="How TRL averages the per-token loss: 'dapo' over every token of the batch (TRL's "
+        "default), 'grpo' per sequence then over sequences, 'bnpo' over the tokens of each micro-batch.",
     )
     temperature: float = Field(
-        1.0, gt=0, description="Temperature the stored log-probs were sampled at; new log-probs are taken at the "
-        "same temperature so the ratio compares like with like. Examples that record another one are refused."
+        1.0,
+        gt=0,
+        description="Temperature the stored log-probs were sampled at; new log-probs are taken at the "
+        "same temperature so the ratio compares like with like. Examples that record another one are refused.",
     )
     optimizer: str = Field(
-        "adamw_torch", description="Transformers optimizer name (TrainingArguments.optim): adamw_torch, adafactor, "
-        "sgd..."
+        "adamw_torch",
+        description="Transformers optimizer name (TrainingArguments.optim): adamw_torch, adafactor, sgd...",
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     lr_scheduler: str = Field(
-        "constant", description="Transformers scheduler name: constant, linear, cosine... (constant: each job is a "
-        "short round of on-policy updates)."
+        "constant",
+        description="Transformers scheduler name: constant, linear, cosine... (constant: each job is a "
+        "short round of on-policy updates).",
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed for shuffling and adapter initialisation.")
     lora: LoraSettings | None = Field(
-        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning. Dropout, the "
-        "adapter's included, is off while training: the stored log-probs were taken without it."
+        default_factory=LoraSettings,
+        description="LoRA settings; omit (or none) for full fine-tuning. Dropout, the "
+        "adapter's included, is off while training: the stored log-probs were taken without it.",
     )
-    merge: bool = Field(False, description="Merge the adapter into the weights and save a full model (else keep the adapter).")
-    bf16: bool | None = Field(None, description="bf16 mixed precision; None means only when a CUDA GPU is present.")
+    merge: bool = Field(
+        False, description="Merge the adapter into the weights and save a full model (else keep the adapter)."
+    )
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision; None means only when a CUDA GPU is present."
+    )
     report_to: ReportTo
     logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
     max_examples: int | None = Field(
-        None, ge=1, description="Claim at most this many examples per job (oldest first); the rest wait for the next job."
+        None,
+        ge=1,
+        description="Claim at most this many examples per job (oldest first); the rest wait for the next job.",
     )
 
 
-def parse_examples(examples: list[ExampleRecord], settings: PGSettings | None = None) -> list[AdvantagePayload]:
+def parse_examples(
+    examples: list[ExampleRecord], settings: PGSettings | None = None
+) -> list[AdvantagePayload]:
     """Each example's payload as an `AdvantagePayload`; a malformed one is refused with its id and the reason."""
     cfg = settings or PGSettings()
     out: list[AdvantagePayload] = []
@@ -140,13 +165,15 @@ def build_dataset(examples: list[ExampleRecord], settings: PGSettings | None = N
     import datasets
 
     payloads = parse_examples(examples, settings)
-    return datasets.Dataset.from_dict({
-        "prompt_ids": [p.prompt_ids for p in payloads],
-        "completion_ids": [p.completion_ids for p in payloads],
-        "logprobs": [[float(x) for x in p.logprobs] for p in payloads],
-        "advantage": [float(p.advantage) for p in payloads],
-        "example_id": [ex.id for ex in examples],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "prompt_ids": [p.prompt_ids for p in payloads],
+            "completion_ids": [p.completion_ids for p in payloads],
+            "logprobs": [[float(x) for x in p.logprobs] for p in payloads],
+            "advantage": [float(p.advantage) for p in payloads],
+            "example_id": [ex.id for ex in examples],
+        }
+    )
 
 
 class _ChunkSampler:
@@ -167,11 +194,13 @@ class _ChunkSampler:
     def __iter__(self) -> Iterator[int]:
         import torch
 
-        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
+        order = (
+            torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
+        )
         chunks = math.ceil(self.n / self.chunk)
         filled = list(itertools.islice(itertools.cycle(order), chunks * self.chunk))
         for c in range(chunks):
-            part = filled[c * self.chunk:(c + 1) * self.chunk]
+            part = filled[c * self.chunk : (c + 1) * self.chunk]
             for _ in range(self.repeat):
                 yield from part
 
@@ -223,15 +252,20 @@ def _trainer_classes() -> tuple[type, type]:
                 self.beta = beta
                 if config.disable_dropout:
                     disable_dropout_in_model(ref_model)
-                add_fused_lm_head(ref_model, temperature=self.temperature,
-                                  cast_lm_head_to_fp32=config.cast_lm_head_to_fp32)
+                add_fused_lm_head(
+                    ref_model, temperature=self.temperature, cast_lm_head_to_fp32=config.cast_lm_head_to_fp32
+                )
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             dataset = self.train_dataset if dataset is None else dataset
-            return _ChunkSampler(len(dataset), self.args.generation_batch_size,
-                                 self.num_iterations * self.args.steps_per_generation, seed=self.args.seed,
-                                 shuffle=self.shuffle_dataset)
+            return _ChunkSampler(
+                len(dataset),
+                self.args.generation_batch_size,
+                self.num_iterations * self.args.steps_per_generation,
+                seed=self.args.seed,
+                shuffle=self.shuffle_dataset,
+            )
 
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
             device = self.accelerator.device
@@ -240,13 +274,21 @@ def _trainer_classes() -> tuple[type, type]:
             prompts = [torch.tensor(x["prompt_ids"], dtype=torch.long) for x in inputs]
             completions = [torch.tensor(x["completion_ids"], dtype=torch.long) for x in inputs]
             prompt_ids = pad(prompts, padding_value=pad_id, padding_side="left").to(device)
-            prompt_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
+            prompt_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(
+                device
+            )
             completion_ids = pad(completions, padding_value=pad_id, padding_side="right").to(device)
-            completion_mask = pad([torch.ones_like(t) for t in completions], padding_value=0,
-                                  padding_side="right").to(device)
-            sampled = pad([torch.tensor(x["logprobs"], dtype=torch.float32) for x in inputs], padding_value=0.0,
-                          padding_side="right").to(device)
-            advantages = torch.tensor([float(x["advantage"]) for x in inputs], dtype=torch.float32, device=device)
+            completion_mask = pad(
+                [torch.ones_like(t) for t in completions], padding_value=0, padding_side="right"
+            ).to(device)
+            sampled = pad(
+                [torch.tensor(x["logprobs"], dtype=torch.float32) for x in inputs],
+                padding_value=0.0,
+                padding_side="right",
+            ).to(device)
+            advantages = torch.tensor(
+                [float(x["advantage"]) for x in inputs], dtype=torch.float32, device=device
+            )
             num_items_in_batch = self.accelerator.gather(completion_mask.sum()).sum()
 
             ref_per_token_logps = None
@@ -254,29 +296,44 @@ def _trainer_classes() -> tuple[type, type]:
                 input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
                 attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
                 batch_size = self.args.per_device_train_batch_size
-                with torch.no_grad(), disable_gradient_checkpointing(self.model,
-                                                                     self.args.gradient_checkpointing_kwargs):
+                with (
+                    torch.no_grad(),
+                    disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                ):
                     if self.ref_model is not None:
                         ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                            self.ref_model, input_ids, attention_mask, completion_ids.size(1), batch_size=batch_size)
+                            self.ref_model,
+                            input_ids,
+                            attention_mask,
+                            completion_ids.size(1),
+                            batch_size=batch_size,
+                        )
                     else:  # LoRA: the parent's adapter kept as "ref", or no adapter at all for a fresh one
                         model = self.accelerator.unwrap_model(self.model)
                         with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
                             ref_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                                self.model, input_ids, attention_mask, completion_ids.size(1),
-                                batch_size=batch_size)
+                                self.model,
+                                input_ids,
+                                attention_mask,
+                                completion_ids.size(1),
+                                batch_size=batch_size,
+                            )
 
             gathered = self.accelerator.gather(advantages)
             self._metrics[mode]["advantage/mean"].append(gathered.mean().item())
             self._metrics[mode]["advantage/abs_mean"].append(gathered.abs().mean().item())
             self._metrics[mode]["frac_advantage_zero"].append((gathered == 0).float().mean().item())
             out = {
-                "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-                "completion_mask": completion_mask, "advantages": advantages,
+                "prompt_ids": prompt_ids,
+                "prompt_mask": prompt_mask,
+                "completion_ids": completion_ids,
+                "completion_mask": completion_mask,
+                "advantages": advantages,
                 "num_items_in_batch": num_items_in_batch,
                 # The stored sampling log-probs are the "old" policy of the ratio; TRL's own off-policy masking
                 # (off_policy_mask_threshold) reads the sampling ones under this name.
-                "old_per_token_logps": sampled, "sampling_per_token_logps": sampled,
+                "old_per_token_logps": sampled,
+                "sampling_per_token_logps": sampled,
             }
             if ref_per_token_logps is not None:
                 out["ref_per_token_logps"] = ref_per_token_logps
@@ -295,8 +352,13 @@ def _no_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> lis
 
 
 def run_pg(
-    dataset: Any, *, model_path: str | Path, output_dir: str | Path, settings: PGSettings | None = None,
-    adapter_path: str | Path | None = None, hooks: TrainHooks | None = None,
+    dataset: Any,
+    *,
+    model_path: str | Path,
+    output_dir: str | Path,
+    settings: PGSettings | None = None,
+    adapter_path: str | Path | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainOutcome:
     """Train on stored actions (`build_dataset`'s columns) and save the result in `output_dir`."""
     import copy
@@ -330,7 +392,9 @@ def run_pg(
     batch_size = min(cfg.batch_size, n)
     grad_accum = max(1, min(cfg.grad_accum, n // batch_size))
     args = common.training_args(
-        pg_config, cfg, out,
+        pg_config,
+        cfg,
+        out,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         num_iterations=cfg.iterations,
@@ -346,8 +410,12 @@ def run_pg(
         disable_dropout=True,
     )
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=common.new_adapter_config(cfg.lora, adapter_path), ref_model=ref_model,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=common.new_adapter_config(cfg.lora, adapter_path),
+        ref_model=ref_model,
     )
     result = common.train(trainer, hooks)
     trained = trainer.model
@@ -359,18 +427,40 @@ def run_pg(
         values = [h[key] for h in trainer.state.log_history if h.get(key) is not None]
         if values:
             metrics[key.replace("/", "_")] = sum(values) / len(values)
-    return common.save_outcome(trained, tokenizer, result, cfg=cfg, out=out, model_path=model_path, examples=n,
-                               started=started, metrics=metrics, log_history=trainer.state.log_history)
+    return common.save_outcome(
+        trained,
+        tokenizer,
+        result,
+        cfg=cfg,
+        out=out,
+        model_path=model_path,
+        examples=n,
+        started=started,
+        metrics=metrics,
+        log_history=trainer.state.log_history,
+    )
 
 
 def _train(req: TrainRequest) -> TrainOutcome:
-    return run_pg(req.dataset, model_path=req.parent.path, adapter_path=req.parent.adapter_path,
-                  output_dir=req.output_dir, settings=req.settings, hooks=req.hooks)
+    return run_pg(
+        req.dataset,
+        model_path=req.parent.path,
+        adapter_path=req.parent.adapter_path,
+        output_dir=req.output_dir,
+        settings=req.settings,
+        hooks=req.hooks,
+    )
 
 
-PG = register_trainer(TrainerKind(
-    name="pg", settings=PGSettings, example_kinds=PG_KINDS, train=_train, build_dataset=build_dataset,
-    description="Policy gradient on stored advantages (TRL GRPOTrainer's clipped loss and KL, fed stored "
-    "actions): one example per action with its prompt/completion token ids, sampling log-probs and advantage, "
-    "as self-correction and self-play loops emit them.",
-))
+PG = register_trainer(
+    TrainerKind(
+        name="pg",
+        settings=PGSettings,
+        example_kinds=PG_KINDS,
+        train=_train,
+        build_dataset=build_dataset,
+        description="Policy gradient on stored advantages (TRL GRPOTrainer's clipped loss and KL, fed stored "
+        "actions): one example per action with its prompt/completion token ids, sampling log-probs and advantage, "
+        "as self-correction and self-play loops emit them.",
+    )
+)

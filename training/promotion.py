@@ -18,8 +18,12 @@ class PromotionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    margin: float = Field(0.02, ge=0.0, le=1.0, description="Absolute held-out accuracy gain required (0.02 = 2 points).")
-    metric: str = Field("pass@1", description="Metric compared, measured on the held-out split: 'pass@1' or 'pass@K'.")
+    margin: float = Field(
+        0.02, ge=0.0, le=1.0, description="Absolute held-out accuracy gain required (0.02 = 2 points)."
+    )
+    metric: str = Field(
+        "pass@1", description="Metric compared, measured on the held-out split: 'pass@1' or 'pass@K'."
+    )
 
 
 class Decision(BaseModel):
@@ -33,8 +37,12 @@ class PromotionError(RuntimeError):
     """A registry move that cannot be made; the message says why and what to run instead."""
 
 
-def decide(candidate: ModelVersionRecord, parent: ModelVersionRecord, metric_prefix: str,
-           settings: PromotionSettings | None = None) -> Decision:
+def decide(
+    candidate: ModelVersionRecord,
+    parent: ModelVersionRecord,
+    metric_prefix: str,
+    settings: PromotionSettings | None = None,
+) -> Decision:
     """Compare `{metric_prefix}/{metric}` (e.g. 'arithmetic/heldout/pass@1') on candidate and parent."""
     cfg = settings or PromotionSettings()
     key = f"{metric_prefix}/{cfg.metric}"
@@ -49,10 +57,18 @@ def decide(candidate: ModelVersionRecord, parent: ModelVersionRecord, metric_pre
         )
     c, p = float(candidate.metrics[key]), float(parent.metrics[key])
     if c - p >= cfg.margin - 1e-9:  # accuracies are ratios of counts: compare without float noise
-        return Decision(promote=True, reason=f"{key} {c:.3f} beats parent {p:.3f} by >= {cfg.margin}",
-                        candidate_score=c, parent_score=p)
-    return Decision(promote=False, reason=f"{key} {c:.3f} does not beat parent {p:.3f} by {cfg.margin}",
-                    candidate_score=c, parent_score=p)
+        return Decision(
+            promote=True,
+            reason=f"{key} {c:.3f} beats parent {p:.3f} by >= {cfg.margin}",
+            candidate_score=c,
+            parent_score=p,
+        )
+    return Decision(
+        promote=False,
+        reason=f"{key} {c:.3f} does not beat parent {p:.3f} by {cfg.margin}",
+        candidate_score=c,
+        parent_score=p,
+    )
 
 
 def promote(store: Any, model: str) -> ModelVersionRecord:
@@ -73,7 +89,9 @@ def rollback(store: Any, lineage: str) -> tuple[ModelVersionRecord, ModelVersion
     if current is None:
         raise PromotionError(f"no model in lineage {lineage!r}; see `strop models list`")
     if current.status != ModelStatus.PROMOTED:
-        raise PromotionError(f"lineage {lineage!r} is at its base {current.name!r}: nothing promoted to roll back")
+        raise PromotionError(
+            f"lineage {lineage!r} is at its base {current.name!r}: nothing promoted to roll back"
+        )
     store.set_model_status(current.id, ModelStatus.REJECTED)
     return _get(store, current.id), store.current_model(lineage)
 

@@ -53,20 +53,38 @@ def _pct(x: Any) -> str:
 
 
 def _versions_table(data: ReportData, found: Panels) -> str:
-    head = ["version", "cycle", "stage", "role", "status", "parent", *found.lineage, "examples", "train loss",
-            "decision"]
+    head = [
+        "version",
+        "cycle",
+        "stage",
+        "role",
+        "status",
+        "parent",
+        *found.lineage,
+        "examples",
+        "train loss",
+        "decision",
+    ]
     names = {v.record.id: v.label for v in data.versions}
     rows = []
     for i, v in enumerate(data.versions):
         m = v.metrics
         parent = names.get(v.record.parent_id or "", (v.record.parent_id or "-")[:12])
-        cells = [html.escape(v.label), str(v.cycle), html.escape(v.stage), html.escape(v.role),
-                 f'<span class="status {html.escape(v.status)}">{html.escape(v.status)}</span>', html.escape(parent)]
+        cells = [
+            html.escape(v.label),
+            str(v.cycle),
+            html.escape(v.stage),
+            html.escape(v.role),
+            f'<span class="status {html.escape(v.status)}">{html.escape(v.status)}</span>',
+            html.escape(parent),
+        ]
         cells += [f'<td class="num">{_pct(values[i])}</td>' for values in found.lineage.values()]
         loss = m.get("train_loss")
-        cells += [f'<td class="num">{m.get("examples", "-")}</td>',
-                  f'<td class="num">{loss:.3f}</td>' if isinstance(loss, int | float) else "<td>-</td>",
-                  html.escape(str(m.get("decision", "")))]
+        cells += [
+            f'<td class="num">{m.get("examples", "-")}</td>',
+            f'<td class="num">{loss:.3f}</td>' if isinstance(loss, int | float) else "<td>-</td>",
+            html.escape(str(m.get("decision", ""))),
+        ]
         rows.append("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells) + "</tr>")
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return f"<table><tr>{th}</tr>{''.join(rows)}</table>"
@@ -78,8 +96,13 @@ def _counts_table(data: ReportData) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in ["collection", *kinds])
     rows = "".join(
         f"<tr><td>{html.escape(g)}</td>"
-        + "".join(f'<td class="num">{sum(n for g2, k2, n in data.counts if g2 == g and k2 == k)}</td>' for k in kinds)
-        + "</tr>" for g in groups)
+        + "".join(
+            f'<td class="num">{sum(n for g2, k2, n in data.counts if g2 == g and k2 == k)}</td>'
+            for k in kinds
+        )
+        + "</tr>"
+        for g in groups
+    )
     return f"<table><tr>{th}</tr>{rows}</table>"
 
 
@@ -96,14 +119,25 @@ def render_html(data: ReportData, found: Panels) -> str:
     if data.versions:
         parts.append("<h2>Model versions</h2>" + _versions_table(data, found))
     if found.lineage:
-        parts.append(_figure("Held-out metrics along the lineage", plots.lineage(labels, statuses, found.lineage),
-                             "Greedy pass@1 on each task set's held-out split, per version in the order they were "
-                             "made; the marker says whether the gate promoted or rejected it."))
+        parts.append(
+            _figure(
+                "Held-out metrics along the lineage",
+                plots.lineage(labels, statuses, found.lineage),
+                "Greedy pass@1 on each task set's held-out split, per version in the order they were "
+                "made; the marker says whether the gate promoted or rejected it.",
+            )
+        )
     if data.counts:
         parts.append(_figure("Data per stage", plots.counts(data.counts)) + _counts_table(data))
     if data.losses:
-        parts.append(_figure("Training loss", plots.curves(data.losses, title="training loss per job",
-                                                           xlabel="optimizer step", ylabel="loss")))
+        parts.append(
+            _figure(
+                "Training loss",
+                plots.curves(
+                    data.losses, title="training loss per job", xlabel="optimizer step", ylabel="loss"
+                ),
+            )
+        )
     if data.episode_rewards or data.train_rewards:
         body = ""
         if data.episode_rewards:
@@ -112,19 +146,40 @@ def render_html(data: ReportData, found: Panels) -> str:
             body += f'<img alt="training rewards" src="{plots.curves(data.train_rewards, title="mean group reward per training step (on-line jobs)", xlabel="optimizer step", ylabel="reward")}">'
         parts.append("<h2>Rewards</h2>" + body)
     if found.critic:
-        parts.append(_figure("Critic", plots.critic(labels, statuses, found.critic),
-                             "The critic benchmark on held-out tasks: F1 at finding the first wrong step, and how "
-                             "often its corrected solution is right."))
+        parts.append(
+            _figure(
+                "Critic",
+                plots.critic(labels, statuses, found.critic),
+                "The critic benchmark on held-out tasks: F1 at finding the first wrong step, and how "
+                "often its corrected solution is right.",
+            )
+        )
     if found.self_correct:
-        parts.append(_figure("Self-correction", plots.self_correction(labels, statuses, found.self_correct,
-                                                                      found.self_correct_delta)))
+        parts.append(
+            _figure(
+                "Self-correction",
+                plots.self_correction(labels, statuses, found.self_correct, found.self_correct_delta),
+            )
+        )
     if found.search:
-        parts.append(_figure("Search", plots.search(found.search),
-                             "Held-out accuracy of each search method at equal token budgets."))
+        parts.append(
+            _figure(
+                "Search",
+                plots.search(found.search),
+                "Held-out accuracy of each search method at equal token budgets.",
+            )
+        )
     if found.games or found.elo:
-        parts.append(_figure("Games", plots.games(labels, statuses, found.games, found.elo),
-                             "Greedy games on held-out seeds against fixed opponents, from both seats."))
+        parts.append(
+            _figure(
+                "Games",
+                plots.games(labels, statuses, found.games, found.elo),
+                "Greedy games on held-out seeds against fixed opponents, from both seats.",
+            )
+        )
     title = html.escape(f"strop report: {data.title}")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}"
-            "<p class='note'>Written by <code>strop report</code> from the trajectory store.</p></body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(parts)}"
+        "<p class='note'>Written by <code>strop report</code> from the trajectory store.</p></body></html>"
+    )

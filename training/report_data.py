@@ -94,7 +94,9 @@ def resolve_scope(store: Any, target: str | None) -> Scope:
     stages = store.list_runs(loop=STAGE_LOOP)  # newest first
     if target is None:
         if not stages:
-            raise ReportError("the store holds no evolution: run `strop evolve --recipe ...` first, or name a run id")
+            raise ReportError(
+                "the store holds no evolution: run `strop evolve --recipe ...` first, or name a run id"
+            )
         return _evolution(stages, stages[0].config["evolve_id"])
     if target.endswith(".toml") or Path(target).is_file():
         return _evolution(stages, _recipe_evolve_id(store, Path(target)))
@@ -108,8 +110,10 @@ def resolve_scope(store: Any, target: str | None) -> Scope:
     if named:
         return _evolution(stages, named[0].config["evolve_id"])
     names = sorted({str(r.config.get("recipe")) for r in stages})
-    raise ReportError(f"{target!r} is no recipe file, run id or recipe name in this store; recipes evolved here: "
-                      f"{', '.join(names) or 'none'}")
+    raise ReportError(
+        f"{target!r} is no recipe file, run id or recipe name in this store; recipes evolved here: "
+        f"{', '.join(names) or 'none'}"
+    )
 
 
 def _recipe_evolve_id(store: Any, path: Path) -> str:
@@ -123,8 +127,10 @@ def _recipe_evolve_id(store: Any, path: Path) -> str:
             continue
         version = store.get_model(model)
         if version is None:
-            raise ReportError(f"recipe {recipe.name} ({path}) never ran on this store: its {role} model {model!r} "
-                              "is not registered here (check --db)")
+            raise ReportError(
+                f"recipe {recipe.name} ({path}) never ran on this store: its {role} model {model!r} "
+                "is not registered here (check --db)"
+            )
         bases[role] = version
     return evolve_id(recipe, bases)
 
@@ -167,8 +173,10 @@ def collect(store: Any, scope: Scope) -> ReportData:
         data.versions = [*bases.values(), *candidates]
         cycles = max((int(r.config["cycle"]) for r in scope.stage_runs), default=0)
         stages = list(dict.fromkeys(str(r.config["stage"]) for r in scope.stage_runs))
-        data.subtitle = (f"evolution {scope.evolve_id[:12]}: {cycles} cycle{'s' * (cycles != 1)}, "
-                         f"stages {', '.join(stages)}; started {scope.stage_runs[0].started_at:%Y-%m-%d %H:%M} UTC")
+        data.subtitle = (
+            f"evolution {scope.evolve_id[:12]}: {cycles} cycle{'s' * (cycles != 1)}, "
+            f"stages {', '.join(stages)}; started {scope.stage_runs[0].started_at:%Y-%m-%d %H:%M} UTC"
+        )
     data.counts = data_counts(store, data.collections)
     data.episode_rewards = episode_rewards(store, data.collections)
     jobs = [(v, store.get_job(v.record.job_id)) for v in data.versions if v.record.job_id]

@@ -32,7 +32,9 @@ class Panels:
     critic: Series = field(default_factory=dict)
     self_correct: Series = field(default_factory=dict)
     self_correct_delta: Series = field(default_factory=dict)
-    search: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)  # version -> method -> pts
+    search: dict[str, dict[str, list[tuple[int, float]]]] = field(
+        default_factory=dict
+    )  # version -> method -> pts
     games: Series = field(default_factory=dict)
     elo: Series = field(default_factory=dict)
 
@@ -77,26 +79,37 @@ def self_correct(metrics: Sequence[dict[str, Any]]) -> tuple[Series, Series]:
     """Accuracy at turn 1 and at the last turn per feedback kind, and the change between them (Δ = last - first,
     the net number of answers fixed)."""
     names = {"acc_t1": "turn 1", "acc_last": "last turn"}
-    acc = _series(metrics, SELF_CORRECT, lambda m: f"{m['set']} {m['fb']}: {names[m['m']]}" if m["m"] in names else None)
+    acc = _series(
+        metrics, SELF_CORRECT, lambda m: f"{m['set']} {m['fb']}: {names[m['m']]}" if m["m"] in names else None
+    )
     delta = _series(metrics, SELF_CORRECT, lambda m: f"{m['set']} {m['fb']}" if m["m"] == "net" else None)
     for label, values in acc.items():  # older records without `net`: derive it
         if label.endswith(": turn 1") and (base := label.removesuffix(": turn 1")) not in delta:
             last = acc.get(f"{base}: last turn", [])
             if last:
-                delta[base] = [None if a is None or b is None else b - a for a, b in zip(values, last, strict=True)]
+                delta[base] = [
+                    None if a is None or b is None else b - a for a, b in zip(values, last, strict=True)
+                ]
     return acc, delta
 
 
-def search(labels: Sequence[str], metrics: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def search(
+    labels: Sequence[str], metrics: Sequence[dict[str, Any]]
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Accuracy against budget per method, for each version that was measured."""
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for label, m in zip(labels, metrics, strict=True):
-        hits = [(h, v) for key, value in m.items()
-                if (h := SEARCH.match(key)) is not None and (v := _number(value)) is not None]
+        hits = [
+            (h, v)
+            for key, value in m.items()
+            if (h := SEARCH.match(key)) is not None and (v := _number(value)) is not None
+        ]
         several = len({h["set"] for h, _ in hits}) > 1  # name the task set only when there are several
         per: dict[str, list[tuple[int, float]]] = {}
         for h, v in hits:
-            per.setdefault(f"{h['set']} {h['method']}" if several else h["method"], []).append((int(h["budget"]), v))
+            per.setdefault(f"{h['set']} {h['method']}" if several else h["method"], []).append(
+                (int(h["budget"]), v)
+            )
         if per:
             out[label] = {name: sorted(pts) for name, pts in per.items()}
     return out
@@ -105,12 +118,21 @@ def search(labels: Sequence[str], metrics: Sequence[dict[str, Any]]) -> dict[str
 def games(metrics: Sequence[dict[str, Any]]) -> tuple[Series, Series]:
     """Win rate against each fixed opponent (both seats, and each seat), and Elo where `strop eval-game`
     recorded it."""
-    win = _series(metrics, GAME, lambda m: f"{m['game']} vs {m['opp']}" + (f" seat {m['seat']}" if m["seat"] else ""))
+    win = _series(
+        metrics, GAME, lambda m: f"{m['game']} vs {m['opp']}" + (f" seat {m['seat']}" if m["seat"] else "")
+    )
     return win, _series(metrics, ELO, lambda m: f"{m['game']} Elo")
 
 
 def panels(labels: Sequence[str], metrics: Sequence[dict[str, Any]]) -> Panels:
     sc, delta = self_correct(metrics)
     win, elo = games(metrics)
-    return Panels(lineage=lineage(metrics), critic=critic(metrics), self_correct=sc, self_correct_delta=delta,
-                  search=search(labels, metrics), games=win, elo=elo)
+    return Panels(
+        lineage=lineage(metrics),
+        critic=critic(metrics),
+        self_correct=sc,
+        self_correct_delta=delta,
+        search=search(labels, metrics),
+        games=win,
+        elo=elo,
+    )

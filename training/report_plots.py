@@ -16,8 +16,12 @@ from strop.training.report_data import Curve
 from strop.training.report_panels import Series
 
 # Marker per model status: where a version went after its evaluation.
-STATUS_MARKERS = {"base": ("s", "starting model"), "promoted": ("o", "promoted"), "rejected": ("X", "rejected"),
-                  "candidate": ("^", "not decided yet")}
+STATUS_MARKERS = {
+    "base": ("s", "starting model"),
+    "promoted": ("o", "promoted"),
+    "rejected": ("X", "rejected"),
+    "candidate": ("^", "not decided yet"),
+}
 WIDTH = 8.6
 
 
@@ -41,13 +45,21 @@ def _png(fig: Any) -> str:
 
 def _versions_axis(ax: Any, labels: Sequence[str]) -> None:
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
-                       fontsize=8)
+    ax.set_xticklabels(
+        labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center", fontsize=8
+    )
     ax.set_xlim(-0.5, len(labels) - 0.5)
 
 
-def _over_versions(ax: Any, labels: Sequence[str], statuses: Sequence[str], series: Series, *,
-                   percent: bool = True, styles: dict[str, str] | None = None) -> None:
+def _over_versions(
+    ax: Any,
+    labels: Sequence[str],
+    statuses: Sequence[str],
+    series: Series,
+    *,
+    percent: bool = True,
+    styles: dict[str, str] | None = None,
+) -> None:
     """One line per series across the versions; each point marked by its version's status."""
     scale = 100.0 if percent else 1.0
     for i, (name, values) in enumerate(series.items()):
@@ -68,8 +80,10 @@ def _status_legend(ax: Any, statuses: Sequence[str]) -> None:
     from matplotlib.lines import Line2D
 
     shown = [s for s in STATUS_MARKERS if s in set(statuses)]
-    handles = [Line2D([], [], ls="", marker=STATUS_MARKERS[s][0], color="grey", ms=7, label=STATUS_MARKERS[s][1])
-               for s in shown]
+    handles = [
+        Line2D([], [], ls="", marker=STATUS_MARKERS[s][0], color="grey", ms=7, label=STATUS_MARKERS[s][1])
+        for s in shown
+    ]
     first = ax.legend(fontsize=8, loc="upper left")
     ax.add_artist(first)
     ax.legend(handles=handles, fontsize=8, loc="lower right")
@@ -147,8 +161,14 @@ def search(per_version: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
         for name, pts in per.items():
             xs, ys = zip(*pts, strict=True)
             suffix = f" ({version})" if len(per_version) > 1 else ""
-            ax.plot(xs, [100 * y for y in ys], dashes[j % 4], marker="o", color=f"C{methods.index(name) % 10}",
-                    label=f"{name}{suffix}")
+            ax.plot(
+                xs,
+                [100 * y for y in ys],
+                dashes[j % 4],
+                marker="o",
+                color=f"C{methods.index(name) % 10}",
+                label=f"{name}{suffix}",
+            )
     from matplotlib.ticker import NullFormatter, NullLocator
 
     ax.set_xscale("log", base=2)
@@ -159,7 +179,9 @@ def search(per_version: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
     ax.set_xlabel("token budget per problem")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("search accuracy against budget" + (f": {next(iter(per_version))}" if len(per_version) == 1 else ""))
+    ax.set_title(
+        "search accuracy against budget" + (f": {next(iter(per_version))}" if len(per_version) == 1 else "")
+    )
     ax.legend(fontsize=8)
     return _png(fig)
 

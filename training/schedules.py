@@ -68,8 +68,16 @@ class ScheduleInfo(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------ firing
-def fire(schedule_id: str, recipe: str, *, cycles: int | None = None, lease_ttl: float = LEASE_TTL,
-         cycle: str = DEFAULT_CYCLE, scheduled_at: datetime | None = None, db: str | None = None) -> str:
+def fire(
+    schedule_id: str,
+    recipe: str,
+    *,
+    cycles: int | None = None,
+    lease_ttl: float = LEASE_TTL,
+    cycle: str = DEFAULT_CYCLE,
+    scheduled_at: datetime | None = None,
+    db: str | None = None,
+) -> str:
     """One firing of a schedule; APScheduler calls it (by this importable name) in a worker thread.
 
     The scheduler's executor adds `scheduled_at` (the due time, the firing's key) and `db` (its store, so no
@@ -93,10 +101,17 @@ def fire(schedule_id: str, recipe: str, *, cycles: int | None = None, lease_ttl:
             r = load_recipe(recipe)
             with recipe_lease(store, r.name, ttl=lease_ttl, holder=holder) as keeper:
                 if keeper.lease.previous is not None:
-                    log.warning("schedule %s: took over the expired lease of %s", schedule_id,
-                                keeper.lease.previous.holder)
-                store.abandon_firings(schedule_id, holder, f"its process stopped renewing the lease of recipe "
-                                      f"{r.name!r} (killed or hung); the firing due at {at} resumed the cycle")
+                    log.warning(
+                        "schedule %s: took over the expired lease of %s",
+                        schedule_id,
+                        keeper.lease.previous.holder,
+                    )
+                store.abandon_firings(
+                    schedule_id,
+                    holder,
+                    f"its process stopped renewing the lease of recipe "
+                    f"{r.name!r} (killed or hung); the firing due at {at} resumed the cycle",
+                )
                 k = _resolve(cycle)(r, store, keeper=keeper, cycles=cycles)
             status = FiringStatus.OK
         except LeaseHeldError as e:
@@ -105,8 +120,12 @@ def fire(schedule_id: str, recipe: str, *, cycles: int | None = None, lease_ttl:
             status, error = FiringStatus.FAILED, _error_text(e)
         store.finish_firing(schedule_id, at, status, cycle=k, error=error)
         if status == FiringStatus.OK:
-            log.info("schedule %s: firing due at %s ran %s", schedule_id, at,
-                     f"cycle {k}" if k is not None else f"nothing (all {cycles} cycles are done)")
+            log.info(
+                "schedule %s: firing due at %s ran %s",
+                schedule_id,
+                at,
+                f"cycle {k}" if k is not None else f"nothing (all {cycles} cycles are done)",
+            )
         else:
             log.error("schedule %s: firing due at %s %s: %s", schedule_id, at, status, error)
         return str(status)
@@ -123,7 +142,7 @@ def _error_text(e: BaseException, limit: int = 4000) -> str:
     """The error first (what `schedule list` shows), then the end of the traceback."""
     tb = "".join(traceback.format_exception(e))
     head = f"{type(e).__name__}: {e}"
-    return (head + "\n" + tb[-(limit - len(head)):])[:limit]
+    return (head + "\n" + tb[-(limit - len(head)) :])[:limit]
 
 
 # --------------------------------------------------------------------------------------- the scheduler
@@ -184,8 +203,9 @@ class _Firing:
         return str(self._job)
 
 
-def make_scheduler(store: Any, *, background: bool = False, workers: int = 1, poll: float = POLL,
-                   manager: bool = False) -> Any:
+def make_scheduler(
+    store: Any, *, background: bool = False, workers: int = 1, poll: float = POLL, manager: bool = False
+) -> Any:
     """A scheduler on the store's database, not started. `workers`: cycles this process runs at once
     (of different schedules; one schedule never overlaps itself). `manager`: one that never fires."""
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
@@ -215,8 +235,12 @@ def make_scheduler(store: Any, *, background: bool = False, workers: int = 1, po
             job = sched.get_job(event.job_id)
             recipe = job.kwargs.get("recipe", "") if job is not None else ""
             for t in times:
-                if not store.claim_firing(event.job_id, t, recipe=recipe, holder=new_holder(), status=status,
-                                          error=why) and status == FiringStatus.FAILED:
+                if (
+                    not store.claim_firing(
+                        event.job_id, t, recipe=recipe, holder=new_holder(), status=status, error=why
+                    )
+                    and status == FiringStatus.FAILED
+                ):
                     store.finish_firing(event.job_id, t, status, error=why)
         except Exception:
             log.exception("schedule %s: could not record a %s firing", event.job_id, status)
@@ -247,18 +271,29 @@ def check_recipe(path: str | Path, store: Any) -> Any:
     try:
         recipe = load_recipe(path)
         if recipe.db is not None and resolve_db_url(recipe.db) != store.url:
-            raise RecipeError(f"{path}: recipe field `db` is {recipe.db!r}, but scheduled cycles run against the "
-                              f"scheduler's store {masked(store.url)}: remove `db` from the recipe, or schedule "
-                              f"it with --db {recipe.db}")
+            raise RecipeError(
+                f"{path}: recipe field `db` is {recipe.db!r}, but scheduled cycles run against the "
+                f"scheduler's store {masked(store.url)}: remove `db` from the recipe, or schedule "
+                f"it with --db {recipe.db}"
+            )
         Evolution(recipe, store, progress=False)  # task sets and models exist
     except RecipeError as e:
         raise ScheduleError(str(e) if str(path) in str(e) else f"--recipe {path}: {e}") from None
     return recipe
 
 
-def add_schedule(store: Any, trigger: Any, recipe_path: str | Path, *, schedule_id: str | None = None,
-                 cycles: int | None = None, lease_ttl: float = LEASE_TTL, misfire_grace: float | None = MISFIRE_GRACE,
-                 replace: bool = False, cycle: str = DEFAULT_CYCLE) -> ScheduleInfo:
+def add_schedule(
+    store: Any,
+    trigger: Any,
+    recipe_path: str | Path,
+    *,
+    schedule_id: str | None = None,
+    cycles: int | None = None,
+    lease_ttl: float = LEASE_TTL,
+    misfire_grace: float | None = MISFIRE_GRACE,
+    replace: bool = False,
+    cycle: str = DEFAULT_CYCLE,
+) -> ScheduleInfo:
     """Validate the recipe and store the schedule; the schedulers running on this store pick it up."""
     if cycles is not None and cycles < 1:
         raise ScheduleError(f"--cycles must be at least 1, got {cycles}")
@@ -273,11 +308,24 @@ def add_schedule(store: Any, trigger: Any, recipe_path: str | Path, *, schedule_
     sid = schedule_id or recipe.name
     with _jobs(store) as sched:
         if sched.get_job(sid) is not None and not replace:
-            raise ScheduleError(f"schedule {sid!r} exists; pass --replace to change it, or --name to add another")
-        sched.add_job(fire, trigger, id=sid, name=recipe.name, replace_existing=True,
-                      misfire_grace_time=None if misfire_grace is None else round(misfire_grace),
-                      kwargs={"schedule_id": sid, "recipe": path, "cycles": cycles, "lease_ttl": lease_ttl,
-                              "cycle": cycle})
+            raise ScheduleError(
+                f"schedule {sid!r} exists; pass --replace to change it, or --name to add another"
+            )
+        sched.add_job(
+            fire,
+            trigger,
+            id=sid,
+            name=recipe.name,
+            replace_existing=True,
+            misfire_grace_time=None if misfire_grace is None else round(misfire_grace),
+            kwargs={
+                "schedule_id": sid,
+                "recipe": path,
+                "cycles": cycles,
+                "lease_ttl": lease_ttl,
+                "cycle": cycle,
+            },
+        )
     return get_schedule(store, sid)
 
 
@@ -288,11 +336,20 @@ def list_schedules(store: Any) -> list[ScheduleInfo]:
     out = []
     for job in sorted(jobs, key=lambda j: j.id):
         kw = job.kwargs
-        out.append(ScheduleInfo(
-            id=job.id, recipe=kw.get("recipe", ""), recipe_name=job.name, trigger=describe(job.trigger),
-            next_run=job.next_run_time, cycles=kw.get("cycles"), lease_ttl=kw.get("lease_ttl", LEASE_TTL),
-            misfire_grace=job.misfire_grace_time, last=last.get(job.id), lease=store.get_lease(lease_name(job.name)),
-        ))
+        out.append(
+            ScheduleInfo(
+                id=job.id,
+                recipe=kw.get("recipe", ""),
+                recipe_name=job.name,
+                trigger=describe(job.trigger),
+                next_run=job.next_run_time,
+                cycles=kw.get("cycles"),
+                lease_ttl=kw.get("lease_ttl", LEASE_TTL),
+                misfire_grace=job.misfire_grace_time,
+                last=last.get(job.id),
+                lease=store.get_lease(lease_name(job.name)),
+            )
+        )
     return out
 
 

@@ -22,10 +22,20 @@ from pydantic import BeforeValidator, Field
 
 # transformers' reporting integrations (INTEGRATION_TO_CALLBACK) and the module each one needs.
 TRACKERS: dict[str, tuple[str, ...]] = {
-    "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",),
-    "trackio": ("trackio",), "comet_ml": ("comet_ml",), "neptune": ("neptune",), "clearml": ("clearml",),
-    "dvclive": ("dvclive",), "codecarbon": ("codecarbon",), "azure_ml": ("azureml",), "dagshub": ("dagshub",),
-    "flyte": ("flytekit",), "swanlab": ("swanlab",), "kubeflow": ("kubeflow",),
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
+    "trackio": ("trackio",),
+    "comet_ml": ("comet_ml",),
+    "neptune": ("neptune",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "codecarbon": ("codecarbon",),
+    "azure_ml": ("azureml",),
+    "dagshub": ("dagshub",),
+    "flyte": ("flytekit",),
+    "swanlab": ("swanlab",),
+    "kubeflow": ("kubeflow",),
 }
 _EXTRA = {"tensorboard": "pip install 'strop[tensorboard]'"}
 
@@ -41,9 +51,13 @@ def _report_to(value: Any) -> list[str]:
         return [n for n in TRACKERS if installed(n)]
     for n in names:
         if n not in TRACKERS:
-            raise ValueError(f"report_to: unknown tracker {n!r}; known: none, all, {', '.join(sorted(TRACKERS))}")
+            raise ValueError(
+                f"report_to: unknown tracker {n!r}; known: none, all, {', '.join(sorted(TRACKERS))}"
+            )
         if not installed(n):
-            raise ValueError(f"report_to: {n} is not installed ({_EXTRA.get(n, f'pip install {TRACKERS[n][0]}')})")
+            raise ValueError(
+                f"report_to: {n} is not installed ({_EXTRA.get(n, f'pip install {TRACKERS[n][0]}')})"
+            )
     return list(dict.fromkeys(names))
 
 
@@ -54,8 +68,11 @@ def installed(tracker: str) -> bool:
 ReportTo = Annotated[
     list[str],
     BeforeValidator(_report_to),
-    Field(default_factory=list, description="Experiment trackers TRL logs to, as in TrainingArguments: 'none' "
-          "(default), 'tensorboard', 'mlflow', 'all' or a list; strop's own metrics go to the same ones."),
+    Field(
+        default_factory=list,
+        description="Experiment trackers TRL logs to, as in TrainingArguments: 'none' "
+        "(default), 'tensorboard', 'mlflow', 'all' or a list; strop's own metrics go to the same ones.",
+    ),
 ]
 
 
@@ -77,8 +94,10 @@ class TrainHooks:
 def compact_history(log_history: list[dict[str, Any]], *, limit: int = 400) -> list[dict[str, float]]:
     """TRL's `state.log_history`, numbers only, at most `limit` entries (evenly thinned, the last kept): what
     a job stores so a report can draw its loss and reward curves."""
-    rows = [{k: float(v) for k, v in h.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            for h in log_history]
+    rows = [
+        {k: float(v) for k, v in h.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        for h in log_history
+    ]
     rows = [r for r in rows if len(r) > 1]
     if len(rows) > limit:
         keep = sorted({round(i * (len(rows) - 1) / (limit - 1)) for i in range(limit)})

@@ -25,7 +25,12 @@ from strop.memory.records import ExampleKind, ExampleRecord, ModelVersionRecord,
 from strop.training.tracking import TrainHooks
 
 # Modules that register strop's own trainer kinds, imported on first look-up.
-_BUILTIN_MODULES: tuple[str, ...] = ("strop.training.sft", "strop.training.grpo", "strop.training.dpo", "strop.training.pg")
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "strop.training.sft",
+    "strop.training.grpo",
+    "strop.training.dpo",
+    "strop.training.pg",
+)
 
 
 class UnknownTrainerError(KeyError):
@@ -44,9 +49,13 @@ class TrainOutcome(BaseModel):
     steps: int
     examples: int
     seconds: float
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Kind-specific figures (e.g. DPO reward margins).")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="Kind-specific figures (e.g. DPO reward margins)."
+    )
     log_history: list[dict[str, float]] = Field(
-        default_factory=list, description="TRL's logged figures per logging step (loss, reward...), numbers only.")
+        default_factory=list,
+        description="TRL's logged figures per logging step (loss, reward...), numbers only.",
+    )
 
 
 @dataclass
@@ -92,7 +101,9 @@ class TrainerKind:
 
 _REGISTRY: dict[str, TrainerKind] = {}
 _loaded = False
-_loading = threading.RLock()  # first look-ups on several threads wait for the imports, not see an empty registry
+_loading = (
+    threading.RLock()
+)  # first look-ups on several threads wait for the imports, not see an empty registry
 
 
 def register_trainer(kind: TrainerKind, *, replace: bool = False) -> TrainerKind:
@@ -118,7 +129,9 @@ def get_trainer(name: str) -> TrainerKind:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownTrainerError(f"unknown trainer kind {name!r}; known kinds: {', '.join(sorted(_REGISTRY))}") from None
+        raise UnknownTrainerError(
+            f"unknown trainer kind {name!r}; known kinds: {', '.join(sorted(_REGISTRY))}"
+        ) from None
 
 
 def list_trainers() -> list[TrainerKind]:

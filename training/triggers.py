@@ -13,8 +13,13 @@ import re
 from datetime import timedelta
 from typing import Any
 
-CRON_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day", "1-31"), ("month", "1-12 or jan-dec"),
-               ("day_of_week", "0-7 (0 and 7 are Sunday) or sun-sat"))
+CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day_of_week", "0-7 (0 and 7 are Sunday) or sun-sat"),
+)
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -29,14 +34,18 @@ def cron_trigger(expr: str, timezone: Any = None) -> Any:
 
     values = expr.split()
     if len(values) != len(CRON_FIELDS):
-        raise TriggerError(f'--cron "{expr}": {len(values)} fields, a crontab line has 5: minute hour day month '
-                           'day_of_week, e.g. "0 3 * * *" (every day at 03:00)')
+        raise TriggerError(
+            f'--cron "{expr}": {len(values)} fields, a crontab line has 5: minute hour day month '
+            'day_of_week, e.g. "0 3 * * *" (every day at 03:00)'
+        )
     values[4] = _weekdays(expr, values[4])
     for (name, allowed), value in zip(CRON_FIELDS, values, strict=True):
         try:
             CronTrigger(**{name: value})
         except ValueError as e:
-            raise TriggerError(f'--cron "{expr}": {name} "{value}" is invalid: {name} must be {allowed} ({e})') from None
+            raise TriggerError(
+                f'--cron "{expr}": {name} "{value}" is invalid: {name} must be {allowed} ({e})'
+            ) from None
     try:
         return CronTrigger(**dict(zip([n for n, _ in CRON_FIELDS], values, strict=True)), timezone=timezone)
     except ValueError as e:  # each field is fine alone, not together (e.g. day 31 in month 2)
@@ -51,15 +60,19 @@ def _weekdays(expr: str, field: str) -> str:
     for part in field.split(","):
         m = re.fullmatch(r"(\*|\d+)(?:-(\d+))?(?:/(\d+))?", part)
         if m is None:
-            raise TriggerError(f'--cron "{expr}": day_of_week "{field}" is invalid: day_of_week must be 0-7 '
-                               "(0 and 7 are Sunday) or sun-sat, as numbers or names, not both in one item")
+            raise TriggerError(
+                f'--cron "{expr}": day_of_week "{field}" is invalid: day_of_week must be 0-7 '
+                "(0 and 7 are Sunday) or sun-sat, as numbers or names, not both in one item"
+            )
         lo, hi, step = m.group(1), m.group(2), int(m.group(3) or 1)
         first, last = (0, 6) if lo == "*" else (int(lo), int(hi) if hi is not None else int(lo))
         if m.group(3) and lo != "*" and hi is None:
             last = 7  # "1/2": from Monday to the end of the week, every 2nd day
         if not (0 <= first <= 7 and 0 <= last <= 7) or first > last or step == 0:
-            raise TriggerError(f'--cron "{expr}": day_of_week "{part}" is invalid: day_of_week must be 0-7 '
-                               "(0 and 7 are Sunday), ranges low-high, steps above 0")
+            raise TriggerError(
+                f'--cron "{expr}": day_of_week "{part}" is invalid: day_of_week must be 0-7 '
+                "(0 and 7 are Sunday), ranges low-high, steps above 0"
+            )
         out += [_DAYS[d % 7] for d in range(first, last + 1, step)]
     return ",".join(dict.fromkeys(out))
 
@@ -73,8 +86,10 @@ def parse_every(text: str, option: str = "--every") -> timedelta:
     else:
         parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", raw)
         if not parts or re.sub(r"\d+(?:\.\d+)?\s*[smhdw]", "", raw).strip():
-            raise TriggerError(f'{option} "{text}": not a duration; write a number with a unit s, m, h, d or w, '
-                               f'e.g. {option} 6h, {option} 30m, {option} 1h30m')
+            raise TriggerError(
+                f'{option} "{text}": not a duration; write a number with a unit s, m, h, d or w, '
+                f"e.g. {option} 6h, {option} 30m, {option} 1h30m"
+            )
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise TriggerError(f'{option} "{text}": must be longer than zero')

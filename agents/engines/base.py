@@ -33,7 +33,10 @@ class SamplingParams(BaseModel):
     seed: int | None = Field(None, description="Seed for reproducible sampling; None draws one.")
     logprobs: bool = Field(True, description="Return the log-prob of each sampled token.")
     top_logprobs: int = Field(
-        0, ge=0, le=20, description="Also return the k most likely tokens at each position (needs `logprobs`)."
+        0,
+        ge=0,
+        le=20,
+        description="Also return the k most likely tokens at each position (needs `logprobs`).",
     )
 
     @model_validator(mode="after")
@@ -59,7 +62,9 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[Message] | None = Field(None, description="Chat messages; the engine applies the chat template.")
+    messages: list[Message] | None = Field(
+        None, description="Chat messages; the engine applies the chat template."
+    )
     prompt: str | None = Field(None, description="A raw prompt, used as is (no chat template).")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     continue_final: bool = Field(
@@ -80,8 +85,10 @@ class GenerationRequest(BaseModel):
             raise ValueError("give exactly one of `messages` or `prompt`")
         if self.context_token_ids is not None:
             if self.messages is None or self.continue_final:
-                raise ValueError("`context_token_ids` continues a chat: give the new turns as `messages` (an "
-                                 "empty list to continue right after the ids), and no `prompt` or `continue_final`")
+                raise ValueError(
+                    "`context_token_ids` continues a chat: give the new turns as `messages` (an "
+                    "empty list to continue right after the ids), and no `prompt` or `continue_final`"
+                )
             if not self.context_token_ids or min(self.context_token_ids) < 0:
                 raise ValueError("`context_token_ids` must be non-empty, non-negative token ids")
         return self
@@ -110,11 +117,13 @@ class Completion(BaseModel):
     finish_reason: FinishReason
     model_version: str = Field(description="Model id / version that produced this completion.")
     matched_stop: str | None = Field(
-        None, description="The stop string that ended it (not in `text`; its tokens are in `token_ids`); None when "
+        None,
+        description="The stop string that ended it (not in `text`; its tokens are in `token_ids`); None when "
         "it ended at EOS or max_tokens, or the backend does not say.",
     )
     top_logprobs: list[dict[int, float]] | None = Field(
-        None, description="Per token of `token_ids`: the `top_logprobs` most likely token ids and their log-probs "
+        None,
+        description="Per token of `token_ids`: the `top_logprobs` most likely token ids and their log-probs "
         "(same distribution as `logprobs`); None unless asked for.",
     )
 
@@ -179,13 +188,19 @@ def continuation_ids(tokenizer: Any, context: list[int], messages: list[Message]
     if not messages:
         return list(context)
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "."}, {"role": "assistant", "content": _SENTINEL},
-         *({"role": m.role, "content": m.content} for m in messages)],
-        tokenize=False, add_generation_prompt=True,
+        [
+            {"role": "user", "content": "."},
+            {"role": "assistant", "content": _SENTINEL},
+            *({"role": m.role, "content": m.content} for m in messages),
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
     )
     if _SENTINEL not in text:
-        raise EngineError("the chat template drops assistant messages, so a conversation cannot be continued "
-                          "from token ids; send the whole conversation as `messages` instead")
+        raise EngineError(
+            "the chat template drops assistant messages, so a conversation cannot be continued "
+            "from token ids; send the whole conversation as `messages` instead"
+        )
     glue = list(tokenizer(text.split(_SENTINEL, 1)[1], add_special_tokens=False)["input_ids"])
     if glue and context and context[-1] == glue[0]:
         glue = glue[1:]

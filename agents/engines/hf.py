@@ -121,7 +121,13 @@ class HFEngine:
 
     @classmethod
     def from_model(
-        cls, model: Any, tokenizer: Any, *, model_version: str, max_batch_size: int = 64, batch_wait_ms: float = 10,
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_version: str,
+        max_batch_size: int = 64,
+        batch_wait_ms: float = 10,
     ) -> HFEngine:
         """Serve a model object that is already loaded, without copying it (e.g. the one a trainer is updating:
         every batch then samples from the weights as they are at that moment, so no weight sync is needed).
@@ -137,7 +143,9 @@ class HFEngine:
         engine._owns_model = False  # a trainer's model: never unmerge or unwrap it here
         return engine
 
-    def _init_runtime(self, max_batch_size: int, batch_wait_ms: float, device: str | None, dtype: str | None) -> None:
+    def _init_runtime(
+        self, max_batch_size: int, batch_wait_ms: float, device: str | None, dtype: str | None
+    ) -> None:
         if max_batch_size < 1:
             raise EngineError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if batch_wait_ms < 0:
@@ -204,8 +212,14 @@ class HFEngine:
         self._owns_model = True
 
     def _adopt(
-        self, model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_path: Path,
-        adapter_path: Path | None, model_version: str | None,
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        model_path: Path,
+        adapter_path: Path | None,
+        model_version: str | None,
     ) -> None:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -327,8 +341,11 @@ class HFEngine:
 
     @staticmethod
     def _merge(
-        items: list[tuple[int, str, TokenUpdate | None]], rows: list[Row], texts: list[TextDeltas],
-        want_lp: bool, want_top: bool,
+        items: list[tuple[int, str, TokenUpdate | None]],
+        rows: list[Row],
+        texts: list[TextDeltas],
+        want_lp: bool,
+        want_top: bool,
     ) -> list[StreamEvent]:
         """One event per choice for consecutive tokens, then its final event once its row is done."""
         out: list[StreamEvent] = []
@@ -341,7 +358,10 @@ class HFEngine:
                     if ev is not None:
                         out.append(ev)
                     ev = pending[index] = StreamEvent(
-                        index, version, logprobs=[] if want_lp else None, top_logprobs=[] if want_top else None
+                        index,
+                        version,
+                        logprobs=[] if want_lp else None,
+                        top_logprobs=[] if want_top else None,
                     )
                 ev.token_ids.append(token)
                 if ev.logprobs is not None:
@@ -355,7 +375,11 @@ class HFEngine:
             out.append(StreamEvent(index, completion.model_version, completion=completion))
         out.extend(pending.values())
         for ev in out:
-            ev.text = texts[ev.index].finish(ev.completion.text) if ev.completion else texts[ev.index].push(ev.token_ids)
+            ev.text = (
+                texts[ev.index].finish(ev.completion.text)
+                if ev.completion
+                else texts[ev.index].push(ev.token_ids)
+            )
         return out
 
     def _encode(self, request: GenerationRequest) -> list[int]:
@@ -366,7 +390,9 @@ class HFEngine:
         return ids
 
     def _queue_rows(
-        self, request: GenerationRequest, ids: list[int],
+        self,
+        request: GenerationRequest,
+        ids: list[int],
         sink: Callable[[tuple[int, str, TokenUpdate | None]], None] | None = None,
     ) -> list[Row]:
         loop = asyncio.get_running_loop()
@@ -445,7 +471,13 @@ class HFEngine:
             loop, version = rows[0].future.get_loop(), self._model_version
             emit = functools.partial(loop.call_soon_threadsafe, _deliver, version)
         stopper = RowStop(
-            rows, width, self.tokenizer, self.device, sampler=sampler, eos_ids=set(self._eos_ids), emit=emit,
+            rows,
+            width,
+            self.tokenizer,
+            self.device,
+            sampler=sampler,
+            eos_ids=set(self._eos_ids),
+            emit=emit,
             interval_s=self.stream_interval_s,
         )
         config = GenerationConfig(
@@ -538,8 +570,9 @@ def _cancel(rows: list[Row]) -> None:
         row.future.cancel()
 
 
-def _to_sink(sink: Callable[[tuple[int, str, TokenUpdate | None]], None], index: int, version: str,
-             update: TokenUpdate) -> None:
+def _to_sink(
+    sink: Callable[[tuple[int, str, TokenUpdate | None]], None], index: int, version: str, update: TokenUpdate
+) -> None:
     sink((index, version, update))
 
 

@@ -41,8 +41,9 @@ def episode_input(task: Task, run_id: str) -> EpisodeInput:
     return {"task": task.model_dump(mode="json"), "run_id": run_id, "episode_id": episode_id(run_id, task.id)}
 
 
-def task_messages(task: Task, system_prompt: str | None,
-                  recalled: Sequence[Mapping[str, Any]] | None = None) -> list[Message]:
+def task_messages(
+    task: Task, system_prompt: str | None, recalled: Sequence[Mapping[str, Any]] | None = None
+) -> list[Message]:
     """The chat a policy sees for a task; SFT examples reuse it verbatim so training matches sampling.
 
     `recalled`: past failures on similar problems (reflection memory), rendered before the problem."""

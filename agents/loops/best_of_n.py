@@ -32,23 +32,35 @@ class BestOfNConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n: int = Field(8, ge=1, le=256, description="Answers sampled per task.")
-    temperature: float = Field(0.8, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy (use n=1).")
+    temperature: float = Field(
+        0.8, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy (use n=1)."
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(64, ge=1, le=32768, description="Most new tokens per answer.")
     stop: list[str] = Field(default_factory=list, description="Strings that end an answer.")
-    system_prompt: str | None = Field(None, description="System message put before each task prompt (and kept in SFT examples).")
-    emit_examples: bool = Field(True, description="Emit SFT examples from correct answers (off for evaluation).")
-    dedupe_examples: bool = Field(False, description="Keep one SFT example per distinct correct answer text of a task.")
+    system_prompt: str | None = Field(
+        None, description="System message put before each task prompt (and kept in SFT examples)."
+    )
+    emit_examples: bool = Field(
+        True, description="Emit SFT examples from correct answers (off for evaluation)."
+    )
+    dedupe_examples: bool = Field(
+        False, description="Keep one SFT example per distinct correct answer text of a task."
+    )
     emit_pairs: bool = Field(
         False,
         description="Also emit DPO preference pairs (PAIR examples): for one prompt, a correct answer is chosen over "
         "an incorrect one; each distinct (chosen, rejected) text pair once. Train split only.",
     )
     max_pairs_per_task: int = Field(
-        4, ge=1, le=4096, description="Most preference pairs per task (taken so they use as many distinct answers as possible)."
+        4,
+        ge=1,
+        le=4096,
+        description="Most preference pairs per task (taken so they use as many distinct answers as possible).",
     )
     seed: int | None = Field(
-        None, description="Sampling seed; each task samples from its own stream derived from it. None: random."
+        None,
+        description="Sampling seed; each task samples from its own stream derived from it. None: random.",
     )
     rationalize: bool = Field(
         False,
@@ -60,7 +72,9 @@ class BestOfNConfig(BaseModel):
         description="The hinted prompt for rationalization; {prompt} and {answer} are filled in.",
     )
     memory_k: int = Field(
-        0, ge=0, le=20,
+        0,
+        ge=0,
+        le=20,
         description="Reflection memory: put the k most similar past failures on this task set's train tasks (the "
         "problem, the wrong answer, its critique) before each prompt; never the task's own, never a held-out "
         "one. 0: off. Needs the store (failures are indexed first; see docs/memory.md).",
@@ -70,8 +84,13 @@ class BestOfNConfig(BaseModel):
         """Sampling parameters; `stream` (e.g. the task id) picks a reproducible seed when `seed` is set."""
         seed = None if self.seed is None else int(stable_id(self.seed, *stream)[:12], 16)
         return SamplingParams(
-            n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-            stop=self.stop, seed=seed, logprobs=True,
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=self.stop,
+            seed=seed,
+            logprobs=True,
         )
 
 
@@ -89,16 +108,19 @@ class BestOfNState(TypedDict, total=False):
     episode: dict[str, Any]  # EpisodeRecord as JSON (output)
 
 
-def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = None,
-                recall: Recall | None = None) -> StateGraph:
+def build_graph(
+    engine: Engine, critic: Critic, config: BestOfNConfig | None = None, recall: Recall | None = None
+) -> StateGraph:
     """The uncompiled graph; compile it with your checkpointer or add it as a subgraph node.
 
     `recall` (reflection memory, `agents.reflection.open_recall`) is needed when `memory_k` > 0: a first node
     then recalls the task's nearest past failures into the state, so a resumed episode sees the same ones."""
     cfg = config or BestOfNConfig()
     if cfg.memory_k and recall is None:
-        raise ValueError("best_of_n with memory_k > 0 needs a recall: build_graph(..., recall=open_recall(store, "
-                         "task_set, label)) from strop.agents.reflection")
+        raise ValueError(
+            "best_of_n with memory_k > 0 needs a recall: build_graph(..., recall=open_recall(store, "
+            "task_set, label)) from strop.agents.reflection"
+        )
 
     async def remember(state: BestOfNState) -> dict[str, Any]:
         assert recall is not None
@@ -106,7 +128,9 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
 
     async def sample(state: BestOfNState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
-        request = chat_request(task_messages(task, cfg.system_prompt, state.get("memory")), cfg.sampling(task.id))
+        request = chat_request(
+            task_messages(task, cfg.system_prompt, state.get("memory")), cfg.sampling(task.id)
+        )
         [completions] = await engine.generate([request])
         return {"samples": [completion_json(c) for c in completions]}
 
@@ -119,13 +143,20 @@ def build_graph(engine: Engine, critic: Critic, config: BestOfNConfig | None = N
 
     async def rationalize(state: BestOfNState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
-        hinted = task.model_copy(update={"prompt": cfg.hint_template.format(prompt=task.prompt, answer=task.answer)})
-        request = chat_request(task_messages(hinted, cfg.system_prompt, state.get("memory")),
-                               cfg.sampling(task.id, "hint"))
+        hinted = task.model_copy(
+            update={"prompt": cfg.hint_template.format(prompt=task.prompt, answer=task.answer)}
+        )
+        request = chat_request(
+            task_messages(hinted, cfg.system_prompt, state.get("memory")), cfg.sampling(task.id, "hint")
+        )
         [completions] = await engine.generate([request])
-        critiques = await asyncio.gather(*(critic.critique(task, c.text, task.reference_solution) for c in completions))
-        return {"hinted_samples": [completion_json(c) for c in completions],
-                "hinted_critiques": [c.model_dump(mode="json") for c in critiques]}
+        critiques = await asyncio.gather(
+            *(critic.critique(task, c.text, task.reference_solution) for c in completions)
+        )
+        return {
+            "hinted_samples": [completion_json(c) for c in completions],
+            "hinted_critiques": [c.model_dump(mode="json") for c in critiques],
+        }
 
     def after_verify(state: BestOfNState) -> str:
         all_wrong = not any(Critique.model_validate(c).correct for c in state["critiques"])
@@ -164,47 +195,69 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
     examples: list[ExampleRecord] = []
     seen: set[str] = set()
     n_plain = len(state["samples"])
-    pairs = [*zip(state["samples"], state["critiques"], strict=True),
-             *zip(state.get("hinted_samples", []), state.get("hinted_critiques", []), strict=True)]
+    pairs = [
+        *zip(state["samples"], state["critiques"], strict=True),
+        *zip(state.get("hinted_samples", []), state.get("hinted_critiques", []), strict=True),
+    ]
     for i, (s, c) in enumerate(pairs):
         crit = Critique.model_validate(c)
         hinted = i >= n_plain
         step_id = stable_id(eid, "step", i)
         steps.append(
             StepRecord(
-                id=step_id, index=i, role="assistant", model_version=s["model_version"], text=s["text"],
-                prompt_token_ids=s["prompt_token_ids"], token_ids=s["token_ids"], logprobs=s["logprobs"],
+                id=step_id,
+                index=i,
+                role="assistant",
+                model_version=s["model_version"],
+                text=s["text"],
+                prompt_token_ids=s["prompt_token_ids"],
+                token_ids=s["token_ids"],
+                logprobs=s["logprobs"],
                 reward=crit.reward,
                 metadata={"finish_reason": s["finish_reason"], "extracted": crit.extracted, "hinted": hinted},
             )
         )
         critiques.append(
             CritiqueRecord(
-                id=stable_id(eid, "critique", i), step_id=step_id, critic_version=crit.critic_version,
-                verdict=str(crit.verdict), first_wrong_step=crit.first_wrong_step, text=crit.text,
-                parsed=crit.parsed, corrected_solution=crit.corrected_solution,
+                id=stable_id(eid, "critique", i),
+                step_id=step_id,
+                critic_version=crit.critic_version,
+                verdict=str(crit.verdict),
+                first_wrong_step=crit.first_wrong_step,
+                text=crit.text,
+                parsed=crit.parsed,
+                corrected_solution=crit.corrected_solution,
             )
         )
         # Held-out answers never become training data: the store refuses them, and so do we.
         if not (cfg.emit_examples and crit.correct and task.split == Split.TRAIN):
             continue
-        if hinted and "hint" in s["text"].lower():  # a rationale that cites the hint teaches nothing un-hinted
+        if (
+            hinted and "hint" in s["text"].lower()
+        ):  # a rationale that cites the hint teaches nothing un-hinted
             continue
         if cfg.dedupe_examples and s["text"].strip() in seen:
             continue
         seen.add(s["text"].strip())
         examples.append(
             ExampleRecord(
-                id=stable_id(eid, "example", i), kind=ExampleKind.SFT, role=Role.POLICY,
+                id=stable_id(eid, "example", i),
+                kind=ExampleKind.SFT,
+                role=Role.POLICY,
                 payload={"prompt": messages, "completion": [{"role": "assistant", "content": s["text"]}]},
-                episode_id=eid, task_id=task.id, split=str(task.split),
+                episode_id=eid,
+                task_id=task.id,
+                split=str(task.split),
             )
         )
     # Accuracy counts the policy's own answers; hinted ones are reported apart.
     verdicts = [c.verdict == "correct" for c in critiques]
     correct = sum(verdicts[:n_plain])
     outcome: dict[str, Any] = {
-        "n": n_plain, "correct": correct, "pass": correct > 0, "examples": len(examples),
+        "n": n_plain,
+        "correct": correct,
+        "pass": correct > 0,
+        "examples": len(examples),
         "tokens": sum(len(s.token_ids or []) for s in steps),
         "first_correct": next((i for i, ok in enumerate(verdicts[:n_plain]) if ok), None),
     }
@@ -213,17 +266,25 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
     if state.get("memory"):
         outcome["memory"] = [m["task_id"] for m in state["memory"]]
     if cfg.emit_pairs and task.split == Split.TRAIN:  # held-out tasks never become training data
-        answers = [Answer(index=s.index, text=s.text, correct=ok, hinted=s.index >= n_plain)
-                   for s, ok in zip(steps, verdicts, strict=True)]
-        pairs = preference_pairs(eid, messages, answers, task_id=task.id, split=str(task.split),
-                                 max_pairs=cfg.max_pairs_per_task)
+        answers = [
+            Answer(index=s.index, text=s.text, correct=ok, hinted=s.index >= n_plain)
+            for s, ok in zip(steps, verdicts, strict=True)
+        ]
+        pairs = preference_pairs(
+            eid, messages, answers, task_id=task.id, split=str(task.split), max_pairs=cfg.max_pairs_per_task
+        )
         examples += pairs
         outcome.update(pairs=len(pairs), examples=len(examples))  # examples: every kind the episode emits
     return EpisodeRecord(
-        id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
+        id=eid,
+        run_id=state["run_id"],
+        task_id=task.id,
+        loop=LOOP_NAME,
         reward=correct / n_plain if n_plain else 0.0,
         outcome=outcome,
-        steps=steps, critiques=critiques, examples=examples,
+        steps=steps,
+        critiques=critiques,
+        examples=examples,
     )
 
 
@@ -236,10 +297,16 @@ def _make(resources: LoopResources, config: BestOfNConfig) -> StateGraph:
     return build_graph(resources.policy, VerifierCritic(resources.task_set), config, recall)
 
 
-SPEC = register_loop(LoopSpec(
-    name=LOOP_NAME, config=BestOfNConfig, build_graph=build_graph, make=_make,
-    roles=(Role.POLICY,), example_kinds=(ExampleKind.SFT, ExampleKind.PAIR),
-    description="Best-of-N rejection sampling (STaR): sample N answers per task, verify each, keep the correct "
-                "ones as SFT examples (and correct-over-incorrect DPO pairs with emit_pairs); every attempt, right "
-                "or wrong, is stored.",
-))
+SPEC = register_loop(
+    LoopSpec(
+        name=LOOP_NAME,
+        config=BestOfNConfig,
+        build_graph=build_graph,
+        make=_make,
+        roles=(Role.POLICY,),
+        example_kinds=(ExampleKind.SFT, ExampleKind.PAIR),
+        description="Best-of-N rejection sampling (STaR): sample N answers per task, verify each, keep the correct "
+        "ones as SFT examples (and correct-over-incorrect DPO pairs with emit_pairs); every attempt, right "
+        "or wrong, is stored.",
+    )
+)

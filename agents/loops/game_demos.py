@@ -44,23 +44,44 @@ class GameDemosConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    game: str | None = Field(None, description="Game to play; None: the task's own (the `games` task set names "
-                             "one per task), as in the selfplay loop.")
-    game_options: dict[str, Any] = Field(default_factory=dict, description="Game options over the task's, e.g. "
-                                         "{rounds = 5} for kuhn_poker.")
-    games_per_task: int = Field(2, ge=1, le=64, description="Games per episode. Against an opponent they come in "
-                                "pairs from one seed, the teacher in seat 0, then in seat 1 (so it must be even: "
-                                "both seats get demonstrated); game pair j > 0 plays a seed derived from the "
-                                "task's, as in the selfplay loop.")
-    teacher: str = Field("heuristic", description="Who demonstrates: 'heuristic' (the game's fixed strategy: "
-                         "TicTacToe wins, blocks, takes the centre, then a corner) or 'random' (a uniformly random "
-                         "legal move: teaches the format and legality only).")
-    opponent: str = Field("random", description="Who the teacher plays: 'random', 'heuristic', or 'teacher' (the "
-                          "teacher plays both seats, and both seats' moves are demonstrated).")
-    completion_template: str = Field("{move}", description="The completion for a teacher move, with {move} the "
-                                     "move as the game writes it (e.g. '[4]'); it must still parse as that move.")
-    seed: int = Field(0, description="Seeds the teacher's and the opponent's tie-breaking, by position; a recipe "
-                      "adds the cycle number.")
+    game: str | None = Field(
+        None,
+        description="Game to play; None: the task's own (the `games` task set names "
+        "one per task), as in the selfplay loop.",
+    )
+    game_options: dict[str, Any] = Field(
+        default_factory=dict, description="Game options over the task's, e.g. {rounds = 5} for kuhn_poker."
+    )
+    games_per_task: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Games per episode. Against an opponent they come in "
+        "pairs from one seed, the teacher in seat 0, then in seat 1 (so it must be even: "
+        "both seats get demonstrated); game pair j > 0 plays a seed derived from the "
+        "task's, as in the selfplay loop.",
+    )
+    teacher: str = Field(
+        "heuristic",
+        description="Who demonstrates: 'heuristic' (the game's fixed strategy: "
+        "TicTacToe wins, blocks, takes the centre, then a corner) or 'random' (a uniformly random "
+        "legal move: teaches the format and legality only).",
+    )
+    opponent: str = Field(
+        "random",
+        description="Who the teacher plays: 'random', 'heuristic', or 'teacher' (the "
+        "teacher plays both seats, and both seats' moves are demonstrated).",
+    )
+    completion_template: str = Field(
+        "{move}",
+        description="The completion for a teacher move, with {move} the "
+        "move as the game writes it (e.g. '[4]'); it must still parse as that move.",
+    )
+    seed: int = Field(
+        0,
+        description="Seeds the teacher's and the opponent's tie-breaking, by position; a recipe "
+        "adds the cycle number.",
+    )
 
     @field_validator("teacher")
     @classmethod
@@ -73,8 +94,10 @@ class GameDemosConfig(BaseModel):
     @classmethod
     def _known_opponent(cls, v: str) -> str:
         if v not in OPPONENTS:
-            raise ValueError(f"unknown opponent {v!r}: use one of {', '.join(OPPONENTS)} ('teacher': the teacher "
-                             "plays both seats)")
+            raise ValueError(
+                f"unknown opponent {v!r}: use one of {', '.join(OPPONENTS)} ('teacher': the teacher "
+                "plays both seats)"
+            )
         return v
 
     @field_validator("completion_template")
@@ -82,22 +105,30 @@ class GameDemosConfig(BaseModel):
     def _one_move_field(cls, v: str) -> str:
         fields = {name for _, name, _, _ in Formatter().parse(v) if name is not None}
         if fields != {"move"}:
-            raise ValueError(f"completion_template {v!r} must use {{move}} and no other field (found "
-                             f"{sorted(fields) or 'none'}); write a literal brace as {{{{ or }}}}")
+            raise ValueError(
+                f"completion_template {v!r} must use {{move}} and no other field (found "
+                f"{sorted(fields) or 'none'}); write a literal brace as {{{{ or }}}}"
+            )
         return v
 
     @model_validator(mode="after")
     def _both_seats(self) -> GameDemosConfig:
         if self.opponent != "teacher" and self.games_per_task % 2:
-            raise ValueError(f"games_per_task = {self.games_per_task} against an opponent: use an even number, so "
-                             "the teacher plays each seed from seat 0 and from seat 1 (an odd count would never "
-                             "show it the second seat's last game)")
+            raise ValueError(
+                f"games_per_task = {self.games_per_task} against an opponent: use an even number, so "
+                "the teacher plays each seed from seat 0 and from seat 1 (an odd count would never "
+                "show it the second seat's last game)"
+            )
         return self
 
     def match(self) -> SelfPlayConfig:
         """The selfplay config that plans the same games (so tasks, seeds and seats are read one way only)."""
-        return SelfPlayConfig(game=self.game, game_options=self.game_options, games_per_task=self.games_per_task,
-                              opponent=None if self.opponent == "teacher" else self.opponent)
+        return SelfPlayConfig(
+            game=self.game,
+            game_options=self.game_options,
+            games_per_task=self.games_per_task,
+            opponent=None if self.opponent == "teacher" else self.opponent,
+        )
 
 
 class GameDemosState(TypedDict, total=False):
@@ -121,8 +152,10 @@ def completion_of(cfg: GameDemosConfig, game: str, move: str) -> str:
     text = cfg.completion_template.format(move=move)
     adapter = get_adapter(game)
     if adapter.parse(text) != adapter.parse(move):
-        raise ValueError(f"completion_template {cfg.completion_template!r} turns the move {move!r} into {text!r}, "
-                         f"which {game} reads as {adapter.parse(text)!r}; keep the move the last thing it can read")
+        raise ValueError(
+            f"completion_template {cfg.completion_template!r} turns the move {move!r} into {text!r}, "
+            f"which {game} reads as {adapter.parse(text)!r}; keep the move the last thing it can read"
+        )
     return text
 
 
@@ -134,8 +167,16 @@ def build_graph(config: GameDemosConfig | None = None) -> StateGraph:
         games = []
         for g in plan_games(Task.model_validate(state["task"]), cfg.match()):
             teacher_seats = [0, 1] if cfg.opponent == "teacher" else g["policy_seats"]
-            games.append({"record": g["record"], "label": g["label"], "teacher_seats": teacher_seats,
-                          "opponent": cfg.opponent, "moves": [], "done": False})
+            games.append(
+                {
+                    "record": g["record"],
+                    "label": g["label"],
+                    "teacher_seats": teacher_seats,
+                    "opponent": cfg.opponent,
+                    "moves": [],
+                    "done": False,
+                }
+            )
         return {"games": games}
 
     async def move(state: GameDemosState) -> dict[str, Any]:
@@ -148,18 +189,30 @@ def build_graph(config: GameDemosConfig | None = None) -> StateGraph:
             teaching = view.seat in g["teacher_seats"]
             name = cfg.teacher if teaching else cfg.opponent
             # The opponent's stream is selfplay's ('opponent'): it meets a position as selfplay's opponent would.
-            player = fixed_player(name, cfg.seed, "teacher" if teaching else "opponent", game.seed,
-                                  *game.record().moves)
+            player = fixed_player(
+                name, cfg.seed, "teacher" if teaching else "opponent", game.seed, *game.record().moves
+            )
             text = await player.act(view)
             if teaching:
                 text = completion_of(cfg, game.record().game, text)
             m = game.submit(text)
             if teaching and m.outcome != MoveOutcome.LEGAL:  # a fixed teacher plays from the legal-move menu
-                raise RuntimeError(f"bug: teacher {cfg.teacher!r} played {text!r} in {g['label']}: {m.reason}")
-            g["moves"] = [*g["moves"], {"seat": view.seat, "turn": view.turn,
-                                        "player": "teacher" if teaching else name, "text": text,
-                                        "action": m.action, "outcome": str(m.outcome), "reason": m.reason,
-                                        "teacher": teaching}]
+                raise RuntimeError(
+                    f"bug: teacher {cfg.teacher!r} played {text!r} in {g['label']}: {m.reason}"
+                )
+            g["moves"] = [
+                *g["moves"],
+                {
+                    "seat": view.seat,
+                    "turn": view.turn,
+                    "player": "teacher" if teaching else name,
+                    "text": text,
+                    "action": m.action,
+                    "outcome": str(m.outcome),
+                    "reason": m.reason,
+                    "teacher": teaching,
+                },
+            ]
             g["record"], g["done"] = game.record().model_dump(mode="json"), game.done
         return {"games": games}
 
@@ -197,13 +250,24 @@ def episode_of(state: GameDemosState, cfg: GameDemosConfig) -> EpisodeRecord:
         game = make_game(rec["game"], rec["seed"], **rec["options"])
         for action, m in zip(rec["moves"], g["moves"], strict=True):
             view = game.view()
-            assert (view.seat, view.turn) == (m["seat"], m["turn"]), "the replay reaches the recorded position"
+            assert (view.seat, view.turn) == (m["seat"], m["turn"]), (
+                "the replay reaches the recorded position"
+            )
             if m["teacher"] and train:
-                examples.append(ExampleRecord(
-                    id=stable_id(eid, "sft", i, m["turn"]), kind=ExampleKind.SFT, role=Role.POLICY,
-                    payload={"prompt": view.messages, "completion": [{"role": "assistant", "content": m["text"]}]},
-                    episode_id=eid, task_id=task.id, split=str(task.split),
-                ))
+                examples.append(
+                    ExampleRecord(
+                        id=stable_id(eid, "sft", i, m["turn"]),
+                        kind=ExampleKind.SFT,
+                        role=Role.POLICY,
+                        payload={
+                            "prompt": view.messages,
+                            "completion": [{"role": "assistant", "content": m["text"]}],
+                        },
+                        episode_id=eid,
+                        task_id=task.id,
+                        split=str(task.split),
+                    )
+                )
             game.submit(action)
         result = game.result
         assert result is not None, "the record node runs after every game has ended"
@@ -211,22 +275,46 @@ def episode_of(state: GameDemosState, cfg: GameDemosConfig) -> EpisodeRecord:
         parent = None
         for m in g["moves"]:
             step_id = stable_id(eid, "move", i, m["turn"])
-            steps.append(StepRecord(
-                id=step_id, parent_id=parent, index=len(steps), role="teacher" if m["teacher"] else "opponent",
-                model_version=teacher_version if m["teacher"] else None, text=m["text"],
-                reward=result.rewards[m["seat"]],
-                metadata={"game": g["label"], "game_index": i, "seed": rec["seed"], "seat": m["seat"],
-                          "turn": m["turn"], "player": m["player"], "action": m["action"], "outcome": m["outcome"],
-                          "reason": m["reason"], "return": result.rewards[m["seat"]]},
-            ))
+            steps.append(
+                StepRecord(
+                    id=step_id,
+                    parent_id=parent,
+                    index=len(steps),
+                    role="teacher" if m["teacher"] else "opponent",
+                    model_version=teacher_version if m["teacher"] else None,
+                    text=m["text"],
+                    reward=result.rewards[m["seat"]],
+                    metadata={
+                        "game": g["label"],
+                        "game_index": i,
+                        "seed": rec["seed"],
+                        "seat": m["seat"],
+                        "turn": m["turn"],
+                        "player": m["player"],
+                        "action": m["action"],
+                        "outcome": m["outcome"],
+                        "reason": m["reason"],
+                        "return": result.rewards[m["seat"]],
+                    },
+                )
+            )
             parent = step_id
     outcome = outcome_of(cfg, state, results, examples=len(examples))
-    return EpisodeRecord(id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
-                         reward=outcome["teacher_return"], steps=steps, examples=examples, outcome=outcome)
+    return EpisodeRecord(
+        id=eid,
+        run_id=state["run_id"],
+        task_id=task.id,
+        loop=LOOP_NAME,
+        reward=outcome["teacher_return"],
+        steps=steps,
+        examples=examples,
+        outcome=outcome,
+    )
 
 
-def outcome_of(cfg: GameDemosConfig, state: GameDemosState, results: list[GameResult], *,
-               examples: int) -> dict[str, Any]:
+def outcome_of(
+    cfg: GameDemosConfig, state: GameDemosState, results: list[GameResult], *, examples: int
+) -> dict[str, Any]:
     """The summary: n/correct/pass are the runner's totals (teacher moves, legal ones, all legal), and the
     teacher's record over the (game, seat)s it played: wins/draws/losses and its mean return."""
     games = state["games"]
@@ -242,14 +330,33 @@ def outcome_of(cfg: GameDemosConfig, state: GameDemosState, results: list[GameRe
             returns.append(r.rewards[seat])
     total = {k: sum(row[k] for row in by_seat.values()) for k in ("wins", "draws", "losses")}
     return {
-        "n": len(taught), "correct": legal, "pass": legal == len(taught), "examples": examples, "tokens": 0,
-        "game": games[0]["label"], "games": len(games), "teacher": cfg.teacher, "opponent": cfg.opponent,
-        **total, "teacher_return": sum(returns) / len(returns), "by_seat": by_seat,
+        "n": len(taught),
+        "correct": legal,
+        "pass": legal == len(taught),
+        "examples": examples,
+        "tokens": 0,
+        "game": games[0]["label"],
+        "games": len(games),
+        "teacher": cfg.teacher,
+        "opponent": cfg.opponent,
+        **total,
+        "teacher_return": sum(returns) / len(returns),
+        "by_seat": by_seat,
         "seat_wins": [sum(r.winner == s for r in results) for s in (0, 1)],
-        "results": [{"label": g["label"], "seed": g["record"]["seed"], "teacher_seats": g["teacher_seats"],
-                     "rewards": list(r.rewards), "winner": r.winner, "forfeit": r.forfeit,
-                     "forfeited_by": r.forfeited_by, "moves": r.moves, "reason": r.reason}
-                    for g, r in zip(games, results, strict=True)],
+        "results": [
+            {
+                "label": g["label"],
+                "seed": g["record"]["seed"],
+                "teacher_seats": g["teacher_seats"],
+                "rewards": list(r.rewards),
+                "winner": r.winner,
+                "forfeit": r.forfeit,
+                "forfeited_by": r.forfeited_by,
+                "moves": r.moves,
+                "reason": r.reason,
+            }
+            for g, r in zip(games, results, strict=True)
+        ],
     }
 
 
@@ -266,11 +373,18 @@ def _make(resources: LoopResources, config: GameDemosConfig) -> StateGraph:
     return build_graph(config)  # no engine: the examples train whatever role the stage trains (the policy)
 
 
-SPEC = register_loop(LoopSpec(
-    name=LOOP_NAME, config=GameDemosConfig, build_graph=build_graph, make=_make, roles=(),
-    example_kinds=(ExampleKind.SFT,), summarize=summarize,
-    description="Imitation warm start for self-play: a fixed teacher (heuristic or random) plays whole games of "
-                "the `games` task set against a fixed opponent, alternating seats; each teacher move becomes an "
-                "SFT example whose prompt is exactly the selfplay loop's prompt in that position. No engine: "
-                "the stage trains the policy on the examples.",
-))
+SPEC = register_loop(
+    LoopSpec(
+        name=LOOP_NAME,
+        config=GameDemosConfig,
+        build_graph=build_graph,
+        make=_make,
+        roles=(),
+        example_kinds=(ExampleKind.SFT,),
+        summarize=summarize,
+        description="Imitation warm start for self-play: a fixed teacher (heuristic or random) plays whole games of "
+        "the `games` task set against a fixed opponent, alternating seats; each teacher move becomes an "
+        "SFT example whose prompt is exactly the selfplay loop's prompt in that position. No engine: "
+        "the stage trains the policy on the examples.",
+    )
+)

@@ -41,50 +41,74 @@ class MCTSConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budget_tokens: int = Field(1024, ge=1, description="Generated tokens (expansions and rollouts) per task; the "
-                               "search stops at the first iteration that reaches it.")
+    budget_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Generated tokens (expansions and rollouts) per task; the "
+        "search stops at the first iteration that reaches it.",
+    )
     max_iterations: int = Field(64, ge=1, description="Most select-expand-evaluate iterations per task.")
     k: int = Field(3, ge=1, le=32, description="Candidate next steps sampled per expansion.")
-    selection: Selection = Field("uct", description="uct, or puct with priors from the steps' mean log-probs.")
+    selection: Selection = Field(
+        "uct", description="uct, or puct with priors from the steps' mean log-probs."
+    )
     c: float = Field(1.4, ge=0.0, description="Exploration constant.")
-    temperature: float = Field(0.8, ge=0.0, le=10.0, description="Sampling temperature of steps and rollouts.")
+    temperature: float = Field(
+        0.8, ge=0.0, le=10.0, description="Sampling temperature of steps and rollouts."
+    )
     step_stop: list[str] = Field(default_factory=lambda: ["\n"], description="Strings that end a step.")
     max_step_tokens: int = Field(32, ge=1, le=4096, description="Most tokens per step.")
     max_depth: int = Field(6, ge=1, le=64, description="Steps after which a node is terminal.")
     answer_marker: str = Field("####", description="A step containing it gives the final answer (terminal).")
     evaluation: Literal["rollout", "scorer", "mix"] = Field(
-        "rollout", description="How a new node is valued: a rollout to the end checked by the verifier (training "
+        "rollout",
+        description="How a new node is valued: a rollout to the end checked by the verifier (training "
         "time), the step scorer's P(correct) (test time, no ground truth; needs the critic role), or their mean.",
     )
     rollout_max_tokens: int = Field(96, ge=1, le=4096, description="Most tokens per rollout.")
     finish: bool = Field(
-        False, description="Test time: keep rollout_max_tokens of the budget in reserve while no node is terminal, "
+        False,
+        description="Test time: keep rollout_max_tokens of the budget in reserve while no node is terminal, "
         "and if the search ends without one, complete its best partial solution with one greedy rollout (a "
-        "terminal node), so a search cut short by its budget still answers, within the budget.")
-    system_prompt: str | None = Field(STEP_SYSTEM_PROMPT, description="System message (asks for one step a line).")
+        "terminal node), so a search cut short by its budget still answers, within the budget.",
+    )
+    system_prompt: str | None = Field(
+        STEP_SYSTEM_PROMPT, description="System message (asks for one step a line)."
+    )
     emit_pairs: bool = Field(True, description="Emit step-level DPO pairs (MCTS-DPO) from train-split trees.")
     min_q_gap: float = Field(0.3, ge=0.0, description="Smallest Q gap between paired siblings.")
     min_visits: int = Field(1, ge=1, description="Fewest visits each paired sibling needs.")
     max_pairs_per_task: int = Field(4, ge=0, description="Most pairs per tree.")
     emit_traces: bool = Field(False, description="Also emit the best verified trace as a policy SFT example.")
     emit_values: bool = Field(
-        False, description="ReST-MCTS*: emit the tree's step values as critic-role SFT examples for the step "
+        False,
+        description="ReST-MCTS*: emit the tree's step values as critic-role SFT examples for the step "
         "scorer (its Yes/No prompt, answered Yes when the node's Q is at least value_yes, No when at most value_no).",
     )
     value_yes: float = Field(0.7, ge=0.0, le=1.0, description="Q at or above which a step is labelled Yes.")
     value_no: float = Field(0.2, ge=0.0, le=1.0, description="Q at or below which a step is labelled No.")
     value_min_visits: int = Field(2, ge=1, description="Fewest visits for a node's Q to become a label.")
     value_only_solved: bool = Field(
-        True, description="Label steps only in trees where some rollout or answer reached the correct result: in a "
+        True,
+        description="Label steps only in trees where some rollout or answer reached the correct result: in a "
         "tree that never did, every step's Q is 0 whether the step was right or not, and a PRM trained on those "
         "labels learns to answer No. (value_yes = 0.01 with value_no = 0 is MATH-Shepherd's hard estimation: a step "
-        "is good when any rollout through it succeeds.)")
+        "is good when any rollout through it succeeds.)",
+    )
     seed: int | None = Field(None, description="Sampling seed; each task and iteration get their own stream.")
 
-    def sampling(self, *stream: object, n: int = 1, max_tokens: int, stop: list[str] | None = None) -> SamplingParams:
+    def sampling(
+        self, *stream: object, n: int = 1, max_tokens: int, stop: list[str] | None = None
+    ) -> SamplingParams:
         seed = None if self.seed is None else int(stable_id(self.seed, *stream)[:12], 16)
-        return SamplingParams(n=n, temperature=self.temperature, max_tokens=max_tokens, stop=stop or [], seed=seed,
-                              logprobs=True)
+        return SamplingParams(
+            n=n,
+            temperature=self.temperature,
+            max_tokens=max_tokens,
+            stop=stop or [],
+            seed=seed,
+            logprobs=True,
+        )
 
 
 class MCTSState(TypedDict, total=False):
@@ -98,19 +122,27 @@ class MCTSState(TypedDict, total=False):
     episode: dict[str, Any]
 
 
-def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | None = None,
-                scorer: StepScorer | None = None) -> StateGraph:
+def build_graph(
+    policy: Engine,
+    verifier: VerifierCritic,
+    config: MCTSConfig | None = None,
+    scorer: StepScorer | None = None,
+) -> StateGraph:
     """The uncompiled graph. `scorer` values nodes when `evaluation` is 'scorer' or 'mix'."""
     cfg = config or MCTSConfig()
     if cfg.evaluation != "rollout" and scorer is None:
-        raise ValueError(f"evaluation = {cfg.evaluation!r} needs a step scorer: pass scorer=StepScorer(engine) "
-                         "(a recipe gives it the critic role's model)")
+        raise ValueError(
+            f"evaluation = {cfg.evaluation!r} needs a step scorer: pass scorer=StepScorer(engine) "
+            "(a recipe gives it the critic role's model)"
+        )
 
     def context(tree: Tree, root_ids: list[int], node_id: int) -> list[int]:
         """The exact ids a node's partial solution was generated from: prompt, then each step's tokens."""
         return [*root_ids, *(t for n in tree.path(node_id)[1:] for t in n.token_ids)]
 
-    async def evaluate(task: Task, tree: Tree, root_ids: list[int], node_id: int, stream: object) -> tuple[float, int]:
+    async def evaluate(
+        task: Task, tree: Tree, root_ids: list[int], node_id: int, stream: object
+    ) -> tuple[float, int]:
         """The node's value and the tokens it cost."""
         node = tree.nodes[node_id]
         solution = "".join(tree.steps(node_id))
@@ -122,8 +154,11 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
         values: list[float] = []
         spent = 0
         if cfg.evaluation in ("rollout", "mix") and not node.terminal:
-            req = GenerationRequest(messages=[], context_token_ids=context(tree, root_ids, node_id),
-                                    sampling=cfg.sampling(task.id, "rollout", stream, max_tokens=cfg.rollout_max_tokens))
+            req = GenerationRequest(
+                messages=[],
+                context_token_ids=context(tree, root_ids, node_id),
+                sampling=cfg.sampling(task.id, "rollout", stream, max_tokens=cfg.rollout_max_tokens),
+            )
             [[c]] = await policy.generate([req])
             spent += len(c.token_ids)
             values.append((await verifier.critique(task, solution + c.text)).reward)
@@ -149,18 +184,23 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
             value, _ = await evaluate(task, tree, root_ids, leaf.id, it)
             tree.backpropagate(leaf.id, value)
         else:
-            sampling = cfg.sampling(task.id, "expand", it, n=cfg.k, max_tokens=cfg.max_step_tokens, stop=cfg.step_stop)
+            sampling = cfg.sampling(
+                task.id, "expand", it, n=cfg.k, max_tokens=cfg.max_step_tokens, stop=cfg.step_stop
+            )
             if root_ids:
-                req = GenerationRequest(messages=[], context_token_ids=context(tree, root_ids, leaf.id),
-                                        sampling=sampling)
+                req = GenerationRequest(
+                    messages=[], context_token_ids=context(tree, root_ids, leaf.id), sampling=sampling
+                )
             else:  # the root's first expansion
                 req = GenerationRequest(messages=task_messages(task, cfg.system_prompt), sampling=sampling)
             [completions] = await policy.generate([req])
             if not root_ids and completions:
                 root_ids = list(completions[0].prompt_token_ids)
                 if not root_ids:
-                    raise ValueError("the MCTS loop continues partial solutions from token ids, but this engine "
-                                     "reports none (an HTTP server without return_token_ids); use hf or vllm")
+                    raise ValueError(
+                        "the MCTS loop continues partial solutions from token ids, but this engine "
+                        "reports none (an HTTP server without return_token_ids); use hf or vllm"
+                    )
             priors = priors_from_logprobs([c.logprobs or [] for c in completions])
             children = []
             seen = {tree.nodes[i].step.strip() for i in leaf.children}
@@ -173,9 +213,19 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
                 ended = c.finish_reason == FinishReason.STOP and c.matched_stop is None
                 terminal = cfg.answer_marker in c.text or leaf.depth + 1 >= cfg.max_depth or ended
                 step = c.text + (c.matched_stop or "")  # the step's text matches its tokens
-                children.append(tree.add_child(leaf.id, step, token_ids=c.token_ids, logprobs=c.logprobs or [],
-                                               prior=prior, terminal=terminal))
-            results = await asyncio.gather(*(evaluate(task, tree, root_ids, ch.id, (it, ch.id)) for ch in children))
+                children.append(
+                    tree.add_child(
+                        leaf.id,
+                        step,
+                        token_ids=c.token_ids,
+                        logprobs=c.logprobs or [],
+                        prior=prior,
+                        terminal=terminal,
+                    )
+                )
+            results = await asyncio.gather(
+                *(evaluate(task, tree, root_ids, ch.id, (it, ch.id)) for ch in children)
+            )
             for ch, (value, cost) in zip(children, results, strict=True):
                 ch.value = value
                 spent += cost
@@ -184,7 +234,12 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
                 leaf.terminal = True
                 leaf.reward = 0.0
                 tree.backpropagate(leaf.id, 0.0)
-        return {"tree": tree.to_json(), "root_ids": root_ids, "tokens": state["tokens"] + spent, "iteration": it + 1}
+        return {
+            "tree": tree.to_json(),
+            "root_ids": root_ids,
+            "tokens": state["tokens"] + spent,
+            "iteration": it + 1,
+        }
 
     def more(state: MCTSState) -> str:
         tree = Tree.from_json(state["tree"])
@@ -206,12 +261,16 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
         allowance = max(1, min(cfg.rollout_max_tokens, cfg.budget_tokens - state["tokens"]))
         greedy = SamplingParams(n=1, temperature=0.0, max_tokens=allowance, logprobs=True)
         if root_ids:
-            req = GenerationRequest(messages=[], context_token_ids=context(tree, root_ids, leaf.id), sampling=greedy)
+            req = GenerationRequest(
+                messages=[], context_token_ids=context(tree, root_ids, leaf.id), sampling=greedy
+            )
         else:  # nothing was expanded: answer the problem greedily
             req = GenerationRequest(messages=task_messages(task, cfg.system_prompt), sampling=greedy)
         [[c]] = await policy.generate([req])
         root_ids = root_ids or list(c.prompt_token_ids)
-        node = tree.add_child(leaf.id, c.text, token_ids=c.token_ids, logprobs=c.logprobs or [], terminal=True)
+        node = tree.add_child(
+            leaf.id, c.text, token_ids=c.token_ids, logprobs=c.logprobs or [], terminal=True
+        )
         value, _ = await evaluate(task, tree, root_ids, node.id, "finish")
         node.value = value
         tree.backpropagate(node.id, value)
@@ -224,8 +283,11 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
         best = tree.best_leaf(by="reward" if train and cfg.evaluation == "rollout" else "q")
         answer = "".join(tree.steps(best.id)) if best is not None else ""
         verdict = await verifier.critique(task, answer)
-        return {"episode": _episode(state, cfg, tree, best.id if best else None, verdict.reward,
-                                    verdict.correct).model_dump(mode="json")}
+        return {
+            "episode": _episode(
+                state, cfg, tree, best.id if best else None, verdict.reward, verdict.correct
+            ).model_dump(mode="json")
+        }
 
     graph = StateGraph(MCTSState)
     graph.add_node("start", start)
@@ -240,50 +302,113 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: MCTSConfig | N
     return graph
 
 
-def _episode(state: MCTSState, cfg: MCTSConfig, tree: Tree, best: int | None, reward: float,
-             correct: bool) -> EpisodeRecord:
+def _episode(
+    state: MCTSState, cfg: MCTSConfig, tree: Tree, best: int | None, reward: float, correct: bool
+) -> EpisodeRecord:
     task = Task.model_validate(state["task"])
     eid = state["episode_id"]
     ids = {n.id: stable_id(eid, "node", n.id) for n in tree.nodes}
     chosen = {n.id for n in tree.path(best)} if best is not None else set()
-    steps = [StepRecord(
-        id=ids[n.id], parent_id=ids[n.parent] if n.parent is not None else None, index=n.id,
-        role="root" if n.parent is None else "assistant", text=n.step, token_ids=n.token_ids or None,
-        prompt_token_ids=state["root_ids"] if n.parent is None else None, logprobs=n.logprobs or None,
-        reward=n.reward, value=n.q, visits=n.visits,
-        metadata={"node": n.id, "terminal": n.terminal, "prior": n.prior, "own_value": n.value, "depth": n.depth,
-                  "chosen": n.id in chosen},
-    ) for n in tree.nodes]
-    critiques = [CritiqueRecord(id=stable_id(eid, "answer"), step_id=ids[best] if best is not None else None,
-                                critic_version="verifier", verdict="correct" if correct else "incorrect",
-                                text="".join(tree.steps(best)) if best is not None else "")]
+    steps = [
+        StepRecord(
+            id=ids[n.id],
+            parent_id=ids[n.parent] if n.parent is not None else None,
+            index=n.id,
+            role="root" if n.parent is None else "assistant",
+            text=n.step,
+            token_ids=n.token_ids or None,
+            prompt_token_ids=state["root_ids"] if n.parent is None else None,
+            logprobs=n.logprobs or None,
+            reward=n.reward,
+            value=n.q,
+            visits=n.visits,
+            metadata={
+                "node": n.id,
+                "terminal": n.terminal,
+                "prior": n.prior,
+                "own_value": n.value,
+                "depth": n.depth,
+                "chosen": n.id in chosen,
+            },
+        )
+        for n in tree.nodes
+    ]
+    critiques = [
+        CritiqueRecord(
+            id=stable_id(eid, "answer"),
+            step_id=ids[best] if best is not None else None,
+            critic_version="verifier",
+            verdict="correct" if correct else "incorrect",
+            text="".join(tree.steps(best)) if best is not None else "",
+        )
+    ]
     examples: list[ExampleRecord] = []
     if task.split == Split.TRAIN:
         messages = [m.model_dump() for m in task_messages(task, cfg.system_prompt)]
         if cfg.emit_pairs and cfg.max_pairs_per_task:
-            for p in sibling_pairs(tree, min_gap=cfg.min_q_gap, min_visits=cfg.min_visits)[: cfg.max_pairs_per_task]:
+            for p in sibling_pairs(tree, min_gap=cfg.min_q_gap, min_visits=cfg.min_visits)[
+                : cfg.max_pairs_per_task
+            ]:
                 prefix = "".join(p.prefix)
-                examples.append(ExampleRecord(
-                    id=stable_id(eid, "step-pair", p.chosen, p.rejected), kind=ExampleKind.PAIR, role=Role.POLICY,
-                    payload={"prompt": messages,
-                             "chosen": [{"role": "assistant", "content": (prefix + p.chosen_step).rstrip("\n")}],
-                             "rejected": [{"role": "assistant", "content": (prefix + p.rejected_step).rstrip("\n")}],
-                             "metadata": {"parent": p.parent, "q_gap": p.q_gap}},
-                    episode_id=eid, task_id=task.id, split=str(task.split)))
+                examples.append(
+                    ExampleRecord(
+                        id=stable_id(eid, "step-pair", p.chosen, p.rejected),
+                        kind=ExampleKind.PAIR,
+                        role=Role.POLICY,
+                        payload={
+                            "prompt": messages,
+                            "chosen": [
+                                {"role": "assistant", "content": (prefix + p.chosen_step).rstrip("\n")}
+                            ],
+                            "rejected": [
+                                {"role": "assistant", "content": (prefix + p.rejected_step).rstrip("\n")}
+                            ],
+                            "metadata": {"parent": p.parent, "q_gap": p.q_gap},
+                        },
+                        episode_id=eid,
+                        task_id=task.id,
+                        split=str(task.split),
+                    )
+                )
         if cfg.emit_values:
             examples += _value_examples(cfg, task, eid, tree)
         if cfg.emit_traces and (traces := verified_traces(tree)):
-            examples.append(ExampleRecord(
-                id=stable_id(eid, "trace", traces[0].id), kind=ExampleKind.SFT, role=Role.POLICY,
-                payload={"prompt": messages,
-                         "completion": [{"role": "assistant", "content": "".join(tree.steps(traces[0].id)).strip()}]},
-                episode_id=eid, task_id=task.id, split=str(task.split)))
+            examples.append(
+                ExampleRecord(
+                    id=stable_id(eid, "trace", traces[0].id),
+                    kind=ExampleKind.SFT,
+                    role=Role.POLICY,
+                    payload={
+                        "prompt": messages,
+                        "completion": [
+                            {"role": "assistant", "content": "".join(tree.steps(traces[0].id)).strip()}
+                        ],
+                    },
+                    episode_id=eid,
+                    task_id=task.id,
+                    split=str(task.split),
+                )
+            )
     return EpisodeRecord(
-        id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME, reward=reward,
-        outcome={"n": 1, "correct": int(correct), "pass": correct, "examples": len(examples),
-                 "tokens": state["tokens"], "iterations": state["iteration"], "nodes": len(tree.nodes),
-                 "terminals": sum(n.terminal for n in tree.nodes), "best": best},
-        steps=steps, critiques=critiques, examples=examples,
+        id=eid,
+        run_id=state["run_id"],
+        task_id=task.id,
+        loop=LOOP_NAME,
+        reward=reward,
+        outcome={
+            "n": 1,
+            "correct": int(correct),
+            "pass": correct,
+            "examples": len(examples),
+            "tokens": state["tokens"],
+            "iterations": state["iteration"],
+            "nodes": len(tree.nodes),
+            "terminals": sum(n.terminal for n in tree.nodes),
+            "best": best,
+        },
+        steps=steps,
+        critiques=critiques,
+        examples=examples,
     )
 
 
@@ -298,11 +423,21 @@ def _value_examples(cfg: MCTSConfig, task: Task, eid: str, tree: Tree) -> list[E
         label = "Yes" if v.value >= cfg.value_yes else "No" if v.value <= cfg.value_no else None
         if label is None or not steps:
             continue
-        out.append(ExampleRecord(
-            id=stable_id(eid, "step-value", v.node), kind=ExampleKind.SFT, role=Role.CRITIC,
-            payload={"prompt": scorer.messages(task, steps), "completion": [{"role": "assistant", "content": label}],
-                     "metadata": {"value": v.value, "visits": v.visits}},
-            episode_id=eid, task_id=task.id, split=str(task.split)))
+        out.append(
+            ExampleRecord(
+                id=stable_id(eid, "step-value", v.node),
+                kind=ExampleKind.SFT,
+                role=Role.CRITIC,
+                payload={
+                    "prompt": scorer.messages(task, steps),
+                    "completion": [{"role": "assistant", "content": label}],
+                    "metadata": {"value": v.value, "visits": v.visits},
+                },
+                episode_id=eid,
+                task_id=task.id,
+                split=str(task.split),
+            )
+        )
     return out
 
 
@@ -312,11 +447,22 @@ def tree_from_steps(steps: list[StepRecord]) -> Tree:
     tree = Tree(nodes=[])
     for s in sorted(steps, key=lambda s: s.metadata["node"]):
         parent = by_id[s.parent_id].metadata["node"] if s.parent_id else None
-        tree.nodes.append(Node(
-            id=s.metadata["node"], parent=parent, step=s.text, token_ids=s.token_ids or [],
-            logprobs=s.logprobs or [], prior=s.metadata["prior"], visits=s.visits or 0,
-            value_sum=(s.value or 0.0) * (s.visits or 0), value=s.metadata["own_value"],
-            terminal=s.metadata["terminal"], reward=s.reward, depth=s.metadata["depth"]))
+        tree.nodes.append(
+            Node(
+                id=s.metadata["node"],
+                parent=parent,
+                step=s.text,
+                token_ids=s.token_ids or [],
+                logprobs=s.logprobs or [],
+                prior=s.metadata["prior"],
+                visits=s.visits or 0,
+                value_sum=(s.value or 0.0) * (s.visits or 0),
+                value=s.metadata["own_value"],
+                terminal=s.metadata["terminal"],
+                reward=s.reward,
+                depth=s.metadata["depth"],
+            )
+        )
     for n in tree.nodes:
         if n.parent is not None:
             tree.nodes[n.parent].children.append(n.id)
@@ -332,10 +478,17 @@ def _roles(config: MCTSConfig) -> tuple[Role, ...]:
     return (Role.POLICY, Role.CRITIC) if config.evaluation != "rollout" else (Role.POLICY,)
 
 
-SPEC = register_loop(LoopSpec(
-    name=LOOP_NAME, config=MCTSConfig, build_graph=build_graph, make=_make, roles=(Role.POLICY,),
-    roles_for=_roles, example_kinds=(ExampleKind.PAIR, ExampleKind.SFT),
-    description="MCTS over reasoning steps: UCT/PUCT selection, k-way batched expansion from exact token ids, "
-                "rollout (verifier) or step-scorer evaluation under a token budget; stores the whole tree and emits "
-                "step-level DPO pairs (MCTS-DPO) and verified traces (ReST-MCTS*).",
-))
+SPEC = register_loop(
+    LoopSpec(
+        name=LOOP_NAME,
+        config=MCTSConfig,
+        build_graph=build_graph,
+        make=_make,
+        roles=(Role.POLICY,),
+        roles_for=_roles,
+        example_kinds=(ExampleKind.PAIR, ExampleKind.SFT),
+        description="MCTS over reasoning steps: UCT/PUCT selection, k-way batched expansion from exact token ids, "
+        "rollout (verifier) or step-scorer evaluation under a token budget; stores the whole tree and emits "
+        "step-level DPO pairs (MCTS-DPO) and verified traces (ReST-MCTS*).",
+    )
+)

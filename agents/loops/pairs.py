@@ -36,8 +36,14 @@ def usable_chosen(a: Answer) -> bool:
 
 
 def preference_pairs(
-    episode_id: str, prompt: list[dict[str, Any]], answers: Sequence[Answer], *, task_id: str | None, split: str,
-    max_pairs: int, role: Role = Role.POLICY,
+    episode_id: str,
+    prompt: list[dict[str, Any]],
+    answers: Sequence[Answer],
+    *,
+    task_id: str | None,
+    split: str,
+    max_pairs: int,
+    role: Role = Role.POLICY,
 ) -> list[ExampleRecord]:
     """Up to `max_pairs` PAIR examples `{"prompt": [...], "chosen": [assistant msg], "rejected": [assistant msg]}`.
 
@@ -55,12 +61,21 @@ def preference_pairs(
     for shift in range(len(rejected)):
         for ci, c in enumerate(chosen):
             r = rejected[(ci + shift) % len(rejected)]
-            out.append(ExampleRecord(
-                id=pair_id(episode_id, c.index, r.index), kind=ExampleKind.PAIR, role=role,
-                payload={"prompt": prompt, "chosen": [{"role": "assistant", "content": c.text}],
-                         "rejected": [{"role": "assistant", "content": r.text}]},
-                episode_id=episode_id, task_id=task_id, split=split,
-            ))
+            out.append(
+                ExampleRecord(
+                    id=pair_id(episode_id, c.index, r.index),
+                    kind=ExampleKind.PAIR,
+                    role=role,
+                    payload={
+                        "prompt": prompt,
+                        "chosen": [{"role": "assistant", "content": c.text}],
+                        "rejected": [{"role": "assistant", "content": r.text}],
+                    },
+                    episode_id=episode_id,
+                    task_id=task_id,
+                    split=split,
+                )
+            )
             if len(out) >= max_pairs:
                 return out
     return out

@@ -49,8 +49,16 @@ class MemoryBaselines:
             before, count = self.values.get(key, (0.0, 0))
             after = ema(before, u.reward, u.decay)
             self.values[key] = (after, count + 1)
-            res = BaselineUpdateResult(id=u.id, namespace=u.namespace, game=u.game, role=u.role, reward=u.reward,
-                                       before=before, after=after, count=count + 1)
+            res = BaselineUpdateResult(
+                id=u.id,
+                namespace=u.namespace,
+                game=u.game,
+                role=u.role,
+                reward=u.reward,
+                before=before,
+                after=after,
+                count=count + 1,
+            )
             self._done[u.id] = res
             out.append(res)
         return out

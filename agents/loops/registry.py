@@ -28,8 +28,12 @@ from strop.sandbox.tasks.base import TaskSet
 ENTRY_POINT_GROUP = "strop.loops"
 # strop's own loops, imported on first look-up (each module registers itself).
 _BUILTIN_MODULES = (
-    "strop.agents.loops.best_of_n", "strop.agents.loops.scrit", "strop.agents.loops.self_correct",
-    "strop.agents.loops.mcts", "strop.agents.loops.selfplay", "strop.agents.loops.sneaky",
+    "strop.agents.loops.best_of_n",
+    "strop.agents.loops.scrit",
+    "strop.agents.loops.self_correct",
+    "strop.agents.loops.mcts",
+    "strop.agents.loops.selfplay",
+    "strop.agents.loops.sneaky",
     "strop.agents.loops.game_demos",
 )
 
@@ -64,7 +68,9 @@ class LoopResources:
         try:
             return self.engines[str(role)]
         except KeyError:
-            raise KeyError(f"no engine for role {role!r}; this loop needs one (give the role a model)") from None
+            raise KeyError(
+                f"no engine for role {role!r}; this loop needs one (give the role a model)"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,9 @@ def register_loop(spec: LoopSpec, *, replace: bool = False) -> LoopSpec:
     """Add a loop; a second loop under the same name is refused unless `replace`."""
     key = _key(spec.name)
     if key in _REGISTRY and _REGISTRY[key] is not spec and not replace:
-        raise ValueError(f"a loop named {spec.name!r} is already registered; pick another name or replace=True")
+        raise ValueError(
+            f"a loop named {spec.name!r} is already registered; pick another name or replace=True"
+        )
     _REGISTRY[key] = spec
     return spec
 

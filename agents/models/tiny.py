@@ -57,27 +57,36 @@ class TinyBuildConfig(BaseModel):
     seed: int = Field(0, description="Seeds weights, data order and sampling of the training problems.")
     max_steps: int = Field(2000, ge=1, description="Upper bound on optimizer steps.")
     max_seconds: float = Field(
-        600.0, gt=0,
+        600.0,
+        gt=0,
         description="Wall-clock safety budget. The target accuracy normally stops training first (~80 s on an "
         "idle CPU); a busy shared CPU can take 3x longer, and stopping early would leave a useless model.",
     )
     target_accuracy: float = Field(
-        0.35, ge=0.0, le=1.0,
+        0.35,
+        ge=0.0,
+        le=1.0,
         description="Stop once greedy accuracy on the validation slice reaches this: leaves room to improve.",
     )
     eval_every: int = Field(25, ge=1, description="Steps between validation checks while accuracy is low.")
     eval_every_near_target: int = Field(
-        10, ge=1,
+        10,
+        ge=1,
         description="Steps between checks once validation accuracy passes a quarter of the target: accuracy "
         "jumps from ~10% to ~85% within ~100 steps, so coarse checks would overshoot.",
     )
     threads: int | None = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="torch CPU threads during the build (None: torch's default). One thread keeps the result "
         "independent of the machine and is several times faster than two on a shared, busy CPU.",
     )
-    validation_size: int = Field(200, ge=10, description="Train-split problems held back from training for the stop rule.")
-    heldout_size: int = Field(400, ge=10, description="Held-out problems for the accuracy recorded in meta.json.")
+    validation_size: int = Field(
+        200, ge=10, description="Train-split problems held back from training for the stop rule."
+    )
+    heldout_size: int = Field(
+        400, ge=10, description="Held-out problems for the accuracy recorded in meta.json."
+    )
     batch_size: int = Field(64, ge=1, description="Sequences per optimizer step.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW peak learning rate (after warmup).")
     warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
@@ -86,13 +95,19 @@ class TinyBuildConfig(BaseModel):
     num_layers: int = Field(2, ge=1, description="Transformer blocks.")
     num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
     intermediate_size: int = Field(384, ge=16, description="MLP width.")
-    max_position_embeddings: int = Field(1024, ge=64, description="Context length (RoPE, so no parameter cost).")
-    bpe_vocab_size: int = Field(384, ge=280, description="BPE vocabulary incl. the 256 byte symbols and specials.")
+    max_position_embeddings: int = Field(
+        1024, ge=64, description="Context length (RoPE, so no parameter cost)."
+    )
+    bpe_vocab_size: int = Field(
+        384, ge=280, description="BPE vocabulary incl. the 256 byte symbols and specials."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TinyBuildConfig:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}"
+            )
         return self
 
 
@@ -115,25 +130,35 @@ def _training_texts(cfg: TinyBuildConfig) -> tuple[list[tuple[str, str]], list[T
     return pairs, validation
 
 
-def build_tokenizer(corpus: Sequence[str], vocab_size: int, max_length: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus: Sequence[str], vocab_size: int, max_length: int = 1024
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE (any text encodes) whose digits are always single tokens, so carries are learnable."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
-        additional_special_tokens=SPECIAL_TOKENS[3:], model_max_length=max_length,
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+        model_max_length=max_length,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -144,11 +169,18 @@ def _build_model(cfg: TinyBuildConfig, tokenizer: PreTrainedTokenizerFast) -> Ll
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -161,9 +193,13 @@ def _encode(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) ->
     for prompt, answer in pairs:
         user = [{"role": "user", "content": prompt}]
         prefix = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}], tokenize=False)
+        full = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": answer}], tokenize=False
+        )
         if not full.startswith(prefix):
-            raise RuntimeError("tiny chat template: the generation prompt is not a prefix of the full conversation")
+            raise RuntimeError(
+                "tiny chat template: the generation prompt is not a prefix of the full conversation"
+            )
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
         out.append((full_ids, len(prefix_ids)))
@@ -171,7 +207,11 @@ def _encode(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) ->
 
 
 def accuracy(
-    model: Any, tokenizer: Any, tasks: Sequence[Task], task_set: TaskSet, batch_size: int = 256,
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[Task],
+    task_set: TaskSet,
+    batch_size: int = 256,
     max_new_tokens: int = 32,
 ) -> float:
     """Greedy accuracy on tasks, verified by the task set (the same check loops and evaluation use)."""
@@ -194,8 +234,13 @@ def accuracy(
             ]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             correct += sum(task_set.verify(t, text).correct for t, text in zip(chunk, texts, strict=True))
     finally:
@@ -205,7 +250,11 @@ def accuracy(
 
 
 def _pretrain(
-    cfg: TinyBuildConfig, model: Any, tokenizer: Any, data: list[tuple[list[int], int]], validation: list[Task],
+    cfg: TinyBuildConfig,
+    model: Any,
+    tokenizer: Any,
+    data: list[tuple[list[int], int]],
+    validation: list[Task],
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """Next-token pre-training on the assistant parts, stopping at the target accuracy or the budget.
@@ -252,21 +301,32 @@ def _pretrain(
         every = cfg.eval_every_near_target if val_acc >= cfg.target_accuracy / 4 else cfg.eval_every
         if step % every == 0:
             val_acc = accuracy(model, tokenizer, validation, task_set)
-            progress(f"step {step:5d}  loss {loss_value:.3f}  validation accuracy {val_acc:.1%}  {elapsed:.0f} s "
-                     f"(cpu {time.process_time() - cpu_start:.0f} s)")
+            progress(
+                f"step {step:5d}  loss {loss_value:.3f}  validation accuracy {val_acc:.1%}  {elapsed:.0f} s "
+                f"(cpu {time.process_time() - cpu_start:.0f} s)"
+            )
             if val_acc >= cfg.target_accuracy:
                 stopped = "target_accuracy"
                 break
         if elapsed > cfg.max_seconds:
             stopped = "max_seconds"
             break
-    return {"train_steps": step, "train_seconds": round(time.monotonic() - start, 1), "final_loss": round(loss_value, 4),
-            "validation_accuracy": val_acc, "stopped_by": stopped}
+    return {
+        "train_steps": step,
+        "train_seconds": round(time.monotonic() - start, 1),
+        "final_loss": round(loss_value, 4),
+        "validation_accuracy": val_acc,
+        "stopped_by": stopped,
+    }
 
 
 def build_tiny(
-    config: TinyBuildConfig | None = None, *, seconds: float | None = None, seed: int | None = None,
-    force: bool = False, progress: Callable[[str], None] | None = None,
+    config: TinyBuildConfig | None = None,
+    *,
+    seconds: float | None = None,
+    seed: int | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Create the 'tiny' cache entry once (under a file lock) and return its folder.
 
@@ -303,11 +363,15 @@ def _build_into_cache(cfg: TinyBuildConfig, say: Callable[[str], None]) -> None:
 
     torch.manual_seed(cfg.seed)
     pairs, validation = _training_texts(cfg)
-    tokenizer = build_tokenizer([f"{p}\n{a}" for p, a in pairs], cfg.bpe_vocab_size, cfg.max_position_embeddings)
+    tokenizer = build_tokenizer(
+        [f"{p}\n{a}" for p, a in pairs], cfg.bpe_vocab_size, cfg.max_position_embeddings
+    )
     model = _build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"pre-training tiny ({n_params:,} parameters) on {len(pairs)} arithmetic problems, "
-        f"until {cfg.target_accuracy:.0%} validation accuracy or {cfg.max_steps} steps or {cfg.max_seconds:.0f} s")
+    say(
+        f"pre-training tiny ({n_params:,} parameters) on {len(pairs)} arithmetic problems, "
+        f"until {cfg.target_accuracy:.0%} validation accuracy or {cfg.max_steps} steps or {cfg.max_seconds:.0f} s"
+    )
     stats = _pretrain(cfg, model, tokenizer, _encode(tokenizer, pairs), validation, say)
     task_set = ArithmeticTaskSet(digits=2, ops=("+",), seed=cfg.seed)
     heldout = task_set.tasks("heldout", n=cfg.heldout_size)
@@ -316,9 +380,20 @@ def _build_into_cache(cfg: TinyBuildConfig, say: Callable[[str], None]) -> None:
     with staging_dir(TINY) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_meta(tmp, ModelMeta(
-            name=TINY, source="built from scratch (strop models build-tiny)", created=now_iso(),
-            parameters=n_params,
-            extra={"heldout_accuracy": heldout_acc, "heldout_n": len(heldout), "heldout_task": "arithmetic digits=2 +",
-                   "seed": cfg.seed, **stats, "config": cfg.model_dump()},
-        ))
+        write_meta(
+            tmp,
+            ModelMeta(
+                name=TINY,
+                source="built from scratch (strop models build-tiny)",
+                created=now_iso(),
+                parameters=n_params,
+                extra={
+                    "heldout_accuracy": heldout_acc,
+                    "heldout_n": len(heldout),
+                    "heldout_task": "arithmetic digits=2 +",
+                    "seed": cfg.seed,
+                    **stats,
+                    "config": cfg.model_dump(),
+                },
+            ),
+        )

@@ -4,5 +4,14 @@
 from strop.agents.search.signals import StepPair, StepValue, sibling_pairs, value_targets, verified_traces
 from strop.agents.search.tree import Node, Tree, priors_from_logprobs, score
 
-__all__ = ["Node", "StepPair", "StepValue", "Tree", "priors_from_logprobs", "score", "sibling_pairs",
-           "value_targets", "verified_traces"]
+__all__ = [
+    "Node",
+    "StepPair",
+    "StepValue",
+    "Tree",
+    "priors_from_logprobs",
+    "score",
+    "sibling_pairs",
+    "value_targets",
+    "verified_traces",
+]

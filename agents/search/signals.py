@@ -23,7 +23,9 @@ class StepPair(BaseModel):
     q_gap: float = Field(description="Q(chosen) - Q(rejected).")
 
 
-def sibling_pairs(tree: Tree, *, min_gap: float = 0.3, min_visits: int = 1, max_per_parent: int = 1) -> list[StepPair]:
+def sibling_pairs(
+    tree: Tree, *, min_gap: float = 0.3, min_visits: int = 1, max_per_parent: int = 1
+) -> list[StepPair]:
     """Pairs of siblings whose Q differ by at least `min_gap`, each visited at least `min_visits` times.
 
     Per parent, the best-Q child is paired with the worst ones first (the clearest preference), at most
@@ -42,8 +44,17 @@ def sibling_pairs(tree: Tree, *, min_gap: float = 0.3, min_visits: int = 1, max_
                 break
             if best.q - worse.q < min_gap or best.step.strip() == worse.step.strip():
                 continue
-            out.append(StepPair(parent=parent.id, prefix=tree.steps(parent.id), chosen=best.id, rejected=worse.id,
-                                chosen_step=best.step, rejected_step=worse.step, q_gap=best.q - worse.q))
+            out.append(
+                StepPair(
+                    parent=parent.id,
+                    prefix=tree.steps(parent.id),
+                    chosen=best.id,
+                    rejected=worse.id,
+                    chosen_step=best.step,
+                    rejected_step=worse.step,
+                    q_gap=best.q - worse.q,
+                )
+            )
             made += 1
     return out
 
@@ -53,7 +64,9 @@ class StepValue(BaseModel):
 
     node: int
     steps: list[str]
-    value: float = Field(ge=0.0, le=1.0, description="Mean verified reward of the rollouts through this node.")
+    value: float = Field(
+        ge=0.0, le=1.0, description="Mean verified reward of the rollouts through this node."
+    )
     visits: int
 
 
@@ -63,8 +76,11 @@ def value_targets(tree: Tree, *, min_visits: int = 1) -> list[StepValue]:
     With verified rollouts as the evaluation (rewards in [0, 1]), Q is the share of rollouts through the
     node that reached the reference answer: ReST-MCTS*'s estimate of the step's value.
     """
-    return [StepValue(node=n.id, steps=tree.steps(n.id), value=min(max(n.q, 0.0), 1.0), visits=n.visits)
-            for n in tree.nodes[1:] if n.visits >= min_visits]
+    return [
+        StepValue(node=n.id, steps=tree.steps(n.id), value=min(max(n.q, 0.0), 1.0), visits=n.visits)
+        for n in tree.nodes[1:]
+        if n.visits >= min_visits
+    ]
 
 
 def verified_traces(tree: Tree) -> list[Node]:

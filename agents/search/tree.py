@@ -31,7 +31,9 @@ class Node(BaseModel):
     children: list[int] = Field(default_factory=list)
     visits: int = Field(0, ge=0)
     value_sum: float = Field(0.0, description="Sum of the values backed up through this node.")
-    value: float | None = Field(None, description="The node's own evaluation (rollout, scorer), when it has one.")
+    value: float | None = Field(
+        None, description="The node's own evaluation (rollout, scorer), when it has one."
+    )
     terminal: bool = Field(False, description="The step ends the solution (a final answer).")
     reward: float | None = Field(None, description="Verifier reward of a terminal node.")
     depth: int = 0
@@ -55,10 +57,26 @@ class Tree(BaseModel):
     def root(self) -> Node:
         return self.nodes[0]
 
-    def add_child(self, parent: int, step: str, *, token_ids: list[int] | None = None,
-                  logprobs: list[float] | None = None, prior: float = 1.0, terminal: bool = False) -> Node:
-        node = Node(id=len(self.nodes), parent=parent, step=step, token_ids=token_ids or [],
-                    logprobs=logprobs or [], prior=prior, terminal=terminal, depth=self.nodes[parent].depth + 1)
+    def add_child(
+        self,
+        parent: int,
+        step: str,
+        *,
+        token_ids: list[int] | None = None,
+        logprobs: list[float] | None = None,
+        prior: float = 1.0,
+        terminal: bool = False,
+    ) -> Node:
+        node = Node(
+            id=len(self.nodes),
+            parent=parent,
+            step=step,
+            token_ids=token_ids or [],
+            logprobs=logprobs or [],
+            prior=prior,
+            terminal=terminal,
+            depth=self.nodes[parent].depth + 1,
+        )
         self.nodes.append(node)
         self.nodes[parent].children.append(node.id)
         return node

@@ -86,8 +86,12 @@ class SeatView(BaseModel):
     game: str
     seat: int = Field(ge=0, lt=NUM_SEATS)
     turn: int = Field(description="Moves made before this one.")
-    messages: list[dict[str, str]] = Field(description="Chat messages (system, user) for a model in this seat.")
-    legal_moves: list[str] = Field(description="Canonical legal actions (a finite menu where the game has more).")
+    messages: list[dict[str, str]] = Field(
+        description="Chat messages (system, user) for a model in this seat."
+    )
+    legal_moves: list[str] = Field(
+        description="Canonical legal actions (a finite menu where the game has more)."
+    )
     info: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -172,6 +176,9 @@ def engine_log(env: Any, seat: int, limit: int = 12) -> list[str]:
     (the adapter renders the current one), not raw player text.
     """
     kinds = {"GAME_MESSAGE", "GAME_ACTION_DESCRIPTION"}
-    lines = [str(message).strip().lstrip("# ") for _sender, message, kind in env.state.observations[seat]
-             if getattr(kind, "name", "") in kinds]
+    lines = [
+        str(message).strip().lstrip("# ")
+        for _sender, message, kind in env.state.observations[seat]
+        if getattr(kind, "name", "") in kinds
+    ]
     return lines[-limit:]

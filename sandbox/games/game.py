@@ -101,21 +101,34 @@ class Game:
         seat = self._seat_to_move()
         action = self.adapter.parse(text)
         if action is None:
-            return self._forfeit(seat, text, None, MoveOutcome.UNPARSEABLE,
-                                 f"no move found; expected: {self.adapter.answer_format}")
+            return self._forfeit(
+                seat,
+                text,
+                None,
+                MoveOutcome.UNPARSEABLE,
+                f"no move found; expected: {self.adapter.answer_format}",
+            )
         if (reason := self.adapter.illegal_reason(self._env, seat, action)) is not None:
             return self._forfeit(seat, text, action, MoveOutcome.ILLEGAL, reason)
         try:
             with self._own_random():
                 self._env.step(action)
         except Exception as exc:  # an engine bug must not kill the other games in flight
-            log.warning("%s engine raised on %r (seed %d, turn %d): %r", self.name, action, self.seed,
-                        self.turn, exc)
-            return self._forfeit(seat, text, action, MoveOutcome.ILLEGAL, f"the game engine refused it: {exc!r}")
+            log.warning(
+                "%s engine raised on %r (seed %d, turn %d): %r", self.name, action, self.seed, self.turn, exc
+            )
+            return self._forfeit(
+                seat, text, action, MoveOutcome.ILLEGAL, f"the game engine refused it: {exc!r}"
+            )
         state = self._env.state
         if state.game_info[seat].get("invalid_move"):
-            return self._forfeit(seat, text, action, MoveOutcome.ILLEGAL,
-                                 str(state.game_info[seat].get("reason", "invalid move")))
+            return self._forfeit(
+                seat,
+                text,
+                action,
+                MoveOutcome.ILLEGAL,
+                str(state.game_info[seat].get("reason", "invalid move")),
+            )
         if state.done:
             self._result = self._engine_result(state)
         move = Move(seat=seat, text=text, action=action, outcome=MoveOutcome.LEGAL, done=self.done)
@@ -125,8 +138,10 @@ class Game:
     # -- persistence ------------------------------------------------------------------------------------
     def record(self) -> GameRecord:
         """What re-creates this game: legal moves as canonical actions, a final bad move as its raw text."""
-        moves = [m.action if m.outcome is MoveOutcome.LEGAL and m.action is not None else m.text
-                 for m in self.history]
+        moves = [
+            m.action if m.outcome is MoveOutcome.LEGAL and m.action is not None else m.text
+            for m in self.history
+        ]
         return GameRecord(game=self.name, seed=self.seed, options=self.options.model_dump(), moves=moves)
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,8 +179,14 @@ class Game:
 
     def _forfeit(self, seat: int, text: str, action: str | None, outcome: MoveOutcome, reason: str) -> Move:
         rewards = (-1.0, 1.0) if seat == 0 else (1.0, -1.0)
-        self._result = GameResult(rewards=rewards, winner=1 - seat, reason=f"seat {seat}: {outcome}: {reason}",
-                                  forfeit=outcome, forfeited_by=seat, moves=self.turn + 1)
+        self._result = GameResult(
+            rewards=rewards,
+            winner=1 - seat,
+            reason=f"seat {seat}: {outcome}: {reason}",
+            forfeit=outcome,
+            forfeited_by=seat,
+            moves=self.turn + 1,
+        )
         move = Move(seat=seat, text=text, action=action, outcome=outcome, reason=reason, done=True)
         self.history.append(move)
         return move

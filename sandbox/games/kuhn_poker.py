@@ -54,8 +54,9 @@ class _KuhnPokerEnv(KuhnPokerEnv):  # type: ignore[misc]  # textarena is untyped
 
 class KuhnPoker(GameAdapter):
     name: ClassVar[str] = "kuhn_poker"
-    description: ClassVar[str] = ("Kuhn Poker, J/Q/K, bets cost a chip, most chips after `rounds` rounds wins "
-                                  "(TextArena KuhnPoker-v0).")
+    description: ClassVar[str] = (
+        "Kuhn Poker, J/Q/K, bets cost a chip, most chips after `rounds` rounds wins (TextArena KuhnPoker-v0)."
+    )
     options_model: ClassVar[type[GameOptions]] = KuhnPokerOptions
     answer_format: ClassVar[str] = "End your reply with one legal action in square brackets, e.g. [check]."
 

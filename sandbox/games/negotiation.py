@@ -30,7 +30,9 @@ _OFFER = re.compile(r"^\s*offer\s*:?\s*(.+)$", re.IGNORECASE | re.DOTALL)
 _SIDES = re.compile(r"\s*(?:->|→|=>|\bfor\b)\s*", re.IGNORECASE)
 _ITEM = re.compile(r"(\d+)\s*x?\s+([A-Za-z]+)")
 _ACCEPT = re.compile(r"^\W*(?:i\s+)?accept(?:\s+(?:the|your)?\s*offer)?\W*$", re.IGNORECASE)
-_DENY = re.compile(r"^\W*(?:i\s+)?(?:deny|reject|decline|pass)(?:\s+(?:the|your)?\s*offer)?\W*$", re.IGNORECASE)
+_DENY = re.compile(
+    r"^\W*(?:i\s+)?(?:deny|reject|decline|pass)(?:\s+(?:the|your)?\s*offer)?\W*$", re.IGNORECASE
+)
 _FREE_OFFER = re.compile(r"offer\s*:?\s*([^\n\[\]]+?(?:->|→|=>)[^\n\[\]]+)", re.IGNORECASE)
 
 Bundle = dict[str, int]
@@ -98,11 +100,15 @@ def _holds(resources: dict[str, int], bundle: Bundle) -> bool:
 
 class SimpleNegotiation(GameAdapter):
     name: ClassVar[str] = "simple_negotiation"
-    description: ClassVar[str] = ("Trade five resources with private values; the larger gain in value wins "
-                                  "(TextArena SimpleNegotiation-v0).")
+    description: ClassVar[str] = (
+        "Trade five resources with private values; the larger gain in value wins "
+        "(TextArena SimpleNegotiation-v0)."
+    )
     options_model: ClassVar[type[GameOptions]] = NegotiationOptions
-    answer_format: ClassVar[str] = ("End your reply with exactly one action: [Offer: 2 Wheat, 1 Wood -> 1 Brick] "
-                                    "(you give -> you get), [Accept] or [Deny].")
+    answer_format: ClassVar[str] = (
+        "End your reply with exactly one action: [Offer: 2 Wheat, 1 Wood -> 1 Brick] "
+        "(you give -> you get), [Accept] or [Deny]."
+    )
 
     def make_env(self, options: GameOptions) -> Any:
         assert isinstance(options, NegotiationOptions)
@@ -129,8 +135,10 @@ class SimpleNegotiation(GameAdapter):
         lines += [f"  {r}: {info['resources'][r]} x {info['values'][r]}" for r in RESOURCES]
         lines.append(f"Your total value: {info['value']} (change since the start: {info['change']:+d}).")
         if offer := info["offer"]:
-            lines.append(f"Player {1 - seat} offers you: you get {_side(offer['get'])}, you give "
-                         f"{_side(offer['give'])}. Reply [Accept] to take it; anything else declines it.")
+            lines.append(
+                f"Player {1 - seat} offers you: you get {_side(offer['get'])}, you give "
+                f"{_side(offer['give'])}. Reply [Accept] to take it; anything else declines it."
+            )
         else:
             lines.append("No offer is waiting for your reply.")
         lines.append(f"Moves left in the game, this one included: {info['moves_left']}.")
@@ -163,7 +171,9 @@ class SimpleNegotiation(GameAdapter):
         moves = ["[Deny]"]
         if self.illegal_reason(env, seat, "[Accept]") is None:
             moves.append("[Accept]")
-        moves += [_offer_text({a: 1}, {b: 1}) for a in RESOURCES if resources[a] >= 1 for b in RESOURCES if b != a]
+        moves += [
+            _offer_text({a: 1}, {b: 1}) for a in RESOURCES if resources[a] >= 1 for b in RESOURCES if b != a
+        ]
         return moves
 
     def illegal_reason(self, env: Any, seat: int, action: str) -> str | None:

@@ -86,8 +86,9 @@ class SeriesResult(BaseModel):
         return (self.wins + 0.5 * self.draws) / self.games if self.games else 0.0
 
 
-async def play_series(game: str, a: Opponent, b: Opponent, n_games: int, seed: int = 0,
-                      **options: object) -> SeriesResult:
+async def play_series(
+    game: str, a: Opponent, b: Opponent, n_games: int, seed: int = 0, **options: object
+) -> SeriesResult:
     """`n_games` games of `game`, seeds seed, seed+1, ..., A in seat 0 in even games and seat 1 in odd."""
     out = SeriesResult()
     for i in range(n_games):

@@ -48,7 +48,9 @@ def winning_cells(board: list[str], mark: str) -> list[int]:
 class TicTacToe(GameAdapter):
     name: ClassVar[str] = "tictactoe"
     description: ClassVar[str] = "TicTacToe on a 3x3 board (TextArena TicTacToe-v0); a draw is 0/0."
-    answer_format: ClassVar[str] = "End your reply with the number of an empty cell in square brackets, e.g. [4]."
+    answer_format: ClassVar[str] = (
+        "End your reply with the number of an empty cell in square brackets, e.g. [4]."
+    )
 
     def make_env(self, options: GameOptions) -> Any:
         return ta.make("TicTacToe-v0-raw")
@@ -65,8 +67,10 @@ class TicTacToe(GameAdapter):
     def state_text(self, env: Any, seat: int) -> str:
         board = board_of(env)
         empty = ", ".join(str(i) for i, c in enumerate(board) if not c)
-        return (f"Current board (numbers are empty cells):\n{render(board)}\n\n"
-                f"You play '{mark_of(seat)}'. Empty cells: {empty}.")
+        return (
+            f"Current board (numbers are empty cells):\n{render(board)}\n\n"
+            f"You play '{mark_of(seat)}'. Empty cells: {empty}."
+        )
 
     def info(self, env: Any, seat: int) -> dict[str, Any]:
         return {"board": board_of(env), "mark": mark_of(seat), "opponent_mark": mark_of(1 - seat)}
@@ -87,8 +91,13 @@ class TicTacToe(GameAdapter):
     def heuristic(self, view: SeatView, rng: random.Random) -> str:
         """Win if possible, else block, else centre, else a corner, else any cell (ties broken at random)."""
         board, me, them = view.info["board"], view.info["mark"], view.info["opponent_mark"]
-        for choices in (winning_cells(board, me), winning_cells(board, them), [4] if not board[4] else [],
-                        [c for c in (0, 2, 6, 8) if not board[c]], [c for c in range(9) if not board[c]]):
+        for choices in (
+            winning_cells(board, me),
+            winning_cells(board, them),
+            [4] if not board[4] else [],
+            [c for c in (0, 2, 6, 8) if not board[c]],
+            [c for c in range(9) if not board[c]],
+        ):
             if choices:
                 return f"[{rng.choice(choices)}]"
         raise ValueError("no empty cell on a board of a game that is not over")

@@ -20,10 +20,16 @@ class Split(StrEnum):
 class Verdict(BaseModel):
     """What a verifier says of one answer."""
 
-    reward: float = Field(description="1.0 for a correct answer, 0.0 otherwise (partial credit where a set allows).")
+    reward: float = Field(
+        description="1.0 for a correct answer, 0.0 otherwise (partial credit where a set allows)."
+    )
     correct: bool
-    extracted: str | None = Field(None, description="The answer as extracted from the output; None if none found.")
-    reason: str = Field("", description="Why: e.g. 'expected 47, got 46', 'no answer found', '3/5 tests passed'.")
+    extracted: str | None = Field(
+        None, description="The answer as extracted from the output; None if none found."
+    )
+    reason: str = Field(
+        "", description="Why: e.g. 'expected 47, got 46', 'no answer found', '3/5 tests passed'."
+    )
 
 
 class Task(BaseModel):

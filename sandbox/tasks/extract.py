@@ -108,5 +108,9 @@ def answer_verdict(output: str, answer: str, equal: Callable[[str, str], bool] |
     if got is None:
         return Verdict(reward=0.0, correct=False, extracted=None, reason="no answer found")
     ok = (equal or numbers_equal)(got, answer)
-    return Verdict(reward=1.0 if ok else 0.0, correct=ok, extracted=got,
-                   reason="correct" if ok else f"expected {answer}, got {got}")
+    return Verdict(
+        reward=1.0 if ok else 0.0,
+        correct=ok,
+        extracted=got,
+        reason="correct" if ok else f"expected {answer}, got {got}",
+    )

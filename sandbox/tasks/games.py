@@ -28,13 +28,23 @@ def game_label(game: str, options: dict[str, Any] | None = None) -> str:
 class GameTaskSet:
     """One task per (game, seed); several games are dealt in turn."""
 
-    games: tuple[str, ...] = field(default=("tictactoe",), metadata={
-        "help": "Games to play: tictactoe, kuhn_poker, simple_negotiation (a list or comma-separated names; "
-                "several are dealt in turn, SPIRAL's multi-game training)."})
-    game_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
-        "help": "Per game, its options, e.g. {kuhn_poker = {rounds = 5}} (see each game's options)."})
+    games: tuple[str, ...] = field(
+        default=("tictactoe",),
+        metadata={
+            "help": "Games to play: tictactoe, kuhn_poker, simple_negotiation (a list or comma-separated names; "
+            "several are dealt in turn, SPIRAL's multi-game training)."
+        },
+    )
+    game_options: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per game, its options, e.g. {kuhn_poker = {rounds = 5}} (see each game's options)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "First game seed; splits do not depend on it."})
-    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of (game, seed) pairs kept held out."})
+    heldout_fraction: float = field(
+        default=0.2, metadata={"help": "Share of (game, seed) pairs kept held out."}
+    )
     name: str = field(default="games", metadata={"help": "Task-set name, the prefix of task ids."})
 
     def __post_init__(self) -> None:
@@ -78,14 +88,23 @@ class GameTaskSet:
             if split_of(f"{game}/{seed}", self.heldout_fraction) != split:
                 continue
             options = self.options_of(game)
-            out.append(Task(
-                id=f"{self.name}/{split}/{game}/{seed}", set_name=self.name, split=split,
-                prompt=f"Play {game_label(game, options)} from seed {seed}; each seat's prompt comes from the game.",
-                answer="", metadata={"game": game, "seed": seed, "options": options, "answer_type": "game"},
-            ))
+            out.append(
+                Task(
+                    id=f"{self.name}/{split}/{game}/{seed}",
+                    set_name=self.name,
+                    split=split,
+                    prompt=f"Play {game_label(game, options)} from seed {seed}; each seat's prompt comes from the game.",
+                    answer="",
+                    metadata={"game": game, "seed": seed, "options": options, "answer_type": "game"},
+                )
+            )
         return out
 
     def verify(self, task: Task, output: str) -> Verdict:
-        return Verdict(reward=0.0, correct=False, extracted=None,
-                       reason="a game task is scored by playing it (the selfplay loop, strop eval-game), not by "
-                              "checking an answer")
+        return Verdict(
+            reward=0.0,
+            correct=False,
+            extracted=None,
+            reason="a game task is scored by playing it (the selfplay loop, strop eval-game), not by "
+            "checking an answer",
+        )

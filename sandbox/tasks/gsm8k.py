@@ -79,11 +79,15 @@ class GSM8KTaskSet:
     """Any GSM8K-format JSONL file; the split of a problem is a hash of its question text."""
 
     path: Path = field(metadata={"help": "The JSONL file (`question`, `answer` ending in '#### N')."})
-    seed: int = field(default=0, metadata={"help": "Order in which tasks are drawn; splits do not depend on it."})
+    seed: int = field(
+        default=0, metadata={"help": "Order in which tasks are drawn; splits do not depend on it."}
+    )
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of problems kept held out."})
     assign: Literal["hash", "train", "heldout"] = field(
         default="hash",
-        metadata={"help": "'hash' splits the file; 'heldout' makes it all held out (e.g. GSM8K's test file)."},
+        metadata={
+            "help": "'hash' splits the file; 'heldout' makes it all held out (e.g. GSM8K's test file)."
+        },
     )
     name: str = field(default="gsm8k", metadata={"help": "Task-set name, the prefix of task ids."})
 

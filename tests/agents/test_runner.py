@@ -106,5 +106,7 @@ async def test_checkpoints_of_written_episodes_are_deleted(store) -> None:
     graph = best_of_n.build_graph(engine, VerifierCritic(TS), best_of_n.BestOfNConfig(n=1))
     await Runner(store, progress=False).run(graph, tasks, RunRecord(id="run-c", loop="best_of_n"))
     async with open_checkpointer(store_url(store)) as saver:
-        left = [c async for c in saver.alist({"configurable": {"thread_id": episode_id("run-c", tasks[0].id)}})]
+        left = [
+            c async for c in saver.alist({"configurable": {"thread_id": episode_id("run-c", tasks[0].id)}})
+        ]
     assert left == []

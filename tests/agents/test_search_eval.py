@@ -13,13 +13,28 @@ from strop.memory.records import CritiqueRecord, EpisodeRecord, StepRecord
 
 
 def _episode(answers: list[tuple[str | None, bool]]) -> EpisodeRecord:
-    steps = [StepRecord(id=f"s{i}", index=i, text=f"#### {a}", metadata={"extracted": a}) for i, (a, _) in
-             enumerate(answers)]
+    steps = [
+        StepRecord(id=f"s{i}", index=i, text=f"#### {a}", metadata={"extracted": a})
+        for i, (a, _) in enumerate(answers)
+    ]
     # stored critiques come back in id order, not sample order
-    crits = [CritiqueRecord(id=f"c{9 - i}", step_id=f"s{i}", critic_version="verifier",
-                            verdict="correct" if ok else "incorrect") for i, (_, ok) in enumerate(answers)]
-    return EpisodeRecord(id="e", run_id="r", task_id="t", loop="best_of_n", steps=steps,
-                         critiques=sorted(crits, key=lambda c: c.id))
+    crits = [
+        CritiqueRecord(
+            id=f"c{9 - i}",
+            step_id=f"s{i}",
+            critic_version="verifier",
+            verdict="correct" if ok else "incorrect",
+        )
+        for i, (_, ok) in enumerate(answers)
+    ]
+    return EpisodeRecord(
+        id="e",
+        run_id="r",
+        task_id="t",
+        loop="best_of_n",
+        steps=steps,
+        critiques=sorted(crits, key=lambda c: c.id),
+    )
 
 
 def test_majority_vote_picks_the_most_common_answer() -> None:
@@ -33,8 +48,24 @@ def test_eval_search_compares_every_method_at_every_budget(tiny_model_path: Path
 
     db = str(tmp_path / "s.db")
     png = tmp_path / "search.png"
-    out = CliRunner().invoke(app, ["eval-search", "--model", "tiny", "--budgets", "64,128", "--n-tasks", "3",
-                                   "--max-tokens", "24", "--plot", str(png), "--db", db])
+    out = CliRunner().invoke(
+        app,
+        [
+            "eval-search",
+            "--model",
+            "tiny",
+            "--budgets",
+            "64,128",
+            "--n-tasks",
+            "3",
+            "--max-tokens",
+            "24",
+            "--plot",
+            str(png),
+            "--db",
+            db,
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert all(m in out.output for m in METHODS) and png.stat().st_size > 0
     metrics = Store(db).get_model("tiny").metrics

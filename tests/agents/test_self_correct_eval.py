@@ -18,7 +18,9 @@ def test_metrics_from_outcomes() -> None:
         {"n": 3, "first_correct": 1, "last_correct": 1, "i2c": 1, "c2i": 1},
     ]
     s = score_episodes(outcomes)
-    assert s == pytest.approx({"acc_t1": 0.4, "acc_last": 0.6, "delta_i2c": 0.4, "delta_c2i": 0.2, "net": 0.2})
+    assert s == pytest.approx(
+        {"acc_t1": 0.4, "acc_last": 0.6, "delta_i2c": 0.4, "delta_c2i": 0.2, "net": 0.2}
+    )
     assert s["net"] == pytest.approx(s["delta_i2c"] - s["delta_c2i"])
     assert score_episodes([])["acc_last"] == 0.0
 
@@ -28,8 +30,19 @@ def test_eval_self_correct_records_each_feedback_kind(tiny_model_path: Path, tmp
     from strop.memory import Store
 
     db = str(tmp_path / "s.db")
-    args = ["eval-self-correct", "--model", "tiny", "--feedback", "intrinsic,oracle,critic", "--n-tasks", "4",
-            "--max-tokens", "12", "--db", db]
+    args = [
+        "eval-self-correct",
+        "--model",
+        "tiny",
+        "--feedback",
+        "intrinsic,oracle,critic",
+        "--n-tasks",
+        "4",
+        "--max-tokens",
+        "12",
+        "--db",
+        db,
+    ]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     assert "wrong->right" in out.output and "arithmetic/heldout/self_correct/" in out.output
@@ -45,6 +58,7 @@ def test_eval_self_correct_names_bad_input(tiny_model_path: Path, tmp_path: Path
     db = str(tmp_path / "s.db")
     out = CliRunner().invoke(app, ["eval-self-correct", "-m", "tiny", "--feedback", "telepathy", "--db", db])
     assert out.exit_code != 0 and "unknown kind telepathy" in out.output
-    out = CliRunner().invoke(app, ["eval-self-correct", "-m", "tiny", "--feedback", "execution", "--n-tasks", "1",
-                                   "--db", db])
+    out = CliRunner().invoke(
+        app, ["eval-self-correct", "-m", "tiny", "--feedback", "execution", "--n-tasks", "1", "--db", db]
+    )
     assert out.exit_code != 0 and "not a code task" in out.output

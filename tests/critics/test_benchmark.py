@@ -129,12 +129,16 @@ def test_reference_is_labelled_correct() -> None:
 
 
 NATALIA = Task(
-    id="gsm8k/heldout/natalia", set_name="gsm8k", split=Split.HELDOUT,
+    id="gsm8k/heldout/natalia",
+    set_name="gsm8k",
+    split=Split.HELDOUT,
     prompt="Natalia sold clips to 48 of her friends in April, and then she sold half as many clips to her "
-           "friends in May. How many clips did Natalia sell altogether in April and May?",
+    "friends in May. How many clips did Natalia sell altogether in April and May?",
     answer="72",
-    reference_steps=["Natalia sold 48/2 = 24 clips in May.",
-                     "Natalia sold 48+24 = 72 clips altogether in April and May."],
+    reference_steps=[
+        "Natalia sold 48/2 = 24 clips in May.",
+        "Natalia sold 48+24 = 72 clips altogether in April and May.",
+    ],
 )
 
 
@@ -160,21 +164,29 @@ def test_gsm8k_references_are_corrupted_in_their_prose(kind: str) -> None:
 
 
 def test_gsm8k_step_without_an_equation_makes_every_kind_refuse() -> None:
-    task = NATALIA.model_copy(update={"reference_steps": ["She sold half as many in May, so 24.", "48+24 = 72"]})
+    task = NATALIA.model_copy(
+        update={"reference_steps": ["She sold half as many in May, so 24.", "48+24 = 72"]}
+    )
     assert all(corrupt(task, kind, random.Random(0)) is None for kind in KINDS)
 
 
 # --- labelling policy solutions ---------------------------------------------------------------------------
 
 ARITH = Task(
-    id="arithmetic/heldout/t", set_name="arithmetic", split=Split.HELDOUT, prompt="What is ((12 + 34) * 3) - 5?",
-    answer="133", reference_steps=["12 + 34 = 46", "46 * 3 = 138", "138 - 5 = 133"],
+    id="arithmetic/heldout/t",
+    set_name="arithmetic",
+    split=Split.HELDOUT,
+    prompt="What is ((12 + 34) * 3) - 5?",
+    answer="133",
+    reference_steps=["12 + 34 = 46", "46 * 3 = 138", "138 - 5 = 133"],
     metadata={"expression": "((12 + 34) * 3) - 5"},
 )
 
 
 def test_a_solution_whose_steps_all_check_is_labelled_correct() -> None:
-    item = label_solution(ARITH, "Step 1: 12 + 34 = 46\nStep 2: 46 * 3 = 138\nStep 3: 138 - 5 = 133\n#### 133")
+    item = label_solution(
+        ARITH, "Step 1: 12 + 34 = 46\nStep 2: 46 * 3 = 138\nStep 3: 138 - 5 = 133\n#### 133"
+    )
     assert item is not None and item.first_wrong_step is None and item.final_answer_correct is True
     assert item.steps == ARITH.reference_steps and item.answer == "133" and item.source == "policy"
     # One step may do two operations; the intermediate result is usable later in the same step.
@@ -186,9 +198,18 @@ def test_a_solution_whose_steps_all_check_is_labelled_correct() -> None:
     ("text", "wrong"),
     [
         ("Step 1: 12 + 34 = 46\nStep 2: 46 * 3 = 139\nStep 3: 139 - 5 = 134\n#### 134", 2),  # false equation
-        ("Step 1: 12 + 35 = 47\nStep 2: 47 * 3 = 141\nStep 3: 141 - 5 = 136\n#### 136", 1),  # 35: not in the problem
-        ("Step 1: 12 + 34 = 46\nStep 2: 64 * 3 = 192\nStep 3: 192 - 5 = 187\n#### 187", 2),  # 64: copied wrong
-        ("Step 1: 12 + 34 = 46\nStep 2: 46 * 3 = 140\nSo the answer is 135.\n#### 135", 2),  # prose after: fine
+        (
+            "Step 1: 12 + 35 = 47\nStep 2: 47 * 3 = 141\nStep 3: 141 - 5 = 136\n#### 136",
+            1,
+        ),  # 35: not in the problem
+        (
+            "Step 1: 12 + 34 = 46\nStep 2: 64 * 3 = 192\nStep 3: 192 - 5 = 187\n#### 187",
+            2,
+        ),  # 64: copied wrong
+        (
+            "Step 1: 12 + 34 = 46\nStep 2: 46 * 3 = 140\nSo the answer is 135.\n#### 135",
+            2,
+        ),  # prose after: fine
     ],
 )
 def test_the_first_wrong_step_is_found_by_recomputation(text: str, wrong: int) -> None:
@@ -223,11 +244,22 @@ def test_gsm8k_style_policy_solution_is_checked_by_its_equations() -> None:
 # --- ProcessBench files -------------------------------------------------------------------------------------
 
 PB = [
-    {"id": "gsm8k-0", "generator": "Qwen2-7B", "problem": "What is 2 + 3 * 4?",
-     "steps": ["First 3 * 4 = 12.", "Then 2 + 12 = 15.\nSo the answer is \\boxed{15}."],
-     "final_answer_correct": False, "label": 1},
-    {"id": "gsm8k-1", "generator": "Llama", "problem": "What is 1 + 1?", "steps": ["1 + 1 = 2, \\boxed{2}"],
-     "final_answer_correct": True, "label": -1},
+    {
+        "id": "gsm8k-0",
+        "generator": "Qwen2-7B",
+        "problem": "What is 2 + 3 * 4?",
+        "steps": ["First 3 * 4 = 12.", "Then 2 + 12 = 15.\nSo the answer is \\boxed{15}."],
+        "final_answer_correct": False,
+        "label": 1,
+    },
+    {
+        "id": "gsm8k-1",
+        "generator": "Llama",
+        "problem": "What is 1 + 1?",
+        "steps": ["1 + 1 = 2, \\boxed{2}"],
+        "final_answer_correct": True,
+        "label": -1,
+    },
 ]
 
 
@@ -238,7 +270,11 @@ def test_processbench_json_and_jsonl_give_the_same_items(tmp_path: Path) -> None
     assert items == load_processbench(str(tmp_path / "pb.jsonl"))
     first, second = items
     assert first.first_wrong_step == 2 and first.erroneous and second.first_wrong_step is None
-    assert first.task.id == "processbench/gsm8k-0" and first.task.answer == "" and first.task.split == Split.HELDOUT
+    assert (
+        first.task.id == "processbench/gsm8k-0"
+        and first.task.answer == ""
+        and first.task.split == Split.HELDOUT
+    )
     assert first.source == "processbench" and first.final_answer_correct is False and first.answer is None
     assert first.task.metadata["generator"] == "Qwen2-7B"
     # A step written over two lines stays one step, so the numbering critics see matches the label.
@@ -249,9 +285,16 @@ def test_processbench_json_and_jsonl_give_the_same_items(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"label": 2}, "label"), ({"label": "1"}, "label"), ({"steps": "one"}, "steps"), ({"problem": None}, "problem")],
+    [
+        ({"label": 2}, "label"),
+        ({"label": "1"}, "label"),
+        ({"steps": "one"}, "steps"),
+        ({"problem": None}, "problem"),
+    ],
 )
-def test_a_malformed_processbench_entry_names_file_entry_and_field(tmp_path: Path, change: dict, field: str) -> None:
+def test_a_malformed_processbench_entry_names_file_entry_and_field(
+    tmp_path: Path, change: dict, field: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([PB[0], {**PB[1], **change}]))
     with pytest.raises(LabelledSetError, match=rf"bad\.json: entry 1: field '{field}'"):
@@ -286,7 +329,10 @@ def test_build_labelled_set_is_deterministic_balanced_and_held_out() -> None:
     assert all(i.task.id in heldout and i.task.split == Split.HELDOUT for i in items)
     assert len({i.task.id for i in items}) == 20  # one item per problem
     skewed = build_labelled_set(ts, n=10, seed=0, correct_share=0.2, kinds=("copy",))
-    assert sum(not i.erroneous for i in skewed) == 2 and {i.source for i in skewed} == {"reference", "corrupt:copy"}
+    assert sum(not i.erroneous for i in skewed) == 2 and {i.source for i in skewed} == {
+        "reference",
+        "corrupt:copy",
+    }
 
 
 def test_build_labelled_set_skips_kinds_that_do_not_apply_and_appends_extra() -> None:
@@ -323,7 +369,9 @@ def test_build_labelled_set_never_uses_a_training_task() -> None:
 
 def test_labelled_solution_set_round_trips_and_verifies(tmp_path: Path) -> None:
     (tmp_path / "pb.json").write_text(json.dumps(PB))
-    items = build_labelled_set(ArithmeticTaskSet(steps=2), n=4, seed=1) + load_processbench(tmp_path / "pb.json")
+    items = build_labelled_set(ArithmeticTaskSet(steps=2), n=4, seed=1) + load_processbench(
+        tmp_path / "pb.json"
+    )
     ts = LabelledSolutionSet(items, name="bench")
     assert isinstance(ts, TaskSet) and ts.name == "bench"
     tasks = ts.tasks(Split.HELDOUT)
@@ -357,8 +405,14 @@ _ids = itertools.count()
 def _item(label: int | None, answer: str = "133", n_steps: int = 3) -> LabelledSolution:
     task = ARITH.model_copy(update={"answer": answer})
     steps = [f"step {k}" for k in range(1, n_steps + 1)]
-    return LabelledSolution(id=f"item-{next(_ids)}", task=task, steps=steps,
-                            answer="134" if label else "133", first_wrong_step=label, source="test")
+    return LabelledSolution(
+        id=f"item-{next(_ids)}",
+        task=task,
+        steps=steps,
+        answer="134" if label else "133",
+        first_wrong_step=label,
+        source="test",
+    )
 
 
 def _crit(verdict: str, step: int | None = None, corrected: str | None = None) -> Critique:
@@ -382,7 +436,9 @@ def test_processbench_scores_by_hand() -> None:
     odd = processbench_scores([_item(None), _item(2)], [_crit("correct", 2), _crit("correct", 2)])
     assert odd["acc_correct"] == 0.0 and odd["acc_erroneous"] == 0.0 and odd["f1"] == 0.0
     only_wrong = processbench_scores([_item(1)], [_crit("incorrect", 1)])
-    assert only_wrong["acc_erroneous"] == 1.0 and only_wrong["acc_correct"] is None and only_wrong["f1"] is None
+    assert (
+        only_wrong["acc_erroneous"] == 1.0 and only_wrong["acc_correct"] is None and only_wrong["f1"] is None
+    )
     with pytest.raises(ValueError, match="one critique per item"):
         processbench_scores([_item(1)], [])
 
@@ -399,7 +455,9 @@ def test_step_label_scores_by_hand() -> None:
     s = step_label_scores(items, labels)
     assert s["n_steps"] == 2 + 3 + 1 + 3
     assert s["step_acc"] == pytest.approx(4 / 9)
-    assert s["step_acc_wrong"] == pytest.approx(1 / 3)  # first wrong steps: item 1 flagged, items 3 and 4 missed
+    assert s["step_acc_wrong"] == pytest.approx(
+        1 / 3
+    )  # first wrong steps: item 1 flagged, items 3 and 4 missed
     # Saying Yes to everything gets every right step and no wrong one.
     yes = step_label_scores(items, [[True] * 3 for _ in items])
     assert yes["step_acc_wrong"] == 0.0 and yes["step_acc"] == pytest.approx(6 / 9)
@@ -431,7 +489,14 @@ def test_correction_scores_by_hand() -> None:
     custom = correction_scores(items[:1], critiques[:1], lambda item, text: bool(seen.append(text)))
     assert seen == ["Step 1: fixed\n#### 133"] and custom["correction_acc"] == 0.0
     none = correction_scores([unknown], [_crit("correct")])
-    assert none == {"correction_acc": None, "fixed": None, "kept": None, "n": 0, "n_erroneous": 0, "n_correct": 0}
+    assert none == {
+        "correction_acc": None,
+        "fixed": None,
+        "kept": None,
+        "n": 0,
+        "n_erroneous": 0,
+        "n_correct": 0,
+    }
 
 
 # --- policy solutions from the store ---------------------------------------------------------------------------
@@ -448,10 +513,22 @@ def test_labels_from_store_takes_held_out_best_of_n_answers_once(sqlite_url: str
     try:
         run = store.create_run(RunRecord(loop="best_of_n"))
         texts = [right, right, wrong, "I think it is 5"]
-        store.write_episode(EpisodeRecord(run_id=run.id, task_id=held.id, loop="best_of_n", steps=[
-            StepRecord(index=i, text=t) for i, t in enumerate(texts)]))
-        store.write_episode(EpisodeRecord(run_id=run.id, task_id=train.id, loop="best_of_n", steps=[
-            StepRecord(index=0, text=reference(train).solution)]))
+        store.write_episode(
+            EpisodeRecord(
+                run_id=run.id,
+                task_id=held.id,
+                loop="best_of_n",
+                steps=[StepRecord(index=i, text=t) for i, t in enumerate(texts)],
+            )
+        )
+        store.write_episode(
+            EpisodeRecord(
+                run_id=run.id,
+                task_id=train.id,
+                loop="best_of_n",
+                steps=[StepRecord(index=0, text=reference(train).solution)],
+            )
+        )
         items = labels_from_store(store, [run.id], ts)
         assert [(i.task.id, i.first_wrong_step) for i in items] == [(held.id, None), (held.id, 2)]
         assert all(i.source == "policy" for i in items)

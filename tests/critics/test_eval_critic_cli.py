@@ -17,8 +17,24 @@ def test_eval_critic_on_a_built_set_and_on_a_processbench_file(tiny_model_path: 
 
     db = str(tmp_path / "s.db")
     runner = CliRunner()
-    out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "-o", "steps=2", "--n-items", "6",
-                              "--max-tokens", "16", "--shots", "0", "--db", db])
+    out = runner.invoke(
+        app,
+        [
+            "eval-critic",
+            "--critic",
+            "tiny",
+            "-o",
+            "steps=2",
+            "--n-items",
+            "6",
+            "--max-tokens",
+            "16",
+            "--shots",
+            "0",
+            "--db",
+            db,
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "F1" in out.output and "arithmetic[steps=2]/critic/" in out.output
     metrics = Store(db).get_model("tiny").metrics
@@ -26,14 +42,44 @@ def test_eval_critic_on_a_built_set_and_on_a_processbench_file(tiny_model_path: 
     assert metrics["arithmetic[steps=2]/critic/unparsed"] <= 6
 
     bench = tmp_path / "gsm8k_pb.json"
-    bench.write_text(json.dumps([
-        {"id": "gsm8k-0", "generator": "x", "problem": "Ann has 2 apples and buys 3. How many?",
-         "steps": ["2 + 3 = 6", "So she has 6."], "final_answer_correct": False, "label": 0},
-        {"id": "gsm8k-1", "generator": "x", "problem": "Bo has 4 pens and loses 1. How many?",
-         "steps": ["4 - 1 = 3", "So he has 3."], "final_answer_correct": True, "label": -1},
-    ]))
-    out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "--tasks", str(bench), "--max-tokens", "16",
-                              "--shots", "0", "--db", db])
+    bench.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "gsm8k-0",
+                    "generator": "x",
+                    "problem": "Ann has 2 apples and buys 3. How many?",
+                    "steps": ["2 + 3 = 6", "So she has 6."],
+                    "final_answer_correct": False,
+                    "label": 0,
+                },
+                {
+                    "id": "gsm8k-1",
+                    "generator": "x",
+                    "problem": "Bo has 4 pens and loses 1. How many?",
+                    "steps": ["4 - 1 = 3", "So he has 3."],
+                    "final_answer_correct": True,
+                    "label": -1,
+                },
+            ]
+        )
+    )
+    out = runner.invoke(
+        app,
+        [
+            "eval-critic",
+            "--critic",
+            "tiny",
+            "--tasks",
+            str(bench),
+            "--max-tokens",
+            "16",
+            "--shots",
+            "0",
+            "--db",
+            db,
+        ],
+    )
     assert out.exit_code == 0, out.output
     metrics = Store(db).get_model("tiny").metrics
     assert metrics["processbench:gsm8k_pb/critic/n_tasks"] == 2
@@ -47,7 +93,9 @@ def test_eval_critic_names_what_is_wrong(tmp_path: Path, tiny_model_path: Path) 
     bad.write_text(json.dumps([{"id": 1, "problem": "p", "steps": "not a list", "label": 0}]))
     out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "--tasks", str(bad), "--db", db])
     assert out.exit_code != 0 and "steps" in out.output
-    out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "--tasks", str(tmp_path / "none.json"), "--db", db])
+    out = runner.invoke(
+        app, ["eval-critic", "--critic", "tiny", "--tasks", str(tmp_path / "none.json"), "--db", db]
+    )
     assert out.exit_code != 0 and "no such file" in out.output
     out = runner.invoke(app, ["eval-critic", "--critic", "tiny", "--kinds", "typo", "--db", db])
     assert out.exit_code != 0 and "corruption kinds" in out.output
@@ -61,8 +109,9 @@ def test_eval_critic_as_a_prm_scores_every_step(tiny_model_path: Path, tmp_path:
     from strop.memory import Store
 
     db = str(tmp_path / "s.db")
-    out = CliRunner().invoke(app, ["eval-critic", "--critic", "tiny", "-o", "steps=2", "--n-items", "6", "--prm",
-                                   "--db", db])
+    out = CliRunner().invoke(
+        app, ["eval-critic", "--critic", "tiny", "-o", "steps=2", "--n-items", "6", "--prm", "--db", db]
+    )
     assert out.exit_code == 0, out.output
     assert "process reward model" in out.output and "arithmetic[steps=2]/prm/" in out.output
     store = Store(db)
@@ -77,5 +126,7 @@ def test_eval_critic_as_a_prm_scores_every_step(tiny_model_path: Path, tmp_path:
     parsed = [e for e in episodes if e.outcome["verdict"] != "unparsed"]
     for e in parsed:  # one label per step of the judged solution
         assert len(e.outcome["step_labels"]) == e.critiques[0].text.count("P(correct)")
-    out = CliRunner().invoke(app, ["eval-critic", "--critic", "tiny", "--prm", "--threshold", "1.5", "--db", db])
+    out = CliRunner().invoke(
+        app, ["eval-critic", "--critic", "tiny", "--prm", "--threshold", "1.5", "--db", db]
+    )
     assert out.exit_code != 0 and "--threshold" in out.output

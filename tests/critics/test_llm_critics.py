@@ -37,7 +37,9 @@ def scripted(reply: str | list[str]) -> ScriptedEngine:
 async def test_stepwise_critic_reads_its_reply_and_shows_no_reference() -> None:
     engine = scripted(CRITIQUE)
     task = TASKS[0]
-    c = await StepwiseCritic(engine).critique(task, "Step 1: 1 + 2 = 3\nStep 2: 3 * 2 = 7\n#### 7", task.reference_solution)
+    c = await StepwiseCritic(engine).critique(
+        task, "Step 1: 1 + 2 = 3\nStep 2: 3 * 2 = 7\n#### 7", task.reference_solution
+    )
     assert c.verdict == CritiqueVerdict.INCORRECT and c.first_wrong_step == 2
     assert c.critic_version == "critic-v1" and c.text == CRITIQUE and c.corrected_solution == "#### 7"
     assert "Reference" not in engine.calls[0] and "Step 2: 3 * 2 = 7" in engine.calls[0]
@@ -61,10 +63,15 @@ async def test_unparseable_reply_is_an_unparsed_critique_never_a_pass() -> None:
 
 
 async def test_sampling_several_critiques_of_one_solution() -> None:
-    critic = StepwiseCritic(scripted([CRITIQUE, "Verdict: correct", "garbage"]),
-                            sampling=CriticSampling(temperature=0.8, seed=1))
+    critic = StepwiseCritic(
+        scripted([CRITIQUE, "Verdict: correct", "garbage"]), sampling=CriticSampling(temperature=0.8, seed=1)
+    )
     out = await critic.sample(TASKS[0], "Step 1: a\nStep 2: b", n=3)
-    assert [c.verdict for c in out] == [CritiqueVerdict.INCORRECT, CritiqueVerdict.CORRECT, CritiqueVerdict.UNPARSED]
+    assert [c.verdict for c in out] == [
+        CritiqueVerdict.INCORRECT,
+        CritiqueVerdict.CORRECT,
+        CritiqueVerdict.UNPARSED,
+    ]
 
 
 async def test_pairwise_judge_counts_an_order_flip_as_a_tie_and_records_position_bias() -> None:
@@ -95,7 +102,9 @@ async def test_step_scorer_reads_probabilities_and_finds_the_first_low_step() ->
     # The scripted engine reports log-prob -0.5 for its token: P(yes) = e^-0.5 for Yes, 1 - e^-0.5 for No.
     assert c.verdict == CritiqueVerdict.INCORRECT and c.first_wrong_step == 2
     assert c.score == pytest.approx(1 - 0.6065, abs=1e-3) and c.step_labels == [True, False, True]
-    assert (await StepScorer(scripted("Perhaps")).critique(TASKS[0], "Step 1: x")).verdict == CritiqueVerdict.UNPARSED
+    assert (
+        await StepScorer(scripted("Perhaps")).critique(TASKS[0], "Step 1: x")
+    ).verdict == CritiqueVerdict.UNPARSED
     with pytest.raises(ValueError, match="threshold"):
         StepScorer(scripted("Yes"), threshold=1.5)
 
@@ -106,8 +115,14 @@ async def test_every_critic_on_the_real_tiny_model(tiny_model_path: Path) -> Non
     engine = load_engine("tiny", model_version="tiny-critic")
     try:
         sampling = CriticSampling(max_tokens=24)
-        items = [(t, "\n".join(f"Step {i}: {s}" for i, s in enumerate(t.reference_steps, 1)) + f"\n#### {t.answer}")
-                 for t in TASKS] * 8
+        items = [
+            (
+                t,
+                "\n".join(f"Step {i}: {s}" for i, s in enumerate(t.reference_steps, 1))
+                + f"\n#### {t.answer}",
+            )
+            for t in TASKS
+        ] * 8
         before = engine.stats.batches
         out = await critique_all(StepwiseCritic(engine, sampling=sampling, shots=0), items)
         assert len(out) == 64 and all(c.critic_version == "tiny-critic" and c.text for c in out)
@@ -115,7 +130,9 @@ async def test_every_critic_on_the_real_tiny_model(tiny_model_path: Path) -> Non
         batches = engine.stats.batches - before
         assert batches <= 16, f"64 concurrent critiques took {batches} batches: they did not batch"
 
-        contrastive = await critique_all(ContrastiveCritic(engine, sampling=sampling, shots=0), items[:4], reference=True)
+        contrastive = await critique_all(
+            ContrastiveCritic(engine, sampling=sampling, shots=0), items[:4], reference=True
+        )
         assert all(c.critic_version == "tiny-critic" for c in contrastive)
         pref = await PairwiseJudge(engine).compare(TASKS[0], items[0][1], "#### 0")
         assert pref.critic_version == "tiny-critic" and len(pref.texts) == 2

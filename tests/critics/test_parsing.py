@@ -32,29 +32,35 @@ def test_a_well_formed_critique_is_read_in_full() -> None:
     assert p.corrected_solution is not None and p.corrected_solution.endswith("#### 138")
 
 
-@pytest.mark.parametrize(("text", "verdict", "first"), [
-    ("Verdict: correct", CritiqueVerdict.CORRECT, None),
-    ("First wrong step: none\nVerdict: correct", CritiqueVerdict.CORRECT, None),
-    ("**Verdict:** Incorrect\n**First wrong step:** Step 1", CritiqueVerdict.INCORRECT, 1),
-    ("Step 1: correct.\nStep 2: wrong, off by ten.\nVerdict: wrong", CritiqueVerdict.INCORRECT, 2),
-    ("verdict - incorrect", CritiqueVerdict.INCORRECT, None),  # wrong, but which step is unknown
-])
+@pytest.mark.parametrize(
+    ("text", "verdict", "first"),
+    [
+        ("Verdict: correct", CritiqueVerdict.CORRECT, None),
+        ("First wrong step: none\nVerdict: correct", CritiqueVerdict.CORRECT, None),
+        ("**Verdict:** Incorrect\n**First wrong step:** Step 1", CritiqueVerdict.INCORRECT, 1),
+        ("Step 1: correct.\nStep 2: wrong, off by ten.\nVerdict: wrong", CritiqueVerdict.INCORRECT, 2),
+        ("verdict - incorrect", CritiqueVerdict.INCORRECT, None),  # wrong, but which step is unknown
+    ],
+)
 def test_sloppy_but_readable_critiques(text: str, verdict: CritiqueVerdict, first: int | None) -> None:
     p = parse_critique(text, 2)
     assert (p.verdict, p.first_wrong_step) == (verdict, first)
 
 
-@pytest.mark.parametrize(("text", "why"), [
-    ("", "empty"),
-    ("Step 1: correct.\nStep 2: incorr", "Verdict"),  # truncated mid-generation
-    ("Verdict: correct\nVerdict: incorrect", "contradictory verdicts"),
-    ("First wrong step: 2\nVerdict: correct", "verdict 'correct'"),
-    ("First wrong step: none\nVerdict: incorrect", "First wrong step: none"),
-    ("First wrong step: 7\nVerdict: incorrect", "not a step"),
-    ("First wrong step: 0\nVerdict: incorrect", "not a step"),
-    ("First wrong step: 1\nFirst wrong step: 2\nVerdict: incorrect", "contradictory first wrong steps"),
-    ("First wrong step: " + "9" * 5000 + "\nVerdict: incorrect", "not a step"),
-])
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty"),
+        ("Step 1: correct.\nStep 2: incorr", "Verdict"),  # truncated mid-generation
+        ("Verdict: correct\nVerdict: incorrect", "contradictory verdicts"),
+        ("First wrong step: 2\nVerdict: correct", "verdict 'correct'"),
+        ("First wrong step: none\nVerdict: incorrect", "First wrong step: none"),
+        ("First wrong step: 7\nVerdict: incorrect", "not a step"),
+        ("First wrong step: 0\nVerdict: incorrect", "not a step"),
+        ("First wrong step: 1\nFirst wrong step: 2\nVerdict: incorrect", "contradictory first wrong steps"),
+        ("First wrong step: " + "9" * 5000 + "\nVerdict: incorrect", "not a step"),
+    ],
+)
 def test_unreadable_or_contradictory_critiques_are_unparsed_with_a_reason(text: str, why: str) -> None:
     p = parse_critique(text, 2)
     assert p.verdict == CritiqueVerdict.UNPARSED
@@ -80,11 +86,31 @@ def test_fuzz_random_text_never_raises(text: str, n_steps: int) -> None:
     split_steps(text)
 
 
-_PIECES = st.sampled_from([
-    "Step 1: correct.", "Step 2: incorrect.", "Step 9: wrong", "First wrong step: 1", "First wrong step: none",
-    "First wrong step: 3", "Verdict: correct", "Verdict: incorrect", "Corrected solution:", "#### 42",
-    "**Verdict**:", "verdict", "step", "\n", " ", "Better: A", "Better: B", "Yes", "No", "\x00", "🙂",
-])
+_PIECES = st.sampled_from(
+    [
+        "Step 1: correct.",
+        "Step 2: incorrect.",
+        "Step 9: wrong",
+        "First wrong step: 1",
+        "First wrong step: none",
+        "First wrong step: 3",
+        "Verdict: correct",
+        "Verdict: incorrect",
+        "Corrected solution:",
+        "#### 42",
+        "**Verdict**:",
+        "verdict",
+        "step",
+        "\n",
+        " ",
+        "Better: A",
+        "Better: B",
+        "Yes",
+        "No",
+        "\x00",
+        "🙂",
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -100,10 +126,18 @@ def test_fuzz_adversarial_fragments_stay_consistent(pieces: list[str], n_steps: 
         assert len(p.step_labels) == n_steps
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("Better: A", "A"), ("better: b.", "B"), ("**Better:** Answer B", "B"), ("It's a tie.", "tie"),
-    ("Better: A\nBetter: B", None), ("I cannot decide", None), ("", None),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("Better: A", "A"),
+        ("better: b.", "B"),
+        ("**Better:** Answer B", "B"),
+        ("It's a tie.", "tie"),
+        ("Better: A\nBetter: B", None),
+        ("I cannot decide", None),
+        ("", None),
+    ],
+)
 def test_preference_parser(text: str, want: str | None) -> None:
     assert parse_preference(text) == want
 

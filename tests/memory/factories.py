@@ -84,5 +84,7 @@ def make_episode(
         outcome={"correct": 1, "n": n_steps},
         steps=steps,
         critiques=critiques,
-        examples=[ExampleRecord(kind=kind, role=role, payload=p, task_id=task_id, split=split) for p in payloads],
+        examples=[
+            ExampleRecord(kind=kind, role=role, payload=p, task_id=task_id, split=split) for p in payloads
+        ],
     )

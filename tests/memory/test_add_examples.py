@@ -10,8 +10,12 @@ from tests.memory.factories import make_episode, pair_payload
 
 
 def _pairs(n: int, start: int = 0, split: str = "train") -> list[ExampleRecord]:
-    return [ExampleRecord(id=f"pair-{i}", kind=ExampleKind.PAIR, payload=pair_payload("q", f"good {i}", "bad"),
-                          split=split) for i in range(start, start + n)]
+    return [
+        ExampleRecord(
+            id=f"pair-{i}", kind=ExampleKind.PAIR, payload=pair_payload("q", f"good {i}", "bad"), split=split
+        )
+        for i in range(start, start + n)
+    ]
 
 
 def test_add_examples_is_idempotent_and_feeds_claims(store: Store) -> None:
@@ -25,7 +29,9 @@ def test_add_examples_is_idempotent_and_feeds_claims(store: Store) -> None:
     stored = store.list_examples(kind="pair")
     assert [x.id for x in stored] == [f"pair-{i}" for i in range(4)]  # oldest first, in the order added
     assert all(x.episode_id == ep.id and x.task_id == "t-7" for x in stored)  # the episode's task by default
-    assert [x.id for x in store.get_episode(ep.id).examples if x.kind == "pair"] == [f"pair-{i}" for i in range(4)]
+    assert [x.id for x in store.get_episode(ep.id).examples if x.kind == "pair"] == [
+        f"pair-{i}" for i in range(4)
+    ]
     # The run filter of claims sees them as the run's output; each is claimed once.
     job = store.start_job(TrainingJobRecord(algorithm="dpo", model_in="m0"))
     got = store.claim_examples(job.id, role="policy", kind="pair", run_ids=[run.id])

@@ -11,8 +11,15 @@ from strop.memory import Store, StoreError
 from strop.memory.records import BaselineUpdate
 
 
-def _u(uid: str, reward: float, *, role: str = "0", game: str = "tictactoe", ns: str = "run1",
-       decay: float = 0.95) -> BaselineUpdate:
+def _u(
+    uid: str,
+    reward: float,
+    *,
+    role: str = "0",
+    game: str = "tictactoe",
+    ns: str = "run1",
+    decay: float = 0.95,
+) -> BaselineUpdate:
     return BaselineUpdate(id=uid, namespace=ns, game=game, role=role, reward=reward, decay=decay)
 
 
@@ -28,11 +35,21 @@ def test_ema_update_math_from_zero(store: Store) -> None:
 
 
 def test_keys_are_kept_apart(store: Store) -> None:
-    store.update_baselines([_u("a", 1.0, role="0"), _u("b", -1.0, role="1"), _u("c", 1.0, game="kuhn_poker"),
-                            _u("d", 1.0, ns="run2", decay=0.5)])
+    store.update_baselines(
+        [
+            _u("a", 1.0, role="0"),
+            _u("b", -1.0, role="1"),
+            _u("c", 1.0, game="kuhn_poker"),
+            _u("d", 1.0, ns="run2", decay=0.5),
+        ]
+    )
     values = {(b.namespace, b.game, b.role): b.value for b in store.list_baselines()}
-    assert values == {("run1", "tictactoe", "0"): pytest.approx(0.05), ("run1", "tictactoe", "1"): pytest.approx(-0.05),
-                      ("run1", "kuhn_poker", "0"): pytest.approx(0.05), ("run2", "tictactoe", "0"): pytest.approx(0.5)}
+    assert values == {
+        ("run1", "tictactoe", "0"): pytest.approx(0.05),
+        ("run1", "tictactoe", "1"): pytest.approx(-0.05),
+        ("run1", "kuhn_poker", "0"): pytest.approx(0.05),
+        ("run2", "tictactoe", "0"): pytest.approx(0.5),
+    }
     assert [b.role for b in store.list_baselines("run1", "tictactoe")] == ["0", "1"]
 
 
@@ -64,8 +81,9 @@ def test_concurrent_writers_lose_no_update(db_url: str) -> None:
     def work(i: int) -> None:
         try:
             for j in range(10):
-                stores[i].update_baselines([_u(f"{i}-{j}-0", 1.0, role="0", decay=0.5),
-                                            _u(f"{i}-{j}-1", -1.0, role="1", decay=0.5)])
+                stores[i].update_baselines(
+                    [_u(f"{i}-{j}-0", 1.0, role="0", decay=0.5), _u(f"{i}-{j}-1", -1.0, role="1", decay=0.5)]
+                )
         except BaseException as exc:  # pragma: no cover - surfaced below
             errors.append(exc)
 

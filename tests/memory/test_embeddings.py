@@ -51,7 +51,9 @@ def test_search_finds_similar_critiques_and_failures(store: Store, embedder: Emb
                 loop="scrit",
                 reward=0.0 if key != "code" else 1.0,
                 steps=[StepRecord(text=f"attempt about {key}: {text}")],
-                critiques=[CritiqueRecord(id=f"c-{key}", critic_version="critic-v1", verdict="incorrect", text=text)],
+                critiques=[
+                    CritiqueRecord(id=f"c-{key}", critic_version="critic-v1", verdict="incorrect", text=text)
+                ],
             )
         )
     memory = EmbeddingMemory(store, embedder)

@@ -54,7 +54,9 @@ def test_cli_export_and_stats(filled: Store, db_url: str, tmp_path: Path) -> Non
     assert len(rows) == 12 and set(rows[0]) == {"prompt", "completion"}
     parquet = tmp_path / "pairs.parquet"
     result = runner.invoke(
-        db_app, ["export", "--kind", "pairs", "--format", "parquet", "--out", str(parquet)], env={"STROP_DB": db_url}
+        db_app,
+        ["export", "--kind", "pairs", "--format", "parquet", "--out", str(parquet)],
+        env={"STROP_DB": db_url},
     )
     assert result.exit_code == 0, result.output
     assert datasets.Dataset.from_parquet(str(parquet)).column_names == ["prompt", "chosen", "rejected"]

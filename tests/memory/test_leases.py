@@ -112,12 +112,15 @@ def test_the_keeper_renews_past_the_ttl_and_reports_a_takeover(store: Store) -> 
     assert keeper2.release() is False and store.get_lease("evolve:k").holder == "h2"
 
 
-def test_a_holder_killed_with_sigkill_loses_the_lease_after_its_ttl(store: Store, db_url: str,
-                                                                    tmp_path: Path) -> None:
+def test_a_holder_killed_with_sigkill_loses_the_lease_after_its_ttl(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
     ttl = 2.0
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.memory._lease_worker", db_url, "evolve:kill", str(ttl),
-                             str(ready)], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.memory._lease_worker", db_url, "evolve:kill", str(ttl), str(ready)],
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and time.monotonic() < deadline:

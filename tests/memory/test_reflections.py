@@ -23,17 +23,28 @@ def unit(*xs: float) -> np.ndarray:
 def failed_episode(store: Store, run_id: str, task_id: str, *, answers: list[tuple[str, str, bool]]) -> str:
     """An episode of `task_id` whose answers are (text, critique, hinted), every one judged incorrect."""
     eid = f"ep-{task_id}-{run_id}"
-    steps = [StepRecord(id=f"{eid}-s{i}", index=i, text=t, metadata={"hinted": h}) for i, (t, _, h) in enumerate(answers)]
-    crits = [CritiqueRecord(id=f"{eid}-c{i}", step_id=f"{eid}-s{i}", critic_version="verifier", verdict="incorrect",
-                            text=c) for i, (_, c, _) in enumerate(answers)]
-    store.write_episode(EpisodeRecord(id=eid, run_id=run_id, task_id=task_id, loop="best_of_n", reward=0.0,
-                                      steps=steps, critiques=crits))
+    steps = [
+        StepRecord(id=f"{eid}-s{i}", index=i, text=t, metadata={"hinted": h})
+        for i, (t, _, h) in enumerate(answers)
+    ]
+    crits = [
+        CritiqueRecord(
+            id=f"{eid}-c{i}", step_id=f"{eid}-s{i}", critic_version="verifier", verdict="incorrect", text=c
+        )
+        for i, (_, c, _) in enumerate(answers)
+    ]
+    store.write_episode(
+        EpisodeRecord(
+            id=eid, run_id=run_id, task_id=task_id, loop="best_of_n", reward=0.0, steps=steps, critiques=crits
+        )
+    )
     return eid
 
 
 def item(eid: str, task_id: str, split: str = "train") -> ReflectionItem:
-    return ReflectionItem(eid, task_id, f"problem of {task_id}", f"wrong answer to {task_id}",
-                          f"critique of {task_id}", split)
+    return ReflectionItem(
+        eid, task_id, f"problem of {task_id}", f"wrong answer to {task_id}", f"critique of {task_id}", split
+    )
 
 
 @pytest.fixture
@@ -48,8 +59,14 @@ def test_top_k_is_ordered_by_similarity_one_per_task(store: Store, run_id: str) 
     assert mem.add(SCOPE, items, np.stack(list(tasks.values()))) == 4
     # a second failure of task a, from another run: it must not take a second place in the top k
     other = store.create_run(RunRecord(loop="best_of_n")).id
-    assert mem.add(SCOPE, [item(failed_episode(store, other, "a", answers=[("x", "y", False)]), "a")],
-                   unit(1, 0.05, 0, 0)[None]) == 1
+    assert (
+        mem.add(
+            SCOPE,
+            [item(failed_episode(store, other, "a", answers=[("x", "y", False)]), "a")],
+            unit(1, 0.05, 0, 0)[None],
+        )
+        == 1
+    )
     hits = mem.search_vector(SCOPE, unit(1, 0.2, 0, 0), k=3)
     assert [h.task_id for h in hits] == ["a", "b", "c"]
     assert hits[0].score > hits[1].score > hits[2].score
@@ -73,16 +90,32 @@ def test_retrieval_never_shows_the_asking_task_or_a_heldout_one(store: Store, ru
         mem.add(SCOPE, [item(held, "held", split="heldout")], unit(1, 0, 0)[None])
     # ... and one that got in anyway (written around the API) is still never returned: the query filters.
     with store._write() as conn:
-        conn.execute(insert(Reflection), [{
-            "scope": SCOPE, "model": "hand", "episode_id": held, "task_id": "held", "split": "heldout",
-            "problem": "held-out problem", "answer": "its answer", "critique": "expected 42", "dim": 3,
-            "vector": unit(1, 0, 0).astype("<f4").tobytes(), "created_at": utcnow()}])
+        conn.execute(
+            insert(Reflection),
+            [
+                {
+                    "scope": SCOPE,
+                    "model": "hand",
+                    "episode_id": held,
+                    "task_id": "held",
+                    "split": "heldout",
+                    "problem": "held-out problem",
+                    "answer": "its answer",
+                    "critique": "expected 42",
+                    "dim": 3,
+                    "vector": unit(1, 0, 0).astype("<f4").tobytes(),
+                    "created_at": utcnow(),
+                }
+            ],
+        )
     hits = mem.search_vector(SCOPE, unit(1, 0, 0), k=5, exclude_task_ids=["own"])
     assert [h.task_id for h in hits] == ["near", "far"]
     assert mem.count(SCOPE) == 3
     assert all("held" not in h.problem and "expected 42" not in h.critique for h in hits)
     # A cache filled before the asking task was excluded still masks it.
-    assert [h.task_id for h in mem.search_vector(SCOPE, unit(1, 0, 0), k=1, exclude_task_ids={"own", "near"})] == ["far"]
+    assert [
+        h.task_id for h in mem.search_vector(SCOPE, unit(1, 0, 0), k=1, exclude_task_ids={"own", "near"})
+    ] == ["far"]
 
 
 def test_add_is_idempotent_and_the_cache_follows_the_store(store: Store, run_id: str) -> None:
@@ -94,8 +127,14 @@ def test_add_is_idempotent_and_the_cache_follows_the_store(store: Store, run_id:
     assert [h.task_id for h in mem.search_vector(SCOPE, unit(1, 0.1), k=1)] == ["a"]
     # Another process adds a closer failure: the next search sees it (incremental refresh).
     writer = ReflectionMemory(store, model="hand")
-    assert writer.add(SCOPE, [item(failed_episode(store, run_id, "c", answers=[("x", "y", False)]), "c")],
-                      unit(1, 0.1)[None]) == 1
+    assert (
+        writer.add(
+            SCOPE,
+            [item(failed_episode(store, run_id, "c", answers=[("x", "y", False)]), "c")],
+            unit(1, 0.1)[None],
+        )
+        == 1
+    )
     assert [h.task_id for h in mem.search_vector(SCOPE, unit(1, 0.1), k=1)] == ["c"]
     # Rows removed (their episode deleted, say): the scope is read again, nothing stale comes back.
     with store._write() as conn:
@@ -104,16 +143,33 @@ def test_add_is_idempotent_and_the_cache_follows_the_store(store: Store, run_id:
     assert mem.count(SCOPE) == 2
 
 
-def test_failures_are_the_first_unhinted_wrong_answer_of_episodes_not_remembered_yet(store: Store, run_id: str) -> None:
+def test_failures_are_the_first_unhinted_wrong_answer_of_episodes_not_remembered_yet(
+    store: Store, run_id: str
+) -> None:
     mem = ReflectionMemory(store, model="hand")
-    failed_episode(store, run_id, "t1", answers=[("hinted wrong", "c0", True), ("own wrong", "expected 5, got 6", False),
-                                                 ("later wrong", "c2", False)])
+    failed_episode(
+        store,
+        run_id,
+        "t1",
+        answers=[
+            ("hinted wrong", "c0", True),
+            ("own wrong", "expected 5, got 6", False),
+            ("later wrong", "c2", False),
+        ],
+    )
     failed_episode(store, run_id, "t2", answers=[("only hinted", "c", True)])
     solved = "ep-solved"
-    store.write_episode(EpisodeRecord(id=solved, run_id=run_id, task_id="t3", loop="best_of_n", reward=1.0,
-                                      steps=[StepRecord(id="s-ok", text="#### 5")],
-                                      critiques=[CritiqueRecord(step_id="s-ok", critic_version="verifier",
-                                                                verdict="correct", text="")]))
+    store.write_episode(
+        EpisodeRecord(
+            id=solved,
+            run_id=run_id,
+            task_id="t3",
+            loop="best_of_n",
+            reward=1.0,
+            steps=[StepRecord(id="s-ok", text="#### 5")],
+            critiques=[CritiqueRecord(step_id="s-ok", critic_version="verifier", verdict="correct", text="")],
+        )
+    )
     found = mem.failures(SCOPE, [run_id])
     assert [(f.task_id, f.answer, f.critique) for f in found] == [("t1", "own wrong", "expected 5, got 6")]
     assert mem.failures(SCOPE, []) == []

@@ -31,7 +31,15 @@ def test_writer_killed_mid_episode_leaves_nothing(store: Store, db_url: str, tmp
     (tmp_path / "ep.json").write_text(ep.model_dump_json())
     ready = tmp_path / "ready"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.memory._workers", "hang", db_url, str(tmp_path / "ep.json"), str(ready)],
+        [
+            sys.executable,
+            "-m",
+            "tests.memory._workers",
+            "hang",
+            db_url,
+            str(tmp_path / "ep.json"),
+            str(ready),
+        ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -46,7 +54,9 @@ def test_writer_killed_mid_episode_leaves_nothing(store: Store, db_url: str, tmp
     assert not store.has_episode(ep.id)
     with store._read() as conn:
         for table in (Step, Critique, Example):
-            assert conn.scalar(select(func.count()).select_from(table)) == 0, f"partial rows left in {table.__tablename__}"
+            assert conn.scalar(select(func.count()).select_from(table)) == 0, (
+                f"partial rows left in {table.__tablename__}"
+            )
     # The lock died with the writer: the retried write goes through, once.
     assert store.write_episode(ep) is True
     assert store.write_episode(ep) is False

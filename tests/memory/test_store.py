@@ -33,7 +33,11 @@ def test_episode_round_trip_keeps_every_field(store: Store, run: RunRecord) -> N
     got = store.get_episode(ep.id)
     assert got is not None
     assert (got.run_id, got.task_id, got.loop, got.reward, got.outcome) == (
-        ep.run_id, ep.task_id, ep.loop, ep.reward, ep.outcome,
+        ep.run_id,
+        ep.task_id,
+        ep.loop,
+        ep.reward,
+        ep.outcome,
     )
     for mine, theirs in zip(ep.steps, got.steps, strict=True):
         assert theirs.token_ids == mine.token_ids
@@ -132,11 +136,15 @@ def test_queries(store: Store, run: RunRecord) -> None:
 
 
 def test_registry(store: Store) -> None:
-    base = store.register_model(ModelVersionRecord(name="tiny", lineage="tiny", path="/m/tiny", status="base"))
+    base = store.register_model(
+        ModelVersionRecord(name="tiny", lineage="tiny", path="/m/tiny", status="base")
+    )
     assert store.register_model(base.model_copy(update={"path": "/other"})).path == "/m/tiny"
     assert store.current_model("tiny").id == base.id
     cand = store.register_model(
-        ModelVersionRecord(name="tiny-c1", lineage="tiny", path="/m/tiny", adapter_path="/a/c1", parent_id=base.id)
+        ModelVersionRecord(
+            name="tiny-c1", lineage="tiny", path="/m/tiny", adapter_path="/a/c1", parent_id=base.id
+        )
     )
     assert store.get_model("tiny-c1").id == cand.id
     assert store.current_model("tiny").id == base.id  # a candidate is not live
@@ -175,7 +183,6 @@ async def test_async_twins_do_not_block_the_event_loop(store: Store, run: RunRec
     got = await store.aget_episode(eps[0].id)
     assert isinstance(got, EpisodeRecord) and len(got.steps) == 4
     assert await store.acount_examples() == 150
-
 
 
 async def test_concurrent_async_writes_share_transactions(store: Store, run: RunRecord) -> None:

@@ -20,8 +20,23 @@ def test_tasks_list_names_every_set() -> None:
 
 
 def test_tasks_show_with_options_and_json() -> None:
-    result = runner.invoke(app, ["tasks", "show", "arithmetic", "--split", "heldout", "--n", "2", "--json",
-                                 "-o", "digits=3", "-o", "steps=2"])
+    result = runner.invoke(
+        app,
+        [
+            "tasks",
+            "show",
+            "arithmetic",
+            "--split",
+            "heldout",
+            "--n",
+            "2",
+            "--json",
+            "-o",
+            "digits=3",
+            "-o",
+            "steps=2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert len(rows) == 2 and all(r["split"] == "heldout" and len(r["reference_steps"]) == 2 for r in rows)
@@ -41,6 +56,8 @@ def test_jail_run_prints_the_verdict(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "hello from the jail" in result.output and "verdict: ok" in result.output
     loop = tmp_path / "loop.py"
     loop.write_text("while True:\n    pass\n")
-    result = runner.invoke(app, ["jail", "run", str(loop), "--timeout", "1", "--json", "--isolation", "rlimits"])
+    result = runner.invoke(
+        app, ["jail", "run", str(loop), "--timeout", "1", "--json", "--isolation", "rlimits"]
+    )
     assert result.exit_code == 1
     assert json.loads(result.output)["verdict"] == "timeout"

@@ -22,21 +22,31 @@ def test_splits_are_disjoint_stable_and_independent_of_the_seed_offset() -> None
 
 
 def test_several_games_are_dealt_in_turn_with_their_options() -> None:
-    ts = load_task_set("games", games="tictactoe,kuhn_poker", game_options={"kuhn_poker": {"rounds": 5}},
-                       heldout_fraction=0.0)
+    ts = load_task_set(
+        "games",
+        games="tictactoe,kuhn_poker",
+        game_options={"kuhn_poker": {"rounds": 5}},
+        heldout_fraction=0.0,
+    )
     tasks = ts.tasks(Split.TRAIN, 4)
     assert [t.metadata["game"] for t in tasks] == ["tictactoe", "kuhn_poker"] * 2
     assert [t.metadata["seed"] for t in tasks] == [0, 0, 1, 1]
     assert tasks[1].metadata["options"] == {"rounds": 5} and tasks[0].metadata["options"] == {}
-    assert game_label("kuhn_poker", {"rounds": 5}) == "kuhn_poker[rounds=5]" and game_label("tictactoe") == "tictactoe"
+    assert (
+        game_label("kuhn_poker", {"rounds": 5}) == "kuhn_poker[rounds=5]"
+        and game_label("tictactoe") == "tictactoe"
+    )
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"games": "chess"}, "games must be drawn from"),
-    ({"games": ["tictactoe", "tictactoe"]}, "twice"),
-    ({"game_options": {"kuhn_poker": {"rounds": 5}}}, "not played"),
-    ({"heldout_fraction": 1.0}, "heldout_fraction"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"games": "chess"}, "games must be drawn from"),
+        ({"games": ["tictactoe", "tictactoe"]}, "twice"),
+        ({"game_options": {"kuhn_poker": {"rounds": 5}}}, "not played"),
+        ({"heldout_fraction": 1.0}, "heldout_fraction"),
+    ],
+)
 def test_bad_options_are_named(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         load_task_set("games", **options)

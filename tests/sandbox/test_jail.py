@@ -62,8 +62,14 @@ def test_infinite_loop_is_stopped(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock(mode: str) -> None:
-    r = run_code("while True:\n    pass\n", isolation=mode, limits=FAST.model_copy(update={"timeout_s": 20, "cpu_s": 1}))
-    assert r.verdict == JailVerdict.TIMEOUT and "CPU" in r.reason and r.wall_s < 19  # the CPU limit, not the wall
+    r = run_code(
+        "while True:\n    pass\n",
+        isolation=mode,
+        limits=FAST.model_copy(update={"timeout_s": 20, "cpu_s": 1}),
+    )
+    assert (
+        r.verdict == JailVerdict.TIMEOUT and "CPU" in r.reason and r.wall_s < 19
+    )  # the CPU limit, not the wall
 
 
 @pytest.mark.slow
@@ -160,8 +166,12 @@ def test_no_network_to_the_database_port(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_printing_100_mb_is_capped(mode: str) -> None:
-    code = "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 2**20)\nprint('end', file=sys.stderr)"
-    r = run_code(code, isolation=mode, limits=FAST.model_copy(update={"timeout_s": 10, "output_bytes": 10_000}))
+    code = (
+        "import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 2**20)\nprint('end', file=sys.stderr)"
+    )
+    r = run_code(
+        code, isolation=mode, limits=FAST.model_copy(update={"timeout_s": 10, "output_bytes": 10_000})
+    )
     assert r.truncated and len(r.stdout) == 10_000 and r.stderr == "end\n"
     assert r.verdict == JailVerdict.OK
 
@@ -181,7 +191,9 @@ def test_killing_the_parent_fails(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_sleeping_past_the_limit_is_a_timeout(mode: str) -> None:
-    r = run_code("import time\ntime.sleep(30)", isolation=mode, limits=FAST.model_copy(update={"timeout_s": 1.0}))
+    r = run_code(
+        "import time\ntime.sleep(30)", isolation=mode, limits=FAST.model_copy(update={"timeout_s": 1.0})
+    )
     assert r.verdict == JailVerdict.TIMEOUT and 0.9 < r.wall_s < 4
 
 
@@ -191,8 +203,12 @@ def test_crash_exit_codes_stdin_and_files(mode: str) -> None:
     assert r.verdict == JailVerdict.FAILED and r.exit_code == 3
     r = run_code("import ctypes\nctypes.string_at(0)", isolation=mode)
     assert r.verdict == JailVerdict.KILLED and r.exit_code == -11
-    r = run_code("import helper, sys\nprint(helper.X + sys.stdin.read())", stdin="!", files={"helper.py": "X = 'a'"},
-                 isolation=mode)
+    r = run_code(
+        "import helper, sys\nprint(helper.X + sys.stdin.read())",
+        stdin="!",
+        files={"helper.py": "X = 'a'"},
+        isolation=mode,
+    )
     assert r.stdout == "a!\n"
     with pytest.raises(ValueError, match="outside"):
         run_code("", files={"../x.py": ""}, isolation=mode)

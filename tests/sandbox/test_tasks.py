@@ -31,7 +31,9 @@ def test_arithmetic_defaults_match_the_tiny_model_format() -> None:
 
 def test_arithmetic_is_deterministic_and_splits_never_overlap() -> None:
     ts = ArithmeticTaskSet(seed=3)
-    assert [t.id for t in ts.tasks("train", 50)] == [t.id for t in ArithmeticTaskSet(seed=3).tasks("train", 50)]
+    assert [t.id for t in ts.tasks("train", 50)] == [
+        t.id for t in ArithmeticTaskSet(seed=3).tasks("train", 50)
+    ]
     held = {t.metadata["expression"] for t in ts.tasks("heldout")}
     for seed in range(4):  # whatever the seed, a held-out expression never shows up in train
         train = {t.metadata["expression"] for t in ArithmeticTaskSet(seed=seed).tasks("train", 2000)}
@@ -117,7 +119,13 @@ def test_jsonl_answer_types(tmp_path: Path) -> None:
     f = tmp_path / "mine.jsonl"
     rows = [
         {"id": "cap", "prompt": "Capital of France?", "answer": "Paris", "split": "train"},
-        {"id": "col", "prompt": "Sky colour?", "answer": "blue", "choices": ["red", "blue"], "split": "train"},
+        {
+            "id": "col",
+            "prompt": "Sky colour?",
+            "answer": "blue",
+            "choices": ["red", "blue"],
+            "split": "train",
+        },
         {"id": "n", "prompt": "2+2?", "answer": 4, "split": "heldout", "steps": ["2+2=4"]},
     ]
     f.write_text("\n".join(json.dumps(r) for r in rows))

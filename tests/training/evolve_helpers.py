@@ -5,14 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_recipe(tmp_path: Path, *, name: str = "tiny-star", db: str | None = None, model: str = "tiny",
-                train_per_cycle: int = 8, heldout: int = 8, n: int = 4, cycles: int = 1, margin: float = 0.0,
-                extra: str = "") -> Path:
+def tiny_recipe(
+    tmp_path: Path,
+    *,
+    name: str = "tiny-star",
+    db: str | None = None,
+    model: str = "tiny",
+    train_per_cycle: int = 8,
+    heldout: int = 8,
+    n: int = 4,
+    cycles: int = 1,
+    margin: float = 0.0,
+    extra: str = "",
+) -> Path:
     db_line = f'db = "{db}"\n' if db else ""
     text = f'''name = "{name}"
 model = "{model}"
 cycles = {cycles}
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 {db_line}
 [tasks]
 name = "arithmetic"
@@ -42,9 +52,18 @@ max_batch_size = 64
     return p
 
 
-def two_stage_recipe(tmp_path: Path, *, name: str = "tiny-two", db: str | None = None, train_per_cycle: int = 8,
-                     heldout: int = 8, n: int = 4, cycles: int = 1, concurrency: int = 16,
-                     critic: str | None = None) -> Path:
+def two_stage_recipe(
+    tmp_path: Path,
+    *,
+    name: str = "tiny-two",
+    db: str | None = None,
+    train_per_cycle: int = 8,
+    heldout: int = 8,
+    n: int = 4,
+    cycles: int = 1,
+    concurrency: int = 16,
+    critic: str | None = None,
+) -> Path:
     """Best-of-N on two task sets (one-digit, then two-digit addition), each stage training the policy on its
     own examples with SFT and gating it on its own held-out set."""
     db_line = f'db = "{db}"\n' if db else ""
@@ -69,7 +88,7 @@ margin = 0.0
 '''
     text = f'''name = "{name}"
 cycles = {cycles}
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 {db_line}
 [roles]
 policy = "tiny"

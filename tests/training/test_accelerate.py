@@ -37,13 +37,22 @@ def test_sft_in_two_accelerate_processes_registers_once_and_consumes_each_exampl
     parent = _parent(store, tiny_model_path)
     out = tmp_path / "out"
     res = train_candidate(
-        store, parent, kind="sft", settings=SETTINGS["sft"], output_dir=out, hooks=NO_BAR,
+        store,
+        parent,
+        kind="sft",
+        settings=SETTINGS["sft"],
+        output_dir=out,
+        hooks=NO_BAR,
         launch=LaunchSettings(launcher="accelerate", num_processes=2),
     )
     # What the one-process path registers: a candidate of the parent's lineage, the adapter over the same base.
     cand = res.candidate
     assert (cand.status, cand.parent_id, cand.lineage, cand.job_id) == (
-        ModelStatus.CANDIDATE, parent.id, "tiny", res.job.id)
+        ModelStatus.CANDIDATE,
+        parent.id,
+        "tiny",
+        res.job.id,
+    )
     assert cand.name == f"tiny-sft-{res.job.id[:8]}"
     assert (cand.path, cand.adapter_path) == (str(tiny_model_path), str(out))
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
@@ -60,15 +69,25 @@ def test_sft_in_two_accelerate_processes_registers_once_and_consumes_each_exampl
 
 
 @pytest.mark.slow
-def test_a_failed_launch_releases_the_claim_for_a_rerun(store: Store, tiny_model_path: Path, tmp_path: Path) -> None:
+def test_a_failed_launch_releases_the_claim_for_a_rerun(
+    store: Store, tiny_model_path: Path, tmp_path: Path
+) -> None:
     ids = _fill(store, "sft", tiny_model_path)
     parent = _parent(store, tiny_model_path)
     bad = tmp_path / "accelerate.yaml"
     bad.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: NO_SUCH_TYPE\nnum_processes: 2\n")
     out = tmp_path / "out"
     with pytest.raises(LaunchError) as err:
-        train_candidate(store, parent, kind="sft", settings=SETTINGS["sft"], output_dir=out, hooks=NO_BAR,
-                        job_id="job-failed", launch=LaunchSettings(launcher="accelerate", accelerate_config=str(bad)))
+        train_candidate(
+            store,
+            parent,
+            kind="sft",
+            settings=SETTINGS["sft"],
+            output_dir=out,
+            hooks=NO_BAR,
+            job_id="job-failed",
+            launch=LaunchSettings(launcher="accelerate", accelerate_config=str(bad)),
+        )
     message = str(err.value)
     assert "accelerate launch failed with exit status" in message and "released for a rerun" in message
     assert "NO_SUCH_TYPE" in message  # accelerate's own complaint, from the tail of its output
@@ -80,22 +99,32 @@ def test_a_failed_launch_releases_the_claim_for_a_rerun(store: Store, tiny_model
     assert store.count_examples(Role.POLICY, "sft", unconsumed_by="policy:sft") == len(ids)
     from strop.memory.records import TrainingJobRecord
 
-    rerun = store.start_job(TrainingJobRecord(id="job-rerun", algorithm="sft", role=Role.POLICY, model_in=parent.id))
+    rerun = store.start_job(
+        TrainingJobRecord(id="job-rerun", algorithm="sft", role=Role.POLICY, model_in=parent.id)
+    )
     assert {x.id for x in store.claim_examples(rerun.id, role=Role.POLICY, kind="sft")} == set(ids)
 
 
-def test_grpo_is_refused_before_anything_is_claimed(sqlite_url: str, tiny_model_path: Path, tmp_path: Path) -> None:
+def test_grpo_is_refused_before_anything_is_claimed(
+    sqlite_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     store = Store(sqlite_url)
     parent = _parent(store, tiny_model_path)
     with pytest.raises(ValueError, match="launcher = 'local'"):
-        train_candidate(store, parent, kind="grpo", output_dir=tmp_path / "out",
-                        launch=LaunchSettings(launcher="accelerate", num_processes=2))
+        train_candidate(
+            store,
+            parent,
+            kind="grpo",
+            output_dir=tmp_path / "out",
+            launch=LaunchSettings(launcher="accelerate", num_processes=2),
+        )
     assert store.list_jobs() == []
     store.close()
 
 
 STAGE: dict = {
-    "name": "x", "roles": {"policy": "tiny"},
+    "name": "x",
+    "roles": {"policy": "tiny"},
     "stages": [{"name": "a", "loop": "best_of_n", "train": {"kind": "sft"}, "eval": {"margin": 0.0}}],
 }
 
@@ -117,7 +146,9 @@ def test_a_recipe_stage_takes_the_accelerate_launcher_and_refuses_bad_values(tmp
     refused = {
         "stages[0].train.launcher": _recipe(launcher="deepspeed"),
         "stages[0].train.num_processes": _recipe(launcher="accelerate", num_processes=0),
-        "stages[0].train.accelerate_config": _recipe(launcher="accelerate", accelerate_config=str(tmp_path / "no")),
+        "stages[0].train.accelerate_config": _recipe(
+            launcher="accelerate", accelerate_config=str(tmp_path / "no")
+        ),
     }
     for field, data in refused.items():
         with pytest.raises(RecipeError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -134,11 +165,15 @@ def test_the_launch_command(tmp_path: Path) -> None:
     two = accelerate_command(LaunchSettings(launcher="accelerate", num_processes=2), spec, port=29999)
     # No config file: torchrun's launcher (--multi_gpu), the one that starts every process on a CPU host too.
     assert two[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in two
-    assert two[two.index("--num_processes") + 1] == "2" and two[two.index("--main_process_port") + 1] == "29999"
+    assert (
+        two[two.index("--num_processes") + 1] == "2" and two[two.index("--main_process_port") + 1] == "29999"
+    )
     assert two[-3:] == ["-m", "strop.training.launch_worker", str(spec)]
     config = tmp_path / "c.yaml"
     config.write_text("distributed_type: DEEPSPEED\n")
-    cmd = accelerate_command(LaunchSettings(launcher="accelerate", accelerate_config=str(config)), spec, port=1)
+    cmd = accelerate_command(
+        LaunchSettings(launcher="accelerate", accelerate_config=str(config)), spec, port=1
+    )
     assert cmd[cmd.index("--config_file") + 1] == str(config) and "--multi_gpu" not in cmd
     assert "--num_processes" not in cmd and "--main_process_port" not in cmd  # the config file's own
     zero3 = tmp_path / "z3.yaml"
@@ -147,7 +182,9 @@ def test_the_launch_command(tmp_path: Path) -> None:
     from strop.training.trainers import get_trainer
 
     with pytest.raises(ValueError, match="ZeRO stage 3"):
-        check_launchable(get_trainer("sft"), LaunchSettings(launcher="accelerate", accelerate_config=str(zero3)))
+        check_launchable(
+            get_trainer("sft"), LaunchSettings(launcher="accelerate", accelerate_config=str(zero3))
+        )
 
 
 def test_strop_train_takes_the_launcher_options_and_names_a_bad_one(tmp_path: Path) -> None:
@@ -157,9 +194,15 @@ def test_strop_train_takes_the_launcher_options_and_names_a_bad_one(tmp_path: Pa
 
     db = f"sqlite:///{tmp_path / 'strop.db'}"
     for argv, fix in (
-        (["--num-processes", "2"], "--num-processes: num_processes is only read with launcher = 'accelerate'"),
+        (
+            ["--num-processes", "2"],
+            "--num-processes: num_processes is only read with launcher = 'accelerate'",
+        ),
         (["--launcher", "ray"], "--launcher: Input should be 'local' or 'accelerate'"),
-        (["--launcher", "accelerate", "--accelerate-config", str(tmp_path / "no.yaml")], "--accelerate-config: "),
+        (
+            ["--launcher", "accelerate", "--accelerate-config", str(tmp_path / "no.yaml")],
+            "--accelerate-config: ",
+        ),
     ):
         for kind in ("sft", "dpo"):
             res = CliRunner().invoke(app, ["train", kind, "--model", "tiny", "--db", db, *argv])
@@ -176,8 +219,17 @@ def test_a_rank_that_fails_leaves_its_error_for_the_launch_message(tmp_path: Pat
     parent = ModelVersionRecord(name="tiny", lineage="tiny", path=str(tmp_path / "no-model"))
     bad = ExampleRecord(id="ex-bad", kind=ExampleKind.ADVANTAGE, payload={"prompt_ids": [1]})
     folder = tmp_path / "out.launch"
-    spec = write_job(folder, kind="pg", settings=PGSettings(), parent=parent, examples=[bad],
-                     output_dir=tmp_path / "out", role=Role.POLICY, job_id="j", hooks=None)
+    spec = write_job(
+        folder,
+        kind="pg",
+        settings=PGSettings(),
+        parent=parent,
+        examples=[bad],
+        output_dir=tmp_path / "out",
+        role=Role.POLICY,
+        job_id="j",
+        hooks=None,
+    )
     with pytest.raises(MalformedExampleError):
         launch_worker.main([str(spec)])
     assert _rank_errors(folder).startswith("rank 0: MalformedExampleError: example ex-bad (advantage")

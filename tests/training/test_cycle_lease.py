@@ -35,8 +35,10 @@ from tests.training.evolve_helpers import tiny_recipe
 
 
 def _evo(done: dict[tuple[int, int], StagePhase], stages: int = 2, cycles: int = 2) -> Any:
-    return SimpleNamespace(recipe=SimpleNamespace(stages=[None] * stages, cycles=cycles),
-                           phase=lambda k, s: done.get((k, s), StagePhase.COLLECT))
+    return SimpleNamespace(
+        recipe=SimpleNamespace(stages=[None] * stages, cycles=cycles),
+        phase=lambda k, s: done.get((k, s), StagePhase.COLLECT),
+    )
 
 
 def test_once_picks_the_first_unfinished_cycle() -> None:
@@ -60,7 +62,10 @@ def test_a_second_evolve_says_who_holds_the_recipe_and_exits_0(tmp_path: Path) -
     res = CliRunner().invoke(app, ["evolve", "--recipe", str(tiny_recipe(tmp_path)), "--db", db, "--once"])
     out = " ".join(res.output.split())
     assert res.exit_code == 0, out
-    assert "tiny-star is being evolved by otherhost:4242:abcd since" in out and "not starting a second run" in out
+    assert (
+        "tiny-star is being evolved by otherhost:4242:abcd since" in out
+        and "not starting a second run" in out
+    )
     assert store.get_lease(lease_name("tiny-star")).holder == "otherhost:4242:abcd"  # untouched
     store.close()
 

@@ -52,8 +52,9 @@ def _answer(prompt: str, i: int) -> str:  # two right, two wrong: 4 pairs per ta
 async def fill_pairs(store: Store, tasks: int, run_id: str = "collect", first: int = 0) -> list[str]:
     """A best-of-N run with emit_pairs over `tasks` train tasks; returns the run's pair ids."""
     store.create_run(RunRecord(id=run_id, loop="best_of_n"))
-    graph = best_of_n.build_graph(ScriptedEngine(answer=_answer), VerifierCritic(TS),
-                                  best_of_n.BestOfNConfig(n=4, emit_pairs=True)).compile()
+    graph = best_of_n.build_graph(
+        ScriptedEngine(answer=_answer), VerifierCritic(TS), best_of_n.BestOfNConfig(n=4, emit_pairs=True)
+    ).compile()
     for task in TS.tasks(Split.TRAIN, first + tasks)[first:]:
         out = await graph.ainvoke(episode_input(task, run_id))
         store.write_episode(EpisodeRecord.model_validate(out["episode"]))
@@ -61,8 +62,9 @@ async def fill_pairs(store: Store, tasks: int, run_id: str = "collect", first: i
 
 
 def base_model(store: Store, path: Path) -> ModelVersionRecord:
-    return store.register_model(ModelVersionRecord(name="tiny", lineage="tiny", path=str(path),
-                                                   status=ModelStatus.BASE))
+    return store.register_model(
+        ModelVersionRecord(name="tiny", lineage="tiny", path=str(path), status=ModelStatus.BASE)
+    )
 
 
 def consumed_by_job(store: Store) -> dict[str, set[str]]:
@@ -89,7 +91,10 @@ def test_loss_types_are_the_ones_trl_implements() -> None:
 
 def test_settings_are_documented_and_checked() -> None:
     assert all(f.description for f in DPOSettings.model_fields.values())
-    assert DPOSettings().losses == ["sigmoid"] and DPOSettings(loss_type=["sigmoid", "sft"]).losses == ["sigmoid", "sft"]
+    assert DPOSettings().losses == ["sigmoid"] and DPOSettings(loss_type=["sigmoid", "sft"]).losses == [
+        "sigmoid",
+        "sft",
+    ]
     with pytest.raises(ValidationError, match="unknown DPO loss_type"):
         DPOSettings(loss_type="kto")
     with pytest.raises(ValidationError, match="label_smoothing > 0"):
@@ -107,16 +112,27 @@ def test_settings_are_documented_and_checked() -> None:
 def test_balance_by_subsamples_the_larger_groups_to_the_smallest() -> None:
     def pair(i: int, target: str | None) -> ExampleRecord:
         meta = {} if target is None else {"target": target}
-        return ExampleRecord(id=f"p{i}", kind=ExampleKind.PAIR, role=Role.CRITIC, split="train", payload={
-            "prompt": [{"role": "user", "content": f"step {i}?"}], "chosen": [{"role": "assistant", "content": "Yes"}],
-            "rejected": [{"role": "assistant", "content": "No"}], "metadata": meta})
+        return ExampleRecord(
+            id=f"p{i}",
+            kind=ExampleKind.PAIR,
+            role=Role.CRITIC,
+            split="train",
+            payload={
+                "prompt": [{"role": "user", "content": f"step {i}?"}],
+                "chosen": [{"role": "assistant", "content": "Yes"}],
+                "rejected": [{"role": "assistant", "content": "No"}],
+                "metadata": meta,
+            },
+        )
 
     pairs = [pair(i, "correct") for i in range(10)] + [pair(10 + i, "sneaky") for i in range(4)]
     kept = balanced(pairs, "target", seed=0)
     by = [p.payload["metadata"]["target"] for p in kept]
     assert by.count("correct") == by.count("sneaky") == 4
     assert [p.id for p in kept] == sorted((p.id for p in kept), key=lambda x: int(x[1:]))  # claim order kept
-    assert kept == balanced(pairs, "target", seed=0) and {p.id for p in kept} != {p.id for p in balanced(pairs, "target", seed=1)}
+    assert kept == balanced(pairs, "target", seed=0) and {p.id for p in kept} != {
+        p.id for p in balanced(pairs, "target", seed=1)
+    }
     # One value only, or no such key: nothing to balance, nothing dropped.
     assert balanced(pairs[:10], "target") == pairs[:10]
     assert len(balanced([*pairs[:3], pair(99, None)], "target")) == 2  # a missing key is a group of its own
@@ -129,8 +145,9 @@ def test_balance_by_subsamples_the_larger_groups_to_the_smallest() -> None:
 
 
 @pytest.mark.slow
-async def test_dpo_job_registers_a_candidate_and_consumes_each_pair_once(store: Store, tiny_model_path: Path,
-                                                                         tmp_path: Path) -> None:
+async def test_dpo_job_registers_a_candidate_and_consumes_each_pair_once(
+    store: Store, tiny_model_path: Path, tmp_path: Path
+) -> None:
     from transformers import AutoTokenizer
 
     pairs = await fill_pairs(store, tasks=3)
@@ -153,7 +170,8 @@ async def test_dpo_job_registers_a_candidate_and_consumes_each_pair_once(store: 
     assert balance["pairs"] == 12 and balance["tasks"] == 3
     assert balance["pairs_per_task"] == {"min": 4, "median": 4.0, "max": 4}
     assert balance["chosen_tokens"] == pytest.approx(
-        sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in chosen) / 12, abs=0.01)
+        sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in chosen) / 12, abs=0.01
+    )
     assert "length_bias" in balance
     # The reference is the parent: before the first update, policy and reference agree exactly.
     assert job.metrics["reward_margin_first"] == pytest.approx(0.0, abs=1e-6)
@@ -169,11 +187,15 @@ async def test_dpo_job_registers_a_candidate_and_consumes_each_pair_once(store: 
 
     # A second round from the candidate continues its adapter, against the candidate as the reference.
     new = await fill_pairs(store, tasks=2, run_id="collect-2", first=3)
-    second = train_candidate(store, cand, kind="dpo", settings=FAST, output_dir=tmp_path / "c2", run_ids=["collect-2"])
+    second = train_candidate(
+        store, cand, kind="dpo", settings=FAST, output_dir=tmp_path / "c2", run_ids=["collect-2"]
+    )
     assert second.candidate.parent_id == cand.id and second.candidate.path == str(tiny_model_path)
     assert second.examples == len(new) == 8
     assert second.job.metrics["reward_margin_first"] == pytest.approx(0.0, abs=1e-6)
-    assert sorted(p.name for p in (tmp_path / "c2").iterdir() if p.is_dir()) == ["trainer"]  # no 'ref' adapter
+    assert sorted(p.name for p in (tmp_path / "c2").iterdir() if p.is_dir()) == [
+        "trainer"
+    ]  # no 'ref' adapter
 
 
 # A DPO job in its own process, as on another host: `train_candidate` with fixed job and model ids. With a
@@ -208,12 +230,36 @@ train_candidate(store, store.get_model(parent_id), kind="dpo", settings=settings
 """
 
 
-def _job(db_url: str, parent_id: str, job_id: str, model_id: str, out: Path, *, epochs: float = 1,
-         limit: int | None = None, go: Path | None = None) -> subprocess.Popen[str]:
+def _job(
+    db_url: str,
+    parent_id: str,
+    job_id: str,
+    model_id: str,
+    out: Path,
+    *,
+    epochs: float = 1,
+    limit: int | None = None,
+    go: Path | None = None,
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-u", "-c", _JOB, db_url, parent_id, job_id, model_id, str(out), str(epochs),
-         str(limit or ""), str(go or "")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-u",
+            "-c",
+            _JOB,
+            db_url,
+            parent_id,
+            job_id,
+            model_id,
+            str(out),
+            str(epochs),
+            str(limit or ""),
+            str(go or ""),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -222,15 +268,21 @@ def _job(db_url: str, parent_id: str, job_id: str, model_id: str, out: Path, *, 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-async def test_two_dpo_jobs_racing_consume_disjoint_pairs(store: Store, db_url: str, tiny_model_path: Path,
-                                                          tmp_path: Path) -> None:
+async def test_two_dpo_jobs_racing_consume_disjoint_pairs(
+    store: Store, db_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     pairs = await fill_pairs(store, tasks=3)
     parent = base_model(store, tiny_model_path)
     go = tmp_path / "go"
-    procs = [_job(db_url, parent.id, f"job-{i}", f"model-{i}", tmp_path / f"c{i}", limit=8, go=go) for i in range(2)]
+    procs = [
+        _job(db_url, parent.id, f"job-{i}", f"model-{i}", tmp_path / f"c{i}", limit=8, go=go)
+        for i in range(2)
+    ]
     deadline = time.monotonic() + 150
     while not all(Path(f"{go}.job-{i}").exists() for i in range(2)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+            p.communicate()[0] for p in procs
+        ]
         time.sleep(0.05)
     go.touch()  # both are loaded: they claim at the same moment
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -239,15 +291,18 @@ async def test_two_dpo_jobs_racing_consume_disjoint_pairs(store: Store, db_url: 
     assert set(by_job) == {"job-0", "job-1"}
     a, b = by_job.values()
     assert not a & b and a | b == set(pairs) and sorted(map(len, (a, b))) == [4, 8]
-    assert sorted(m.id for m in store.list_models(lineage="tiny") if m.status == ModelStatus.CANDIDATE) == \
-        ["model-0", "model-1"]
+    assert sorted(m.id for m in store.list_models(lineage="tiny") if m.status == ModelStatus.CANDIDATE) == [
+        "model-0",
+        "model-1",
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_sigkill_mid_training_then_rerun_leaves_a_consistent_store(store: Store, db_url: str,
-                                                                         tiny_model_path: Path, tmp_path: Path) -> None:
+async def test_sigkill_mid_training_then_rerun_leaves_a_consistent_store(
+    store: Store, db_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     pairs = await fill_pairs(store, tasks=3)
     parent = base_model(store, tiny_model_path)
     job_id, model_id, out = "dpo-job-1", "dpo-model-1", tmp_path / "cand"
@@ -272,10 +327,14 @@ async def test_sigkill_mid_training_then_rerun_leaves_a_consistent_store(store: 
     dead = store.get_job(job_id)
     assert dead.status == JobStatus.FAILED and "interrupted" in dead.error
     assert store.count_examples(kind="pair", unconsumed_by="policy:dpo") == len(pairs)
-    res = train_candidate(store, parent, kind="dpo", settings=FAST, output_dir=out, job_id="dpo-job-2",
-                          model_id=model_id)
+    res = train_candidate(
+        store, parent, kind="dpo", settings=FAST, output_dir=out, job_id="dpo-job-2", model_id=model_id
+    )
     assert res.candidate.id == model_id and res.candidate.job_id == "dpo-job-2" and res.examples == len(pairs)
-    assert sorted(m.status for m in store.list_models(lineage="tiny")) == [ModelStatus.BASE, ModelStatus.CANDIDATE]
+    assert sorted(m.status for m in store.list_models(lineage="tiny")) == [
+        ModelStatus.BASE,
+        ModelStatus.CANDIDATE,
+    ]
     assert consumed_by_job(store) == {"dpo-job-2": set(pairs)}
     probe = store.start_job(TrainingJobRecord(algorithm="dpo", role=Role.POLICY, model_in=model_id))
     assert store.claim_examples(probe.id, role=Role.POLICY, kind=ExampleKind.PAIR) == []
@@ -283,26 +342,51 @@ async def test_sigkill_mid_training_then_rerun_leaves_a_consistent_store(store: 
 
 
 @pytest.mark.slow
-async def test_cli_train_dpo_derives_pairs_prints_the_balance_and_trains(store: Store, db_url: str,
-                                                                           tiny_model_path: Path, tmp_path: Path) -> None:
+async def test_cli_train_dpo_derives_pairs_prints_the_balance_and_trains(
+    store: Store, db_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from strop.cli.commands.training import train_app
 
     # A best-of-N run recorded without emit_pairs: `--derive-from` builds its pairs first.
     store.create_run(RunRecord(id="old", loop="best_of_n"))
-    graph = best_of_n.build_graph(ScriptedEngine(answer=_answer), VerifierCritic(TS),
-                                  best_of_n.BestOfNConfig(n=4)).compile()
+    graph = best_of_n.build_graph(
+        ScriptedEngine(answer=_answer), VerifierCritic(TS), best_of_n.BestOfNConfig(n=4)
+    ).compile()
     for task in TS.tasks(Split.TRAIN, 2):
-        store.write_episode(EpisodeRecord.model_validate((await graph.ainvoke(episode_input(task, "old")))["episode"]))
+        store.write_episode(
+            EpisodeRecord.model_validate((await graph.ainvoke(episode_input(task, "old")))["episode"])
+        )
     assert store.count_examples(kind="pair") == 0
     base_model(store, tiny_model_path)
-    args = ["dpo", "--model", "tiny", "--db", db_url, "--lora-r", "4", "--lr", "1e-3", "--batch-size", "4",
-            "--beta", "0.2", "--derive-from", "old", "--name", "tiny-dpo-1", "--output-dir", str(tmp_path / "c")]
+    args = [
+        "dpo",
+        "--model",
+        "tiny",
+        "--db",
+        db_url,
+        "--lora-r",
+        "4",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "4",
+        "--beta",
+        "0.2",
+        "--derive-from",
+        "old",
+        "--name",
+        "tiny-dpo-1",
+        "--output-dir",
+        str(tmp_path / "c"),
+    ]
     result = CliRunner().invoke(train_app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "derived 8 pairs from 2 of 2 episodes (8 new)" in result.output
-    assert "pairs: 8 pairs over 2 tasks (per task min 4, median 4, max 4); mean tokens chosen" in result.output
+    assert (
+        "pairs: 8 pairs over 2 tasks (per task min 4, median 4, max 4); mean tokens chosen" in result.output
+    )
     assert "candidate tiny-dpo-1" in result.output and "reward margin" in result.output
     cand = store.get_model("tiny-dpo-1")
     assert store.get_job(cand.job_id).metrics["settings"]["beta"] == 0.2

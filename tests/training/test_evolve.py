@@ -12,8 +12,9 @@ from tests.training.evolve_helpers import tiny_recipe
 
 
 @pytest.mark.slow
-async def test_one_cycle_collects_trains_evaluates_and_decides(db_url: str, tiny_model_path: Path,
-                                                              tmp_path: Path) -> None:
+async def test_one_cycle_collects_trains_evaluates_and_decides(
+    db_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     from strop.memory import Store
 
     store = Store(db_url)
@@ -39,7 +40,11 @@ async def test_one_cycle_collects_trains_evaluates_and_decides(db_url: str, tiny
     assert evo.metric() in cand.metrics and evo.metric() in store.get_model(evo.bases["policy"].id).metrics
     assert cand.status in (ModelStatus.PROMOTED, ModelStatus.REJECTED)  # margin 0: promoted unless worse
     job = store.get_job(cand.job_id)
-    assert job.status == JobStatus.SUCCEEDED and job.model_out == cand.id and job.model_in == evo.bases["policy"].id
+    assert (
+        job.status == JobStatus.SUCCEEDED
+        and job.model_out == cand.id
+        and job.model_in == evo.bases["policy"].id
+    )
 
     # Examples were consumed exactly once: a second SFT job finds nothing left.
     again = store.start_job(TrainingJobRecord(algorithm="sft", role=Role.POLICY, model_in=cand.id))
@@ -58,13 +63,16 @@ async def test_one_cycle_collects_trains_evaluates_and_decides(db_url: str, tiny
     store.close()
 
 
-async def test_a_cycle_without_correct_answers_trains_nothing_and_promotes_nothing(tmp_path: Path, capsys) -> None:
+async def test_a_cycle_without_correct_answers_trains_nothing_and_promotes_nothing(
+    tmp_path: Path, capsys
+) -> None:
     from strop.memory import Store
     from strop.memory.records import ModelVersionRecord
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    store.register_model(ModelVersionRecord(name="dummy", lineage="dummy", path=str(tmp_path),
-                                            status=ModelStatus.BASE))
+    store.register_model(
+        ModelVersionRecord(name="dummy", lineage="dummy", path=str(tmp_path), status=ModelStatus.BASE)
+    )
     evo = Evolution(load_recipe(tiny_recipe(tmp_path, model="dummy")), store, progress=False)
     base = store.get_model("dummy")
     # Scripted engine that is always wrong; the engine is the only thing replaced.
@@ -87,7 +95,8 @@ def test_the_stage_phases_form_a_chain_to_a_terminal_phase() -> None:
 
 @pytest.mark.slow
 async def test_two_stages_each_train_on_their_own_examples_and_hand_on_the_promoted_policy(
-        db_url: str, tiny_model_path: Path, tmp_path: Path) -> None:
+    db_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     from strop.memory import Store
     from tests.training.evolve_helpers import two_stage_recipe
 
@@ -115,12 +124,17 @@ async def test_two_stages_each_train_on_their_own_examples_and_hand_on_the_promo
     if (second := store.get_model(evo.candidate_id(1, 1))) is not None:
         assert second.parent_id == expected
     # Metrics of the two task sets do not collide on one version.
-    assert evo.metric(0) != evo.metric(1) and {evo.metric(0), evo.metric(1)} <= set(store.get_model(base.id).metrics)
+    assert evo.metric(0) != evo.metric(1) and {evo.metric(0), evo.metric(1)} <= set(
+        store.get_model(base.id).metrics
+    )
     # Everything emitted was consumed once; nothing is left for the policy's SFT consumer.
     probe = store.start_job(TrainingJobRecord(algorithm="sft", role=Role.POLICY, model_in=base.id))
     left = store.claim_examples(probe.id, role=Role.POLICY, kind=ExampleKind.SFT)
     trained = {s for s in (0, 1) if store.get_model(evo.candidate_id(1, s)) is not None}
-    assert all(store.get_episode(e.episode_id).run_id not in {evo.collect_run_id(1, s) for s in trained} for e in left)
+    assert all(
+        store.get_episode(e.episode_id).run_id not in {evo.collect_run_id(1, s) for s in trained}
+        for e in left
+    )
     assert [(r.cycle, r.stage) for r in rows] == [(0, "ones"), (0, "tens"), (1, "ones"), (1, "tens")]
     assert "| stage | role |" in (tmp_path / "run" / "table.md").read_text()
     # A rerun does nothing new.

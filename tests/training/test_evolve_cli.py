@@ -28,7 +28,12 @@ def test_task_set_that_does_not_exist(tmp_path: Path) -> None:
     p = tiny_recipe(tmp_path)
     p.write_text(p.read_text().replace('name = "arithmetic"', 'name = "arithmatic"'))
     code, out = _evolve(p, tmp_path)
-    assert code == 1 and "tasks.name" in out and "arithmatic" in out and "arithmetic" in out.replace("arithmatic", "")
+    assert (
+        code == 1
+        and "tasks.name" in out
+        and "arithmatic" in out
+        and "arithmetic" in out.replace("arithmatic", "")
+    )
 
 
 def test_model_that_does_not_exist(tmp_path: Path) -> None:
@@ -38,7 +43,9 @@ def test_model_that_does_not_exist(tmp_path: Path) -> None:
 
 def test_task_set_options_that_do_not_exist(tmp_path: Path) -> None:
     p = tiny_recipe(tmp_path)
-    p.write_text(p.read_text().replace('name = "arithmetic"', 'name = "arithmetic"\noptions = { digitz = 3 }'))
+    p.write_text(
+        p.read_text().replace('name = "arithmetic"', 'name = "arithmetic"\noptions = { digitz = 3 }')
+    )
     code, out = _evolve(p, tmp_path)
     assert code == 1 and "tasks.options" in out and "digitz" in out
 
@@ -58,5 +65,7 @@ def test_a_loop_that_does_not_exist_is_named(tmp_path: Path) -> None:
 
 
 def _evolve_args(recipe: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
-    res = runner.invoke(app, ["evolve", "--recipe", str(recipe), "--db", f"sqlite:///{tmp_path / 's.db'}", *args])
+    res = runner.invoke(
+        app, ["evolve", "--recipe", str(recipe), "--db", f"sqlite:///{tmp_path / 's.db'}", *args]
+    )
     return res.exit_code, " ".join(res.output.split())

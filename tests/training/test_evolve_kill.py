@@ -22,17 +22,27 @@ PER_CYCLE = 16
 def _evolve(recipe: Path, db: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "strop", "evolve", "--recipe", str(recipe), "--db", db, "--no-progress"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
     )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 # Each stage and each phase killed once, across both databases (a run is about a minute on 2 cores).
-@pytest.mark.parametrize(("stage", "kill_in", "backend"), [(0, "collect", "sqlite"), (1, "train", "postgresql")])
+@pytest.mark.parametrize(
+    ("stage", "kill_in", "backend"), [(0, "collect", "sqlite"), (1, "train", "postgresql")]
+)
 def test_sigkill_in_a_stage_then_rerun_finishes_with_a_consistent_store(
-        stage: int, kill_in: str, backend: str, tmp_path: Path, tiny_model_path: Path,
-        request: pytest.FixtureRequest) -> None:
+    stage: int,
+    kill_in: str,
+    backend: str,
+    tmp_path: Path,
+    tiny_model_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
     from strop.memory import Store
     from strop.training.evolve import Evolution
     from strop.training.recipe import load_recipe
@@ -67,8 +77,9 @@ def test_sigkill_in_a_stage_then_rerun_finishes_with_a_consistent_store(
 
     # The rerun resumes from the store alone, so it runs in this process (the killed run above had to be a
     # process of its own): no second interpreter importing torch and transformers.
-    res = CliRunner().invoke(app, ["evolve", "--recipe", str(path), "--db", db, "--no-progress"],
-                             env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app, ["evolve", "--recipe", str(path), "--db", db, "--no-progress"], env={"COLUMNS": "200"}
+    )
     assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
 
     jobs = store.list_jobs()
@@ -91,6 +102,8 @@ def test_sigkill_in_a_stage_then_rerun_finishes_with_a_consistent_store(
         assert cand.status in (ModelStatus.PROMOTED, ModelStatus.REJECTED) and evo.metric(s) in cand.metrics
     assert not store.list_jobs(JobStatus.RUNNING)
     # Nothing the stages trained on can be claimed again by the policy's SFT consumer.
-    probe = store.start_job(TrainingJobRecord(algorithm="sft", role=Role.POLICY, model_in=evo.bases["policy"].id))
+    probe = store.start_job(
+        TrainingJobRecord(algorithm="sft", role=Role.POLICY, model_in=evo.bases["policy"].id)
+    )
     assert store.claim_examples(probe.id, role=Role.POLICY, kind=ExampleKind.SFT) == []
     store.close()

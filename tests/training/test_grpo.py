@@ -69,8 +69,17 @@ def _revival_case(store: Any, revive: bool) -> tuple[StropRollout, ScriptedEngin
     engine = ScriptedEngine(answer)
     settings = GRPOSettings(num_generations=4, batch_size=4, grad_accum=1, revive_all_negative=revive)
     store.create_run(RunRecord(id=f"grpo-{revive}", loop="best_of_n"))
-    rollout = StropRollout(spec=get_loop("best_of_n"), loop_config={"seed": 0}, task_set=task_set, tasks=tasks,
-                           settings=settings, store=store, run_id=f"grpo-{revive}", job_id="job", engine=engine)
+    rollout = StropRollout(
+        spec=get_loop("best_of_n"),
+        loop_config={"seed": 0},
+        task_set=task_set,
+        tasks=tasks,
+        settings=settings,
+        store=store,
+        run_id=f"grpo-{revive}",
+        job_id="job",
+        engine=engine,
+    )
     return rollout, engine, tasks
 
 
@@ -81,7 +90,13 @@ async def test_all_negative_groups_are_revived_and_counted(sqlite_url: str) -> N
     rollout, _, (revivable, hopeless, mixed) = _revival_case(store, revive=True)
     groups = await rollout.collect([revivable, hopeless, mixed], step=3)
     st = rollout.stats
-    assert (st.groups, st.all_negative, st.revived_groups, st.revised_samples, st.revisions) == (3, 2, 1, 1, 2)
+    assert (st.groups, st.all_negative, st.revived_groups, st.revised_samples, st.revisions) == (
+        3,
+        2,
+        1,
+        1,
+        2,
+    )
     revived, dead, mixed_group = groups
     # The correct revision took the failed sample's slot, under the task's own prompt: the group has signal now.
     assert [m.correct for m in revived.members] == [True, False, False, False]
@@ -93,8 +108,15 @@ async def test_all_negative_groups_are_revived_and_counted(sqlite_url: str) -> N
     assert rollout.write(groups) == 3 and st.write_seconds > 0
     stored = {e.task_id: e for e in store.list_episodes("grpo-True")}
     ep = stored[revivable.id]
-    assert ep.outcome["grpo"] == {"step": 3, "generation": 0, "job_id": "job", "rewards": [1.0, 0.0, 0.0, 0.0],
-                                  "advantages": revived.advantages, "all_negative": True, "revived": 1}
+    assert ep.outcome["grpo"] == {
+        "step": 3,
+        "generation": 0,
+        "job_id": "job",
+        "rewards": [1.0, 0.0, 0.0, 0.0],
+        "advantages": revived.advantages,
+        "all_negative": True,
+        "revived": 1,
+    }
     revision = max(ep.steps, key=lambda s: s.index)
     assert revision.metadata["revision_of"] == 0 and revision.metadata["revived"] is True
     assert revision.metadata["in_group"] and revision.metadata["advantage"] == revived.advantages[0]
@@ -102,7 +124,9 @@ async def test_all_negative_groups_are_revived_and_counted(sqlite_url: str) -> N
     assert not next(s for s in ep.steps if s.index == 0).metadata["in_group"]  # replaced by the revision
     assert any(x.payload["completion"][0]["content"] == f"#### {revivable.answer}" for x in ep.examples)
     dead_ep = stored[hopeless.id]
-    assert dead_ep.outcome["grpo"]["revived"] == 0 and len(dead_ep.steps) == 5  # 4 samples + the failed revision
+    assert (
+        dead_ep.outcome["grpo"]["revived"] == 0 and len(dead_ep.steps) == 5
+    )  # 4 samples + the failed revision
     store.close()
 
 
@@ -121,8 +145,14 @@ async def test_revival_is_off_by_default(sqlite_url: str) -> None:
 def test_loop_config_that_disagrees_is_refused() -> None:
     spec = get_loop("best_of_n")
     with pytest.raises(ValueError, match=r"n = 4 .* num_generations = 8"):
-        StropRollout(spec=spec, loop_config=spec.parse_config({"n": 4}), task_set=ArithmeticTaskSet(), tasks=[],
-                     settings=GRPOSettings(), engine=ScriptedEngine())
+        StropRollout(
+            spec=spec,
+            loop_config=spec.parse_config({"n": 4}),
+            task_set=ArithmeticTaskSet(),
+            tasks=[],
+            settings=GRPOSettings(),
+            engine=ScriptedEngine(),
+        )
 
 
 @pytest.mark.slow
@@ -132,16 +162,35 @@ def test_grpo_kind_end_to_end(tiny_model_path: Path, store: Any, tmp_path: Path)
 
     task_set = ArithmeticTaskSet()
     tasks = task_set.tasks(Split.TRAIN, 4)
-    parent = store.register_model(ModelVersionRecord(name="tiny", lineage="tiny", path=str(tiny_model_path),
-                                                     status=ModelStatus.BASE))
+    parent = store.register_model(
+        ModelVersionRecord(name="tiny", lineage="tiny", path=str(tiny_model_path), status=ModelStatus.BASE)
+    )
     spec = get_loop("best_of_n")
-    context = {"loop": spec, "loop_config": spec.parse_config({"seed": 0}), "task_set": task_set, "tasks": tasks,
-               "run_id": "grpo-stage-run", "runner": Runner(store, progress=False)}
-    settings = {"num_generations": 4, "batch_size": 8, "grad_accum": 2, "max_steps": 2, "max_completion_length": 16,
-                "learning_rate": 1e-3, "lora": {"r": 4, "alpha": 8}, "revive_all_negative": True}
-    res = train_candidate(store, parent, kind="grpo", settings=settings, output_dir=tmp_path / "out", context=context)
+    context = {
+        "loop": spec,
+        "loop_config": spec.parse_config({"seed": 0}),
+        "task_set": task_set,
+        "tasks": tasks,
+        "run_id": "grpo-stage-run",
+        "runner": Runner(store, progress=False),
+    }
+    settings = {
+        "num_generations": 4,
+        "batch_size": 8,
+        "grad_accum": 2,
+        "max_steps": 2,
+        "max_completion_length": 16,
+        "learning_rate": 1e-3,
+        "lora": {"r": 4, "alpha": 8},
+        "revive_all_negative": True,
+    }
+    res = train_candidate(
+        store, parent, kind="grpo", settings=settings, output_dir=tmp_path / "out", context=context
+    )
 
-    assert res.candidate.status == ModelStatus.CANDIDATE and res.candidate.adapter_path == str(tmp_path / "out")
+    assert res.candidate.status == ModelStatus.CANDIDATE and res.candidate.adapter_path == str(
+        tmp_path / "out"
+    )
     assert (tmp_path / "out" / "adapter_config.json").is_file() and res.candidate.path == str(tiny_model_path)
     m = store.get_job(res.job.id).metrics
     assert m["steps"] == 2 and m["grpo_steps"] == 2 and m["groups"] == 8 and m["episodes_written"] == 8
@@ -153,7 +202,9 @@ def test_grpo_kind_end_to_end(tiny_model_path: Path, store: Any, tmp_path: Path)
     episodes = store.list_episodes("grpo-stage-run")
     assert len(episodes) == 8 and {e.outcome["grpo"]["step"] for e in episodes} == {0, 1}
     for ep in episodes:
-        group = sorted((s for s in ep.steps if s.metadata["in_group"]), key=lambda s: s.metadata["group_slot"])
+        group = sorted(
+            (s for s in ep.steps if s.metadata["in_group"]), key=lambda s: s.metadata["group_slot"]
+        )
         assert len(group) == 4 and sum(s.metadata["advantage"] for s in group) == pytest.approx(0.0, abs=1e-4)
         for s in group:
             assert s.token_ids and s.prompt_token_ids and len(s.logprobs or []) == len(s.token_ids)
@@ -173,8 +224,10 @@ def test_adapter_merged_for_sampling_is_restored(tiny_model_path: Path) -> None:
 
     from strop.training.grpo import _merge_for_sampling
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
@@ -183,4 +236,6 @@ def test_adapter_merged_for_sampling_is_restored(tiny_model_path: Path) -> None:
         assert torch.allclose(model(x).logits, unmerged, atol=1e-5)  # same function, one matmul per layer
         model.unmerge_adapter()
     assert all(torch.allclose(p, before[n], atol=1e-6) for n, p in model.named_parameters())
-    assert not _merge_for_sampling(AutoModelForCausalLM.from_pretrained(tiny_model_path))  # no adapter: nothing
+    assert not _merge_for_sampling(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    )  # no adapter: nothing

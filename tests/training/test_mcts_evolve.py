@@ -19,7 +19,9 @@ def test_the_mcts_dpo_recipe_loads() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_mcts_stage_trains_dpo_on_step_pairs(sqlite_url: str, tmp_path: Path, tiny_model_path: Path) -> None:
+async def test_mcts_stage_trains_dpo_on_step_pairs(
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
     from strop.memory.records import ExampleKind, Role
     from strop.training.evolve import Evolution, StagePhase
@@ -27,7 +29,7 @@ async def test_mcts_stage_trains_dpo_on_step_pairs(sqlite_url: str, tmp_path: Pa
     recipe = tmp_path / "mcts.toml"
     recipe.write_text(f'''name = "tiny-mcts-dpo"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
@@ -57,16 +59,36 @@ margin = 0.0
     assert pairs > 0 and values > 0 and pairs + values == sum(e.outcome["examples"] for e in episodes)
     assert rows[-1].phase == StagePhase.DONE
     cand = store.get_model(evo.candidate_id(1, 0))
-    assert cand is not None and cand.metrics["examples"] == pairs and "arithmetic/heldout/pass@1" in cand.metrics
+    assert (
+        cand is not None and cand.metrics["examples"] == pairs and "arithmetic/heldout/pass@1" in cand.metrics
+    )
 
     # ReST-MCTS*: the same trees' step values train the critic role into a PRM, from the CLI.
     from typer.testing import CliRunner
 
     from strop.cli import app
 
-    out = CliRunner().invoke(app, ["train", "sft", "--model", "tiny", "--role", "critic", "--epochs", "1",
-                                   "--lora-r", "4", "--name", "tiny-prm", "--output-dir", str(tmp_path / "prm"),
-                                   "--db", sqlite_url])
+    out = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "sft",
+            "--model",
+            "tiny",
+            "--role",
+            "critic",
+            "--epochs",
+            "1",
+            "--lora-r",
+            "4",
+            "--name",
+            "tiny-prm",
+            "--output-dir",
+            str(tmp_path / "prm"),
+            "--db",
+            sqlite_url,
+        ],
+    )
     assert out.exit_code == 0, out.output
     prm = store.get_model("tiny-prm")
     assert prm is not None and prm.metrics["examples"] == values

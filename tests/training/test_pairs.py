@@ -26,12 +26,23 @@ SYSTEM = "Answer after ####."
 def two_right_three_wrong(prompt: str, i: int) -> str:
     """Six answers: two distinct correct ones, three distinct wrong ones and a repeat of the first wrong one."""
     s = _sum_of(prompt)
-    return [f"#### {s}", f"it is #### {s}", f"#### {s + 1}", f"#### {s + 2}", f"#### {s + 3}", f"#### {s + 1}"][i]
+    return [
+        f"#### {s}",
+        f"it is #### {s}",
+        f"#### {s + 1}",
+        f"#### {s + 2}",
+        f"#### {s + 3}",
+        f"#### {s + 1}",
+    ][i]
 
 
 async def _episode(cfg: best_of_n.BestOfNConfig, task: Task, run_id: str = "run-1") -> EpisodeRecord:
     engine = ScriptedEngine(answer=two_right_three_wrong)
-    out = await best_of_n.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, run_id))
+    out = (
+        await best_of_n.build_graph(engine, VerifierCritic(TS), cfg)
+        .compile()
+        .ainvoke(episode_input(task, run_id))
+    )
     return EpisodeRecord.model_validate(out["episode"])
 
 
@@ -46,28 +57,41 @@ def _texts(x: ExampleRecord) -> tuple[str, str]:
 async def test_best_of_n_emits_correct_over_incorrect_pairs_deduped_and_capped() -> None:
     task = TS.tasks(Split.TRAIN, 1)[0]
     s = _sum_of(task.prompt)
-    ep = await _episode(best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True, max_pairs_per_task=4), task)
+    ep = await _episode(
+        best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True, max_pairs_per_task=4), task
+    )
     pairs = _pairs(ep)
     assert len([x for x in ep.examples if x.kind == ExampleKind.SFT]) == 2  # SFT examples are unchanged
     assert ep.outcome["pairs"] == 4 and ep.outcome["examples"] == 6  # what the runner reports as emitted
     # 2 distinct correct x 3 distinct wrong = 6 pairs; the cap keeps 4, along diagonals so every answer is used.
     assert [_texts(x) for x in pairs] == [
-        (f"#### {s}", f"#### {s + 1}"), (f"it is #### {s}", f"#### {s + 2}"),
-        (f"#### {s}", f"#### {s + 2}"), (f"it is #### {s}", f"#### {s + 3}"),
+        (f"#### {s}", f"#### {s + 1}"),
+        (f"it is #### {s}", f"#### {s + 2}"),
+        (f"#### {s}", f"#### {s + 2}"),
+        (f"it is #### {s}", f"#### {s + 3}"),
     ]
     assert [x.id for x in pairs] == [pair_id(ep.id, c, r) for c, r in ((0, 2), (1, 3), (0, 3), (1, 4))]
     first = pairs[0]
-    assert first.role == "policy" and first.split == "train" and first.task_id == task.id and first.episode_id == ep.id
+    assert (
+        first.role == "policy"
+        and first.split == "train"
+        and first.task_id == task.id
+        and first.episode_id == ep.id
+    )
     assert first.payload == {
         "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": task.prompt}],
         "chosen": [{"role": "assistant", "content": f"#### {s}"}],
         "rejected": [{"role": "assistant", "content": f"#### {s + 1}"}],
     }
     # No cap that bites: all six, each (chosen, rejected) text pair once although "#### s+1" was sampled twice.
-    every = _pairs(await _episode(best_of_n.BestOfNConfig(n=6, emit_pairs=True, max_pairs_per_task=100), task))
+    every = _pairs(
+        await _episode(best_of_n.BestOfNConfig(n=6, emit_pairs=True, max_pairs_per_task=100), task)
+    )
     assert len(every) == 6 and len({_texts(x) for x in every}) == 6
     # Stable ids: a rerun of the same run writes the same pairs.
-    again = await _episode(best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True, max_pairs_per_task=4), task)
+    again = await _episode(
+        best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True, max_pairs_per_task=4), task
+    )
     assert [x.id for x in _pairs(again)] == [x.id for x in pairs]
 
 
@@ -87,7 +111,9 @@ async def test_no_pairs_from_heldout_tasks_or_without_the_switch() -> None:
 
 
 async def test_rationalized_answers_are_chosen_over_the_policys_own_wrong_ones() -> None:
-    def answer(prompt: str, i: int) -> str:  # wrong without the hint; with it, right (once citing it) or wrong
+    def answer(
+        prompt: str, i: int
+    ) -> str:  # wrong without the hint; with it, right (once citing it) or wrong
         if "Hint" not in prompt:
             return f"#### {i}"
         value = prompt.split("the answer is ")[1].rstrip(".)")
@@ -95,8 +121,11 @@ async def test_rationalized_answers_are_chosen_over_the_policys_own_wrong_ones()
 
     task = TS.tasks(Split.TRAIN, 1)[0]
     cfg = best_of_n.BestOfNConfig(n=3, rationalize=True, emit_pairs=True, max_pairs_per_task=10)
-    out = await best_of_n.build_graph(ScriptedEngine(answer=answer), VerifierCritic(TS), cfg).compile().ainvoke(
-        episode_input(task, "r"))
+    out = (
+        await best_of_n.build_graph(ScriptedEngine(answer=answer), VerifierCritic(TS), cfg)
+        .compile()
+        .ainvoke(episode_input(task, "r"))
+    )
     pairs = _pairs(EpisodeRecord.model_validate(out["episode"]))
     # chosen: the hinted answer that does not cite the hint; rejected: the policy's own (un-hinted) wrong answers.
     assert {_texts(x)[0] for x in pairs} == {f"so it is #### {task.answer}"}
@@ -110,7 +139,9 @@ async def test_derive_pairs_from_stored_episodes_matches_the_loop_and_is_idempot
     cfg = best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, max_pairs_per_task=4)
     # A run recorded without the switch (what old stores hold); one task emitted no SFT example (emit_examples off
     # would do the same), and one held-out episode that must never yield pairs.
-    run = store.create_run(RunRecord(id="old-run", loop="best_of_n", config={"loop": cfg.model_dump(mode="json")}))
+    run = store.create_run(
+        RunRecord(id="old-run", loop="best_of_n", config={"loop": cfg.model_dump(mode="json")})
+    )
     eps = [await _episode(cfg, t, run.id) for t in train]
     eps[2] = eps[2].model_copy(update={"examples": []})
     eps.append(await _episode(cfg, held[0], run.id))
@@ -156,16 +187,28 @@ async def test_pairs_emitted_by_the_loop_are_not_derived_twice(store: Store) -> 
 
 def test_balance_report() -> None:
     def pair(task: str, chosen: str, rejected: str) -> ExampleRecord:
-        return ExampleRecord(kind=ExampleKind.PAIR, task_id=task, payload={
-            "prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]})
+        return ExampleRecord(
+            kind=ExampleKind.PAIR,
+            task_id=task,
+            payload={
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            },
+        )
 
-    examples = [pair("a", "one two three", "one"), pair("a", "one two", "one two"), pair("a", "x y z w", "x"),
-                pair("b", "one", "one two three")]
+    examples = [
+        pair("a", "one two three", "one"),
+        pair("a", "one two", "one two"),
+        pair("a", "x y z w", "x"),
+        pair("b", "one", "one two three"),
+    ]
     report = balance_report(examples)
     assert report["pairs"] == 4 and report["tasks"] == 2
     assert report["pairs_per_task"] == {"min": 1, "median": 2.0, "max": 3}
-    assert report["chosen_tokens"] == 2.5 and report["rejected_tokens"] == 1.75 and report["length_bias"] == 0.75
+    assert (
+        report["chosen_tokens"] == 2.5 and report["rejected_tokens"] == 1.75 and report["length_bias"] == 0.75
+    )
     assert report["chosen_longer"] == 0.5
     assert "4 pairs over 2 tasks" in format_balance(report) and "+0.8" in format_balance(report)
     # A real tokenizer counts tokens, not words.
@@ -174,12 +217,16 @@ def test_balance_report() -> None:
     assert empty["pairs"] == 0 and empty["pairs_per_task"]["max"] == 0
 
 
-async def test_export_kind_dpo_writes_jsonl_that_datasets_loads(store: Store, db_url: str, tmp_path: Path) -> None:
+async def test_export_kind_dpo_writes_jsonl_that_datasets_loads(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
     from strop.cli.commands.db import app as db_app
 
     run = store.create_run(RunRecord(loop="best_of_n"))
     for t in TS.tasks(Split.TRAIN, 3):
-        store.write_episode(await _episode(best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True), t, run.id))
+        store.write_episode(
+            await _episode(best_of_n.BestOfNConfig(n=6, system_prompt=SYSTEM, emit_pairs=True), t, run.id)
+        )
     out = tmp_path / "dpo.jsonl"
     result = CliRunner().invoke(db_app, ["export", "--kind", "dpo", "--out", str(out), "--db", db_url])
     assert result.exit_code == 0, result.output

@@ -6,11 +6,17 @@ from strop.training.promotion import PromotionError, PromotionSettings, decide, 
 KEY = "arithmetic/heldout"
 
 
-def _v(name: str, acc: float | None, parent: str | None = None, status: ModelStatus = ModelStatus.CANDIDATE,
-       n: int = 100) -> ModelVersionRecord:
+def _v(
+    name: str,
+    acc: float | None,
+    parent: str | None = None,
+    status: ModelStatus = ModelStatus.CANDIDATE,
+    n: int = 100,
+) -> ModelVersionRecord:
     metrics = {} if acc is None else {f"{KEY}/pass@1": acc, f"{KEY}/n_tasks": n}
-    return ModelVersionRecord(id=name, name=name, lineage="base", path="/m", parent_id=parent, status=status,
-                              metrics=metrics)
+    return ModelVersionRecord(
+        id=name, name=name, lineage="base", path="/m", parent_id=parent, status=status, metrics=metrics
+    )
 
 
 def test_gate_needs_the_margin() -> None:

@@ -22,8 +22,17 @@ def test_the_shipped_recipe_is_valid_and_documented() -> None:
     from strop.training.recipe import EngineSettings, Stage, StageEvalSettings, TaskSettings, TrainSettings
     from strop.training.sft import LoraSettings, SFTSettings
 
-    for m in (Recipe, Stage, TaskSettings, TrainSettings, StageEvalSettings, EngineSettings, SFTSettings,
-              LoraSettings, BestOfNConfig):
+    for m in (
+        Recipe,
+        Stage,
+        TaskSettings,
+        TrainSettings,
+        StageEvalSettings,
+        EngineSettings,
+        SFTSettings,
+        LoraSettings,
+        BestOfNConfig,
+    ):
         assert undocumented(m) == [], m.__name__
 
 
@@ -38,7 +47,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-STAGE = '''name = "x"
+STAGE = """name = "x"
 [roles]
 policy = "tiny"
 [[stages]]
@@ -49,11 +58,14 @@ kind = "sft"
 role = "policy"
 [stages.eval]
 margin = 0.0
-'''
+"""
 
 
 def test_the_first_recipe_form_reads_as_one_best_of_n_sft_stage(tmp_path: Path) -> None:
-    r = load_recipe(_write(tmp_path, '''name = "old"
+    r = load_recipe(
+        _write(
+            tmp_path,
+            """name = "old"
 model = "tiny"
 [tasks]
 options = { digits = 1 }
@@ -64,10 +76,17 @@ concurrency = 7
 epochs = 1
 [promotion]
 margin = 0.1
-'''))
+""",
+        )
+    )
     assert r.roles == {"policy": "tiny"}
     [stage] = r.stages
-    assert (stage.loop, stage.concurrency, stage.config["n"], stage.tasks.options) == ("best_of_n", 7, 3, {"digits": 1})
+    assert (stage.loop, stage.concurrency, stage.config["n"], stage.tasks.options) == (
+        "best_of_n",
+        7,
+        3,
+        {"digits": 1},
+    )
     assert stage.train.kind == "sft" and stage.train.settings == {"epochs": 1} and stage.eval.margin == 0.1
 
 
@@ -81,26 +100,65 @@ def test_a_shared_role_resolves_to_the_weights_it_uses(tmp_path: Path) -> None:
     assert r.weights_of("critic") == "policy"
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    (STAGE.replace('loop = "best_of_n"', 'loop = "nope"'), r"stages\[0\]\.loop: unknown loop 'nope'; known loops: .*best_of_n"),
-    (STAGE.replace('role = "policy"', 'role = "critic"'), r"stages\[0\]\.train\.role: unknown role 'critic'"),
-    (STAGE.replace('policy = "tiny"', 'policy = "tiny"\njudge = "policy"'), r"roles\.judge: unknown role"),
-    (STAGE.replace('kind = "sft"', 'kind = "ppo"'), r"stages\[0\]\.train\.kind: unknown trainer kind 'ppo'"),
-    (STAGE.replace("[stages.eval]\nmargin = 0.0\n", ""), r"stages\[0\]\.eval: stage 'a' trains role 'policy' but no stage evaluates it"),
-    (STAGE.replace('loop = "best_of_n"', 'loop = "best_of_n"\nconfig = { temprature = 0.7 }'),
-     r"stages\[0\]\.config\.temprature: unknown field"),
-    (STAGE.replace('loop = "best_of_n"', 'loop = "best_of_n"\nconfig = { n = 0 }'), r"stages\[0\]\.config\.n: .*greater than or equal to 1"),
-    (STAGE.replace('role = "policy"\n', 'role = "policy"\nsettings = { epochs = "two" }\n'),
-     r"stages\[0\]\.train\.settings\.epochs: .*number.*'two'"),
-    (STAGE.replace('role = "policy"\n', 'role = "policy"\nsources = ["b"]\n'), r"stages\[0\]\.train\.sources: 'b' is not"),
-    (STAGE + STAGE[STAGE.index("[[stages]]"):], r"stages\[1\]\.name: stage name 'a' is used twice"),
-    (STAGE.replace("[stages.train]\nkind = \"sft\"\nrole = \"policy\"\n", ""), r"stages\[0\]\.eval: this stage trains nothing"),
-    ('name = "x"\n[roles]\ncritic = "tiny"\n[[stages]]\nname = "a"\n', r"roles\.policy: every recipe needs a policy"),
-    (STAGE.replace('policy = "tiny"', 'policy = "critic"\ncritic = "policy"'), r"roles\.(policy|critic): .*cycle"),
-    ('name = "x"\nstages = []\n[roles]\npolicy = "tiny"\n', r"stages: List should have at least 1 item"),
-    (STAGE.replace("[stages.eval]", "[stages.evaluation]"), r"stages\[0\]\.evaluation: unknown field"),
-])
-def test_a_bad_recipe_fails_before_any_work_with_the_field_named(tmp_path: Path, text: str, field: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (
+            STAGE.replace('loop = "best_of_n"', 'loop = "nope"'),
+            r"stages\[0\]\.loop: unknown loop 'nope'; known loops: .*best_of_n",
+        ),
+        (
+            STAGE.replace('role = "policy"', 'role = "critic"'),
+            r"stages\[0\]\.train\.role: unknown role 'critic'",
+        ),
+        (
+            STAGE.replace('policy = "tiny"', 'policy = "tiny"\njudge = "policy"'),
+            r"roles\.judge: unknown role",
+        ),
+        (
+            STAGE.replace('kind = "sft"', 'kind = "ppo"'),
+            r"stages\[0\]\.train\.kind: unknown trainer kind 'ppo'",
+        ),
+        (
+            STAGE.replace("[stages.eval]\nmargin = 0.0\n", ""),
+            r"stages\[0\]\.eval: stage 'a' trains role 'policy' but no stage evaluates it",
+        ),
+        (
+            STAGE.replace('loop = "best_of_n"', 'loop = "best_of_n"\nconfig = { temprature = 0.7 }'),
+            r"stages\[0\]\.config\.temprature: unknown field",
+        ),
+        (
+            STAGE.replace('loop = "best_of_n"', 'loop = "best_of_n"\nconfig = { n = 0 }'),
+            r"stages\[0\]\.config\.n: .*greater than or equal to 1",
+        ),
+        (
+            STAGE.replace('role = "policy"\n', 'role = "policy"\nsettings = { epochs = "two" }\n'),
+            r"stages\[0\]\.train\.settings\.epochs: .*number.*'two'",
+        ),
+        (
+            STAGE.replace('role = "policy"\n', 'role = "policy"\nsources = ["b"]\n'),
+            r"stages\[0\]\.train\.sources: 'b' is not",
+        ),
+        (STAGE + STAGE[STAGE.index("[[stages]]") :], r"stages\[1\]\.name: stage name 'a' is used twice"),
+        (
+            STAGE.replace('[stages.train]\nkind = "sft"\nrole = "policy"\n', ""),
+            r"stages\[0\]\.eval: this stage trains nothing",
+        ),
+        (
+            'name = "x"\n[roles]\ncritic = "tiny"\n[[stages]]\nname = "a"\n',
+            r"roles\.policy: every recipe needs a policy",
+        ),
+        (
+            STAGE.replace('policy = "tiny"', 'policy = "critic"\ncritic = "policy"'),
+            r"roles\.(policy|critic): .*cycle",
+        ),
+        ('name = "x"\nstages = []\n[roles]\npolicy = "tiny"\n', r"stages: List should have at least 1 item"),
+        (STAGE.replace("[stages.eval]", "[stages.evaluation]"), r"stages\[0\]\.evaluation: unknown field"),
+    ],
+)
+def test_a_bad_recipe_fails_before_any_work_with_the_field_named(
+    tmp_path: Path, text: str, field: str
+) -> None:
     with pytest.raises(RecipeError, match=field):
         load_recipe(_write(tmp_path, text))
 

@@ -23,7 +23,9 @@ BLUE = (0x1F, 0x77, 0xB4)  # matplotlib's first colour: the first line, bar or c
 
 
 @pytest.mark.slow
-async def test_report_of_a_tiny_evolution_renders_its_plots_in_chromium(tiny_model_path: Path, tmp_path: Path) -> None:
+async def test_report_of_a_tiny_evolution_renders_its_plots_in_chromium(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
     from strop.memory import Store
 
     db = f"sqlite:///{tmp_path / 's.db'}"
@@ -47,8 +49,13 @@ async def test_report_of_a_tiny_evolution_renders_its_plots_in_chromium(tiny_mod
     # Chromium parsed our page: its title, sections and the versions of the run.
     dom = dump_dom(page)
     assert "<title>strop report: tiny-report</title>" in dom and "ERR_FILE" not in dom
-    assert re.findall(r"<h2>([^<]+)</h2>", dom) == ["Model versions", "Held-out metrics along the lineage",
-                                                    "Data per stage", "Training loss", "Rewards"]
+    assert re.findall(r"<h2>([^<]+)</h2>", dom) == [
+        "Model versions",
+        "Held-out metrics along the lineage",
+        "Data per stage",
+        "Training loss",
+        "Rewards",
+    ]
     assert candidate.name == "tiny-report-c1" and candidate.name in dom and ">tiny<" in dom
 
     # And it draws the plots: white page, many colours, matplotlib's axes, the curves' blue.
@@ -62,7 +69,9 @@ async def test_report_of_a_tiny_evolution_renders_its_plots_in_chromium(tiny_mod
 
 
 def test_report_names_what_to_run_on_an_empty_store(tmp_path: Path) -> None:
-    out = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "empty.db"), "--out", str(tmp_path / "r")])
+    out = CliRunner().invoke(
+        app, ["report", "--db", str(tmp_path / "empty.db"), "--out", str(tmp_path / "r")]
+    )
     assert out.exit_code == 1 and "strop evolve" in out.output and not (tmp_path / "r").exists()
     out = CliRunner().invoke(app, ["report", "no-such-recipe", "--db", str(tmp_path / "empty.db")])
     assert out.exit_code == 1 and "no recipe file, run id or recipe name" in out.output

@@ -28,8 +28,13 @@ FINISHED = (StagePhase.DONE, StagePhase.SKIPPED)
 
 
 def _strop(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "strop", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "strop", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def _strop_here(*args: str) -> str:
@@ -50,8 +55,9 @@ def _slow_recipe(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(pg_url: str, tmp_path: Path,
-                                                                     tiny_model_path: Path) -> None:
+def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(
+    pg_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
     from strop.training.evolve import Evolution
     from strop.training.recipe import load_recipe
@@ -60,7 +66,17 @@ def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(pg_url: str
     path = _slow_recipe(tmp_path)
     store = Store(pg_url)
     evo = Evolution(load_recipe(path), store, progress=False)
-    evolve = ("evolve", "--recipe", str(path), "--db", pg_url, "--once", "--no-progress", "--lease-ttl", str(ttl))
+    evolve = (
+        "evolve",
+        "--recipe",
+        str(path),
+        "--db",
+        pg_url,
+        "--once",
+        "--no-progress",
+        "--lease-ttl",
+        str(ttl),
+    )
 
     first = _strop(*evolve)
     deadline = time.monotonic() + 300
@@ -86,7 +102,7 @@ def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(pg_url: str
 
     # A rerun on this machine would see the holder's pid gone and take over at once (test_evolve_kill.py).
     # Make it the lease of a process on another host, which nobody here can check: only the TTL frees it.
-    remote = "otherhost" + holder[holder.index(":"):]
+    remote = "otherhost" + holder[holder.index(":") :]
     with store._write() as conn:
         conn.execute(update(Lease).where(Lease.name == "evolve:tiny-star").values(holder=remote))
     out = _strop_here(*evolve)
@@ -94,8 +110,11 @@ def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(pg_url: str
     # Let the TTL run out: backdate the expiry rather than sleep through the rest of it (the clock itself is
     # tested in tests/memory/test_leases.py, with a holder SIGKILLed and its lease lapsing on time).
     with store._write() as conn:
-        conn.execute(update(Lease).where(Lease.name == "evolve:tiny-star")
-                     .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        conn.execute(
+            update(Lease)
+            .where(Lease.name == "evolve:tiny-star")
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
     out = _strop_here(*evolve)
     assert f"took over recipe tiny-star from {remote}, gone since its last heartbeat" in out, out
 
@@ -118,7 +137,9 @@ def test_a_scheduled_firing_runs_a_real_cycle(sqlite_url: str, tmp_path: Path, t
     from strop.training.recipe import load_recipe
 
     path = tiny_recipe(tmp_path)
-    res = CliRunner().invoke(app, ["schedule", "add", "--recipe", str(path), "--every", "1h", "--db", sqlite_url])
+    res = CliRunner().invoke(
+        app, ["schedule", "add", "--recipe", str(path), "--every", "1h", "--db", sqlite_url]
+    )
     assert res.exit_code == 0, res.output
     store = Store(sqlite_url)
     due = datetime.now(UTC).replace(microsecond=0)

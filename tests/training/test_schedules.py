@@ -53,16 +53,23 @@ def test_schedule_add_refuses_bad_input_naming_the_field(recipe: Path, tmp_path:
     recipe.write_text(recipe.read_text().replace("n = 4", 'n = "four"'))
     code, out = _cli(*add, str(recipe), "--every", "6h")
     assert code == 1 and "stages[0].config.n:" in out and "'four'" in out
-    recipe.write_text(recipe.read_text().replace('n = "four"', "n = 4").replace('name = "arithmetic"', 'name = "arith"'))
+    recipe.write_text(
+        recipe.read_text().replace('n = "four"', "n = 4").replace('name = "arithmetic"', 'name = "arith"')
+    )
     code, out = _cli(*add, str(recipe), "--every", "6h")
     assert code == 1 and "`stages[0].tasks.name`" in out and "'arith'" in out
-    recipe.write_text(recipe.read_text().replace('name = "arith"', 'name = "arithmetic"').replace('"tiny"', '"nope"'))
+    recipe.write_text(
+        recipe.read_text().replace('name = "arith"', 'name = "arithmetic"').replace('"tiny"', '"nope"')
+    )
     code, out = _cli(*add, str(recipe), "--every", "6h")
     assert code == 1 and "`roles.policy`" in out and "'nope'" in out
     (tmp_path / "x").mkdir()
     code, out = _cli(*add, str(tiny_recipe(tmp_path / "x", db=str(tmp_path / "other.db"))), "--every", "6h")
     assert code == 1 and "recipe field `db`" in out
-    assert _cli("schedule", "list", "--db", db) == (0, 'no schedules; add one with `strop schedule add --recipe R --cron "0 3 * * *"`')
+    assert _cli("schedule", "list", "--db", db) == (
+        0,
+        'no schedules; add one with `strop schedule add --recipe R --cron "0 3 * * *"`',
+    )
 
 
 def test_add_list_pause_resume_remove(recipe: Path, tmp_path: Path) -> None:
@@ -71,9 +78,24 @@ def test_add_list_pause_resume_remove(recipe: Path, tmp_path: Path) -> None:
     assert code == 0 and "schedule tiny-star: recipe tiny-star" in out and "cron 0 3 * * sun" in out, out
     code, out = _cli("schedule", "add", "--db", db, "--recipe", str(recipe), "--cron", "0 4 * * *")
     assert code == 1 and "schedule 'tiny-star' exists; pass --replace" in out
-    assert _cli("schedule", "add", "--db", db, "--recipe", str(recipe), "--cron", "0 4 * * *", "--replace")[0] == 0
-    code, out = _cli("schedule", "add", "--db", db, "--recipe", str(recipe), "--every", "6h", "--name", "six",
-                     "--cycles", "3")
+    assert (
+        _cli("schedule", "add", "--db", db, "--recipe", str(recipe), "--cron", "0 4 * * *", "--replace")[0]
+        == 0
+    )
+    code, out = _cli(
+        "schedule",
+        "add",
+        "--db",
+        db,
+        "--recipe",
+        str(recipe),
+        "--every",
+        "6h",
+        "--name",
+        "six",
+        "--cycles",
+        "3",
+    )
     assert code == 0 and "every 6h" in out
     code, out = _cli("schedule", "list", "--db", db)
     assert "six: every 6h, next 20" in out and "until cycle 3" in out and "tiny-star: cron 0 4 * * *" in out
@@ -87,15 +109,21 @@ def test_add_list_pause_resume_remove(recipe: Path, tmp_path: Path) -> None:
     assert "six" not in _cli("schedule", "list", "--db", db)[1]
 
 
-def test_a_failed_firing_is_recorded_and_the_next_one_retries(store: Store, recipe: Path, db_url: str) -> None:
+def test_a_failed_firing_is_recorded_and_the_next_one_retries(
+    store: Store, recipe: Path, db_url: str
+) -> None:
     helpers.reset(seconds=0, fail_first=True)
     t0 = datetime(2026, 1, 1, 3, tzinfo=UTC)
     kw: dict[str, Any] = {"cycle": STAND_IN, "db": db_url, "lease_ttl": 5}
     assert fire("nightly", str(recipe), scheduled_at=t0, **kw) == "failed"
     f = store.get_firing("nightly", t0)
-    assert f.status == FiringStatus.FAILED and f.error.startswith("RuntimeError: stand-in cycle failed on purpose")
+    assert f.status == FiringStatus.FAILED and f.error.startswith(
+        "RuntimeError: stand-in cycle failed on purpose"
+    )
     assert "Traceback" in f.error and f.finished_at is not None
-    assert fire("nightly", str(recipe), scheduled_at=t0, **kw) == "duplicate"  # a second scheduler, same due time
+    assert (
+        fire("nightly", str(recipe), scheduled_at=t0, **kw) == "duplicate"
+    )  # a second scheduler, same due time
     assert fire("nightly", str(recipe), scheduled_at=t0 + timedelta(days=1), **kw) == "ok"
     assert store.get_firing("nightly", t0 + timedelta(days=1)).cycle == 2
     assert len(helpers.CALLS) == 2 and store.get_lease("evolve:tiny-star") is None  # released
@@ -163,7 +191,8 @@ def _scheduler(pg_url: str, made: list[tuple[Any, Store]], results: list[str], w
 
 @pytest.mark.timeout(120)
 def test_two_schedulers_on_one_postgresql_run_each_due_firing_once(
-        schedulers: list[tuple[Any, Store]], pg_url: str, recipe: Path) -> None:
+    schedulers: list[tuple[Any, Store]], pg_url: str, recipe: Path
+) -> None:
     helpers.reset(seconds=0.3)
     store = Store(pg_url)
     add_schedule(store, interval_trigger("2s"), recipe, schedule_id="often", cycle=STAND_IN, lease_ttl=5)
@@ -188,7 +217,8 @@ def test_two_schedulers_on_one_postgresql_run_each_due_firing_once(
 
 @pytest.mark.timeout(120)
 def test_one_cycle_of_a_recipe_at_a_time_across_schedules_and_schedulers(
-        schedulers: list[tuple[Any, Store]], pg_url: str, recipe: Path) -> None:
+    schedulers: list[tuple[Any, Store]], pg_url: str, recipe: Path
+) -> None:
     # Two schedules of one recipe, each firing more often than a cycle lasts, on two schedulers with two
     # workers each: plenty of chances to overlap, which only the recipe's lease prevents.
     helpers.reset(seconds=1.5)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def scrit_recipe(tmp_path: Path, *, per_cycle: int = 6, heldout: int = 6, concurrency: int = 8) -> Path:
     text = f'''name = "tiny-scrit"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
@@ -52,8 +52,9 @@ max_batch_size = 64
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_scrit_stage_runs_and_gates_on_the_critic_benchmark(db_url: str, tmp_path: Path,
-                                                                  tiny_model_path: Path) -> None:
+async def test_scrit_stage_runs_and_gates_on_the_critic_benchmark(
+    db_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
     from strop.training.evolve import Evolution, StagePhase
     from strop.training.recipe import load_recipe
@@ -79,8 +80,9 @@ async def test_scrit_stage_runs_and_gates_on_the_critic_benchmark(db_url: str, t
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_sigkill_during_scrit_collection_then_rerun_is_consistent(sqlite_url: str, tmp_path: Path,
-                                                                   tiny_model_path: Path) -> None:
+def test_sigkill_during_scrit_collection_then_rerun_is_consistent(
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from strop.cli import app
@@ -92,8 +94,13 @@ def test_sigkill_during_scrit_collection_then_rerun_is_consistent(sqlite_url: st
     store = Store(sqlite_url)
     evo = Evolution(load_recipe(path), store, progress=False)
     args = ["evolve", "--recipe", str(path), "--db", sqlite_url, "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "strop", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strop", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if len(store.episode_ids(evo.collect_run_id(1, 0))) >= 2:
@@ -113,8 +120,9 @@ def test_sigkill_during_scrit_collection_then_rerun_is_consistent(sqlite_url: st
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_critic_examples_train_a_candidate_the_benchmark_scores(db_url: str, tmp_path: Path,
-                                                                      tiny_model_path: Path) -> None:
+async def test_critic_examples_train_a_candidate_the_benchmark_scores(
+    db_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     """Validated SCRIT critiques (scripted critic, so some validate) -> critic SFT with TRL -> critic eval."""
     from strop.agents.critic_eval import CriticEvalConfig, evaluate_critic, labelled_set
     from strop.agents.engines import load_engine
@@ -137,9 +145,19 @@ async def test_critic_examples_train_a_candidate_the_benchmark_scores(db_url: st
 
     policy = load_engine("tiny", model_version="tiny")
     try:
-        graph = scrit.build_graph(policy, ScriptedEngine(critic_says, "scripted-critic"), VerifierCritic(ts),
-                                  scrit.ScritConfig(n_solutions=4, critiques_per_solution=1, solution_max_tokens=24,
-                                                    system_prompt=None, shots=0, seed=0))
+        graph = scrit.build_graph(
+            policy,
+            ScriptedEngine(critic_says, "scripted-critic"),
+            VerifierCritic(ts),
+            scrit.ScritConfig(
+                n_solutions=4,
+                critiques_per_solution=1,
+                solution_max_tokens=24,
+                system_prompt=None,
+                shots=0,
+                seed=0,
+            ),
+        )
         res = await Runner(store, progress=False).run(graph, tasks, RunRecord(loop="scrit"))
     finally:
         await policy.close()
@@ -147,16 +165,29 @@ async def test_critic_examples_train_a_candidate_the_benchmark_scores(db_url: st
     n = store.count_examples(Role.CRITIC, ExampleKind.SFT)
     assert n > 0, "the tiny model answers some two-step sums right, and accepting those validates"
     parent = resolve_version(store, "tiny")
-    out = train_candidate(store, parent, kind="sft", role=Role.CRITIC, example_kinds=[ExampleKind.SFT],
-                          settings={"epochs": 1, "batch_size": 4, "max_length": 1024, "lora": {"r": 4, "alpha": 8}},
-                          output_dir=tmp_path / "critic-c1", name="tiny-critic-c1")
+    out = train_candidate(
+        store,
+        parent,
+        kind="sft",
+        role=Role.CRITIC,
+        example_kinds=[ExampleKind.SFT],
+        settings={"epochs": 1, "batch_size": 4, "max_length": 1024, "lora": {"r": 4, "alpha": 8}},
+        output_dir=tmp_path / "critic-c1",
+        name="tiny-critic-c1",
+    )
     assert out.candidate.status == ModelStatus.CANDIDATE and out.examples == n
     assert store.count_examples(Role.CRITIC, ExampleKind.SFT, unconsumed_by="critic:sft") == 0
     engine = load_version_engine(out.candidate)
     try:
         cfg = CriticEvalConfig(n_items=6, max_tokens=24, shots=0)
-        scored = await evaluate_critic(engine, labelled_set(ts, cfg, "arithmetic"), store=store,
-                                       model_id=out.candidate.id, label="arithmetic", config=cfg)
+        scored = await evaluate_critic(
+            engine,
+            labelled_set(ts, cfg, "arithmetic"),
+            store=store,
+            model_id=out.candidate.id,
+            label="arithmetic",
+            config=cfg,
+        )
     finally:
         await engine.close()
     metrics = store.get_model(out.candidate.id).metrics

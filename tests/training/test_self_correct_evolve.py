@@ -11,10 +11,12 @@ import pytest
 from strop.training.recipe import RecipeError, load_recipe
 
 
-def sc_recipe(tmp_path: Path, *, config: str = "", train: str = "", evaluation: str = "", roles: str = "") -> Path:
+def sc_recipe(
+    tmp_path: Path, *, config: str = "", train: str = "", evaluation: str = "", roles: str = ""
+) -> Path:
     text = f'''name = "tiny-score"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
@@ -43,15 +45,19 @@ margin = 0.0
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_score_stage_trains_on_turn_advantages_and_gates_on_turn_two(db_url: str, tmp_path: Path,
-                                                                          tiny_model_path: Path) -> None:
+async def test_score_stage_trains_on_turn_advantages_and_gates_on_turn_two(
+    db_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
     from strop.memory.records import ExampleKind, Role
     from strop.training.evolve import Evolution, StagePhase
 
     store = Store(db_url)
-    evo = Evolution(load_recipe(sc_recipe(tmp_path, evaluation='feedback = ["intrinsic", "oracle"]')), store,
-                    progress=False)
+    evo = Evolution(
+        load_recipe(sc_recipe(tmp_path, evaluation='feedback = ["intrinsic", "oracle"]')),
+        store,
+        progress=False,
+    )
     assert evo.target(0) == "self_correct"
     assert evo.metric(0) == "arithmetic/heldout/self_correct/intrinsic/acc_last"
     rows = await evo.run()
@@ -62,7 +68,8 @@ async def test_score_stage_trains_on_turn_advantages_and_gates_on_turn_two(db_ur
         prefix = f"arithmetic/heldout/self_correct/{fb}"
         assert base.metrics[f"{prefix}/n_tasks"] == 6
         assert base.metrics[f"{prefix}/net"] == pytest.approx(
-            base.metrics[f"{prefix}/delta_i2c"] - base.metrics[f"{prefix}/delta_c2i"])
+            base.metrics[f"{prefix}/delta_i2c"] - base.metrics[f"{prefix}/delta_c2i"]
+        )
     emitted = sum(e.outcome["examples"] for e in episodes)
     assert emitted == store.count_examples(Role.POLICY, ExampleKind.ADVANTAGE)
     # The tiny model, sampled at temperature 1, gets some turns right and some wrong in every few groups.

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def sp_recipe(tmp_path: Path, *, config: str = "", evaluation: str = "") -> Path:
     text = f'''name = "tiny-spiral"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
@@ -45,14 +45,17 @@ margin = 0.0
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_selfplay_stage_trains_on_game_moves_and_gates_on_win_rate(db_url: str, tmp_path: Path,
-                                                                         tiny_model_path: Path) -> None:
+async def test_selfplay_stage_trains_on_game_moves_and_gates_on_win_rate(
+    db_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
     from strop.memory.records import ExampleKind, Role
     from strop.training.evolve import Evolution, StagePhase
 
     store = Store(db_url)
-    recipe = sp_recipe(tmp_path, evaluation='transfer = { name = "arithmetic", heldout = 4 }\ntransfer_max_tokens = 16')
+    recipe = sp_recipe(
+        tmp_path, evaluation='transfer = { name = "arithmetic", heldout = 4 }\ntransfer_max_tokens = 16'
+    )
     evo = Evolution(load_recipe(recipe), store, progress=False)
     assert evo.target(0) == "game" and evo.metric(0) == "tictactoe/vs_random/win_rate"
     assert evo.transfer_metric(0) == "arithmetic/heldout/pass@1"
@@ -68,9 +71,16 @@ async def test_selfplay_stage_trains_on_game_moves_and_gates_on_win_rate(db_url:
     assert cand is not None and cand.metrics["examples"] == emitted and cand.metrics.get("decision")
     for version in (base, cand):
         assert version.metrics["tictactoe/n_tasks"] == 2
-        assert {"tictactoe/vs_random/seat0/win_rate", "tictactoe/vs_heuristic/score", "tictactoe/illegal_rate",
-                "arithmetic/heldout/pass@1"} <= set(version.metrics)
-    assert rows[-1].phase == StagePhase.DONE and rows[-1].policy_accuracy == cand.metrics["arithmetic/heldout/pass@1"]
+        assert {
+            "tictactoe/vs_random/seat0/win_rate",
+            "tictactoe/vs_heuristic/score",
+            "tictactoe/illegal_rate",
+            "arithmetic/heldout/pass@1",
+        } <= set(version.metrics)
+    assert (
+        rows[-1].phase == StagePhase.DONE
+        and rows[-1].policy_accuracy == cand.metrics["arithmetic/heldout/pass@1"]
+    )
     table = (tmp_path / "run" / "table.md").read_text()
     assert "transfer acc" in table and "held-out score" in table
     store.close()
@@ -81,9 +91,14 @@ def test_a_wrong_game_gate_is_named(tmp_path: Path) -> None:
         with pytest.raises(RecipeError, match="not a game metric"):
             load_recipe(sp_recipe(tmp_path, evaluation=f'metric = "{metric}"'))
     with pytest.raises(RecipeError, match="not a game metric"):
-        load_recipe(sp_recipe(tmp_path, evaluation='opponents = ["random"]\nmetric = "vs_heuristic/win_rate"'))
+        load_recipe(
+            sp_recipe(tmp_path, evaluation='opponents = ["random"]\nmetric = "vs_heuristic/win_rate"')
+        )
     r = load_recipe(sp_recipe(tmp_path, evaluation='metric = "vs_heuristic/seat1/score"'))
-    assert r.stages[0].eval is not None and r.stages[0].eval.gate_metric("policy", "selfplay") == "vs_heuristic/seat1/score"
+    assert (
+        r.stages[0].eval is not None
+        and r.stages[0].eval.gate_metric("policy", "selfplay") == "vs_heuristic/seat1/score"
+    )
 
 
 def test_the_shipped_recipes_differ_only_in_rae() -> None:

@@ -21,12 +21,15 @@ from tests.training.test_sft import _dataset
 
 
 def _cfg(**kw: Any) -> SFTSettings:
-    return SFTSettings(epochs=1, batch_size=4, learning_rate=1e-3, lora=LoraSettings(r=4, alpha=8), logging_steps=1,
-                       **kw)
+    return SFTSettings(
+        epochs=1, batch_size=4, learning_rate=1e-3, lora=LoraSettings(r=4, alpha=8), logging_steps=1, **kw
+    )
 
 
 @pytest.mark.parametrize("settings", [SFTSettings, DPOSettings, GRPOSettings, PGSettings])
-def test_report_to_is_one_field_checked_when_settings_are_read(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_to_is_one_field_checked_when_settings_are_read(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert settings().report_to == [] and settings(report_to="none").report_to == []
     monkeypatch.setattr(tracking, "installed", lambda name: name == "tensorboard")
     assert settings(report_to="tensorboard").report_to == ["tensorboard"]
@@ -56,17 +59,25 @@ class _Recorder:
             return lambda *a, **k: None
         raise AttributeError(name)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         self.logs.append(dict(logs or {}))
 
 
 @pytest.mark.slow
-def test_callbacks_get_losses_and_strops_metrics_and_nothing_is_printed(tiny_model_path: Path, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_callbacks_get_losses_and_strops_metrics_and_nothing_is_printed(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     recorder = _Recorder()
-    hooks = TrainHooks(progress=False, metrics={"collect/accuracy": 0.25, "cycle": 1, "missing": float("nan")},
-                       callbacks=[recorder])
-    out = run_sft(_dataset(8), model_path=tiny_model_path, output_dir=tmp_path / "a", settings=_cfg(), hooks=hooks)
+    hooks = TrainHooks(
+        progress=False,
+        metrics={"collect/accuracy": 0.25, "cycle": 1, "missing": float("nan")},
+        callbacks=[recorder],
+    )
+    out = run_sft(
+        _dataset(8), model_path=tiny_model_path, output_dir=tmp_path / "a", settings=_cfg(), hooks=hooks
+    )
     losses = [log["loss"] for log in recorder.logs if "loss" in log]
     assert len(losses) == out.steps == 2
     assert recorder.logs[-1] == {"strop/collect/accuracy": 0.25, "strop/cycle": 1.0, "epoch": 1.0}
@@ -76,34 +87,55 @@ def test_callbacks_get_losses_and_strops_metrics_and_nothing_is_printed(tiny_mod
 
 
 @pytest.mark.slow
-def test_progress_bar_shows_steps_and_loss(tiny_model_path: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_bar_shows_steps_and_loss(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rich.console import Console
 
     from strop.training import callbacks
 
     screen = io.StringIO()
     bar = callbacks.RichProgress
-    monkeypatch.setattr(callbacks, "RichProgress", lambda label: bar(
-        label, console=Console(file=screen, force_terminal=True, color_system=None, width=120)))
-    run_sft(_dataset(8), model_path=tiny_model_path, output_dir=tmp_path / "a", settings=_cfg(),
-            hooks=TrainHooks(progress=True, label="cycle 1 star: sft"))
+    monkeypatch.setattr(
+        callbacks,
+        "RichProgress",
+        lambda label: bar(
+            label, console=Console(file=screen, force_terminal=True, color_system=None, width=120)
+        ),
+    )
+    run_sft(
+        _dataset(8),
+        model_path=tiny_model_path,
+        output_dir=tmp_path / "a",
+        settings=_cfg(),
+        hooks=TrainHooks(progress=True, label="cycle 1 star: sft"),
+    )
     text = screen.getvalue()
     assert "cycle 1 star: sft" in text and "2/2 steps" in text and "loss " in text and "ETA" in text
 
 
 @pytest.mark.slow
-def test_tensorboard_gets_trl_losses_and_strops_metrics(tiny_model_path: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorboard_gets_trl_losses_and_strops_metrics(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not tracking.installed("tensorboard"):
-        pytest.skip("tensorboard is not installed (pip install 'strop[tensorboard]'); the fake tracker test covers "
-                    "the callback path")
+        pytest.skip(
+            "tensorboard is not installed (pip install 'strop[tensorboard]'); the fake tracker test covers "
+            "the callback path"
+        )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
-    run_sft(_dataset(8), model_path=tiny_model_path, output_dir=tmp_path / "a",
-            settings=_cfg(report_to="tensorboard"), hooks=TrainHooks(progress=False, metrics={"collect/accuracy": 0.25}))
-    tracking.send_metrics(["tensorboard"], tmp_path / "evolve", {"strop/arithmetic/heldout/pass@1": 0.5}, step=1)
+    run_sft(
+        _dataset(8),
+        model_path=tiny_model_path,
+        output_dir=tmp_path / "a",
+        settings=_cfg(report_to="tensorboard"),
+        hooks=TrainHooks(progress=False, metrics={"collect/accuracy": 0.25}),
+    )
+    tracking.send_metrics(
+        ["tensorboard"], tmp_path / "evolve", {"strop/arithmetic/heldout/pass@1": 0.5}, step=1
+    )
 
     def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
         out: dict[str, list[tuple[int, float]]] = {}

@@ -49,9 +49,21 @@ N = 12  # examples in the pool
 
 # A few LoRA steps on the tiny model; `epochs` is raised for the job that is killed mid-way.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "sft": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "lora": {"r": 4, "alpha": 8},
-            "logging_steps": 1},
-    "pg": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "lora": {"r": 4, "alpha": 8}, "logging_steps": 1},
+    "sft": {
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "max_length": 64,
+        "lora": {"r": 4, "alpha": 8},
+        "logging_steps": 1,
+    },
+    "pg": {
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "lora": {"r": 4, "alpha": 8},
+        "logging_steps": 1,
+    },
 }
 KIND = {"sft": ExampleKind.SFT, "pg": ExampleKind.ADVANTAGE}
 
@@ -59,9 +71,17 @@ KIND = {"sft": ExampleKind.SFT, "pg": ExampleKind.ADVANTAGE}
 def _examples(kind: str, model_path: Path) -> list[ExampleRecord]:
     tasks = ArithmeticTaskSet().tasks(Split.TRAIN, N)
     if kind == "sft":
-        return [ExampleRecord(kind=ExampleKind.SFT, task_id=t.id, payload={
-            "prompt": [{"role": "user", "content": t.prompt}],
-            "completion": [{"role": "assistant", "content": t.reference_solution}]}) for t in tasks]
+        return [
+            ExampleRecord(
+                kind=ExampleKind.SFT,
+                task_id=t.id,
+                payload={
+                    "prompt": [{"role": "user", "content": t.prompt}],
+                    "completion": [{"role": "assistant", "content": t.reference_solution}],
+                },
+            )
+            for t in tasks
+        ]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_path))
@@ -70,8 +90,14 @@ def _examples(kind: str, model_path: Path) -> list[ExampleRecord]:
         prompt = tok.apply_chat_template([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
         completion = tok(t.reference_solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         # Sampling log-probs made up (the ratio is clipped, it trains all the same): no model load needed here.
-        out.append(AdvantagePayload(prompt_ids=list(prompt["input_ids"]), completion_ids=completion,
-                                    logprobs=[-1.0] * len(completion), advantage=1.0 if i % 2 else -1.0).example())
+        out.append(
+            AdvantagePayload(
+                prompt_ids=list(prompt["input_ids"]),
+                completion_ids=completion,
+                logprobs=[-1.0] * len(completion),
+                advantage=1.0 if i % 2 else -1.0,
+            ).example()
+        )
     return [x.model_copy(update={"task_id": t.id}) for x, t in zip(out, tasks, strict=True)]
 
 
@@ -79,13 +105,16 @@ def _fill(store: Store, kind: str, model_path: Path) -> list[str]:
     """One episode holding N examples of what `kind` consumes; returns their ids."""
     run = store.create_run(RunRecord(id=f"collect-{kind}", loop="scripted"))
     examples = _examples(kind, model_path)
-    assert store.write_episode(EpisodeRecord(run_id=run.id, task_id="all", loop="scripted", examples=examples))
+    assert store.write_episode(
+        EpisodeRecord(run_id=run.id, task_id="all", loop="scripted", examples=examples)
+    )
     return [x.id for x in examples]
 
 
 def _parent(store: Store, path: Path) -> ModelVersionRecord:
-    return store.register_model(ModelVersionRecord(name="tiny", lineage="tiny", path=str(path),
-                                                   status=ModelStatus.BASE))
+    return store.register_model(
+        ModelVersionRecord(name="tiny", lineage="tiny", path=str(path), status=ModelStatus.BASE)
+    )
 
 
 def _claims(store: Store) -> dict[str, dict[str, str]]:
@@ -128,11 +157,27 @@ train_candidate(store, store.get_model(parent_id), kind=kind, settings=json.load
 """
 
 
-def _job(db_url: str, parent_id: str, kind: str, job_id: str, model_id: str, out: Path, *,
-         settings: dict[str, Any]) -> subprocess.Popen[str]:
+def _job(
+    db_url: str, parent_id: str, kind: str, job_id: str, model_id: str, out: Path, *, settings: dict[str, Any]
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-u", "-c", _JOB, db_url, parent_id, kind, json.dumps(settings), job_id, model_id, str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-u",
+            "-c",
+            _JOB,
+            db_url,
+            parent_id,
+            kind,
+            json.dumps(settings),
+            job_id,
+            model_id,
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -208,8 +253,14 @@ def test_first_look_ups_on_two_threads_both_find_the_kind(monkeypatch: pytest.Mo
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("kind", ["sft", "pg"])
-def test_two_jobs_racing_consume_disjoint_examples(kind: str, store: Store, db_url: str, tiny_model_path: Path,
-                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_jobs_racing_consume_disjoint_examples(
+    kind: str,
+    store: Store,
+    db_url: str,
+    tiny_model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Two jobs on two threads, each with its own Store (its own connections, as on two hosts), released together
     so their claims meet in the database. The claims race; the training after them takes turns, because
     transformers cannot load two models at once in one process (its meta-device loading is process-global)."""
@@ -237,8 +288,16 @@ def test_two_jobs_racing_consume_disjoint_examples(kind: str, store: Store, db_u
         mine = Store(db_url)
         try:
             start.wait()
-            train_candidate(mine, mine.get_model(parent.id), kind=kind, settings=SETTINGS[kind],
-                            output_dir=tmp_path / f"c{i}", job_id=f"job-{i}", model_id=f"model-{i}", limit=8)
+            train_candidate(
+                mine,
+                mine.get_model(parent.id),
+                kind=kind,
+                settings=SETTINGS[kind],
+                output_dir=tmp_path / f"c{i}",
+                job_id=f"job-{i}",
+                model_id=f"model-{i}",
+                limit=8,
+            )
         except BaseException as e:  # reported by the test thread
             errors.append(e)
         finally:
@@ -258,10 +317,16 @@ def test_two_jobs_racing_consume_disjoint_examples(kind: str, store: Store, db_u
     assert not a & b and a | b == set(examples) and sorted(map(len, (a, b))) == [4, 8]
     for job_id, mine in by_job.items():
         job = store.get_job(job_id)
-        assert job.status == JobStatus.SUCCEEDED and job.algorithm == kind and job.model_out == job_id.replace("job", "model")
+        assert (
+            job.status == JobStatus.SUCCEEDED
+            and job.algorithm == kind
+            and job.model_out == job_id.replace("job", "model")
+        )
         assert job.metrics["examples"] == len(mine)
-    assert sorted(m.id for m in store.list_models(lineage="tiny") if m.status == ModelStatus.CANDIDATE) == \
-        ["model-0", "model-1"]
+    assert sorted(m.id for m in store.list_models(lineage="tiny") if m.status == ModelStatus.CANDIDATE) == [
+        "model-0",
+        "model-1",
+    ]
     assert store.count_examples(kind=KIND[kind], unconsumed_by=f"policy:{kind}") == 0
 
 
@@ -273,9 +338,9 @@ def test_two_jobs_racing_consume_disjoint_examples(kind: str, store: Store, db_u
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("kind", "db_url"), [("sft", "sqlite"), ("pg", "postgresql")], indirect=["db_url"])
-def test_sigkill_mid_training_then_rerun_consumes_each_example_once(kind: str, store: Store, db_url: str,
-                                                                    tiny_model_path: Path, tmp_path: Path,
-                                                                    children: list[Any]) -> None:
+def test_sigkill_mid_training_then_rerun_consumes_each_example_once(
+    kind: str, store: Store, db_url: str, tiny_model_path: Path, tmp_path: Path, children: list[Any]
+) -> None:
     examples = _fill(store, kind, tiny_model_path)
     parent = _parent(store, tiny_model_path)
     consumer = f"policy:{kind}"
@@ -288,7 +353,11 @@ def test_sigkill_mid_training_then_rerun_consumes_each_example_once(kind: str, s
     while True:  # RUNNING in the store, and TRL has logged a step: training is under way
         assert proc.poll() is None and time.monotonic() < deadline, output.text()
         job = store.get_job(job_id)
-        if job is not None and job.status == JobStatus.RUNNING and any("'loss'" in x for x in list(output.lines)):
+        if (
+            job is not None
+            and job.status == JobStatus.RUNNING
+            and any("'loss'" in x for x in list(output.lines))
+        ):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -306,17 +375,29 @@ def test_sigkill_mid_training_then_rerun_consumes_each_example_once(kind: str, s
     assert dead.status == JobStatus.FAILED and "interrupted" in (dead.error or "") and dead.model_out is None
     assert _claims(store) == {} and store.count_examples(kind=KIND[kind], unconsumed_by=consumer) == N
     assert settle_orphan_job(store, job_id, model_id) is False  # settling twice changes nothing
-    res = train_candidate(store, parent, kind=kind, settings=SETTINGS[kind], output_dir=out, job_id=f"{kind}-job-2",
-                          model_id=model_id)
+    res = train_candidate(
+        store,
+        parent,
+        kind=kind,
+        settings=SETTINGS[kind],
+        output_dir=out,
+        job_id=f"{kind}-job-2",
+        model_id=model_id,
+    )
     assert res.candidate.id == model_id and res.candidate.job_id == f"{kind}-job-2" and res.examples == N
     assert res.job.status == JobStatus.SUCCEEDED and res.job.metrics["examples"] == N
     assert (out / "adapter_config.json").is_file()
 
     # Each example consumed once, by the rerun; nothing left to claim, nothing running, one candidate.
     assert _consumed(store) == {f"{kind}-job-2": set(examples)}
-    assert {j.id: j.status for j in store.list_jobs()} == {job_id: JobStatus.FAILED,
-                                                           f"{kind}-job-2": JobStatus.SUCCEEDED}
-    assert sorted(m.status for m in store.list_models(lineage="tiny")) == [ModelStatus.BASE, ModelStatus.CANDIDATE]
+    assert {j.id: j.status for j in store.list_jobs()} == {
+        job_id: JobStatus.FAILED,
+        f"{kind}-job-2": JobStatus.SUCCEEDED,
+    }
+    assert sorted(m.status for m in store.list_models(lineage="tiny")) == [
+        ModelStatus.BASE,
+        ModelStatus.CANDIDATE,
+    ]
     probe = store.start_job(TrainingJobRecord(algorithm=kind, role=Role.POLICY, model_in=model_id))
     assert store.claim_examples(probe.id, role=Role.POLICY, kind=KIND[kind]) == []
 
@@ -330,7 +411,7 @@ def _grpo_recipe(tmp_path: Path) -> Path:
     """One GRPO stage on the tiny model: 4 one-digit tasks x 4 answers a step, 3 steps, 4 held-out tasks."""
     text = f'''name = "tiny-grpo"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
@@ -360,21 +441,27 @@ margin = 0.0
 def _evolve(recipe: Path, db: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "strop", "evolve", "--recipe", str(recipe), "--db", db, "--no-progress"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the default store of `strop evolve`
-def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(store: Store, db_url: str,
-                                                                        tiny_model_path: Path, tmp_path: Path,
-                                                                        children: list[Any]) -> None:
+def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(
+    store: Store, db_url: str, tiny_model_path: Path, tmp_path: Path, children: list[Any]
+) -> None:
     from strop.training.evolve import Evolution
     from strop.training.recipe import load_recipe
 
     path = _grpo_recipe(tmp_path)
-    evo = Evolution(load_recipe(path), store, progress=False)  # the schema and the base exist before the child runs
+    evo = Evolution(
+        load_recipe(path), store, progress=False
+    )  # the schema and the base exist before the child runs
     run_id, killed_job, next_job = evo.collect_run_id(1, 0), evo.job_id(1, 0, 0), evo.job_id(1, 0, 1)
 
     proc = _evolve(path, db_url)
@@ -384,7 +471,11 @@ def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(store: S
     while True:  # the GRPO job is running and its first generation is stored: training is under way
         assert proc.poll() is None and time.monotonic() < deadline, output.text()
         job = store.get_job(killed_job)
-        if job is not None and job.status == JobStatus.RUNNING and len(store.episode_ids(run_id)) >= GRPO_TASKS:
+        if (
+            job is not None
+            and job.status == JobStatus.RUNNING
+            and len(store.episode_ids(run_id)) >= GRPO_TASKS
+        ):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -395,8 +486,9 @@ def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(store: S
 
     # The rerun resumes from the store alone, so it runs in this process (the killed run above had to be a
     # process of its own): no second interpreter importing torch and transformers.
-    res = CliRunner().invoke(app, ["evolve", "--recipe", str(path), "--db", db_url, "--no-progress"],
-                             env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app, ["evolve", "--recipe", str(path), "--db", db_url, "--no-progress"], env={"COLUMNS": "200"}
+    )
     assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
 
     # One candidate, trained by the rerun's job; the killed job failed; nothing left running.
@@ -407,7 +499,10 @@ def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(store: S
     dead = store.get_job(killed_job)
     assert dead.status == JobStatus.FAILED and "interrupted" in (dead.error or "")
     assert store.get_job(next_job).status == JobStatus.SUCCEEDED and not store.list_jobs(JobStatus.RUNNING)
-    assert store.get_run(run_id).status == "finished" and store.get_run(evo.stage_run_id(1, 0)).status == "finished"
+    assert (
+        store.get_run(run_id).status == "finished"
+        and store.get_run(evo.stage_run_id(1, 0)).status == "finished"
+    )
 
     # Rollouts: each job's episodes once per (generation, task), every generation a whole batch of tasks. The
     # rerun redid the steps the killed job had sampled under new ids; the killed job's stay, labelled with it.
@@ -424,5 +519,8 @@ def test_sigkill_in_a_grpo_stage_then_rerun_finishes_with_one_candidate(store: S
         gens = {g for g, _ in seen}
         assert gens == set(range(len(gens))) and all({t for g2, t in seen if g2 == g} == tasks for g in gens)
     assert len(by_job[next_job]) == GRPO_STEPS * GRPO_TASKS == cand.metrics["episodes_written"]
-    assert cand.metrics["grpo_steps"] == GRPO_STEPS and cand.metrics["examples"] == GRPO_STEPS * GRPO_TASKS * GROUP
+    assert (
+        cand.metrics["grpo_steps"] == GRPO_STEPS
+        and cand.metrics["examples"] == GRPO_STEPS * GRPO_TASKS * GROUP
+    )
     assert 1 <= len(by_job.get(killed_job, ())) // GRPO_TASKS <= GRPO_STEPS

@@ -11,7 +11,9 @@ from typing import Any
 import typer
 
 
-def parse_options(pairs: list[str] | None, *, flag: str = "--option", example: str = "digits=3") -> dict[str, Any]:
+def parse_options(
+    pairs: list[str] | None, *, flag: str = "--option", example: str = "digits=3"
+) -> dict[str, Any]:
     """KEY=VALUE pairs; values are JSON where they parse (3, 0.2, true, ["+","-"]), else plain strings (paths).
 
     A pair without '=' (or with an empty key) raises `typer.BadParameter` naming it and the flag. A key given

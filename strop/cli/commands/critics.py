@@ -15,26 +15,52 @@ from strop.cli.commands.loops import DbOpt, OptionOpt, _fail, _task_set, _versio
 
 
 def eval_critic_cmd(
-    critic: Annotated[str, typer.Option("--critic", "-c", help="The critic model: registry name/id, cache name or folder.")],
-    tasks: Annotated[str, typer.Option(
-        "--tasks", "-t", help="A task set name (labelled solutions are built from its held-out tasks: references, and "
-        "references corrupted in known ways), or a ProcessBench file (.json list or .jsonl of {id, generator, "
-        "problem, steps, final_answer_correct, label}).")] = "arithmetic",
+    critic: Annotated[
+        str, typer.Option("--critic", "-c", help="The critic model: registry name/id, cache name or folder.")
+    ],
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            "-t",
+            help="A task set name (labelled solutions are built from its held-out tasks: references, and "
+            "references corrupted in known ways), or a ProcessBench file (.json list or .jsonl of {id, generator, "
+            "problem, steps, final_answer_correct, label}).",
+        ),
+    ] = "arithmetic",
     option: OptionOpt = None,
-    n_items: Annotated[int, typer.Option(help="Labelled solutions to build (half right, half with one wrong step).")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the labelled set; the same seed builds the same items.")] = 0,
-    kinds: Annotated[str, typer.Option(help="Corruptions, comma-separated: calculation, operand, copy, drop.")] =
-        "calculation,operand,copy,drop",
-    from_run: Annotated[list[str] | None, typer.Option(
-        help="Also label the policy's own answers from this stored best-of-N run (held-out tasks, steps checked "
-        "one by one); repeatable.")] = None,
+    n_items: Annotated[
+        int, typer.Option(help="Labelled solutions to build (half right, half with one wrong step).")
+    ] = 100,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the labelled set; the same seed builds the same items.")
+    ] = 0,
+    kinds: Annotated[
+        str, typer.Option(help="Corruptions, comma-separated: calculation, operand, copy, drop.")
+    ] = "calculation,operand,copy,drop",
+    from_run: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also label the policy's own answers from this stored best-of-N run (held-out tasks, steps checked "
+            "one by one); repeatable."
+        ),
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens per critique (greedy).")] = 160,
-    shots: Annotated[int, typer.Option(help="Worked critiques shown first, as earlier chat turns (0-3).")] = 1,
-    prm: Annotated[bool, typer.Option(
-        "--prm", help="Score it as a process reward model: one Yes/No per step prefix, P(correct) read from the "
-        "reply's log-prob (the step scorer that MCTS and reranking use); adds step accuracy, records under "
-        "'<set>/prm/...'.")] = False,
-    threshold: Annotated[float, typer.Option(help="With --prm: P(correct) under which a step counts as wrong.")] = 0.5,
+    shots: Annotated[
+        int, typer.Option(help="Worked critiques shown first, as earlier chat turns (0-3).")
+    ] = 1,
+    prm: Annotated[
+        bool,
+        typer.Option(
+            "--prm",
+            help="Score it as a process reward model: one Yes/No per step prefix, P(correct) read from the "
+            "reply's log-prob (the step scorer that MCTS and reranking use); adds step accuracy, records under "
+            "'<set>/prm/...'.",
+        ),
+    ] = False,
+    threshold: Annotated[
+        float, typer.Option(help="With --prm: P(correct) under which a step counts as wrong.")
+    ] = 0.5,
     db: DbOpt = None,
 ) -> None:
     """Score a step-wise critic: does it find the first wrong step (F1), and does its correction come out right?
@@ -59,12 +85,21 @@ def eval_critic_cmd(
     path = Path(tasks).expanduser()
     if not 0.0 < threshold < 1.0:
         _fail(f"--threshold {threshold}: give a probability strictly between 0 and 1")
-    cfg = CriticEvalConfig(n_items=n_items, seed=seed, max_tokens=max_tokens, shots=shots,
-                           kind="prm" if prm else "generative", threshold=threshold, kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()))
+    cfg = CriticEvalConfig(
+        n_items=n_items,
+        seed=seed,
+        max_tokens=max_tokens,
+        shots=shots,
+        kind="prm" if prm else "generative",
+        threshold=threshold,
+        kinds=tuple(k.strip() for k in kinds.split(",") if k.strip()),
+    )
     try:
         if path.suffix in (".json", ".jsonl") or path.is_file():
             if not path.is_file():
-                _fail(f"--tasks {tasks}: no such file; give a ProcessBench .json/.jsonl file or a task set name")
+                _fail(
+                    f"--tasks {tasks}: no such file; give a ProcessBench .json/.jsonl file or a task set name"
+                )
             items = LabelledSolutionSet(load_processbench(path)[:n_items], name=f"processbench:{path.stem}")
             label = items.name
         else:
@@ -78,7 +113,9 @@ def eval_critic_cmd(
     async def go() -> Any:
         engine = load_version_engine(version)
         try:
-            return await evaluate_critic(engine, items, store=store, model_id=version.id, label=label, config=cfg)
+            return await evaluate_critic(
+                engine, items, store=store, model_id=version.id, label=label, config=cfg
+            )
         finally:
             await engine.close()
 
@@ -100,36 +137,75 @@ def _report(name: str, label: str, res: Any) -> None:
 
     if res.kind == "prm":
         table = Table(title=f"{name} as a process reward model on {label} ({res.n_items} labelled solutions)")
-        for col in ("F1", "first wrong step found", "right accepted", "step accuracy", "wrong steps flagged",
-                    "step AUC", "unparsed"):
+        for col in (
+            "F1",
+            "first wrong step found",
+            "right accepted",
+            "step accuracy",
+            "wrong steps flagged",
+            "step AUC",
+            "unparsed",
+        ):
             table.add_column(col)
         auc = s.get("step_auc")
-        table.add_row(pct("f1"), f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
-                      f"{pct('acc_correct')} of {s.get('n_correct')}", f"{pct('step_acc')} of {s.get('n_steps')}",
-                      pct("step_acc_wrong"), "-" if auc is None else f"{auc:.3f}", str(s.get("unparsed")))
+        table.add_row(
+            pct("f1"),
+            f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
+            f"{pct('acc_correct')} of {s.get('n_correct')}",
+            f"{pct('step_acc')} of {s.get('n_steps')}",
+            pct("step_acc_wrong"),
+            "-" if auc is None else f"{auc:.3f}",
+            str(s.get("unparsed")),
+        )
     else:
         table = Table(title=f"{name} as a critic on {label} ({res.n_items} labelled solutions)")
-        for col in ("F1", "first wrong step found", "right accepted", "correction", "wrong fixed", "right kept",
-                    "unparsed"):
+        for col in (
+            "F1",
+            "first wrong step found",
+            "right accepted",
+            "correction",
+            "wrong fixed",
+            "right kept",
+            "unparsed",
+        ):
             table.add_column(col)
-        table.add_row(pct("f1"), f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
-                      f"{pct('acc_correct')} of {s.get('n_correct')}", pct("correction_acc"), pct("fixed"), pct("kept"),
-                      str(s.get("unparsed")))
+        table.add_row(
+            pct("f1"),
+            f"{pct('acc_erroneous')} of {s.get('n_erroneous')}",
+            f"{pct('acc_correct')} of {s.get('n_correct')}",
+            pct("correction_acc"),
+            pct("fixed"),
+            pct("kept"),
+            str(s.get("unparsed")),
+        )
     Console().print(table)
-    typer.echo(f"recorded on {res.model_id} under {critic_metric_prefix(label, res.kind)}/ (run {res.run_id})")
+    typer.echo(
+        f"recorded on {res.model_id} under {critic_metric_prefix(label, res.kind)}/ (run {res.run_id})"
+    )
 
 
 def eval_self_correct_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="The policy: registry name/id, cache name or folder.")],
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Task set name (its held-out tasks are used).")] =
-        "arithmetic",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The policy: registry name/id, cache name or folder.")
+    ],
+    tasks: Annotated[
+        str, typer.Option("--tasks", "-t", help="Task set name (its held-out tasks are used).")
+    ] = "arithmetic",
     option: OptionOpt = None,
-    feedback: Annotated[str, typer.Option(
-        help="Feedback kinds between turns, comma-separated: intrinsic (the instruction alone), critic (a step-wise "
-        "critique by --critic), oracle (the verifier's right/wrong, an upper bound), execution (code tasks: the "
-        "tests' output from the jail).")] = "intrinsic",
-    critic: Annotated[str | None, typer.Option(
-        "--critic", "-c", help="Critic model for critic feedback (default: the policy critiques itself).")] = None,
+    feedback: Annotated[
+        str,
+        typer.Option(
+            help="Feedback kinds between turns, comma-separated: intrinsic (the instruction alone), critic (a step-wise "
+            "critique by --critic), oracle (the verifier's right/wrong, an upper bound), execution (code tasks: the "
+            "tests' output from the jail)."
+        ),
+    ] = "intrinsic",
+    critic: Annotated[
+        str | None,
+        typer.Option(
+            "--critic", "-c", help="Critic model for critic feedback (default: the policy critiques itself)."
+        ),
+    ] = None,
     n_tasks: Annotated[int, typer.Option(help="Held-out tasks to use (the first n).")] = 100,
     turns: Annotated[int, typer.Option(help="Turns per conversation (2-8).")] = 2,
     max_tokens: Annotated[int, typer.Option(help="Most new tokens per turn (greedy).")] = 64,
@@ -153,8 +229,10 @@ def eval_self_correct_cmd(
     kinds = [k.strip() for k in feedback.split(",") if k.strip()]
     bad = [k for k in kinds if k not in {str(f) for f in Feedback}]
     if bad or not kinds:
-        _fail(f"--feedback {feedback}: unknown kind {', '.join(bad) or '(none)'}; use intrinsic, critic, oracle, "
-              "execution (comma-separated)")
+        _fail(
+            f"--feedback {feedback}: unknown kind {', '.join(bad) or '(none)'}; use intrinsic, critic, oracle, "
+            "execution (comma-separated)"
+        )
     if critic is not None and "critic" not in kinds:
         _fail("--critic is only used with critic feedback: add --feedback critic")
     store = Store(db)
@@ -163,8 +241,9 @@ def eval_self_correct_cmd(
     task_set = _task_set(tasks, option)
     label = task_set_label(tasks, parse_options(option or []))
     try:
-        cfg = SelfCorrectEvalConfig(n_tasks=n_tasks, feedback=kinds, turns=turns, max_tokens=max_tokens,
-                                    system_prompt=system)
+        cfg = SelfCorrectEvalConfig(
+            n_tasks=n_tasks, feedback=kinds, turns=turns, max_tokens=max_tokens, system_prompt=system
+        )
     except ValueError as e:
         _fail(str(e).splitlines()[-1])
 
@@ -174,10 +253,13 @@ def eval_self_correct_cmd(
         try:
             judge = None
             if "critic" in kinds:
-                judge = critic_for(LoopResources(engines={"critic": critic_engine}, task_set=task_set),
-                                   cfg.loop_config(Feedback.CRITIC))
-            return await evaluate_self_correction(engine, task_set, store=store, model_id=version.id, label=label,
-                                                  config=cfg, critic=judge)
+                judge = critic_for(
+                    LoopResources(engines={"critic": critic_engine}, task_set=task_set),
+                    cfg.loop_config(Feedback.CRITIC),
+                )
+            return await evaluate_self_correction(
+                engine, task_set, store=store, model_id=version.id, label=label, config=cfg, critic=judge
+            )
         finally:
             await engine.close()
             if critic_engine is not engine:
@@ -194,14 +276,23 @@ def _report_self_correct(name: str, label: str, res: Any, turns: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{name} revising its answers on {label} ({res.n_tasks} held-out tasks, {turns} turns)")
+    table = Table(
+        title=f"{name} revising its answers on {label} ({res.n_tasks} held-out tasks, {turns} turns)"
+    )
     for col in ("feedback", "turn 1", f"turn {turns}", "wrong->right", "right->wrong", "net"):
         table.add_column(col)
     for fb, s in res.scores.items():
-        table.add_row(fb, *(f"{100 * s[k]:+.1f}%" if k == "net" else f"{100 * s[k]:.1f}%"
-                            for k in ("acc_t1", "acc_last", "delta_i2c", "delta_c2i", "net")))
+        table.add_row(
+            fb,
+            *(
+                f"{100 * s[k]:+.1f}%" if k == "net" else f"{100 * s[k]:.1f}%"
+                for k in ("acc_t1", "acc_last", "delta_i2c", "delta_c2i", "net")
+            ),
+        )
     Console().print(table)
-    typer.echo(f"recorded on {res.model_id} under {label}/heldout/self_correct/ (runs {', '.join(res.run_ids)})")
+    typer.echo(
+        f"recorded on {res.model_id} under {label}/heldout/self_correct/ (runs {', '.join(res.run_ids)})"
+    )
 
 
 def register(app: typer.Typer) -> None:

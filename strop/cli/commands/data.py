@@ -40,7 +40,9 @@ def show_tasks(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Task-set option KEY=VALUE, repeatable.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON task per line instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON task per line instead of a table.")
+    ] = False,
 ) -> None:
     """Show tasks of a split with their reference solutions."""
     from rich.console import Console
@@ -62,12 +64,16 @@ def show_tasks(
             typer.echo(task.model_dump_json())
             continue
         reference = task.reference_solution if task.reference_steps else task.answer
-        console.print(Panel(f"{task.prompt}\n\n[dim]reference:[/dim]\n{reference}", title=task.id, expand=False))
+        console.print(
+            Panel(f"{task.prompt}\n\n[dim]reference:[/dim]\n{reference}", title=task.id, expand=False)
+        )
 
 
 @jail_app.command("run")
 def run_jail(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Python file to run in the jail.")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Python file to run in the jail.")
+    ],
     timeout: Annotated[float, typer.Option(help="Wall-clock limit, seconds.")] = 5.0,
     memory_mb: Annotated[int, typer.Option(help="Address-space limit, MiB.")] = 512,
     isolation: Annotated[str, typer.Option(help="auto, bwrap or rlimits.")] = "auto",
@@ -80,8 +86,13 @@ def run_jail(
     if isolation not in {"auto", "bwrap", "rlimits"}:
         raise typer.BadParameter("isolation must be auto, bwrap or rlimits", param_hint="--isolation")
     try:
-        result = run_file(file, timeout_s=timeout, memory_mb=memory_mb, isolation=isolation,  # type: ignore[arg-type]
-                          stdin=stdin.read_bytes() if stdin else None)
+        result = run_file(
+            file,
+            timeout_s=timeout,
+            memory_mb=memory_mb,
+            isolation=isolation,  # type: ignore[arg-type]
+            stdin=stdin.read_bytes() if stdin else None,
+        )
     except JailUnavailableError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -12,19 +12,41 @@ from strop.cli.commands.loops import DbOpt, _fail, _one_line, _version
 
 
 def eval_game_cmd(
-    model: Annotated[list[str], typer.Option(
-        "--model", "-m", help="A model (registry name/id, cache name or folder); repeat for several checkpoints.")],
-    game: Annotated[str, typer.Option("--game", "-g", help="tictactoe, kuhn_poker or simple_negotiation.")] =
-        "tictactoe",
-    option: Annotated[list[str] | None, typer.Option(
-        "--option", "-o", metavar="KEY=VALUE", help="Game option, repeatable (e.g. -o rounds=5 for kuhn_poker).")] = None,
-    n_tasks: Annotated[int, typer.Option(min=1, help="Held-out seeds; each is played from both seats against "
-                                                     "each opponent.")] = 50,
-    opponents: Annotated[str, typer.Option(help="Fixed opponents, comma-separated: random, heuristic.")] =
-        "random,heuristic",
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model (registry name/id, cache name or folder); repeat for several checkpoints.",
+        ),
+    ],
+    game: Annotated[
+        str, typer.Option("--game", "-g", help="tictactoe, kuhn_poker or simple_negotiation.")
+    ] = "tictactoe",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            metavar="KEY=VALUE",
+            help="Game option, repeatable (e.g. -o rounds=5 for kuhn_poker).",
+        ),
+    ] = None,
+    n_tasks: Annotated[
+        int, typer.Option(min=1, help="Held-out seeds; each is played from both seats against each opponent.")
+    ] = 50,
+    opponents: Annotated[
+        str, typer.Option(help="Fixed opponents, comma-separated: random, heuristic.")
+    ] = "random,heuristic",
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per move (greedy).")] = 64,
-    elo_games: Annotated[int, typer.Option(min=0, help="Games per pair between models, and between the fixed "
-                                                       "opponents, for the Elo table (0: fixed opponents only).")] = 20,
+    elo_games: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Games per pair between models, and between the fixed "
+            "opponents, for the Elo table (0: fixed opponents only).",
+        ),
+    ] = 20,
     db: DbOpt = None,
 ) -> None:
     """Play each model greedily against fixed opponents on held-out seeds, from both seats; then fit Elo ratings.
@@ -63,17 +85,21 @@ def eval_game_cmd(
         try:
             results = {}
             for v in versions:
-                results[v.name] = await evaluate_games(engines[v.id], task_set, store=store, model_id=v.id,
-                                                       config=cfg)
+                results[v.name] = await evaluate_games(
+                    engines[v.id], task_set, store=store, model_id=v.id, config=cfg
+                )
             series = {(v.name, o): results[v.name].series(o) for v in versions for o in fixed}
             if elo_games:
                 if {"random", "heuristic"} <= set(fixed):
                     series[("heuristic", "random")] = await play_match(
-                        game, HeuristicOpponent(1), RandomOpponent(2), elo_games, **options)
-                players = {v.name: EngineOpponent(engines[v.id], v.name, max_tokens=max_tokens) for v in versions}
+                        game, HeuristicOpponent(1), RandomOpponent(2), elo_games, **options
+                    )
+                players = {
+                    v.name: EngineOpponent(engines[v.id], v.name, max_tokens=max_tokens) for v in versions
+                }
                 names = list(players)
                 for i, a in enumerate(names):
-                    for b in names[i + 1:]:
+                    for b in names[i + 1 :]:
                         series[(a, b)] = await play_match(game, players[a], players[b], elo_games, **options)
             return results, series
         finally:
@@ -92,8 +118,9 @@ def eval_game_cmd(
             store.update_model_metrics(v.id, {f"{label}/elo": ratings[v.name]})
 
 
-def _report(results: dict[str, Any], series: dict[tuple[str, str], Any], fixed: list[str],
-            task_set: Any) -> dict[str, float]:
+def _report(
+    results: dict[str, Any], series: dict[tuple[str, str], Any], fixed: list[str], task_set: Any
+) -> dict[str, float]:
     from rich.console import Console
     from rich.table import Table
 
@@ -107,12 +134,20 @@ def _report(results: dict[str, Any], series: dict[tuple[str, str], Any], fixed: 
         for col in ("opponent", "seat 0 W/D/L", "seat 1 W/D/L", "win rate", "score"):
             table.add_column(col)
         for o in fixed:
-            wdl = [" / ".join(f"{100 * sc[f'vs_{o}/seat{s}/{k}']:.0f}%" for k in ("win_rate", "draw_rate", "loss_rate"))
-                   for s in (0, 1)]
-            table.add_row(o, *wdl, f"{100 * sc[f'vs_{o}/win_rate']:.1f}%", f"{100 * sc[f'vs_{o}/score']:.1f}%")
+            wdl = [
+                " / ".join(
+                    f"{100 * sc[f'vs_{o}/seat{s}/{k}']:.0f}%" for k in ("win_rate", "draw_rate", "loss_rate")
+                )
+                for s in (0, 1)
+            ]
+            table.add_row(
+                o, *wdl, f"{100 * sc[f'vs_{o}/win_rate']:.1f}%", f"{100 * sc[f'vs_{o}/score']:.1f}%"
+            )
         console.print(table)
-        typer.echo(f"illegal or unparseable moves: {100 * sc['illegal_rate']:.1f}%; recorded on {res.model_id} "
-                   f"under {label}/")
+        typer.echo(
+            f"illegal or unparseable moves: {100 * sc['illegal_rate']:.1f}%; recorded on {res.model_id} "
+            f"under {label}/"
+        )
     ratings = elo_ratings(series)
     table = Table(title=f"Elo at {label} (random = 1000; {sum(s.games for s in series.values())} games)")
     for col in ("player", "Elo", "games"):

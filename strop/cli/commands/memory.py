@@ -17,8 +17,12 @@ app = typer.Typer(no_args_is_help=True)
 def index_cmd(
     tasks: TasksOpt = "arithmetic",
     option: OptionOpt = None,
-    n_tasks: Annotated[int | None, typer.Option(
-        help="Train tasks to look failures up in (the first N; default as many as the runs have distinct tasks).")] = None,
+    n_tasks: Annotated[
+        int | None,
+        typer.Option(
+            help="Train tasks to look failures up in (the first N; default as many as the runs have distinct tasks)."
+        ),
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Remember the failures of every run on this task set (its train tasks only) that are not remembered yet.
@@ -67,4 +71,6 @@ def search_cmd(
         return
     for h in hits:
         typer.echo(f"{h.score:.3f}  {h.task_id}")
-    typer.echo(render_memory([{"problem": h.problem, "answer": h.answer, "critique": h.critique} for h in hits]))
+    typer.echo(
+        render_memory([{"problem": h.problem, "answer": h.answer, "critique": h.critique} for h in hits])
+    )

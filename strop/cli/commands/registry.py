@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path (default $STROP_DB or ./strop.db).")]
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="Store URL or SQLite path (default $STROP_DB or ./strop.db).")
+]
 ModelArg = Annotated[str, typer.Argument(help="Model version name or id (see `strop models list`).")]
 
 
@@ -40,11 +42,15 @@ def promote_cmd(
             parent = store.get_model(version.parent_id)
             prefix = metric or _heldout_prefix(version.metrics)
             if prefix is None:
-                _fail(f"{version.name} has no held-out evaluation; run `strop eval --model {version.name}` first")
+                _fail(
+                    f"{version.name} has no held-out evaluation; run `strop eval --model {version.name}` first"
+                )
             decision = decide(version, parent, prefix, PromotionSettings(margin=margin))
             if not decision.promote:
-                _fail(f"not promoted: {decision.reason}. Reject it with `strop models reject {version.name}`, "
-                      "or override with --force")
+                _fail(
+                    f"not promoted: {decision.reason}. Reject it with `strop models reject {version.name}`, "
+                    "or override with --force"
+                )
         promoted = promote(store, version.id)
     except (PromotionError, InvalidTransitionError) as e:
         _fail(str(e))
@@ -64,7 +70,8 @@ def reject_cmd(model: ModelArg, db: DbOpt = None) -> None:
 
 
 def rollback_cmd(
-    lineage: Annotated[str, typer.Argument(help="Lineage (root model name), e.g. smollm2-135m.")], db: DbOpt = None,
+    lineage: Annotated[str, typer.Argument(help="Lineage (root model name), e.g. smollm2-135m.")],
+    db: DbOpt = None,
 ) -> None:
     """Reject the current promoted version of a lineage; the previous one becomes current."""
     from strop.memory import Store
@@ -74,7 +81,9 @@ def rollback_cmd(
         demoted, current = rollback(Store(db), lineage)
     except PromotionError as e:
         _fail(str(e))
-    typer.echo(f"rolled back {demoted.name}; current version of {lineage}: {current.name if current else 'none'}")
+    typer.echo(
+        f"rolled back {demoted.name}; current version of {lineage}: {current.name if current else 'none'}"
+    )
 
 
 def _heldout_prefix(metrics: dict[str, Any]) -> str | None:
@@ -103,10 +112,13 @@ def render_registry(versions: list[Any], current_ids: set[str]) -> Any:
             loss = m.get("train_loss")
             mark = " *" if v.id in current_ids else ""
             table.add_row(
-                "  " * depth + ("└ " if depth else "") + v.name + mark, v.id[:8], str(v.status),
+                "  " * depth + ("└ " if depth else "") + v.name + mark,
+                v.id[:8],
+                str(v.status),
                 f"{acc:.1%}" if isinstance(acc, int | float) else "-",
                 f"{loss:.3f}" if isinstance(loss, int | float) else "-",
-                str(m.get("examples", "-")), (v.job_id or "-")[:8],
+                str(m.get("examples", "-")),
+                (v.job_id or "-")[:8],
             )
             walk(v.id, depth + 1)
 
@@ -143,7 +155,9 @@ def register(models_app: typer.Typer) -> None:
             return
         versions = store.list_models(lineage=lineage)
         if not versions:
-            typer.echo("the registry is empty: versions appear after `strop eval`, `strop train sft` or `strop evolve`")
+            typer.echo(
+                "the registry is empty: versions appear after `strop eval`, `strop train sft` or `strop evolve`"
+            )
             return
         current = {c.id for ln in {v.lineage for v in versions} if (c := store.current_model(ln)) is not None}
         Console(width=160).print(render_registry(versions, current))

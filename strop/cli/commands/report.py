@@ -14,11 +14,20 @@ from strop.cli.commands.loops import DbOpt, _fail
 
 
 def report_cmd(
-    target: Annotated[str | None, typer.Argument(
-        help="A recipe TOML file, a recipe name, or a run id (any run of an evolution, or a plain run such as "
-        "`strop run`'s). Default: the latest evolution in the store.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Folder for report.html (default: runs/<recipe>, beside `strop evolve`'s table).")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A recipe TOML file, a recipe name, or a run id (any run of an evolution, or a plain run such as "
+            "`strop run`'s). Default: the latest evolution in the store.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Folder for report.html (default: runs/<recipe>, beside `strop evolve`'s table)."
+        ),
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Write one HTML page about an evolution: held-out metrics per model version (promoted and rejected), data

@@ -13,13 +13,22 @@ from strop.cli.commands.loops import DbOpt, OptionOpt, _fail, _task_set, _versio
 
 
 def eval_search_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="The policy: registry name/id, cache name or folder.")],
-    prm: Annotated[str | None, typer.Option(
-        help="The step scorer (process reward model) for reranking and search; default the policy itself.")] = None,
-    tasks: Annotated[str, typer.Option("--tasks", "-t", help="Task set name (its held-out tasks are used).")] =
-        "arithmetic",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The policy: registry name/id, cache name or folder.")
+    ],
+    prm: Annotated[
+        str | None,
+        typer.Option(
+            help="The step scorer (process reward model) for reranking and search; default the policy itself."
+        ),
+    ] = None,
+    tasks: Annotated[
+        str, typer.Option("--tasks", "-t", help="Task set name (its held-out tasks are used).")
+    ] = "arithmetic",
     option: OptionOpt = None,
-    budgets: Annotated[str, typer.Option(help="Generated tokens per task, comma-separated.")] = "256,512,1024",
+    budgets: Annotated[
+        str, typer.Option(help="Generated tokens per task, comma-separated.")
+    ] = "256,512,1024",
     n_tasks: Annotated[int, typer.Option(help="Held-out tasks (the first n).")] = 50,
     max_tokens: Annotated[int, typer.Option(help="Most tokens per sampled answer.")] = 96,
     plot: Annotated[Path | None, typer.Option(help="Write accuracy against budget to this PNG.")] = None,
@@ -51,8 +60,15 @@ def eval_search_cmd(
         engine = load_version_engine(version)
         prm_engine = load_version_engine(prm_version) if prm_version.id != version.id else engine
         try:
-            return await evaluate_search(engine, StepScorer(prm_engine), task_set, store=store, model_id=version.id,
-                                         label=label, config=cfg)
+            return await evaluate_search(
+                engine,
+                StepScorer(prm_engine),
+                task_set,
+                store=store,
+                model_id=version.id,
+                label=label,
+                config=cfg,
+            )
         finally:
             await engine.close()
             if prm_engine is not engine:

@@ -15,7 +15,9 @@ from strop.cli.commands.loops import DbOpt, _fail
 
 def show_cmd(
     episode: Annotated[str, typer.Argument(help="Episode id (see `strop db stats` or a run's episodes).")],
-    html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML page here.")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML page here.")
+    ] = None,
     width: Annotated[int, typer.Option(help="Characters of each step's text shown in the terminal.")] = 60,
     db: DbOpt = None,
 ) -> None:
@@ -26,7 +28,9 @@ def show_cmd(
 
     ep = Store(db).get_episode(episode)
     if ep is None:
-        _fail(f"no episode {episode!r} in the store; list a run's episodes with `strop db stats` or check --db")
+        _fail(
+            f"no episode {episode!r} in the store; list a run's episodes with `strop db stats` or check --db"
+        )
     Console().print(render_rich(ep, width=width))
     if html_out is not None:
         html_out.write_text(render_html(ep), encoding="utf-8")
@@ -67,7 +71,9 @@ def render_rich(ep: Any, *, width: int = 60) -> Any:
 
     def add(branch: Any, step: Any) -> None:
         style = "bold green" if step.metadata.get("chosen") or step.metadata.get("correct") else ""
-        node = branch.add(f"[{style}]{escape(_label(step, width))}[/]" if style else escape(_label(step, width)))
+        node = branch.add(
+            f"[{style}]{escape(_label(step, width))}[/]" if style else escape(_label(step, width))
+        )
         for child in kids.get(step.id, []):
             add(node, child)
 
@@ -90,16 +96,20 @@ def render_html(ep: Any) -> str:
         cls = ' class="chosen"' if step.metadata.get("chosen") or step.metadata.get("correct") else ""
         text = html.escape(step.text.strip() or ("(problem)" if step.role == "root" else "(empty)"))
         label = _label(step, None)
-        stats = html.escape(label[label.rfind("  [") + 3: -1]) if label.endswith("]") else ""
+        stats = html.escape(label[label.rfind("  [") + 3 : -1]) if label.endswith("]") else ""
         inner = "".join(item(c) for c in kids.get(step.id, []))
-        return (f'<li{cls} data-step="{html.escape(step.id)}"><span class="step">{text}</span>'
-                f'<span class="stats">{stats}</span>{f"<ul>{inner}</ul>" if inner else ""}</li>')
+        return (
+            f'<li{cls} data-step="{html.escape(step.id)}"><span class="step">{text}</span>'
+            f'<span class="stats">{stats}</span>{f"<ul>{inner}</ul>" if inner else ""}</li>'
+        )
 
     body = "".join(item(s) for s in kids.get(None, []))
     title = html.escape(f"{ep.loop} episode {ep.id} on {ep.task_id}")
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head>'
-            f"<body><h1>{title}</h1><p>reward {ep.reward:g}; outcome {html.escape(str(ep.outcome))}</p>"
-            f"<ul>{body}</ul></body></html>")
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head>'
+        f"<body><h1>{title}</h1><p>reward {ep.reward:g}; outcome {html.escape(str(ep.outcome))}</p>"
+        f"<ul>{body}</ul></body></html>"
+    )
 
 
 def register(app: typer.Typer) -> None:

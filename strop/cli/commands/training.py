@@ -10,18 +10,38 @@ from typing import Annotated, Any
 
 import typer
 
-ReportToOpt = Annotated[list[str] | None, typer.Option(
-    "--report-to", help="Experiment tracker for TRL's losses and strop's metrics, repeatable: tensorboard, mlflow, "
-    "... (default: none). TensorBoard writes under OUTPUT_DIR/trainer/runs.")]
+ReportToOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--report-to",
+        help="Experiment tracker for TRL's losses and strop's metrics, repeatable: tensorboard, mlflow, "
+        "... (default: none). TensorBoard writes under OUTPUT_DIR/trainer/runs.",
+    ),
+]
 ProgressOpt = Annotated[bool, typer.Option(help="A progress bar per training run (steps, loss, ETA).")]
-LauncherOpt = Annotated[str, typer.Option(
-    "--launcher", help="local: train in this process. accelerate: run the TRL job under `accelerate launch` "
-    "(data parallel; this process still claims the examples and registers the candidate).")]
-NumProcessesOpt = Annotated[int | None, typer.Option(
-    "--num-processes", help="With --launcher accelerate: processes to launch (GPUs on a GPU host, gloo on CPU).")]
-AccelerateConfigOpt = Annotated[Path | None, typer.Option(
-    "--accelerate-config", help="With --launcher accelerate: an `accelerate config` YAML file (multi-GPU, "
-    "DeepSpeed ZeRO-1/2, FSDP on one machine).")]
+LauncherOpt = Annotated[
+    str,
+    typer.Option(
+        "--launcher",
+        help="local: train in this process. accelerate: run the TRL job under `accelerate launch` "
+        "(data parallel; this process still claims the examples and registers the candidate).",
+    ),
+]
+NumProcessesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-processes",
+        help="With --launcher accelerate: processes to launch (GPUs on a GPU host, gloo on CPU).",
+    ),
+]
+AccelerateConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--accelerate-config",
+        help="With --launcher accelerate: an `accelerate config` YAML file (multi-GPU, "
+        "DeepSpeed ZeRO-1/2, FSDP on one machine).",
+    ),
+]
 
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune a model on the examples in the store.")
 
@@ -44,30 +64,55 @@ def _launch_settings(launcher: str, num_processes: int | None, accelerate_config
     from strop.training.launch import LaunchSettings
 
     try:
-        return LaunchSettings(launcher=launcher, num_processes=num_processes,  # type: ignore[arg-type]
-                              accelerate_config=str(accelerate_config) if accelerate_config else None)
+        return LaunchSettings(
+            launcher=launcher,
+            num_processes=num_processes,  # type: ignore[arg-type]
+            accelerate_config=str(accelerate_config) if accelerate_config else None,
+        )
     except ValidationError as e:
-        names = {"launcher": "--launcher", "num_processes": "--num-processes", "accelerate_config": "--accelerate-config"}
+        names = {
+            "launcher": "--launcher",
+            "num_processes": "--num-processes",
+            "accelerate_config": "--accelerate-config",
+        }
         # A field's error names its option; the cross-field one (a process count without accelerate) the option given.
         given = "--num-processes" if num_processes is not None else "--accelerate-config"
-        _fail("; ".join(f"{names[str(err['loc'][0])] if err['loc'] else given}: "
-                        f"{str(err['msg']).removeprefix('Value error, ')}" for err in e.errors()))
+        _fail(
+            "; ".join(
+                f"{names[str(err['loc'][0])] if err['loc'] else given}: "
+                f"{str(err['msg']).removeprefix('Value error, ')}"
+                for err in e.errors()
+            )
+        )
 
 
 @train_app.command("sft")
 def sft_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model version to train from (registry name/id, cache name or folder).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Model version to train from (registry name/id, cache name or folder)."
+        ),
+    ],
     epochs: Annotated[float, typer.Option(help="Passes over the examples.")] = 2.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-4,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 8,
     lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
-    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")] = False,
+    merge: Annotated[
+        bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Train on at most this many examples.")] = None,
-    role: Annotated[str, typer.Option(
-        help="Whose examples: policy, or critic (e.g. the step-value examples an MCTS run writes with emit_values, "
-        "which train a process reward model).")] = "policy",
+    role: Annotated[
+        str,
+        typer.Option(
+            help="Whose examples: policy, or critic (e.g. the step-value examples an MCTS run writes with emit_values, "
+            "which train a process reward model)."
+        ),
+    ] = "policy",
     name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where to save it (default: the model cache).")
+    ] = None,
     report_to: ReportToOpt = None,
     progress: ProgressOpt = True,
     launcher: LauncherOpt = "local",
@@ -94,42 +139,78 @@ def sft_cmd(
     except ModelNotFoundError as e:
         _fail(str(e))
     try:
-        settings = SFTSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, merge=merge,
-                               lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
-                               report_to=report_to or [])
+        settings = SFTSettings(
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            merge=merge,
+            lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
+            report_to=report_to or [],
+        )
     except ValueError as e:
         _fail(_first_error(e))
     job_id = new_id()
     cand_name = name or f"{parent.lineage}-sft-{job_id[:8]}"
     out = output_dir or model_cache_dir() / "versions" / cand_name
     try:
-        res = train_sft_candidate(store, parent, output_dir=out, settings=settings, name=cand_name, job_id=job_id,
-                                  limit=limit, role=role, hooks=TrainHooks(progress=progress, label=f"sft {cand_name}"),
-                                  launch=launch)
+        res = train_sft_candidate(
+            store,
+            parent,
+            output_dir=out,
+            settings=settings,
+            name=cand_name,
+            job_id=job_id,
+            limit=limit,
+            role=role,
+            hooks=TrainHooks(progress=progress, label=f"sft {cand_name}"),
+            launch=launch,
+        )
     except (NothingToTrainError, LaunchError) as e:
         _fail(str(e))
-    typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} examples, loss "
-               f"{res.train_loss:.3f}, {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, "
-               f"then `strop models promote {res.candidate.name}`")
+    typer.echo(
+        f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} examples, loss "
+        f"{res.train_loss:.3f}, {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, "
+        f"then `strop models promote {res.candidate.name}`"
+    )
 
 
 @train_app.command("dpo")
 def dpo_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model version to train from (registry name/id, cache name or folder); it is also the DPO reference.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model version to train from (registry name/id, cache name or folder); it is also the DPO reference.",
+        ),
+    ],
     beta: Annotated[float, typer.Option(help="KL strength toward the reference (the parent version).")] = 0.1,
-    loss_type: Annotated[str, typer.Option(help="TRL DPO loss: sigmoid, ipo, hinge, robust, ... (see `DPOSettings`).")] = "sigmoid",
+    loss_type: Annotated[
+        str, typer.Option(help="TRL DPO loss: sigmoid, ipo, hinge, robust, ... (see `DPOSettings`).")
+    ] = "sigmoid",
     epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 1.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 8,
     lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
-    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")] = False,
+    merge: Annotated[
+        bool, typer.Option(help="Merge the LoRA adapter into a full model instead of keeping it.")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Train on at most this many pairs.")] = None,
-    derive_from: Annotated[list[str] | None, typer.Option(
-        "--derive-from", help="Run id, repeatable: first derive pairs from these best-of-N runs' answers (for runs "
-        "recorded without emit_pairs), then train on those runs' pairs only.")] = None,
-    max_pairs_per_task: Annotated[int, typer.Option(help="With --derive-from: most pairs derived per task.")] = 4,
+    derive_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--derive-from",
+            help="Run id, repeatable: first derive pairs from these best-of-N runs' answers (for runs "
+            "recorded without emit_pairs), then train on those runs' pairs only.",
+        ),
+    ] = None,
+    max_pairs_per_task: Annotated[
+        int, typer.Option(help="With --derive-from: most pairs derived per task.")
+    ] = 4,
     name: Annotated[str | None, typer.Option(help="Name of the candidate version.")] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Where to save it (default: the model cache).")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where to save it (default: the model cache).")
+    ] = None,
     report_to: ReportToOpt = None,
     progress: ProgressOpt = True,
     launcher: LauncherOpt = "local",
@@ -153,9 +234,16 @@ def dpo_cmd(
 
     launch = _launch_settings(launcher, num_processes, accelerate_config)
     try:
-        settings = DPOSettings(beta=beta, loss_type=loss_type, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                               merge=merge, lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
-                               report_to=report_to or [])
+        settings = DPOSettings(
+            beta=beta,
+            loss_type=loss_type,
+            epochs=epochs,
+            learning_rate=lr,
+            batch_size=batch_size,
+            merge=merge,
+            lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora_r > 0 else None,
+            report_to=report_to or [],
+        )
     except ValidationError as e:
         _fail("; ".join(err["msg"] for err in e.errors()))
     store = Store(db)
@@ -168,46 +256,86 @@ def dpo_cmd(
             got = derive_pairs(store, derive_from, max_pairs_per_task=max_pairs_per_task)
         except ValueError as e:
             _fail(str(e))
-        typer.echo(f"derived {got.pairs} pairs from {got.with_pairs} of {got.episodes} episodes ({got.added} new)"
-                   + (f"; {got.skipped_no_prompt} episodes skipped: prompt unknown" if got.skipped_no_prompt else ""))
+        typer.echo(
+            f"derived {got.pairs} pairs from {got.with_pairs} of {got.episodes} episodes ({got.added} new)"
+            + (f"; {got.skipped_no_prompt} episodes skipped: prompt unknown" if got.skipped_no_prompt else "")
+        )
     job_id = new_id()
     cand_name = name or f"{parent.lineage}-dpo-{job_id[:8]}"
     out = output_dir or model_cache_dir() / "versions" / cand_name
     try:
-        res = train_candidate(store, parent, kind="dpo", output_dir=out, settings=settings, name=cand_name,
-                              job_id=job_id, limit=limit, run_ids=derive_from or None,
-                              hooks=TrainHooks(progress=progress, label=f"dpo {cand_name}"), launch=launch)
+        res = train_candidate(
+            store,
+            parent,
+            kind="dpo",
+            output_dir=out,
+            settings=settings,
+            name=cand_name,
+            job_id=job_id,
+            limit=limit,
+            run_ids=derive_from or None,
+            hooks=TrainHooks(progress=progress, label=f"dpo {cand_name}"),
+            launch=launch,
+        )
     except LaunchError as e:
         _fail(str(e))
     except NothingToTrainError:
-        _fail("nothing to train: no unconsumed preference pairs of the policy. Collect some with "
-              "`strop run best_of_n --set emit_pairs=true`, or derive them from a recorded best-of-N run with "
-              "`--derive-from RUN_ID`")
+        _fail(
+            "nothing to train: no unconsumed preference pairs of the policy. Collect some with "
+            "`strop run best_of_n --set emit_pairs=true`, or derive them from a recorded best-of-N run with "
+            "`--derive-from RUN_ID`"
+        )
     metrics = res.job.metrics
     if "balance" in metrics:
         typer.echo(f"pairs: {format_balance(metrics['balance'])}")
     margin = metrics.get("reward_margin")
-    typer.echo(f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} pairs, loss {res.train_loss:.3f}"
-               + (f", reward margin {margin:+.3f} (accuracy {metrics.get('reward_accuracy', 0):.0%})"
-                  if margin is not None else "")
-               + f", {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, then "
-               f"`strop models promote {res.candidate.name}`")
+    typer.echo(
+        f"candidate {res.candidate.name} ({res.candidate.id}): {res.examples} pairs, loss {res.train_loss:.3f}"
+        + (
+            f", reward margin {margin:+.3f} (accuracy {metrics.get('reward_accuracy', 0):.0%})"
+            if margin is not None
+            else ""
+        )
+        + f", {res.seconds:.0f} s. Evaluate it with `strop eval --model {res.candidate.name}`, then "
+        f"`strop models promote {res.candidate.name}`"
+    )
 
 
 def evolve_cmd(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML file, e.g. recipes/star-arithmetic.toml.")],
-    cycles: Annotated[int | None, typer.Option(help="Cycles to run (default: the recipe's `cycles`).")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="Store URL or SQLite path (overrides the recipe's `db`).")] = None,
-    option: Annotated[list[str] | None, typer.Option(
-        "--option", "-o", help="Task-set option KEY=VALUE for every stage's task set (overrides the recipe's), "
-        "repeatable: --option steps=2 --option word_problems=true.")] = None,
+    recipe: Annotated[
+        Path, typer.Option("--recipe", "-r", help="Recipe TOML file, e.g. recipes/star-arithmetic.toml.")
+    ],
+    cycles: Annotated[
+        int | None, typer.Option(help="Cycles to run (default: the recipe's `cycles`).")
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Store URL or SQLite path (overrides the recipe's `db`).")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="Task-set option KEY=VALUE for every stage's task set (overrides the recipe's), "
+            "repeatable: --option steps=2 --option word_problems=true.",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    once: Annotated[bool, typer.Option(
-        "--once", help="Run the next unfinished cycle, then exit (for cron, systemd timers, Kubernetes CronJobs). "
-        "Ignores the recipe's `cycles`; with --cycles N, does nothing once cycle N is done.")] = False,
-    lease_ttl: Annotated[float, typer.Option(
-        help="Seconds the recipe's lease outlives its last heartbeat (one every TTL/3): how soon a killed "
-        "run's recipe can be taken over.")] = 60.0,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Run the next unfinished cycle, then exit (for cron, systemd timers, Kubernetes CronJobs). "
+            "Ignores the recipe's `cycles`; with --cycles N, does nothing once cycle N is done.",
+        ),
+    ] = False,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the recipe's lease outlives its last heartbeat (one every TTL/3): how soon a killed "
+            "run's recipe can be taken over."
+        ),
+    ] = 60.0,
 ) -> None:
     """Run a recipe's cycles: each stage collects with its loop, trains a role, evaluates, promotes.
 
@@ -248,8 +376,10 @@ def evolve_cmd(
         with recipe_lease(store, r.name, ttl=lease_ttl) as keeper:
             if keeper.lease.previous is not None:
                 p = keeper.lease.previous
-                typer.echo(f"took over recipe {r.name} from {p.holder}, gone since its last heartbeat at "
-                           f"{p.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (killed?); continuing its cycle")
+                typer.echo(
+                    f"took over recipe {r.name} from {p.holder}, gone since its last heartbeat at "
+                    f"{p.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (killed?); continuing its cycle"
+                )
             target = target_cycle(evo, cycles=cycles, once=once)
             if target is None:
                 typer.echo(f"{r.name}: all {cycles} cycles are done; nothing to do")
@@ -257,13 +387,17 @@ def evolve_cmd(
             run_cycles(evo, target, keeper)
     except LeaseHeldError as e:
         held = e.lease
-        typer.echo(f"{r.name} is being evolved by {held.holder} since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC "
-                   f"(lease expires {held.expires_at:%H:%M:%S} UTC unless renewed); not starting a second run")
+        typer.echo(
+            f"{r.name} is being evolved by {held.holder} since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"(lease expires {held.expires_at:%H:%M:%S} UTC unless renewed); not starting a second run"
+        )
     except LeaseLostError as e:
         _fail(str(e))
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
-    app.add_typer(train_app, name="train", help="Fine-tune on the store's examples: `strop train sft --model M`.")
+    app.add_typer(
+        train_app, name="train", help="Fine-tune on the store's examples: `strop train sft --model M`."
+    )
     app.command("evolve")(evolve_cmd)

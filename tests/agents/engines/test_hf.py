@@ -200,12 +200,17 @@ async def test_a_conversation_continues_from_the_exact_token_ids(engine: HFEngin
     first = GenerationRequest.chat("What is 12 + 7?", max_tokens=12, temperature=0.0)
     [[c]] = await engine.generate([first])
     follow = [Message(role="user", content="Check your answer.")]
-    cont = GenerationRequest(messages=follow, context_token_ids=[*c.prompt_token_ids, *c.token_ids],
-                             sampling=SamplingParams(max_tokens=8, temperature=0.0))
+    cont = GenerationRequest(
+        messages=follow,
+        context_token_ids=[*c.prompt_token_ids, *c.token_ids],
+        sampling=SamplingParams(max_tokens=8, temperature=0.0),
+    )
     ids = engine.prompt_ids(cont)
     assert ids[: len(c.prompt_token_ids) + len(c.token_ids)] == [*c.prompt_token_ids, *c.token_ids]
     if c.finish_reason == FinishReason.STOP:
-        whole = GenerationRequest(messages=[*first.messages, Message(role="assistant", content=c.text), *follow])
+        whole = GenerationRequest(
+            messages=[*first.messages, Message(role="assistant", content=c.text), *follow]
+        )
         assert ids == engine.prompt_ids(whole)
     [[d]] = await engine.generate([cont])
     assert d.prompt_token_ids == ids
@@ -249,6 +254,9 @@ async def test_steps_and_rollouts_run_as_separate_batches_shortest_first(engine:
     assert len(length_groups([row(48, []) for _ in range(5)])) == 1  # one kind of work stays one batch
 
     before = engine.stats.batches
-    step, rollout = _chat("What is 1 + 2?", n=3, max_tokens=24, stop=["\n"]), _chat("What is 3 + 4?", max_tokens=64)
+    step, rollout = (
+        _chat("What is 1 + 2?", n=3, max_tokens=24, stop=["\n"]),
+        _chat("What is 3 + 4?", max_tokens=64),
+    )
     out = await engine.generate([step, rollout])
     assert engine.stats.batches - before == 2 and len(out[0]) == 3 and len(out[1]) == 1

@@ -28,5 +28,7 @@ async def test_from_model_samples_from_the_live_weights(random_tiny_path: Path) 
         model.lm_head.weight.zero_()  # every logit 0: a uniform next-token distribution
     [[after]] = await engine.generate([request])
     assert after.logprobs is not None and before.logprobs is not None
-    assert after.logprobs[0] == pytest.approx(-math.log(model.config.vocab_size), abs=1e-4) != before.logprobs[0]
+    assert (
+        after.logprobs[0] == pytest.approx(-math.log(model.config.vocab_size), abs=1e-4) != before.logprobs[0]
+    )
     await engine.close()

@@ -25,7 +25,9 @@ def right_then_wrong(prompt: str, i: int) -> str:
 class ScriptedEngine:
     """Implements the Engine protocol; records every request so tests can count calls."""
 
-    def __init__(self, answer: Callable[[str, int], str] = right_then_wrong, version: str = "scripted") -> None:
+    def __init__(
+        self, answer: Callable[[str, int], str] = right_then_wrong, version: str = "scripted"
+    ) -> None:
         self.answer = answer
         self.version = version
         self.calls: list[str] = []
@@ -45,12 +47,19 @@ class ScriptedEngine:
             self.calls.append(prompt)
             n = r.sampling.n
             texts = [self.answer(prompt, i) for i in range(n)]
-            out.append([
-                Completion(text=t, prompt_token_ids=[1, 2, 3], token_ids=list(range(len(t.split()))),
-                           logprobs=[-0.5] * len(t.split()), finish_reason=FinishReason.STOP,
-                           model_version=self.version)
-                for t in texts
-            ])
+            out.append(
+                [
+                    Completion(
+                        text=t,
+                        prompt_token_ids=[1, 2, 3],
+                        token_ids=list(range(len(t.split()))),
+                        logprobs=[-0.5] * len(t.split()),
+                        finish_reason=FinishReason.STOP,
+                        model_version=self.version,
+                    )
+                    for t in texts
+                ]
+            )
         return out
 
     async def close(self) -> None:

@@ -13,7 +13,9 @@ from tests.agents.loops.fakes import ScriptedEngine
 TS = ArithmeticTaskSet()
 
 
-async def _run(cfg: best_of_n.BestOfNConfig, split: Split = Split.TRAIN) -> tuple[EpisodeRecord, ScriptedEngine]:
+async def _run(
+    cfg: best_of_n.BestOfNConfig, split: Split = Split.TRAIN
+) -> tuple[EpisodeRecord, ScriptedEngine]:
     engine = ScriptedEngine()
     task = TS.tasks(split, 1)[0]
     graph = best_of_n.build_graph(engine, VerifierCritic(TS), cfg).compile()
@@ -104,14 +106,20 @@ async def test_rationalization_hints_only_all_wrong_tasks_and_trains_the_unhinte
     engine = ScriptedEngine(answer=answer)
     task = TS.tasks(Split.TRAIN, 1)[0]
     cfg = best_of_n.BestOfNConfig(n=3, rationalize=True)
-    out = await best_of_n.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, "r"))
+    out = (
+        await best_of_n.build_graph(engine, VerifierCritic(TS), cfg)
+        .compile()
+        .ainvoke(episode_input(task, "r"))
+    )
     ep = EpisodeRecord.model_validate(out["episode"])
     assert len(engine.calls) == 2 and "Hint: the answer is" in engine.calls[1]
     assert ep.outcome["correct"] == 0 and ep.outcome["n"] == 3  # accuracy is the policy's own
     assert ep.outcome["rationalized"] == 3 and len(ep.steps) == 6
     assert [s.metadata["hinted"] for s in ep.steps] == [False] * 3 + [True] * 3
     assert len(ep.examples) == 2  # the one citing the hint is dropped
-    assert ep.examples[0].payload["prompt"] == [{"role": "user", "content": task.prompt}]  # no hint in training
+    assert ep.examples[0].payload["prompt"] == [
+        {"role": "user", "content": task.prompt}
+    ]  # no hint in training
 
     # A task with a correct answer, or an evaluation, is never hinted.
     engine2 = ScriptedEngine()

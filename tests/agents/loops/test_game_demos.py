@@ -39,11 +39,19 @@ REPO = Path(__file__).resolve().parents[3]
 GAMES = GameTaskSet()
 
 
-async def _run(store: Store, cfg: gd.GameDemosConfig, *, run_id: str = "demos", n: int = 2,
-               split: Split = Split.TRAIN, tasks: GameTaskSet = GAMES) -> list[EpisodeRecord]:
+async def _run(
+    store: Store,
+    cfg: gd.GameDemosConfig,
+    *,
+    run_id: str = "demos",
+    n: int = 2,
+    split: Split = Split.TRAIN,
+    tasks: GameTaskSet = GAMES,
+) -> list[EpisodeRecord]:
     graph = gd.SPEC.make(LoopResources(engines={}, task_set=tasks, store=store), cfg)
-    await Runner(store, concurrency=2, progress=False).run(graph, tasks.tasks(split, n),
-                                                          RunRecord(id=run_id, loop=gd.LOOP_NAME))
+    await Runner(store, concurrency=2, progress=False).run(
+        graph, tasks.tasks(split, n), RunRecord(id=run_id, loop=gd.LOOP_NAME)
+    )
     return store.list_episodes(run_id)
 
 
@@ -52,9 +60,13 @@ def _examples_by_move(ep: EpisodeRecord) -> dict[tuple[int, int], ExampleRecord]
     from strop.agents.loops.base import stable_id
 
     by_id = {e.id: e for e in ep.examples}
-    return {(s.metadata["game_index"], s.metadata["turn"]): by_id[stable_id(ep.id, "sft", s.metadata["game_index"],
-                                                                             s.metadata["turn"])]
-            for s in ep.steps if s.role == "teacher"}
+    return {
+        (s.metadata["game_index"], s.metadata["turn"]): by_id[
+            stable_id(ep.id, "sft", s.metadata["game_index"], s.metadata["turn"])
+        ]
+        for s in ep.steps
+        if s.role == "teacher"
+    }
 
 
 def _walk(ep: EpisodeRecord) -> None:
@@ -84,17 +96,26 @@ async def test_examples_are_the_teachers_legal_moves_in_alternating_seats(store:
     for ep in episodes:
         _walk(ep)
         o = ep.outcome
-        assert [r["teacher_seats"] for r in o["results"]] == [[0], [1], [0], [1]]  # alternating, in seed pairs
+        assert [r["teacher_seats"] for r in o["results"]] == [
+            [0],
+            [1],
+            [0],
+            [1],
+        ]  # alternating, in seed pairs
         assert o["results"][0]["seed"] == o["results"][1]["seed"] != o["results"][2]["seed"]
         teacher = [s for s in ep.steps if s.role == "teacher"]
         assert all(s.metadata["seat"] == s.metadata["game_index"] % 2 for s in teacher)
         assert all(s.model_version == "teacher:heuristic" and s.token_ids is None for s in teacher)
-        assert all(s.metadata["player"] == "random" and s.model_version is None
-                   for s in ep.steps if s.role == "opponent")
+        assert all(
+            s.metadata["player"] == "random" and s.model_version is None
+            for s in ep.steps
+            if s.role == "opponent"
+        )
         assert o["n"] == o["correct"] == o["examples"] == len(teacher) == len(ep.examples) > 0 and o["pass"]
         assert o["wins"] + o["draws"] + o["losses"] == o["games"] == 4
-        assert {k: sum(r[k] for r in o["by_seat"].values()) for k in ("wins", "draws", "losses", "games")} == {
-            "wins": o["wins"], "draws": o["draws"], "losses": o["losses"], "games": 4}
+        assert {
+            k: sum(r[k] for r in o["by_seat"].values()) for k in ("wins", "draws", "losses", "games")
+        } == {"wins": o["wins"], "draws": o["draws"], "losses": o["losses"], "games": 4}
         returns = [r["rewards"][r["teacher_seats"][0]] for r in o["results"]]
         assert ep.reward == pytest.approx(sum(returns) / 4) == o["teacher_return"]
         assert o["wins"] == sum(x == 1.0 for x in returns) and o["losses"] == sum(x == -1.0 for x in returns)
@@ -123,8 +144,18 @@ class _Capturing:
             messages = [m.model_dump() for m in r.messages or []]
             self.shown.append(messages)
             text = self.moves[json.dumps(messages)]
-            out.append([Completion(text=text, prompt_token_ids=[1], token_ids=[1], logprobs=[-0.1],
-                                   finish_reason=FinishReason.STOP, model_version="capturing")])
+            out.append(
+                [
+                    Completion(
+                        text=text,
+                        prompt_token_ids=[1],
+                        token_ids=[1],
+                        logprobs=[-0.1],
+                        finish_reason=FinishReason.STOP,
+                        model_version="capturing",
+                    )
+                ]
+            )
         return out
 
     async def close(self) -> None:
@@ -140,17 +171,29 @@ async def test_prompts_are_what_the_selfplay_loop_shows_the_policy(store: Store)
         moves: dict[str, str] = {}
         for e in ep.examples:
             key = json.dumps(e.payload["prompt"])
-            assert moves.setdefault(key, e.payload["completion"][0]["content"]) == e.payload["completion"][0]["content"]
+            assert (
+                moves.setdefault(key, e.payload["completion"][0]["content"])
+                == e.payload["completion"][0]["content"]
+            )
         engine = _Capturing(moves)
-        graph = sp.SPEC.make(LoopResources(engines={"policy": engine}, task_set=GAMES, store=store),
-                             sp.SelfPlayConfig(opponent="random", games_per_task=2, seed=0))
+        graph = sp.SPEC.make(
+            LoopResources(engines={"policy": engine}, task_set=GAMES, store=store),
+            sp.SelfPlayConfig(opponent="random", games_per_task=2, seed=0),
+        )
         task = next(t for t in GAMES.tasks(Split.TRAIN, 2) if t.id == ep.task_id)
-        await Runner(store, concurrency=1, progress=False).run(graph, [task], RunRecord(id=f"sp-{ep.id}", loop="selfplay"))
+        await Runner(store, concurrency=1, progress=False).run(
+            graph, [task], RunRecord(id=f"sp-{ep.id}", loop="selfplay")
+        )
         [played] = store.list_episodes(f"sp-{ep.id}")
-        assert sorted(map(json.dumps, engine.shown)) == sorted(json.dumps(e.payload["prompt"]) for e in ep.examples)
+        assert sorted(map(json.dumps, engine.shown)) == sorted(
+            json.dumps(e.payload["prompt"]) for e in ep.examples
+        )
         assert [(s.metadata["game_index"], s.metadata["turn"], s.text) for s in played.steps] == [
-            (s.metadata["game_index"], s.metadata["turn"], s.text) for s in ep.steps]
-        assert [r["rewards"] for r in played.outcome["results"]] == [r["rewards"] for r in ep.outcome["results"]]
+            (s.metadata["game_index"], s.metadata["turn"], s.text) for s in ep.steps
+        ]
+        assert [r["rewards"] for r in played.outcome["results"]] == [
+            r["rewards"] for r in ep.outcome["results"]
+        ]
 
 
 async def test_teacher_in_both_seats_random_teacher_and_a_completion_template(store: Store) -> None:
@@ -165,7 +208,9 @@ async def test_teacher_in_both_seats_random_teacher_and_a_completion_template(st
     assert {s.metadata["player"] for s in rnd.steps if s.role == "opponent"} == {"heuristic"}
     _walk(rnd)
 
-    [wrapped] = await _run(store, gd.GameDemosConfig(completion_template="I take {move}."), run_id="wrap", n=1)
+    [wrapped] = await _run(
+        store, gd.GameDemosConfig(completion_template="I take {move}."), run_id="wrap", n=1
+    )
     texts = [e.payload["completion"][0]["content"] for e in wrapped.examples]
     assert texts and all(t.startswith("I take [") and t.endswith("].") for t in texts)
     _walk(wrapped)  # the wrapped text still parses as the legal move it stands for
@@ -186,8 +231,10 @@ async def test_heldout_games_emit_nothing(store: Store) -> None:
 async def test_seeded_runs_repeat_and_another_seed_plays_other_games(store: Store) -> None:
     def played(eps: list[EpisodeRecord]) -> list[Any]:
         # examples come back in id order: compare them by the move they demonstrate
-        return [([s.text for s in ep.steps], {k: e.payload for k, e in _examples_by_move(ep).items()}, ep.outcome)
-                for ep in eps]
+        return [
+            ([s.text for s in ep.steps], {k: e.payload for k, e in _examples_by_move(ep).items()}, ep.outcome)
+            for ep in eps
+        ]
 
     cfg = gd.GameDemosConfig(games_per_task=4, seed=7)
     a = await _run(store, cfg, run_id="a", n=3)
@@ -196,7 +243,9 @@ async def test_seeded_runs_repeat_and_another_seed_plays_other_games(store: Stor
     assert played(a) == played(b) and played(a) != played(c)
 
 
-async def test_a_crashed_run_resumes_mid_game_with_the_same_moves(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_crashed_run_resumes_mid_game_with_the_same_moves(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The runner checkpoints after every move node: a crash mid-game continues from the last move made, and
     the position-seeded players make the moves an uninterrupted run makes."""
     cfg = gd.GameDemosConfig(games_per_task=2, seed=3)
@@ -209,6 +258,7 @@ async def test_a_crashed_run_resumes_mid_game_with_the_same_moves(store: Store, 
             if crash_at is not None and len(calls) == crash_at:
                 raise RuntimeError("crash mid-game")
             return real(*args)
+
         return player
 
     reference = await _run(store, cfg, run_id="ref", n=1)
@@ -224,14 +274,17 @@ async def test_a_crashed_run_resumes_mid_game_with_the_same_moves(store: Store, 
     assert len(calls) == total - 6  # three move nodes (one move in each of the 2 games) were kept, not redone
     assert [s.text for s in resumed[0].steps] == [s.text for s in reference[0].steps]
     assert {k: e.payload for k, e in _examples_by_move(resumed[0]).items()} == {
-        k: e.payload for k, e in _examples_by_move(reference[0]).items()}
+        k: e.payload for k, e in _examples_by_move(reference[0]).items()
+    }
 
 
 # -------------------------------------------------------------------------------------------------- bad config
 def test_an_unknown_teacher_or_opponent_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown teacher 'stockfish': use one of heuristic, random"):
         gd.GameDemosConfig(teacher="stockfish")
-    with pytest.raises(ValidationError, match="unknown opponent 'alphazero': use one of random, heuristic, teacher"):
+    with pytest.raises(
+        ValidationError, match="unknown opponent 'alphazero': use one of random, heuristic, teacher"
+    ):
         get_loop("game-demos").parse_config({"opponent": "alphazero"})
     with pytest.raises(ValidationError, match="use an even number"):
         gd.GameDemosConfig(games_per_task=3)
@@ -252,14 +305,21 @@ def test_the_warm_start_recipe_loads_and_its_selfplay_stage_is_the_cold_starts()
     cold = load_recipe(REPO / "recipes" / "selfplay-tictactoe.toml")
     assert warm.cycles == 1 and warm.roles == cold.roles == {"policy": "smollm2-135m"}
     demos, selfplay = warm.stages
-    assert (demos.name, demos.loop, selfplay.name, selfplay.loop) == ("demos", "game_demos", "selfplay", "selfplay")
+    assert (demos.name, demos.loop, selfplay.name, selfplay.loop) == (
+        "demos",
+        "game_demos",
+        "selfplay",
+        "selfplay",
+    )
     cfg = gd.GameDemosConfig.model_validate(demos.config)
     assert (cfg.teacher, cfg.opponent) == ("heuristic", "random")
     assert demos.train is not None and demos.train.kind == "sft" and demos.train.role == "policy"
     assert demos.train.settings["epochs"] == 2 and demos.train.settings["learning_rate"] == 2e-4
     assert demos.tasks == selfplay.tasks.model_copy(update={"train_per_cycle": demos.tasks.train_per_cycle})
     assert demos.eval == selfplay.eval == cold.stages[0].eval  # the same gate and transfer measurement
-    assert demos.eval is not None and demos.eval.target == "game" and demos.eval.metric == "vs_random/win_rate"
+    assert (
+        demos.eval is not None and demos.eval.target == "game" and demos.eval.metric == "vs_random/win_rate"
+    )
     [c] = cold.stages
     assert (selfplay.tasks, selfplay.train, selfplay.concurrency) == (c.tasks, c.train, c.concurrency)
     assert selfplay.config == {**c.config, "baseline_namespace": "selfplay-tictactoe-warm"}
@@ -272,7 +332,10 @@ def test_a_game_demos_stage_defaults_to_the_game_gate() -> None:
     from strop.training.recipe import StageEvalSettings
 
     ev = StageEvalSettings(margin=0.0)
-    assert ev.target_of("policy", "game_demos") == "game" and ev.gate_metric("policy", "game_demos") == "vs_random/win_rate"
+    assert (
+        ev.target_of("policy", "game_demos") == "game"
+        and ev.gate_metric("policy", "game_demos") == "vs_random/win_rate"
+    )
     spec = get_loop("game-demos")
     assert spec.needed_roles() == () and spec.example_kinds == (ExampleKind.SFT,)
 
@@ -280,8 +343,9 @@ def test_a_game_demos_stage_defaults_to_the_game_gate() -> None:
 # ---------------------------------------------------------------------------------- the real path: tiny model
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-async def test_the_examples_train_the_tiny_model_with_a_real_sft_job(db_url: str, tiny_model_path: Path,
-                                                                     tmp_path: Path) -> None:
+async def test_the_examples_train_the_tiny_model_with_a_real_sft_job(
+    db_url: str, tiny_model_path: Path, tmp_path: Path
+) -> None:
     from strop.training.jobs import train_candidate
 
     store = Store(db_url)
@@ -289,25 +353,38 @@ async def test_the_examples_train_the_tiny_model_with_a_real_sft_job(db_url: str
         episodes = await _run(store, gd.GameDemosConfig(games_per_task=2, seed=0), run_id="demos", n=2)
         emitted = sum(ep.outcome["examples"] for ep in episodes)
         assert emitted == store.count_examples(kind=ExampleKind.SFT) > 0
-        parent = store.register_model(ModelVersionRecord(name="tiny", lineage="tiny", path=str(tiny_model_path),
-                                                         status=ModelStatus.BASE))
+        parent = store.register_model(
+            ModelVersionRecord(
+                name="tiny", lineage="tiny", path=str(tiny_model_path), status=ModelStatus.BASE
+            )
+        )
         # The tiny model's byte-level tokenizer makes a TicTacToe prompt ~720 tokens: keep the move in the window.
-        settings = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "max_length": 1024,
-                    "lora": {"r": 4, "alpha": 8}, "logging_steps": 1}
-        res = train_candidate(store, parent, kind="sft", settings=settings, output_dir=tmp_path / "cand",
-                              run_ids=["demos"])
+        settings = {
+            "epochs": 1,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "max_length": 1024,
+            "lora": {"r": 4, "alpha": 8},
+            "logging_steps": 1,
+        }
+        res = train_candidate(
+            store, parent, kind="sft", settings=settings, output_dir=tmp_path / "cand", run_ids=["demos"]
+        )
         assert res.examples == emitted and res.candidate.status == ModelStatus.CANDIDATE
         assert math.isfinite(res.train_loss) and res.train_loss > 0  # the completions were in the window
         assert (tmp_path / "cand" / "adapter_config.json").is_file()
         from strop.memory.training_data import default_consumer
 
-        assert store.count_examples(kind=ExampleKind.SFT, unconsumed_by=default_consumer("policy", "sft")) == 0
+        assert (
+            store.count_examples(kind=ExampleKind.SFT, unconsumed_by=default_consumer("policy", "sft")) == 0
+        )
     finally:
         store.close()
 
 
-def test_strop_run_game_demos_loads_no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               tiny_model_path: Path) -> None:
+def test_strop_run_game_demos_loads_no_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path
+) -> None:
     """`strop run game-demos` collects without an engine (the loop has no roles)."""
     from strop.agents import runner as runner_module
     from strop.cli import app
@@ -317,15 +394,32 @@ def test_strop_run_game_demos_loads_no_weights(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(runner_module, "load_version_engine", no_engine)
     db = tmp_path / "s.db"
-    out = CliRunner().invoke(app, ["run", "game-demos", "-m", "tiny", "-t", "games", "--episodes", "2",
-                                   "--set", "games_per_task=2", "--db", str(db)])
+    out = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "game-demos",
+            "-m",
+            "tiny",
+            "-t",
+            "games",
+            "--episodes",
+            "2",
+            "--set",
+            "games_per_task=2",
+            "--db",
+            str(db),
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "2 episodes" in out.output and "SFT examples" in out.output
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_a_warm_start_stage_hands_its_promoted_policy_to_self_play(tmp_path: Path, tiny_model_path: Path) -> None:
+async def test_a_warm_start_stage_hands_its_promoted_policy_to_self_play(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     """The warm-start recipe's shape on the tiny model: `demos` collects with no engine and trains the policy
     with SFT, gated on games; `selfplay` then starts from the version `demos` promoted."""
     from strop.training.evolve import Evolution, StagePhase
@@ -335,7 +429,7 @@ async def test_a_warm_start_stage_hands_its_promoted_policy_to_self_play(tmp_pat
     recipe = tmp_path / "warm.toml"
     recipe.write_text(f'''name = "tiny-warm"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"

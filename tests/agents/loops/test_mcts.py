@@ -24,8 +24,16 @@ from tests.worker_scripts import run_here
 REPO = Path(__file__).resolve().parents[3]
 TS = ArithmeticTaskSet()
 # The tiny model was pre-trained without a system prompt.
-CFG = mcts.MCTSConfig(system_prompt=None, k=3, budget_tokens=300, max_step_tokens=24, rollout_max_tokens=32,
-                      temperature=1.0, min_q_gap=0.1, seed=0)
+CFG = mcts.MCTSConfig(
+    system_prompt=None,
+    k=3,
+    budget_tokens=300,
+    max_step_tokens=24,
+    rollout_max_tokens=32,
+    temperature=1.0,
+    min_q_gap=0.1,
+    seed=0,
+)
 
 
 async def test_search_stores_the_whole_tree_and_it_reloads_intact(tiny_model_path: Path) -> None:
@@ -41,14 +49,17 @@ async def test_search_stores_the_whole_tree_and_it_reloads_intact(tiny_model_pat
     final = mcts.Tree.from_json(out["tree"])
     assert mcts.tree_from_steps(ep.steps) == final  # every node, parent, token, visit, value and reward
     root = final.root
-    assert root.visits == sum(final.nodes[i].visits for i in root.children)  # each visit passed through one child
+    assert root.visits == sum(
+        final.nodes[i].visits for i in root.children
+    )  # each visit passed through one child
     # identical samples merge into one child, so a peaked model may give fewer than k
     assert 1 <= len(root.children) <= CFG.k and ep.outcome["nodes"] == len(final.nodes) >= 2
     for node in final.nodes[1:]:
         # a node's context is the prompt plus its ancestors' own tokens: nothing was re-tokenized
         assert node.token_ids and len(node.logprobs) == len(node.token_ids)
-    assert ep.outcome["tokens"] >= 1 and (ep.outcome["tokens"] >= CFG.budget_tokens or
-                                          all(n.terminal for n in final.leaves()))
+    assert ep.outcome["tokens"] >= 1 and (
+        ep.outcome["tokens"] >= CFG.budget_tokens or all(n.terminal for n in final.leaves())
+    )
     pairs = [e for e in ep.examples if e.kind == ExampleKind.PAIR]
     assert len(pairs) == min(len(sibling_pairs(final, min_gap=0.1)), CFG.max_pairs_per_task)
     for p in pairs:
@@ -66,7 +77,10 @@ def test_tree_values_become_step_scorer_examples() -> None:
         tree.backpropagate(bad.id, 0.0)
     task = TS.tasks(Split.TRAIN, 1)[0]
     examples = mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", tree)
-    assert [(e.role, e.payload["completion"][0]["content"]) for e in examples] == [("critic", "Yes"), ("critic", "No")]
+    assert [(e.role, e.payload["completion"][0]["content"]) for e in examples] == [
+        ("critic", "Yes"),
+        ("critic", "No"),
+    ]
     assert examples[0].payload["prompt"][-1]["content"].endswith("Is step 1 correct? Answer Yes or No.")
     # A tree where nothing ever succeeded labels nothing (every Q is 0, right step or not), unless asked to.
     failed = Tree()
@@ -76,7 +90,9 @@ def test_tree_values_become_step_scorer_examples() -> None:
             failed.backpropagate(node.id, 0.0)
     assert mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", failed) == []
     loose = mcts.MCTSConfig(emit_values=True, value_only_solved=False)
-    assert [e.payload["completion"][0]["content"] for e in mcts._value_examples(loose, task, "ep", failed)] == ["No"] * 2
+    assert [
+        e.payload["completion"][0]["content"] for e in mcts._value_examples(loose, task, "ep", failed)
+    ] == ["No"] * 2
 
 
 async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:
@@ -85,8 +101,11 @@ async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:
     engine = load_engine("tiny")
     cfg = CFG.model_copy(update={"budget_tokens": 1, "max_depth": 8})
     try:
-        out = await mcts.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(
-            episode_input(TS.tasks(Split.TRAIN, 1)[0], "run-1"))
+        out = (
+            await mcts.build_graph(engine, VerifierCritic(TS), cfg)
+            .compile()
+            .ainvoke(episode_input(TS.tasks(Split.TRAIN, 1)[0], "run-1"))
+        )
     finally:
         await engine.close()
     assert out["iteration"] == 1  # one expansion already spends more than one token
@@ -100,12 +119,26 @@ async def test_finish_answers_a_search_cut_short_within_its_budget(tiny_model_pa
 
     engine = load_engine("tiny")
     task = TS.tasks(Split.TRAIN, 1)[0]
-    cfg = CFG.model_copy(update={"budget_tokens": 60, "rollout_max_tokens": 24, "max_depth": 8, "finish": True,
-                                 "evaluation": "rollout"})
+    cfg = CFG.model_copy(
+        update={
+            "budget_tokens": 60,
+            "rollout_max_tokens": 24,
+            "max_depth": 8,
+            "finish": True,
+            "evaluation": "rollout",
+        }
+    )
     try:
-        out = await mcts.build_graph(engine, VerifierCritic(TS), cfg).compile().ainvoke(episode_input(task, "run-1"))
-        bare = await mcts.build_graph(engine, VerifierCritic(TS), cfg.model_copy(update={"finish": False})).compile(
-        ).ainvoke(episode_input(task, "run-2"))
+        out = (
+            await mcts.build_graph(engine, VerifierCritic(TS), cfg)
+            .compile()
+            .ainvoke(episode_input(task, "run-1"))
+        )
+        bare = (
+            await mcts.build_graph(engine, VerifierCritic(TS), cfg.model_copy(update={"finish": False}))
+            .compile()
+            .ainvoke(episode_input(task, "run-2"))
+        )
     finally:
         await engine.close()
     tree = Tree.from_json(out["tree"])
@@ -119,8 +152,9 @@ async def test_finish_answers_a_search_cut_short_within_its_budget(tiny_model_pa
     assert last.terminal and last.token_ids and len(last.logprobs) == len(last.token_ids)
 
 
-async def test_held_out_trees_emit_nothing_and_scorer_evaluation_needs_a_scorer(db_url: str,
-                                                                               tiny_model_path: Path) -> None:
+async def test_held_out_trees_emit_nothing_and_scorer_evaluation_needs_a_scorer(
+    db_url: str, tiny_model_path: Path
+) -> None:
     from strop.agents.engines import load_engine
     from strop.agents.runner import Runner
     from strop.memory import Store
@@ -129,8 +163,9 @@ async def test_held_out_trees_emit_nothing_and_scorer_evaluation_needs_a_scorer(
     store = Store(db_url)
     try:
         graph = mcts.build_graph(engine, VerifierCritic(TS), CFG)
-        res = await Runner(store, concurrency=4, progress=False).run(graph, TS.tasks(Split.HELDOUT, 3),
-                                                                     RunRecord(id="mcts-h", loop="mcts"))
+        res = await Runner(store, concurrency=4, progress=False).run(
+            graph, TS.tasks(Split.HELDOUT, 3), RunRecord(id="mcts-h", loop="mcts")
+        )
     finally:
         await engine.close()
     assert res.episodes == 3 and res.examples == 0
@@ -180,21 +215,29 @@ WORKER = textwrap.dedent('''
 
 
 @pytest.mark.timeout(300)
-def test_a_search_killed_mid_tree_resumes_from_its_checkpoint(sqlite_url: str, tmp_path: Path,
-                                                               tiny_model_path: Path) -> None:
+def test_a_search_killed_mid_tree_resumes_from_its_checkpoint(
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # The full search first: how many engine calls it makes depends on how peaked the tiny model is.
-    full = run_here(script, sqlite_url.replace("strop.db", "fresh.db"), "0")  # only the dying run is a process
+    full = run_here(
+        script, sqlite_url.replace("strop.db", "fresh.db"), "0"
+    )  # only the dying run is a process
     assert full.returncode == 0, full.stderr
     calls_full = int(full.stdout.split("calls")[1])
     assert calls_full >= 2
     # Killed at its last call: the iterations before it are checkpointed, the one in flight is not.
-    killed = subprocess.run([sys.executable, str(script), sqlite_url, str(calls_full)], capture_output=True,
-                            text=True, env=env, timeout=200)
+    killed = subprocess.run(
+        [sys.executable, str(script), sqlite_url, str(calls_full)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=200,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert Store(sqlite_url).list_episodes("mcts-kill") == []
     rerun = run_here(script, sqlite_url, "0")

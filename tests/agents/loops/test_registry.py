@@ -108,7 +108,9 @@ def test_the_plugin_is_gone_once_its_test_is_over() -> None:
 
 def test_a_second_loop_under_a_taken_name_is_refused(fresh_registry: dict) -> None:
     original = get_loop("best_of_n")
-    impostor = LoopSpec(name="best-of-n", config=BestOfNConfig, build_graph=original.build_graph, make=original.make)
+    impostor = LoopSpec(
+        name="best-of-n", config=BestOfNConfig, build_graph=original.build_graph, make=original.make
+    )
     with pytest.raises(ValueError, match="already registered"):
         register_loop(impostor)
     assert get_loop("best_of_n") is original

@@ -30,8 +30,24 @@ def test_run_best_of_n_with_set_and_option_writes_its_episodes(tiny_model_path: 
     from strop.memory import Store
 
     db = f"sqlite:///{tmp_path / 's.db'}"
-    code, out = _invoke("run", "best_of_n", "--model", "tiny", "--tasks", "arithmetic", "--episodes", "4",
-                        "--set", "n=2", "--set", "max_tokens=16", "--option", "digits=1", "--db", db)
+    code, out = _invoke(
+        "run",
+        "best_of_n",
+        "--model",
+        "tiny",
+        "--tasks",
+        "arithmetic",
+        "--episodes",
+        "4",
+        "--set",
+        "n=2",
+        "--set",
+        "max_tokens=16",
+        "--option",
+        "digits=1",
+        "--db",
+        db,
+    )
     assert code == 0, out
     assert "4 episodes, 8 answers" in out and re.search(r"\d+ SFT(/PAIR)? examples", out)
     run_id = re.search(r"run (\S+): best_of_n with tiny", out).group(1)  # type: ignore[union-attr]
@@ -49,8 +65,24 @@ def test_run_best_of_n_with_set_and_option_writes_its_episodes(tiny_model_path: 
     store.close()
 
     # The best-of-n shortcuts still work and mean --set; the same run id resumes (only 2 new episodes run).
-    code, out = _invoke("run", "best-of-n", "--model", "tiny", "--episodes", "6", "--n", "2", "--max-tokens", "16",
-                        "-o", "digits=1", "--run-id", run_id, "--db", db)
+    code, out = _invoke(
+        "run",
+        "best-of-n",
+        "--model",
+        "tiny",
+        "--episodes",
+        "6",
+        "--n",
+        "2",
+        "--max-tokens",
+        "16",
+        "-o",
+        "digits=1",
+        "--run-id",
+        run_id,
+        "--db",
+        db,
+    )
     assert code == 0, out
     assert "6 episodes, 12 answers" in out and "pass@2" in out
 
@@ -79,8 +111,13 @@ def _roles_make(resources: LoopResources, cfg: _RolesConfig) -> StateGraph:
     SEEN.append(resources)
 
     def record(state: _RolesState) -> dict[str, Any]:
-        ep = EpisodeRecord(id=state["episode_id"], run_id=state["run_id"], task_id=state["task"]["id"],
-                           loop="roles_loop", outcome={"label": cfg.label})
+        ep = EpisodeRecord(
+            id=state["episode_id"],
+            run_id=state["run_id"],
+            task_id=state["task"]["id"],
+            loop="roles_loop",
+            outcome={"label": cfg.label},
+        )
         return {"episode": ep.model_dump(mode="json")}
 
     graph = StateGraph(_RolesState)
@@ -96,10 +133,16 @@ def roles_loop(monkeypatch: pytest.MonkeyPatch) -> LoopSpec:
     registry.list_loops()  # load the built-ins first, into the copy below
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     SEEN.clear()
-    return register_loop(LoopSpec(
-        name="roles_loop", config=_RolesConfig, build_graph=lambda engine, critic, cfg=None: _roles_make(None, cfg),  # type: ignore[arg-type]
-        make=_roles_make, roles=(Role.POLICY, Role.CRITIC), description="Records which engine plays which role.",
-    ))
+    return register_loop(
+        LoopSpec(
+            name="roles_loop",
+            config=_RolesConfig,
+            build_graph=lambda engine, critic, cfg=None: _roles_make(None, cfg),  # type: ignore[arg-type]
+            make=_roles_make,
+            roles=(Role.POLICY, Role.CRITIC),
+            description="Records which engine plays which role.",
+        )
+    )
 
 
 @pytest.mark.slow
@@ -109,7 +152,9 @@ def test_any_registered_loop_runs_and_the_critic_defaults_to_the_policy(
     from strop.memory import Store
 
     db = f"sqlite:///{tmp_path / 's.db'}"
-    code, out = _invoke("run", "roles-loop", "--model", "tiny", "--episodes", "3", "--set", "label=7", "--db", db)
+    code, out = _invoke(
+        "run", "roles-loop", "--model", "tiny", "--episodes", "3", "--set", "label=7", "--db", db
+    )
     assert code == 0, out
     assert "roles_loop with tiny, critic tiny" in out and "3 episodes" in out
     [resources] = SEEN
@@ -130,7 +175,9 @@ def test_any_registered_loop_runs_and_the_critic_defaults_to_the_policy(
 
 def test_an_unknown_loop_says_which_loops_exist(tmp_path: Path) -> None:
     code, out = _invoke("run", "best-of-m", "--model", "tiny", "--db", f"sqlite:///{tmp_path / 's.db'}")
-    assert code == 1 and "unknown loop 'best-of-m'" in out and "best_of_n" in out and "strop loops list" in out
+    assert (
+        code == 1 and "unknown loop 'best-of-m'" in out and "best_of_n" in out and "strop loops list" in out
+    )
     code, out = _invoke("loops", "show", "nope")
     assert code == 1 and "unknown loop 'nope'" in out
 
@@ -168,7 +215,9 @@ def test_a_bad_option_names_it(tmp_path: Path) -> None:
     code, out = _invoke("run", "best-of-n", "--model", "tiny", "--tasks", "jsonl", *db)
     assert code == 1 and "path=" in out
     # ... and a missing file fails before any model loads (and before the store is opened).
-    code, out = _invoke("run", "best-of-n", "--model", "tiny", "--tasks", "jsonl", "-o", f"path={tmp_path}/no.jsonl", *db)
+    code, out = _invoke(
+        "run", "best-of-n", "--model", "tiny", "--tasks", "jsonl", "-o", f"path={tmp_path}/no.jsonl", *db
+    )
     assert code == 1 and "no.jsonl does not exist" in out
     assert not (tmp_path / "s.db").exists()
 

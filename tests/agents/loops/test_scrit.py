@@ -25,22 +25,29 @@ def student(prompt: str, i: int) -> str:
 
 
 def fix(first: int | str) -> str:
-    return (f"Step 1: correct.\nStep 2: incorrect.\nFirst wrong step: {first}\nVerdict: incorrect\n"
-            f"Corrected solution:\nStep 1: {A}\nStep 2: {B}\n#### {TASK.answer}\nand then some rambling")
+    return (
+        f"Step 1: correct.\nStep 2: incorrect.\nFirst wrong step: {first}\nVerdict: incorrect\n"
+        f"Corrected solution:\nStep 1: {A}\nStep 2: {B}\n#### {TASK.answer}\nand then some rambling"
+    )
 
 
 def critic_says(prompt: str, i: int) -> str:
     """Critiques by the solution shown: 4 critiques per solution, in the order listed."""
     if f"#### {WRONG_SUM}" in prompt.split("Student's solution:")[1]:
         return [fix(2), fix(1), "Verdict: correct", "no idea"][i]  # only the first is fully right
-    return ["Verdict: correct", "First wrong step: 1\nVerdict: incorrect\nCorrected solution:\n#### 0",
-            "Verdict: correct", "garbage"][i]
+    return [
+        "Verdict: correct",
+        "First wrong step: 1\nVerdict: incorrect\nCorrected solution:\n#### 0",
+        "Verdict: correct",
+        "garbage",
+    ][i]
 
 
 async def _episode(cfg: scrit.ScritConfig, split: Split = Split.TRAIN) -> EpisodeRecord:
     task = TS.tasks(split, 1)[0] if split != Split.TRAIN else TASK
-    graph = scrit.build_graph(ScriptedEngine(student, "policy-v"), ScriptedEngine(critic_says, "critic-v"),
-                              VerifierCritic(TS), cfg).compile()
+    graph = scrit.build_graph(
+        ScriptedEngine(student, "policy-v"), ScriptedEngine(critic_says, "critic-v"), VerifierCritic(TS), cfg
+    ).compile()
     out = await graph.ainvoke(episode_input(task, "run-1"))
     return EpisodeRecord.model_validate(out["episode"])
 
@@ -59,31 +66,48 @@ async def test_self_validation_keeps_only_critiques_the_verifier_confirms() -> N
     assert len(examples) == 2
     for e in examples:
         assert all("Reference" not in m["content"] for m in e.payload["prompt"])  # the reference removed
-        assert e.payload["prompt"][-1]["content"].endswith(f"#### {TASK.answer if e.payload['metadata']['student_correct'] else WRONG_SUM}")
-        assert e.payload["completion"][0]["content"].endswith(f"#### {TASK.answer}") or \
-            e.payload["completion"][0]["content"] == "Verdict: correct"
+        assert e.payload["prompt"][-1]["content"].endswith(
+            f"#### {TASK.answer if e.payload['metadata']['student_correct'] else WRONG_SUM}"
+        )
+        assert (
+            e.payload["completion"][0]["content"].endswith(f"#### {TASK.answer}")
+            or e.payload["completion"][0]["content"] == "Verdict: correct"
+        )
     assert not any("rambling" in e.payload["completion"][0]["content"] for e in examples)
 
 
 async def test_without_validation_every_parsed_critique_is_kept() -> None:
-    ep = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, validate=False,
-                                          balance=False, max_examples_per_task=16, seed=0))
+    ep = await _episode(
+        scrit.ScritConfig(
+            n_solutions=2,
+            critiques_per_solution=4,
+            validate=False,
+            balance=False,
+            max_examples_per_task=16,
+            seed=0,
+        )
+    )
     assert ep.outcome["correct"] == 6  # every parsed critique, right or wrong
     assert len(ep.examples) == 5  # the two identical 'Verdict: correct' critiques count once
 
 
 async def test_check_first_step_drops_a_fix_that_names_the_wrong_step() -> None:
-    loose = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, check_first_step=False, seed=0))
+    loose = await _episode(
+        scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, check_first_step=False, seed=0)
+    )
     strict = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, seed=0))
     assert loose.outcome["correct"] == strict.outcome["correct"] + 1
 
 
 async def test_corrections_for_the_policy_and_nothing_from_heldout_tasks() -> None:
-    ep = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, emit_corrections=True, seed=0))
+    ep = await _episode(
+        scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, emit_corrections=True, seed=0)
+    )
     policy = [e for e in ep.examples if e.role == Role.POLICY]
     assert len(policy) == 1 and policy[0].payload["completion"][0]["content"].endswith(f"#### {TASK.answer}")
-    held = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, emit_corrections=True),
-                          Split.HELDOUT)
+    held = await _episode(
+        scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, emit_corrections=True), Split.HELDOUT
+    )
     assert held.examples == [] and held.critiques
 
 
@@ -91,5 +115,7 @@ def test_the_loop_is_registered_with_both_roles() -> None:
     from strop.agents.loops.registry import get_loop
 
     spec = get_loop("scrit")
-    assert {str(r) for r in spec.roles} == {"policy", "critic"} and spec.role_of(ExampleKind.SFT) == Role.CRITIC
+    assert {str(r) for r in spec.roles} == {"policy", "critic"} and spec.role_of(
+        ExampleKind.SFT
+    ) == Role.CRITIC
     assert spec.parse_config({"validate": False}).validate_critiques is False

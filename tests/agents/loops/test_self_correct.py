@@ -31,8 +31,9 @@ def scripted(first: list[str], then: list[str]) -> ScriptedEngine:
     return ScriptedEngine(answer, "policy-v")
 
 
-async def _episode(engine: ScriptedEngine, cfg: sc.SelfCorrectConfig, task: Task = TASK,
-                   critic: object = None) -> EpisodeRecord:
+async def _episode(
+    engine: ScriptedEngine, cfg: sc.SelfCorrectConfig, task: Task = TASK, critic: object = None
+) -> EpisodeRecord:
     graph = sc.build_graph(engine, VerifierCritic(TS), cfg, critic).compile()  # type: ignore[arg-type]
     out = await graph.ainvoke(episode_input(task, "run-1"))
     return EpisodeRecord.model_validate(out["episode"])
@@ -42,7 +43,11 @@ def test_scores_bonus_rewards_improvement_and_punishes_breaking() -> None:
     assert sc.shaped_rewards([0.0, 1.0], stage=2, alpha=1.0) == [0.0, 2.0]  # wrong -> right: bonus
     assert sc.shaped_rewards([1.0, 0.0], stage=2, alpha=1.0) == [1.0, -1.0]  # right -> wrong: penalty
     assert sc.shaped_rewards([1.0, 1.0], stage=2, alpha=10.0) == [1.0, 1.0]  # kept right: no bonus
-    assert sc.shaped_rewards([0.0, 1.0, 1.0], stage=2, alpha=0.5) == [0.0, 1.5, 1.0]  # each turn vs the one before
+    assert sc.shaped_rewards([0.0, 1.0, 1.0], stage=2, alpha=0.5) == [
+        0.0,
+        1.5,
+        1.0,
+    ]  # each turn vs the one before
     assert sc.shaped_rewards([0.0, 1.0], stage=1, alpha=1.0) == [0.0, 1.0]  # stage I: the plain reward
 
 
@@ -70,10 +75,20 @@ async def test_stage_two_emits_every_turn_with_the_improvement_bonus() -> None:
     engine = scripted([WRONG, RIGHT, RIGHT, WRONG], [RIGHT, WRONG, RIGHT, WRONG])
     ep = await _episode(engine, sc.SelfCorrectConfig(n=4, stage=2, alpha=1.0, temperature=0.7, seed=0))
     # shaped: [0,2] [1,-1] [1,1] [0,0]; turn means 0.5 and 0.5
-    got = {(e.payload["metadata"]["conversation"], e.payload["metadata"]["turn"]): e.payload["advantage"]
-           for e in ep.examples}
-    assert got == {(0, 1): -0.5, (0, 2): 1.5, (1, 1): 0.5, (1, 2): -1.5, (2, 1): 0.5, (2, 2): 0.5,
-                   (3, 1): -0.5, (3, 2): -0.5}
+    got = {
+        (e.payload["metadata"]["conversation"], e.payload["metadata"]["turn"]): e.payload["advantage"]
+        for e in ep.examples
+    }
+    assert got == {
+        (0, 1): -0.5,
+        (0, 2): 1.5,
+        (1, 1): 0.5,
+        (1, 2): -1.5,
+        (2, 1): 0.5,
+        (2, 2): 0.5,
+        (3, 1): -0.5,
+        (3, 2): -0.5,
+    }
     for e in ep.examples:
         assert e.kind == ExampleKind.ADVANTAGE and e.role == Role.POLICY
         p = AdvantagePayload.model_validate(e.payload)  # what the pg trainer reads
@@ -85,11 +100,18 @@ async def test_stage_one_anchors_turn_one_and_trains_the_revisions() -> None:
     ep = await _episode(engine, sc.SelfCorrectConfig(n=4, stage=1, anchors_per_task=4, seed=0))
     anchors = [e for e in ep.examples if e.payload["metadata"]["anchor"]]
     assert len(anchors) == 4 and all(e.payload["advantage"] == 0.0 for e in anchors)
-    one = await _episode(scripted([WRONG, RIGHT, RIGHT, WRONG], [RIGHT, WRONG, RIGHT, WRONG]),
-                         sc.SelfCorrectConfig(n=4, stage=1, seed=0))
-    assert [e.payload["metadata"]["conversation"] for e in one.examples if e.payload["metadata"]["anchor"]] == [0]
-    revisions = {e.payload["metadata"]["conversation"]: e.payload["advantage"] for e in ep.examples
-                 if not e.payload["metadata"]["anchor"]}
+    one = await _episode(
+        scripted([WRONG, RIGHT, RIGHT, WRONG], [RIGHT, WRONG, RIGHT, WRONG]),
+        sc.SelfCorrectConfig(n=4, stage=1, seed=0),
+    )
+    assert [
+        e.payload["metadata"]["conversation"] for e in one.examples if e.payload["metadata"]["anchor"]
+    ] == [0]
+    revisions = {
+        e.payload["metadata"]["conversation"]: e.payload["advantage"]
+        for e in ep.examples
+        if not e.payload["metadata"]["anchor"]
+    }
     assert revisions == {0: 0.5, 1: -0.5, 2: 0.5, 3: -0.5}  # r(y2) minus its mean, no bonus
 
 
@@ -101,8 +123,10 @@ async def test_sft_baseline_keeps_revisions_that_end_right_with_the_whole_conver
     assert [m["role"] for m in prompt] == ["user", "assistant", "user"]
     assert prompt[1]["content"] == WRONG and prompt[2]["content"] == sc.INTRINSIC_INSTRUCTION
     assert ep.examples[0].payload["completion"] == [{"role": "assistant", "content": RIGHT}]
-    only_fixes = await _episode(scripted([WRONG, RIGHT], [RIGHT, RIGHT]),
-                                sc.SelfCorrectConfig(n=2, emit="sft", sft_keep_correct=False, seed=0))
+    only_fixes = await _episode(
+        scripted([WRONG, RIGHT], [RIGHT, RIGHT]),
+        sc.SelfCorrectConfig(n=2, emit="sft", sft_keep_correct=False, seed=0),
+    )
     assert len(only_fixes.examples) == 1
 
 
@@ -121,7 +145,9 @@ async def test_oracle_feedback_says_right_or_wrong_without_the_answer() -> None:
     engine = scripted([WRONG, RIGHT], [RIGHT, RIGHT])
     ep = await _episode(engine, sc.SelfCorrectConfig(n=2, feedback="oracle", emit="none", seed=0))
     said = [s.metadata["feedback_after"] for s in ep.steps if s.metadata["turn"] == 1]
-    assert said[0].startswith("Your final answer is wrong.") and said[1].startswith("Your final answer is correct.")
+    assert said[0].startswith("Your final answer is wrong.") and said[1].startswith(
+        "Your final answer is correct."
+    )
     assert all(str(TASK.answer) not in s for s in said)
 
 
@@ -133,13 +159,19 @@ class _Critic:
 
     async def critique(self, task: Task, solution: str, reference: str | None = None) -> Critique:
         self.seen.append(solution)
-        return Critique(verdict=CritiqueVerdict.INCORRECT, first_wrong_step=1, text="Step 1 is off by one.",
-                        critic_version=self.version)
+        return Critique(
+            verdict=CritiqueVerdict.INCORRECT,
+            first_wrong_step=1,
+            text="Step 1 is off by one.",
+            critic_version=self.version,
+        )
 
 
 async def test_critic_feedback_puts_the_critique_between_turns_and_stores_it() -> None:
     critic = _Critic()
-    ep = await _episode(scripted([WRONG], [RIGHT]), sc.SelfCorrectConfig(n=1, feedback="critic", seed=0), critic=critic)
+    ep = await _episode(
+        scripted([WRONG], [RIGHT]), sc.SelfCorrectConfig(n=1, feedback="critic", seed=0), critic=critic
+    )
     assert critic.seen == [WRONG]
     assert "Step 1 is off by one." in ep.steps[0].metadata["feedback_after"]
     assert [c.critic_version for c in ep.critiques] == ["verifier", "critic-v", "verifier"]
@@ -154,7 +186,9 @@ async def test_execution_feedback_refuses_a_task_that_is_not_code() -> None:
 
 async def test_stop_when_correct_ends_a_conversation_at_its_first_right_turn() -> None:
     engine = scripted([RIGHT, WRONG], [WRONG, RIGHT, RIGHT])
-    ep = await _episode(engine, sc.SelfCorrectConfig(n=2, turns=3, stop_when_correct=True, emit="none", seed=0))
+    ep = await _episode(
+        engine, sc.SelfCorrectConfig(n=2, turns=3, stop_when_correct=True, emit="none", seed=0)
+    )
     assert [len([s for s in ep.steps if s.metadata["conversation"] == i]) for i in (0, 1)] == [1, 3]
     assert ep.outcome["correct_by_turn"] == [1, 1, 2] and ep.outcome["c2i"] == 0
 

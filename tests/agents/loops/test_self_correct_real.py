@@ -20,8 +20,9 @@ from tests.worker_scripts import run_here
 REPO = Path(__file__).resolve().parents[3]
 
 
-async def _run(db_url: str, cfg: sc.SelfCorrectConfig, *, n_tasks: int = 4, task_set: object = None,
-               critic: bool = False) -> tuple[object, list]:
+async def _run(
+    db_url: str, cfg: sc.SelfCorrectConfig, *, n_tasks: int = 4, task_set: object = None, critic: bool = False
+) -> tuple[object, list]:
     from strop.agents.engines import load_engine
     from strop.agents.loops.registry import LoopResources
     from strop.agents.runner import Runner
@@ -43,9 +44,17 @@ async def _run(db_url: str, cfg: sc.SelfCorrectConfig, *, n_tasks: int = 4, task
 
 @pytest.mark.parametrize("feedback", ["intrinsic", "oracle", "critic"])
 async def test_each_feedback_kind_runs_on_the_tiny_model_and_stores_every_turn(
-        db_url: str, tiny_model_path: Path, feedback: str) -> None:
-    cfg = sc.SelfCorrectConfig(n=2, max_tokens=16, critic_max_tokens=24, feedback=feedback, stage=2, seed=0,
-                               skip_zero_advantage=False)
+    db_url: str, tiny_model_path: Path, feedback: str
+) -> None:
+    cfg = sc.SelfCorrectConfig(
+        n=2,
+        max_tokens=16,
+        critic_max_tokens=24,
+        feedback=feedback,
+        stage=2,
+        seed=0,
+        skip_zero_advantage=False,
+    )
     engine, episodes = await _run(db_url, cfg, critic=feedback == "critic")
     assert len(episodes) == 4
     for ep in episodes:
@@ -76,7 +85,9 @@ async def test_execution_feedback_runs_the_tests_in_the_jail(sqlite_url: str, ti
             short = sorted(super().tasks(split), key=lambda t: len(t.prompt))
             return short if n is None else short[:n]
 
-    cfg = sc.SelfCorrectConfig(n=1, max_tokens=24, feedback="execution", feedback_chars=160, emit="none", seed=0)
+    cfg = sc.SelfCorrectConfig(
+        n=1, max_tokens=24, feedback="execution", feedback_chars=160, emit="none", seed=0
+    )
     _, episodes = await _run(sqlite_url, cfg, n_tasks=2, task_set=Short())
     assert len(episodes) == 2
     for ep in episodes:
@@ -131,15 +142,17 @@ WORKER = textwrap.dedent('''
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_between_turns_then_rerun_continues_from_the_checkpoint(sqlite_url: str, tmp_path: Path,
-                                                                         tiny_model_path: Path) -> None:
+def test_sigkill_between_turns_then_rerun_continues_from_the_checkpoint(
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.memory import Store
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, str(script), sqlite_url, "die"], capture_output=True, text=True,
-                            env=env, timeout=200)
+    killed = subprocess.run(
+        [sys.executable, str(script), sqlite_url, "die"], capture_output=True, text=True, env=env, timeout=200
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     store = Store(sqlite_url)
     assert store.list_episodes("sc-kill") == []  # nothing half-written

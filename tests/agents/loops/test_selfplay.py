@@ -39,10 +39,21 @@ def to_a_draw(prompt: str, i: int) -> str:
     return f"[{DRAW[9 - len(_empty(prompt))]}]"
 
 
-async def _run(store: Store, answer: Callable[[str, int], str], cfg: sp.SelfPlayConfig, *, run_id: str = "sp",
-               n: int = 2, split: Split = Split.TRAIN) -> list[EpisodeRecord]:
-    graph = sp.SPEC.make(LoopResources(engines={"policy": ScriptedEngine(answer)}, task_set=GAMES, store=store), cfg)
-    await Runner(store, concurrency=1, progress=False).run(graph, GAMES.tasks(split, n), RunRecord(id=run_id, loop="selfplay"))
+async def _run(
+    store: Store,
+    answer: Callable[[str, int], str],
+    cfg: sp.SelfPlayConfig,
+    *,
+    run_id: str = "sp",
+    n: int = 2,
+    split: Split = Split.TRAIN,
+) -> list[EpisodeRecord]:
+    graph = sp.SPEC.make(
+        LoopResources(engines={"policy": ScriptedEngine(answer)}, task_set=GAMES, store=store), cfg
+    )
+    await Runner(store, concurrency=1, progress=False).run(
+        graph, GAMES.tasks(split, n), RunRecord(id=run_id, loop="selfplay")
+    )
     return store.list_episodes(run_id)
 
 
@@ -53,12 +64,20 @@ def test_plan_games_in_self_play_and_against_an_opponent() -> None:
     assert own[0]["record"]["seed"] == task.metadata["seed"] and len({g["record"]["seed"] for g in own}) == 3
     vs = sp.plan_games(task, sp.SelfPlayConfig(games_per_task=4, opponent="random"))
     assert [g["policy_seats"] for g in vs] == [[0], [1], [0], [1]]
-    assert vs[0]["record"]["seed"] == vs[1]["record"]["seed"] != vs[2]["record"]["seed"] == vs[3]["record"]["seed"]
+    assert (
+        vs[0]["record"]["seed"]
+        == vs[1]["record"]["seed"]
+        != vs[2]["record"]["seed"]
+        == vs[3]["record"]["seed"]
+    )
     with pytest.raises(ValueError, match="unknown opponent"):
         sp.build_graph(ScriptedEngine(first_empty), sp.SelfPlayConfig(opponent="stockfish"))
     with pytest.raises(ValueError, match="names no game"):
         sp.plan_games(task.model_copy(update={"metadata": {}}), sp.SelfPlayConfig())
-    assert sp.match_of(task.model_copy(update={"metadata": {}}), sp.SelfPlayConfig(game="kuhn_poker"))[0] == "kuhn_poker"
+    assert (
+        sp.match_of(task.model_copy(update={"metadata": {}}), sp.SelfPlayConfig(game="kuhn_poker"))[0]
+        == "kuhn_poker"
+    )
 
 
 async def test_zero_sum_bookkeeping_and_rae_advantages(store: Store) -> None:
@@ -75,11 +94,15 @@ async def test_zero_sum_bookkeeping_and_rae_advantages(store: Store) -> None:
         for g, steps in by_game.items():
             assert [s.metadata["seat"] for s in steps] == [0, 1, 0, 1, 0, 1, 0]
             returns = {s.metadata["seat"]: s.reward for s in steps}
-            assert returns == {0: 1.0, 1: -1.0} and sum(returns.values()) == 0  # zero-sum, both seats credited
+            assert (
+                returns == {0: 1.0, 1: -1.0} and sum(returns.values()) == 0
+            )  # zero-sum, both seats credited
             assert ep.outcome["baselines"] == {**ep.outcome["baselines"], f"{g}/0": pytest.approx(b["0"])}
             for s in steps:
                 seat = str(s.metadata["seat"])
-                assert s.value == pytest.approx(b[seat]) and s.metadata["advantage"] == pytest.approx(s.reward - b[seat])
+                assert s.value == pytest.approx(b[seat]) and s.metadata["advantage"] == pytest.approx(
+                    s.reward - b[seat]
+                )
             for seat, ret in (("0", 1.0), ("1", -1.0)):
                 b[seat] = 0.95 * b[seat] + 0.05 * ret
         assert len(ep.examples) == 14 and {e.kind for e in ep.examples} == {ExampleKind.GAME_TURN}
@@ -116,7 +139,9 @@ async def test_without_rae_the_advantage_is_the_return_and_zero_advantages_are_d
     assert {e.payload["advantage"] for e in won.examples} == {1.0, -1.0} and store.list_baselines() == []
     [drawn] = await _run(store, to_a_draw, sp.SelfPlayConfig(rae=False), run_id="drawn", n=1)
     assert drawn.outcome["draws"] == 1 and len(drawn.steps) == 9 and drawn.examples == []
-    [kept] = await _run(store, to_a_draw, sp.SelfPlayConfig(rae=False, skip_zero_advantage=False), run_id="kept", n=1)
+    [kept] = await _run(
+        store, to_a_draw, sp.SelfPlayConfig(rae=False, skip_zero_advantage=False), run_id="kept", n=1
+    )
     assert len(kept.examples) == 9 and {e.payload["advantage"] for e in kept.examples} == {0.0}
 
 
@@ -148,8 +173,9 @@ async def test_against_a_fixed_opponent_only_the_policy_seat_is_played_and_train
 
 
 async def test_heldout_games_neither_update_baselines_nor_emit(store: Store) -> None:
-    [ep] = await _run(store, first_empty, sp.SelfPlayConfig(baseline_namespace="h"), run_id="h", n=1,
-                      split=Split.HELDOUT)
+    [ep] = await _run(
+        store, first_empty, sp.SelfPlayConfig(baseline_namespace="h"), run_id="h", n=1, split=Split.HELDOUT
+    )
     assert ep.examples == [] and store.list_baselines("h") == [] and ep.steps[0].value is None
 
 
@@ -163,22 +189,29 @@ async def test_a_record_node_run_twice_replays_its_baseline_updates() -> None:
     first = await episode_of(state, cfg, table, loop="selfplay")
     again = await episode_of(state, cfg, table, loop="selfplay")
     assert [s.metadata["advantage"] for s in again.steps] == [s.metadata["advantage"] for s in first.steps]
-    assert {k: v[1] for k, v in table.values.items()} == {("r", "tictactoe", "0"): 2, ("r", "tictactoe", "1"): 2}
+    assert {k: v[1] for k, v in table.values.items()} == {
+        ("r", "tictactoe", "0"): 2,
+        ("r", "tictactoe", "1"): 2,
+    }
 
 
 # ------------------------------------------------------------------------------------ the tiny model, for real
 @pytest.mark.parametrize("opponent", [None, "random"])
-async def test_the_tiny_model_plays_through_the_runner_into_the_store(db_url: str, tiny_model_path: Path,
-                                                                      opponent: str | None) -> None:
+async def test_the_tiny_model_plays_through_the_runner_into_the_store(
+    db_url: str, tiny_model_path: Path, opponent: str | None
+) -> None:
     from strop.agents.engines import load_engine
 
     store = Store(db_url)
     engine = load_engine("tiny")
-    cfg = sp.SelfPlayConfig(games_per_task=2, max_tokens=8, seed=0, opponent=opponent, skip_zero_advantage=False)
+    cfg = sp.SelfPlayConfig(
+        games_per_task=2, max_tokens=8, seed=0, opponent=opponent, skip_zero_advantage=False
+    )
     try:
         graph = sp.SPEC.make(LoopResources(engines={"policy": engine}, task_set=GAMES, store=store), cfg)
-        res = await Runner(store, concurrency=4, progress=False).run(graph, GAMES.tasks(Split.TRAIN, 3),
-                                                                     RunRecord(id="tiny", loop="selfplay"))
+        res = await Runner(store, concurrency=4, progress=False).run(
+            graph, GAMES.tasks(Split.TRAIN, 3), RunRecord(id="tiny", loop="selfplay")
+        )
     finally:
         await engine.close()
     episodes = store.list_episodes("tiny")
@@ -193,11 +226,16 @@ async def test_the_tiny_model_plays_through_the_runner_into_the_store(db_url: st
         for e in ep.examples:
             p = AdvantagePayload.model_validate(e.payload)
             s = by_id[(p.metadata["game_index"], p.metadata["turn"])]
-            assert (p.prompt_ids, p.completion_ids, p.logprobs) == (s.prompt_token_ids, s.token_ids, s.logprobs)
+            assert (p.prompt_ids, p.completion_ids, p.logprobs) == (
+                s.prompt_token_ids,
+                s.token_ids,
+                s.logprobs,
+            )
         for r in ep.outcome["results"]:
             assert sum(r["rewards"]) == 0
     assert sum(b.count for b in store.list_baselines("tiny")) == sum(
-        len(r["policy_seats"]) for ep in episodes for r in ep.outcome["results"])
+        len(r["policy_seats"]) for ep in episodes for r in ep.outcome["results"]
+    )
     store.close()
 
 
@@ -252,7 +290,10 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 def _played(db_url: str) -> tuple[list, list]:
     store = Store(db_url)
     episodes = sorted(store.list_episodes("sp-kill"), key=lambda e: e.task_id)
-    games = [[(s.text, s.token_ids, s.reward, s.value, s.metadata["advantage"]) for s in ep.steps] for ep in episodes]
+    games = [
+        [(s.text, s.token_ids, s.reward, s.value, s.metadata["advantage"]) for s in ep.steps]
+        for ep in episodes
+    ]
     baselines = [(b.role, round(b.value, 9), b.count) for b in store.list_baselines("kill")]
     store.close()
     return games, baselines
@@ -261,7 +302,8 @@ def _played(db_url: str) -> tuple[list, list]:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sigkill_mid_game_or_after_the_baseline_update_then_rerun_plays_the_same_games(
-        tmp_path: Path, tiny_model_path: Path) -> None:
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     import json
     import os
     import signal
@@ -275,8 +317,9 @@ def test_sigkill_mid_game_or_after_the_baseline_update_then_rerun_plays_the_same
     def worker(db: str, mode: str) -> subprocess.CompletedProcess[str]:
         if not mode.startswith("die"):  # only the dying runs need a process of their own
             return run_here(script, db, mode)
-        return subprocess.run([sys.executable, str(script), db, mode], capture_output=True, text=True, env=env,
-                              timeout=180)
+        return subprocess.run(
+            [sys.executable, str(script), db, mode], capture_output=True, text=True, env=env, timeout=180
+        )
 
     reference = f"sqlite:///{tmp_path / 'reference.db'}"
     done = worker(reference, "run")

@@ -22,8 +22,14 @@ from tests.agents.loops.fakes import ScriptedEngine
 
 TS = ArithmeticTaskSet(steps=2)
 TASK = TS.tasks(Split.TRAIN, 1)[0]  # 'What is (30 + 45) + 83?': '30 + 45 = 75', '75 + 83 = 158'
-SLOT = {"slot": 0, "position": 1, "error_type": "calculation", "target": "sneaky",
-        "prefix": TASK.reference_steps[:1], "original": TASK.reference_steps[1]}
+SLOT = {
+    "slot": 0,
+    "position": 1,
+    "error_type": "calculation",
+    "target": "sneaky",
+    "prefix": TASK.reference_steps[:1],
+    "original": TASK.reference_steps[1],
+}
 
 
 def off_by_one(prompt: str, i: int) -> str:
@@ -38,12 +44,22 @@ def says(*answers: str) -> Callable[[str, int], str]:
     return lambda prompt, i: answers[i % len(answers)]
 
 
-async def play(generator: Callable[[str, int], str], critic: Callable[[str, int], str], *,
-               policy: Callable[[str, int], str] = says("#### 0"), task: object = TASK,
-               **cfg: object) -> EpisodeRecord:
+async def play(
+    generator: Callable[[str, int], str],
+    critic: Callable[[str, int], str],
+    *,
+    policy: Callable[[str, int], str] = says("#### 0"),
+    task: object = TASK,
+    **cfg: object,
+) -> EpisodeRecord:
     config = sneaky.SneakyConfig(**{"seed": 0, **cfg})  # type: ignore[arg-type]
-    graph = sneaky.build_graph(ScriptedEngine(policy, "policy-v"), ScriptedEngine(critic, "critic-v"),
-                               VerifierCritic(TS), config, generator=ScriptedEngine(generator, "generator-v"))
+    graph = sneaky.build_graph(
+        ScriptedEngine(policy, "policy-v"),
+        ScriptedEngine(critic, "critic-v"),
+        VerifierCritic(TS),
+        config,
+        generator=ScriptedEngine(generator, "generator-v"),
+    )
     out = await graph.compile().ainvoke(episode_input(task, "run-1"))  # type: ignore[arg-type]
     return EpisodeRecord.model_validate(out["episode"])
 
@@ -53,16 +69,22 @@ def by_role(ep: EpisodeRecord, role: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ validity
-@pytest.mark.parametrize(("text", "status"), [
-    ("Step 2: 75 + 83 = 159", "wrong"),  # its own arithmetic is wrong
-    ("Step 2: 76 + 83 = 159", "wrong"),  # 76: neither in the problem nor an earlier result
-    ("Step 2: 75 + 83 = 158", "same"),  # the original itself
-    ("Step 2: 83 + 75 = 158", "same"),  # right arithmetic on known numbers, the original's value
-    ("Step 2: 75 - 30 = 45", "undecided"),  # right arithmetic on known numbers, another value: rollouts decide
-    ("Step 2: then we add the rest", "undecided"),  # nothing to recompute
-    ("", "unparsed"),
-    ("#### 158", "unparsed"),
-])
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("Step 2: 75 + 83 = 159", "wrong"),  # its own arithmetic is wrong
+        ("Step 2: 76 + 83 = 159", "wrong"),  # 76: neither in the problem nor an earlier result
+        ("Step 2: 75 + 83 = 158", "same"),  # the original itself
+        ("Step 2: 83 + 75 = 158", "same"),  # right arithmetic on known numbers, the original's value
+        (
+            "Step 2: 75 - 30 = 45",
+            "undecided",
+        ),  # right arithmetic on known numbers, another value: rollouts decide
+        ("Step 2: then we add the rest", "undecided"),  # nothing to recompute
+        ("", "unparsed"),
+        ("#### 158", "unparsed"),
+    ],
+)
 def test_a_rewrite_counts_only_if_its_own_arithmetic_makes_it_wrong(text: str, status: str) -> None:
     check = check_rewrite(TASK, SLOT, text)
     assert check["status"] == status, check
@@ -78,7 +100,9 @@ def test_slots_are_seeded_distinct_and_mix_in_correct_steps() -> None:
     tasks = TS.tasks(Split.TRAIN, 40)
     targets = [s["target"] for t in tasks for s in plan_slots(t, cfg)[0]]
     assert 20 < targets.count("correct") < 60  # about half of 80
-    assert all(s["error_type"] is None for t in tasks for s in plan_slots(t, cfg)[0] if s["target"] == "correct")
+    assert all(
+        s["error_type"] is None for t in tasks for s in plan_slots(t, cfg)[0] if s["target"] == "correct"
+    )
     assert plan_slots(TS.tasks(Split.HELDOUT, 1)[0], cfg)[0] == []
 
 
@@ -122,7 +146,9 @@ async def test_unparseable_or_unchanged_rewrites_lose_and_are_never_judged() -> 
     def lazy(prompt: str, i: int) -> str:  # empty, only an answer, the original step
         return ["", "#### 12", prompt.split("(correct): ")[1].splitlines()[0]][i]
 
-    ep = await play(lazy, says("Yes"), steps_per_task=1, rewrites=3, correct_share=0.0, generator_emit=["pg", "pair"])
+    ep = await play(
+        lazy, says("Yes"), steps_per_task=1, rewrites=3, correct_share=0.0, generator_emit=["pg", "pair"]
+    )
     rewrites = by_role(ep, "generator")
     assert [g.metadata["status"] for g in rewrites] == ["unparsed", "unparsed", "same"]
     assert all(g.reward == -1.0 for g in rewrites) and by_role(ep, "critic") == []
@@ -142,11 +168,18 @@ def answer(value: int) -> Callable[[str, int], str]:
 
 async def test_undecided_rewrites_are_decided_by_rollouts_against_the_original() -> None:
     task_answer = int(TASK.answer)
+
     # Continuations from the rewrite fail, from the original they succeed: really wrong.
     def continues(prompt: str, i: int) -> str:
-        return f"\n#### {task_answer}" if prompt.endswith(TASK.reference_steps[-1]) or "75 + 83" in prompt else "\n#### 1"
+        return (
+            f"\n#### {task_answer}"
+            if prompt.endswith(TASK.reference_steps[-1]) or "75 + 83" in prompt
+            else "\n#### 1"
+        )
 
-    ep = await play(operator_swap, says("No"), policy=continues, steps_per_task=2, correct_share=0.0, rollouts=2)
+    ep = await play(
+        operator_swap, says("No"), policy=continues, steps_per_task=2, correct_share=0.0, rollouts=2
+    )
     [g] = [g for g in by_role(ep, "generator") if g.metadata["position"] == 1]
     assert g.metadata["status"] == "wrong" and g.metadata["fail_share"] == 1.0
     assert g.metadata["control_fail_share"] == 0.0
@@ -154,12 +187,21 @@ async def test_undecided_rewrites_are_decided_by_rollouts_against_the_original()
     assert len(rolled) == 2 and all(s.token_ids and s.reward == 0.0 for s in rolled)
     assert [s for s in ep.steps if s.role == "control_rollout"]
     # The policy fails from the original step too: the failures say nothing, the rewrite does not count.
-    ep = await play(operator_swap, says("No"), policy=answer(1), steps_per_task=2, correct_share=0.0, rollouts=2)
+    ep = await play(
+        operator_swap, says("No"), policy=answer(1), steps_per_task=2, correct_share=0.0, rollouts=2
+    )
     assert {g.metadata["status"] for g in by_role(ep, "generator")} == {"not_wrong"}
     assert all(g.reward == -1.0 for g in by_role(ep, "generator")) and ep.outcome["n"] == 0
     # Without the control, failing continuations are enough; without rollouts, nothing is decided.
-    ep = await play(operator_swap, says("No"), policy=answer(1), steps_per_task=2, correct_share=0.0, rollouts=2,
-                    control=False)
+    ep = await play(
+        operator_swap,
+        says("No"),
+        policy=answer(1),
+        steps_per_task=2,
+        correct_share=0.0,
+        rollouts=2,
+        control=False,
+    )
     assert {g.metadata["status"] for g in by_role(ep, "generator")} == {"wrong"}
     ep = await play(operator_swap, says("No"), steps_per_task=2, correct_share=0.0, rollouts=0)
     assert {g.metadata["status"] for g in by_role(ep, "generator")} == {"unverified"}
@@ -169,18 +211,30 @@ async def test_undecided_rewrites_are_decided_by_rollouts_against_the_original()
 async def test_the_generative_critic_must_name_the_step_to_catch_it() -> None:
     def critique(prompt: str, i: int) -> str:
         n = len(re.findall(r"^Step \d+:", prompt.split("Solution:")[-1], re.MULTILINE))
-        return [f"First wrong step: {n}\nVerdict: incorrect", "First wrong step: 1\nVerdict: incorrect" if n > 1
-                else "Verdict: correct", "no idea"][i]
+        return [
+            f"First wrong step: {n}\nVerdict: incorrect",
+            "First wrong step: 1\nVerdict: incorrect" if n > 1 else "Verdict: correct",
+            "no idea",
+        ][i]
 
-    ep = await play(off_by_one, critique, steps_per_task=4, correct_share=0.0, judgements=3, critic_kind="generative",
-                    shots=0)
+    ep = await play(
+        off_by_one,
+        critique,
+        steps_per_task=4,
+        correct_share=0.0,
+        judgements=3,
+        critic_kind="generative",
+        shots=0,
+    )
     for g in by_role(ep, "generator"):
         verdicts = [s.metadata["verdict"] for s in by_role(ep, "critic") if s.parent_id == g.id]
         assert verdicts[0] == "wrong" and verdicts[2] == "unparsed"
         assert verdicts[1] == ("other" if g.metadata["position"] > 0 else "right")
         assert g.reward == pytest.approx(1 / 3)  # caught once in three
     pairs = [e for e in ep.examples if e.kind == ExampleKind.PAIR]
-    assert pairs and all(e.role == Role.CRITIC and "First wrong step" in e.payload["chosen"][0]["content"] for e in pairs)
+    assert pairs and all(
+        e.role == Role.CRITIC and "First wrong step" in e.payload["chosen"][0]["content"] for e in pairs
+    )
     assert all("Check the solution step by step" in e.payload["prompt"][-1]["content"] for e in pairs)
 
 
@@ -193,10 +247,19 @@ async def test_pairs_and_pg_examples_for_the_critic_and_complete_pairs() -> None
     assert sorted(p.advantage for p in pg if p.metadata["role"] == "critic") == [-1.0, -1.0, 1.0, 1.0]
     assert all(p.temperature == 1.0 for p in pg)
     # Every judgement lost: with complete_pairs the answer that would have won is chosen.
-    ep = await play(off_by_one, says("Yes"), steps_per_task=2, correct_share=0.0, judgements=1, complete_pairs=True,
-                    critic_emit=["pair"])
+    ep = await play(
+        off_by_one,
+        says("Yes"),
+        steps_per_task=2,
+        correct_share=0.0,
+        judgements=1,
+        complete_pairs=True,
+        critic_emit=["pair"],
+    )
     pairs = [e for e in ep.examples if e.kind == ExampleKind.PAIR and e.role == Role.CRITIC]
-    assert [(e.payload["chosen"][0]["content"], e.payload["rejected"][0]["content"]) for e in pairs] == [("No", "Yes")] * 2
+    assert [(e.payload["chosen"][0]["content"], e.payload["rejected"][0]["content"]) for e in pairs] == [
+        ("No", "Yes")
+    ] * 2
     assert not any(e.kind == ExampleKind.GAME_TURN and e.role == Role.CRITIC for e in ep.examples)
 
 
@@ -225,9 +288,16 @@ def test_the_shipped_recipe_trains_both_roles_on_each_others_games() -> None:
     critic, generator = r.stages
     assert r.weights_of("generator") == "policy" and r.roles["critic"] != "critic"
     assert (critic.train.kind, critic.train.role, generator.train.kind, generator.train.role) == (  # type: ignore[union-attr]
-        "dpo", "critic", "pg", "generator")
+        "dpo",
+        "critic",
+        "pg",
+        "generator",
+    )
     assert critic.eval.target_of("critic", "sneaky") == "critic"  # type: ignore[union-attr]
-    assert set(critic.train.sources) == {"self", "generator"} and set(generator.train.sources) == {"self", "critic"}  # type: ignore[union-attr]
+    assert set(critic.train.sources) == {"self", "generator"} and set(generator.train.sources) == {
+        "self",
+        "critic",
+    }  # type: ignore[union-attr]
     for stage in r.stages:
         cfg = get_loop(stage.loop).parse_config(stage.config)
         assert cfg.critic_kind == "prm" and "pg" in cfg.generator_emit  # type: ignore[attr-defined]

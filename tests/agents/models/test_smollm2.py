@@ -27,7 +27,9 @@ def test_chat_template_is_chatml(smollm2_path: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert tok.eos_token == "<|im_end|>"
     assert tok.model_max_length == 8192
@@ -47,12 +49,24 @@ def test_trl_trains_it(smollm2_path: Path, tmp_path: Path) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": "What is 2 + 3?"}],
-         "completion": [{"role": "assistant", "content": "Step 1: 2 + 3 = 5\n#### 5"}]},
-    ])
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, report_to=[],
-                     save_strategy="no", use_cpu=True, max_length=48, logging_steps=1)
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "What is 2 + 3?"}],
+                "completion": [{"role": "assistant", "content": "Step 1: 2 + 3 = 5\n#### 5"}],
+            },
+        ]
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        max_length=48,
+        logging_steps=1,
+    )
     trainer = SFTTrainer(model=str(smollm2_path), args=args, train_dataset=data)
     result = trainer.train()
     assert result.global_step == 1 and result.training_loss > 0

@@ -42,8 +42,11 @@ def test_chat_template(tiny_model_path: Path) -> None:
     )
     full = tok.apply_chat_template([*msgs, {"role": "assistant", "content": "#### 3"}], tokenize=False)
     assert full == "<|user|>\nWhat is 1 + 2?\n<|assistant|>\n#### 3<|eos|>"
-    out = tok.apply_chat_template([*msgs, {"role": "assistant", "content": "#### 3"}], return_dict=True,
-                                  return_assistant_tokens_mask=True)
+    out = tok.apply_chat_template(
+        [*msgs, {"role": "assistant", "content": "#### 3"}],
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
     masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
     assert tok.decode(masked) == "#### 3<|eos|>"
 
@@ -61,10 +64,14 @@ def test_answers_in_task_format(tiny_model_path: Path) -> None:
     tasks = task_set.tasks("heldout", n=100)
     acc = accuracy(model, tok, tasks, task_set)
     assert 0.10 <= acc <= 0.75, acc
-    enc = tok.apply_chat_template([{"role": "user", "content": tasks[0].prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": tasks[0].prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**enc, max_new_tokens=32, do_sample=False)
-    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert text.startswith("Step 1: ") and "####" in text, text
     assert task_set.verify(tasks[0], text).extracted is not None
 
@@ -75,14 +82,29 @@ def test_trl_sft_completion_only(tiny_model_path: Path, tmp_path: Path) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": f"What is {a} + 11?"}],
-         "completion": [{"role": "assistant", "content": f"Step 1: {a} + 11 = {a + 11}\n#### {a + 11}"}]}
-        for a in range(10, 18)
-    ])
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
-                     save_strategy="no", use_cpu=True, max_length=128, logging_steps=1,
-                     completion_only_loss=True, learning_rate=1e-3)
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": f"What is {a} + 11?"}],
+                "completion": [
+                    {"role": "assistant", "content": f"Step 1: {a} + 11 = {a + 11}\n#### {a + 11}"}
+                ],
+            }
+            for a in range(10, 18)
+        ]
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        max_length=128,
+        logging_steps=1,
+        completion_only_loss=True,
+        learning_rate=1e-3,
+    )
     trainer = SFTTrainer(model=str(tiny_model_path), args=args, train_dataset=data)
     batch = next(iter(trainer.get_train_dataloader()))
     labels, ids = batch["labels"][0], batch["input_ids"][0]
@@ -98,13 +120,27 @@ def test_trl_sft_assistant_only_loss(tiny_model_path: Path, tmp_path: Path) -> N
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data = Dataset.from_list([
-        {"messages": [{"role": "user", "content": f"What is {a} + 2?"},
-                      {"role": "assistant", "content": f"#### {a + 2}"}]}
-        for a in range(10, 14)
-    ])
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
-                     save_strategy="no", use_cpu=True, max_length=64, assistant_only_loss=True)
+    data = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {a} + 2?"},
+                    {"role": "assistant", "content": f"#### {a + 2}"},
+                ]
+            }
+            for a in range(10, 14)
+        ]
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        max_length=64,
+        assistant_only_loss=True,
+    )
     result = SFTTrainer(model=str(tiny_model_path), args=args, train_dataset=data).train()
     assert result.global_step == 1
 

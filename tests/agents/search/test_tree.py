@@ -57,7 +57,9 @@ def test_puct_weights_exploration_by_the_prior() -> None:
     assert t.select(rule="puct").id == 1
     root, likely, _ = t.nodes
     assert score(likely, root, c=2.0, rule="puct") == pytest.approx(2.0 * 0.9 * 1.0 / 1)
-    for _ in range(9):  # the likely step keeps failing: its visits shrink its bonus until the other gets a turn
+    for _ in range(
+        9
+    ):  # the likely step keeps failing: its visits shrink its bonus until the other gets a turn
         assert t.select(rule="puct", c=2.0).id == 1
         t.backpropagate(1, 0.0)
     assert t.select(rule="puct", c=2.0).id == 2
@@ -80,7 +82,9 @@ def test_a_tree_round_trips_through_json_intact() -> None:
 def test_sibling_pairs_from_a_known_tree() -> None:
     t = known_tree()
     pairs = sibling_pairs(t, min_gap=0.3, min_visits=1)
-    assert [(p.parent, p.chosen, p.rejected) for p in pairs] == [(0, 1, 2)]  # a over b (gap 1.0): clearest first
+    assert [(p.parent, p.chosen, p.rejected) for p in pairs] == [
+        (0, 1, 2)
+    ]  # a over b (gap 1.0): clearest first
     assert pairs[0].prefix == [] and pairs[0].q_gap == pytest.approx(1.0)
     assert len(sibling_pairs(t, min_gap=0.3, max_per_parent=2)) == 2  # then a over c (gap 0.5)
     assert sibling_pairs(t, min_gap=0.3, min_visits=2)[0].rejected == 2  # c has one visit only

@@ -20,6 +20,7 @@ def _assert_forfeit(game: Game, seat: int, outcome: MoveOutcome) -> None:
 
 # -- TicTacToe --------------------------------------------------------------------------------------------
 
+
 def test_tictactoe_legal_move_advances() -> None:
     game = make_game("tictactoe", seed=0)
     assert game.current_seat == 0 and len(game.legal_moves()) == 9
@@ -30,8 +31,9 @@ def test_tictactoe_legal_move_advances() -> None:
     assert " O " in game.messages()[1]["content"] or "| O" in game.messages()[1]["content"]
 
 
-@pytest.mark.parametrize(("text", "reason"), [("[4]", "already taken"), ("[9]", "off the board"),
-                                              ("cell -1", "off the board")])
+@pytest.mark.parametrize(
+    ("text", "reason"), [("[4]", "already taken"), ("[9]", "off the board"), ("cell -1", "off the board")]
+)
 def test_tictactoe_illegal_move_loses(text: str, reason: str) -> None:
     game = make_game("tictactoe", seed=0)
     game.submit("[4]")
@@ -40,7 +42,9 @@ def test_tictactoe_illegal_move_loses(text: str, reason: str) -> None:
     _assert_forfeit(game, 1, MoveOutcome.ILLEGAL)
 
 
-@pytest.mark.parametrize("text", ["", "I am not sure.", "[centre]", "<think>maybe [4]</think>", "<think>[4] ..."])
+@pytest.mark.parametrize(
+    "text", ["", "I am not sure.", "[centre]", "<think>maybe [4]</think>", "<think>[4] ..."]
+)
 def test_tictactoe_unparseable_move_loses(text: str) -> None:
     game = make_game("tictactoe", seed=0)
     move = game.submit(text)
@@ -48,11 +52,22 @@ def test_tictactoe_unparseable_move_loses(text: str) -> None:
     _assert_forfeit(game, 0, MoveOutcome.UNPARSEABLE)
 
 
-@pytest.mark.parametrize(("text", "action"), [
-    ("[4]", "[4]"), ("4", "[4]"), ("I choose 4", "[4]"), ("I choose 4.", "[4]"), ("\\boxed{7}", "[7]"),
-    ("[ 2 ]", "[2]"), ("Move: [cell 3]", "[3]"), ("Not [0], rather [8].", "[8]"),
-    ("As Player 1 I play 5", "[5]"), ("<think>[0] or [1]?</think>\n[2]", "[2]"), ("**[6]**", "[6]"),
-])
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("[4]", "[4]"),
+        ("4", "[4]"),
+        ("I choose 4", "[4]"),
+        ("I choose 4.", "[4]"),
+        ("\\boxed{7}", "[7]"),
+        ("[ 2 ]", "[2]"),
+        ("Move: [cell 3]", "[3]"),
+        ("Not [0], rather [8].", "[8]"),
+        ("As Player 1 I play 5", "[5]"),
+        ("<think>[0] or [1]?</think>\n[2]", "[2]"),
+        ("**[6]**", "[6]"),
+    ],
+)
 def test_tictactoe_parser_tolerates_small_model_formatting(text: str, action: str) -> None:
     adapter = get_adapter("tictactoe")
     assert adapter.parse(text) == action
@@ -60,6 +75,7 @@ def test_tictactoe_parser_tolerates_small_model_formatting(text: str, action: st
 
 
 # -- Kuhn Poker -------------------------------------------------------------------------------------------
+
 
 def test_kuhn_legal_moves_follow_the_betting_and_bets_cost_a_chip() -> None:
     game = make_game("kuhn_poker", seed=3)
@@ -71,7 +87,11 @@ def test_kuhn_legal_moves_follow_the_betting_and_bets_cost_a_chip() -> None:
     assert view.info["pot"] == 3 and view.info["opponent_chips"] == -2  # ante plus the bet
     game.submit("[call]")
     info = game.view().info
-    assert info["round"] == 2 and info["history"] == [] and info["chips"] + info["opponent_chips"] + info["pot"] == 0
+    assert (
+        info["round"] == 2
+        and info["history"] == []
+        and info["chips"] + info["opponent_chips"] + info["pot"] == 0
+    )
     assert {info["chips"], info["opponent_chips"]} == {-3, 1}  # 4-chip pot won, next ante paid
 
 
@@ -85,11 +105,16 @@ def test_kuhn_hidden_card_stays_hidden() -> None:
     assert game.view().info["card"] == own and "opponent_card" not in game.view().info
 
 
-@pytest.mark.parametrize(("first", "text", "outcome"), [
-    (None, "[call]", MoveOutcome.ILLEGAL), (None, "I fold", MoveOutcome.ILLEGAL),
-    ("[bet]", "[check]", MoveOutcome.ILLEGAL), (None, "[raise]", MoveOutcome.UNPARSEABLE),
-    (None, "hmm", MoveOutcome.UNPARSEABLE),
-])
+@pytest.mark.parametrize(
+    ("first", "text", "outcome"),
+    [
+        (None, "[call]", MoveOutcome.ILLEGAL),
+        (None, "I fold", MoveOutcome.ILLEGAL),
+        ("[bet]", "[check]", MoveOutcome.ILLEGAL),
+        (None, "[raise]", MoveOutcome.UNPARSEABLE),
+        (None, "hmm", MoveOutcome.UNPARSEABLE),
+    ],
+)
 def test_kuhn_bad_moves_lose(first: str | None, text: str, outcome: MoveOutcome) -> None:
     game = make_game("kuhn_poker", seed=3)
     if first:
@@ -99,16 +124,25 @@ def test_kuhn_bad_moves_lose(first: str | None, text: str, outcome: MoveOutcome)
     _assert_forfeit(game, seat, outcome)
 
 
-@pytest.mark.parametrize(("text", "action"), [
-    ("[check]", "[check]"), ("[Bet]", "[bet]"), ("\\boxed{call}", "[call]"), ("I will fold.", "[fold]"),
-    ("Action: bet", "[bet]"), ("I could check, but I bet", "[bet]"), ("[CALL]", "[call]"),
-])
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("[check]", "[check]"),
+        ("[Bet]", "[bet]"),
+        ("\\boxed{call}", "[call]"),
+        ("I will fold.", "[fold]"),
+        ("Action: bet", "[bet]"),
+        ("I could check, but I bet", "[bet]"),
+        ("[CALL]", "[call]"),
+    ],
+)
 def test_kuhn_parser(text: str, action: str) -> None:
     adapter = get_adapter("kuhn_poker")
     assert adapter.parse(text) == action and adapter.parse(action) == action
 
 
 # -- Simple Negotiation -----------------------------------------------------------------------------------
+
 
 def _held(game: Game, seat: int) -> dict[str, int]:
     return dict(game._env.state.game_state["player_resources"][seat])
@@ -135,12 +169,15 @@ def test_negotiation_declined_offer_lapses() -> None:
     _assert_forfeit(game, 0, MoveOutcome.ILLEGAL)
 
 
-@pytest.mark.parametrize(("text", "outcome", "reason"), [
-    ("[Accept]", MoveOutcome.ILLEGAL, "no offer"),
-    ("[Offer: 999 Ore -> 1 Wheat]", MoveOutcome.ILLEGAL, "do not hold"),
-    ("[Offer: 2 Gold -> 1 Wheat]", MoveOutcome.UNPARSEABLE, "no move found"),
-    ("Hello there, want to trade?", MoveOutcome.UNPARSEABLE, "no move found"),
-])
+@pytest.mark.parametrize(
+    ("text", "outcome", "reason"),
+    [
+        ("[Accept]", MoveOutcome.ILLEGAL, "no offer"),
+        ("[Offer: 999 Ore -> 1 Wheat]", MoveOutcome.ILLEGAL, "do not hold"),
+        ("[Offer: 2 Gold -> 1 Wheat]", MoveOutcome.UNPARSEABLE, "no move found"),
+        ("Hello there, want to trade?", MoveOutcome.UNPARSEABLE, "no move found"),
+    ],
+)
 def test_negotiation_bad_moves_lose(text: str, outcome: MoveOutcome, reason: str) -> None:
     game = make_game("simple_negotiation", seed=2)
     move = game.submit(text)
@@ -156,14 +193,20 @@ def test_negotiation_lasts_exactly_the_given_moves() -> None:
         assert game.turn == turns and game.result.rewards == (0.0, 0.0) and game.result.winner is None
 
 
-@pytest.mark.parametrize(("text", "action"), [
-    ("[Offer: 3 Sheep, 2 Ore -> 5 Brick]", "[Offer: 3 Sheep, 2 Ore -> 5 Brick]"),
-    ("[offer: 2 ore, 3 sheeps -> 5 bricks]", "[Offer: 3 Sheep, 2 Ore -> 5 Brick]"),
-    ("I propose [Offer: 1 Wood and 1 Wheat for 1 Sheep].", "[Offer: 1 Wheat, 1 Wood -> 1 Sheep]"),
-    ("Offer: 2 Wheat -> 1 Wood", "[Offer: 2 Wheat -> 1 Wood]"), ("\\boxed{Accept}", "[Accept]"),
-    ("I accept.", "[Accept]"), ("[Deny]", "[Deny]"), ("Reject", "[Deny]"),
-    ("<think>[Accept]?</think> No: [Deny]", "[Deny]"),
-])
+@pytest.mark.parametrize(
+    ("text", "action"),
+    [
+        ("[Offer: 3 Sheep, 2 Ore -> 5 Brick]", "[Offer: 3 Sheep, 2 Ore -> 5 Brick]"),
+        ("[offer: 2 ore, 3 sheeps -> 5 bricks]", "[Offer: 3 Sheep, 2 Ore -> 5 Brick]"),
+        ("I propose [Offer: 1 Wood and 1 Wheat for 1 Sheep].", "[Offer: 1 Wheat, 1 Wood -> 1 Sheep]"),
+        ("Offer: 2 Wheat -> 1 Wood", "[Offer: 2 Wheat -> 1 Wood]"),
+        ("\\boxed{Accept}", "[Accept]"),
+        ("I accept.", "[Accept]"),
+        ("[Deny]", "[Deny]"),
+        ("Reject", "[Deny]"),
+        ("<think>[Accept]?</think> No: [Deny]", "[Deny]"),
+    ],
+)
 def test_negotiation_parser(text: str, action: str) -> None:
     adapter = get_adapter("simple_negotiation")
     assert adapter.parse(text) == action and adapter.parse(action) == action

@@ -133,7 +133,9 @@ async def test_random_against_random_tictactoe_matches_the_known_figures() -> No
     series = await play_series("tictactoe", RandomOpponent(seed=1), RandomOpponent(seed=2), 400)
     first = series.first_seat_wins / series.games
     win_rate = (series.wins + series.losses) / (2 * series.games)  # a seat's win rate, averaged over seats
-    print(f"random vs random, tictactoe: first seat wins {first:.1%}, a seat wins {win_rate:.1%} (known: 58.5%, 43.7%)")
+    print(
+        f"random vs random, tictactoe: first seat wins {first:.1%}, a seat wins {win_rate:.1%} (known: 58.5%, 43.7%)"
+    )
     assert 0.50 < first < 0.67 and 0.38 < win_rate < 0.50
 
 
@@ -163,5 +165,7 @@ async def test_heuristics_follow_their_rules() -> None:
     neg.submit(f"[Offer: 1 {dear} -> 1 {cheap}]")  # a gift to seat 1 by its own values
     assert await HeuristicOpponent().act(neg.view()) == "[Accept]"
     neg2 = make_game("simple_negotiation", seed=2)
-    neg2.submit(f"[Offer: 1 {cheap} -> 1 {dear}]")  # a loss to seat 1: declined with a counter-offer or [Deny]
+    neg2.submit(
+        f"[Offer: 1 {cheap} -> 1 {dear}]"
+    )  # a loss to seat 1: declined with a counter-offer or [Deny]
     assert await HeuristicOpponent().act(neg2.view()) != "[Accept]"

@@ -19,7 +19,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, Field
 
-from strop.agents.loops.base import episode_id, episode_input
+from strop.agents.episode import run_episode
+from strop.agents.loops.base import episode_id
 from strop.memory.records import EpisodeRecord, RunRecord, RunStatus
 from strop.sandbox.tasks.base import Task
 
@@ -148,7 +149,7 @@ class Runner:
 
             async def one(task: Task) -> None:
                 async with sem:
-                    episode = await self._episode(compiled, saver, task, run.id)
+                    episode = await run_episode(compiled, task, run.id, checkpointer=saver)
                 # Shielded: when a sibling fails, a write already under way completes before run() raises,
                 # so the store is settled (and the episode not redone) by the time the caller sees the error.
                 write = asyncio.ensure_future(self.store.awrite_episode(episode))
@@ -172,28 +173,6 @@ class Runner:
                     raise
         await self.store.afinish_run(run.id, RunStatus.FINISHED)
         return await self._result(run.id, ran=len(pending), seconds=time.monotonic() - started)
-
-    async def _episode(
-        self, compiled: Any, saver: BaseCheckpointSaver, task: Task, run_id: str
-    ) -> EpisodeRecord:
-        eid = episode_id(run_id, task.id)
-        config = {"configurable": {"thread_id": eid}}
-        snapshot = await compiled.aget_state(config)
-        # durability="sync": each node's checkpoint is committed before the next node starts, so a process
-        # killed mid-episode (between two turns, say) resumes after the last node that finished. LangGraph's
-        # default ("async") writes in the background and a SIGKILL loses the writes still in flight.
-        if snapshot.next:  # killed mid-episode: continue from the last finished node
-            out = await compiled.ainvoke(None, config, durability="sync")
-        elif snapshot.values.get("episode"):  # finished but not yet written when the run died
-            out = snapshot.values
-        else:
-            out = await compiled.ainvoke(episode_input(task, run_id), config, durability="sync")
-        if "episode" not in out:
-            raise RuntimeError(
-                f"loop graph ended without an `episode` in its state (task {task.id}); "
-                "a loop's last node must set it (see agents/loops/base.py)"
-            )
-        return EpisodeRecord.model_validate(out["episode"])
 
     async def _result(self, run_id: str, *, ran: int, seconds: float) -> RunResult:
         episodes = await asyncio.to_thread(self.store.list_episodes, run_id, children=False)

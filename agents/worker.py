@@ -34,8 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from strop.memory.group_commit import GroupCommitter
 from strop.memory.records import EpisodeRecord, ModelVersionRecord, RunRecord
 
-if TYPE_CHECKING:  # the runner pulls in LangGraph: loaded when a worker runs, not when a recipe is read
-    from strop.agents.runner import Runner
+if TYPE_CHECKING:  # the queue pulls in SQLAlchemy: loaded when a worker runs, not when a recipe is read
     from strop.memory.queue import WorkItemRecord
 
 log = logging.getLogger(__name__)
@@ -274,7 +273,6 @@ class Worker:
         spec = work_spec_of(await asyncio.to_thread(self.store.get_run, run_id), run_id)
         saver = await self._saver_for(spec)
         task_set = _task_set(spec)
-        runner: Any = None
         cap = self.settings.concurrency
         in_flight: set[asyncio.Task[None]] = set()
         graph: Any = None
@@ -286,7 +284,6 @@ class Worker:
                         await asyncio.wait(in_flight)
                         in_flight.clear()
                     graph = await self._graph(spec, task_set, versions, saver)
-                    runner = _runner(self.store)
                 started = time.perf_counter()
                 items = await asyncio.to_thread(
                     self.store.claim_work,
@@ -301,9 +298,7 @@ class Worker:
                 if items and self.stats.first_claim_at is None:
                     self.stats.first_claim_at = time.time()
                 for item in items:
-                    in_flight.add(
-                        asyncio.create_task(self._episode(runner, graph, item, spec, saver, committer))
-                    )
+                    in_flight.add(asyncio.create_task(self._episode(graph, item, spec, saver, committer)))
             if not in_flight:
                 counts = await asyncio.to_thread(self.store.work_counts, run_id)
                 if counts.settled:
@@ -319,24 +314,21 @@ class Worker:
 
     async def _episode(
         self,
-        runner: Runner,
         graph: Any,
         item: WorkItemRecord,
         spec: WorkSpec,
         saver: Any,
         committer: GroupCommitter,
     ) -> None:
+        from strop.agents.episode import run_episode
         from strop.sandbox.tasks.base import Task
 
         try:
             task = Task.model_validate(item.payload)
-            if spec.checkpoints:  # the runner's own path: resumes an episode a dead worker left half-done
-                episode = await runner._episode(graph, saver, task, item.run_id)
-            else:
-                from strop.agents.loops.base import episode_input
-
-                out = await graph.ainvoke(episode_input(task, item.run_id))
-                episode = EpisodeRecord.model_validate(out["episode"])
+            # With checkpoints, an episode a dead worker left half-done resumes from its last node.
+            episode = await run_episode(
+                graph, task, item.run_id, checkpointer=saver if spec.checkpoints else None
+            )
         except Exception as e:
             self.stats.failed += 1
             log.exception("episode %s (task %s) raised", item.episode_id, item.task_id)
@@ -420,12 +412,6 @@ class Worker:
         return load_version_engine(version, backend=engine.backend, **engine.options)
 
 
-def _runner(store: Any) -> Runner:
-    from strop.agents.runner import Runner
-
-    return Runner(store, progress=False, db_url="")
-
-
 def _task_set(spec: WorkSpec) -> Any:
     from strop.sandbox.tasks import load_task_set
 
@@ -459,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--lease-ttl", type=float, default=60.0)
     p.add_argument("--poll", type=float, default=1.0)
     args = p.parse_args(argv)
+    from strop._env import set_process_defaults
+
+    set_process_defaults()  # a worker process is strop's own: offline hub, passive OpenMP waits
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s worker %(process)d %(levelname)s %(message)s"
     )

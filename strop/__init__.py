@@ -10,17 +10,10 @@ trl and SQLAlchemy are imported only by what needs them.
 
 from __future__ import annotations
 
-import os as _os
 from typing import TYPE_CHECKING, Any
 
-# Set before torch or transformers load, once for every room (each is imported through this package).
-# No machine strop runs on may reach a model hub: fail fast instead of hanging on a download.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-_os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# OpenMP threads that spin while waiting made torch up to 9x slower on a CPU shared with other processes
-# (measured: 4 vs 35 tok/s); sleeping waiters cost little on an idle one.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Nothing global is set here (no environment variables, no logging): strop's own entry points set their
+# process defaults (strop/_env.py), so an application that embeds strop keeps its settings.
 
 __version__ = "0.2.0"
 

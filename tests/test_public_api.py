@@ -89,3 +89,30 @@ def test_building_a_loop_needs_no_torch() -> None:
         "print(json.dumps([m for m in ('torch', 'transformers', 'trl') if m in sys.modules]))"
     )
     assert _fresh(code) == []
+
+
+def test_import_strop_leaves_the_environment_alone() -> None:
+    """An application that embeds strop keeps its own hub access and thread settings (strop/_env.py)."""
+    out = _fresh(
+        "import json, os\n"
+        "for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE', 'OMP_WAIT_POLICY'):\n"
+        "    os.environ.pop(k, None)\n"
+        "before = dict(os.environ)\n"
+        "import strop\n"
+        "strop.Store, strop.load_engine, strop.Evolution  # lazy names import the rooms\n"
+        "after = dict(os.environ)\n"
+        "print(json.dumps({'changed': sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))}))"
+    )
+    assert out["changed"] == []
+
+
+def test_the_cli_sets_its_process_defaults() -> None:
+    out = _fresh(
+        "import json, os\n"
+        "os.environ.pop('HF_HUB_OFFLINE', None); os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'\n"
+        "import sys; sys.argv = ['strop', '--help']\n"
+        "from strop.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps({k: os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'OMP_WAIT_POLICY')}))"
+    )
+    assert out == {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "ACTIVE"}  # a value the user set wins

@@ -608,6 +608,7 @@ class StropRollout:
     async def collect(self, tasks: Sequence[Task], step: int) -> list[TaskGroup]:
         """Run one episode per task concurrently, score every sample, revive all-negative groups, compute
         advantages, and annotate the episodes (not yet written)."""
+        from strop.agents.episode import run_episode
         from strop.agents.loops.registry import LoopResources
 
         if self.engine is None:
@@ -623,10 +624,7 @@ class StropRollout:
         async def one(i: int, task: Task) -> TaskGroup:
             async with sem:
                 eid = stable_id("grpo", self.job_id, generation, i, task.id)
-                state = await graph.ainvoke(
-                    {"task": task.model_dump(mode="json"), "run_id": self.run_id, "episode_id": eid}
-                )
-            episode = EpisodeRecord.model_validate(state["episode"])
+                episode = await run_episode(graph, task, self.run_id, episode_id=eid)
             return await self._score(task, episode, step)
 
         groups = list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tasks))))

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m strop.training.launch_worker SPEC.json (got {args})", file=sys.stderr)
         return 2
     spec_path = Path(args[0])
+    from strop._env import set_process_defaults
+
+    set_process_defaults()  # a launched trainer is strop's own process: offline hub, passive OpenMP waits
     try:
         return _train(spec_path)
     except BaseException as e:

@@ -64,6 +64,9 @@ worker.register(app)
 
 
 def main() -> None:
+    from strop._env import set_process_defaults
+
+    set_process_defaults()  # the CLI owns its process: offline hub, passive OpenMP waits (strop/_env.py)
     app()
 
 

@@ -2,9 +2,9 @@
 
 Each labelled solution is one episode of an ordinary run through the generic runner, so 64 critiques are in
 flight at once (the engine batches them), an interrupted evaluation resumes, and every critique is stored
-with the solution it judged. Scores are computed from the stored critiques by `critics.benchmark` and written
-on the critic's model version under `{label}/critic/...`, where the promotion gate and `strop models list`
-read them.
+with the solution it judged. Scores are computed from the stored critiques by `critics.benchmark_scores` and
+written on the critic's model version under `{label}/critic/...`, where the promotion gate and
+`strop models list` read them.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from strop.agents.loops.base import stable_id
 from strop.agents.runner import Runner
 from strop.critics.base import Critic, Critique, CritiqueVerdict
-from strop.critics.benchmark import (
-    CORRUPTION_KINDS,
-    LabelledSolutionSet,
+from strop.critics.benchmark import LabelledSolutionSet, build_labelled_set, labelled_from_task
+from strop.critics.benchmark_scores import (
     answer_matches,
-    build_labelled_set,
     correction_scores,
-    labelled_from_task,
     processbench_scores,
     step_label_scores,
 )
+from strop.critics.corruption import CORRUPTION_KINDS
 from strop.critics.labelling import LabelledSolution
 from strop.critics.llm import CriticSampling, StepwiseCritic
 from strop.critics.scorer import StepScorer

@@ -18,19 +18,16 @@ from strop.critics.base import Critique, CritiqueVerdict
 from strop.critics.benchmark import (
     NO_REFERENCE,
     LabelledSetError,
-    LabelledSolution,
     LabelledSolutionSet,
     build_labelled_set,
-    correction_scores,
-    corrupt,
-    label_solution,
     labelled_from_task,
     labels_from_store,
     load_processbench,
-    processbench_scores,
-    step_label_scores,
 )
-from strop.critics.labelling import equations, reference
+from strop.critics.benchmark_scores import correction_scores, processbench_scores, step_label_scores
+from strop.critics.corruption import corrupt
+from strop.critics.equations import equations
+from strop.critics.labelling import LabelledSolution, label_solution, reference
 from strop.critics.steps import split_steps
 from strop.sandbox.tasks import ArithmeticTaskSet, Split, Task, TaskSet
 

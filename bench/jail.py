@@ -22,7 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from strop.sandbox.jail import _python, isolation_level, run_code
+from strop.sandbox.jail import isolation_level, run_code
+from strop.sandbox.jail_isolation import base_python
 from strop.sandbox.tasks.humaneval import HumanEvalTaskSet, build_program
 
 TRIVIAL = "print('ok')\n"
@@ -30,7 +31,7 @@ TRIVIAL = "print('ok')\n"
 
 def plain_run(code: str, timeout_s: float = 10.0) -> tuple[float, bool]:
     """The baseline: the same interpreter and flags in a plain subprocess, code in a temp file."""
-    exe, _ = _python()
+    exe, _ = base_python()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         Path(d, "main.py").write_text(code)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from strop.sandbox import jail
+from strop.sandbox import jail, jail_isolation
 from strop.sandbox.jail import Isolation, JailLimits, JailVerdict, arun_code, run_code, run_file
 
 MODES = ["auto", "rlimits"]
@@ -228,8 +229,8 @@ async def test_async_twin_runs_concurrently() -> None:
 
 
 def test_fallback_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jail, "_bwrap_works", lambda: False)
-    monkeypatch.setattr(jail, "_warned", jail.threading.Event())
+    monkeypatch.setattr(jail_isolation, "_bwrap_works", lambda: False)
+    monkeypatch.setattr(jail_isolation, "_warned", threading.Event())
     with pytest.warns(RuntimeWarning, match="bubblewrap"):
         r = run_code("print('x')")
     assert r.isolation != Isolation.BWRAP and r.verdict == JailVerdict.OK

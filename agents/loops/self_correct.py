@@ -17,49 +17,36 @@ emits one `ADVANTAGE` example per turn for the `pg` trainer kind:
   trainer's KL term (beta > 0) acts on it and keeps it near the parent (SCoRe's stage I);
 - stage 2: every turn; a revision's reward is r(y_t) + alpha * (r(y_t) - r(y_{t-1})) (SCoRe's bonus).
 `emit = "sft"` instead writes the SFT-on-corrections baseline: revisions that end right, as SFT examples.
+
+This module holds the loop's config, state and graph; what is said between turns is in `self_correct_turns`,
+the episode with its rewards and examples in `self_correct_record`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
-from strop.agents.engines.base import Engine, GenerationRequest, Message, SamplingParams
+from strop.agents.engines.base import Engine, GenerationRequest, SamplingParams
 from strop.agents.loops.base import completion_json, stable_id, task_messages
 from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
+from strop.agents.loops.self_correct_record import episode_of
+from strop.agents.loops.self_correct_turns import (
+    INTRINSIC_INSTRUCTION,
+    Feedback,
+    feedback_for,
+    revision_request,
+)
 from strop.critics.base import Critic, Critique
 from strop.critics.llm import CriticSampling, StepwiseCritic
 from strop.critics.verifier import VerifierCritic
-from strop.memory.records import (
-    AdvantagePayload,
-    CritiqueRecord,
-    EpisodeRecord,
-    ExampleKind,
-    ExampleRecord,
-    Role,
-    StepRecord,
-)
-from strop.sandbox.tasks.base import Split, Task
+from strop.memory.records import ExampleKind, Role
+from strop.sandbox.tasks.base import Task
 
 LOOP_NAME = "self_correct"
-# SCoRe's self-correction instruction for MATH (its appendix), used between turns.
-INTRINSIC_INSTRUCTION = (
-    "There might be an error in the solution above because of lack of understanding of the question. "
-    "Please correct the error, if any, and rewrite the solution."
-)
-
-
-class Feedback(StrEnum):
-    """What the policy is told between turns."""
-
-    INTRINSIC = "intrinsic"  # the instruction alone
-    CRITIC = "critic"  # a critique from the critic role (a step-wise LLM critic)
-    ORACLE = "oracle"  # the verifier's verdict, right or wrong (never the reference answer): an upper bound
-    EXECUTION = "execution"  # code tasks: the jail's result of running the tests (the failing test's output)
 
 
 class SelfCorrectConfig(BaseModel):
@@ -164,26 +151,6 @@ class SelfCorrectState(TypedDict, total=False):
     episode: dict[str, Any]
 
 
-def shaped_rewards(rewards: list[float], *, stage: int, alpha: float) -> list[float]:
-    """Per turn, the reward its action is trained on: r(y_1), then r(y_t) + alpha * (r(y_t) - r(y_t-1))
-    (SCoRe's improvement bonus, stage 2; stage 1 uses r(y_t) alone)."""
-    bonus = alpha if stage == 2 else 0.0
-    return [r if t == 0 else r + bonus * (r - rewards[t - 1]) for t, r in enumerate(rewards)]
-
-
-def group_advantages(shaped: list[list[float]]) -> list[list[float]]:
-    """Each turn's reward minus the mean over the conversations that reached that turn (0 with a group of one
-    would learn nothing, so a lone conversation keeps its raw reward: plain REINFORCE)."""
-    out: list[list[float]] = []
-    for rs in shaped:
-        row = []
-        for t, r in enumerate(rs):
-            group = [other[t] for other in shaped if len(other) > t]
-            row.append(r - sum(group) / len(group) if len(group) > 1 else r)
-        out.append(row)
-    return out
-
-
 def build_graph(
     policy: Engine,
     verifier: VerifierCritic,
@@ -237,7 +204,7 @@ def build_graph(
         todo = active(state)
         given = await asyncio.gather(
             *(
-                _feedback(
+                feedback_for(
                     cfg,
                     task,
                     state["turns"][i][-1]["text"],
@@ -255,7 +222,7 @@ def build_graph(
     async def revise(state: SelfCorrectState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
         todo = [i for i, turns in enumerate(state["turns"]) if len(state["feedback"][i]) == len(turns)]
-        requests = [_revision_request(cfg, task, state["turns"][i], state["feedback"][i], i) for i in todo]
+        requests = [revision_request(cfg, task, state["turns"][i], state["feedback"][i], i) for i in todo]
         completions = await policy.generate(requests)
         turns = [list(t) for t in state["turns"]]
         for i, [c] in zip(todo, completions, strict=True):
@@ -266,7 +233,7 @@ def build_graph(
         return "feedback" if active(state) else "record"
 
     def record(state: SelfCorrectState) -> dict[str, Any]:
-        return {"episode": _episode(state, cfg).model_dump(mode="json")}
+        return {"episode": episode_of(state, cfg, loop=LOOP_NAME).model_dump(mode="json")}
 
     graph = StateGraph(SelfCorrectState)
     graph.add_node("attempt", attempt)
@@ -281,233 +248,6 @@ def build_graph(
     graph.add_edge("revise", "check")
     graph.add_edge("record", END)
     return graph
-
-
-async def _feedback(
-    cfg: SelfCorrectConfig, task: Task, answer: str, check: Critique, critic: Critic | None
-) -> dict[str, Any]:
-    """The text put between turns, and the critique it came from (stored with the episode)."""
-    critique: Critique | None = None
-    if cfg.feedback == Feedback.INTRINSIC:
-        lead = ""
-    elif cfg.feedback == Feedback.ORACLE:
-        # The verdict only: the verifier's reason can quote the reference answer.
-        critique = check
-        lead = "Your final answer is correct." if check.correct else "Your final answer is wrong."
-    elif cfg.feedback == Feedback.EXECUTION:
-        if task.metadata.get("answer_type") != "code":
-            raise ValueError(
-                f"feedback = 'execution' runs code, but task {task.id} is not a code task; use "
-                "intrinsic, critic or oracle feedback for it"
-            )
-        critique = check
-        lead = (
-            "All tests passed."
-            if check.correct
-            else f"Running the tests on your code gave:\n{check.text[: cfg.feedback_chars]}"
-        )
-    else:
-        assert critic is not None
-        critique = await critic.critique(task, answer)
-        lead = f"A reviewer checked your solution:\n{critique.text.strip()[: cfg.feedback_chars]}"
-    text = f"{lead}\n\n{cfg.instruction}" if lead else cfg.instruction
-    return {"text": text, "critique": critique.model_dump(mode="json") if critique else None}
-
-
-def _revision_request(
-    cfg: SelfCorrectConfig,
-    task: Task,
-    turns: list[dict[str, Any]],
-    feedback: list[dict[str, Any]],
-    conversation: int,
-) -> GenerationRequest:
-    sampling = cfg.sampling(task.id, conversation, len(turns))
-    new = [Message(role="user", content=feedback[-1]["text"])]
-    if cfg.token_context:
-        last = turns[-1]
-        return GenerationRequest(
-            messages=new, sampling=sampling, context_token_ids=[*last["prompt_token_ids"], *last["token_ids"]]
-        )
-    return GenerationRequest(
-        messages=conversation_messages(cfg, task, turns, feedback) + new, sampling=sampling
-    )
-
-
-def conversation_messages(
-    cfg: SelfCorrectConfig, task: Task, turns: list[dict[str, Any]], feedback: list[dict[str, Any]]
-) -> list[Message]:
-    """The conversation as chat messages: task, then each turn and the feedback after it (for SFT and text engines)."""
-    msgs = task_messages(task, cfg.system_prompt)
-    for t, turn in enumerate(turns):
-        msgs.append(Message(role="assistant", content=turn["text"]))
-        if t < len(feedback) and t < len(turns) - 1:
-            msgs.append(Message(role="user", content=feedback[t]["text"]))
-    return msgs
-
-
-def _episode(state: SelfCorrectState, cfg: SelfCorrectConfig) -> EpisodeRecord:
-    task = Task.model_validate(state["task"])
-    eid = state["episode_id"]
-    train = task.split == Split.TRAIN
-    steps: list[StepRecord] = []
-    critiques: list[CritiqueRecord] = []
-    rewards = [[Critique.model_validate(c).reward for c in checks] for checks in state["checks"]]
-    right = [[Critique.model_validate(c).correct for c in checks] for checks in state["checks"]]
-    shaped = [shaped_rewards(r, stage=cfg.stage, alpha=cfg.alpha) for r in rewards]
-    advantages = group_advantages(shaped)
-    examples: list[ExampleRecord] = []
-    for i, turns in enumerate(state["turns"]):
-        parent = None
-        for t, turn in enumerate(turns):
-            step_id = stable_id(eid, "turn", i, t)
-            fb = state["feedback"][i][t] if t < len(state["feedback"][i]) else None
-            steps.append(
-                StepRecord(
-                    id=step_id,
-                    parent_id=parent,
-                    index=i * cfg.turns + t,
-                    role="assistant",
-                    model_version=turn["model_version"],
-                    text=turn["text"],
-                    prompt_token_ids=turn["prompt_token_ids"],
-                    token_ids=turn["token_ids"],
-                    logprobs=turn["logprobs"],
-                    reward=rewards[i][t],
-                    metadata={
-                        "conversation": i,
-                        "turn": t + 1,
-                        "finish_reason": turn["finish_reason"],
-                        "correct": right[i][t],
-                        "shaped_reward": shaped[i][t],
-                        "advantage": advantages[i][t],
-                        "feedback_after": fb["text"] if fb else None,
-                    },
-                )
-            )
-            check = Critique.model_validate(state["checks"][i][t])
-            critiques.append(
-                CritiqueRecord(
-                    id=stable_id(eid, "check", i, t),
-                    step_id=step_id,
-                    critic_version=check.critic_version,
-                    verdict=str(check.verdict),
-                    text=check.text,
-                    parsed=True,
-                )
-            )
-            if fb and fb.get("critique") and cfg.feedback == Feedback.CRITIC:
-                c = Critique.model_validate(fb["critique"])
-                critiques.append(
-                    CritiqueRecord(
-                        id=stable_id(eid, "feedback", i, t),
-                        step_id=step_id,
-                        critic_version=c.critic_version,
-                        verdict=str(c.verdict),
-                        first_wrong_step=c.first_wrong_step,
-                        text=c.text,
-                        parsed=c.parsed,
-                        corrected_solution=c.corrected_solution,
-                    )
-                )
-            parent = step_id
-            if train:
-                examples += _examples(cfg, task, eid, i, t, state, advantages[i][t], shaped[i][t], right[i])
-    first = [r[0] for r in right]
-    last = [r[-1] for r in right]
-    n = len(right)
-    return EpisodeRecord(
-        id=eid,
-        run_id=state["run_id"],
-        task_id=task.id,
-        loop=LOOP_NAME,
-        reward=sum(r[-1] for r in rewards) / n if n else 0.0,
-        # n/correct/pass feed the runner's totals: conversations and those right at their last turn.
-        outcome={
-            "n": n,
-            "correct": sum(last),
-            "pass": any(last),
-            "examples": len(examples),
-            "tokens": sum(len(s.token_ids or []) for s in steps),
-            "feedback": str(cfg.feedback),
-            "first_correct": sum(first),
-            "last_correct": sum(last),
-            "i2c": sum(not a and b for a, b in zip(first, last, strict=True)),
-            "c2i": sum(a and not b for a, b in zip(first, last, strict=True)),
-            "turns_taken": sum(len(r) for r in right),
-            "correct_by_turn": [sum(r[min(t, len(r) - 1)] for r in right) for t in range(cfg.turns)],
-        },
-        steps=steps,
-        critiques=critiques,
-        examples=examples,
-    )
-
-
-def _examples(
-    cfg: SelfCorrectConfig,
-    task: Task,
-    eid: str,
-    i: int,
-    t: int,
-    state: SelfCorrectState,
-    advantage: float,
-    shaped: float,
-    right: list[bool],
-) -> list[ExampleRecord]:
-    turn = state["turns"][i][t]
-    common = {"episode_id": eid, "task_id": task.id, "split": str(task.split)}
-    if cfg.emit == "pg":
-        anchor = cfg.stage == 1 and t == 0
-        if anchor:
-            if i >= cfg.anchors_per_task:
-                return []
-            advantage = 0.0
-        elif advantage == 0.0 and cfg.skip_zero_advantage:
-            return []
-        if not turn["token_ids"] or turn["logprobs"] is None:
-            return []  # an empty turn has no tokens to train
-        payload = AdvantagePayload(
-            prompt_ids=turn["prompt_token_ids"],
-            completion_ids=turn["token_ids"],
-            logprobs=turn["logprobs"],
-            advantage=advantage,
-            temperature=cfg.temperature or None,
-            model_version=turn["model_version"],
-            reward=shaped,
-            completion=turn["text"],
-            metadata={
-                "turn": t + 1,
-                "conversation": i,
-                "stage": cfg.stage,
-                "feedback": str(cfg.feedback),
-                "anchor": anchor,
-            },
-        )
-        return [
-            ExampleRecord(
-                id=stable_id(eid, "pg", i, t),
-                kind=ExampleKind.ADVANTAGE,
-                role=Role.POLICY,
-                payload=payload.model_dump(mode="json"),
-                **common,
-            )
-        ]
-    if cfg.emit == "sft" and t > 0 and right[t] and (cfg.sft_keep_correct or not right[t - 1]):
-        msgs = conversation_messages(cfg, task, state["turns"][i][:t], state["feedback"][i])
-        msgs.append(Message(role="user", content=state["feedback"][i][t - 1]["text"]))
-        return [
-            ExampleRecord(
-                id=stable_id(eid, "sft", i, t),
-                kind=ExampleKind.SFT,
-                role=Role.POLICY,
-                payload={
-                    "prompt": [m.model_dump() for m in msgs],
-                    "completion": [{"role": "assistant", "content": turn["text"]}],
-                    "metadata": {"turn": t + 1, "was_correct": right[t - 1]},
-                },
-                **common,
-            )
-        ]
-    return []
 
 
 def critic_for(resources: LoopResources, config: SelfCorrectConfig) -> Critic | None:

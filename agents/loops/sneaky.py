@@ -22,6 +22,9 @@ judgement of one step (critic role) and of a sneaky over a caught rewrite of one
 GAME_TURN examples with the game reward as advantage for the `pg` trainer. The critic is measured on the
 held-out critic benchmark (`[stages.eval] target = "critic"`), never on this game's own output, which the
 generator learns to exploit. Each node is checkpointed, so a killed episode resumes where it stopped.
+
+This module holds the config, state and graph; the game's rules are in `sneaky_rules`, the episode in
+`sneaky_record` and its training examples in `sneaky_examples`.
 """
 
 from __future__ import annotations
@@ -36,16 +39,16 @@ from strop.agents.engines.base import Engine, GenerationRequest, Message, Sampli
 from strop.agents.loops.base import completion_json, stable_id, task_messages
 from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
 from strop.agents.loops.scrit import STEP_SYSTEM_PROMPT
-from strop.agents.loops.sneaky_record import (
+from strop.agents.loops.sneaky_record import episode_of, summarize
+from strop.agents.loops.sneaky_rules import (
     ERROR_TYPES,
     ErrorType,
     check_rewrite,
     critic_messages,
-    episode_of,
+    decide_by_rollouts,
     generator_messages,
     plan_slots,
     rollout_text,
-    summarize,
 )
 from strop.critics.llm import CriticSampling, chat_request
 from strop.critics.verifier import VerifierCritic
@@ -306,7 +309,7 @@ def build_graph(
         for i, row in enumerate(checks):
             for ch in row:
                 if ch["status"] == "undecided":
-                    _decide_by_rollouts(ch, controls[i], cfg)
+                    decide_by_rollouts(ch, controls[i], cfg)
         return {"checks": checks, "controls": controls}
 
     async def judge(state: SneakyState) -> dict[str, Any]:
@@ -359,30 +362,6 @@ def build_graph(
     graph.add_edge("judge", "record")
     graph.add_edge("record", END)
     return graph
-
-
-def _decide_by_rollouts(check: dict[str, Any], control: list[dict[str, Any]], cfg: SneakyConfig) -> None:
-    """An undecided rewrite is wrong if enough continuations from it fail (and, with `control`, the original
-    step's mostly do not); without rollouts it does not count."""
-    rollouts = check.get("rollouts") or []
-    if not rollouts:
-        check.update(
-            status="unverified", reason="the arithmetic check cannot decide and no rollouts were run"
-        )
-        return
-    failed = sum(not r["correct"] for r in rollouts) / len(rollouts)
-    check["fail_share"] = failed
-    reason = f"{failed:.0%} of {len(rollouts)} continuations fail"
-    if failed < cfg.min_fail_share:
-        check.update(status="not_wrong", reason=f"{reason} (under {cfg.min_fail_share:.0%})")
-        return
-    if cfg.control:
-        base = sum(not r["correct"] for r in control) / len(control) if control else 1.0
-        check["control_fail_share"] = base
-        if base >= cfg.min_fail_share:
-            check.update(status="not_wrong", reason=f"{reason}, but so do {base:.0%} from the original step")
-            return
-    check.update(status="wrong", reason=f"{reason} (at least {cfg.min_fail_share:.0%})")
 
 
 def _make(resources: LoopResources, config: SneakyConfig) -> StateGraph:

@@ -15,6 +15,7 @@ import pytest
 
 from strop.agents.loops import mcts
 from strop.agents.loops.base import episode_input
+from strop.agents.loops.mcts_record import tree_from_steps, value_examples
 from strop.agents.search import sibling_pairs
 from strop.critics import VerifierCritic
 from strop.memory.records import EpisodeRecord, ExampleKind, RunRecord
@@ -47,7 +48,7 @@ async def test_search_stores_the_whole_tree_and_it_reloads_intact(tiny_model_pat
         await engine.close()
     ep = EpisodeRecord.model_validate(out["episode"])
     final = mcts.Tree.from_json(out["tree"])
-    assert mcts.tree_from_steps(ep.steps) == final  # every node, parent, token, visit, value and reward
+    assert tree_from_steps(ep.steps) == final  # every node, parent, token, visit, value and reward
     root = final.root
     assert root.visits == sum(
         final.nodes[i].visits for i in root.children
@@ -76,7 +77,7 @@ def test_tree_values_become_step_scorer_examples() -> None:
         tree.backpropagate(good.id, 1.0)
         tree.backpropagate(bad.id, 0.0)
     task = TS.tasks(Split.TRAIN, 1)[0]
-    examples = mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", tree)
+    examples = value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", tree)
     assert [(e.role, e.payload["completion"][0]["content"]) for e in examples] == [
         ("critic", "Yes"),
         ("critic", "No"),
@@ -88,11 +89,10 @@ def test_tree_values_become_step_scorer_examples() -> None:
         node = failed.add_child(0, text)
         for _ in range(2):
             failed.backpropagate(node.id, 0.0)
-    assert mcts._value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", failed) == []
+    assert value_examples(mcts.MCTSConfig(emit_values=True), task, "ep", failed) == []
     loose = mcts.MCTSConfig(emit_values=True, value_only_solved=False)
-    assert [
-        e.payload["completion"][0]["content"] for e in mcts._value_examples(loose, task, "ep", failed)
-    ] == ["No"] * 2
+    labels = [e.payload["completion"][0]["content"] for e in value_examples(loose, task, "ep", failed)]
+    assert labels == ["No"] * 2
 
 
 async def test_the_budget_stops_the_search(tiny_model_path: Path) -> None:

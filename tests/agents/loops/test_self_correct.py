@@ -9,6 +9,7 @@ import pytest
 from strop.agents.loops import self_correct as sc
 from strop.agents.loops.base import episode_input
 from strop.agents.loops.registry import get_loop
+from strop.agents.loops.self_correct_record import group_advantages, shaped_rewards
 from strop.critics import VerifierCritic
 from strop.critics.base import Critique, CritiqueVerdict
 from strop.memory.records import AdvantagePayload, EpisodeRecord, ExampleKind, Role
@@ -40,22 +41,22 @@ async def _episode(
 
 
 def test_scores_bonus_rewards_improvement_and_punishes_breaking() -> None:
-    assert sc.shaped_rewards([0.0, 1.0], stage=2, alpha=1.0) == [0.0, 2.0]  # wrong -> right: bonus
-    assert sc.shaped_rewards([1.0, 0.0], stage=2, alpha=1.0) == [1.0, -1.0]  # right -> wrong: penalty
-    assert sc.shaped_rewards([1.0, 1.0], stage=2, alpha=10.0) == [1.0, 1.0]  # kept right: no bonus
-    assert sc.shaped_rewards([0.0, 1.0, 1.0], stage=2, alpha=0.5) == [
+    assert shaped_rewards([0.0, 1.0], stage=2, alpha=1.0) == [0.0, 2.0]  # wrong -> right: bonus
+    assert shaped_rewards([1.0, 0.0], stage=2, alpha=1.0) == [1.0, -1.0]  # right -> wrong: penalty
+    assert shaped_rewards([1.0, 1.0], stage=2, alpha=10.0) == [1.0, 1.0]  # kept right: no bonus
+    assert shaped_rewards([0.0, 1.0, 1.0], stage=2, alpha=0.5) == [
         0.0,
         1.5,
         1.0,
     ]  # each turn vs the one before
-    assert sc.shaped_rewards([0.0, 1.0], stage=1, alpha=1.0) == [0.0, 1.0]  # stage I: the plain reward
+    assert shaped_rewards([0.0, 1.0], stage=1, alpha=1.0) == [0.0, 1.0]  # stage I: the plain reward
 
 
 def test_advantages_subtract_the_mean_of_the_conversations_that_reached_the_turn() -> None:
-    adv = sc.group_advantages([[0.0, 2.0], [1.0, -1.0], [1.0]])  # the third stopped after turn 1
+    adv = group_advantages([[0.0, 2.0], [1.0, -1.0], [1.0]])  # the third stopped after turn 1
     assert adv[0] == pytest.approx([-2 / 3, 1.5]) and adv[1] == pytest.approx([1 / 3, -1.5])
     assert adv[2] == pytest.approx([1 / 3])
-    assert sc.group_advantages([[0.0, 1.0]]) == [[0.0, 1.0]]  # a group of one keeps its reward (REINFORCE)
+    assert group_advantages([[0.0, 1.0]]) == [[0.0, 1.0]]  # a group of one keeps its reward (REINFORCE)
 
 
 async def test_two_turns_record_per_turn_accuracy_and_both_kinds_of_change() -> None:

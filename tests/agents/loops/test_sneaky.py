@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from strop.agents.loops import sneaky
 from strop.agents.loops.base import episode_input
 from strop.agents.loops.registry import get_loop
-from strop.agents.loops.sneaky_record import check_rewrite, game_rates, plan_slots, summarize
+from strop.agents.loops.sneaky_record import game_rates, summarize
+from strop.agents.loops.sneaky_rules import check_rewrite, plan_slots
 from strop.critics import VerifierCritic
 from strop.memory.records import AdvantagePayload, EpisodeRecord, ExampleKind, Role
 from strop.sandbox.tasks import ArithmeticTaskSet, Split

@@ -11,30 +11,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from strop.training.trainers import TrainOutcome
 
 if TYPE_CHECKING:
-    from strop.training.sft import LoraSettings
+    from strop.training.settings import LoraSettings, TrainerSettings
     from strop.training.tracking import TrainHooks
-
-
-class CommonSettings(Protocol):
-    """The settings fields every kind's settings model has under the same name and meaning."""
-
-    epochs: float
-    learning_rate: float
-    batch_size: int
-    grad_accum: int
-    lr_scheduler: str
-    warmup_ratio: float
-    seed: int
-    lora: LoraSettings | None
-    merge: bool
-    bf16: bool | None
-    report_to: list[str]
-    logging_steps: int
 
 
 def start_run(output_dir: str | Path) -> tuple[Path, float]:
@@ -134,7 +117,7 @@ def no_activation_checkpointing(config_cls: type) -> dict[str, bool]:
     )
 
 
-def training_args(config_cls: type, cfg: CommonSettings, out: Path, **kind_args: Any) -> Any:
+def training_args(config_cls: type, cfg: TrainerSettings, out: Path, **kind_args: Any) -> Any:
     """`config_cls` (a TRL config) with the keywords every kind sets alike, safe on a CPU-only machine: bf16 only
     where a CUDA GPU supports it (unless the settings say), never fp16, no checkpointing, no saving mid-run (a job
     saves its result itself), no pinned memory or progress bars without a GPU/terminal to use them.
@@ -150,6 +133,7 @@ def training_args(config_cls: type, cfg: CommonSettings, out: Path, **kind_args:
         gradient_accumulation_steps=cfg.grad_accum,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         bf16=cfg.bf16 if cfg.bf16 is not None else (cuda and torch.cuda.is_bf16_supported()),
         fp16=False,
@@ -182,12 +166,20 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def drop_reference_adapter(trained: Any) -> None:
+    """Delete the "ref" adapter TRL adds beside a continued one: with LoRA over a parent that is itself an
+    adapter, DPO and GRPO (pg included; beta > 0) keep a frozen copy of the parent's adapter under that name as
+    the reference. It is not part of the new version: PEFT would save it into the candidate as a `ref/` folder."""
+    if "ref" in getattr(trained, "peft_config", {}):
+        trained.delete_adapter("ref")
+
+
 def save_outcome(
     trained: Any,
     tokenizer: Any,
     result: Any,
     *,
-    cfg: CommonSettings,
+    cfg: TrainerSettings,
     out: Path,
     model_path: str | Path,
     examples: int,
@@ -201,6 +193,7 @@ def save_outcome(
     trainer's `state.log_history`, kept (numbers only) for the job's loss and reward curves."""
     from strop.training.tracking import compact_history
 
+    drop_reference_adapter(trained)
     adapter_out: str | None = None
     save = (
         is_main_process()

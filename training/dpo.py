@@ -21,12 +21,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from strop.memory.records import ExampleKind, ExampleRecord
 from strop.training import common
-from strop.training.sft import LoraSettings
-from strop.training.tracking import ReportTo, TrainHooks
+from strop.training.settings import LearningRate, MaxLength, OfflineTrainerSettings
+from strop.training.tracking import TrainHooks
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,8 @@ _REWARD_KEYS = {
 }
 
 
-class DPOSettings(BaseModel):
-    """DPO hyper-parameters; they map onto TRL's `DPOConfig`."""
-
-    model_config = ConfigDict(extra="forbid")
+class DPOSettings(OfflineTrainerSettings):
+    """DPO hyper-parameters (the shared ones in `training.settings`); they map onto TRL's `DPOConfig`."""
 
     beta: float = Field(
         0.1,
@@ -81,40 +79,8 @@ class DPOSettings(BaseModel):
         description="Assumed share of flipped preference labels ('robust' needs < 0.5; 'exo_pair' "
         "needs > 0, e.g. 1e-3).",
     )
-    learning_rate: float = Field(
-        5e-5,
-        gt=0,
-        description="Peak learning rate (DPO wants less than SFT: ~5e-5 with LoRA, ~5e-7..5e-6 full).",
-    )
-    epochs: float = Field(1.0, gt=0, description="Passes over the claimed pairs.")
-    batch_size: int = Field(8, ge=1, description="Pairs per device step (each pair is two sequences).")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(
-        256, ge=8, description="Longest tokenized prompt+answer; longer ones are truncated."
-    )
-    lr_scheduler: str = Field(
-        "linear", description="Transformers scheduler name: linear, cosine, constant..."
-    )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    seed: int = Field(0, description="Seed for shuffling and adapter initialisation.")
-    lora: LoraSettings | None = Field(
-        default_factory=LoraSettings,
-        description="LoRA settings; omit (or none) for full fine-tuning. A parent that "
-        "is an adapter is continued with its own adapter settings.",
-    )
-    merge: bool = Field(
-        False, description="Merge the adapter into the weights and save a full model (else keep the adapter)."
-    )
-    bf16: bool | None = Field(
-        None, description="bf16 mixed precision; None means only when a CUDA GPU is present."
-    )
-    report_to: ReportTo
-    logging_steps: int = Field(5, ge=1, description="Log the loss and reward figures every this many steps.")
-    max_examples: int | None = Field(
-        None,
-        ge=1,
-        description="Claim at most this many pairs per job (oldest first); the rest wait for the next job.",
-    )
+    learning_rate: LearningRate = 5e-5
+    max_length: MaxLength = 256
     balance_by: str | None = Field(
         None,
         description="A key of the pairs' `metadata` whose values get equal numbers of pairs: larger groups are "
@@ -200,11 +166,8 @@ def run_dpo(
         peft_config=common.new_adapter_config(cfg.lora, adapter_path),
     )
     result = common.train(trainer, hooks)
-    trained = trainer.model
-    if hasattr(trained, "peft_config") and "ref" in trained.peft_config:
-        trained.delete_adapter("ref")  # TRL's frozen copy of the parent's adapter: not part of the result
     return common.save_outcome(
-        trained,
+        trainer.model,
         tokenizer,
         result,
         cfg=cfg,

@@ -10,62 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from strop.memory.records import ExampleKind, ExampleRecord
 from strop.training import common
-from strop.training.tracking import ReportTo, TrainHooks
+from strop.training.settings import Epochs, LearningRate, MaxLength, OfflineTrainerSettings
+from strop.training.tracking import TrainHooks
 from strop.training.trainers import TrainerKind, TrainOutcome, TrainRequest, register_trainer
 
 
-class LoraSettings(BaseModel):
-    """LoRA through PEFT."""
+class SFTSettings(OfflineTrainerSettings):
+    """SFT hyper-parameters (the shared ones in `training.settings`); they map onto TRL's `SFTConfig`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    r: int = Field(16, ge=1, description="Adapter rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (effective scale alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: str | list[str] = Field(
-        "all-linear",
-        description="Modules to adapt: 'all-linear' or a list of module names (e.g. ['q_proj', 'v_proj']).",
-    )
-
-
-class SFTSettings(BaseModel):
-    """Training hyper-parameters; they map onto TRL's `SFTConfig`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: float = Field(2.0, gt=0, description="Passes over the claimed examples.")
-    learning_rate: float = Field(
-        2e-4, gt=0, description="Peak learning rate (LoRA wants ~1e-4..5e-4, full fine-tuning ~1e-5)."
-    )
-    batch_size: int = Field(8, ge=1, description="Examples per device step.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(256, ge=8, description="Longest tokenized example; longer ones are truncated.")
-    lr_scheduler: str = Field(
-        "linear", description="Transformers scheduler name: linear, cosine, constant..."
-    )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    seed: int = Field(0, description="Seed for shuffling and adapter initialisation.")
-    lora: LoraSettings | None = Field(
-        default_factory=LoraSettings, description="LoRA settings; omit (or none) for full fine-tuning."
-    )
-    merge: bool = Field(
-        False, description="Merge the adapter into the weights and save a full model (else keep the adapter)."
-    )
-    bf16: bool | None = Field(
-        None, description="bf16 mixed precision; None means only when a CUDA GPU is present."
-    )
-    report_to: ReportTo
-    logging_steps: int = Field(5, ge=1, description="Log the loss every this many steps.")
-    max_examples: int | None = Field(
-        None,
-        ge=1,
-        description="Claim at most this many examples per job (oldest first); the rest wait for the next job.",
-    )
+    epochs: Epochs = 2.0
+    learning_rate: LearningRate = 2e-4
+    max_length: MaxLength = 256
 
 
 def run_sft(
@@ -84,7 +41,7 @@ def run_sft(
     out, started = common.start_run(output_dir)
     tokenizer = common.load_tokenizer(model_path)
     model = common.load_parent(model_path, adapter_path, lora=cfg.lora is not None)
-    args = common.training_args(SFTConfig, cfg, out, weight_decay=cfg.weight_decay, max_length=cfg.max_length)
+    args = common.training_args(SFTConfig, cfg, out, max_length=cfg.max_length)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from strop.memory.records import ExampleRecord, ModelVersionRecord, Role
     from strop.training.tracking import TrainHooks
     from strop.training.trainers import TrainerKind, TrainOutcome
+
+log = logging.getLogger(__name__)
 
 WORKER_MODULE = "strop.training.launch_worker"
 SPEC_FILE, EXAMPLES_FILE, OUTCOME_FILE, LOG_FILE = "spec.json", "examples.jsonl", "outcome.json", "launch.log"
@@ -131,13 +134,22 @@ def check_launchable(kind: TrainerKind, launch: LaunchSettings, hooks: TrainHook
 
 
 def _zero_stage(path: Path) -> int | None:
-    """The DeepSpeed ZeRO stage an accelerate config file asks for (None without one, or when it does not parse:
-    accelerate then reports the file's error itself)."""
-    try:
-        import yaml
+    """The DeepSpeed ZeRO stage an accelerate config file asks for (None without one).
 
+    A file that cannot be read or parsed is not refused here: accelerate reports its own error for it when the
+    launch starts, in its own words. The cause is logged, since a stage-3 config then goes unchecked.
+    """
+    import yaml  # accelerate's own dependency: it reads these files with it
+
+    try:
         data = yaml.safe_load(path.read_text())
-    except Exception:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        log.warning(
+            "could not read the DeepSpeed ZeRO stage of %s (accelerate will report the file's error when it "
+            "launches)",
+            path,
+            exc_info=True,
+        )
         return None
     ds = data.get("deepspeed_config") if isinstance(data, dict) else None
     stage = ds.get("zero_stage") if isinstance(ds, dict) else None

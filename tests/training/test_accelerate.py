@@ -187,6 +187,25 @@ def test_the_launch_command(tmp_path: Path) -> None:
         )
 
 
+def test_an_unreadable_accelerate_config_is_left_to_accelerate_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    from strop.training.launch import check_launchable
+    from strop.training.trainers import get_trainer
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("deepspeed_config: {zero_stage: 3\n")  # unclosed flow mapping
+    with caplog.at_level("WARNING", logger="strop.training.launch"):
+        check_launchable(
+            get_trainer("sft"), LaunchSettings(launcher="accelerate", accelerate_config=str(broken))
+        )
+    [record] = [r for r in caplog.records if r.name == "strop.training.launch"]
+    assert str(broken) in record.getMessage() and record.exc_info is not None
+    assert isinstance(record.exc_info[1], yaml.YAMLError)  # the cause, with its traceback
+
+
 def test_strop_train_takes_the_launcher_options_and_names_a_bad_one(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -381,7 +381,7 @@ def bare_grpo(args: argparse.Namespace, model_path: Path, tasks: list[Any], out:
     from trl import GRPOConfig, GRPOTrainer
 
     from strop.critics.verifier import VerifierCritic
-    from strop.training.grpo import CriticReward
+    from strop.training.grpo_rewards import CriticReward
 
     s = settings_for("grpo", args)
     tok, model, lora = _bare_common(args, model_path)

@@ -35,7 +35,7 @@ from strop.memory.records import (
 from strop.sandbox.tasks import ArithmeticTaskSet, Split
 from strop.training.dpo import DPO_LOSS_TYPES, DPOSettings, balanced
 from strop.training.jobs import NothingToTrainError, settle_orphan_job, train_candidate
-from strop.training.sft import LoraSettings
+from strop.training.settings import LoraSettings
 from strop.training.trainers import get_trainer
 from tests.agents.loops.fakes import ScriptedEngine, _sum_of
 
@@ -206,7 +206,7 @@ from pathlib import Path
 from strop.memory import Store
 from strop.training.dpo import DPOSettings
 from strop.training.jobs import train_candidate
-from strop.training.sft import LoraSettings
+from strop.training.settings import LoraSettings
 
 from transformers import TrainerCallback
 from strop.training.tracking import TrainHooks

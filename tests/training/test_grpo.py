@@ -13,7 +13,9 @@ from pydantic import ValidationError
 from strop.agents.loops.registry import get_loop
 from strop.memory.records import ModelStatus, ModelVersionRecord, RunRecord
 from strop.sandbox.tasks import ArithmeticTaskSet, Split
-from strop.training.grpo import GRPOSettings, StropRollout, allowed_loss_types, group_advantages
+from strop.training.grpo_config import GRPOSettings, allowed_loss_types
+from strop.training.grpo_rewards import group_advantages
+from strop.training.grpo_rollout import StropRollout
 from strop.training.trainers import get_trainer
 from tests.agents.loops.fakes import ScriptedEngine
 
@@ -222,7 +224,7 @@ def test_adapter_merged_for_sampling_is_restored(tiny_model_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from strop.training.grpo import _merge_for_sampling
+    from strop.training.grpo_rollout import _merge_for_sampling
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_model_path),
@@ -239,3 +241,51 @@ def test_adapter_merged_for_sampling_is_restored(tiny_model_path: Path) -> None:
     assert not _merge_for_sampling(
         AutoModelForCausalLM.from_pretrained(tiny_model_path)
     )  # no adapter: nothing
+
+
+@pytest.mark.slow
+def test_grpo_over_an_adapter_parent_with_a_kl_saves_no_reference_adapter(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """beta > 0 over a parent that is an adapter: TRL trains against a frozen "ref" copy of the parent's adapter,
+    which is not part of the candidate (DPO and pg drop it the same way)."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from strop.training.grpo import run_grpo
+
+    parent = tmp_path / "parent"
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    ).save_pretrained(parent)
+    task_set = ArithmeticTaskSet()
+    settings = GRPOSettings(
+        num_generations=2,
+        batch_size=2,
+        grad_accum=1,
+        max_steps=1,
+        max_completion_length=8,
+        beta=0.04,
+        learning_rate=1e-3,
+        lora={"r": 4, "alpha": 8},
+    )
+    rollout = StropRollout(
+        spec=get_loop("best_of_n"),
+        loop_config={"seed": 0},
+        task_set=task_set,
+        tasks=task_set.tasks(Split.TRAIN, 2),
+        settings=settings,
+        run_id="grpo-ref",
+        job_id="job-ref",
+    )
+    out = tmp_path / "out"
+    res = run_grpo(
+        rollout, model_path=tiny_model_path, adapter_path=parent, output_dir=out, settings=settings
+    )
+
+    assert res.adapter_path == str(out) and res.steps == 1
+    assert (out / "adapter_config.json").is_file() and not (out / "ref").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4  # the parent's adapter, continued

@@ -26,7 +26,7 @@ from strop.memory.records import (
     TrainingJobRecord,
 )
 from strop.training.pg import MalformedExampleError, PGSettings, build_dataset, run_pg
-from strop.training.sft import LoraSettings
+from strop.training.settings import LoraSettings
 
 WRONG = (
     "Step 1: 98 + 69 = 157\n#### 157"  # a plausible wrong answer: low enough probability to move either way

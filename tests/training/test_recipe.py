@@ -19,15 +19,17 @@ def test_the_shipped_recipe_is_valid_and_documented() -> None:
         return [name for name, f in model.model_fields.items() if not f.description]
 
     from strop.agents.loops.best_of_n import BestOfNConfig
-    from strop.training.recipe import EngineSettings, Stage, StageEvalSettings, TaskSettings, TrainSettings
-    from strop.training.sft import LoraSettings, SFTSettings
+    from strop.agents.evaluators import list_evaluators
+    from strop.training.recipe import EngineSettings, Stage, TaskSettings, TrainSettings
+    from strop.training.settings import LoraSettings
+    from strop.training.sft import SFTSettings
 
     for m in (
         Recipe,
         Stage,
         TaskSettings,
         TrainSettings,
-        StageEvalSettings,
+        *(e.settings for e in list_evaluators()),
         EngineSettings,
         SFTSettings,
         LoraSettings,

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from strop.sandbox.tasks import ArithmeticTaskSet, Split
-from strop.training.sft import LoraSettings, SFTSettings, run_sft
+from strop.training.settings import LoraSettings
+from strop.training.sft import SFTSettings, run_sft
 
 
 def _dataset(n: int = 16):  # type: ignore[no-untyped-def]

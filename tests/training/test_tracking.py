@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from strop.training import tracking
 from strop.training.dpo import DPOSettings
-from strop.training.grpo import GRPOSettings
+from strop.training.grpo_config import GRPOSettings
 from strop.training.pg import PGSettings
-from strop.training.sft import LoraSettings, SFTSettings, run_sft
+from strop.training.settings import LoraSettings
+from strop.training.sft import SFTSettings, run_sft
 from strop.training.tracking import TrainHooks
 from tests.training.test_sft import _dataset
 

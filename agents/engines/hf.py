@@ -22,6 +22,10 @@ What is guaranteed:
 - Token ids include the end-of-sequence token when the model emitted one (training then learns to stop); the
   text never includes it. With a stop string, text ends before the stop string and token ids end with the
   token that completed it (vLLM does the same).
+
+This module is the engine: its queues, locks and lifecycle. Reading weights is in hf_loading.py, collecting
+and decoding a batch in hf_batching.py (with the per-row hooks of hf_rows.py), and carrying streamed tokens
+to their clients in hf_streaming.py.
 """
 
 from __future__ import annotations
@@ -42,23 +46,20 @@ import torch
 from strop.agents.engines.base import (
     Completion,
     EngineError,
-    FinishReason,
     GenerationRequest,
     as_requests,
     check_prompt_length,
     encode_prompt,
 )
-from strop.agents.engines.hf_rows import Row, RowSampler, RowStop, TokenUpdate, length_groups
+from strop.agents.engines.hf_batching import cancel_rows, collect_batch, decode_batch
+from strop.agents.engines.hf_loading import eos_ids, load_model, swap_adapter
+from strop.agents.engines.hf_rows import Row, length_groups
+from strop.agents.engines.hf_streaming import Queued, end_of_row, merge_events, to_sink
 from strop.agents.engines.streaming import StreamEvent, TextDeltas
 
-__all__ = ["EngineStats", "HFEngine", "length_groups"]
+__all__ = ["EngineStats", "HFEngine"]
 
 log = logging.getLogger(__name__)
-
-_MISSING_MODEL_FIX = (
-    "build the tiny model with `strop models build-tiny`, import SmolLM2 with `strop models import smollm2`, "
-    "or pass a local Hugging Face model folder (one with config.json and tokenizer files)"
-)
 
 
 @dataclass
@@ -83,23 +84,6 @@ class _LoopState:
 
     queue: asyncio.Queue[Row]
     task: asyncio.Task[None]
-
-
-def _check_model_folder(path: Path, what: str) -> None:
-    if not path.exists():
-        raise EngineError(f"no {what} folder at {path}: {_MISSING_MODEL_FIX}")
-    if not path.is_dir():
-        raise EngineError(f"{path} is a file, not a {what} folder: {_MISSING_MODEL_FIX}")
-    marker = "adapter_config.json" if what == "adapter" else "config.json"
-    if not (path / marker).is_file():
-        raise EngineError(
-            f"{path} is not a {what} folder (it has no {marker}): "
-            + (
-                "pass the folder a PEFT training run saved (it holds adapter_config.json)"
-                if what == "adapter"
-                else _MISSING_MODEL_FIX
-            )
-        )
 
 
 class HFEngine:
@@ -170,45 +154,18 @@ class HFEngine:
 
     # ----------------------------------------------------------------------------------------------- loading
     def _load(self, model_path: Path, adapter_path: Path | None, model_version: str | None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         model_path = model_path.expanduser()
-        _check_model_folder(model_path, "model")
-        if adapter_path is not None:
-            adapter_path = adapter_path.expanduser()
-            _check_model_folder(adapter_path, "adapter")
-
-        device = torch.device(self._device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self._dtype_arg is None:
-            dtype = (
-                torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-            )
-        else:
-            dtype = getattr(torch, str(self._dtype_arg).removeprefix("torch."), None)
-            if not isinstance(dtype, torch.dtype):
-                raise EngineError(f"unknown dtype {self._dtype_arg!r}: use float32, bfloat16 or float16")
-            if device.type == "cpu" and dtype != torch.float32:
-                raise EngineError(
-                    f"dtype {self._dtype_arg} is slow or unsupported on CPU: leave dtype unset (float32 on CPU)"
-                )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise EngineError(
-                f"could not load a causal LM from {model_path}: {e}. {_MISSING_MODEL_FIX}"
-            ) from e
-        if adapter_path is not None:
-            from peft import PeftModel
-
-            # Merged for inference (one matmul per layer instead of base + low-rank), but kept wrapped so that
-            # a reload to another adapter on this base can unmerge it instead of reading the base again.
-            model = PeftModel.from_pretrained(model, adapter_path)
-            model.merge_adapter()
-        model.to(device).eval()
-        # Left padding: decoder-only models continue from the last position of each row.
-        tokenizer.padding_side = "left"
-        self._adopt(model, tokenizer, device, dtype, model_path, adapter_path, model_version)
+        adapter_path = adapter_path.expanduser() if adapter_path is not None else None
+        loaded = load_model(model_path, adapter_path, self._device_arg, self._dtype_arg)
+        self._adopt(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.device,
+            loaded.dtype,
+            model_path,
+            adapter_path,
+            model_version,
+        )
         self._owns_model = True
 
     def _adopt(
@@ -221,26 +178,14 @@ class HFEngine:
         adapter_path: Path | None,
         model_version: str | None,
     ) -> None:
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        eos: set[int] = set()
-        for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-            if isinstance(source, int):
-                eos.add(source)
-            elif isinstance(source, list):
-                eos.update(source)
-        if not eos:
-            raise EngineError(
-                f"{model_path}: the tokenizer has no eos_token; set one in tokenizer_config.json"
-            )
-
+        eos = eos_ids(model, tokenizer, model_path)
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype
         self.model_path = model_path
         self.adapter_path = adapter_path
-        self._eos_ids = sorted(eos)
+        self._eos_ids = eos
         self.context_length: int = int(
             getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
         )
@@ -271,18 +216,7 @@ class HFEngine:
 
     def _swap_adapter(self, model_path: Path, adapter_path: Path | None, model_version: str | None) -> None:
         """On the worker: unmerge the adapter in use (exact up to float rounding) and merge the new one."""
-        from peft import PeftModel
-
-        if adapter_path is not None:
-            _check_model_folder(adapter_path, "adapter")
-        model = self.model
-        if isinstance(model, PeftModel):
-            model.unmerge_adapter()
-            model = model.unload()  # the bare base, LoRA layers removed
-        if adapter_path is not None:
-            model = PeftModel.from_pretrained(model, adapter_path)
-            model.to(self.device).eval()
-            model.merge_adapter()
+        model = swap_adapter(self.model, adapter_path, self.device)
         self.model = model
         self.adapter_path = adapter_path
         self._model_version = model_version or str(adapter_path or model_path)
@@ -310,7 +244,7 @@ class HFEngine:
         try:
             return [list(await asyncio.gather(*(row.future for row in rs))) for rs in rows]
         except asyncio.CancelledError:
-            _cancel([row for rs in rows for row in rs])
+            cancel_rows([row for rs in rows for row in rs])
             raise
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
@@ -321,7 +255,7 @@ class HFEngine:
         """
         [request] = as_requests([request])
         ids = self._encode(request)
-        events: asyncio.Queue[tuple[int, str, TokenUpdate | None]] = asyncio.Queue()
+        events: asyncio.Queue[Queued] = asyncio.Queue()
         rows = self._queue_rows(request, ids, sink=events.put_nowait)
         self.stats.requests += 1
         texts = [TextDeltas(self.tokenizer, set(self._eos_ids), request.sampling.stop) for _ in rows]
@@ -332,55 +266,12 @@ class HFEngine:
                 items = [await events.get()]
                 while not events.empty():  # a slow reader gets several steps in one event, not a backlog
                     items.append(events.get_nowait())
-                for event in self._merge(items, rows, texts, want_lp, want_top):
+                for event in merge_events(items, rows, texts, want_lp, want_top):
                     if event.completion is not None:
                         left -= 1
                     yield event
         finally:
-            _cancel(rows)
-
-    @staticmethod
-    def _merge(
-        items: list[tuple[int, str, TokenUpdate | None]],
-        rows: list[Row],
-        texts: list[TextDeltas],
-        want_lp: bool,
-        want_top: bool,
-    ) -> list[StreamEvent]:
-        """One event per choice for consecutive tokens, then its final event once its row is done."""
-        out: list[StreamEvent] = []
-        pending: dict[int, StreamEvent] = {}
-        for index, version, update in items:
-            if update is not None:
-                token, logprob, top = update
-                ev = pending.get(index)
-                if ev is None or ev.model_version != version:
-                    if ev is not None:
-                        out.append(ev)
-                    ev = pending[index] = StreamEvent(
-                        index,
-                        version,
-                        logprobs=[] if want_lp else None,
-                        top_logprobs=[] if want_top else None,
-                    )
-                ev.token_ids.append(token)
-                if ev.logprobs is not None:
-                    ev.logprobs.append(logprob)
-                if ev.top_logprobs is not None:
-                    ev.top_logprobs.append(top or {})
-                continue
-            if index in pending:
-                out.append(pending.pop(index))
-            completion = rows[index].future.result()  # raises the engine's error, if any
-            out.append(StreamEvent(index, completion.model_version, completion=completion))
-        out.extend(pending.values())
-        for ev in out:
-            ev.text = (
-                texts[ev.index].finish(ev.completion.text)
-                if ev.completion
-                else texts[ev.index].push(ev.token_ids)
-            )
-        return out
+            cancel_rows(rows)
 
     def _encode(self, request: GenerationRequest) -> list[int]:
         if self._closed:
@@ -393,7 +284,7 @@ class HFEngine:
         self,
         request: GenerationRequest,
         ids: list[int],
-        sink: Callable[[tuple[int, str, TokenUpdate | None]], None] | None = None,
+        sink: Callable[[Queued], None] | None = None,
     ) -> list[Row]:
         loop = asyncio.get_running_loop()
         state = self._loop_state(loop)
@@ -404,8 +295,8 @@ class HFEngine:
             fut: asyncio.Future[Completion] = loop.create_future()
             row = Row(ids, s, base_seed + k, fut)
             if sink is not None:
-                row.sink = functools.partial(_to_sink, sink, k)
-                fut.add_done_callback(functools.partial(_end_of_row, sink, k))
+                row.sink = functools.partial(to_sink, sink, k)
+                fut.add_done_callback(functools.partial(end_of_row, sink, k))
             state.queue.put_nowait(row)
             rows.append(row)
         return rows
@@ -428,20 +319,7 @@ class HFEngine:
     async def _batch_loop(self, queue: asyncio.Queue[Row]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
-            deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
-            batch = [r for r in batch if not r.future.done()]  # callers that were cancelled
+            batch = await collect_batch(queue, self.max_batch_size, self.batch_wait_s)
             for group in length_groups(batch):
                 try:
                     async with self._gate_lock():
@@ -458,98 +336,21 @@ class HFEngine:
                         row.future.set_result(completion)
 
     def _run_batch(self, rows: list[Row]) -> list[Completion]:
-        """Runs on the worker thread: one `generate` call over all rows."""
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        width = max(len(r.prompt_ids) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
-        attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
-        sampler = RowSampler(rows, self.device)
-        emit = None
-        if any(r.sink is not None for r in rows):
-            loop, version = rows[0].future.get_loop(), self._model_version
-            emit = functools.partial(loop.call_soon_threadsafe, _deliver, version)
-        stopper = RowStop(
-            rows,
-            width,
+        """Runs on the worker thread: one `generate` call over all rows (hf_batching), counted in `stats`."""
+        completions = decode_batch(
+            self.model,
             self.tokenizer,
-            self.device,
-            sampler=sampler,
-            eos_ids=set(self._eos_ids),
-            emit=emit,
-            interval_s=self.stream_interval_s,
+            rows,
+            device=self.device,
+            eos_ids=self._eos_ids,
+            model_version=self._model_version,
+            stream_interval_s=self.stream_interval_s,
         )
-        config = GenerationConfig(
-            max_new_tokens=max(r.sampling.max_tokens for r in rows),
-            do_sample=False,  # RowSampler has already drawn the token; greedy just follows its mask
-            num_beams=1,
-            pad_token_id=pad,
-            eos_token_id=self._eos_ids,
-        )
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([sampler]),
-                stopping_criteria=StoppingCriteriaList([stopper]),
-            )
-        stopper.flush()  # streamed tokens still pending go before the completions
-        generated = out[:, width:].tolist()
-        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
-        tops = [[step.get(i, {}) for step in sampler.top] for i in range(len(rows))]
-        completions = [
-            self._finish(row, gen, lps, top)
-            for row, gen, lps, top in zip(rows, generated, logprobs, tops, strict=True)
-        ]
         self.stats.batches += 1
         self.stats.rows += len(rows)
         self.stats.completions += len(rows)
         self.stats.tokens_generated += sum(len(c.token_ids) for c in completions)
         return completions
-
-    def _finish(
-        self, row: Row, generated: list[int], logprobs: list[float], top: list[dict[int, float]]
-    ) -> Completion:
-        """Trim one row at its max_tokens, its first EOS or its first stop string."""
-        s = row.sampling
-        tokens = generated[: s.max_tokens]
-        reason = FinishReason.LENGTH
-        body = tokens
-        for j, t in enumerate(tokens):
-            if t in self._eos_ids:
-                tokens, body, reason = tokens[: j + 1], tokens[:j], FinishReason.STOP
-                break
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
-        matched = None
-        if s.stop:
-            hits = [(text.find(stop), stop) for stop in s.stop if stop and stop in text]
-            if hits:
-                pos, matched = min(hits)
-                text, reason = text[:pos], FinishReason.STOP
-                tokens = body[: self._tokens_through(body, pos + len(matched))]
-        return Completion(
-            text=text,
-            prompt_token_ids=row.prompt_ids,
-            token_ids=tokens,
-            logprobs=logprobs[: len(tokens)] if s.logprobs else None,
-            finish_reason=reason,
-            model_version=self._model_version,
-            matched_stop=matched,
-            top_logprobs=top[: len(tokens)] if s.top_logprobs else None,
-        )
-
-    def _tokens_through(self, body: list[int], chars: int) -> int:
-        """Fewest leading tokens of `body` whose text is at least `chars` long (binary search: length grows)."""
-        lo, hi = 1, len(body)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(self.tokenizer.decode(body[:mid], skip_special_tokens=True)) >= chars:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
 
     async def close(self) -> None:
         """Stop the batchers and the worker; waiting callers get an EngineError rather than hanging."""
@@ -562,27 +363,3 @@ class HFEngine:
                     row.future.set_exception(EngineError("the engine was closed before this request ran"))
         self._loops.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _cancel(rows: list[Row]) -> None:
-    for row in rows:
-        row.cancelled = True
-        row.future.cancel()
-
-
-def _to_sink(
-    sink: Callable[[tuple[int, str, TokenUpdate | None]], None], index: int, version: str, update: TokenUpdate
-) -> None:
-    sink((index, version, update))
-
-
-def _end_of_row(sink: Callable[[tuple[int, str, TokenUpdate | None]], None], index: int, future: Any) -> None:
-    if not future.cancelled():
-        sink((index, "", None))
-
-
-def _deliver(version: str, updates: list[tuple[Row, TokenUpdate]]) -> None:
-    """On the event loop: hand one decoding step's tokens to their streams."""
-    for row, update in updates:
-        if row.sink is not None and not row.cancelled:
-            row.sink(version, update)

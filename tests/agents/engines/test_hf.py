@@ -241,7 +241,7 @@ async def test_an_http_engine_refuses_token_context_naming_the_fix() -> None:
 
 async def test_steps_and_rollouts_run_as_separate_batches_shortest_first(engine: HFEngine) -> None:
     """A mixed batch splits by length class: the stop-at-newline steps do not wait for 64-token rollouts."""
-    from strop.agents.engines.hf import length_groups
+    from strop.agents.engines.hf_rows import length_groups
 
     def row(max_tokens: int, stop: list[str]) -> object:
         from types import SimpleNamespace

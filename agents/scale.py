@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from strop.agents.worker import WORK_KEY, WorkerSettings, WorkSpec
+from strop.agents.work_spec import WORK_KEY, WorkSpec
+from strop.agents.worker import WorkerSettings
 
 
 class ScaleError(RuntimeError):

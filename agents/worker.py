@@ -1,11 +1,12 @@
 """Rollout workers: processes (or Ray actors) on any host that run a run's episodes from the store's queue.
 
-A driver (`strop run --workers N`, `strop evolve` with `[scale]`) stores a `WorkSpec` in the run's config and
-enqueues the run's tasks (agents/scale.py). A worker needs nothing but the database URL: it reads the spec,
-builds the loop with its OWN engines, claims a batch of episodes (memory/queue.py), runs them concurrently
-through the runner's episode machinery (LangGraph checkpoints on the same database, so an episode a dead
-worker left half-done resumes from its last node), and writes each finished episode in the transaction that
-marks it done. A heartbeat thread renews its leases; when it dies, they expire and another worker re-runs them.
+A driver (`strop run --workers N`, `strop evolve` with `[scale]`) stores a `WorkSpec` (work_spec.py) in the
+run's config and enqueues the run's tasks (agents/scale.py). A worker needs nothing but the database URL: it
+reads the spec, builds the loop with its OWN engines, claims a batch of episodes (memory/queue.py), runs them
+concurrently through the runner's episode machinery (LangGraph checkpoints on the same database, so an
+episode a dead worker left half-done resumes from its last node), and writes each finished episode in the
+transaction that marks it done. A heartbeat thread renews its leases; when it dies, they expire and another
+worker re-runs them.
 
 Version check per claim: before each claim the worker compares the models the run asks for (a role that
 follows its lineage asks the registry for the current promoted version) with those its engines serve, and
@@ -19,95 +20,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from strop.agents.work_spec import (
+    EngineSpec,
+    RoleModel,
+    WorkSpec,
+    WorkSpecError,
+    import_factory,
+    load_spec_task_set,
+    work_spec_of,
+)
 from strop.memory.group_commit import GroupCommitter
-from strop.memory.records import EpisodeRecord, ModelVersionRecord, RunRecord
+from strop.memory.records import EpisodeRecord, ModelVersionRecord
 
 if TYPE_CHECKING:  # the queue pulls in SQLAlchemy: loaded when a worker runs, not when a recipe is read
     from strop.memory.queue import WorkItemRecord
 
 log = logging.getLogger(__name__)
-
-WORK_KEY = "work"  # the key of the WorkSpec in a run's config
-
-
-class WorkSpecError(ValueError):
-    """A run whose work spec is missing or unusable on this worker; the message says what to do."""
-
-
-class RoleModel(BaseModel):
-    """The model a role plays with: a pinned version, or the live version of its lineage."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: str = Field(description="Model version id (registry) at enqueue time.")
-    lineage: str = Field("", description="Its lineage: what `follow` asks the registry about.")
-    follow: bool = Field(
-        False, description="Serve the lineage's current (promoted) version, checked at every claim."
-    )
-
-
-class EngineSpec(BaseModel):
-    """How a worker builds an engine for a model version."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: str = Field("hf", description="Engine backend: hf, vllm or openai (see agents/engines).")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Backend options, e.g. {max_batch_size = 64}."
-    )
-    factory: str | None = Field(
-        None,
-        description="'module:function' taking (version record, **options) and returning an Engine, instead "
-        "of a backend: a custom engine, or strop.agents.sim_engine:make_sim_engine for load tests.",
-    )
-
-
-class WorkSpec(BaseModel):
-    """Everything a worker on another host needs to run a run's episodes; stored in the run's config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    loop: str
-    config: dict[str, Any] = Field(default_factory=dict, description="The loop's config.")
-    task_set: str = Field(description="Task set name (load_task_set).")
-    task_options: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(None, description="The task set's label (reflection memory's scope).")
-    roles: dict[str, RoleModel]
-    engine: EngineSpec = Field(default_factory=EngineSpec)
-    # Off by default: the queue already makes a re-run episode exactly-once, and a synchronous checkpoint per
-    # node cost 5x the episode rate of a 50 ms engine on PostgreSQL here (docs/scale.md). On for long episodes.
-    checkpoints: bool = Field(
-        False,
-        description="LangGraph checkpoints per node, so an episode a dead worker "
-        "left half-done resumes from its last node (off: it starts over).",
-    )
-    max_attempts: int = Field(3, ge=1, description="Claims of one episode before it is marked failed.")
-
-
-def work_spec_of(run: RunRecord | None, run_id: str = "") -> WorkSpec:
-    if run is None:
-        raise WorkSpecError(
-            f"run {run_id!r} is not in this store; check --db (the driver's store) and --run-id"
-        )
-    raw = run.config.get(WORK_KEY)
-    if raw is None:
-        raise WorkSpecError(
-            f"run {run.id} was not started for workers (no '{WORK_KEY}' in its config); start it "
-            "with `strop run ... --workers N` or a recipe with [scale] workers"
-        )
-    return WorkSpec.model_validate(raw)
 
 
 class WorkerSettings(BaseModel):
@@ -139,6 +78,11 @@ class WorkerStats(BaseModel):
     first_claim_at: float | None = Field(None, description="Epoch seconds of its first non-empty claim.")
 
 
+def _registry_key(role: RoleModel) -> str:
+    """What the registry is asked for a role: its lineage's live version when it follows one, else its own."""
+    return f"lineage:{role.lineage}" if role.follow and role.lineage else role.version
+
+
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -165,17 +109,6 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _import_factory(path: str) -> Callable[..., Any]:
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise WorkSpecError(
-            f"engine factory {path!r} cannot be imported on this worker ({e}); install the package "
-            "that provides it here, or fix engine.factory ('module:function')"
-        ) from e
 
 
 class Worker:
@@ -272,7 +205,7 @@ class Worker:
     async def _serve(self, run_id: str, committer: GroupCommitter) -> None:
         spec = work_spec_of(await asyncio.to_thread(self.store.get_run, run_id), run_id)
         saver = await self._saver_for(spec)
-        task_set = _task_set(spec)
+        task_set = load_spec_task_set(spec)
         cap = self.settings.concurrency
         in_flight: set[asyncio.Task[None]] = set()
         graph: Any = None
@@ -353,7 +286,7 @@ class Worker:
         out: dict[str, ModelVersionRecord] = {}
         cache: dict[str, ModelVersionRecord | None] = {}
         for role, rm in spec.roles.items():
-            key = f"lineage:{rm.lineage}" if rm.follow and rm.lineage else rm.version
+            key = _registry_key(rm)
             if key not in cache:
                 if rm.follow and rm.lineage:
                     cache[key] = self.store.current_model(rm.lineage)
@@ -406,21 +339,10 @@ class Worker:
     @staticmethod
     def _load_engine(version: ModelVersionRecord, engine: EngineSpec) -> Any:
         if engine.factory:
-            return _import_factory(engine.factory)(version, **engine.options)
+            return import_factory(engine.factory)(version, **engine.options)
         from strop.agents.runner import load_version_engine
 
         return load_version_engine(version, backend=engine.backend, **engine.options)
-
-
-def _task_set(spec: WorkSpec) -> Any:
-    from strop.sandbox.tasks import load_task_set
-
-    try:
-        return load_task_set(spec.task_set, **spec.task_options)
-    except (ValueError, TypeError) as e:
-        raise WorkSpecError(
-            f"task set {spec.task_set!r} {spec.task_options} cannot be loaded on this worker: {e}"
-        ) from e
 
 
 def run_worker(

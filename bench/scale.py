@@ -90,7 +90,7 @@ def children_cpu() -> float:
 
 def _prepare(url: str, run_id: str, n_episodes: int, spec: Any) -> Any:
     from strop.agents.loops.base import episode_id
-    from strop.agents.worker import WORK_KEY
+    from strop.agents.work_spec import WORK_KEY
     from strop.memory import Store
     from strop.memory.records import ModelStatus, ModelVersionRecord, RunRecord
     from strop.sandbox.tasks import ArithmeticTaskSet, Split
@@ -138,7 +138,7 @@ def _host_workers(url: str, run_id: str, k: int, settings: dict[str, Any], out: 
 
 
 def sim_run(n: int, *, latency: float, concurrency: int, seconds: float) -> dict[str, Any]:
-    from strop.agents.worker import EngineSpec, RoleModel, WorkSpec
+    from strop.agents.work_spec import EngineSpec, RoleModel, WorkSpec
 
     episodes = max(20, int(n * concurrency * seconds / latency))
     spec = WorkSpec(
@@ -289,7 +289,7 @@ def tiny_run(actors: int, *, episodes: int) -> dict[str, Any]:
     from strop.agents.ray_pool import RayPool
     from strop.agents.runner import resolve_version
     from strop.agents.scale import ScaleSettings, run_on_workers
-    from strop.agents.worker import RoleModel, WorkSpec
+    from strop.agents.work_spec import RoleModel, WorkSpec
     from strop.memory.records import RunRecord
     from strop.sandbox.tasks import Split, load_task_set
 

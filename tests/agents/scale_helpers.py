@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strop.agents.worker import EngineSpec, RoleModel, WorkSpec
+from strop.agents.work_spec import EngineSpec, RoleModel, WorkSpec
 from strop.memory.records import ModelStatus, ModelVersionRecord, RunRecord
 from strop.sandbox.tasks import ArithmeticTaskSet, Split
 

@@ -10,14 +10,15 @@ import signal
 import pytest
 
 from strop.agents.scale import ScaleError, ScaleSettings, run_on_workers
-from strop.agents.worker import Worker, WorkerSettings, WorkSpecError
+from strop.agents.work_spec import WorkSpecError
+from strop.agents.worker import Worker, WorkerSettings
 from strop.memory.records import ModelStatus
 from tests.agents.scale_helpers import assert_each_once, register_sim, run_record, sim_spec, tasks
 
 
 async def _enqueue(store, run_id: str, spec, task_list) -> None:
     from strop.agents.loops.base import episode_id
-    from strop.agents.worker import WORK_KEY
+    from strop.agents.work_spec import WORK_KEY
 
     store.create_run(run_record(run_id))
     store.enqueue_work(

@@ -192,7 +192,7 @@ class SimpleNegotiation(GameAdapter):
         return None  # [Deny]
 
     def parse(self, text: str) -> str | None:
-        return find_move(text, self._read, self._read_free)
+        return find_move(text, self._parse_move, self._parse_free_move)
 
     def heuristic(self, view: SeatView, rng: random.Random) -> str:
         """Accept an offer that gains value; else offer a fair-by-base-values trade that gains a little."""
@@ -210,7 +210,7 @@ class SimpleNegotiation(GameAdapter):
         return best[1] if best else "[Deny]"
 
     @staticmethod
-    def _read(candidate: str) -> str | None:
+    def _parse_move(candidate: str) -> str | None:
         if _ACCEPT.match(candidate):
             return "[Accept]"
         if _DENY.match(candidate):
@@ -219,8 +219,8 @@ class SimpleNegotiation(GameAdapter):
         return _read_offer(match.group(1)) if match else None
 
     @staticmethod
-    def _read_free(text: str) -> str | None:
+    def _parse_free_move(text: str) -> str | None:
         if match := last_match(_FREE_OFFER, text):
             return _read_offer(match.group(1))
         stripped = text.strip()
-        return SimpleNegotiation._read(stripped) if len(stripped) < 40 else None
+        return SimpleNegotiation._parse_move(stripped) if len(stripped) < 40 else None

@@ -4,7 +4,10 @@ Games are stepped one move at a time because a self-play loop keeps many games i
 model calls of all of them; a game therefore never calls a model itself. A loop asks whose turn it is and
 what that seat sees (`SeatView`: chat messages, legal moves), submits the model's raw text, and gets back a
 `Move` whose outcome is legal, illegal or unparseable. Model text is untrusted: an illegal or unparseable
-move ends the game as a loss for the mover (-1/+1, the reason recorded), never an exception.
+move ends the game as a loss for the mover (-1/+1, the reason recorded), never an exception. The game engine
+is not the model: when it raises on a move the adapter accepted, that is a fault of the game, which ends void
+(outcome `engine_error`, rewards 0/0, no winner, `GameResult.engine_error` set), a loss for no one and never
+an exception, so one broken game does not sink a run of many.
 
 Everything here is plain data so it survives JSON: LangGraph checkpoints a loop's state as JSON, and a
 killed run resumes by rebuilding each game from its `GameRecord` (name, seed, options, moves so far).
@@ -26,6 +29,7 @@ class MoveOutcome(StrEnum):
     LEGAL = "legal"
     ILLEGAL = "illegal"  # understood, but against the rules here and now: the mover loses
     UNPARSEABLE = "unparseable"  # no move found in the text: the mover loses
+    ENGINE_ERROR = "engine_error"  # the game engine raised on a move the adapter accepted: the game is void
 
 
 class GameOverError(RuntimeError):
@@ -44,7 +48,7 @@ class Move(BaseModel):
 
 
 class GameResult(BaseModel):
-    """How a game ended. Rewards are per seat and sum to zero: win +1/-1, draw 0/0."""
+    """How a game ended. Rewards are per seat and sum to zero: win +1/-1, draw 0/0; a void game 0/0 too."""
 
     rewards: tuple[float, float]
     winner: int | None = Field(None, description="The winning seat; None for a draw.")
@@ -52,6 +56,11 @@ class GameResult(BaseModel):
     forfeit: MoveOutcome | None = Field(None, description="ILLEGAL/UNPARSEABLE if a bad move ended the game.")
     forfeited_by: int | None = Field(None, description="The seat whose bad move ended the game.")
     moves: int = Field(0, description="Moves submitted, the forfeited one included.")
+    engine_error: str | None = Field(
+        None,
+        description="The game engine's exception, when it raised on a move the adapter accepted: the game is "
+        "void (0/0, no winner), a fault of the game and a loss for no one. Count it apart from draws.",
+    )
 
     @model_validator(mode="after")
     def _zero_sum(self) -> GameResult:
@@ -59,7 +68,14 @@ class GameResult(BaseModel):
             raise ValueError(f"rewards must sum to zero, got {self.rewards}")
         if (self.winner is None) != (self.rewards[0] == self.rewards[1]):
             raise ValueError(f"winner {self.winner} does not match rewards {self.rewards}")
+        if self.engine_error is not None and (self.winner is not None or self.forfeit is not None):
+            raise ValueError("a void game (engine_error) has no winner and no forfeit")
         return self
+
+    @property
+    def void(self) -> bool:
+        """The game engine broke the game: it has no result to learn from or to rate players by."""
+        return self.engine_error is not None
 
 
 class GameRecord(BaseModel):

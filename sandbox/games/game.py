@@ -3,7 +3,9 @@
 TextArena gives a player a second try after an invalid move (error allowance 1) and ends the game on the
 second; here a bad move loses at once, deterministically: the adapter checks the parsed action before the
 engine sees it, and the engine's own allowance is set to zero as a safety net for anything the adapter
-missed (the engine's verdict then stands, recorded as illegal).
+missed (the engine's verdict then stands, recorded as illegal). An exception raised by the engine itself
+is not the player's fault: the game ends void (`MoveOutcome.ENGINE_ERROR`, rewards 0/0, no winner), so a
+loop with many games in flight keeps going and no one is scored a loss for a bug in the game.
 
 TextArena seeds Python's *global* `random` in `reset` and draws from it during play (Kuhn Poker deals
 every round's cards mid-game). With many games in flight, or any other user of `random` in the process,
@@ -117,9 +119,7 @@ class Game:
             log.warning(
                 "%s engine raised on %r (seed %d, turn %d): %r", self.name, action, self.seed, self.turn, exc
             )
-            return self._forfeit(
-                seat, text, action, MoveOutcome.ILLEGAL, f"the game engine refused it: {exc!r}"
-            )
+            return self._void(seat, text, action, exc)
         state = self._env.state
         if state.game_info[seat].get("invalid_move"):
             return self._forfeit(
@@ -188,6 +188,22 @@ class Game:
             moves=self.turn + 1,
         )
         move = Move(seat=seat, text=text, action=action, outcome=outcome, reason=reason, done=True)
+        self.history.append(move)
+        return move
+
+    def _void(self, seat: int, text: str, action: str, exc: Exception) -> Move:
+        """The engine raised on an accepted move: the game ends with no winner and no loser."""
+        reason = f"the game engine raised on {action!r}: {exc!r}"
+        self._result = GameResult(
+            rewards=(0.0, 0.0),
+            winner=None,
+            reason=f"seat {seat}: {MoveOutcome.ENGINE_ERROR}: {reason}",
+            moves=self.turn + 1,
+            engine_error=repr(exc),
+        )
+        move = Move(
+            seat=seat, text=text, action=action, outcome=MoveOutcome.ENGINE_ERROR, reason=reason, done=True
+        )
         self.history.append(move)
         return move
 

@@ -63,9 +63,15 @@ class SeriesResult(BaseModel):
     forfeits: int = Field(0, description="Games A lost by an illegal or unparseable move.")
     opponent_forfeits: int = Field(0, description="Games B lost by an illegal or unparseable move.")
     first_seat_wins: int = Field(0, description="Games won by seat 0, whoever sat there.")
+    void: int = Field(
+        0, description="Games the game engine broke (an engine error): counted in nothing else."
+    )
 
     def add(self, result: GameResult, a_seat: int) -> None:
-        """Count one finished game in which A sat in `a_seat`."""
+        """Count one finished game in which A sat in `a_seat`; a void game says nothing about either player."""
+        if result.void:
+            self.void += 1
+            return
         self.games += 1
         self.first_seat_wins += result.winner == 0
         if result.winner is None:

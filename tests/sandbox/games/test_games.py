@@ -11,9 +11,11 @@ import pytest
 from strop.sandbox.games import (
     GameOverError,
     GameRecord,
+    GameResult,
     HeuristicOpponent,
     MoveOutcome,
     RandomOpponent,
+    SeriesResult,
     UnknownGameError,
     get_adapter,
     list_games,
@@ -98,6 +100,56 @@ def test_engine_verdict_is_the_safety_net(monkeypatch: pytest.MonkeyPatch) -> No
     move = game.submit("[4]")
     assert move.outcome is MoveOutcome.ILLEGAL and "occupied" in move.reason
     assert game.result.rewards == (1.0, -1.0) and game.result.forfeited_by == 1
+
+
+def _break_the_engine_on(monkeypatch: pytest.MonkeyPatch, game_name: str, bad: str) -> None:
+    """Make the game's TextArena engine raise (a bug of the game) whenever `bad` is played."""
+    env_class = type(make_game(game_name, seed=0)._env)
+    step = env_class.step
+
+    def broken(self: object, action: str) -> object:
+        if action == bad:
+            raise KeyError("engine bug")
+        return step(self, action)
+
+    monkeypatch.setattr(env_class, "step", broken)
+
+
+async def test_an_engine_exception_voids_the_game_and_is_no_ones_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A move the adapter accepted but the engine raised on is the game's fault: void, 0/0, not an illegal move."""
+    _break_the_engine_on(monkeypatch, "tictactoe", "[0]")
+    game = make_game("tictactoe", seed=0)
+    game.submit("[4]")
+    move = game.submit("I take the corner: [0]")
+    assert move.outcome is MoveOutcome.ENGINE_ERROR and move.action == "[0]" and move.done
+    assert "engine bug" in move.reason
+    result = game.result
+    assert result is not None and result.void and "engine bug" in (result.engine_error or "")
+    assert result.rewards == (0.0, 0.0) and result.winner is None
+    assert result.forfeit is None and result.forfeited_by is None and result.moves == 2
+    with pytest.raises(GameOverError):
+        game.submit("[1]")
+    again = replay_game(json.loads(json.dumps(game.record().model_dump())))  # a resumed loop sees the same
+    assert again.result == result and again.history[-1].outcome is MoveOutcome.ENGINE_ERROR
+
+    # A series goes on past the broken game and counts it as neither player's result, nor as a draw.
+    series = SeriesResult()
+    series.add(result, a_seat=0)
+    monkeypatch.undo()  # the engine mended
+    series.add(await play_game(make_game("tictactoe", seed=1), (RandomOpponent(1), RandomOpponent(2))), 0)
+    assert series.void == 1 and series.games == 1 and series.forfeits == series.opponent_forfeits == 0
+
+
+def test_a_void_result_has_no_winner_and_no_forfeit() -> None:
+    with pytest.raises(ValueError, match="void"):
+        GameResult(rewards=(1.0, -1.0), winner=0, reason="x", engine_error="KeyError()")
+    with pytest.raises(ValueError, match="void"):
+        GameResult(
+            rewards=(0.0, 0.0), reason="x", forfeit=MoveOutcome.ILLEGAL, forfeited_by=0, engine_error="e"
+        )
+    assert not GameResult(rewards=(0.0, 0.0), reason="a draw").void
 
 
 def test_registry_names_options_and_errors() -> None:

@@ -109,7 +109,7 @@ def index_failures(
     failures = mem.failures(label, runs) if runs else []
     if not failures:
         return IndexReport(label, 0, 0, mem.count(label))
-    n = n_tasks or _distinct_tasks(store, runs)
+    n = n_tasks or max(len(store.episodes.task_ids(runs)), 1)
     try:
         train = {t.id: t for t in task_set.tasks(Split.TRAIN, n)}
     except ValueError:  # fewer train tasks exist than asked: take them all
@@ -123,19 +123,6 @@ def index_failures(
     ]
     added = mem.add(label, items)
     return IndexReport(label, added, len(failures) - len(items), mem.count(label))
-
-
-def _distinct_tasks(store: Any, runs: Sequence[str]) -> int:
-    from sqlalchemy import func, select
-
-    from strop.memory.core import chunks
-    from strop.memory.schema import Episode
-
-    seen: set[str] = set()
-    with store._read() as conn:
-        for ids in chunks(list(runs)):
-            seen.update(conn.scalars(select(func.distinct(Episode.task_id)).where(Episode.run_id.in_(ids))))
-    return max(len(seen), 1)
 
 
 class Recall:

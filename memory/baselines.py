@@ -13,19 +13,18 @@ not restart them at zero. Two things make that safe:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from strop.memory.core import StoreCore
+from strop.memory.core import Part, threaded
 from strop.memory.errors import StoreError
 from strop.memory.records import BaselineRecord, BaselineUpdate, BaselineUpdateResult, utcnow
-from strop.memory.schema import Baseline, BaselineUpdateLog, utc
+from strop.memory.schema import Baseline, BaselineUpdateLog
 
 
-class BaselinesMixin(StoreCore):
+class Baselines(Part):
     def update_baselines(self, updates: Sequence[BaselineUpdate]) -> list[BaselineUpdateResult]:
         """Fold each return into its baseline, in order, in one transaction; one result per update.
 
@@ -33,15 +32,16 @@ class BaselinesMixin(StoreCore):
         An update whose id was applied before is not applied again: its result is the stored one, with
         `replayed=True`. Rows are locked in a fixed order, so two concurrent batches cannot deadlock.
         """
+        updates = list(updates)  # read twice below: an iterator must not run dry
         if not updates:
             return []
-        with self._write() as conn:
+        with self.db.write() as conn:
             now = utcnow()
             keys = sorted({(u.namespace, u.game, u.role) for u in updates})
             for key in keys:  # create missing rows, then lock them all, always in the same order
                 ns, game, role = key
                 conn.execute(
-                    self._insert(Baseline.__table__)
+                    self.db.insert(Baseline.__table__)
                     .values(
                         namespace=ns,
                         game=game,
@@ -55,7 +55,7 @@ class BaselinesMixin(StoreCore):
             state: dict[tuple[str, str, str], tuple[float, int]] = {}
             for key in keys:
                 q = select(Baseline.value, Baseline.count).where(*_key(*key))
-                if not self.is_sqlite:
+                if not self.db.is_sqlite:
                     q = q.with_for_update()
                 value, count = conn.execute(q).one()
                 state[key] = (float(value), int(count))
@@ -121,9 +121,9 @@ class BaselinesMixin(StoreCore):
         )
 
     def get_baseline(self, namespace: str, game: str, role: str) -> BaselineRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(Baseline).where(*_key(namespace, game, role))).one_or_none()
-        return None if row is None else _record(row)
+        return None if row is None else BaselineRecord.model_validate(row)
 
     def list_baselines(self, namespace: str | None = None, game: str | None = None) -> list[BaselineRecord]:
         q = select(Baseline).order_by(Baseline.namespace, Baseline.game, Baseline.role)
@@ -131,31 +131,13 @@ class BaselinesMixin(StoreCore):
             q = q.where(Baseline.namespace == namespace)
         if game is not None:
             q = q.where(Baseline.game == game)
-        with self._read() as conn:
-            return [_record(r) for r in conn.execute(q)]
+        with self.db.read() as conn:
+            return [BaselineRecord.model_validate(r) for r in conn.execute(q)]
 
-    async def aupdate_baselines(self, updates: Sequence[BaselineUpdate]) -> list[BaselineUpdateResult]:
-        return await asyncio.to_thread(self.update_baselines, list(updates))
-
-    async def aget_baseline(self, namespace: str, game: str, role: str) -> BaselineRecord | None:
-        return await asyncio.to_thread(self.get_baseline, namespace, game, role)
-
-    async def alist_baselines(
-        self, namespace: str | None = None, game: str | None = None
-    ) -> list[BaselineRecord]:
-        return await asyncio.to_thread(self.list_baselines, namespace, game)
+    aupdate_baselines = threaded(update_baselines)
+    aget_baseline = threaded(get_baseline)
+    alist_baselines = threaded(list_baselines)
 
 
 def _key(namespace: str, game: str, role: str) -> tuple[Any, ...]:
     return (Baseline.namespace == namespace, Baseline.game == game, Baseline.role == role)
-
-
-def _record(row: Any) -> BaselineRecord:
-    return BaselineRecord(
-        namespace=row.namespace,
-        game=row.game,
-        role=row.role,
-        value=row.value,
-        count=row.count,
-        updated_at=utc(row.updated_at),
-    )

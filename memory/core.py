@@ -1,29 +1,30 @@
-"""The plumbing every part of the Store shares: the engine, read and write transactions, error translation
-and row-to-record conversion. The public API lives in store.py, registry.py and training_data.py."""
+"""What every part of the Store shares: the `Database` (engine, read and write transactions, error
+translation), the `Part` base class, and `threaded`, the one way an async twin is made.
+
+This is the store's public extension API: code in `memory/` that needs SQL of its own (embeddings, exports,
+reflection memory) opens `store.db.read()` / `store.db.write()` like the parts do, never a private method.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+import functools
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
-from sqlalchemy import Connection, Row, Table
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from strop.memory import db
-from strop.memory.records import (
-    CritiqueRecord,
-    EpisodeRecord,
-    ExampleRecord,
-    ModelVersionRecord,
-    RunRecord,
-    StepRecord,
-    TrainingJobRecord,
-)
-from strop.memory.schema import unpack_floats, unpack_ids, utc
+from strop.memory.records import as_utc, utcnow
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 # Stay under SQLite's bound-parameter limit (32766) and PostgreSQL's (65535) in IN (...) lists.
 CHUNK = 5000
 
@@ -33,9 +34,9 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-class StoreCore:
+class Database:
     """Owns the SQLAlchemy engine. Safe to share between threads (each call takes a pooled connection);
-    processes each make their own Store."""
+    processes each make their own."""
 
     def __init__(
         self,
@@ -51,140 +52,95 @@ class StoreCore:
         if self.is_sqlite and not create and not db.sqlite_exists(self.url):
             raise db.missing_sqlite_error(self.url)
         self.engine = db.make_engine(self.url, busy_timeout=busy_timeout, pool_size=pool_size)
-        with self._errors():
+        with self.errors():
             db.check_schema(self.engine, create=create)
+        # What a duplicate key raises: pipelined inserts (episodes.py) raise psycopg's own, outside SQLAlchemy.
+        self.integrity_errors: tuple[type[Exception], ...] = (IntegrityError,)
+        if not self.is_sqlite:
+            import psycopg
+
+            self.integrity_errors += (psycopg.errors.IntegrityError,)
 
     def __repr__(self) -> str:
-        return f"Store({db.masked(self.url)!r})"
+        return f"Database({db.masked(self.url)!r})"
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> StoreCore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """Driver errors with a known cause become StoreErrors that say what to do."""
         return db.translate_errors(self.url, self.busy_timeout)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def write(self) -> Iterator[Connection]:
         """One write transaction: BEGIN IMMEDIATE on SQLite (one writer at a time, waits up to the busy
         timeout), an ordinary transaction on PostgreSQL (row locks where a query asks for them)."""
-        with self._errors(), self.engine.connect() as conn:
+        with self.errors(), self.engine.connect() as conn:
             conn.execution_options(strop_write=True)
             with conn.begin():
                 yield conn
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._errors(), self.engine.connect() as conn:
+    def read(self) -> Iterator[Connection]:
+        with self.errors(), self.engine.connect() as conn:
             yield conn
 
-    def _insert(self, table: Table) -> Any:
-        """INSERT that supports ON CONFLICT DO NOTHING on both backends."""
+    def insert(self, table: Table) -> Any:
+        """INSERT that supports ON CONFLICT DO NOTHING / DO UPDATE on both backends."""
         return sqlite_insert(table) if self.is_sqlite else pg_insert(table)
 
+    def now(self) -> Any:
+        """The server's clock inside a PostgreSQL statement (no extra round trip), this host's on SQLite."""
+        return utcnow() if self.is_sqlite else func.now()
 
-def step_from_row(row: Row[Any]) -> StepRecord:
-    return StepRecord(
-        id=row.id,
-        parent_id=row.parent_id,
-        index=row.step_index,
-        role=row.role,
-        model_version=row.model_version,
-        text=row.text,
-        prompt_token_ids=unpack_ids(row.prompt_token_ids),
-        token_ids=unpack_ids(row.token_ids),
-        logprobs=unpack_floats(row.logprobs),
-        reward=row.reward,
-        value=row.value,
-        visits=row.visits,
-        metadata=row._mapping["metadata"],
-    )
+    def clock(self, conn: Connection) -> datetime:
+        """The server's clock as a value on PostgreSQL (one clock for every host), this host's on SQLite."""
+        if self.is_sqlite:
+            return utcnow()
+        now = as_utc(conn.scalar(select(func.now())))
+        assert now is not None
+        return now
 
 
-def critique_from_row(row: Row[Any]) -> CritiqueRecord:
-    return CritiqueRecord(
-        id=row.id,
-        episode_id=row.episode_id,
-        step_id=row.step_id,
-        critic_version=row.critic_version,
-        verdict=row.verdict,
-        first_wrong_step=row.first_wrong_step,
-        text=row.text,
-        parsed=row.parsed,
-        validated=row.validated,
-        corrected_solution=row.corrected_solution,
-    )
+class Part:
+    """One concern of the store (episodes, examples, the registry, ...) over the shared Database.
+
+    A part owns the SQL of its tables; `Store` builds one of each and exposes their methods."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
 
-def example_from_row(row: Row[Any]) -> ExampleRecord:
-    return ExampleRecord(
-        id=row.id,
-        kind=row.kind,
-        role=row.role,
-        payload=row.payload,
-        episode_id=row.episode_id,
-        task_id=row.task_id,
-        split=row.split,
-    )
+class threaded(Generic[P, R]):  # lower case: it reads like a decorator, `aget_run = threaded(get_run)`
+    """The async twin of a store method: `aget_run = threaded(get_run)` in a class body gives
+    `await obj.aget_run(...)`, which runs `obj.get_run(...)` in a worker thread so an event loop (a LangGraph
+    node, a runner) never blocks on the database. The twin has the method's parameters and returns an
+    awaitable of its result, for readers and type checkers alike.
 
+    The method is looked up on the instance, as a hand-written `await asyncio.to_thread(self.get_run, ...)`
+    would: a patched or overridden method is the one that runs."""
 
-def episode_from_row(row: Row[Any]) -> EpisodeRecord:
-    return EpisodeRecord(
-        id=row.id,
-        run_id=row.run_id,
-        task_id=row.task_id,
-        loop=row.loop,
-        status=row.status,
-        reward=row.reward,
-        outcome=row.outcome,
-        created_at=utc(row.created_at),
-    )
+    def __init__(self, method: Callable[Concatenate[Any, P], R]) -> None:
+        self.method = method
+        self.name = f"a{method.__name__}"
+        self.__doc__ = f"Async twin of `{method.__name__}` (run in a worker thread)."
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-def run_from_row(row: Row[Any]) -> RunRecord:
-    return RunRecord(
-        id=row.id,
-        loop=row.loop,
-        config=row.config,
-        model_ids=row.model_ids,
-        status=row.status,
-        host=row.host,
-        started_at=utc(row.started_at),
-        finished_at=utc(row.finished_at),
-    )
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Self: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        method = getattr(obj, self.method.__name__)  # the instance's own, as `self.get_run` would be
 
+        @functools.wraps(method)
+        async def twin(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await asyncio.to_thread(method, *args, **kwargs)
 
-def job_from_row(row: Row[Any]) -> TrainingJobRecord:
-    return TrainingJobRecord(
-        id=row.id,
-        algorithm=row.algorithm,
-        role=row.role,
-        model_in=row.model_in,
-        model_out=row.model_out,
-        status=row.status,
-        metrics=row.metrics,
-        error=row.error,
-        created_at=utc(row.created_at),
-        finished_at=utc(row.finished_at),
-    )
-
-
-def model_from_row(row: Row[Any]) -> ModelVersionRecord:
-    return ModelVersionRecord(
-        id=row.id,
-        name=row.name,
-        lineage=row.lineage,
-        path=row.path,
-        adapter_path=row.adapter_path,
-        parent_id=row.parent_id,
-        status=row.status,
-        job_id=row.job_id,
-        metrics=row.metrics,
-        created_at=utc(row.created_at),
-        promoted_at=utc(row.promoted_at),
-    )
+        twin.__name__ = twin.__qualname__ = self.name
+        twin.__doc__ = self.__doc__
+        return twin

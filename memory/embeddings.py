@@ -8,7 +8,6 @@ produces. On PostgreSQL at millions of rows, see docs/store.md for pgvector.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import and_, select
 
+from strop.memory.core import threaded
 from strop.memory.records import utcnow
 from strop.memory.schema import Critique, Embedding, Episode, Step
 
@@ -121,7 +121,7 @@ class EmbeddingMemory:
         have = select(Embedding.owner_id).where(
             and_(Embedding.owner_kind == kind, Embedding.model == self.embedder.name)
         )
-        with self.store._read() as conn:
+        with self.store.db.read() as conn:
             return [(r[0], r[1]) for r in conn.execute(query.where(query.selected_columns[0].not_in(have)))]
 
     def add(self, kind: str, items: Sequence[tuple[str, str]]) -> int:
@@ -143,8 +143,8 @@ class EmbeddingMemory:
                 }
                 for (owner_id, text), vec in zip(part, vectors, strict=True)
             ]
-            with self.store._write() as conn:
-                conn.execute(self.store._insert(Embedding.__table__).on_conflict_do_nothing(), rows)
+            with self.store.db.write() as conn:
+                conn.execute(self.store.db.insert(Embedding.__table__).on_conflict_do_nothing(), rows)
             stored += len(rows)
         return stored
 
@@ -163,7 +163,7 @@ class EmbeddingMemory:
         if not items:
             return 0
         texts: dict[str, list[tuple[int, str]]] = {i: [] for i, _ in items}
-        with self.store._read() as conn:
+        with self.store.db.read() as conn:
             for start in range(0, len(items), 5000):
                 ids = [i for i, _ in items[start : start + 5000]]
                 for r in conn.execute(
@@ -177,7 +177,7 @@ class EmbeddingMemory:
         self, query: str, kind: str = CRITIQUE, k: int = 5, min_score: float | None = None
     ) -> list[Hit]:
         """The k stored texts of `kind` nearest in meaning to `query`, best first."""
-        with self.store._read() as conn:
+        with self.store.db.read() as conn:
             rows = conn.execute(
                 select(Embedding.owner_id, Embedding.vector, Embedding.text).where(
                     Embedding.owner_kind == kind, Embedding.model == self.embedder.name
@@ -191,13 +191,6 @@ class EmbeddingMemory:
         hits = [Hit(kind, rows[i].owner_id, float(scores[i]), rows[i].text) for i in order]
         return [h for h in hits if min_score is None or h.score >= min_score]
 
-    async def asearch(
-        self, query: str, kind: str = CRITIQUE, k: int = 5, min_score: float | None = None
-    ) -> list[Hit]:
-        return await asyncio.to_thread(self.search, query, kind, k, min_score)
-
-    async def aindex_critiques(self) -> int:
-        return await asyncio.to_thread(self.index_critiques)
-
-    async def aindex_failures(self) -> int:
-        return await asyncio.to_thread(self.index_failures)
+    asearch = threaded(search)
+    aindex_critiques = threaded(index_critiques)
+    aindex_failures = threaded(index_failures)

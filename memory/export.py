@@ -199,7 +199,7 @@ def stats(store: Store) -> dict[str, list[dict[str, Any]]]:
         .group_by(Consumption.consumer, Consumption.state)
         .order_by(Consumption.consumer, Consumption.state)
     )
-    with store._read() as conn:
+    with store.db.read() as conn:
         return {
             name: [dict(r._mapping) for r in conn.execute(q)]
             for name, q in (

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
-from strop.memory.core import StoreCore
-from strop.memory.records import utcnow
-from strop.memory.schema import ScheduleFiring, utc
+from strop.memory.core import Part
+from strop.memory.records import StoredRecord, UTCDateTime, utcnow
+from strop.memory.schema import ScheduleFiring
 
 
 class FiringStatus(StrEnum):
@@ -29,16 +27,16 @@ class FiringStatus(StrEnum):
     MISSED = "missed"  # the scheduler fired later than the misfire grace time allows
 
 
-class FiringRecord(BaseModel):
+class FiringRecord(StoredRecord):
     schedule_id: str
-    scheduled_at: datetime
+    scheduled_at: UTCDateTime
     recipe: str
     holder: str
     status: FiringStatus
     cycle: int | None = None
     error: str | None = None
-    started_at: datetime
-    finished_at: datetime | None = None
+    started_at: UTCDateTime
+    finished_at: UTCDateTime | None = None
 
 
 def _at(t: datetime) -> datetime:
@@ -46,21 +44,7 @@ def _at(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def _record(row: Any) -> FiringRecord:
-    return FiringRecord(
-        schedule_id=row.schedule_id,
-        scheduled_at=utc(row.scheduled_at),
-        recipe=row.recipe,
-        holder=row.holder,
-        status=FiringStatus(row.status),
-        cycle=row.cycle,
-        error=row.error,
-        started_at=utc(row.started_at),
-        finished_at=utc(row.finished_at),
-    )
-
-
-class FiringsMixin(StoreCore):
+class Firings(Part):
     def claim_firing(
         self,
         schedule_id: str,
@@ -77,9 +61,9 @@ class FiringsMixin(StoreCore):
         (missed, skipped) records a firing that never ran."""
         status = FiringStatus(status)
         now = utcnow()
-        with self._write() as conn:
+        with self.db.write() as conn:
             stmt = (
-                self._insert(ScheduleFiring.__table__)
+                self.db.insert(ScheduleFiring.__table__)
                 .values(
                     schedule_id=schedule_id,
                     scheduled_at=_at(scheduled_at),
@@ -104,7 +88,7 @@ class FiringsMixin(StoreCore):
         cycle: int | None = None,
         error: str | None = None,
     ) -> None:
-        with self._write() as conn:
+        with self.db.write() as conn:
             conn.execute(
                 update(ScheduleFiring)
                 .where(
@@ -120,7 +104,7 @@ class FiringsMixin(StoreCore):
         Called by a firing that has just taken its recipe's lease: a firing that is still 'running' under
         another holder cannot be running (it would hold the lease), so its process died mid-cycle. The cycle
         itself is not lost: the firing calling this resumes it."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             return conn.execute(
                 update(ScheduleFiring)
                 .where(
@@ -132,22 +116,22 @@ class FiringsMixin(StoreCore):
             ).rowcount
 
     def get_firing(self, schedule_id: str, scheduled_at: datetime) -> FiringRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 select(ScheduleFiring).where(
                     ScheduleFiring.schedule_id == schedule_id,
                     ScheduleFiring.scheduled_at == _at(scheduled_at),
                 )
             ).one_or_none()
-        return None if row is None else _record(row)
+        return None if row is None else FiringRecord.model_validate(row)
 
     def list_firings(self, schedule_id: str | None = None, limit: int | None = 20) -> list[FiringRecord]:
         """Firings, newest scheduled time first."""
         q = select(ScheduleFiring).order_by(ScheduleFiring.scheduled_at.desc(), ScheduleFiring.schedule_id)
         if schedule_id is not None:
             q = q.where(ScheduleFiring.schedule_id == schedule_id)
-        with self._read() as conn:
-            return [_record(r) for r in conn.execute(q.limit(limit))]
+        with self.db.read() as conn:
+            return [FiringRecord.model_validate(r) for r in conn.execute(q.limit(limit))]
 
     def last_firings(self) -> dict[str, FiringRecord]:
         """The latest firing of each schedule (by scheduled time)."""
@@ -161,5 +145,5 @@ class FiringsMixin(StoreCore):
             (ScheduleFiring.schedule_id == latest.c.schedule_id)
             & (ScheduleFiring.scheduled_at == latest.c.at),
         )
-        with self._read() as conn:
-            return {r.schedule_id: _record(r) for r in conn.execute(q)}
+        with self.db.read() as conn:
+            return {r.schedule_id: FiringRecord.model_validate(r) for r in conn.execute(q)}

@@ -21,25 +21,23 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
-from pydantic import BaseModel
-from sqlalchemy import Connection, delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 
-from strop.memory.core import StoreCore
+from strop.memory.core import Part
 from strop.memory.errors import StoreError
-from strop.memory.records import utcnow
-from strop.memory.schema import Lease, utc
+from strop.memory.records import StoredRecord, UTCDateTime, as_utc
+from strop.memory.schema import Lease
 
 log = logging.getLogger(__name__)
 
 
-class LeaseRecord(BaseModel):
+class LeaseRecord(StoredRecord):
     name: str
     holder: str
-    acquired_at: datetime
-    heartbeat_at: datetime
-    expires_at: datetime
+    acquired_at: UTCDateTime
+    heartbeat_at: UTCDateTime
+    expires_at: UTCDateTime
     previous: LeaseRecord | None = None  # on acquisition: the expired lease this one took over
 
 
@@ -62,41 +60,22 @@ def _fmt(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _record(row: Any, previous: LeaseRecord | None = None) -> LeaseRecord:
-    return LeaseRecord(
-        name=row.name,
-        holder=row.holder,
-        acquired_at=utc(row.acquired_at),
-        heartbeat_at=utc(row.heartbeat_at),
-        expires_at=utc(row.expires_at),
-        previous=previous,
-    )
-
-
-class LeasesMixin(StoreCore):
-    def _db_now(self, conn: Connection) -> datetime:
-        """The database server's clock on PostgreSQL (one clock for every host), this host's on SQLite."""
-        if self.is_sqlite:
-            return utcnow()
-        now = utc(conn.scalar(select(func.now())))
-        assert now is not None
-        return now
-
+class Leases(Part):
     def acquire_lease(self, name: str, holder: str, ttl: float) -> LeaseRecord:
         """Take lease `name` for `ttl` seconds, or renew it if `holder` has it already.
 
         Raises LeaseHeldError (with the current holder) when someone else holds it and it has not expired.
         The returned record's `previous` is the expired lease this call took over, if any.
         """
-        with self._write() as conn:
-            now = self._db_now(conn)
+        with self.db.write() as conn:
+            now = self.db.clock(conn)
             q = select(Lease).where(Lease.name == name)
-            before = conn.execute(q if self.is_sqlite else q.with_for_update()).one_or_none()
+            before = conn.execute(q if self.db.is_sqlite else q.with_for_update()).one_or_none()
             t = Lease.__table__
             # A holder renewing keeps its acquisition time; a takeover starts a new one. `before` is exact:
             # the row is locked (PostgreSQL) or every writer is serialised (SQLite).
             mine = before is not None and before.holder == holder
-            stmt = self._insert(t).values(
+            stmt = self.db.insert(t).values(
                 name=name,
                 holder=holder,
                 acquired_at=before.acquired_at if mine else now,
@@ -111,18 +90,20 @@ class LeasesMixin(StoreCore):
             got = conn.execute(stmt.returning(t.c.holder)).one_or_none()
             row = conn.execute(select(Lease).where(Lease.name == name)).one()
         if got is None:
-            raise LeaseHeldError(_record(row))
-        previous = _record(before) if before is not None and before.holder != holder else None
-        return _record(row, previous)
+            raise LeaseHeldError(LeaseRecord.model_validate(row))
+        previous = (
+            LeaseRecord.model_validate(before) if before is not None and before.holder != holder else None
+        )
+        return LeaseRecord.model_validate(row).model_copy(update={"previous": previous})
 
     def take_over_lease(self, name: str, from_holder: str, holder: str, ttl: float) -> LeaseRecord:
         """Take the lease from `from_holder` before it expires: for a caller that knows that holder is dead
         (a process of this host that no longer exists). Refused with LeaseHeldError if the lease changed
         hands meanwhile; a lease that is gone is simply acquired."""
-        with self._write() as conn:
-            now = self._db_now(conn)
+        with self.db.write() as conn:
+            now = self.db.clock(conn)
             q = select(Lease).where(Lease.name == name)
-            before = conn.execute(q if self.is_sqlite else q.with_for_update()).one_or_none()
+            before = conn.execute(q if self.db.is_sqlite else q.with_for_update()).one_or_none()
             if before is not None and before.holder == from_holder:
                 conn.execute(
                     update(Lease)
@@ -134,16 +115,17 @@ class LeasesMixin(StoreCore):
                         expires_at=now + timedelta(seconds=ttl),
                     )
                 )
-                return _record(conn.execute(q).one(), previous=_record(before))
+                lease = LeaseRecord.model_validate(conn.execute(q).one())
+                return lease.model_copy(update={"previous": LeaseRecord.model_validate(before)})
         if before is None:
             return self.acquire_lease(name, holder, ttl)
-        raise LeaseHeldError(_record(before))
+        raise LeaseHeldError(LeaseRecord.model_validate(before))
 
     def renew_lease(self, name: str, holder: str, ttl: float) -> LeaseRecord:
         """Push the expiry `ttl` seconds ahead. An expired lease that nobody took over is still its holder's;
         one that was taken over (or released) raises LeaseLostError."""
-        with self._write() as conn:
-            now = self._db_now(conn)
+        with self.db.write() as conn:
+            now = self.db.clock(conn)
             done = conn.execute(
                 update(Lease)
                 .where(Lease.name == name, Lease.holder == holder)
@@ -152,29 +134,29 @@ class LeasesMixin(StoreCore):
             row = conn.execute(select(Lease).where(Lease.name == name)).one_or_none()
         if not done:
             who = (
-                f"taken over by {row.holder} at {_fmt(utc(row.acquired_at))}"
+                f"taken over by {row.holder} at {_fmt(as_utc(row.acquired_at))}"
                 if row is not None
                 else "released"
             )
             raise LeaseLostError(f"lease {name!r} of {holder} was {who}")
-        return _record(row)
+        return LeaseRecord.model_validate(row)
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up; False when `holder` no longer had it (expired and taken over)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             return bool(
                 conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder)).rowcount
             )
 
     def get_lease(self, name: str) -> LeaseRecord | None:
         """The lease row, expired or not (compare `expires_at` with the time to tell)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(Lease).where(Lease.name == name)).one_or_none()
-        return None if row is None else _record(row)
+        return None if row is None else LeaseRecord.model_validate(row)
 
     def list_leases(self) -> list[LeaseRecord]:
-        with self._read() as conn:
-            return [_record(r) for r in conn.execute(select(Lease).order_by(Lease.name))]
+        with self.db.read() as conn:
+            return [LeaseRecord.model_validate(r) for r in conn.execute(select(Lease).order_by(Lease.name))]
 
 
 class LeaseKeeper:
@@ -186,7 +168,7 @@ class LeaseKeeper:
     """
 
     def __init__(
-        self, store: LeasesMixin, lease: LeaseRecord, ttl: float, on_lost: Callable[[str], None] | None = None
+        self, store: Leases, lease: LeaseRecord, ttl: float, on_lost: Callable[[str], None] | None = None
     ) -> None:
         self.store, self.lease, self.ttl, self.on_lost = store, lease, ttl, on_lost
         self.lost: str | None = None

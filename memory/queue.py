@@ -21,17 +21,18 @@ Times come from the database server on PostgreSQL (hosts' clocks may disagree) a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, and_, case, delete, func, literal_column, select, text, update
 
-from strop.memory.core import StoreCore, chunks
+from strop.memory.core import Database, Part, chunks
+from strop.memory.episodes import Episodes, refuse_heldout
 from strop.memory.errors import InvalidTransitionError, NotFoundError
-from strop.memory.records import EpisodeRecord, utcnow
-from strop.memory.schema import Episode, Run, WorkItem, utc
+from strop.memory.records import EpisodeRecord, StoredRecord, UTCDateTime, utcnow
+from strop.memory.schema import Episode, Run, WorkItem
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -61,7 +62,7 @@ def check_work_transition(old: WorkState | str, new: WorkState | str) -> None:
         raise InvalidTransitionError(f"a work item cannot go from {old} to {new}")
 
 
-class WorkItemRecord(BaseModel):
+class WorkItemRecord(StoredRecord):
     run_id: str
     episode_id: str
     position: int = Field(description="Enqueue order inside the run; claims take the lowest first.")
@@ -69,7 +70,7 @@ class WorkItemRecord(BaseModel):
     payload: dict[str, Any] = Field(description="The task as plain data (Task.model_dump(mode='json')).")
     state: WorkState
     owner: str | None = None
-    expires_at: datetime | None = None
+    expires_at: UTCDateTime | None = None
     attempts: int = 0
     error: str | None = None
 
@@ -105,32 +106,11 @@ class CompletedWork(BaseModel):
     )
 
 
-def _record(row: Any) -> WorkItemRecord:
-    return WorkItemRecord(
-        run_id=row.run_id,
-        episode_id=row.episode_id,
-        position=row.position,
-        task_id=row.task_id,
-        payload=row.payload,
-        state=row.state,
-        owner=row.owner,
-        expires_at=utc(row.expires_at),
-        attempts=row.attempts,
-        error=row.error,
-    )
-
-
-class QueueMixin(StoreCore):
-    if TYPE_CHECKING:
-
-        def _insert_episodes(self, conn: Connection, new: Sequence[EpisodeRecord]) -> set[str]: ...
-        def _refuse_heldout(self, episodes: Sequence[EpisodeRecord]) -> None: ...
-
-        _integrity_errors: tuple[type[Exception], ...]
-
-    def _now(self) -> Any:
-        """The server's clock inside a PostgreSQL statement (no extra round trip), this host's on SQLite."""
-        return utcnow() if self.is_sqlite else func.now()
+class WorkQueue(Part):
+    def __init__(self, db: Database, episodes: Episodes) -> None:
+        """`episodes`: the part that writes a finished item's episode, inside the queue's transaction."""
+        super().__init__(db)
+        self.episodes = episodes
 
     def _expired(self, now: Any, max_attempts: int) -> ColumnElement[bool]:
         w = WorkItem
@@ -160,9 +140,9 @@ class QueueMixin(StoreCore):
             for i, (eid, tid, payload) in enumerate(items)
         ]
         added = 0
-        with self._write() as conn:
+        with self.db.write() as conn:
             q = select(Run.config).where(Run.id == run_id)
-            config = conn.scalar(q if self.is_sqlite else q.with_for_update())
+            config = conn.scalar(q if self.db.is_sqlite else q.with_for_update())
             if config is None:
                 raise NotFoundError(
                     f"run {run_id!r} is not in the store; create_run(RunRecord) before enqueueing"
@@ -171,7 +151,7 @@ class QueueMixin(StoreCore):
                 conn.execute(update(Run).where(Run.id == run_id).values(config={**config, **run_config}))
             now = utcnow()
             for part in chunks(rows, 2000):
-                stmt = self._insert(WorkItem.__table__).on_conflict_do_nothing(
+                stmt = self.db.insert(WorkItem.__table__).on_conflict_do_nothing(
                     index_elements=["run_id", "episode_id"]
                 )
                 added += len(
@@ -180,7 +160,7 @@ class QueueMixin(StoreCore):
                         [{**r, "updated_at": now} for r in part],
                     ).all()
                 )
-            if added >= 500 and not self.is_sqlite:
+            if added >= 500 and not self.db.is_sqlite:
                 # Fresh statistics after a bulk load, so the planner looks claimed rows up by key rather than
                 # scanning a run it believes holds one row (autovacuum would only get to it minutes later).
                 conn.execute(text("ANALYZE work_items"))
@@ -202,8 +182,8 @@ class QueueMixin(StoreCore):
         """Claim up to `limit` items of a run for `owner` for `ttl` seconds: `todo` ones first, then claimed ones
         whose lease expired with attempts left. Concurrent claimers get disjoint items and never wait on each
         other (SKIP LOCKED); an empty list means nothing is claimable now (see `work_counts` for why)."""
-        with self._write() as conn:
-            now = self._now()
+        with self.db.write() as conn:
+            now = self.db.now()
             got = self._claim(conn, run_id, owner, ttl, limit, WorkItem.state == str(WorkState.TODO), now)
             if len(got) < limit:  # a dead worker's items: rare, and only looked for once `todo` runs short
                 got += self._claim(
@@ -214,7 +194,7 @@ class QueueMixin(StoreCore):
     def _among(self, pick: Any) -> ColumnElement[bool]:
         """episode_id among the picked ones. On PostgreSQL as `= ANY(array of the pick)`, an init-plan, so the
         rows are fetched by primary key whatever the (often stale, for a fresh queue) statistics say."""
-        if self.is_sqlite:
+        if self.db.is_sqlite:
             return WorkItem.episode_id.in_(select(pick.c.episode_id))
         return WorkItem.episode_id == func.any(literal_column(f"ARRAY(SELECT episode_id FROM {pick.name})"))
 
@@ -248,13 +228,15 @@ class QueueMixin(StoreCore):
             )
             .returning(*(c for c in w.__table__.c if c.key != "updated_at"))
         )
-        return sorted((_record(r) for r in conn.execute(stmt)), key=lambda r: r.position)
+        return sorted(
+            (WorkItemRecord.model_validate(r) for r in conn.execute(stmt)), key=lambda r: r.position
+        )
 
     def renew_work(self, owner: str, ttl: float) -> int:
         """Push every lease `owner` holds `ttl` seconds ahead (the heartbeat); returns how many it holds.
         Items taken over by another worker are no longer its own and are left alone."""
-        with self._write() as conn:
-            now = self._now()
+        with self.db.write() as conn:
+            now = self.db.now()
             return conn.execute(
                 update(WorkItem)
                 .where(WorkItem.owner == owner, WorkItem.state == str(WorkState.CLAIMED))
@@ -265,23 +247,25 @@ class QueueMixin(StoreCore):
         """Write finished episodes and mark their items done, in ONE transaction, for the items `owner` still
         holds; an item it lost (its lease expired and another worker claimed it) gets nothing written."""
         out = CompletedWork()
-        self._refuse_heldout(episodes)
+        refuse_heldout(episodes)
         if not episodes:
             return out
         by_run: dict[str, dict[str, EpisodeRecord]] = {}
         for ep in episodes:
             by_run.setdefault(ep.run_id, {}).setdefault(ep.id, ep)
         try:
-            with self._write() as conn:
+            with self.db.write() as conn:
                 mine = self._mark_done(conn, owner, by_run)
-                out.written = self._insert_episodes(conn, [ep for ep in episodes if ep.id in mine])
-        except self._integrity_errors:
+                out.written = self.episodes.insert_rows(conn, [ep for ep in episodes if ep.id in mine])
+        except self.db.integrity_errors:
             # Some episode is stored already (the single-process runner wrote it, or a bug): look first.
-            with self._write() as conn:
+            with self.db.write() as conn:
                 mine = self._mark_done(conn, owner, by_run)
                 stored = set(conn.scalars(select(Episode.id).where(Episode.id.in_(mine)))) if mine else set()
                 out.existing = stored
-                out.written = self._insert_episodes(conn, [ep for ep in episodes if ep.id in mine - stored])
+                out.written = self.episodes.insert_rows(
+                    conn, [ep for ep in episodes if ep.id in mine - stored]
+                )
         out.lost = {ep.id for ep in episodes} - out.written - out.existing
         return out
 
@@ -299,7 +283,7 @@ class QueueMixin(StoreCore):
                         WorkItem.owner == owner,
                         WorkItem.state == str(WorkState.CLAIMED),
                     )
-                    .values(state=str(WorkState.DONE), expires_at=None, error=None, updated_at=self._now())
+                    .values(state=str(WorkState.DONE), expires_at=None, error=None, updated_at=self.db.now())
                     .returning(WorkItem.episode_id)
                 )
                 mine.update(conn.scalars(stmt))
@@ -311,7 +295,7 @@ class QueueMixin(StoreCore):
         """Give an item back after its episode raised: `todo` again while it has attempts left, else `failed`
         with the error kept. Returns the new state, or None when `owner` no longer held it."""
         w = WorkItem
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = conn.execute(
                 select(w.attempts).where(
                     w.run_id == run_id,
@@ -326,7 +310,7 @@ class QueueMixin(StoreCore):
             conn.execute(
                 update(w)
                 .where(w.run_id == run_id, w.episode_id == episode_id, w.owner == owner)
-                .values(state=str(state), owner=None, expires_at=None, error=error, updated_at=self._now())
+                .values(state=str(state), owner=None, expires_at=None, error=error, updated_at=self.db.now())
             )
         return state
 
@@ -334,8 +318,8 @@ class QueueMixin(StoreCore):
         """Mark `failed` the items whose lease expired `max_attempts` times (each worker that tried them died
         or stalled); returns how many. Workers call it when they find nothing to claim."""
         w = WorkItem
-        with self._write() as conn:
-            now = self._now()
+        with self.db.write() as conn:
+            now = self.db.now()
             return conn.execute(
                 update(w)
                 .where(
@@ -355,7 +339,7 @@ class QueueMixin(StoreCore):
 
     def requeue_failed(self, run_id: str) -> int:
         """Failed items back to `todo` with their attempts reset (a rerun after fixing what failed them)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             return conn.execute(
                 update(WorkItem)
                 .where(WorkItem.run_id == run_id, WorkItem.state == str(WorkState.FAILED))
@@ -364,8 +348,8 @@ class QueueMixin(StoreCore):
 
     def work_counts(self, run_id: str) -> WorkCounts:
         w = WorkItem
-        with self._read() as conn:
-            now = self._now()
+        with self.db.read() as conn:
+            now = self.db.now()
             counts = WorkCounts()
             q = (
                 select(w.state, func.count(), func.sum(case((w.expires_at < now, 1), else_=0)))
@@ -382,8 +366,8 @@ class QueueMixin(StoreCore):
         q = select(WorkItem).where(WorkItem.run_id == run_id).order_by(WorkItem.position)
         if state is not None:
             q = q.where(WorkItem.state == str(WorkState(state)))
-        with self._read() as conn:
-            return [_record(r) for r in conn.execute(q)]
+        with self.db.read() as conn:
+            return [WorkItemRecord.model_validate(r) for r in conn.execute(q)]
 
     def open_work_runs(self) -> list[str]:
         """Runs with items left to do or in progress, oldest enqueued first: what `strop worker` serves."""
@@ -393,10 +377,10 @@ class QueueMixin(StoreCore):
             .group_by(WorkItem.run_id)
             .order_by("since")
         )
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [r.run_id for r in conn.execute(q)]
 
     def drop_work(self, run_id: str) -> int:
         """Forget a run's queue (its episodes stay)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             return conn.execute(delete(WorkItem).where(WorkItem.run_id == run_id)).rowcount

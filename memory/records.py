@@ -11,9 +11,9 @@ import math
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def new_id() -> str:
@@ -22,6 +22,24 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every time the store writes is UTC, so say so."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+# A time as the store keeps it: naive values (SQLite's) are UTC.
+UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
+
+
+class StoredRecord(BaseModel):
+    """A record the store reads back from a row: `Record.model_validate(row)` takes the row's columns by
+    name (pydantic's `from_attributes`), so no hand-written mapper can drift from the table."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
 class ModelStatus(StrEnum):
@@ -81,7 +99,7 @@ class Role(StrEnum):
     GENERATOR = "generator"
 
 
-class ModelVersionRecord(BaseModel):
+class ModelVersionRecord(StoredRecord):
     id: str = Field(default_factory=new_id)
     name: str = Field(description="Human name, e.g. 'smollm2-135m' or 'smollm2-135m-c3'.")
     lineage: str = Field(
@@ -93,19 +111,19 @@ class ModelVersionRecord(BaseModel):
     status: ModelStatus = ModelStatus.CANDIDATE
     job_id: str | None = Field(None, description="Training job that produced it.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="e.g. {'heldout_accuracy': 0.37}.")
-    created_at: datetime = Field(default_factory=utcnow)
-    promoted_at: datetime | None = None
+    created_at: UTCDateTime = Field(default_factory=utcnow)
+    promoted_at: UTCDateTime | None = None
 
 
-class RunRecord(BaseModel):
+class RunRecord(StoredRecord):
     id: str = Field(default_factory=new_id)
     loop: str = Field(description="Loop name, e.g. 'best_of_n'.")
     config: dict[str, Any] = Field(default_factory=dict)
     model_ids: list[str] = Field(default_factory=list, description="Model version ids the run used.")
     status: RunStatus = RunStatus.RUNNING
     host: str = ""
-    started_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    started_at: UTCDateTime = Field(default_factory=utcnow)
+    finished_at: UTCDateTime | None = None
 
 
 class StepRecord(BaseModel):
@@ -126,7 +144,7 @@ class StepRecord(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class CritiqueRecord(BaseModel):
+class CritiqueRecord(StoredRecord):
     id: str = Field(default_factory=new_id)
     episode_id: str | None = Field(None, description="Episode it belongs to; filled in by the store.")
     step_id: str | None = Field(None, description="Target step; None when it judges the whole episode.")
@@ -139,7 +157,7 @@ class CritiqueRecord(BaseModel):
     corrected_solution: str | None = None
 
 
-class ExampleRecord(BaseModel):
+class ExampleRecord(StoredRecord):
     id: str = Field(default_factory=new_id)
     kind: ExampleKind
     role: Role = Role.POLICY
@@ -244,7 +262,7 @@ class AdvantagePayload(BaseModel):
         return ExampleRecord(kind=kind, role=role, payload=payload, task_id=task_id, split=split)
 
 
-class EpisodeRecord(BaseModel):
+class EpisodeRecord(StoredRecord):
     """A finished episode with all it produced; written in one transaction."""
 
     id: str = Field(default_factory=new_id)
@@ -259,7 +277,7 @@ class EpisodeRecord(BaseModel):
     steps: list[StepRecord] = Field(default_factory=list)
     critiques: list[CritiqueRecord] = Field(default_factory=list)
     examples: list[ExampleRecord] = Field(default_factory=list)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: UTCDateTime = Field(default_factory=utcnow)
 
 
 class BaselineUpdate(BaseModel):
@@ -294,7 +312,7 @@ class BaselineUpdate(BaseModel):
         return r
 
 
-class BaselineRecord(BaseModel):
+class BaselineRecord(StoredRecord):
     """A baseline as stored: its value (0 before the first return) and how many returns it has seen."""
 
     namespace: str
@@ -302,7 +320,7 @@ class BaselineRecord(BaseModel):
     role: str
     value: float = 0.0
     count: int = 0
-    updated_at: datetime | None = None
+    updated_at: UTCDateTime | None = None
 
 
 class BaselineUpdateResult(BaseModel):
@@ -319,7 +337,7 @@ class BaselineUpdateResult(BaseModel):
     replayed: bool = Field(False, description="True when the id was applied before and nothing changed now.")
 
 
-class TrainingJobRecord(BaseModel):
+class TrainingJobRecord(StoredRecord):
     id: str = Field(default_factory=new_id)
     algorithm: str = Field(description="sft, dpo, grpo, reward...")
     role: Role = Role.POLICY
@@ -328,5 +346,5 @@ class TrainingJobRecord(BaseModel):
     status: JobStatus = JobStatus.RUNNING
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    created_at: UTCDateTime = Field(default_factory=utcnow)
+    finished_at: UTCDateTime | None = None

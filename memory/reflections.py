@@ -2,8 +2,9 @@
 
 Reflexion-style self-improvement without a weight update: before answering, the actor is shown the most
 similar problems it got wrong before, its wrong answer and the critique of it. This module is the store side:
-it keeps those failures (table `reflections`, one row per failed episode and task-set label) with the MiniLM
-embedding of the problem text, and finds the nearest ones to a new problem.
+`Reflections` (the Store's part, `store.reflections`) keeps those failures (table `reflections`, one row per
+failed episode and task-set label) with the MiniLM embedding of the problem text; `ReflectionMemory` embeds
+problems and finds the nearest ones to a new problem over a per-process cache (vectors.py).
 
 Retrieval must never leak an answer it should not: it never returns the asking task's own failures (their
 critique names its reference answer) nor anything from a held-out task. Both are guarded in the query, not
@@ -20,7 +21,6 @@ run produces (see docs/memory.md for figures at 100,000 rows).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import and_, func, select
 
-from strop.memory.core import chunks
+from strop.memory.core import Part, chunks, threaded
 from strop.memory.errors import HeldoutLeakError
 from strop.memory.records import utcnow
 from strop.memory.schema import Critique, Episode, Reflection, Step
+from strop.memory.vectors import Matrix
 
 if TYPE_CHECKING:
     from strop.memory.embeddings import Embedder
@@ -77,60 +78,137 @@ class Recalled:
     score: float
 
 
-class _Matrix:
-    """The cached vectors of one (scope, model): rows in `seq` order, task ids as small integer codes.
-
-    Arrays grow by half their capacity at a time, so an incremental refresh mostly copies only the new rows."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.dim = 0
-        self._seqs = np.zeros(0, dtype=np.int64)
-        self._vectors = np.zeros((0, 0), dtype=np.float32)
-        self._tasks = np.zeros(0, dtype=np.int32)
-        self.codes: dict[str, int] = {}
-        self.counted = time.monotonic()  # when the row count was last known to match the store
-
-    @property
-    def seqs(self) -> np.ndarray:
-        return self._seqs[: self.count]
-
-    @property
-    def vectors(self) -> np.ndarray:
-        return self._vectors[: self.count]
-
-    @property
-    def tasks(self) -> np.ndarray:
-        return self._tasks[: self.count]
-
-    @property
-    def max_seq(self) -> int:
-        return int(self._seqs[self.count - 1]) if self.count else 0
-
-    def extend(self, rows: Sequence[Any]) -> None:
-        if not rows:
-            return
-        dim = int(rows[0].dim)
-        if self.count and dim != self.dim:
-            raise ValueError(f"reflection vectors of {dim} dimensions beside cached ones of {self.dim}")
-        n, end = len(rows), self.count + len(rows)
-        if end > self._seqs.shape[0]:
-            cap = max(end + end // 4, self._seqs.shape[0] * 3 // 2, 1024)  # headroom: new rows rarely copy
-            self._seqs = np.resize(self._seqs, cap)
-            self._tasks = np.resize(self._tasks, cap)
-            grown = np.zeros((cap, dim), dtype=np.float32)
-            if self.count:
-                grown[: self.count] = self._vectors[: self.count]
-            self._vectors = grown
-        self.dim = dim
-        self._vectors[self.count : end] = np.frombuffer(
-            b"".join(r.vector for r in rows), dtype="<f4"
-        ).reshape(n, dim)
-        self._seqs[self.count : end] = np.fromiter((r.seq for r in rows), np.int64, n)
-        self._tasks[self.count : end] = np.fromiter(
-            (self.codes.setdefault(r.task_id, len(self.codes)) for r in rows), np.int32, n
+def refuse_heldout(items: Sequence[ReflectionItem]) -> None:
+    leaked = [i.task_id for i in items if i.split != TRAIN]
+    if leaked:
+        raise HeldoutLeakError(
+            f"{len(leaked)} reflection(s) come from non-train tasks (e.g. {leaked[0]!r}): reflection memory "
+            "holds train-split failures only, so no held-out problem or answer ever reaches a prompt"
         )
-        self.count = end
+
+
+class Reflections(Part):
+    """The store's part: the `reflections` table and the failures it is filled from. Every query that hands
+    texts back carries the train-split condition itself."""
+
+    def failures(self, scope: str, model: str, run_ids: Sequence[str]) -> list[FailedAttempt]:
+        """The first wrong answer (verdict 'incorrect') of each episode of these runs that is not remembered
+        under (`scope`, `model`) yet, with its critique. Answers sampled with a hint (STaR rationalization)
+        are skipped: the actor did not produce them on its own."""
+        done = select(Reflection.episode_id).where(Reflection.scope == scope, Reflection.model == model)
+        found: dict[str, FailedAttempt] = {}
+        with self.db.read() as conn:
+            for ids in chunks(list(run_ids)):
+                q = (
+                    select(
+                        Episode.id,
+                        Episode.task_id,
+                        Step.text,
+                        Step.meta.label("meta"),
+                        Critique.text.label("critique"),
+                    )
+                    .join(Critique, Critique.episode_id == Episode.id)
+                    .join(Step, and_(Step.id == Critique.step_id, Step.episode_id == Episode.id))
+                    .where(
+                        Episode.run_id.in_(ids),
+                        Critique.verdict == INCORRECT,
+                        Step.role == "assistant",
+                        Episode.id.not_in(done),
+                    )
+                    .order_by(Episode.id, Step.step_index)
+                )
+                for r in conn.execute(q):
+                    if r.id in found or (r.meta or {}).get("hinted"):
+                        continue
+                    found[r.id] = FailedAttempt(r.id, r.task_id, r.text, r.critique)
+        return list(found.values())
+
+    def add(
+        self,
+        scope: str,
+        model: str,
+        items: Sequence[ReflectionItem],
+        vectors: np.ndarray,
+        *,
+        chunk: int = 1000,
+    ) -> int:
+        """Store failures with their vectors (one unit row per item), `chunk` rows a transaction; a failure
+        already stored for (scope, model, episode) is skipped. Returns how many were new."""
+        refuse_heldout(items)
+        vectors = np.asarray(vectors, dtype="<f4")
+        if vectors.shape[0] != len(items):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(items)} reflections")
+        added = 0
+        now = utcnow()
+        table = Reflection.__table__
+        stmt = self.db.insert(table).on_conflict_do_nothing().returning(table.c.seq)
+        for start in range(0, len(items), chunk):
+            rows = [
+                {
+                    "scope": scope,
+                    "model": model,
+                    "episode_id": i.episode_id,
+                    "task_id": i.task_id,
+                    "split": i.split,
+                    "problem": i.problem,
+                    "answer": i.answer,
+                    "critique": i.critique,
+                    "dim": int(vec.shape[0]),
+                    "vector": vec.tobytes(),
+                    "created_at": now,
+                }
+                for i, vec in zip(items[start : start + chunk], vectors[start : start + chunk], strict=True)
+            ]
+            with self.db.write() as conn:
+                added += len(conn.execute(stmt, rows).all())
+        return added
+
+    @staticmethod
+    def _where(scope: str, model: str) -> Any:
+        return and_(Reflection.scope == scope, Reflection.model == model, Reflection.split == TRAIN)
+
+    def count(self, scope: str, model: str) -> int:
+        """Failures stored under (scope, model), train split only."""
+        q = select(func.count()).select_from(Reflection).where(self._where(scope, model))
+        with self.db.read() as conn:
+            return int(conn.scalar(q) or 0)
+
+    def top(self, scope: str, model: str) -> int:
+        """The highest seq stored under (scope, model): ORDER BY ... LIMIT 1 is one probe of the index."""
+        q = select(Reflection.seq).where(self._where(scope, model)).order_by(Reflection.seq.desc()).limit(1)
+        with self.db.read() as conn:
+            return int(conn.scalar(q) or 0)
+
+    def vectors(self, scope: str, model: str, after: int = 0) -> list[Any]:
+        """(seq, task_id, dim, vector) rows above `after`, in seq order: what a search cache loads."""
+        cols = (Reflection.seq, Reflection.task_id, Reflection.dim, Reflection.vector)
+        q = select(*cols).where(self._where(scope, model), Reflection.seq > after).order_by(Reflection.seq)
+        with self.db.read() as conn:
+            return list(conn.execute(q))
+
+    def recall(self, scores: dict[int, float], exclude_task_ids: Iterable[str] = ()) -> list[Recalled]:
+        """The failures of these seqs with their scores, in the order given. Read by primary key, with the
+        split and the excluded tasks checked again, so nothing held out or excluded is read back whatever
+        a cache holds."""
+        cols = (
+            Reflection.seq,
+            Reflection.episode_id,
+            Reflection.task_id,
+            Reflection.problem,
+            Reflection.answer,
+            Reflection.critique,
+        )
+        exclude = sorted(set(exclude_task_ids))
+        q = select(*cols).where(Reflection.seq.in_(list(scores)), Reflection.split == TRAIN)
+        if exclude:
+            q = q.where(Reflection.task_id.not_in(exclude))
+        with self.db.read() as conn:
+            rows = {r.seq: r for r in conn.execute(q)}
+        return [
+            Recalled(r.episode_id, r.task_id, r.problem, r.answer, r.critique, scores[s])
+            for s in scores
+            if (r := rows.get(s)) is not None
+        ]
 
 
 class ReflectionMemory:
@@ -162,7 +240,7 @@ class ReflectionMemory:
         self._embedder = embedder
         self.model = model or (embedder.name if embedder is not None else _default_model_name())
         self.chunk = chunk
-        self._cache: dict[str, _Matrix] = {}
+        self._cache: dict[str, Matrix] = {}
         self._lock = threading.Lock()
 
     @property
@@ -176,49 +254,17 @@ class ReflectionMemory:
     # --- writing ---------------------------------------------------------------------------------------------
 
     def failures(self, scope: str, run_ids: Sequence[str]) -> list[FailedAttempt]:
-        """The first wrong answer (verdict 'incorrect') of each episode of these runs that is not remembered
-        under `scope` yet, with its critique. Answers sampled with a hint (STaR rationalization) are skipped:
-        the actor did not produce them on its own."""
-        done = select(Reflection.episode_id).where(Reflection.scope == scope, Reflection.model == self.model)
-        found: dict[str, FailedAttempt] = {}
-        with self.store._read() as conn:
-            for ids in chunks(list(run_ids)):
-                q = (
-                    select(
-                        Episode.id,
-                        Episode.task_id,
-                        Step.text,
-                        Step.meta.label("meta"),
-                        Critique.text.label("critique"),
-                    )
-                    .join(Critique, Critique.episode_id == Episode.id)
-                    .join(Step, and_(Step.id == Critique.step_id, Step.episode_id == Episode.id))
-                    .where(
-                        Episode.run_id.in_(ids),
-                        Critique.verdict == INCORRECT,
-                        Step.role == "assistant",
-                        Episode.id.not_in(done),
-                    )
-                    .order_by(Episode.id, Step.step_index)
-                )
-                for r in conn.execute(q):
-                    if r.id in found or (r.meta or {}).get("hinted"):
-                        continue
-                    found[r.id] = FailedAttempt(r.id, r.task_id, r.text, r.critique)
-        return list(found.values())
+        """The first wrong answer of each episode of these runs not remembered under `scope` yet (see
+        Reflections.failures)."""
+        return self.store.reflections.failures(scope, self.model, run_ids)
 
     def add(self, scope: str, items: Sequence[ReflectionItem], vectors: np.ndarray | None = None) -> int:
         """Remember failures under `scope` (a task-set label); returns how many were new.
 
         Idempotent: a failure already remembered for (scope, model, episode) is skipped. `vectors` (one unit
         row per item) skips the embedder; otherwise each distinct problem text is embedded once. A held-out
-        item is refused with HeldoutLeakError before anything is written."""
-        leaked = [i.task_id for i in items if i.split != TRAIN]
-        if leaked:
-            raise HeldoutLeakError(
-                f"{len(leaked)} reflection(s) come from non-train tasks (e.g. {leaked[0]!r}): reflection memory "
-                "holds train-split failures only, so no held-out problem or answer ever reaches a prompt"
-            )
+        item is refused with HeldoutLeakError before anything is embedded or written."""
+        refuse_heldout(items)
         if not items:
             return 0
         if vectors is None:
@@ -226,76 +272,28 @@ class ReflectionMemory:
             encoded = self.embedder.encode(texts)
             row_of = {t: encoded[n] for n, t in enumerate(texts)}
             vectors = np.stack([row_of[i.problem] for i in items])
-        vectors = np.asarray(vectors, dtype="<f4")
-        if vectors.shape[0] != len(items):
-            raise ValueError(f"{vectors.shape[0]} vectors for {len(items)} reflections")
-        added = 0
-        now = utcnow()
-        stmt = (
-            self.store._insert(Reflection.__table__)
-            .on_conflict_do_nothing()
-            .returning(Reflection.__table__.c.seq)
-        )
-        for start in range(0, len(items), self.chunk):
-            part = items[start : start + self.chunk]
-            rows = [
-                {
-                    "scope": scope,
-                    "model": self.model,
-                    "episode_id": i.episode_id,
-                    "task_id": i.task_id,
-                    "split": i.split,
-                    "problem": i.problem,
-                    "answer": i.answer,
-                    "critique": i.critique,
-                    "dim": int(vec.shape[0]),
-                    "vector": vec.tobytes(),
-                    "created_at": now,
-                }
-                for i, vec in zip(part, vectors[start : start + self.chunk], strict=True)
-            ]
-            with self.store._write() as conn:
-                added += len(conn.execute(stmt, rows).all())
-        return added
+        return self.store.reflections.add(scope, self.model, items, vectors, chunk=self.chunk)
 
     def count(self, scope: str) -> int:
         """Failures remembered under `scope` for this model (train split only, as search sees them)."""
-        with self.store._read() as conn:
-            return int(
-                conn.scalar(select(func.count()).select_from(Reflection).where(self._where(scope))) or 0
-            )
+        return self.store.reflections.count(scope, self.model)
 
     # --- reading ---------------------------------------------------------------------------------------------
 
-    def _where(self, scope: str) -> Any:
-        return and_(Reflection.scope == scope, Reflection.model == self.model, Reflection.split == TRAIN)
-
-    def _top(self, scope: str) -> int:
-        """The scope's highest seq: ORDER BY ... LIMIT 1 is one probe of the index on both backends."""
-        q = select(Reflection.seq).where(self._where(scope)).order_by(Reflection.seq.desc()).limit(1)
-        with self.store._read() as conn:
-            return int(conn.scalar(q) or 0)
-
-    def _load(self, scope: str, after: int = 0) -> list[Any]:
-        cols = (Reflection.seq, Reflection.task_id, Reflection.dim, Reflection.vector)
-        with self.store._read() as conn:
-            q = select(*cols).where(self._where(scope), Reflection.seq > after).order_by(Reflection.seq)
-            return list(conn.execute(q))
-
-    def _refresh(self, scope: str) -> _Matrix:
+    def _refresh(self, scope: str) -> Matrix:
         """The cached vectors of `scope`, brought up to date with the store first (call under the lock)."""
         cached = self._cache.get(scope)
-        top = self._top(scope)
+        top = self.store.reflections.top(scope, self.model)
         if cached is not None and top >= cached.max_seq:
             if top > cached.max_seq:
-                cached.extend(self._load(scope, cached.max_seq))
+                cached.extend(self.store.reflections.vectors(scope, self.model, cached.max_seq))
             if time.monotonic() - cached.counted < self.recount_s:
                 return cached
             if cached.count == self.count(scope):
                 cached.counted = time.monotonic()
                 return cached
-        fresh = _Matrix()  # rows went away or arrived below the last one cached: read the scope again
-        fresh.extend(self._load(scope))
+        fresh = Matrix()  # rows went away or arrived below the last one cached: read the scope again
+        fresh.extend(self.store.reflections.vectors(scope, self.model))
         self._cache[scope] = fresh
         return fresh
 
@@ -319,26 +317,7 @@ class ReflectionMemory:
             if not picked:
                 return []
             by_seq = {int(m.seqs[i]): float(scores[i]) for i in picked}
-        cols = (
-            Reflection.seq,
-            Reflection.episode_id,
-            Reflection.task_id,
-            Reflection.problem,
-            Reflection.answer,
-            Reflection.critique,
-        )
-        # By primary key (the seqs come from this scope's matrix); split and task are checked again here, so
-        # nothing held out or excluded is read back whatever the cache holds.
-        q = select(*cols).where(Reflection.seq.in_(list(by_seq)), Reflection.split == TRAIN)
-        if exclude:
-            q = q.where(Reflection.task_id.not_in(sorted(exclude)))
-        with self.store._read() as conn:
-            rows = {r.seq: r for r in conn.execute(q)}
-        return [
-            Recalled(r.episode_id, r.task_id, r.problem, r.answer, r.critique, by_seq[s])
-            for s in by_seq
-            if (r := rows.get(s)) is not None
-        ]
+        return self.store.reflections.recall(by_seq, exclude)
 
     def search(
         self, scope: str, problem: str, k: int = 3, *, exclude_task_ids: Iterable[str] = ()
@@ -350,12 +329,7 @@ class ReflectionMemory:
             scope, self.embedder.encode([problem])[0], k, exclude_task_ids=exclude_task_ids
         )
 
-    async def asearch(
-        self, scope: str, problem: str, k: int = 3, *, exclude_task_ids: Iterable[str] = ()
-    ) -> list[Recalled]:
-        return await asyncio.to_thread(
-            self.search, scope, problem, k, exclude_task_ids=tuple(exclude_task_ids)
-        )
+    asearch = threaded(search)
 
 
 def _top_distinct(scores: np.ndarray, tasks: np.ndarray, k: int) -> list[int]:
@@ -386,4 +360,4 @@ def _default_model_name() -> str:
     return MODEL_NAME
 
 
-__all__ = ["FailedAttempt", "Recalled", "ReflectionItem", "ReflectionMemory"]
+__all__ = ["FailedAttempt", "Recalled", "ReflectionItem", "ReflectionMemory", "Reflections"]

@@ -6,18 +6,17 @@ to promote or roll back must not both win.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from strop.memory.core import StoreCore, model_from_row
+from strop.memory.core import Part, threaded
 from strop.memory.errors import InvalidTransitionError, NotFoundError
 from strop.memory.records import MODEL_TRANSITIONS, ModelStatus, ModelVersionRecord, utcnow
 from strop.memory.schema import ModelVersion
 
 
-class RegistryMixin(StoreCore):
+class Registry(Part):
     def register_model(self, model: ModelVersionRecord) -> ModelVersionRecord:
         """Record a model version (idempotent by id); return what the store holds."""
         if model.parent_id is not None and self.get_model(model.parent_id) is None:
@@ -25,8 +24,8 @@ class RegistryMixin(StoreCore):
                 f"model {model.name!r} names parent {model.parent_id!r}, which is not registered: register the "
                 "parent first (`strop models list` shows what is registered)"
             )
-        with self._write() as conn:
-            stmt = self._insert(ModelVersion.__table__).values(
+        with self.db.write() as conn:
+            stmt = self.db.insert(ModelVersion.__table__).values(
                 id=model.id,
                 name=model.name,
                 lineage=model.lineage,
@@ -40,11 +39,11 @@ class RegistryMixin(StoreCore):
                 promoted_at=model.promoted_at,
             )
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
-            return model_from_row(self._model_row(conn, model.id))
+            return ModelVersionRecord.model_validate(self._model_row(conn, model.id))
 
     def _model_row(self, conn: Connection, model_id: str, *, lock: bool = False) -> Any:
         q = select(ModelVersion).where(ModelVersion.id == model_id)
-        if lock and not self.is_sqlite:
+        if lock and not self.db.is_sqlite:
             q = q.with_for_update()
         row = conn.execute(q).one_or_none()
         if row is None:
@@ -55,7 +54,7 @@ class RegistryMixin(StoreCore):
 
     def get_model(self, id_or_name: str) -> ModelVersionRecord | None:
         """By id, else the newest version with that name."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(ModelVersion).where(ModelVersion.id == id_or_name)).one_or_none()
             if row is None:
                 row = conn.execute(
@@ -64,18 +63,18 @@ class RegistryMixin(StoreCore):
                     .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
                     .limit(1)
                 ).one_or_none()
-        return None if row is None else model_from_row(row)
+        return None if row is None else ModelVersionRecord.model_validate(row)
 
     def list_models(self, lineage: str | None = None) -> list[ModelVersionRecord]:
         q = select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.id)
         if lineage is not None:
             q = q.where(ModelVersion.lineage == lineage)
-        with self._read() as conn:
-            return [model_from_row(r) for r in conn.execute(q)]
+        with self.db.read() as conn:
+            return [ModelVersionRecord.model_validate(r) for r in conn.execute(q)]
 
     def current_model(self, lineage: str) -> ModelVersionRecord | None:
         """The live version of a lineage: the most recently promoted one, else its base model."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 select(ModelVersion)
                 .where(ModelVersion.lineage == lineage, ModelVersion.status == str(ModelStatus.PROMOTED))
@@ -89,11 +88,11 @@ class RegistryMixin(StoreCore):
                     .order_by(ModelVersion.created_at.desc())
                     .limit(1)
                 ).one_or_none()
-        return None if row is None else model_from_row(row)
+        return None if row is None else ModelVersionRecord.model_validate(row)
 
     def set_model_status(self, model_id: str, status: ModelStatus | str) -> ModelVersionRecord:
         status = ModelStatus(status)
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = self._model_row(conn, model_id, lock=True)
             current = ModelStatus(row.status)
             if status not in MODEL_TRANSITIONS[current]:
@@ -105,35 +104,22 @@ class RegistryMixin(StoreCore):
             if status is ModelStatus.PROMOTED:
                 values["promoted_at"] = utcnow()
             conn.execute(update(ModelVersion).where(ModelVersion.id == model_id).values(**values))
-            return model_from_row(self._model_row(conn, model_id))
+            return ModelVersionRecord.model_validate(self._model_row(conn, model_id))
 
     def update_model_metrics(self, model_id: str, metrics: dict[str, Any]) -> ModelVersionRecord:
         """Merge `metrics` into the version's metrics (existing keys are overwritten)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = self._model_row(conn, model_id, lock=True)
             conn.execute(
                 update(ModelVersion)
                 .where(ModelVersion.id == model_id)
                 .values(metrics={**row.metrics, **metrics})
             )
-            return model_from_row(self._model_row(conn, model_id))
+            return ModelVersionRecord.model_validate(self._model_row(conn, model_id))
 
-    # --- async twins ---------------------------------------------------------------------------------------
-
-    async def aregister_model(self, model: ModelVersionRecord) -> ModelVersionRecord:
-        return await asyncio.to_thread(self.register_model, model)
-
-    async def aget_model(self, id_or_name: str) -> ModelVersionRecord | None:
-        return await asyncio.to_thread(self.get_model, id_or_name)
-
-    async def alist_models(self, lineage: str | None = None) -> list[ModelVersionRecord]:
-        return await asyncio.to_thread(self.list_models, lineage)
-
-    async def acurrent_model(self, lineage: str) -> ModelVersionRecord | None:
-        return await asyncio.to_thread(self.current_model, lineage)
-
-    async def aset_model_status(self, model_id: str, status: ModelStatus | str) -> ModelVersionRecord:
-        return await asyncio.to_thread(self.set_model_status, model_id, status)
-
-    async def aupdate_model_metrics(self, model_id: str, metrics: dict[str, Any]) -> ModelVersionRecord:
-        return await asyncio.to_thread(self.update_model_metrics, model_id, metrics)
+    aregister_model = threaded(register_model)
+    aget_model = threaded(get_model)
+    alist_models = threaded(list_models)
+    acurrent_model = threaded(current_model)
+    aset_model_status = threaded(set_model_status)
+    aupdate_model_metrics = threaded(update_model_metrics)

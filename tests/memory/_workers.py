@@ -52,7 +52,7 @@ def write_and_hang(url: str, episode_file: str, ready_file: str) -> None:
     provably mid-episode."""
     store = Store(url)
     episode = EpisodeRecord.model_validate_json(Path(episode_file).read_text())
-    insert = store._insert_episodes
+    insert = store.episodes.insert_rows
 
     def insert_then_hang(conn: Any, episodes: Any) -> Any:
         result = insert(conn, episodes)
@@ -60,7 +60,7 @@ def write_and_hang(url: str, episode_file: str, ready_file: str) -> None:
         time.sleep(120)
         return result
 
-    store._insert_episodes = insert_then_hang  # type: ignore[method-assign]
+    store.episodes.insert_rows = insert_then_hang  # type: ignore[method-assign]
     store.write_episode(episode)
     raise SystemExit("the hang hook never fired: the test no longer kills the writer mid-episode")
 

@@ -89,7 +89,7 @@ def test_retrieval_never_shows_the_asking_task_or_a_heldout_one(store: Store, ru
     with pytest.raises(HeldoutLeakError, match="train-split"):
         mem.add(SCOPE, [item(held, "held", split="heldout")], unit(1, 0, 0)[None])
     # ... and one that got in anyway (written around the API) is still never returned: the query filters.
-    with store._write() as conn:
+    with store.db.write() as conn:
         conn.execute(
             insert(Reflection),
             [
@@ -137,7 +137,7 @@ def test_add_is_idempotent_and_the_cache_follows_the_store(store: Store, run_id:
     )
     assert [h.task_id for h in mem.search_vector(SCOPE, unit(1, 0.1), k=1)] == ["c"]
     # Rows removed (their episode deleted, say): the scope is read again, nothing stale comes back.
-    with store._write() as conn:
+    with store.db.write() as conn:
         conn.execute(delete(Reflection).where(Reflection.task_id == "c"))
     assert [h.task_id for h in mem.search_vector(SCOPE, unit(1, 0.1), k=1)] == ["a"]
     assert mem.count(SCOPE) == 2

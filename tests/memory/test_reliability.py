@@ -52,7 +52,7 @@ def test_writer_killed_mid_episode_leaves_nothing(store: Store, db_url: str, tmp
     proc.wait(timeout=10)
 
     assert not store.has_episode(ep.id)
-    with store._read() as conn:
+    with store.db.read() as conn:
         for table in (Step, Critique, Example):
             assert conn.scalar(select(func.count()).select_from(table)) == 0, (
                 f"partial rows left in {table.__tablename__}"

@@ -57,7 +57,7 @@ def test_episode_round_trip_keeps_every_field(store: Store, run: RunRecord) -> N
 def test_token_arrays_are_stored_as_compact_binary(store: Store, run: RunRecord) -> None:
     ep = make_episode(run.id, n_steps=1, n_tokens=100)
     store.write_episode(ep)
-    with store._read() as conn:
+    with store.db.read() as conn:
         row = conn.execute(select(Step.token_ids, Step.logprobs).where(Step.id == ep.steps[0].id)).one()
     assert isinstance(row.token_ids, bytes) and len(row.token_ids) == 400
     assert len(row.logprobs) == 400
@@ -189,7 +189,7 @@ async def test_concurrent_async_writes_share_transactions(store: Store, run: Run
     eps = [make_episode(run.id, seed=i) for i in range(120)]
     first = await asyncio.gather(*(store.awrite_episode(ep) for ep in eps))
     assert all(first)
-    assert store._committer is not None and store._committer.transactions < len(eps)
+    assert store.episodes._committer is not None and store.episodes._committer.transactions < len(eps)
     # retries, including the same id twice at once, store nothing new
     again = await asyncio.gather(*(store.awrite_episode(ep) for ep in eps[:10] + eps[:10]))
     assert not any(again)

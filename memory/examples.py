@@ -1,4 +1,7 @@
-"""Training jobs and exactly-once consumption of training examples.
+"""Training examples, and the training jobs that claim them exactly once per consumer.
+
+Examples arrive with their episode (episodes.py) or later (`add_examples`: pairs a builder derives from
+stored answers); `list_examples` reads them whatever their state.
 
 A job claims the examples its consumer (e.g. "policy:sft") never consumed and nobody currently holds. The
 claim is a row in `consumption` keyed by (consumer, example_id): it becomes "consumed" when the job
@@ -10,14 +13,15 @@ writer lock. In both, the primary key is the final guard against a double claim.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, select, update
 
-from strop.memory.core import StoreCore, chunks, example_from_row, job_from_row
-from strop.memory.errors import InvalidTransitionError, NotFoundError
+from strop.memory.core import Part, chunks, threaded
+from strop.memory.episodes import HELDOUT
+from strop.memory.errors import HeldoutLeakError, InvalidTransitionError, NotFoundError
 from strop.memory.records import (
     JOB_TRANSITIONS,
     ExampleKind,
@@ -37,11 +41,73 @@ def default_consumer(role: Role | str, algorithm: str) -> str:
     return f"{Role(role)}:{algorithm}"
 
 
-class TrainingDataMixin(StoreCore):
+class Examples(Part):
+    def list_examples(
+        self,
+        role: Role | str | None = None,
+        kind: ExampleKind | str | None = None,
+        limit: int | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> list[ExampleRecord]:
+        """Examples oldest first, whether consumed or not (training jobs use claim_examples instead)."""
+        q = select(Example).order_by(Example.created_at, Example.id)
+        if run_id is not None:
+            q = q.join(Episode, Episode.id == Example.episode_id).where(Episode.run_id == run_id)
+        if role is not None:
+            q = q.where(Example.role == str(Role(role)))
+        if kind is not None:
+            q = q.where(Example.kind == str(ExampleKind(kind)))
+        with self.db.read() as conn:
+            return [ExampleRecord.model_validate(r) for r in conn.execute(q.limit(limit))]
+
+    def add_examples(self, episode_id: str, examples: Sequence[ExampleRecord]) -> int:
+        """Add training examples to an episode already stored (e.g. DPO pairs derived later from its answers).
+
+        Idempotent by example id, like episode writes: an example whose id is stored is skipped, so a builder
+        can run again over the same episodes. New examples join the pool that `claim_examples` hands out, each
+        once per consumer. Held-out examples are refused. Returns how many were new."""
+        leaked = [x.id for x in examples if str(x.split) == HELDOUT]
+        if leaked:
+            raise HeldoutLeakError(
+                f"{len(leaked)} example(s) for episode {episode_id} come from a held-out task: held-out tasks are "
+                "for evaluation only"
+            )
+        if not examples:
+            return 0
+        unique = list({x.id: x for x in reversed(examples)}.values())[::-1]
+        with self.db.write() as conn:
+            task_id = conn.scalar(select(Episode.task_id).where(Episode.id == episode_id))
+            if task_id is None:
+                raise NotFoundError(
+                    f"episode {episode_id!r} is not in the store; write it with write_episode first"
+                )
+            now = utcnow()
+            added = 0
+            for part in chunks(unique, 1000):
+                rows = [
+                    {
+                        "id": x.id,
+                        "kind": str(x.kind),
+                        "role": str(x.role),
+                        "payload": x.payload,
+                        "episode_id": episode_id,
+                        "task_id": x.task_id if x.task_id is not None else task_id,
+                        "split": str(x.split),
+                        "created_at": now + timedelta(microseconds=added + i),
+                    }
+                    for i, x in enumerate(part)
+                ]
+                stmt = self.db.insert(Example.__table__).on_conflict_do_nothing(index_elements=["id"])
+                added += len(conn.execute(stmt.returning(Example.__table__.c.id), rows).all())
+        return added
+
+    # --- training jobs and claims ----------------------------------------------------------------------------
+
     def start_job(self, job: TrainingJobRecord) -> TrainingJobRecord:
         """Record a training job (idempotent by id); return what the store holds."""
-        with self._write() as conn:
-            stmt = self._insert(TrainingJob.__table__).values(
+        with self.db.write() as conn:
+            stmt = self.db.insert(TrainingJob.__table__).values(
                 id=job.id,
                 algorithm=job.algorithm,
                 role=str(job.role),
@@ -54,12 +120,12 @@ class TrainingDataMixin(StoreCore):
                 finished_at=job.finished_at,
             )
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
-            return job_from_row(self._job_row(conn, job.id))
+            return TrainingJobRecord.model_validate(self._job_row(conn, job.id))
 
     def get_job(self, job_id: str) -> TrainingJobRecord | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(TrainingJob).where(TrainingJob.id == job_id)).one_or_none()
-        return None if row is None else job_from_row(row)
+        return None if row is None else TrainingJobRecord.model_validate(row)
 
     def list_jobs(
         self, status: JobStatus | str | None = None, limit: int | None = None
@@ -67,12 +133,12 @@ class TrainingDataMixin(StoreCore):
         q = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id)
         if status is not None:
             q = q.where(TrainingJob.status == str(JobStatus(status)))
-        with self._read() as conn:
-            return [job_from_row(r) for r in conn.execute(q.limit(limit))]
+        with self.db.read() as conn:
+            return [TrainingJobRecord.model_validate(r) for r in conn.execute(q.limit(limit))]
 
     def _job_row(self, conn: Connection, job_id: str, *, lock: bool = False) -> Any:
         q = select(TrainingJob).where(TrainingJob.id == job_id)
-        if lock and not self.is_sqlite:
+        if lock and not self.db.is_sqlite:
             q = q.with_for_update()
         row = conn.execute(q).one_or_none()
         if row is None:
@@ -104,7 +170,7 @@ class TrainingDataMixin(StoreCore):
         `run_ids` limits the claim to examples emitted by episodes of those runs (a recipe stage trains on
         what its own runs produced); None takes any run's."""
         role, kind = Role(role), ExampleKind(kind)
-        with self._write() as conn:
+        with self.db.write() as conn:
             job = self._job_row(conn, job_id)
             if job.status != JobStatus.RUNNING:
                 raise InvalidTransitionError(
@@ -124,7 +190,7 @@ class TrainingDataMixin(StoreCore):
                 q = q.where(
                     Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids))))
                 )
-            if not self.is_sqlite:
+            if not self.db.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             ids = list(conn.scalars(q))
             now = utcnow()
@@ -141,7 +207,7 @@ class TrainingDataMixin(StoreCore):
                 ]
                 # A row another job committed after our snapshot is skipped here, not raised: the primary
                 # key decides who got it.
-                conn.execute(self._insert(Consumption.__table__).on_conflict_do_nothing(), rows)
+                conn.execute(self.db.insert(Consumption.__table__).on_conflict_do_nothing(), rows)
             got: list[ExampleRecord] = []
             for part in chunks(ids):
                 q = (
@@ -152,14 +218,14 @@ class TrainingDataMixin(StoreCore):
                     )
                     .order_by(Example.created_at, Example.id)
                 )
-                got.extend(example_from_row(r) for r in conn.execute(q))
+                got.extend(ExampleRecord.model_validate(r) for r in conn.execute(q))
         return got
 
     def finish_job(
         self, job_id: str, *, model_out: str | None = None, metrics: dict[str, Any] | None = None
     ) -> TrainingJobRecord:
         """The job succeeded: its claimed examples become consumed (never handed to its consumer again)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = self._job_row(conn, job_id, lock=True)
             self._check_transition(row, JobStatus.SUCCEEDED)
             now = utcnow()
@@ -178,11 +244,11 @@ class TrainingDataMixin(StoreCore):
                     finished_at=now,
                 )
             )
-            return job_from_row(self._job_row(conn, job_id))
+            return TrainingJobRecord.model_validate(self._job_row(conn, job_id))
 
     def fail_job(self, job_id: str, error: str) -> TrainingJobRecord:
         """The job failed: release its claims so the next job can take the same examples."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             row = self._job_row(conn, job_id, lock=True)
             self._check_transition(row, JobStatus.FAILED)
             conn.execute(
@@ -193,7 +259,7 @@ class TrainingDataMixin(StoreCore):
                 .where(TrainingJob.id == job_id)
                 .values(status=str(JobStatus.FAILED), error=error, finished_at=utcnow())
             )
-            return job_from_row(self._job_row(conn, job_id))
+            return TrainingJobRecord.model_validate(self._job_row(conn, job_id))
 
     def release_stale_jobs(self, older_than_s: float) -> list[str]:
         """Fail running jobs started more than `older_than_s` ago (their process died without finishing or
@@ -228,14 +294,14 @@ class TrainingDataMixin(StoreCore):
                 or_(Consumption.consumer == unconsumed_by, Consumption.state == CLAIMED)
             )
             q = q.where(Example.id.not_in(taken))
-        with self._read() as conn:
+        with self.db.read() as conn:
             return int(conn.scalar(q) or 0)
 
     def example_counts(self, run_ids: Sequence[str]) -> dict[tuple[str, str, str], int]:
         """How many examples the episodes of each run emitted, by (run id, kind, role), in one grouped query
         per chunk of runs: what a report's data-counts panel shows. Pairs that have none are left out."""
         out: dict[tuple[str, str, str], int] = {}
-        with self._read() as conn:
+        with self.db.read() as conn:
             for part in chunks(list(dict.fromkeys(run_ids))):
                 q = (
                     select(Episode.run_id, Example.kind, Example.role, func.count())
@@ -247,57 +313,14 @@ class TrainingDataMixin(StoreCore):
                     out[(run_id, kind, role)] = int(n)
         return out
 
-    # --- async twins ---------------------------------------------------------------------------------------
-
-    async def astart_job(self, job: TrainingJobRecord) -> TrainingJobRecord:
-        return await asyncio.to_thread(self.start_job, job)
-
-    async def aget_job(self, job_id: str) -> TrainingJobRecord | None:
-        return await asyncio.to_thread(self.get_job, job_id)
-
-    async def alist_jobs(
-        self, status: JobStatus | str | None = None, limit: int | None = None
-    ) -> list[TrainingJobRecord]:
-        return await asyncio.to_thread(self.list_jobs, status, limit)
-
-    async def aclaim_examples(
-        self,
-        job_id: str,
-        *,
-        role: Role | str,
-        kind: ExampleKind | str,
-        consumer: str | None = None,
-        limit: int | None = None,
-        run_ids: Sequence[str] | None = None,
-    ) -> list[ExampleRecord]:
-        return await asyncio.to_thread(
-            lambda: self.claim_examples(
-                job_id, role=role, kind=kind, consumer=consumer, limit=limit, run_ids=run_ids
-            )
-        )
-
-    async def afinish_job(
-        self, job_id: str, *, model_out: str | None = None, metrics: dict[str, Any] | None = None
-    ) -> TrainingJobRecord:
-        return await asyncio.to_thread(lambda: self.finish_job(job_id, model_out=model_out, metrics=metrics))
-
-    async def afail_job(self, job_id: str, error: str) -> TrainingJobRecord:
-        return await asyncio.to_thread(self.fail_job, job_id, error)
-
-    async def arelease_stale_jobs(self, older_than_s: float) -> list[str]:
-        return await asyncio.to_thread(self.release_stale_jobs, older_than_s)
-
-    async def aexample_counts(self, run_ids: Sequence[str]) -> dict[tuple[str, str, str], int]:
-        return await asyncio.to_thread(self.example_counts, run_ids)
-
-    async def acount_examples(
-        self,
-        role: Role | str | None = None,
-        kind: ExampleKind | str | None = None,
-        *,
-        unconsumed_by: str | None = None,
-        run_ids: Sequence[str] | None = None,
-    ) -> int:
-        return await asyncio.to_thread(
-            lambda: self.count_examples(role, kind, unconsumed_by=unconsumed_by, run_ids=run_ids)
-        )
+    alist_examples = threaded(list_examples)
+    aadd_examples = threaded(add_examples)
+    astart_job = threaded(start_job)
+    aget_job = threaded(get_job)
+    alist_jobs = threaded(list_jobs)
+    aclaim_examples = threaded(claim_examples)
+    afinish_job = threaded(finish_job)
+    afail_job = threaded(fail_job)
+    arelease_stale_jobs = threaded(release_stale_jobs)
+    aexample_counts = threaded(example_counts)
+    acount_examples = threaded(count_examples)

@@ -70,7 +70,7 @@ def fill(store: Store, rows: int, tasks: int, seed: int) -> tuple[ReflectionMemo
         }
         for i in range(rows)
     ]
-    with store._write() as conn:
+    with store.db.write() as conn:
         for start in range(0, rows, 5000):
             conn.execute(Episode.__table__.insert(), episodes[start : start + 5000])
     items = [
@@ -187,7 +187,7 @@ def main() -> None:
                 }
                 for j in range(100)
             ]
-            with store._write() as conn:
+            with store.db.write() as conn:
                 conn.execute(Episode.__table__.insert(), more_eps)
             more.add(
                 SCOPE,

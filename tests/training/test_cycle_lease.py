@@ -81,7 +81,7 @@ def test_a_run_whose_lease_is_taken_over_stops(db_url: str) -> None:
 
     with recipe_lease(store, "r", ttl=0.3) as keeper:
         # Another process takes over (as if this one had stalled past its TTL).
-        with store._write() as conn:
+        with store.db.write() as conn:
             conn.execute(update(Lease).where(Lease.name == lease_name("r")).values(holder="thief"))
         t = time.monotonic()
         with pytest.raises(LeaseLostError, match=r"taken over by thief.*this run stopped"):

@@ -103,13 +103,13 @@ def test_evolve_once_killed_with_sigkill_is_taken_over_after_its_ttl(
     # A rerun on this machine would see the holder's pid gone and take over at once (test_evolve_kill.py).
     # Make it the lease of a process on another host, which nobody here can check: only the TTL frees it.
     remote = "otherhost" + holder[holder.index(":") :]
-    with store._write() as conn:
+    with store.db.write() as conn:
         conn.execute(update(Lease).where(Lease.name == "evolve:tiny-star").values(holder=remote))
     out = _strop_here(*evolve)
     assert f"being evolved by {remote}" in out, out
     # Let the TTL run out: backdate the expiry rather than sleep through the rest of it (the clock itself is
     # tested in tests/memory/test_leases.py, with a holder SIGKILLed and its lease lapsing on time).
-    with store._write() as conn:
+    with store.db.write() as conn:
         conn.execute(
             update(Lease)
             .where(Lease.name == "evolve:tiny-star")

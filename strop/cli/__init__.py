@@ -12,17 +12,20 @@ from strop.cli.commands import (
     critics,
     data,
     db,
+    evaluation,
+    evolve,
     games,
     loops,
     memory,
     models,
     registry,
     report,
+    run,
     schedule,
     search,
     serve,
     show,
-    training,
+    train,
     worker,
 )
 
@@ -53,8 +56,11 @@ app.add_typer(
     help="Run recipes' cycles on a schedule (cron or interval), on any number of hosts.",
 )
 serve.register(app)
+run.register(app)
 loops.register(app)
-training.register(app)
+evaluation.register(app)
+train.register(app)
+evolve.register(app)
 critics.register(app)
 show.register(app)
 search.register(app)

@@ -347,7 +347,7 @@ async def test_cli_train_dpo_derives_pairs_prints_the_balance_and_trains(
 ) -> None:
     from typer.testing import CliRunner
 
-    from strop.cli.commands.training import train_app
+    from strop.cli.commands.train import train_app
 
     # A best-of-N run recorded without emit_pairs: `--derive-from` builds its pairs first.
     store.create_run(RunRecord(id="old", loop="best_of_n"))

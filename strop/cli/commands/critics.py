@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from strop.cli.commands.loops import DbOpt, OptionOpt, _fail, _task_set, _version
+from strop.cli import common
+from strop.cli.common import DbOpt, OptionOpt, fail, parse_options
 
 
 def eval_critic_cmd(
@@ -71,7 +72,6 @@ def eval_critic_cmd(
     from strop.agents.critic_eval import CriticEvalConfig, evaluate_critic, labelled_set
     from strop.agents.evaluation import task_set_label
     from strop.agents.runner import load_version_engine
-    from strop.cli.commands._options import parse_options
     from strop.critics.benchmark import (
         LabelledSetError,
         LabelledSolutionSet,
@@ -81,10 +81,10 @@ def eval_critic_cmd(
     from strop.memory import Store
 
     store = Store(db)
-    version = _version(store, critic, "--critic")
+    version = common.version(store, critic, "--critic")
     path = Path(tasks).expanduser()
     if not 0.0 < threshold < 1.0:
-        _fail(f"--threshold {threshold}: give a probability strictly between 0 and 1")
+        fail(f"--threshold {threshold}: give a probability strictly between 0 and 1")
     cfg = CriticEvalConfig(
         n_items=n_items,
         seed=seed,
@@ -97,18 +97,18 @@ def eval_critic_cmd(
     try:
         if path.suffix in (".json", ".jsonl") or path.is_file():
             if not path.is_file():
-                _fail(
+                fail(
                     f"--tasks {tasks}: no such file; give a ProcessBench .json/.jsonl file or a task set name"
                 )
             items = LabelledSolutionSet(load_processbench(path)[:n_items], name=f"processbench:{path.stem}")
             label = items.name
         else:
-            task_set = _task_set(tasks, option)
+            task_set = common.task_set(tasks, option)
             label = task_set_label(tasks, parse_options(option or []))
             extra = labels_from_store(store, from_run, task_set) if from_run else []
             items = labelled_set(task_set, cfg, label, extra=extra)
     except LabelledSetError as e:
-        _fail(str(e))
+        fail(str(e))
 
     async def go() -> Any:
         engine = load_version_engine(version)
@@ -223,29 +223,28 @@ def eval_self_correct_cmd(
     from strop.agents.loops.self_correct import Feedback, critic_for
     from strop.agents.runner import load_version_engine
     from strop.agents.self_correct_eval import SelfCorrectEvalConfig, evaluate_self_correction
-    from strop.cli.commands._options import parse_options
     from strop.memory import Store
 
     kinds = [k.strip() for k in feedback.split(",") if k.strip()]
     bad = [k for k in kinds if k not in {str(f) for f in Feedback}]
     if bad or not kinds:
-        _fail(
+        fail(
             f"--feedback {feedback}: unknown kind {', '.join(bad) or '(none)'}; use intrinsic, critic, oracle, "
             "execution (comma-separated)"
         )
     if critic is not None and "critic" not in kinds:
-        _fail("--critic is only used with critic feedback: add --feedback critic")
+        fail("--critic is only used with critic feedback: add --feedback critic")
     store = Store(db)
-    version = _version(store, model)
-    critic_version = _version(store, critic, "--critic") if critic is not None else None
-    task_set = _task_set(tasks, option)
+    version = common.version(store, model)
+    critic_version = common.version(store, critic, "--critic") if critic is not None else None
+    task_set = common.task_set(tasks, option)
     label = task_set_label(tasks, parse_options(option or []))
     try:
         cfg = SelfCorrectEvalConfig(
             n_tasks=n_tasks, feedback=kinds, turns=turns, max_tokens=max_tokens, system_prompt=system
         )
     except ValueError as e:
-        _fail(str(e).splitlines()[-1])
+        fail(str(e).splitlines()[-1])
 
     async def go() -> Any:
         engine = load_version_engine(version)
@@ -268,7 +267,7 @@ def eval_self_correct_cmd(
     try:
         res = asyncio.run(go())
     except ValueError as e:  # e.g. execution feedback on a task set that is not code
-        _fail(str(e))
+        fail(str(e))
     _report_self_correct(version.name, label, res, turns)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from strop.cli.commands._options import parse_options as _parse_options
+from strop.cli.common import parse_options
 
 tasks_app = typer.Typer(no_args_is_help=True)
 jail_app = typer.Typer(no_args_is_help=True)
@@ -53,7 +53,7 @@ def show_tasks(
     if split not in {s.value for s in Split}:
         raise typer.BadParameter(f"split must be 'train' or 'heldout', not {split!r}", param_hint="--split")
     try:
-        task_set = load_task_set(name, **_parse_options(option or []))
+        task_set = load_task_set(name, **parse_options(option or []))
         tasks = task_set.tasks(Split(split), n)
     except (UnknownTaskSetError, ValueError, TypeError) as exc:
         typer.echo(f"error: {exc}", err=True)

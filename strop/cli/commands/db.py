@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from strop.cli.common import fail
+
 app = typer.Typer(no_args_is_help=True)
 
 DbOption = Annotated[
@@ -38,11 +40,6 @@ class ExportFormat(StrEnum):
     parquet = "parquet"
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
-
-
 @app.command()
 def upgrade(
     db: DbOption = None,
@@ -62,7 +59,7 @@ def upgrade(
             with engine.connect() as conn:
                 after = store_db.current_revision(conn)
     except StoreError as exc:
-        raise _fail(exc) from exc
+        fail(str(exc))
     finally:
         engine.dispose()
     where = store_db.masked(url)
@@ -80,13 +77,13 @@ def current(db: DbOption = None) -> None:
 
     url = store_db.resolve_db_url(db)
     if store_db.is_sqlite(url) and not store_db.sqlite_exists(url):
-        raise _fail(store_db.missing_sqlite_error(url))
+        fail(str(store_db.missing_sqlite_error(url)))
     engine = store_db.make_engine(url)
     try:
         with store_db.translate_errors(url, 30.0), engine.connect() as conn:
             rev = store_db.current_revision(conn)
     except StoreError as exc:
-        raise _fail(exc) from exc
+        fail(str(exc))
     finally:
         engine.dispose()
     head = store_db.head_revision()
@@ -129,7 +126,7 @@ def stats(db: DbOption = None) -> None:
             data = store_stats(store)
             totals = store.counts()
     except StoreError as exc:
-        raise _fail(exc) from exc
+        fail(str(exc))
     for row in data["runs"]:
         row["run"] = row["run"][:12]  # ids are 32 hex chars; 12 identify a run and keep the table readable
     console = Console()
@@ -159,5 +156,5 @@ def export(
         with Store(db, create=False) as store:
             n = export_examples(store, kind.value, format.value, out, role=role)
     except (StoreError, ValueError) as exc:
-        raise _fail(exc) from exc
+        fail(str(exc))
     typer.echo(f"wrote {n} {kind.value} examples to {out}")

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from strop.cli.commands.loops import DbOpt, _fail, _one_line, _version
+from strop.cli import common
+from strop.cli.common import DbOpt, fail, one_line, parse_options
 
 
 def eval_game_cmd(
@@ -63,7 +64,6 @@ def eval_game_cmd(
         play_match,
     )
     from strop.agents.runner import load_version_engine
-    from strop.cli.commands._options import parse_options
     from strop.memory import Store
     from strop.sandbox.games import HeuristicOpponent, RandomOpponent
     from strop.sandbox.tasks.games import GameTaskSet
@@ -74,11 +74,11 @@ def eval_game_cmd(
         fixed = [o.strip() for o in opponents.split(",") if o.strip()]
         cfg = GameEvalConfig(n_tasks=n_tasks, opponents=fixed, max_tokens=max_tokens)
     except (ValueError, typer.BadParameter) as exc:
-        _fail(_one_line(str(exc)))
+        fail(one_line(str(exc)))
     if bad := [o for o in fixed if o not in ("random", "heuristic")]:
-        _fail(f"--opponents: unknown {', '.join(bad)}; use random, heuristic")
+        fail(f"--opponents: unknown {', '.join(bad)}; use random, heuristic")
     store = Store(db)
-    versions = list({v.id: v for v in (_version(store, m) for m in model)}.values())
+    versions = list({v.id: v for v in (common.version(store, m) for m in model)}.values())
 
     async def go() -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
         engines = {v.id: load_version_engine(v) for v in versions}
@@ -109,7 +109,7 @@ def eval_game_cmd(
     try:
         results, series = asyncio.run(go())
     except ValueError as exc:  # a bad game option, named by the game
-        _fail(_one_line(str(exc)))
+        fail(one_line(str(exc)))
     ratings = _report(results, series, fixed, task_set)
     # Each model's Elo goes on its version beside its win rates, for `strop report`'s games panel.
     label = next(iter(results.values())).label if results else game

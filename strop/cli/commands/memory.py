@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from strop.cli.commands.loops import DbOpt, OptionOpt, TasksOpt, _fail, _task_set
+from strop.cli import common
+from strop.cli.common import DbOpt, OptionOpt, TasksOpt, fail, parse_options
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -31,16 +32,15 @@ def index_cmd(
     (MiniLM) under the task set's label, e.g. arithmetic[word_problems=True]. Idempotent."""
     from strop.agents.evaluation import task_set_label
     from strop.agents.reflection import index_failures
-    from strop.cli.commands._options import parse_options
     from strop.memory import Store, StoreError
 
-    task_set = _task_set(tasks, option)
+    task_set = common.task_set(tasks, option)
     label = task_set_label(tasks, parse_options(option or []))
     try:
         with Store(db) as store:
             report = index_failures(store, task_set, label, n_tasks=n_tasks)  # type: ignore[arg-type]
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     skipped = f"; {report.skipped} skipped (held-out or unknown tasks)" if report.skipped else ""
     typer.echo(f"{label}: {report.indexed} failures indexed{skipped}; {report.total} remembered")
 
@@ -56,16 +56,15 @@ def search_cmd(
     """The remembered failures nearest to a problem, with their similarity: what a loop with memory_k=K shows."""
     from strop.agents.evaluation import task_set_label
     from strop.agents.reflection import memory_for, render_memory
-    from strop.cli.commands._options import parse_options
     from strop.memory import Store, StoreError
 
-    _task_set(tasks, option)
+    common.task_set(tasks, option)
     label = task_set_label(tasks, parse_options(option or []))
     try:
         with Store(db) as store:
             hits = memory_for(store).search(label, problem, k)  # type: ignore[arg-type]
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not hits:
         typer.echo(f"{label}: nothing remembered (run `strop memory index -t {tasks}` after a run on it)")
         return

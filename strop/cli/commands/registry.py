@@ -9,15 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-DbOpt = Annotated[
-    str | None, typer.Option("--db", help="Store URL or SQLite path (default $STROP_DB or ./strop.db).")
-]
+from strop.cli.common import DbOpt, fail
+
 ModelArg = Annotated[str, typer.Argument(help="Model version name or id (see `strop models list`).")]
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def promote_cmd(
@@ -34,26 +28,26 @@ def promote_cmd(
     store = Store(db)
     version = store.get_model(model)
     if version is None:
-        _fail(f"no model version {model!r} in the registry; see `strop models list`")
+        fail(f"no model version {model!r} in the registry; see `strop models list`")
     try:
         if not force:
             if version.parent_id is None:
-                _fail(f"{version.name} has no parent to beat; use --force to promote it anyway")
+                fail(f"{version.name} has no parent to beat; use --force to promote it anyway")
             parent = store.get_model(version.parent_id)
             prefix = metric or _heldout_prefix(version.metrics)
             if prefix is None:
-                _fail(
+                fail(
                     f"{version.name} has no held-out evaluation; run `strop eval --model {version.name}` first"
                 )
             decision = decide(version, parent, prefix, PromotionSettings(margin=margin))
             if not decision.promote:
-                _fail(
+                fail(
                     f"not promoted: {decision.reason}. Reject it with `strop models reject {version.name}`, "
                     "or override with --force"
                 )
         promoted = promote(store, version.id)
     except (PromotionError, InvalidTransitionError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"promoted {promoted.name}: it is now the current version of {promoted.lineage}")
 
 
@@ -65,7 +59,7 @@ def reject_cmd(model: ModelArg, db: DbOpt = None) -> None:
     try:
         v = reject(Store(db), model)
     except (PromotionError, InvalidTransitionError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"rejected {v.name}")
 
 
@@ -80,7 +74,7 @@ def rollback_cmd(
     try:
         demoted, current = rollback(Store(db), lineage)
     except PromotionError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(
         f"rolled back {demoted.name}; current version of {lineage}: {current.name if current else 'none'}"
     )

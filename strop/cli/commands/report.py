@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from strop.cli.commands.loops import DbOpt, _fail
+from strop.cli.common import DbOpt, fail
 
 
 def report_cmd(
@@ -45,12 +45,12 @@ def report_cmd(
         try:
             db = load_recipe(target).db  # the store the recipe evolves in, as `strop evolve` picks it
         except RecipeError as e:
-            _fail(str(e))
+            fail(str(e))
     store = Store(db)
     try:
         page = write_report(store, target, out)
     except (ReportError, RecipeError) as e:
-        _fail(str(e))
+        fail(str(e))
     finally:
         store.close()
     typer.echo(f"wrote {page}")

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from strop.cli.common import fail
+
 app = typer.Typer(
     no_args_is_help=True,
     help=(
@@ -22,18 +24,13 @@ app = typer.Typer(
 _DB = typer.Option("--db", help="Store URL or SQLite path (the schedules live in the store).")
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
 def _store(db: str | None) -> Any:
     from strop.memory import Store, StoreError
 
     try:
         return Store(db)
     except StoreError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _when(t: datetime | None) -> str:
@@ -78,7 +75,7 @@ def add_cmd(
     from strop.training.triggers import TriggerError, cron_trigger, interval_trigger, parse_every
 
     if (cron is None) == (every is None):
-        _fail('give exactly one of --cron "0 3 * * *" or --every 6h')
+        fail('give exactly one of --cron "0 3 * * *" or --every 6h')
     try:
         tz = None
         if timezone is not None:
@@ -93,7 +90,7 @@ def add_cmd(
         trigger = cron_trigger(cron, tz) if cron is not None else interval_trigger(str(every), tz)
         grace = parse_every(misfire_grace, "--misfire-grace").total_seconds()
     except TriggerError as e:
-        _fail(str(e))
+        fail(str(e))
     store = _store(db)
     try:
         info = add_schedule(
@@ -107,7 +104,7 @@ def add_cmd(
             replace=replace,
         )
     except ScheduleError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(
         f"schedule {info.id}: recipe {info.recipe_name} ({info.recipe}), {info.trigger}, next run "
         f"{_when(info.next_run)}. Keep `strop schedule run` running on a host that shares this store."
@@ -167,7 +164,7 @@ def _change(action: str, schedule_id: str, db: str | None) -> None:
     try:
         getattr(schedules, f"{action}_schedule")(_store(db), schedule_id)
     except schedules.ScheduleError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(f"schedule {schedule_id}: {action}d")
 
 
@@ -219,7 +216,7 @@ def run_cmd(
     from strop.training.schedules import make_scheduler
 
     if workers < 1 or poll <= 0:
-        _fail("--workers must be at least 1 and --poll above 0")
+        fail("--workers must be at least 1 and --poll above 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     store = _store(db)

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from strop.cli.commands.loops import DbOpt, OptionOpt, _fail, _task_set, _version
+from strop.cli import common
+from strop.cli.common import DbOpt, OptionOpt, fail, parse_options
 
 
 def eval_search_cmd(
@@ -39,20 +40,19 @@ def eval_search_cmd(
     from strop.agents.evaluation import task_set_label
     from strop.agents.runner import load_version_engine
     from strop.agents.search_eval import METHODS, SearchEvalConfig, evaluate_search
-    from strop.cli.commands._options import parse_options
     from strop.critics.scorer import StepScorer
     from strop.memory import Store
 
     try:
         levels = sorted({int(b) for b in budgets.split(",") if b.strip()})
     except ValueError:
-        _fail(f"--budgets {budgets}: give token counts separated by commas, e.g. 256,512,1024")
+        fail(f"--budgets {budgets}: give token counts separated by commas, e.g. 256,512,1024")
     if not levels or min(levels) < 1:
-        _fail(f"--budgets {budgets}: give at least one positive token count")
+        fail(f"--budgets {budgets}: give at least one positive token count")
     store = Store(db)
-    version = _version(store, model)
-    prm_version = _version(store, prm, "--prm") if prm is not None else version
-    task_set = _task_set(tasks, option)
+    version = common.version(store, model)
+    prm_version = common.version(store, prm, "--prm") if prm is not None else version
+    task_set = common.task_set(tasks, option)
     label = task_set_label(tasks, parse_options(option or []))
     cfg = SearchEvalConfig(n_tasks=n_tasks, budgets=levels, max_tokens=max_tokens)
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from strop.cli.common import fail
+
 ENGINES = ("hf", "vllm")
 
 
@@ -52,11 +54,11 @@ def serve(
 ) -> None:
     """Serve at http://HOST:PORT/v1 (chat/completions, completions, models, streaming) for any OpenAI client."""
     if engine not in ENGINES:
-        _fail(f"unknown --engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        fail(f"unknown --engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if (model is None) == (follow is None):
-        _fail("give a MODEL to serve, or --follow LINEAGE to serve a registry lineage's promoted version")
+        fail("give a MODEL to serve, or --follow LINEAGE to serve a registry lineage's promoted version")
     if follow is not None and adapter is not None:
-        _fail("--adapter and --follow exclude each other: the registry says which adapter to serve")
+        fail("--adapter and --follow exclude each other: the registry says which adapter to serve")
     import uvicorn
 
     from strop.agents.engines import EngineError, load_engine
@@ -86,17 +88,12 @@ def serve(
             assert model is not None
             served = load_engine(model, engine, adapter_path=adapter, **options)
     except (EngineError, ModelNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     aliases = (follow,) if follow else ()
     what = f"{served.model_version} (following {follow})" if follow else served.model_version
     typer.echo(f"serving {what} with the {engine} engine at http://{host}:{port}/v1")
     app = create_app(served, aliases=aliases, max_queue=max_queue, follower=follower, owns_engine=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

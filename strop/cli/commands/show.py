@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from strop.cli.commands.loops import DbOpt, _fail
+from strop.cli.common import DbOpt, fail
 
 
 def show_cmd(
@@ -28,7 +28,7 @@ def show_cmd(
 
     ep = Store(db).get_episode(episode)
     if ep is None:
-        _fail(
+        fail(
             f"no episode {episode!r} in the store; list a run's episodes with `strop db stats` or check --db"
         )
     Console().print(render_rich(ep, width=width))

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from strop.cli.common import fail
+
 
 def worker_cmd(
     db: Annotated[
@@ -57,7 +59,8 @@ def worker_cmd(
     import logging
     import signal
 
-    from strop.agents.worker import Worker, WorkerSettings, WorkSpecError
+    from strop.agents.work_spec import WorkSpecError
+    from strop.agents.worker import Worker, WorkerSettings
     from strop.memory import Store, StoreError
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -67,8 +70,7 @@ def worker_cmd(
     try:
         store = Store(db, create=False)
     except StoreError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        fail(str(e))
     worker = Worker(store, settings)
     typer.echo(f"worker {worker.owner} on {store!r}" + (f", run {run_id}" if run_id else ", every open run"))
 
@@ -82,8 +84,7 @@ def worker_cmd(
     try:
         stats = asyncio.run(go())
     except WorkSpecError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        fail(str(e))
     finally:
         store.close()
     store_share = (stats.claim_seconds + stats.write_seconds) / max(stats.wall_seconds, 1e-9)

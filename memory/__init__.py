@@ -1,7 +1,10 @@
 """What is remembered: the SQL trajectory store. A leaf package: imports nothing from the other four.
 
-`memory.Store` is the API every loop and training job uses; SQLAlchemy is imported on first use of these
-names, not at `import memory`, so light modules (the CLI) can import record types cheaply.
+`memory.Store` is the API every loop and training job uses: one object made of public parts that each own
+the SQL of one concern (`store.episodes`, `store.examples`, `store.registry`, `store.queue`, ...; store.py
+lists them and says how the flat names `store.write_episode`, ... come about). SQLAlchemy is imported on
+first use of these names, not at `import memory`, so light modules (the CLI) can import record types
+cheaply.
 """
 
 from __future__ import annotations

@@ -17,8 +17,16 @@ loops_app = typer.Typer(no_args_is_help=True)
 _BY_CONFIG = "depends on config"
 
 
-def _roles(roles: Any) -> str:
-    return ", ".join(str(r) for r in roles) or "none"
+def _roles(spec: Any, cfg: Any = None) -> str:
+    """The roles `cfg` (default: the default config) needs, marked when they change with the config."""
+    from pydantic import ValidationError
+
+    try:
+        roles = spec.needed_roles(cfg)
+    except ValidationError:  # a plugin's config without defaults: the roles it declares
+        roles = spec.roles
+    text = ", ".join(str(r) for r in roles) or "none"
+    return f"{text} ({_BY_CONFIG})" if spec.roles_for is not None else text
 
 
 @loops_app.command("list")
@@ -37,12 +45,9 @@ def list_cmd() -> None:
 
     table = Table("name", "roles", "example kinds", "description", title="loops (strop run LOOP)")
     for spec in list_loops():
-        roles = _roles(spec.needed_roles())
-        if spec.roles_for is not None:
-            roles += f" ({_BY_CONFIG})"
         table.add_row(
             escape(spec.name),
-            escape(roles),
+            escape(_roles(spec)),
             ", ".join(str(k) for k in spec.example_kinds) or "-",
             escape(spec.description),
         )
@@ -71,16 +76,17 @@ def show_cmd(
     from rich.table import Table
 
     spec = loop_spec(name)
-    try:
-        cfg = loop_config(spec, set_)
-    except ValueError as exc:
-        fail(one_line(exc))
+    cfg = None
+    if set_:
+        try:
+            cfg = loop_config(spec, set_)
+        except ValueError as exc:
+            fail(one_line(exc))
     console = Console()
     console.print(f"[bold]{escape(spec.name)}[/bold]: {escape(spec.description)}")
     kinds = ", ".join(f"{k} (trains {spec.role_of(k)})" for k in spec.example_kinds) or "none"
     which = "this config" if set_ else "the default config"
-    varies = f" ({_BY_CONFIG})" if spec.roles_for is not None else ""
-    console.print(f"roles ({which}): {escape(_roles(spec.needed_roles(cfg)))}{varies}; emits: {kinds}")
+    console.print(f"roles ({which}): {escape(_roles(spec, cfg))}; emits: {kinds}")
     table = Table(
         "field",
         "type",

@@ -38,7 +38,8 @@ async def main(db: str, n_tasks: int, model: str) -> None:
         strop.get_loop("best_of_n"),
     )
     config = spec.config(n=8, seed=0)  # a strop.BestOfNConfig
-    loop = spec.build_graph(engine, strop.VerifierCritic(tasks), config)  # = strop.build_best_of_n(...)
+    # the one builder every loop has; strop.build_best_of_n(engine, critic, config) takes your own critic
+    loop = spec.make(strop.LoopResources(engines={"policy": engine}, task_set=tasks), config)
     graph = StateGraph(MyState)
     graph.add_node("best_of_n", loop.compile())  # no checkpointer of its own: it uses the parent's
     graph.add_node("report", report)

@@ -37,8 +37,15 @@ _LAZY: dict[str, str] = {
     "SamplingParams": "strop.agents.engines.base",
     "Message": "strop.agents.engines.base",
     "Completion": "strop.agents.engines.base",
+    # registries: one type, one unknown-name error
+    "Registry": "strop.registry",
+    "UnknownNameError": "strop.registry",
     # tasks
     "load_task_set": "strop.sandbox.tasks",
+    "get_task_set": "strop.sandbox.tasks.registry",
+    "list_task_sets": "strop.sandbox.tasks.registry",
+    "register_task_set": "strop.sandbox.tasks.registry",
+    "TaskSetInfo": "strop.sandbox.tasks.registry",
     "Task": "strop.sandbox.tasks.base",
     "TaskSet": "strop.sandbox.tasks.base",
     "Split": "strop.sandbox.tasks.base",
@@ -53,7 +60,15 @@ _LAZY: dict[str, str] = {
     "BestOfNConfig": "strop.agents.loops.best_of_n",
     "BestOfNState": "strop.agents.loops.best_of_n",
     "build_best_of_n": "strop.agents.loops.best_of_n",
+    # what a loop of your own needs (docs/loops.md)
     "episode_input": "strop.agents.loops.base",
+    "EpisodeInput": "strop.agents.loops.base",
+    "episode_id": "strop.agents.loops.base",
+    "stable_id": "strop.agents.loops.base",
+    "task_messages": "strop.agents.loops.base",
+    "chat_request": "strop.agents.loops.base",
+    "completion_json": "strop.agents.loops.base",
+    "run_episode": "strop.agents.episode",
     "evaluate": "strop.agents.evaluation",
     "EvalConfig": "strop.agents.evaluation",
     "EvalResult": "strop.agents.evaluation",
@@ -62,10 +77,24 @@ _LAZY: dict[str, str] = {
     "Critique": "strop.critics.base",
     "CritiqueVerdict": "strop.critics.base",
     "VerifierCritic": "strop.critics.verifier",
+    "get_critic": "strop.critics.registry",
+    "list_critics": "strop.critics.registry",
+    "register_critic": "strop.critics.registry",
+    "make_critic": "strop.critics.registry",
+    "CriticKind": "strop.critics.registry",
+    # games
+    "get_game": "strop.sandbox.games.registry",
+    "list_games": "strop.sandbox.games.registry",
+    "register_game": "strop.sandbox.games.registry",
+    "GameKind": "strop.sandbox.games.registry",
     # training
     "Recipe": "strop.training.recipe",
     "load_recipe": "strop.training.recipe",
     "Evolution": "strop.training.evolve",
+    "get_trainer": "strop.training.trainers",
+    "list_trainers": "strop.training.trainers",
+    "register_trainer": "strop.training.trainers",
+    "TrainerKind": "strop.training.trainers",
 }
 # names whose attribute in their module differs from the public one
 _ALIAS = {"build_best_of_n": "build_graph"}
@@ -75,21 +104,25 @@ __all__ = [
     "BestOfNState",
     "Completion",
     "Critic",
+    "CriticKind",
     "Critique",
     "CritiqueRecord",
     "CritiqueVerdict",
     "Engine",
+    "EpisodeInput",
     "EpisodeRecord",
     "EvalConfig",
     "EvalResult",
     "Evolution",
     "ExampleKind",
     "ExampleRecord",
+    "GameKind",
     "GenerationRequest",
     "LoopResources",
     "LoopSpec",
     "Message",
     "Recipe",
+    "Registry",
     "Role",
     "RunRecord",
     "RunResult",
@@ -100,30 +133,62 @@ __all__ = [
     "Store",
     "Task",
     "TaskSet",
+    "TaskSetInfo",
+    "TrainerKind",
+    "UnknownNameError",
     "VerifierCritic",
     "__version__",
     "build_best_of_n",
+    "chat_request",
+    "completion_json",
+    "episode_id",
     "episode_input",
     "evaluate",
+    "get_critic",
+    "get_game",
     "get_loop",
+    "get_task_set",
+    "get_trainer",
+    "list_critics",
+    "list_games",
     "list_loops",
+    "list_task_sets",
+    "list_trainers",
     "load_engine",
     "load_recipe",
     "load_task_set",
+    "make_critic",
+    "register_critic",
+    "register_game",
     "register_loop",
+    "register_task_set",
+    "register_trainer",
+    "run_episode",
+    "stable_id",
+    "task_messages",
     "to_dataset",
 ]
 
 if TYPE_CHECKING:
     from strop.agents.engines import load_engine
     from strop.agents.engines.base import Completion, Engine, GenerationRequest, Message, SamplingParams
+    from strop.agents.episode import run_episode
     from strop.agents.evaluation import EvalConfig, EvalResult, evaluate
-    from strop.agents.loops.base import episode_input
+    from strop.agents.loops.base import (
+        EpisodeInput,
+        chat_request,
+        completion_json,
+        episode_id,
+        episode_input,
+        stable_id,
+        task_messages,
+    )
     from strop.agents.loops.best_of_n import BestOfNConfig, BestOfNState
     from strop.agents.loops.best_of_n import build_graph as build_best_of_n
     from strop.agents.loops.registry import LoopResources, LoopSpec, get_loop, list_loops, register_loop
     from strop.agents.runner import Runner, RunResult
     from strop.critics.base import Critic, Critique, CritiqueVerdict
+    from strop.critics.registry import CriticKind, get_critic, list_critics, make_critic, register_critic
     from strop.critics.verifier import VerifierCritic
     from strop.memory.export import to_dataset
     from strop.memory.records import (
@@ -136,10 +201,14 @@ if TYPE_CHECKING:
         StepRecord,
     )
     from strop.memory.store import Store
+    from strop.registry import Registry, UnknownNameError
+    from strop.sandbox.games.registry import GameKind, get_game, list_games, register_game
     from strop.sandbox.tasks import load_task_set
     from strop.sandbox.tasks.base import Split, Task, TaskSet
+    from strop.sandbox.tasks.registry import TaskSetInfo, get_task_set, list_task_sets, register_task_set
     from strop.training.evolve import Evolution
     from strop.training.recipe import Recipe, load_recipe
+    from strop.training.trainers import TrainerKind, get_trainer, list_trainers, register_trainer
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,26 @@ EMBEDDING = (
     "VerifierCritic",
 )
 
+# What a user writing a loop of their own needs, so it imports nothing internal (docs/loops.md's example).
+LOOP_AUTHOR = (
+    "EpisodeInput",
+    "episode_id",
+    "stable_id",
+    "task_messages",
+    "chat_request",
+    "completion_json",
+    "run_episode",
+)
+
+# Each registry's list/get/register, from its own module (one registry type: strop.registry).
+REGISTRIES = {
+    "strop.agents.loops.registry": ("list_loops", "get_loop", "register_loop"),
+    "strop.training.trainers": ("list_trainers", "get_trainer", "register_trainer"),
+    "strop.sandbox.tasks.registry": ("list_task_sets", "get_task_set", "register_task_set"),
+    "strop.sandbox.games.registry": ("list_games", "get_game", "register_game"),
+    "strop.critics.registry": ("list_critics", "get_critic", "register_critic"),
+}
+
 
 def _fresh(code: str) -> dict:
     """Run `code` in a new interpreter (nothing imported yet) and return the JSON it prints last."""
@@ -68,9 +88,22 @@ def test_public_names_are_the_package_objects() -> None:
     from strop.agents.loops.registry import get_loop
     from strop.memory.store import Store
 
-    assert strop.build_best_of_n is best_of_n.build_graph is get_loop("best_of_n").build_graph
+    assert strop.build_best_of_n is best_of_n.build_graph  # the module's own builder, not a spec field
+    assert not hasattr(get_loop("best_of_n"), "build_graph")  # one builder contract: `make`
     assert strop.BestOfNConfig is get_loop("best_of_n").config
     assert strop.Store is Store
+
+
+def test_loop_authors_and_registries_need_no_internal_import() -> None:
+    import importlib
+
+    from strop.registry import Registry, UnknownNameError
+
+    assert set(LOOP_AUTHOR) <= set(strop.__all__)
+    for module, names in REGISTRIES.items():
+        for name in names:
+            assert getattr(strop, name) is getattr(importlib.import_module(module), name), name
+    assert strop.Registry is Registry and strop.UnknownNameError is UnknownNameError
 
 
 def test_import_strop_loads_no_heavy_library() -> None:

@@ -6,14 +6,13 @@ the TRL dataset, and the training call itself. `training.jobs.train_candidate` d
 every kind shares (start the job, claim exactly once, register the candidate, finish or fail the job), so a
 kind's module holds only what is specific to its algorithm.
 
-strop's kinds live in `strop.training.<name>` modules and register themselves on import; the registry loads
-them on first look-up so `import strop.training.trainers` stays cheap.
+strop's kinds live in `strop.training.<name>` modules and register themselves on import; the registry (a
+`strop.registry.Registry`, like every other) loads them on first look-up so `import strop.training.trainers`
+stays cheap. Other packages add kinds through the `strop.trainers` entry-point group.
 """
 
 from __future__ import annotations
 
-import importlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from strop.memory.records import ExampleKind, ExampleRecord, ModelVersionRecord, Role
+from strop.registry import Registry, UnknownNameError
 from strop.training.tracking import TrainHooks
 
 # Modules that register strop's own trainer kinds, imported on first look-up.
@@ -33,11 +33,8 @@ _BUILTIN_MODULES: tuple[str, ...] = (
 )
 
 
-class UnknownTrainerError(KeyError):
+class UnknownTrainerError(UnknownNameError):
     """A trainer kind nobody registered; the message lists the known ones."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class TrainOutcome(BaseModel):
@@ -99,41 +96,25 @@ class TrainerKind:
         return self.settings.model_validate(values or {})
 
 
-_REGISTRY: dict[str, TrainerKind] = {}
-_loaded = False
-_loading = (
-    threading.RLock()
-)  # first look-ups on several threads wait for the imports, not see an empty registry
+TRAINERS: Registry[TrainerKind] = Registry(
+    "trainer kind",
+    TrainerKind,
+    name_of=lambda kind: kind.name,
+    builtin_modules=_BUILTIN_MODULES,
+    entry_point_group="strop.trainers",
+    list_command="strop train --help",
+    error=UnknownTrainerError,
+)
 
 
 def register_trainer(kind: TrainerKind, *, replace: bool = False) -> TrainerKind:
-    if kind.name in _REGISTRY and _REGISTRY[kind.name] is not kind and not replace:
-        raise ValueError(f"a trainer kind named {kind.name!r} is already registered")
-    _REGISTRY[kind.name] = kind
-    return kind
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    with _loading:
-        if not _loaded:
-            for module in _BUILTIN_MODULES:
-                importlib.import_module(module)
-            _loaded = True  # only once every kind is registered (a failed import is retried next look-up)
+    """Add a trainer kind; a taken name is refused (naming both origins) unless `replace`."""
+    return TRAINERS.register(kind.name, kind, replace=replace, stacklevel=2)
 
 
 def get_trainer(name: str) -> TrainerKind:
-    _load()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownTrainerError(
-            f"unknown trainer kind {name!r}; known kinds: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    return TRAINERS.get(name)
 
 
 def list_trainers() -> list[TrainerKind]:
-    _load()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return TRAINERS.list()

@@ -301,7 +301,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=BestOfNConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(Role.POLICY,),
         example_kinds=(ExampleKind.SFT, ExampleKind.PAIR),

@@ -377,7 +377,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=GameDemosConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(),
         example_kinds=(ExampleKind.SFT,),

@@ -316,7 +316,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=MCTSConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(Role.POLICY,),
         roles_for=_roles,

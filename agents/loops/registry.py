@@ -3,19 +3,20 @@
 A loop is one module in `strop.agents.loops` that ends with `register_loop(LoopSpec(...))`. The CLI
 (`strop run LOOP`, `strop loops list`), recipes (a stage names its loop) and the docs read this registry, so a
 new loop needs no other wiring. Other packages add loops through the `strop.loops` entry-point group: the
-entry point names a `LoopSpec` (`my_pkg.loops:SPEC`) or a module that registers its loop on import.
+entry point names a `LoopSpec` (`my_pkg.loops:SPEC`), a function returning one, or a module that registers
+its loop on import. A plugin that reuses a taken name is refused, naming both origins, unless it asks to
+replace (strop.registry has the rules every registry shares).
 
-A spec keeps two builders apart on purpose. `build_graph` is the module's own, user-facing function with the
-arguments that loop really needs (an engine, a critic, a config); `make` builds the same graph from the
-uniform `LoopResources` a recipe stage or the CLI has at hand, so neither has to know each loop's signature.
+A spec has one builder contract, `make(LoopResources, config)`: a recipe stage, the CLI and a user build
+every loop from the same uniform resources, without knowing its signature. Each loop module also keeps its
+own `build_graph(...)` with the arguments that loop really needs (an engine, a critic, a config), a plain
+module function for users who wire a loop by hand; the registry does not know it.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from langgraph.graph import StateGraph
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 
 from strop.agents.engines.base import Engine
 from strop.memory.records import EpisodeRecord, ExampleKind, Role
+from strop.registry import Registry, UnknownNameError, underscores
 from strop.sandbox.tasks.base import TaskSet
 
 ENTRY_POINT_GROUP = "strop.loops"
@@ -38,11 +40,8 @@ _BUILTIN_MODULES = (
 )
 
 
-class UnknownLoopError(KeyError):
+class UnknownLoopError(UnknownNameError):
     """A loop name that no module registered; the message lists the known ones."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -79,7 +78,6 @@ class LoopSpec:
 
     name: str
     config: type[BaseModel]
-    build_graph: Callable[..., StateGraph]
     make: Callable[[LoopResources, Any], StateGraph]
     roles: tuple[Role, ...] = (Role.POLICY,)
     example_kinds: tuple[ExampleKind, ...] = ()
@@ -110,53 +108,27 @@ class LoopSpec:
         return self.example_roles.get(kind, Role.POLICY)
 
 
-_REGISTRY: dict[str, LoopSpec] = {}
-_loaded = False
-
-
-def _key(name: str) -> str:
-    return name.strip().replace("-", "_")
+LOOPS: Registry[LoopSpec] = Registry(
+    "loop",
+    LoopSpec,
+    name_of=lambda spec: spec.name,
+    normalize=underscores,
+    builtin_modules=_BUILTIN_MODULES,
+    entry_point_group=ENTRY_POINT_GROUP,
+    list_command="strop loops list",
+    error=UnknownLoopError,
+)
 
 
 def register_loop(spec: LoopSpec, *, replace: bool = False) -> LoopSpec:
-    """Add a loop; a second loop under the same name is refused unless `replace`."""
-    key = _key(spec.name)
-    if key in _REGISTRY and _REGISTRY[key] is not spec and not replace:
-        raise ValueError(
-            f"a loop named {spec.name!r} is already registered; pick another name or replace=True"
-        )
-    _REGISTRY[key] = spec
-    return spec
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()  # a broken plugin should fail loudly, with its own traceback
-        if isinstance(obj, LoopSpec):
-            register_loop(obj, replace=True)
-        elif callable(obj) and not isinstance(obj, type):
-            spec = obj()
-            if isinstance(spec, LoopSpec):
-                register_loop(spec, replace=True)
+    """Add a loop; a second loop under a taken name is refused (naming both origins) unless `replace`."""
+    return LOOPS.register(spec.name, spec, replace=replace, stacklevel=2)
 
 
 def get_loop(name: str) -> LoopSpec:
     """The spec of a loop by name ('best_of_n' or 'best-of-n')."""
-    _load()
-    try:
-        return _REGISTRY[_key(name)]
-    except KeyError:
-        raise UnknownLoopError(
-            f"unknown loop {name!r}; known loops: {', '.join(sorted(_REGISTRY))} (see `strop loops list`)"
-        ) from None
+    return LOOPS.get(name)
 
 
 def list_loops() -> list[LoopSpec]:
-    _load()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return LOOPS.list()

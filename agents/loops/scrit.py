@@ -340,7 +340,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=ScritConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(Role.POLICY, Role.CRITIC),
         example_kinds=(ExampleKind.SFT,),

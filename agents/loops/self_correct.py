@@ -275,7 +275,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=SelfCorrectConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(Role.POLICY,),
         roles_for=_roles,

@@ -286,7 +286,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=SelfPlayConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(Role.POLICY,),
         example_kinds=(ExampleKind.GAME_TURN,),

@@ -378,7 +378,6 @@ SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
         config=SneakyConfig,
-        build_graph=build_graph,
         make=_make,
         roles=(Role.POLICY, Role.CRITIC, Role.GENERATOR),
         example_kinds=(ExampleKind.PAIR, ExampleKind.GAME_TURN),

@@ -27,11 +27,14 @@ from strop.sandbox.games.opponents import (
 )
 from strop.sandbox.games.registry import (
     GameInfo,
+    GameKind,
     UnknownGameError,
     game_names,
     get_adapter,
+    get_game,
     list_games,
     make_game,
+    register_game,
     replay_game,
 )
 
@@ -39,6 +42,7 @@ __all__ = [
     "Game",
     "GameAdapter",
     "GameInfo",
+    "GameKind",
     "GameOptions",
     "GameOverError",
     "GameRecord",
@@ -53,9 +57,11 @@ __all__ = [
     "UnknownGameError",
     "game_names",
     "get_adapter",
+    "get_game",
     "list_games",
     "make_game",
     "play_game",
     "play_series",
+    "register_game",
     "replay_game",
 ]

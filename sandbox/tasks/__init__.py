@@ -4,7 +4,14 @@ from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
 from strop.sandbox.tasks.base import Split, Task, TaskSet, Verdict
 from strop.sandbox.tasks.extract import extract_answer, numbers_equal
 from strop.sandbox.tasks.guard import HeldoutTaskError, assert_trainable, is_heldout, split_of
-from strop.sandbox.tasks.registry import TaskSetInfo, UnknownTaskSetError, list_task_sets, load_task_set
+from strop.sandbox.tasks.registry import (
+    TaskSetInfo,
+    UnknownTaskSetError,
+    get_task_set,
+    list_task_sets,
+    load_task_set,
+    register_task_set,
+)
 
 __all__ = [
     "ArithmeticTaskSet",
@@ -17,9 +24,11 @@ __all__ = [
     "Verdict",
     "assert_trainable",
     "extract_answer",
+    "get_task_set",
     "is_heldout",
     "list_task_sets",
     "load_task_set",
     "numbers_equal",
+    "register_task_set",
     "split_of",
 ]

@@ -216,6 +216,8 @@ class _Output:
 def test_first_look_ups_on_two_threads_both_find_the_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry imports its kinds on the first look-up; a second thread looking up meanwhile waits for the
     imports (it used to see the registry marked loaded while still empty: UnknownTrainerError)."""
+    import strop.registry
+    from strop.registry import Registry
     from strop.training import trainers
 
     sft = trainers.get_trainer("sft")
@@ -226,10 +228,14 @@ def test_first_look_ups_on_two_threads_both_find_the_kind(monkeypatch: pytest.Mo
             time.sleep(0.2)
             trainers.register_trainer(sft, replace=True)
 
-    monkeypatch.setattr(trainers, "_REGISTRY", {})
-    monkeypatch.setattr(trainers, "_loaded", False)
-    monkeypatch.setattr(trainers, "_BUILTIN_MODULES", ("strop.training.sft",))
-    monkeypatch.setattr(trainers, "importlib", SlowImports)
+    empty = Registry(
+        "trainer kind",
+        trainers.TrainerKind,
+        builtin_modules=("strop.training.sft",),
+        error=trainers.UnknownTrainerError,
+    )
+    monkeypatch.setattr(trainers, "TRAINERS", empty)
+    monkeypatch.setattr(strop.registry, "importlib", SlowImports)
     found: list[Any] = []
 
     def look_up() -> None:
@@ -278,7 +284,8 @@ def test_two_jobs_racing_consume_disjoint_examples(
         with one_at_a_time:
             return real.train(req)
 
-    monkeypatch.setitem(trainers._REGISTRY, kind, dataclasses.replace(real, train=train))
+    monkeypatch.setattr(trainers, "TRAINERS", trainers.TRAINERS.copy())
+    trainers.register_trainer(dataclasses.replace(real, train=train), replace=True)
     examples = _fill(store, kind, tiny_model_path)
     parent = _parent(store, tiny_model_path)
     start = threading.Barrier(2, timeout=60)

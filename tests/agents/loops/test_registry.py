@@ -16,6 +16,7 @@ from strop.agents.loops import registry
 from strop.agents.loops.best_of_n import BestOfNConfig
 from strop.agents.loops.registry import LoopSpec, UnknownLoopError, get_loop, list_loops, register_loop
 from strop.cli import app
+from strop.registry import NameClashError, Registry
 
 PLUGIN = '''
 """A loop shipped by another package."""
@@ -46,7 +47,7 @@ def build_graph(engine: Any, config: PluginConfig | None = None) -> StateGraph:
 
 
 SPEC = LoopSpec(
-    name="plugin_loop", config=PluginConfig, build_graph=build_graph,
+    name="plugin_loop", config=PluginConfig,
     make=lambda resources, cfg: build_graph(resources.policy, cfg),
     roles=(Role.POLICY, Role.CRITIC), example_kinds=(ExampleKind.PAIR,),
     description="A plugin loop registered through the strop.loops entry-point group.",
@@ -55,16 +56,15 @@ SPEC = LoopSpec(
 
 
 @pytest.fixture
-def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, LoopSpec]]:
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry[LoopSpec]]:
     """A copy of the registry that is loaded again on first look-up; the real one is back after the test."""
-    copy = dict(registry._REGISTRY)
-    monkeypatch.setattr(registry, "_REGISTRY", copy)
-    monkeypatch.setattr(registry, "_loaded", False)
+    copy = registry.LOOPS.copy()
+    monkeypatch.setattr(registry, "LOOPS", copy)
     yield copy
 
 
 @pytest.fixture
-def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: dict) -> Iterator[Path]:
+def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_registry: Registry) -> Iterator[Path]:
     """An installed-looking distribution on sys.path whose entry point names a LoopSpec."""
     module = "strop_test_plugin_loops"
     (tmp_path / f"{module}.py").write_text(textwrap.dedent(PLUGIN))
@@ -106,13 +106,13 @@ def test_the_plugin_is_gone_once_its_test_is_over() -> None:
         get_loop("plugin_loop")
 
 
-def test_a_second_loop_under_a_taken_name_is_refused(fresh_registry: dict) -> None:
+def test_a_second_loop_under_a_taken_name_is_refused(fresh_registry: Registry) -> None:
     original = get_loop("best_of_n")
-    impostor = LoopSpec(
-        name="best-of-n", config=BestOfNConfig, build_graph=original.build_graph, make=original.make
-    )
-    with pytest.raises(ValueError, match="already registered"):
+    impostor = LoopSpec(name="best-of-n", config=BestOfNConfig, make=original.make)
+    with pytest.raises(NameClashError, match="already registered") as err:
         register_loop(impostor)
+    # both origins are named: the built-in's module and this test module
+    assert "module strop.agents.loops.best_of_n" in str(err.value) and __name__ in str(err.value)
     assert get_loop("best_of_n") is original
     register_loop(original)  # registering the same spec again is harmless (a module imported twice)
     assert register_loop(impostor, replace=True) is get_loop("best_of_n") is impostor

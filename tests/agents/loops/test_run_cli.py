@@ -131,13 +131,12 @@ def _roles_make(resources: LoopResources, cfg: _RolesConfig) -> StateGraph:
 def roles_loop(monkeypatch: pytest.MonkeyPatch) -> LoopSpec:
     """A loop that declares a critic role, registered for one test."""
     registry.list_loops()  # load the built-ins first, into the copy below
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "LOOPS", registry.LOOPS.copy())
     SEEN.clear()
     return register_loop(
         LoopSpec(
             name="roles_loop",
             config=_RolesConfig,
-            build_graph=lambda engine, critic, cfg=None: _roles_make(None, cfg),  # type: ignore[arg-type]
             make=_roles_make,
             roles=(Role.POLICY, Role.CRITIC),
             description="Records which engine plays which role.",

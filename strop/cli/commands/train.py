@@ -343,8 +343,8 @@ def _command_help(kind: Any) -> str:
     if kind.online:
         how = (
             "It samples its own data: the loop runs on --n-tasks training tasks of --tasks from the live "
-            "weights, and every group is stored as an episode of a new run. The result is registered as a "
-            "candidate with its lineage."
+            "weights, its rollouts stored under a new run. The result is registered as a candidate with its "
+            "lineage."
         )
     else:
         kinds = "/".join(str(k) for k in kind.example_kinds)

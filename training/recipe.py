@@ -19,17 +19,25 @@ setting TRL would refuse fails before any work starts, with the field named (`st
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from strop.agents.evaluators.base import EvalSettings, FieldCheckError
 from strop.agents.scale import ScaleSettings
 from strop.memory.records import ExampleKind, Role
 from strop.training.launch import LaunchSettings
-from strop.training.promotion import PromotionSettings
 
 
 class RecipeError(ValueError):
@@ -81,100 +89,6 @@ class TrainSettings(LaunchSettings):
     )
 
 
-CRITIC_METRICS = ("f1", "acc_erroneous", "acc_correct", "correction_acc")
-SELF_CORRECT_METRICS = ("acc_last", "acc_t1", "net", "delta_i2c")
-FEEDBACK_KINDS = ("intrinsic", "critic", "oracle", "execution")
-# Game target: a rate against one opponent, pooled over seats or of one seat (higher is better).
-GAME_METRIC = re.compile(r"vs_(?P<opponent>\w+?)/(?:seat[01]/)?(?:win_rate|score|draw_rate)")
-
-
-class StageEvalSettings(BaseModel):
-    """How a stage judges the candidate of the role it trained, and when the candidate is promoted."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int | None = Field(
-        None, ge=2, description="Also record pass@k with k sampled answers (pass@1 is always greedy)."
-    )
-    max_tokens: int | None = Field(
-        None, ge=1, description="Most new tokens per answer; default the loop config's max_tokens (else 64)."
-    )
-    system_prompt: str | None = Field(
-        None, description="System message; default the loop config's system_prompt."
-    )
-    target: Literal["policy", "critic", "self_correct", "game"] | None = Field(
-        None,
-        description="What is measured: 'policy' (pass@k on held-out tasks), 'critic' (the critic benchmark: "
-        "first-wrong-step F1 and correction on labelled held-out solutions), 'self_correct' (greedy K-turn "
-        "conversations: accuracy at turn 1 and the last turn, wrong-to-right and right-to-wrong shares, per "
-        "feedback kind) or 'game' (greedy games on held-out seeds against fixed opponents, from each seat: "
-        "win/draw/loss rates and the illegal-move rate). Default: 'critic' when the stage trains the critic "
-        "role, 'self_correct' when its loop is self_correct, 'game' when it is selfplay or game_demos, else "
-        "'policy'.",
-    )
-    metric: str | None = Field(
-        None,
-        description="Metric the gate compares on held-out data. Policy: 'pass@1' (default) or 'pass@K'. "
-        "Critic: 'f1' (default), 'acc_erroneous', 'acc_correct' or 'correction_acc'. Self-correction (of the "
-        "first feedback kind): 'acc_last' (default), 'acc_t1', 'net', 'delta_i2c'. Game: 'vs_random/win_rate' "
-        "(default: averaged over the two seats), 'vs_heuristic/score' (wins + draws/2), "
-        "'vs_random/seat1/win_rate', ...",
-    )
-    feedback: list[str] | None = Field(
-        None,
-        description="Self-correction target: feedback kinds to measure (intrinsic, critic, oracle, "
-        "execution); the gate reads the first. Default: the loop's own feedback.",
-    )
-    turns: int | None = Field(
-        None, ge=2, le=8, description="Self-correction target: turns per conversation (default the loop's)."
-    )
-    margin: float = Field(
-        0.02,
-        ge=0.0,
-        le=1.0,
-        description="Held-out gain over the parent required to promote (0.02 = 2 points).",
-    )
-    seed: int = Field(0, description="Critic target: seed of the labelled set (its size is `tasks.heldout`).")
-    critic_max_tokens: int = Field(160, ge=16, description="Critic target: most tokens per critique.")
-    critic_kind: Literal["generative", "prm"] | None = Field(
-        None,
-        description="Critic target: how the benchmark asks the critic, 'generative' (a written step-wise "
-        "critique) or 'prm' (one Yes/No per step prefix, scores under <set>/prm/). Default: the loop's "
-        "`critic_kind` where it has one (the sneaky loop), else generative.",
-    )
-    policy_accuracy: bool = Field(
-        True,
-        description="Critic target: also measure the policy's held-out pass@1 when the critic shares its "
-        "weights, so a critic gain bought by a policy loss shows in the table.",
-    )
-    opponents: list[Literal["random", "heuristic"]] | None = Field(
-        None, description="Game target: the fixed opponents played (default both, random and heuristic)."
-    )
-    transfer: TaskSettings | None = Field(
-        None,
-        description="Game target: also measure greedy held-out pass@1 on this task set (e.g. {name = "
-        "'arithmetic', heldout = 100}) for every version, to see whether game play transfers to reasoning "
-        "(reported in the table, not gated).",
-    )
-    transfer_max_tokens: int = Field(64, ge=1, description="Game target: most tokens per transfer answer.")
-
-    def target_of(self, role: str, loop: str = "") -> str:
-        if self.target:
-            return self.target
-        if role == "critic":
-            return "critic"
-        return {"self_correct": "self_correct", "selfplay": "game", "game_demos": "game"}.get(loop, "policy")
-
-    def gate_metric(self, role: str, loop: str = "") -> str:
-        target = self.target_of(role, loop)
-        return self.metric or {"critic": "f1", "self_correct": "acc_last", "game": "vs_random/win_rate"}.get(
-            target, "pass@1"
-        )
-
-    def promotion(self, role: str = "policy", loop: str = "") -> PromotionSettings:
-        return PromotionSettings(margin=self.margin, metric=self.gate_metric(role, loop))
-
-
 class Stage(BaseModel):
     """One step of a cycle: a loop collects, a trainer trains a role, an evaluation gates its promotion."""
 
@@ -196,9 +110,29 @@ class Stage(BaseModel):
     train: TrainSettings | None = Field(
         None, description="What this stage trains; none for a stage that only collects."
     )
-    eval: StageEvalSettings | None = Field(
-        None, description="Evaluation and promotion gate for the trained role."
+    eval: SerializeAsAny[EvalSettings] | None = Field(
+        None,
+        description="Evaluation and promotion gate for the trained role: the settings of the evaluator "
+        "`target` names (default the loop's, see `strop loops show LOOP`; 'critic' for the critic role).",
     )
+
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _evaluator_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validate `[stages.eval]` against its evaluator's own model, so a wrong field is named against it."""
+        if not isinstance(value, dict):
+            return value
+        from strop.agents.evaluators import UnknownEvaluatorError, get_evaluator
+
+        target = value.get("target") or _default_evaluator(info.data.get("loop"), info.data.get("train"))
+        try:
+            evaluator = get_evaluator(str(target))
+        except UnknownEvaluatorError as e:
+            raise _Field("target", str(e)) from None
+        try:
+            return evaluator.settings.model_validate(value)
+        except ValidationError as e:
+            raise _Field.of(e) from None
 
 
 class EngineSettings(BaseModel):
@@ -261,11 +195,25 @@ class Recipe(BaseModel):
         return next(i for i, s in enumerate(self.stages) if s.name == name)
 
 
-class _Field(ValueError):
-    """A semantic error at a field path (turned into the same 'field: message' lines as pydantic's)."""
+class _Field(FieldCheckError):
+    """Errors at field paths, relative to where pydantic raised them (turned into the same 'field: message'
+    lines as pydantic's, prefixed with that location)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    @classmethod
+    def of(cls, e: ValidationError) -> _Field:
+        first, *rest = _error_items(e)
+        return cls(*first, *rest)
+
+
+def _default_evaluator(loop: Any, train: Any) -> str:
+    """The evaluator a stage uses when its eval names none: its loop's, for the role it trains."""
+    from strop.agents.loops.registry import LoopSpec, UnknownLoopError, get_loop
+
+    role = train.role if isinstance(train, TrainSettings) else str(Role.POLICY)
+    try:
+        return get_loop(str(loop or Stage.model_fields["loop"].default)).evaluator_for(role)
+    except UnknownLoopError:  # reported against `loop` by check_recipe; meanwhile a spec's default
+        return str(LoopSpec.__dataclass_fields__["evaluator"].default)
 
 
 def check_recipe(r: Recipe) -> None:
@@ -348,35 +296,6 @@ def check_recipe(r: Recipe) -> None:
                 f"stage {stage.name!r} trains role {t.role!r} but no stage evaluates it, so "
                 "its candidate could never be promoted; add [stages.eval] (e.g. margin = 0.02)",
             )
-        metric = stage.eval.gate_metric(t.role, spec.name)
-        target = stage.eval.target_of(t.role, spec.name)
-        allowed = {"critic": CRITIC_METRICS, "self_correct": SELF_CORRECT_METRICS}.get(target)
-        if allowed is not None and metric not in allowed:
-            raise _Field(
-                f"{at}.eval.metric", f"{metric!r} is not a {target} metric; use one of {', '.join(allowed)}"
-            )
-        if target == "game":
-            found = GAME_METRIC.fullmatch(metric)
-            played = stage.eval.opponents or ["random", "heuristic"]
-            if found is None or found["opponent"] not in played:
-                raise _Field(
-                    f"{at}.eval.metric",
-                    f"{metric!r} is not a game metric of this stage; use "
-                    f"vs_OPPONENT/win_rate, vs_OPPONENT/score or "
-                    f"vs_OPPONENT/seat0/win_rate with OPPONENT in {', '.join(played)}",
-                )
-            continue
-        for fb in stage.eval.feedback or []:
-            if fb not in FEEDBACK_KINDS:
-                raise _Field(
-                    f"{at}.eval.feedback", f"unknown feedback kind {fb!r}; use {', '.join(FEEDBACK_KINDS)}"
-                )
-        if allowed is None and not re.fullmatch(r"pass@\d+", metric):
-            raise _Field(
-                f"{at}.eval.metric",
-                f"{metric!r} is not a policy metric; use 'pass@1' or 'pass@K' "
-                "(or set eval.target = 'critic' for critic metrics)",
-            )
 
 
 def legacy_to_stages(data: dict[str, Any]) -> dict[str, Any]:
@@ -424,18 +343,30 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
 
 
 def format_validation_error(e: ValidationError, prefix: str = "") -> str:
-    lines = []
+    return "\n".join(f"  {field}: {msg}" for field, msg in _error_items(e, prefix))
+
+
+def _error_items(e: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """(field path, message) per error; a `_Field` raised inside a nested model keeps its own paths."""
+    items = []
     for err in e.errors():
-        if err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"), _Field):
-            lines.append(f"  {err['ctx']['error']}")
+        loc = _path(err["loc"])
+        if err["type"] == "value_error" and isinstance(
+            found := err.get("ctx", {}).get("error"), FieldCheckError
+        ):
+            at = prefix + loc
+            items += [(f"{at}.{f}" if at and loc else f, m) for f, m in found.items]
             continue
-        loc = [f"[{x}]" if isinstance(x, int) else str(x) for x in err["loc"]]
-        field = prefix + ".".join(loc).replace(".[", "[") if loc else (prefix.rstrip(".") or "(top level)")
+        field = prefix + loc if loc else (prefix.rstrip(".") or "(top level)")
         msg = (
             "unknown field (check the spelling; see recipes/star-arithmetic.toml)"
             if err["type"] == "extra_forbidden"
-            else err["msg"]
+            else err["msg"].removeprefix("Value error, ")
         )
         got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
-        lines.append(f"  {field}: {msg}{got}")
-    return "\n".join(lines)
+        items.append((field, f"{msg}{got}"))
+    return items
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    return ".".join(f"[{x}]" if isinstance(x, int) else str(x) for x in loc).replace(".[", "[")

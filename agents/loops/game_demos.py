@@ -376,6 +376,7 @@ def _make(resources: LoopResources, config: GameDemosConfig) -> StateGraph:
 SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
+        evaluator="game",
         config=GameDemosConfig,
         make=_make,
         roles=(),

@@ -90,12 +90,21 @@ class LoopSpec:
     # a one-line summary of a collection run's episodes in the loop's own terms (e.g. the sneaky generator's
     # success rate), printed after a recipe stage collects and shown in the evolve table; None: nothing extra
     summarize: Callable[[Sequence[EpisodeRecord]], str] | None = None
+    # The evaluator (strop.agents.evaluators) that measures a candidate this loop's examples trained, unless
+    # a recipe stage names another (`[stages.eval] target`); `role_evaluators` overrides it per trained role
+    # (a stage training the critic role is measured on the critic benchmark, whatever the loop).
+    evaluator: str = "policy"
+    role_evaluators: dict[Role, str] = field(default_factory=lambda: {Role.CRITIC: "critic"})
 
     def needed_roles(self, config: BaseModel | None = None) -> tuple[Role, ...]:
         """The roles this loop asks engines for under `config` (default: its default config)."""
         if self.roles_for is None:
             return self.roles
         return self.roles_for(config if config is not None else self.default_config())
+
+    def evaluator_for(self, role: Role | str) -> str:
+        """The name of the evaluator a stage training `role` with this loop uses by default."""
+        return self.role_evaluators.get(str(role), self.evaluator)  # type: ignore[call-overload]  # StrEnum keys
 
     def default_config(self) -> BaseModel:
         return self.config()

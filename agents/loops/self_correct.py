@@ -274,6 +274,7 @@ def _roles(config: SelfCorrectConfig) -> tuple[Role, ...]:
 SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
+        evaluator="self_correct",
         config=SelfCorrectConfig,
         make=_make,
         roles=(Role.POLICY,),

@@ -285,6 +285,7 @@ def _make(resources: LoopResources, config: SelfPlayConfig) -> StateGraph:
 SPEC = register_loop(
     LoopSpec(
         name=LOOP_NAME,
+        evaluator="game",
         config=SelfPlayConfig,
         make=_make,
         roles=(Role.POLICY,),

@@ -58,7 +58,7 @@ async def test_score_stage_trains_on_turn_advantages_and_gates_on_turn_two(
         store,
         progress=False,
     )
-    assert evo.target(0) == "self_correct"
+    assert evo.evaluator(0).name == "self_correct"
     assert evo.metric(0) == "arithmetic/heldout/self_correct/intrinsic/acc_last"
     rows = await evo.run()
     episodes = store.list_episodes(evo.collect_run_id(1, 0))
@@ -88,5 +88,5 @@ def test_critic_feedback_needs_a_critic_role(tmp_path: Path) -> None:
 def test_a_wrong_self_correction_gate_is_named(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="not a self_correct metric"):
         load_recipe(sc_recipe(tmp_path, evaluation='metric = "f1"'))
-    with pytest.raises(RecipeError, match="unknown feedback kind 'psychic'"):
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.eval\.feedback\[0\]: Input should be 'intrinsic'"):
         load_recipe(sc_recipe(tmp_path, evaluation='feedback = ["psychic"]'))

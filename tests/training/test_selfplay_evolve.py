@@ -57,8 +57,8 @@ async def test_selfplay_stage_trains_on_game_moves_and_gates_on_win_rate(
         tmp_path, evaluation='transfer = { name = "arithmetic", heldout = 4 }\ntransfer_max_tokens = 16'
     )
     evo = Evolution(load_recipe(recipe), store, progress=False)
-    assert evo.target(0) == "game" and evo.metric(0) == "tictactoe/vs_random/win_rate"
-    assert evo.transfer_metric(0) == "arithmetic/heldout/pass@1"
+    assert evo.evaluator(0).name == "game" and evo.metric(0) == "tictactoe/vs_random/win_rate"
+    assert evo.extra_metric(0) == ("transfer acc", "arithmetic/heldout/pass@1")
     rows = await evo.run()
     episodes = store.list_episodes(evo.collect_run_id(1, 0))
     assert len(episodes) == 3 and all(ep.outcome["games"] == 2 for ep in episodes)
@@ -95,10 +95,7 @@ def test_a_wrong_game_gate_is_named(tmp_path: Path) -> None:
             sp_recipe(tmp_path, evaluation='opponents = ["random"]\nmetric = "vs_heuristic/win_rate"')
         )
     r = load_recipe(sp_recipe(tmp_path, evaluation='metric = "vs_heuristic/seat1/score"'))
-    assert (
-        r.stages[0].eval is not None
-        and r.stages[0].eval.gate_metric("policy", "selfplay") == "vs_heuristic/seat1/score"
-    )
+    assert r.stages[0].eval is not None and r.stages[0].eval.gate_metric() == "vs_heuristic/seat1/score"
 
 
 def test_the_shipped_recipes_differ_only_in_rae() -> None:

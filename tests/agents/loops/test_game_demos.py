@@ -329,13 +329,11 @@ def test_the_warm_start_recipe_loads_and_its_selfplay_stage_is_the_cold_starts()
 
 
 def test_a_game_demos_stage_defaults_to_the_game_gate() -> None:
-    from strop.training.recipe import StageEvalSettings
+    from strop.training.recipe import recipe_from_dict
 
-    ev = StageEvalSettings(margin=0.0)
-    assert (
-        ev.target_of("policy", "game_demos") == "game"
-        and ev.gate_metric("policy", "game_demos") == "vs_random/win_rate"
-    )
+    stage = {"name": "d", "loop": "game_demos", "train": {"kind": "sft"}, "eval": {"margin": 0.0}}
+    ev = recipe_from_dict({"name": "r", "roles": {"policy": "tiny"}, "stages": [stage]}).stages[0].eval
+    assert ev is not None and ev.target == "game" and ev.gate_metric() == "vs_random/win_rate"
     spec = get_loop("game-demos")
     assert spec.needed_roles() == () and spec.example_kinds == (ExampleKind.SFT,)
 
@@ -373,7 +371,7 @@ async def test_the_examples_train_the_tiny_model_with_a_real_sft_job(
         assert res.examples == emitted and res.candidate.status == ModelStatus.CANDIDATE
         assert math.isfinite(res.train_loss) and res.train_loss > 0  # the completions were in the window
         assert (tmp_path / "cand" / "adapter_config.json").is_file()
-        from strop.memory.training_data import default_consumer
+        from strop.memory.examples import default_consumer
 
         assert (
             store.count_examples(kind=ExampleKind.SFT, unconsumed_by=default_consumer("policy", "sft")) == 0
@@ -453,7 +451,7 @@ eval = {{ margin = 0.0, max_tokens = 8, opponents = ["random"] }}
     store = Store(f"sqlite:///{tmp_path / 'warm.db'}")
     try:
         evo = Evolution(load_recipe(recipe), store, progress=False)
-        assert evo.target(0) == "game" and evo.metric(0) == "tictactoe/vs_random/win_rate"
+        assert evo.evaluator(0).name == "game" and evo.metric(0) == "tictactoe/vs_random/win_rate"
         rows = await evo.run()
         assert [r.phase for r in rows[-2:]] == [StagePhase.DONE, StagePhase.DONE]
         collect = store.get_run(evo.collect_run_id(1, 0))

@@ -294,7 +294,7 @@ def test_the_shipped_recipe_trains_both_roles_on_each_others_games() -> None:
         "pg",
         "generator",
     )
-    assert critic.eval.target_of("critic", "sneaky") == "critic"  # type: ignore[union-attr]
+    assert critic.eval.target == "critic"  # type: ignore[union-attr]
     assert set(critic.train.sources) == {"self", "generator"} and set(generator.train.sources) == {
         "self",
         "critic",

@@ -24,6 +24,9 @@ class PromotionSettings(BaseModel):
     metric: str = Field(
         "pass@1", description="Metric compared, measured on the held-out split: 'pass@1' or 'pass@K'."
     )
+    promote_on_tie: bool = Field(
+        False, description="With margin 0, also promote a candidate that only ties its parent."
+    )
 
 
 class Decision(BaseModel):
@@ -56,16 +59,21 @@ def decide(
             f"{parent.metrics.get(n_key)}); evaluate both with the same --n-tasks"
         )
     c, p = float(candidate.metrics[key]), float(parent.metrics[key])
-    if c - p >= cfg.margin - 1e-9:  # accuracies are ratios of counts: compare without float noise
-        return Decision(
-            promote=True,
-            reason=f"{key} {c:.3f} beats parent {p:.3f} by >= {cfg.margin}",
-            candidate_score=c,
-            parent_score=p,
+    # Accuracies are ratios of counts: compare without float noise. A tie is no gain, so margin 0 promotes
+    # only a strict improvement unless the recipe asks to promote ties.
+    gain, eps = c - p, 1e-9
+    if gain >= cfg.margin - eps and (gain > eps or cfg.promote_on_tie):
+        beats = (
+            f"beats parent {p:.3f} by >= {cfg.margin}"
+            if gain > eps
+            else f"ties parent {p:.3f} (promote_on_tie)"
         )
+        return Decision(promote=True, reason=f"{key} {c:.3f} {beats}", candidate_score=c, parent_score=p)
+    why = "only ties" if abs(gain) <= eps and cfg.margin <= eps else "does not beat"
     return Decision(
         promote=False,
-        reason=f"{key} {c:.3f} does not beat parent {p:.3f} by {cfg.margin}",
+        reason=f"{key} {c:.3f} {why} parent {p:.3f}"
+        + (f" by {cfg.margin}" if why == "does not beat" else ""),
         candidate_score=c,
         parent_score=p,
     )

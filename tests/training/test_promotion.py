@@ -28,6 +28,27 @@ def test_gate_needs_the_margin() -> None:
     assert not d.promote and "does not beat" in d.reason
 
 
+def test_a_tie_promotes_only_when_the_recipe_asks() -> None:
+    """At margin 0 a tie used to promote, and the reason then said 'beats'."""
+    base = _v("base", 0.25, status=ModelStatus.BASE)
+    d = decide(_v("c", 0.25, "base"), base, KEY, PromotionSettings(margin=0.0))
+    assert not d.promote and "only ties" in d.reason and "beats" not in d.reason
+    d = decide(_v("c", 0.25, "base"), base, KEY, PromotionSettings(margin=0.0, promote_on_tie=True))
+    assert d.promote and "ties parent" in d.reason and "beats" not in d.reason
+    assert decide(_v("c", 0.26, "base"), base, KEY, PromotionSettings(margin=0.0)).promote
+    # with a margin, a tie is simply short of it
+    d = decide(_v("c", 0.25, "base"), base, KEY, PromotionSettings(margin=0.02, promote_on_tie=True))
+    assert not d.promote and "does not beat" in d.reason
+
+
+def test_a_recipe_sets_promote_on_tie() -> None:
+    from strop.training.recipe import recipe_from_dict
+
+    stage = {"name": "s", "train": {"kind": "sft"}, "eval": {"margin": 0.0, "promote_on_tie": True}}
+    r = recipe_from_dict({"name": "r", "roles": {"policy": "tiny"}, "stages": [stage]})
+    assert r.stages[0].eval is not None and r.stages[0].eval.promote_on_tie
+
+
 def test_gate_refuses_to_compare_what_was_not_measured_alike() -> None:
     base = _v("base", 0.10, status=ModelStatus.BASE)
     with pytest.raises(PromotionError, match="strop eval"):

@@ -95,6 +95,16 @@ _LAZY: dict[str, str] = {
     "list_trainers": "strop.training.trainers",
     "register_trainer": "strop.training.trainers",
     "TrainerKind": "strop.training.trainers",
+    "TrainRequest": "strop.training.trainers",
+    "TrainOutcome": "strop.training.trainers",
+    "TrainerSettings": "strop.training.settings",
+    "LoraSettings": "strop.training.settings",
+    "EvalSettings": "strop.agents.evaluators",
+    "EvalContext": "strop.agents.evaluators",
+    "Evaluator": "strop.agents.evaluators",
+    "get_evaluator": "strop.agents.evaluators",
+    "list_evaluators": "strop.agents.evaluators",
+    "register_evaluator": "strop.agents.evaluators",
 }
 # names whose attribute in their module differs from the public one
 _ALIAS = {"build_best_of_n": "build_graph"}
@@ -112,7 +122,10 @@ __all__ = [
     "EpisodeInput",
     "EpisodeRecord",
     "EvalConfig",
+    "EvalContext",
     "EvalResult",
+    "EvalSettings",
+    "Evaluator",
     "Evolution",
     "ExampleKind",
     "ExampleRecord",
@@ -120,6 +133,7 @@ __all__ = [
     "GenerationRequest",
     "LoopResources",
     "LoopSpec",
+    "LoraSettings",
     "Message",
     "Recipe",
     "Registry",
@@ -134,7 +148,10 @@ __all__ = [
     "Task",
     "TaskSet",
     "TaskSetInfo",
+    "TrainOutcome",
+    "TrainRequest",
     "TrainerKind",
+    "TrainerSettings",
     "UnknownNameError",
     "VerifierCritic",
     "__version__",
@@ -145,11 +162,13 @@ __all__ = [
     "episode_input",
     "evaluate",
     "get_critic",
+    "get_evaluator",
     "get_game",
     "get_loop",
     "get_task_set",
     "get_trainer",
     "list_critics",
+    "list_evaluators",
     "list_games",
     "list_loops",
     "list_task_sets",
@@ -159,6 +178,7 @@ __all__ = [
     "load_task_set",
     "make_critic",
     "register_critic",
+    "register_evaluator",
     "register_game",
     "register_loop",
     "register_task_set",
@@ -174,6 +194,14 @@ if TYPE_CHECKING:
     from strop.agents.engines.base import Completion, Engine, GenerationRequest, Message, SamplingParams
     from strop.agents.episode import run_episode
     from strop.agents.evaluation import EvalConfig, EvalResult, evaluate
+    from strop.agents.evaluators import (
+        EvalContext,
+        EvalSettings,
+        Evaluator,
+        get_evaluator,
+        list_evaluators,
+        register_evaluator,
+    )
     from strop.agents.loops.base import (
         EpisodeInput,
         chat_request,
@@ -208,7 +236,15 @@ if TYPE_CHECKING:
     from strop.sandbox.tasks.registry import TaskSetInfo, get_task_set, list_task_sets, register_task_set
     from strop.training.evolve import Evolution
     from strop.training.recipe import Recipe, load_recipe
-    from strop.training.trainers import TrainerKind, get_trainer, list_trainers, register_trainer
+    from strop.training.settings import LoraSettings, TrainerSettings
+    from strop.training.trainers import (
+        TrainerKind,
+        TrainOutcome,
+        TrainRequest,
+        get_trainer,
+        list_trainers,
+        register_trainer,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -70,7 +70,7 @@ def base_model(store: Store, path: Path) -> ModelVersionRecord:
 def consumed_by_job(store: Store) -> dict[str, set[str]]:
     from strop.memory.schema import Consumption
 
-    with store._read() as conn:
+    with store.db.read() as conn:
         rows = conn.execute(select(Consumption.job_id, Consumption.example_id, Consumption.state)).all()
     out: dict[str, set[str]] = {}
     for job_id, example_id, state in rows:

@@ -121,7 +121,7 @@ def _claims(store: Store) -> dict[str, dict[str, str]]:
     """job id -> {example id: state} from the `consumption` table."""
     from strop.memory.schema import Consumption
 
-    with store._read() as conn:
+    with store.db.read() as conn:
         rows = conn.execute(select(Consumption.job_id, Consumption.example_id, Consumption.state)).all()
     out: dict[str, dict[str, str]] = {}
     for job_id, example_id, state in rows:

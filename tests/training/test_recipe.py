@@ -18,8 +18,8 @@ def test_the_shipped_recipe_is_valid_and_documented() -> None:
     def undocumented(model: type) -> list[str]:
         return [name for name, f in model.model_fields.items() if not f.description]
 
-    from strop.agents.loops.best_of_n import BestOfNConfig
     from strop.agents.evaluators import list_evaluators
+    from strop.agents.loops.best_of_n import BestOfNConfig
     from strop.training.recipe import EngineSettings, Stage, TaskSettings, TrainSettings
     from strop.training.settings import LoraSettings
     from strop.training.sft import SFTSettings

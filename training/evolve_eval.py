@@ -95,8 +95,14 @@ class StageEvaluation:
 
     async def _evaluate_version(self, version: ModelVersionRecord, s: int) -> None:
         """Held-out evaluation with stage s's settings; episodes already in the store are not redone."""
-        key = (version.id, self.recipe.stages[s].eval.model_dump_json(), self.metric(s))  # type: ignore[union-attr]
-        if key in self._evaluated:  # two stages judging one version alike measure it once
+        ev = self.recipe.stages[s].eval
+        assert ev is not None
+        # What is measured: the gate's margin and metric only read the figures, so they are not part of it.
+        measured = ev.model_dump_json(exclude={"margin", "metric", "promote_on_tie"})
+        loop = self._loop(0, s)[1].model_dump_json()  # evaluators ask as the loop does (its max_tokens...)
+        stage = self.recipe.stages[s]
+        key = (version.id, self.metric_prefix(s), f"{stage.tasks.heldout}|{measured}|{loop}")
+        if key in self._evaluated:  # two stages measuring one version alike measure it once
             return
         await self.evaluator(s).evaluate(version, self.eval_context(s))
         self._evaluated.add(key)

@@ -142,3 +142,45 @@ async def test_two_stages_each_train_on_their_own_examples_and_hand_on_the_promo
     await Evolution(recipe, store, progress=False).run(1)
     assert store.counts() == before
     store.close()
+
+
+async def test_a_base_judged_alike_by_two_stages_is_evaluated_once(
+    db_url: str, tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stages training the policy on one task set with one gate used to evaluate (and print) the base twice."""
+    from strop.agents.evaluators import get_evaluator
+    from strop.memory import Store
+    from strop.training import evolve_eval
+    from strop.training.recipe import recipe_from_dict
+
+    calls: list[tuple[str, str]] = []
+
+    class Counting:  # the real evaluator's names and keys; records a score instead of generating
+        def __init__(self, name: str) -> None:
+            self.real = get_evaluator(name)
+            self.name, self.settings, self.score_label = name, self.real.settings, self.real.score_label
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(self.real, attr)
+
+        async def evaluate(self, version, ctx) -> None:  # type: ignore[no-untyped-def]
+            calls.append((version.id, ctx.label))
+            ctx.store.update_model_metrics(version.id, {f"{self.real.metric_prefix(ctx)}/pass@1": 0.5})
+
+    monkeypatch.setattr(evolve_eval, "get_evaluator", Counting)
+    stage = {"loop": "best_of_n", "train": {"kind": "sft"}, "tasks": {"heldout": 4}}
+    stages = [
+        {**stage, "name": "a", "eval": {"margin": 0.0}},
+        {**stage, "name": "b", "eval": {"margin": 0.05}},  # another margin: the same measurement
+        {**stage, "name": "c", "eval": {"margin": 0.0, "max_tokens": 8}},  # another measurement
+    ]
+    recipe = recipe_from_dict({"name": "once", "roles": {"policy": "tiny"}, "stages": stages})
+    store = Store(db_url)
+    try:
+        evo = Evolution(recipe, store, progress=False)
+        base = evo.bases["policy"]
+        for s in range(3):
+            await evo._evaluate_version(base, s)
+        assert len(calls) == 2  # a and b share one evaluation; c asks for other answers
+    finally:
+        store.close()

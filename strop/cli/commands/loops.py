@@ -17,6 +17,12 @@ loops_app = typer.Typer(no_args_is_help=True)
 _BY_CONFIG = "depends on config"
 
 
+def _evaluators(spec: Any) -> str:
+    """The loop's evaluator, and the ones that replace it for a trained role (the critic benchmark...)."""
+    by_role = "".join(f", {ev} when training {role}" for role, ev in spec.role_evaluators.items())
+    return f"{spec.evaluator}{by_role}"
+
+
 def _roles(spec: Any, cfg: Any = None) -> str:
     """The roles `cfg` (default: the default config) needs, marked when they change with the config."""
     from pydantic import ValidationError
@@ -43,12 +49,15 @@ def list_cmd() -> None:
 
     from strop.agents.loops.registry import list_loops
 
-    table = Table("name", "roles", "example kinds", "description", title="loops (strop run LOOP)")
+    table = Table(
+        "name", "roles", "example kinds", "evaluator", "description", title="loops (strop run LOOP)"
+    )
     for spec in list_loops():
         table.add_row(
             escape(spec.name),
             escape(_roles(spec)),
             ", ".join(str(k) for k in spec.example_kinds) or "-",
+            escape(_evaluators(spec)),
             escape(spec.description),
         )
     Console().print(table)
@@ -87,6 +96,9 @@ def show_cmd(
     kinds = ", ".join(f"{k} (trains {spec.role_of(k)})" for k in spec.example_kinds) or "none"
     which = "this config" if set_ else "the default config"
     console.print(f"roles ({which}): {escape(_roles(spec, cfg))}; emits: {kinds}")
+    console.print(
+        f"evaluated by (a recipe stage's default `[stages.eval] target`): {escape(_evaluators(spec))}"
+    )
     table = Table(
         "field",
         "type",

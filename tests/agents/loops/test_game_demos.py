@@ -316,7 +316,9 @@ def test_the_warm_start_recipe_loads_and_its_selfplay_stage_is_the_cold_starts()
     assert demos.train is not None and demos.train.kind == "sft" and demos.train.role == "policy"
     assert demos.train.settings["epochs"] == 2 and demos.train.settings["learning_rate"] == 2e-4
     assert demos.tasks == selfplay.tasks.model_copy(update={"train_per_cycle": demos.tasks.train_per_cycle})
-    assert demos.eval == selfplay.eval == cold.stages[0].eval  # the same gate and transfer measurement
+    # The same gate and transfer measurement; only the warm start keeps a candidate that ties.
+    assert demos.eval is not None and demos.eval.promote_on_tie
+    assert demos.eval.model_copy(update={"promote_on_tie": False}) == selfplay.eval == cold.stages[0].eval
     assert (
         demos.eval is not None and demos.eval.target == "game" and demos.eval.metric == "vs_random/win_rate"
     )
@@ -438,7 +440,7 @@ loop = "game_demos"
 tasks = {games}
 config = {{ games_per_task = 2, seed = 0 }}
 train = {{ kind = "sft", role = "policy", settings = {{ epochs = 1, batch_size = 8, learning_rate = 1e-3, max_length = 1024, {lora} }} }}
-eval = {{ margin = 0.0, max_tokens = 8, opponents = ["random"] }}
+eval = {{ margin = 0.0, promote_on_tie = true, max_tokens = 8, opponents = ["random"] }}
 
 [[stages]]
 name = "selfplay"
@@ -461,7 +463,7 @@ eval = {{ margin = 0.0, max_tokens = 8, opponents = ["random"] }}
         warm = store.get_model(evo.candidate_id(1, 0))
         assert warm is not None and warm.metrics["examples"] == emitted > 0
         handed = store.get_run(evo.stage_run_id(1, 1))
-        assert warm.status == ModelStatus.PROMOTED  # margin 0: a candidate that does not lose is kept
+        assert warm.status == ModelStatus.PROMOTED  # promote_on_tie: a candidate that does not lose is kept
         assert handed is not None and handed.config["versions"]["policy"] == warm.id
         selfplay = store.get_model(evo.candidate_id(1, 1))
         assert selfplay is not None and selfplay.parent_id == warm.id and selfplay.adapter_path

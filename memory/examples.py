@@ -177,48 +177,65 @@ class Examples(Part):
                     f"training job {job_id} is {job.status}: only a running job can claim examples"
                 )
             consumer = consumer or default_consumer(role, job.algorithm)
-            taken = select(Consumption.example_id).where(
-                or_(Consumption.consumer == consumer, Consumption.state == CLAIMED)
-            )
-            q = (
-                select(Example.id)
-                .where(Example.role == str(role), Example.kind == str(kind), Example.id.not_in(taken))
-                .order_by(Example.created_at, Example.id)
-                .limit(limit)
-            )
-            if run_ids is not None:
-                q = q.where(
-                    Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids))))
-                )
-            if not self.db.is_sqlite:
-                q = q.with_for_update(skip_locked=True)
-            ids = list(conn.scalars(q))
-            now = utcnow()
-            for part in chunks(ids, 2000):
-                rows = [
-                    {
-                        "consumer": consumer,
-                        "example_id": i,
-                        "job_id": job_id,
-                        "state": CLAIMED,
-                        "claimed_at": now,
-                    }
-                    for i in part
-                ]
-                # A row another job committed after our snapshot is skipped here, not raised: the primary
-                # key decides who got it.
-                conn.execute(self.db.insert(Consumption.__table__).on_conflict_do_nothing(), rows)
             got: list[ExampleRecord] = []
-            for part in chunks(ids):
-                q = (
-                    select(Example)
-                    .join(Consumption, Consumption.example_id == Example.id)
-                    .where(
-                        Consumption.job_id == job_id, Consumption.consumer == consumer, Example.id.in_(part)
-                    )
-                    .order_by(Example.created_at, Example.id)
+            # On PostgreSQL a job that commits while our SELECT runs leaves its rows unlocked but, to our
+            # statement's snapshot, unclaimed: we pick them and the inserts below conflict. A fresh statement
+            # sees its claims, so select again for what is still wanted until a pass loses nothing.
+            while True:
+                ids = self._claimable(
+                    conn, role, kind, consumer, run_ids, None if limit is None else limit - len(got)
                 )
-                got.extend(ExampleRecord.model_validate(r) for r in conn.execute(q))
+                mine = self._take(conn, job_id, consumer, ids)
+                got.extend(mine)
+                if len(mine) == len(ids) or (limit is not None and len(got) >= limit):
+                    break
+        return got
+
+    def _claimable(
+        self,
+        conn: Connection,
+        role: Role,
+        kind: ExampleKind,
+        consumer: str,
+        run_ids: Sequence[str] | None,
+        limit: int | None,
+    ) -> list[str]:
+        """Ids (oldest first) that `consumer` never consumed and no running job holds, locked where the
+        database can (SKIP LOCKED: two claimers never wait on each other)."""
+        taken = select(Consumption.example_id).where(
+            or_(Consumption.consumer == consumer, Consumption.state == CLAIMED)
+        )
+        q = (
+            select(Example.id)
+            .where(Example.role == str(role), Example.kind == str(kind), Example.id.not_in(taken))
+            .order_by(Example.created_at, Example.id)
+            .limit(limit)
+        )
+        if run_ids is not None:
+            q = q.where(Example.episode_id.in_(select(Episode.id).where(Episode.run_id.in_(list(run_ids)))))
+        if not self.db.is_sqlite:
+            q = q.with_for_update(skip_locked=True)
+        return list(conn.scalars(q))
+
+    def _take(self, conn: Connection, job_id: str, consumer: str, ids: list[str]) -> list[ExampleRecord]:
+        """Claim `ids` for the job; those another job committed first are skipped, not raised (the primary
+        key decides who got each). Returns the examples this job now holds."""
+        now = utcnow()
+        for part in chunks(ids, 2000):
+            rows = [
+                {"consumer": consumer, "example_id": i, "job_id": job_id, "state": CLAIMED, "claimed_at": now}
+                for i in part
+            ]
+            conn.execute(self.db.insert(Consumption.__table__).on_conflict_do_nothing(), rows)
+        got: list[ExampleRecord] = []
+        for part in chunks(ids):
+            q = (
+                select(Example)
+                .join(Consumption, Consumption.example_id == Example.id)
+                .where(Consumption.job_id == job_id, Consumption.consumer == consumer, Example.id.in_(part))
+                .order_by(Example.created_at, Example.id)
+            )
+            got.extend(ExampleRecord.model_validate(r) for r in conn.execute(q))
         return got
 
     def finish_job(

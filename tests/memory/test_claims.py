@@ -120,3 +120,37 @@ def test_two_processes_never_take_the_same_example(store: Store, db_url: str, tm
     assert not set(got[0]) & set(got[1]), "an example was consumed twice"
     assert len(got[0]) + len(got[1]) == len(ids) and set(got[0]) | set(got[1]) == set(ids)
     assert store.count_examples("policy", "sft", unconsumed_by="policy:sft") == 0
+
+
+def test_a_claim_that_loses_rows_to_a_job_committing_meanwhile_takes_the_next_ones(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL only (SQLite serialises writers): a job that commits while our SELECT runs leaves its rows
+    unlocked, yet unclaimed to our statement's snapshot, so we pick them and our inserts conflict. The claim
+    used to return nothing then (the other job's rows lost, none taken instead), and a racing trainer failed
+    with 'nothing to train' (seen once in a fresh-clone run); it now selects again.
+
+    The race is played out in order: the other job claims and commits, and our first selection returns what
+    the stale snapshot would have picked, the other job's rows."""
+    from strop.memory.examples import Examples
+
+    store, other = Store(pg_url), Store(pg_url)
+    try:
+        ids = fill(store, 12)
+        theirs = job(other)
+        select_now = Examples._claimable
+        stale = True
+
+        def claimable(self: Examples, *args: object, **kw: object) -> list[str]:
+            nonlocal stale
+            if not stale:
+                return select_now(self, *args, **kw)  # type: ignore[arg-type]
+            stale = False
+            return [x.id for x in other.claim_examples(theirs, role="policy", kind="sft", limit=8)]
+
+        monkeypatch.setattr(Examples, "_claimable", claimable)
+        mine = store.claim_examples(job(store), role="policy", kind="sft", limit=8)
+        assert [x.id for x in mine] == ids[8:]  # the four the other job left, not nothing
+    finally:
+        store.close()
+        other.close()

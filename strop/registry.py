@@ -111,8 +111,11 @@ class Registry(Generic[T]):
     def copy(self) -> Registry[T]:
         """The same settings and entries, loaded again on its first look-up (a plugin installed since is found).
 
-        Tests swap a copy in to register throw-away items and leave the real registry as it was.
+        Tests swap a copy in to register throw-away items and leave the real registry as it was. This registry
+        is loaded first: built-in modules register into whichever registry their module global names when they
+        are first imported, so a copy swapped in before the first look-up would keep them from this one.
         """
+        self._ensure_loaded()
         clone: Registry[T] = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._reset(dict(self._items), dict(self._origins))

@@ -8,7 +8,14 @@ add evaluators with `register_evaluator` or the `strop.evaluators` entry-point g
 
 from __future__ import annotations
 
-from strop.agents.evaluators.base import EvalContext, EvalSettings, Evaluator, FieldCheckError, gate_key
+from strop.agents.evaluators.base import (
+    EvalContext,
+    EvalSettings,
+    Evaluator,
+    EvaluatorDefaults,
+    FieldCheckError,
+    gate_key,
+)
 from strop.registry import Registry, UnknownNameError
 
 __all__ = [
@@ -16,6 +23,7 @@ __all__ = [
     "EvalContext",
     "EvalSettings",
     "Evaluator",
+    "EvaluatorDefaults",
     "FieldCheckError",
     "UnknownEvaluatorError",
     "gate_key",

@@ -12,7 +12,14 @@ from pydantic import Field, model_validator
 
 from strop.agents.evaluation import EvalConfig, evaluate, metric_key
 from strop.agents.evaluators import register_evaluator
-from strop.agents.evaluators.base import EvalContext, EvalSettings, FieldCheckError, how, record_seconds
+from strop.agents.evaluators.base import (
+    EvalContext,
+    EvalSettings,
+    EvaluatorDefaults,
+    FieldCheckError,
+    how,
+    record_seconds,
+)
 from strop.memory.records import ModelVersionRecord
 from strop.sandbox.tasks.base import Split
 
@@ -82,7 +89,7 @@ def answers_prefix(label: str) -> str:
     return metric_key(label, Split.HELDOUT)
 
 
-class AnswersEvaluator:
+class AnswersEvaluator(EvaluatorDefaults):
     """Held-out pass@1/pass@k of the trained role's answers."""
 
     name = "policy"
@@ -91,12 +98,6 @@ class AnswersEvaluator:
 
     def metric_prefix(self, ctx: EvalContext) -> str:
         return answers_prefix(ctx.label)
-
-    def extra_metric(self, ctx: EvalContext) -> tuple[str, str] | None:
-        return None
-
-    def gate_text(self, ctx: EvalContext) -> str:
-        return f"{ctx.settings.gate_metric()} on {ctx.heldout} {ctx.label} tasks"
 
     async def evaluate(self, version: ModelVersionRecord, ctx: EvalContext) -> None:
         s: AnswerSettings = ctx.settings

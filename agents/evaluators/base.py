@@ -119,6 +119,16 @@ class Evaluator(Protocol):
         ...
 
 
+class EvaluatorDefaults:
+    """What most evaluators say the same way; subclass it and override where yours differs."""
+
+    def extra_metric(self, ctx: EvalContext) -> tuple[str, str] | None:
+        return None
+
+    def gate_text(self, ctx: EvalContext) -> str:
+        return f"{ctx.settings.gate_metric()} on {ctx.heldout} {ctx.label} tasks"
+
+
 def gate_key(evaluator: Evaluator, ctx: EvalContext) -> str:
     """The full metric key the gate compares, e.g. 'arithmetic/heldout/pass@1'."""
     return f"{evaluator.metric_prefix(ctx)}/{ctx.settings.gate_metric()}"

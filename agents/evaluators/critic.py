@@ -15,7 +15,15 @@ from pydantic import Field, model_validator
 from strop.agents.critic_eval import CriticEvalConfig, critic_metric_prefix, evaluate_critic, labelled_set
 from strop.agents.evaluators import register_evaluator
 from strop.agents.evaluators.answers import answers_prefix, evaluate_answers
-from strop.agents.evaluators.base import EvalContext, EvalSettings, FieldCheckError, how, pct, record_seconds
+from strop.agents.evaluators.base import (
+    EvalContext,
+    EvalSettings,
+    EvaluatorDefaults,
+    FieldCheckError,
+    how,
+    pct,
+    record_seconds,
+)
 from strop.memory.records import ModelVersionRecord
 
 CRITIC_METRICS = ("f1", "acc_erroneous", "acc_correct", "correction_acc")
@@ -71,7 +79,7 @@ def critic_kind(ctx: EvalContext) -> Literal["generative", "prm"]:
     return "prm" if ctx.loop_default("critic_kind") == "prm" else "generative"
 
 
-class CriticEvaluator:
+class CriticEvaluator(EvaluatorDefaults):
     """First-wrong-step F1 (generative) or step accuracy (PRM) of the critic role on a labelled set."""
 
     name = "critic"
@@ -83,9 +91,6 @@ class CriticEvaluator:
 
     def extra_metric(self, ctx: EvalContext) -> tuple[str, str] | None:
         return "policy acc", f"{answers_prefix(ctx.label)}/pass@1"
-
-    def gate_text(self, ctx: EvalContext) -> str:
-        return f"{ctx.settings.gate_metric()} on {ctx.heldout} {ctx.label} tasks"
 
     async def evaluate(self, version: ModelVersionRecord, ctx: EvalContext) -> None:
         s: CriticSettings = ctx.settings

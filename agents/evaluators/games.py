@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from strop.agents.evaluation import EvalConfig, evaluate, task_set_label
 from strop.agents.evaluators import register_evaluator
 from strop.agents.evaluators.answers import answers_prefix
-from strop.agents.evaluators.base import EvalContext, EvalSettings, FieldCheckError, pct, record_seconds
+from strop.agents.evaluators.base import (
+    EvalContext,
+    EvalSettings,
+    EvaluatorDefaults,
+    FieldCheckError,
+    pct,
+    record_seconds,
+)
 from strop.agents.game_eval import GameEvalConfig, eval_label, evaluate_games
 from strop.memory.records import ModelVersionRecord
 
@@ -76,7 +83,7 @@ def transfer_label(t: TransferTasks) -> str:
     return task_set_label(t.name, t.options)
 
 
-class GamesEvaluator:
+class GamesEvaluator(EvaluatorDefaults):
     """Win rates of greedy games against fixed opponents (and transfer to a reasoning task set)."""
 
     name = "game"

@@ -16,7 +16,14 @@ from pydantic import Field, model_validator
 
 from strop.agents.evaluators import register_evaluator
 from strop.agents.evaluators.answers import answers_prefix
-from strop.agents.evaluators.base import EvalContext, EvalSettings, FieldCheckError, how, pct
+from strop.agents.evaluators.base import (
+    EvalContext,
+    EvalSettings,
+    EvaluatorDefaults,
+    FieldCheckError,
+    how,
+    pct,
+)
 from strop.agents.search_eval import METHODS, SearchEvalConfig, evaluate_search
 from strop.critics.scorer import StepScorer
 from strop.memory.records import ModelVersionRecord
@@ -55,7 +62,7 @@ class SearchSettings(EvalSettings):
         return self
 
 
-class SearchEvaluator:
+class SearchEvaluator(EvaluatorDefaults):
     """Held-out accuracy of each search method at each token budget; the gate reads one of them."""
 
     name = "search"
@@ -64,12 +71,6 @@ class SearchEvaluator:
 
     def metric_prefix(self, ctx: EvalContext) -> str:
         return f"{answers_prefix(ctx.label)}/search"
-
-    def extra_metric(self, ctx: EvalContext) -> tuple[str, str] | None:
-        return None
-
-    def gate_text(self, ctx: EvalContext) -> str:
-        return f"{ctx.settings.gate_metric()} on {ctx.heldout} {ctx.label} tasks"
 
     async def evaluate(self, version: ModelVersionRecord, ctx: EvalContext) -> None:
         s: SearchSettings = ctx.settings

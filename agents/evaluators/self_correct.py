@@ -11,7 +11,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from strop.agents.evaluators import register_evaluator
-from strop.agents.evaluators.base import EvalContext, EvalSettings, FieldCheckError, how, pct, record_seconds
+from strop.agents.evaluators.base import (
+    EvalContext,
+    EvalSettings,
+    EvaluatorDefaults,
+    FieldCheckError,
+    how,
+    pct,
+    record_seconds,
+)
 from strop.agents.loops.registry import LoopResources
 from strop.agents.loops.self_correct import Feedback, critic_for
 from strop.agents.self_correct_eval import (
@@ -71,7 +79,7 @@ def eval_config(ctx: EvalContext) -> SelfCorrectEvalConfig:
     )
 
 
-class SelfCorrectEvaluator:
+class SelfCorrectEvaluator(EvaluatorDefaults):
     """Turn-1 and last-turn accuracy of greedy self-correction conversations."""
 
     name = "self_correct"
@@ -80,12 +88,6 @@ class SelfCorrectEvaluator:
 
     def metric_prefix(self, ctx: EvalContext) -> str:
         return f"{self_correct_metric_prefix(ctx.label)}/{eval_config(ctx).feedback[0]}"
-
-    def extra_metric(self, ctx: EvalContext) -> tuple[str, str] | None:
-        return None
-
-    def gate_text(self, ctx: EvalContext) -> str:
-        return f"{ctx.settings.gate_metric()} on {ctx.heldout} {ctx.label} tasks"
 
     async def evaluate(self, version: ModelVersionRecord, ctx: EvalContext) -> None:
         """Critic feedback comes from the critic role: the evaluated weights themselves when the critic shares

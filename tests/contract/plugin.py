@@ -23,6 +23,7 @@ from strop import (
     EvalConfig,
     EvalContext,
     EvalSettings,
+    EvaluatorDefaults,
     ExampleKind,
     ExampleRecord,
     LoopResources,
@@ -167,16 +168,13 @@ class BrevitySettings(EvalSettings):
         return "pass@1"
 
 
-class BrevityEvaluator:
+class BrevityEvaluator(EvaluatorDefaults):  # no figure beside the gate: the default
     name = "brevity"
     settings = BrevitySettings
     score_label = "acc"
 
     def metric_prefix(self, ctx: EvalContext) -> str:
         return f"{ctx.label}/heldout/brevity"
-
-    def extra_metric(self, ctx: EvalContext) -> tuple[str, str] | None:
-        return None
 
     def gate_text(self, ctx: EvalContext) -> str:
         return f"{ctx.settings.gate_metric()} (brevity) on {ctx.heldout} {ctx.label} tasks"

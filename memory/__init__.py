@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from strop.memory.errors import (
+    EpisodeClosedError,
+    EpisodeStateError,
     HeldoutLeakError,
     InvalidTransitionError,
     NotFoundError,
@@ -34,6 +36,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "EpisodeClosedError",
+    "EpisodeStateError",
     "HeldoutLeakError",
     "InvalidTransitionError",
     "NotFoundError",

@@ -23,7 +23,14 @@ from strop.memory.core import Database, Part, chunks, threaded
 from strop.memory.db import to_json_text
 from strop.memory.errors import HeldoutLeakError, NotFoundError, StoreError
 from strop.memory.group_commit import GroupCommitter
-from strop.memory.records import CritiqueRecord, EpisodeRecord, ExampleRecord, StepRecord, utcnow
+from strop.memory.records import (
+    EPISODE_DONE,
+    CritiqueRecord,
+    EpisodeRecord,
+    ExampleRecord,
+    StepRecord,
+    utcnow,
+)
 from strop.memory.schema import (
     Critique,
     Episode,
@@ -37,6 +44,7 @@ from strop.memory.schema import (
 )
 
 HELDOUT = "heldout"
+DONE = sorted(str(s) for s in EPISODE_DONE)  # as stored
 
 
 def refuse_heldout(episodes: Sequence[EpisodeRecord]) -> None:
@@ -69,6 +77,40 @@ def step_from_row(row: Row[Any]) -> StepRecord:
         visits=row.visits,
         metadata=row._mapping["metadata"],
     )
+
+
+def episode_row(ep: EpisodeRecord) -> dict[str, Any]:
+    """The episode's own row (no children); shared with captures.py, which opens episodes one by one."""
+    return {
+        "id": ep.id,
+        "run_id": ep.run_id,
+        "task_id": ep.task_id,
+        "loop": ep.loop,
+        "status": str(ep.status),
+        "reward": ep.reward,
+        "outcome": ep.outcome,
+        "created_at": ep.created_at,
+    }
+
+
+def step_row(episode_id: str, s: StepRecord) -> dict[str, Any]:
+    """A step as the table keeps it (token ids and log-probs packed); the inverse of step_from_row."""
+    return {
+        "id": s.id,
+        "episode_id": episode_id,
+        "parent_id": s.parent_id,
+        "step_index": s.index,
+        "role": s.role,
+        "model_version": s.model_version,
+        "text": s.text,
+        "prompt_token_ids": pack_ids(s.prompt_token_ids),
+        "token_ids": pack_ids(s.token_ids),
+        "logprobs": pack_floats(s.logprobs),
+        "reward": s.reward,
+        "value": s.value,
+        "visits": s.visits,
+        "metadata": s.metadata,
+    }
 
 
 class Episodes(Part):
@@ -157,37 +199,8 @@ class Episodes(Part):
         now = utcnow()
         ep_rows, step_rows, crit_rows, ex_rows = [], [], [], []
         for ep in new:
-            ep_rows.append(
-                {
-                    "id": ep.id,
-                    "run_id": ep.run_id,
-                    "task_id": ep.task_id,
-                    "loop": ep.loop,
-                    "status": str(ep.status),
-                    "reward": ep.reward,
-                    "outcome": ep.outcome,
-                    "created_at": ep.created_at,
-                }
-            )
-            for s in ep.steps:
-                step_rows.append(
-                    {
-                        "id": s.id,
-                        "episode_id": ep.id,
-                        "parent_id": s.parent_id,
-                        "step_index": s.index,
-                        "role": s.role,
-                        "model_version": s.model_version,
-                        "text": s.text,
-                        "prompt_token_ids": pack_ids(s.prompt_token_ids),
-                        "token_ids": pack_ids(s.token_ids),
-                        "logprobs": pack_floats(s.logprobs),
-                        "reward": s.reward,
-                        "value": s.value,
-                        "visits": s.visits,
-                        "metadata": s.metadata,
-                    }
-                )
+            ep_rows.append(episode_row(ep))
+            step_rows.extend(step_row(ep.id, s) for s in ep.steps)
             for c in ep.critiques:
                 crit_rows.append(
                     {
@@ -262,18 +275,22 @@ class Episodes(Part):
             return conn.scalar(select(func.count()).where(Episode.id == episode_id)) == 1
 
     def episode_ids(self, run_id: str) -> set[str]:
-        """Ids already stored for a run: what a resumed run skips."""
+        """Ids of a run's finished or failed episodes: what a resumed run skips. A capture still running or
+        aborted is not done work."""
+        q = select(Episode.id).where(Episode.run_id == run_id, Episode.status.in_(DONE))
         with self.db.read() as conn:
-            return set(conn.scalars(select(Episode.id).where(Episode.run_id == run_id)))
+            return set(conn.scalars(q))
 
     def task_ids(self, run_ids: Sequence[str]) -> set[str]:
-        """The distinct tasks the episodes of these runs answered."""
+        """The distinct tasks the finished or failed episodes of these runs answered (not running or
+        aborted captures)."""
         seen: set[str] = set()
         with self.db.read() as conn:
             for ids in chunks(list(run_ids)):
-                seen.update(
-                    conn.scalars(select(func.distinct(Episode.task_id)).where(Episode.run_id.in_(ids)))
+                q = select(func.distinct(Episode.task_id)).where(
+                    Episode.run_id.in_(ids), Episode.status.in_(DONE)
                 )
+                seen.update(conn.scalars(q))
         return seen
 
     def get_episode(self, episode_id: str) -> EpisodeRecord | None:

@@ -37,3 +37,11 @@ class InvalidTransitionError(StoreError, ValueError):
 
 class HeldoutLeakError(StoreError, ValueError):
     """A training example from a held-out task: it would leak evaluation data into training."""
+
+
+class EpisodeStateError(StoreError):
+    """The episode is not in the status the call needs (e.g. examples for one that did not finish)."""
+
+
+class EpisodeClosedError(EpisodeStateError):
+    """The episode is closed (finished, failed or aborted): it takes no more steps or other closings."""

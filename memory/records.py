@@ -65,8 +65,21 @@ class RunStatus(StrEnum):
 
 
 class EpisodeStatus(StrEnum):
+    RUNNING = "running"  # opened by a capture, steps still arriving (captures.py)
     FINISHED = "finished"
     FAILED = "failed"
+    ABORTED = "aborted"  # given up: never trained on, never counted as done
+
+
+# A capture opens an episode RUNNING and closes it once; a closed episode stays closed.
+EPISODE_TRANSITIONS: dict[EpisodeStatus, frozenset[EpisodeStatus]] = {
+    EpisodeStatus.RUNNING: frozenset({EpisodeStatus.FINISHED, EpisodeStatus.FAILED, EpisodeStatus.ABORTED}),
+    EpisodeStatus.FINISHED: frozenset(),
+    EpisodeStatus.FAILED: frozenset(),
+    EpisodeStatus.ABORTED: frozenset(),
+}
+# The statuses of work that is done: what a resumed run skips. RUNNING and ABORTED episodes are not.
+EPISODE_DONE: frozenset[EpisodeStatus] = frozenset({EpisodeStatus.FINISHED, EpisodeStatus.FAILED})
 
 
 class JobStatus(StrEnum):

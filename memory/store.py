@@ -10,13 +10,15 @@
     store.firings       Firings          firings.py     what each schedule fired, and how it ended
     store.baselines     Baselines        baselines.py   running reward baselines (self-play)
     store.reflections   Reflections      reflections.py past failures kept for reflection memory
+    store.captures      Captures         captures.py    episodes written while they run (open, append, close)
     store.db            Database         core.py        the engine and read/write transactions
 
 Every method of the first eight parts is also on the Store under its own name (`store.write_episode` is
 `store.episodes.write_episode`): the flat names are what loops, jobs and the CLI call, so each part's
 methods are exposed once, by `_expose`, rather than delegated by hand. Type checkers see them through the
 `_FlatAPI` base, which exists only for them. The reflections part has its own vocabulary (`add`, `count`)
-and is reached as `store.reflections` only.
+and is reached as `store.reflections` only; so is the captures part (`store.captures.add_examples` is not
+the examples part's, and `group` or `list_open` would say little on the Store).
 
 Methods are synchronous; an `a`-prefixed twin (`acreate_run`, `alist_episodes`, ...) runs one in a worker
 thread so an event loop never blocks on the database. Each part declares its twins with `threaded`
@@ -37,6 +39,7 @@ from sqlalchemy import Engine
 
 from strop.memory import db as _db
 from strop.memory.baselines import Baselines
+from strop.memory.captures import Captures
 from strop.memory.core import Database, Part, threaded
 from strop.memory.episodes import Episodes
 from strop.memory.errors import StoreError
@@ -99,6 +102,7 @@ class Store(_FlatAPI):
         self.firings = Firings(self.db)
         self.baselines = Baselines(self.db)
         self.reflections = Reflections(self.db)
+        self.captures = Captures(self.db, self.episodes, self.examples)
 
     @property
     def url(self) -> str:

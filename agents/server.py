@@ -22,6 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from strop.agents.capture.episodes import CaptureError, ClosedEpisodeError
+from strop.agents.capture.hub import CaptureHub
+from strop.agents.capture.recorder import Recorder
+from strop.agents.capture.routes import add_episode_routes
 from strop.agents.engines.base import Engine, EngineError, GenerationRequest, PromptTooLongError
 from strop.agents.engines.streaming import StreamingEngine
 from strop.agents.server_api import (
@@ -100,13 +104,15 @@ def create_app(
     max_queue: int = 256,
     follower: Any = None,
     owns_engine: bool = False,
+    hub: CaptureHub | None = None,
 ) -> FastAPI:
     """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread or through ASGI.
 
     aliases: more names the model answers to (with --follow, the lineage, which always means "the current
     version"). max_queue: most rows queued or decoding before 429. follower: a RegistryFollower, started
     and stopped with the app. owns_engine: close the engine when the app shuts down (`strop serve`); the
-    vllm engine's processes otherwise outlive a SIGTERM or Ctrl-C of the server.
+    vllm engine's processes otherwise outlive a SIGTERM or Ctrl-C of the server. hub: where episode-scoped
+    calls are recorded (agents/capture); default a memory-only hub (`strop serve --db` gives it the store).
     """
 
     @contextlib.asynccontextmanager
@@ -147,7 +153,19 @@ def create_app(
         ]
         return {"object": "list", "data": data}
 
-    async def _run(body: ChatCompletionRequest | CompletionRequest, chat: bool, build: Any) -> Any:
+    capture = hub if hub is not None else CaptureHub()
+    app.state.hub = capture
+
+    async def _run(
+        body: ChatCompletionRequest | CompletionRequest, chat: bool, build: Any, episode_id: str | None = None
+    ) -> Any:
+        recorder = None
+        if episode_id is not None:
+            try:
+                recorder = await Recorder.start(capture, episode_id, body, chat)
+            except CaptureError as e:
+                code = "episode_closed" if isinstance(e, ClosedEpisodeError) else "episode_not_found"
+                return _error(404, str(e), code=code)
         refused = body.refused()
         if refused is not None:
             return _error(
@@ -160,11 +178,17 @@ def create_app(
             request: GenerationRequest = build()
         except ValidationError as e:
             return _validation_response(list(e.errors()))
+        want = request.sampling.logprobs  # what the client asked; a recorded call always keeps log-probs
+        if recorder is not None and not want:
+            request = request.model_copy(
+                update={"sampling": request.sampling.model_copy(update={"logprobs": True})}
+            )
         if body.stream and not isinstance(engine, StreamingEngine):
             return _error(
                 400, f"the {type(engine).__name__} engine cannot stream: send stream=false", param="stream"
             )
-        if body.model is not None and body.model not in names():
+        # under an episode any name is the episode's model: a user's agent keeps its hard-coded model name
+        if episode_id is None and body.model is not None and body.model not in names():
             return _error(
                 404,
                 f"The model `{body.model}` does not exist: this server serves "
@@ -184,7 +208,7 @@ def create_app(
             )
         tokenizer = getattr(engine, "tokenizer", None)
         if body.stream:
-            return await _stream(body, chat, request, release, tokenizer)
+            return await _stream(body, chat, request, release, tokenizer, recorder, want)
         try:
             [completions] = await engine.generate([request])
         except PromptTooLongError as e:
@@ -193,7 +217,8 @@ def create_app(
             return _error(500, str(e))
         finally:
             release()
-        want = request.sampling.logprobs
+        if recorder is not None:
+            await recorder.done(request, completions)
         return (
             chat_response(completions, want, tokenizer)
             if chat
@@ -201,9 +226,17 @@ def create_app(
         )
 
     async def _stream(
-        body: Any, chat: bool, request: GenerationRequest, release: Callable[[], None], tokenizer: Any
+        body: Any,
+        chat: bool,
+        request: GenerationRequest,
+        release: Callable[[], None],
+        tokenizer: Any,
+        recorder: Recorder | None,
+        want: bool,
     ) -> Any:
         events = engine.stream(request)  # type: ignore[attr-defined]
+        if recorder is not None:
+            events = recorder.watch(request, events)
         try:  # the first event before the status line, so a bad prompt is still a plain 400
             first = await anext(events)
         except PromptTooLongError as e:
@@ -221,7 +254,7 @@ def create_app(
                 first,
                 events,
                 chat=chat,
-                logprobs=request.sampling.logprobs,
+                logprobs=want,
                 include_usage=include_usage,
                 tokenizer=tokenizer,
                 release=release,
@@ -230,8 +263,7 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest) -> Any:
+    async def serve_chat(body: ChatCompletionRequest, episode_id: str | None = None) -> Any:
         def build() -> GenerationRequest:
             if body.top_logprobs and not body.logprobs:
                 raise _field_error("top_logprobs", "top_logprobs needs logprobs=true")
@@ -241,16 +273,24 @@ def create_app(
                 continue_final=body.continue_final_message,
             )
 
-        return await _run(body, True, build)
+        return await _run(body, True, build, episode_id)
 
-    @app.post("/v1/completions", response_model=None)
-    async def complete(body: CompletionRequest) -> Any:
+    async def serve_text(body: CompletionRequest, episode_id: str | None = None) -> Any:
         def build() -> GenerationRequest:
             want = body.logprobs is not None
             return GenerationRequest(prompt=body.prompt, sampling=body.sampling(want, body.logprobs or 0))
 
-        return await _run(body, False, build)
+        return await _run(body, False, build, episode_id)
 
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatCompletionRequest) -> Any:
+        return await serve_chat(body)
+
+    @app.post("/v1/completions", response_model=None)
+    async def complete(body: CompletionRequest) -> Any:
+        return await serve_text(body)
+
+    add_episode_routes(app, capture, chat=serve_chat, complete=serve_text, models=models, error=_error)
     return app
 
 

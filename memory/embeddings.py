@@ -155,9 +155,10 @@ class EmbeddingMemory:
 
     def index_failures(self) -> int:
         """Embed every failed attempt not embedded yet: the joined step texts of an episode whose reward was
-        zero or negative, or whose status is failed."""
+        zero or negative, or whose status is failed. Running and aborted captures are not attempts yet."""
         failed = select(Episode.id, Episode.task_id).where(
-            (Episode.reward <= 0) | (Episode.status == "failed")
+            ((Episode.reward <= 0) | (Episode.status == "failed"))
+            & Episode.status.in_(["finished", "failed"])
         )
         items = self._missing(FAILURE, failed)
         if not items:

@@ -30,7 +30,11 @@ def serve(
     ] = None,
     db: Annotated[
         str | None,
-        typer.Option(help="Store URL or SQLite path for --follow (default $STROP_DB or ./strop.db)."),
+        typer.Option(
+            help="Store URL or SQLite path: calls made under an episode (POST /episodes) are recorded there, and "
+            "--follow reads the registry there (default with --follow: $STROP_DB or ./strop.db). Without it, "
+            "episodes are kept in memory only."
+        ),
     ] = None,
     poll_s: Annotated[float, typer.Option(help="How often --follow checks the registry (seconds).")] = 2.0,
     engine: Annotated[str, typer.Option(help="hf (transformers) or vllm (where vLLM is installed).")] = "hf",
@@ -71,12 +75,15 @@ def serve(
         else {}
     )
     follower = None
+    store: Any = None
     try:
-        if follow is not None:
-            from strop.agents.server_follow import RegistryFollower, current_version
+        if follow is not None or db is not None:
             from strop.memory import Store
 
             store = Store(db)
+        if follow is not None:
+            from strop.agents.server_follow import RegistryFollower, current_version
+
             version = current_version(store, follow)
             if engine == "vllm":
                 options["enable_lora"] = True  # later adapters swap in without a restart
@@ -92,7 +99,19 @@ def serve(
     aliases = (follow,) if follow else ()
     what = f"{served.model_version} (following {follow})" if follow else served.model_version
     typer.echo(f"serving {what} with the {engine} engine at http://{host}:{port}/v1")
-    app = create_app(served, aliases=aliases, max_queue=max_queue, follower=follower, owns_engine=True)
+    from strop.agents.capture.hub import CaptureHub, StoreSink
+    from strop.memory.db import masked
+
+    hub = CaptureHub(StoreSink(store) if store is not None else None)
+    where = (
+        f"recorded in {masked(store.url)}"
+        if store is not None
+        else "kept in memory only (give --db to record them)"
+    )
+    typer.echo(f"episodes: POST http://{host}:{port}/episodes; their calls are {where}")
+    app = create_app(
+        served, aliases=aliases, max_queue=max_queue, follower=follower, owns_engine=True, hub=hub
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -1,8 +1,8 @@
-"""The episode endpoints of `strop serve`: open, reward, finish, abort, and an OpenAI base URL per episode.
+"""The episode endpoints of `strop serve`: open, reward, finish, fail, abort, and an OpenAI base URL per episode.
 
 `POST /episodes` returns `base_url` = `.../episodes/{id}/v1`; any OpenAI client (or LangChain's `ChatOpenAI`)
 pointed there is served exactly like `/v1`, and each call is recorded as a step of that episode. Closing is
-idempotent: a repeated finish or abort answers as the first did. A call to an unknown or closed episode is a
+idempotent: a repeated finish, fail or abort answers as the first did. A call to an unknown or closed episode is a
 404 that names it (code `episode_not_found` or `episode_closed`).
 """
 
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from strop.agents.capture.episodes import CapturedEpisode, CaptureError, ClosedEpisodeError, Rewards
 from strop.agents.capture.hub import CaptureHub
+from strop.agents.server_api import ChatCompletionRequest, CompletionRequest  # module level: FastAPI resolves
+
+# the route bodies' (string) annotations in this module's globals; a local import left them query parameters
 
 
 class OpenEpisode(BaseModel):
@@ -29,7 +32,10 @@ class OpenEpisode(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Anything to keep with the episode.")
     group: str | None = Field(None, description="Episodes credited together (default: the task).")
     group_size: int = Field(1, ge=1, le=4096, description="How many episodes the group waits for.")
-    seed: int | None = Field(None, description="Calls without a seed sample with seed + call index.")
+    seed: int | None = Field(
+        None, description="Calls without a seed sample with seed + call index * seed_stride."
+    )
+    seed_stride: int = Field(1, ge=1, description="Seed step between calls (the agent loop: its n).")
     split: str = Field("train", description="The task's split; held-out episodes are never trained on.")
 
 
@@ -63,6 +69,7 @@ class CloseBody(BaseModel):
 
     answer: str | None = Field(None, description="The agent's final answer, kept with the episode.")
     reason: str | None = Field(None, description="Why it was aborted.")
+    error: str | None = Field(None, description="Why it failed (POST .../fail): kept with the episode.")
 
 
 def summary(episode: CapturedEpisode, base_url: str | None = None) -> dict[str, Any]:
@@ -96,7 +103,6 @@ def add_episode_routes(
     error: Callable[..., JSONResponse],
 ) -> None:
     """Mount the episode endpoints on `app`; `chat`/`complete` serve a request under an episode id."""
-    from strop.agents.server_api import ChatCompletionRequest, CompletionRequest
 
     def refused(e: CaptureError) -> JSONResponse:
         code = "episode_closed" if isinstance(e, ClosedEpisodeError) else "episode_not_found"
@@ -152,6 +158,8 @@ def add_episode_routes(
         try:
             if how == "finish":
                 ep = await hub.finish(episode_id, answer=body.answer)
+            elif how == "fail":
+                ep = await hub.fail(episode_id, body.error or body.reason or "failed (no error given)")
             else:
                 ep = await hub.abort(episode_id, body.reason or "aborted by the client")
         except CaptureError as e:
@@ -161,6 +169,11 @@ def add_episode_routes(
     @app.post("/episodes/{episode_id}/finish")
     async def finish(episode_id: str, request: Request) -> Any:
         return await _close(episode_id, request, "finish")
+
+    @app.post("/episodes/{episode_id}/fail")
+    async def fail(episode_id: str, request: Request) -> Any:
+        """The agent raised or hung: the episode is kept with its error and never trained on."""
+        return await _close(episode_id, request, "fail")
 
     @app.post("/episodes/{episode_id}/abort")
     async def abort(episode_id: str, request: Request) -> Any:

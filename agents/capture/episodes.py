@@ -98,7 +98,14 @@ class CapturedEpisode(BaseModel):
     group_size: int = Field(1, ge=1, description="How many episodes the group waits for before crediting.")
     metadata: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = Field(
-        None, description="Calls that send no seed sample with seed + call index (reproducible agents)."
+        None,
+        description="Calls that send no seed sample with seed + call index * seed_stride (reproducible agents).",
+    )
+    seed_stride: int = Field(
+        1,
+        ge=1,
+        description="Seed step between calls; the agent loop uses n, so call j of rollout k (seed S + k) samples "
+        "with S + k + j * n and no two rollouts of a group share a seed.",
     )
     status: EpisodeStatus = EpisodeStatus.RUNNING
     calls: list[CapturedCall] = Field(default_factory=list)
@@ -124,7 +131,7 @@ class CapturedEpisode(BaseModel):
         return self.reserved - 1
 
     def call_seed(self, index: int) -> int | None:
-        return None if self.seed is None else self.seed + index
+        return None if self.seed is None else self.seed + index * self.seed_stride
 
     def close(self, status: EpisodeStatus) -> bool:
         """Move to a closed status; False when already there (idempotent), an error for any other move."""

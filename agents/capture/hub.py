@@ -125,6 +125,7 @@ class CaptureHub:
         group: str | None = None,
         group_size: int = 1,
         seed: int | None = None,
+        seed_stride: int = 1,
         episode_id: str | None = None,
         split: str = "train",
     ) -> CapturedEpisode:
@@ -142,6 +143,7 @@ class CaptureHub:
             group_size=group_size,
             metadata=meta,
             seed=seed,
+            seed_stride=seed_stride,
         )
         if self.sink is not None:
             await self.sink.opened(episode)

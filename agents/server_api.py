@@ -1,7 +1,9 @@
 """The OpenAI wire format of `strop serve`: request models, what is refused, and response bodies.
 
 What strop does not implement is refused with a 400 that names the parameter, never dropped: a client that
-sends `tools` and gets plain text back would silently misbehave. Parameters that only identify the caller
+sends `parallel_tool_calls=true` and gets one call back would silently misbehave. Tools follow the OpenAI
+schema (rendered and parsed by agents/engines/tools.py): a valid call comes back as `message.tool_calls` with
+finish_reason "tool_calls"; text that is not a valid call comes back as content. Parameters that only identify the caller
 (`user`, `metadata`, `service_tier`...) change nothing about the answer and are accepted.
 """
 
@@ -11,9 +13,18 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from strop.agents.engines.base import Completion, Message, SamplingParams
+from strop.agents.engines.base import Completion, GenerationRequest, Message, SamplingParams
+from strop.agents.engines.tools import (
+    TOOL_CALL_CLOSE,
+    ParsedReply,
+    ToolSpec,
+    call_prefix,
+    check_tool_choice,
+    parse_tool_calls,
+    tool_mode,
+)
 
 MAX_TOP_LOGPROBS = 20
 
@@ -26,16 +37,20 @@ _HARMLESS = {
     "safety_identifier",
     "prompt_cache_key",
     "return_token_ids",
-    "parallel_tool_calls",
 }
 # Refused unless neutral: name -> (test that the value is neutral, what to send instead).
 _NEUTRAL: dict[str, tuple[Any, str]] = {
-    "tools": (lambda v: not v, "strop serve has no tool calling: drop `tools`"),
-    "tool_choice": (lambda v: v in (None, "none"), "strop serve has no tool calling: drop `tool_choice`"),
-    "functions": (lambda v: not v, "strop serve has no function calling: drop `functions`"),
+    # the chat endpoint declares tools and tool_choice; on /v1/completions they land here
+    "tools": (lambda v: not v, "tools need the chat endpoint (/v1/chat/completions)"),
+    "tool_choice": (lambda v: v in (None, "none"), "tools need the chat endpoint (/v1/chat/completions)"),
+    "parallel_tool_calls": (
+        lambda v: v in (None, False),
+        "strop returns at most one tool call per turn: send parallel_tool_calls=false or drop it",
+    ),
+    "functions": (lambda v: not v, "legacy function calling is not supported: send `tools` instead"),
     "function_call": (
         lambda v: v in (None, "none"),
-        "strop serve has no function calling: drop `function_call`",
+        "legacy function calling is not supported: send `tool_choice` instead",
     ),
     "response_format": (
         lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
@@ -116,7 +131,9 @@ class _Common(BaseModel):
 
 
 class ChatCompletionRequest(_Common):
-    messages: list[Message] = Field(description="The conversation (text content only).")
+    messages: list[Message] = Field(
+        description="The conversation: text content, assistant `tool_calls` and `tool` messages."
+    )
     logprobs: bool = Field(False, description="Return per-token log-probs in choices[].logprobs.content.")
     top_logprobs: int | None = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="Most likely tokens per position (needs logprobs=true)."
@@ -127,6 +144,25 @@ class ChatCompletionRequest(_Common):
     add_generation_prompt: bool = Field(
         True, description="Accepted for vLLM compatibility; the turn is opened unless continue_final_message."
     )
+    tools: list[ToolSpec] | None = Field(None, description="Functions the model may call (OpenAI schema).")
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description='"auto" (default with tools), "none", "required" or a named function.'
+    )
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_fits_tools(cls, v: Any, info: ValidationInfo) -> Any:
+        if v not in (None, "none") and not info.data.get("tools"):
+            raise ValueError("`tool_choice` needs `tools`: send the tools the model may call, or drop it")
+        check_tool_choice(info.data.get("tools"), v)
+        return v
+
+    def sampling(self, logprobs: bool, top_logprobs: int = 0) -> SamplingParams:
+        """With tools on, the reply also stops at the end of its first call: one call per turn, no rambling."""
+        params = super().sampling(logprobs, top_logprobs)
+        if tool_mode(self.tools, self.tool_choice)[0] != "off" and TOOL_CALL_CLOSE not in params.stop:
+            params = params.model_copy(update={"stop": [*params.stop, TOOL_CALL_CLOSE]})
+        return params
 
 
 class CompletionRequest(_Common):
@@ -203,19 +239,44 @@ def usage(prompt_len: int, completions: list[Completion]) -> dict[str, int]:
     }
 
 
-def chat_response(completions: list[Completion], logprobs: bool, tokenizer: Any) -> dict[str, Any]:
+def parse_reply(
+    completion: Completion, request: GenerationRequest | None, tokenizer: Any
+) -> ParsedReply | None:
+    """The reply read for a tool call when the request has tools on, else None (plain text)."""
+    if request is None or tool_mode(request.tools, request.tool_choice)[0] == "off":
+        return None
+    prefix = call_prefix(tokenizer, request.tools, request.tool_choice)
+    return parse_tool_calls(completion.text, request.tools, request.tool_choice, prefix)
+
+
+def chat_response(
+    completions: list[Completion],
+    logprobs: bool,
+    tokenizer: Any,
+    *,
+    request: GenerationRequest | None = None,
+) -> dict[str, Any]:
+    """The chat.completion body. With `request` (its tools and tool_choice) each reply is read for a tool call;
+    a choice then also says `invalid_tool_call` (the reply tried to call a tool and failed), for episode stats.
+    """
     choices = []
     for i, c in enumerate(completions):
         lp = chat_logprobs(tokenizer, c.token_ids, c.logprobs, c.top_logprobs) if logprobs else None
-        choices.append(
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason.value,
-                "logprobs": lp,
-                "token_ids": c.token_ids,
-            }
-        )
+        choice: dict[str, Any] = {
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "finish_reason": c.finish_reason.value,
+            "logprobs": lp,
+            "token_ids": c.token_ids,
+        }
+        parsed = parse_reply(c, request, tokenizer)
+        if parsed is not None:
+            choice["message"]["content"] = parsed.content
+            if parsed.tool_calls:
+                choice["message"]["tool_calls"] = parsed.tool_calls
+                choice["finish_reason"] = "tool_calls"
+            choice["invalid_tool_call"] = parsed.invalid
+        choices.append(choice)
     return _envelope("chatcmpl", "chat.completion", completions, choices)
 
 

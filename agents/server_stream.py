@@ -4,6 +4,10 @@ Each engine event (one decoding step of one choice, or several when the client r
 decodes) becomes one chunk. Each choice's last chunk has its finish_reason; with
 stream_options.include_usage a last chunk with empty choices carries the usage; then `data: [DONE]`. An
 engine error after the first chunk is sent as an `error` event, which the openai client raises.
+
+With tools on, a choice's text is held back until it ends (a call cannot be told from text before then), and
+then sent as content, or as a `delta.tool_calls` chunk followed by an empty delta with finish_reason
+"tool_calls", as OpenAI streams a call.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from strop.agents.engines.base import Completion, EngineError
+from strop.agents.engines.base import Completion, EngineError, GenerationRequest
 from strop.agents.engines.streaming import StreamEvent
-from strop.agents.server_api import chat_logprobs, error_body, text_logprobs, usage
+from strop.agents.engines.tools import ParsedReply, tool_mode
+from strop.agents.server_api import chat_logprobs, error_body, parse_reply, text_logprobs, usage
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -32,8 +37,12 @@ async def chunks(
     include_usage: bool,
     tokenizer: Any,
     release: Callable[[], None],
+    request: GenerationRequest | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of one streamed request; `release` frees its place in the server's queue, however it ends."""
+    """The SSE body of one streamed request; `release` frees its place in the server's queue, however it ends.
+
+    request: the generation request, so a chat reply is read for a tool call when it has tools on.
+    """
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -67,16 +76,36 @@ async def chunks(
         choice["logprobs"] = lp
         choice["finish_reason"] = c.finish_reason.value if c is not None else None
         choice["token_ids"] = ev.token_ids
+        return envelope(choice, ev.model_version or version)
+
+    def envelope(choice: dict[str, Any], model: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": rid,
             "object": kind,
             "created": created,
-            "model": ev.model_version or version,
+            "model": model,
             "choices": [choice],
         }
         if include_usage:
             body["usage"] = None
         return body
+
+    tools_on = chat and request is not None and tool_mode(request.tools, request.tool_choice)[0] != "off"
+
+    def tool_chunks(index: int, c: Completion) -> list[dict[str, Any]]:
+        """A finished choice with tools on: its whole reply, as content or as one call."""
+        parsed = parse_reply(c, request, tokenizer) or ParsedReply(content=c.text)
+        lp = chat_logprobs(tokenizer, c.token_ids, c.logprobs, c.top_logprobs) if logprobs else None
+        first: dict[str, Any] = {"index": index, "delta": {"role": "assistant", "content": parsed.content}}
+        first.update(logprobs=lp, finish_reason=c.finish_reason.value, token_ids=c.token_ids)
+        first["invalid_tool_call"] = parsed.invalid
+        if not parsed.tool_calls:
+            return [envelope(first, c.model_version)]
+        call = parsed.tool_calls[0]
+        first["delta"]["tool_calls"] = [{"index": 0, **call}]
+        first["finish_reason"] = None
+        last = {"index": index, "delta": {}, "logprobs": None, "finish_reason": "tool_calls", "token_ids": []}
+        return [envelope(first, c.model_version), envelope(last, c.model_version)]
 
     try:
         ev: StreamEvent | None = first
@@ -85,7 +114,11 @@ async def chunks(
                 done[ev.index] = ev.completion
             if ev.model_version:
                 version = ev.model_version
-            yield sse(chunk(ev))
+            if not tools_on:
+                yield sse(chunk(ev))
+            elif ev.completion is not None:
+                for body in tool_chunks(ev.index, ev.completion):
+                    yield sse(body)
             ev = await anext(events, None)
         if include_usage:
             finished = [done[i] for i in sorted(done)]

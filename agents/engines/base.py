@@ -6,10 +6,28 @@ known source of drift between what the model sampled and what the trainer optimi
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from strop.agents.engines.tools import (
+    ToolSpec,
+    call_prefix,
+    check_tool_choice,
+    new_call_id,
+    render_chat,
+    template_messages,
+)
 
 
 class EngineError(RuntimeError):
@@ -50,11 +68,69 @@ class SamplingParams(BaseModel):
         return self.temperature == 0.0
 
 
-class Message(BaseModel):
-    """One chat message, in the OpenAI / Hugging Face chat format."""
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field("{}", description="The arguments as JSON text, as the OpenAI API carries them.")
 
-    role: str = Field(description="system, user or assistant.")
-    content: str
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _json_text(cls, v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, dict) else v
+
+
+class ToolCall(BaseModel):
+    """One call an assistant message made (OpenAI shape)."""
+
+    id: str = Field(default_factory=new_call_id)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+_OPTIONAL = ("tool_calls", "tool_call_id", "name")
+
+
+class Message(BaseModel):
+    """One chat message, in the OpenAI / Hugging Face chat format.
+
+    `content` is always a string (callers read `m.content`): null becomes "", a list of text parts their text
+    joined by newlines. The tool fields are left out of `model_dump()` while unset, so plain messages dump as
+    `{"role", "content"}`, the conversational format TRL and the store expect.
+    """
+
+    role: str = Field(description="system, user, assistant or tool.")
+    content: str = ""
+    tool_calls: list[ToolCall] | None = Field(None, description="The calls an assistant message made.")
+    tool_call_id: str | None = Field(None, description="In a `tool` message: the call it answers.")
+    name: str | None = Field(None, description="The participant's or tool's name (OpenAI's optional field).")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        if v is None:
+            return ""
+        if not isinstance(v, list):
+            return v
+        texts = []
+        for part in v:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(
+                    f"content part of type {kind!r} is not supported: strop serves text only, send "
+                    '{"type": "text", "text": ...} parts or a string'
+                )
+        return "\n".join(texts)
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in _OPTIONAL:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class GenerationRequest(BaseModel):
@@ -78,6 +154,15 @@ class GenerationRequest(BaseModel):
         "or empty to continue right after those ids (step-wise search extending a partial answer). Multi-turn "
         "loops use it so earlier turns are never re-tokenized. Needs a local tokenizer (hf, vllm).",
     )
+    tools: list[ToolSpec] | None = Field(
+        None,
+        description="OpenAI tool specs the model may call (agents/engines/tools.py says how they render).",
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        None,
+        description='"auto" (the default with tools), "none", "required" or {"type": "function", "function": '
+        '{"name": ...}}; required and a named function prefill the assistant turn with the call\'s opening.',
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerationRequest:
@@ -91,6 +176,14 @@ class GenerationRequest(BaseModel):
                 )
             if not self.context_token_ids or min(self.context_token_ids) < 0:
                 raise ValueError("`context_token_ids` must be non-empty, non-negative token ids")
+        check_tool_choice(self.tools, self.tool_choice)
+        if self.tools and self.prompt is not None:
+            raise ValueError("`tools` need chat `messages`: a raw `prompt` has no chat template to show them")
+        if self.tools and self.continue_final and self.tool_choice not in (None, "auto", "none"):
+            raise ValueError(
+                "a required or named `tool_choice` opens a new assistant turn with the call: drop "
+                "`continue_final`, or use tool_choice 'auto'"
+            )
         return self
 
     @classmethod
@@ -163,12 +256,19 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object
             "send a raw `prompt` instead, or add a chat_template to its tokenizer_config.json"
         )
     if request.context_token_ids is not None:
-        return continuation_ids(tokenizer, request.context_token_ids, request.messages or [])
-    text = tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in request.messages or []],
-        tokenize=False,
-        add_generation_prompt=not request.continue_final,
-        continue_final_message=request.continue_final,
+        return continuation_ids(
+            tokenizer,
+            request.context_token_ids,
+            request.messages or [],
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+        )
+    text = render_chat(
+        tokenizer,
+        request.messages or [],
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        continue_final=request.continue_final,
     )
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -176,32 +276,35 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object
 _SENTINEL = "\x00strop-turn-end\x00"
 
 
-def continuation_ids(tokenizer: Any, context: list[int], messages: list[Message]) -> list[int]:
+def continuation_ids(
+    tokenizer: Any,
+    context: list[int],
+    messages: list[Message],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
+) -> list[int]:
     """`context` verbatim, then the chat template's text that follows an assistant turn: the turn's end, the new
-    messages and the next assistant header.
+    messages and the next assistant header (with a forced tool call's prefill).
 
     The template is rendered around a sentinel assistant message and only what follows the sentinel is
     tokenized, so the earlier turns keep the exact ids they were sampled with. When the context already ends
     with the end-of-turn token (a completion that stopped at EOS), the template's copy of it is dropped. No
-    messages: the context itself, to be continued as it stands.
+    messages: the context itself, to be continued as it stands. Tool messages and assistant tool calls render
+    as in `encode_prompt`; the tools themselves were announced in the context, so they are not repeated.
     """
     if not messages:
         return list(context)
-    text = tokenizer.apply_chat_template(
-        [
-            {"role": "user", "content": "."},
-            {"role": "assistant", "content": _SENTINEL},
-            *({"role": m.role, "content": m.content} for m in messages),
-        ],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
+    sentinel = [Message(role="user", content="."), Message(role="assistant", content=_SENTINEL)]
+    dicts, extra = template_messages(tokenizer, [*sentinel, *messages], tools, tool_choice, announce=False)
+    text = tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True, **extra)
     if _SENTINEL not in text:
         raise EngineError(
             "the chat template drops assistant messages, so a conversation cannot be continued "
             "from token ids; send the whole conversation as `messages` instead"
         )
-    glue = list(tokenizer(text.split(_SENTINEL, 1)[1], add_special_tokens=False)["input_ids"])
+    glue_text = text.split(_SENTINEL, 1)[1] + call_prefix(tokenizer, tools, tool_choice)
+    glue = list(tokenizer(glue_text, add_special_tokens=False)["input_ids"])
     if glue and context and context[-1] == glue[0]:
         glue = glue[1:]
     return [*context, *glue]

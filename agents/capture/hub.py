@@ -158,6 +158,11 @@ class CaptureHub:
             status = await self.sink.status(episode_id) if self.sink is not None else None
             if status is None:
                 raise UnknownEpisodeError(unknown_message(episode_id))
+            if status == EpisodeStatus.RUNNING:  # stored open, not in memory: its server died or restarted
+                raise ClosedEpisodeError(
+                    f"episode {episode_id} was opened by a server that stopped before it closed: it stays "
+                    "incomplete and is never trained on. Open a new one with POST /episodes"
+                )
             raise ClosedEpisodeError(closed_message(episode_id, status))
         if open_only and not episode.open:
             raise ClosedEpisodeError(closed_message(episode_id, episode.status))

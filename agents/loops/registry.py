@@ -37,6 +37,7 @@ _BUILTIN_MODULES = (
     "strop.agents.loops.selfplay",
     "strop.agents.loops.sneaky",
     "strop.agents.loops.game_demos",
+    "strop.agents.loops.agent",
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
+from strop.agents.capture.credit import group_advantages
 from strop.agents.engines.base import Engine, SamplingParams
 from strop.agents.loops.base import chat_request, completion_json, stable_id, task_messages
 from strop.agents.loops.pairs import Answer, preference_pairs
@@ -20,7 +21,15 @@ from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
 from strop.agents.reflection import Recall, open_recall
 from strop.critics.base import Critic, Critique
 from strop.critics.verifier import VerifierCritic
-from strop.memory.records import CritiqueRecord, EpisodeRecord, ExampleKind, ExampleRecord, Role, StepRecord
+from strop.memory.records import (
+    AdvantagePayload,
+    CritiqueRecord,
+    EpisodeRecord,
+    ExampleKind,
+    ExampleRecord,
+    Role,
+    StepRecord,
+)
 from strop.sandbox.tasks.base import Split, Task
 
 LOOP_NAME = "best_of_n"
@@ -61,6 +70,12 @@ class BestOfNConfig(BaseModel):
     seed: int | None = Field(
         None,
         description="Sampling seed; each task samples from its own stream derived from it. None: random.",
+    )
+    emit_advantages: bool = Field(
+        False,
+        description="Also emit each sampled answer as a pg action (ADVANTAGE example): its exact ids and "
+        "log-probs, with advantage = its verifier reward minus the mean over the n (the agent loop's credit, "
+        "so the two loops train alike). Train split only; zero advantages are left out.",
     )
     rationalize: bool = Field(
         False,
@@ -275,6 +290,11 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
         )
         examples += pairs
         outcome.update(pairs=len(pairs), examples=len(examples))  # examples: every kind the episode emits
+    if cfg.emit_advantages and task.split == Split.TRAIN:
+        rewards = [float(s.reward or 0.0) for s in steps[:n_plain]]
+        actions = _actions(eid, task, messages, state["samples"], rewards, cfg)
+        examples += actions
+        outcome.update(actions=len(actions), examples=len(examples))
     return EpisodeRecord(
         id=eid,
         run_id=state["run_id"],
@@ -286,6 +306,41 @@ def _episode(state: BestOfNState, cfg: BestOfNConfig) -> EpisodeRecord:
         critiques=critiques,
         examples=examples,
     )
+
+
+def _actions(
+    eid: str,
+    task: Task,
+    messages: list[dict[str, Any]],
+    samples: list[dict[str, Any]],
+    rewards: list[float],
+    cfg: BestOfNConfig,
+) -> list[ExampleRecord]:
+    """One pg action per sampled answer, as credit.action_examples builds them for a captured call: the same
+    ids, log-probs and temperature, advantage = reward minus the group's mean (group_advantages)."""
+    if cfg.temperature <= 0:  # greedy log-probs are not those of a distribution that was sampled from
+        return []
+    out: list[ExampleRecord] = []
+    for i, (s, adv) in enumerate(zip(samples, group_advantages(rewards), strict=True)):
+        if adv == 0.0 or not s["token_ids"] or not s["prompt_token_ids"] or s["logprobs"] is None:
+            continue
+        payload = AdvantagePayload(
+            prompt_ids=s["prompt_token_ids"],
+            completion_ids=s["token_ids"],
+            logprobs=s["logprobs"],
+            advantage=adv,
+            temperature=cfg.temperature,
+            model_version=s["model_version"],
+            reward=rewards[i],
+            prompt=messages,
+            completion=s["text"],
+            metadata={"episode": eid, "sample": i},
+        )
+        ex = payload.example(task_id=task.id, split=str(task.split))
+        ex.id = stable_id(eid, "action", i)
+        ex.episode_id = eid
+        out.append(ex)
+    return out
 
 
 def _make(resources: LoopResources, config: BestOfNConfig) -> StateGraph:

@@ -162,7 +162,9 @@ def create_app(
         recorder = None
         if episode_id is not None:
             try:
-                recorder = await Recorder.start(capture, episode_id, body, chat)
+                recorder = await Recorder.start(
+                    capture, episode_id, body, chat, getattr(engine, "tokenizer", None)
+                )
             except CaptureError as e:
                 code = "episode_closed" if isinstance(e, ClosedEpisodeError) else "episode_not_found"
                 return _error(404, str(e), code=code)
@@ -220,7 +222,7 @@ def create_app(
         if recorder is not None:
             await recorder.done(request, completions)
         return (
-            chat_response(completions, want, tokenizer)
+            chat_response(completions, want, tokenizer, request=request)
             if chat
             else text_response(completions, want, tokenizer)
         )
@@ -258,6 +260,7 @@ def create_app(
                 include_usage=include_usage,
                 tokenizer=tokenizer,
                 release=release,
+                request=request,
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -271,6 +274,8 @@ def create_app(
                 messages=body.messages,
                 sampling=body.sampling(body.logprobs, body.top_logprobs or 0),
                 continue_final=body.continue_final_message,
+                tools=body.tools,
+                tool_choice=body.tool_choice,
             )
 
         return await _run(body, True, build, episode_id)

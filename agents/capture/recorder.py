@@ -15,54 +15,47 @@ from strop.agents.capture.episodes import CapturedCall, CapturedEpisode, ChoiceR
 from strop.agents.capture.hub import CaptureHub
 from strop.agents.engines.base import Completion, GenerationRequest
 from strop.agents.engines.streaming import StreamEvent
-
-
-def parse_reply(
-    text: str, tools: list[dict[str, Any]] | None, tool_choice: Any
-) -> tuple[list[dict[str, Any]], bool]:
-    """The tool calls in a reply and whether it tried one that did not parse (engines/tools.py reads them)."""
-    if not tools:
-        return [], False
-    from strop.agents.engines.tools import parse_tool_calls
-
-    parsed = parse_tool_calls(text, tools, tool_choice)
-    return list(parsed.tool_calls), bool(parsed.invalid)
+from strop.agents.server_api import parse_reply
 
 
 class Recorder:
     """Records one request made under an episode."""
 
-    def __init__(self, hub: CaptureHub, episode: CapturedEpisode, index: int, body: Any, chat: bool) -> None:
+    def __init__(
+        self,
+        hub: CaptureHub,
+        episode: CapturedEpisode,
+        index: int,
+        body: Any,
+        chat: bool,
+        tokenizer: Any = None,
+    ) -> None:
         self.hub = hub
         self.episode = episode
         self.index = index
         self.body = body
         self.chat = chat
+        self.tokenizer = tokenizer
         self.started = time.time()
 
     @classmethod
-    async def start(cls, hub: CaptureHub, episode_id: str, body: Any, chat: bool) -> Recorder:
+    async def start(
+        cls, hub: CaptureHub, episode_id: str, body: Any, chat: bool, tokenizer: Any = None
+    ) -> Recorder:
         """Reserve the call's index; a call that sends no seed gets the episode's (reproducible agents)."""
         episode = await hub.get(episode_id)
         index = episode.reserve_call()
         seed = episode.call_seed(index)
         if body.seed is None and seed is not None:
             body.seed = seed
-        return cls(hub, episode, index, body, chat)
-
-    def _tools(self) -> tuple[list[dict[str, Any]] | None, Any]:
-        tools = getattr(self.body, "tools", None)
-        choice = getattr(self.body, "tool_choice", None)
-        extra = self.body.model_extra or {}
-        return (tools if tools is not None else extra.get("tools")), (
-            choice if choice is not None else extra.get("tool_choice")
-        )
+        return cls(hub, episode, index, body, chat, tokenizer)
 
     async def done(self, request: GenerationRequest, completions: list[Completion]) -> None:
-        tools, tool_choice = self._tools()
         choices = []
         for c in completions:
-            calls, invalid = parse_reply(c.text, tools, tool_choice)
+            parsed = parse_reply(c, request, self.tokenizer)
+            calls = list(parsed.tool_calls) if parsed is not None else []
+            invalid = bool(parsed.invalid) if parsed is not None else False
             choices.append(
                 ChoiceRecord(
                     text=c.text,
@@ -82,7 +75,7 @@ class Recorder:
             if self.chat
             else None,
             prompt=request.prompt,
-            tools=tools,
+            tools=request.tools,
             temperature=request.sampling.temperature,
             top_p=request.sampling.top_p,
             choices=choices,

@@ -150,7 +150,6 @@ def test_top_logprobs_as_openai_returns_them(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("endpoint", "params", "name"),
     [
-        ("chat", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ("chat", {"tool_choice": "auto"}, "tool_choice"),
         ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
         ("chat", {"logit_bias": {"5": 10}}, "logit_bias"),

@@ -11,7 +11,6 @@ import json
 import socket
 import threading
 import time
-import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -261,36 +260,9 @@ def test_plain_text_garbage_and_tools_off() -> None:
 
 # -------------------------------------------------------------------------------------------------- server
 def _app(engine: Any) -> Any:
-    """create_app, with the tool wiring of the chat handler applied here while server.py does not pass tools yet
-    (the three edits are the ones handed to server.py's owner; drop this once server.py has them)."""
-    import inspect
+    from strop.agents.server import create_app
 
-    from strop.agents import server
-
-    source = inspect.getsource(server)
-    if "tool_choice" in source:
-        return server.create_app(engine)
-    edits = [
-        (
-            "continue_final=body.continue_final_message,\n",
-            "continue_final=body.continue_final_message,\n"
-            "                tools=body.tools,\n                tool_choice=body.tool_choice,\n",
-        ),
-        (
-            "chat_response(completions, want, tokenizer)",
-            "chat_response(completions, want, tokenizer, request=request)",
-        ),
-        (
-            "                release=release,\n",
-            "                release=release,\n                request=request,\n",
-        ),
-    ]
-    for old, new in edits:
-        assert source.count(old) == 1, f"server.py changed: cannot apply {old!r}; wire tools into server.py"
-        source = source.replace(old, new)
-    patched = types.ModuleType("strop.agents._server_with_tools")
-    exec(compile(source, server.__file__, "exec"), patched.__dict__)
-    return patched.create_app(engine)
+    return create_app(engine)
 
 
 class _Server:

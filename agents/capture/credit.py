@@ -92,11 +92,11 @@ def sft_examples(
             continue
         ch = call.choices[0]
         payload: dict[str, Any] = {
-            "prompt": _plain_messages(call),
-            "completion": [{"role": "assistant", "content": ch.text}],
+            "prompt": call.sft_prompt if call.sft_prompt is not None else _plain_messages(call),
+            "completion": [{"role": "assistant", "content": call.prefill + ch.text}],
         }
-        if call.tools:
-            payload["tools"] = call.tools
+        if call.sft_tools:
+            payload["tools"] = call.sft_tools
         out.append(
             ExampleRecord(
                 id=stable_id(episode.id, "sft", call.index),

@@ -63,6 +63,15 @@ class CapturedCall(BaseModel):
     choices: list[ChoiceRecord]
     started_at: float = Field(default_factory=time.time, description="Unix time the request arrived.")
     latency_s: float = 0.0
+    sft_prompt: list[dict[str, Any]] | None = Field(
+        None,
+        description="The messages as the chat template saw them (tools rendered in the engine's format), for SFT "
+        "examples that train on exactly the prompt the policy was given; not stored with the steps.",
+    )
+    sft_tools: list[dict[str, Any]] | None = Field(
+        None, description="Tools passed to a template that renders them itself (its `tools=`)."
+    )
+    prefill: str = Field("", description="Text the prompt ended with to force a tool call (tool_choice).")
     extends_previous: bool | None = Field(
         None,
         description="Whether this call's prompt ids start with the previous call's prompt and completion ids "

@@ -15,6 +15,7 @@ from strop.agents.capture.episodes import CapturedCall, CapturedEpisode, ChoiceR
 from strop.agents.capture.hub import CaptureHub
 from strop.agents.engines.base import Completion, GenerationRequest
 from strop.agents.engines.streaming import StreamEvent
+from strop.agents.engines.tools import call_prefix, template_messages
 from strop.agents.server_api import parse_reply
 
 
@@ -68,7 +69,17 @@ class Recorder:
                     invalid_tool_call=invalid,
                 )
             )
+        sft_prompt, sft_tools, prefill = None, None, ""
+        if self.chat and self.tokenizer is not None and request.messages is not None:
+            dicts, extra = template_messages(
+                self.tokenizer, request.messages, request.tools, request.tool_choice
+            )
+            sft_prompt, sft_tools = dicts, extra.get("tools")
+            prefill = call_prefix(self.tokenizer, request.tools, request.tool_choice)
         call = CapturedCall(
+            sft_prompt=sft_prompt,
+            sft_tools=sft_tools,
+            prefill=prefill,
             index=self.index,
             endpoint="chat" if self.chat else "text",
             messages=[m.model_dump(mode="json", exclude_none=True) for m in request.messages or []]

@@ -226,8 +226,9 @@ class CaptureHub:
     async def _credit_if_complete(self, episode: CapturedEpisode) -> None:
         key = (episode.run_id, episode.group)
         members = [self._episodes[i] for i in self._groups.get(key, []) if i in self._episodes]
-        closed = [m for m in members if not m.open]
-        if len(closed) < episode.group_size or any(m.credited for m in closed):
+        # a task run again under the same run and group is a new group: credit what closed since the last credit
+        closed = [m for m in members if not m.open and not m.credited]
+        if len(closed) < episode.group_size:
             return
         for m in closed:
             m.credited = True

@@ -333,6 +333,19 @@ def test_group_credit_waits_for_the_whole_group(server: _Server, store: Any) -> 
     assert [advantages[ep["id"]] for ep in eps] == pytest.approx([2 / 3, -1 / 3, -1 / 3])
     assert store.count_examples(kind=ExampleKind.ADVANTAGE, run_ids=[run]) == 3
 
+    # the same task again makes a new group of three, credited on its own once it is complete
+    again = [server.open(task_id="t-group", run_id=run, group_size=3) for _ in range(3)]
+    for i, (ep, reward) in enumerate(zip(again, [0.0, 0.0, 1.0], strict=True)):
+        client = _client(ep)
+        question = [{"role": "user", "content": f"What is {i} + 8?"}]
+        client.chat.completions.create(model="m", messages=question, max_tokens=6, temperature=0.8, seed=i)
+        client.close()
+        server.post(f"/episodes/{ep['id']}/reward", {"reward": reward})
+        server.post(f"/episodes/{ep['id']}/finish")
+        assert store.count_examples(run_ids=[run]) == (3 if i < 2 else 6)
+    second = [_stored(store, ep["id"]).examples[0].payload["advantage"] for ep in again]
+    assert second == pytest.approx([-1 / 3, -1 / 3, 2 / 3])
+
 
 @pytest.mark.slow
 def test_64_concurrent_episodes_stay_isolated(server: _Server, store: Any, engine: HFEngine) -> None:

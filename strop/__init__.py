@@ -69,6 +69,10 @@ _LAZY: dict[str, str] = {
     "chat_request": "strop.agents.loops.base",
     "completion_json": "strop.agents.loops.base",
     "run_episode": "strop.agents.episode",
+    # bring your own agent: episodes captured for an agent you wrote (docs/agents.md)
+    "AgentRun": "strop.agents.capture.agent_run",
+    "AgentEpisode": "strop.agents.capture.agent_run",
+    "AgentLoopConfig": "strop.agents.loops.agent",
     "evaluate": "strop.agents.evaluation",
     "EvalConfig": "strop.agents.evaluation",
     "EvalResult": "strop.agents.evaluation",
@@ -111,6 +115,9 @@ _LAZY: dict[str, str] = {
 _ALIAS = {"build_best_of_n": "build_graph"}
 
 __all__ = [
+    "AgentEpisode",
+    "AgentLoopConfig",
+    "AgentRun",
     "BestOfNConfig",
     "BestOfNState",
     "Completion",
@@ -192,6 +199,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from strop.agents.capture.agent_run import AgentEpisode, AgentRun
     from strop.agents.engines import load_engine
     from strop.agents.engines.base import Completion, Engine, GenerationRequest, Message, SamplingParams
     from strop.agents.episode import run_episode
@@ -205,6 +213,7 @@ if TYPE_CHECKING:
         list_evaluators,
         register_evaluator,
     )
+    from strop.agents.loops.agent import AgentLoopConfig
     from strop.agents.loops.base import (
         EpisodeInput,
         chat_request,

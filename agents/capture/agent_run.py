@@ -175,6 +175,7 @@ class AgentRun:
         api_key: str = API_KEY,
         keep_closed: int = 10_000,
         request_timeout_s: float = 600.0,
+        max_queue: int = 65_536,
     ) -> None:
         if (engine is None) == (base_url is None):
             raise ValueError(
@@ -188,6 +189,8 @@ class AgentRun:
         self.engine = engine
         self.api_key = api_key
         self.request_timeout_s = request_timeout_s
+        # local mode: rows queued before 429; rollouts are bounded by their own slots, so this only guards memory
+        self.max_queue = max_queue
         self.hub: CaptureHub | None = None
         if engine is not None:
             sink = StoreSink(store) if store is not None else None
@@ -237,7 +240,7 @@ class AgentRun:
         from strop.agents.server import create_app
 
         assert self.hub is not None
-        app = create_app(self.engine, hub=self.hub)
+        app = create_app(self.engine, hub=self.hub, max_queue=self.max_queue)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -151,12 +151,14 @@ async def _rollout(
             run_id=s.run_id,
         )
         out = Rollout(task_id=task.id, index=k, episode_id=ep.id, captured=ep.captured)
+        deadline = asyncio.timeout(s.timeout_s)
         try:
-            answer = await asyncio.wait_for(agent_fn(task, ep.client()), s.timeout_s)
-        except TimeoutError:
-            return await _failed(ep, out, f"timed out after {s.timeout_s:g} s")
+            async with deadline:
+                answer = await agent_fn(task, ep.client())
         except Exception as e:  # the agent's own error: stored on the failed episode, never trained on
-            return await _failed(ep, out, describe(e))
+            # a TimeoutError the agent raised itself (a tool's) is its error, not our deadline
+            hung = isinstance(e, TimeoutError) and deadline.expired()
+            return await _failed(ep, out, f"timed out after {s.timeout_s:g} s" if hung else describe(e))
         out.answer = "" if answer is None else str(answer)
         out.calls = await ep.calls()
         if out.calls == 0:

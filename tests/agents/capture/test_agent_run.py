@@ -95,6 +95,10 @@ async def test_rollouts_keep_what_goes_wrong_as_failed_episodes_without_examples
     async def silent(task: Task, client: Any) -> str:
         return "#### 3"
 
+    async def tool_timeout(task: Task, client: Any) -> str:
+        await ask(task, client)
+        raise TimeoutError("the search tool timed out")  # the agent's own error, not the run's deadline
+
     def broken_reward(task: Task, answer: str) -> float:
         raise ZeroDivisionError("reward")
 
@@ -105,6 +109,7 @@ async def test_rollouts_keep_what_goes_wrong_as_failed_episodes_without_examples
             "raises": await run.rollouts(raises, tasks, n=2, reward=TS),
             "hangs": await run.rollouts(hangs, tasks, n=2, timeout_s=0.3, reward=TS),
             "silent": await run.rollouts(silent, tasks, n=2, reward=TS),
+            "tool_timeout": await run.rollouts(tool_timeout, tasks, n=2, timeout_s=30, reward=TS),
             "reward": await run.rollouts(ask, tasks, n=2, reward=broken_reward),
         }
         ok = await run.rollouts(ask, tasks, n=2, reward=lambda task, answer: len(answer) % 2)
@@ -112,6 +117,7 @@ async def test_rollouts_keep_what_goes_wrong_as_failed_episodes_without_examples
         "raises": "KeyError: 'no such tool'",
         "hangs": "timed out after 0.3 s",
         "silent": "the agent never called the model (call it through the client it was given)",
+        "tool_timeout": "TimeoutError: the search tool timed out",
         "reward": "the reward failed: ZeroDivisionError: reward",
     }
     for name, groups in failed.items():

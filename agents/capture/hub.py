@@ -112,6 +112,9 @@ class CaptureHub:
         self.sft = sft
         self._episodes: OrderedDict[str, CapturedEpisode] = OrderedDict()
         self._groups: dict[tuple[str, str], list[str]] = {}
+        # closes the sink has written: a group is credited only from these, or a member closed in memory
+        # whose close is still being written would get examples while its stored row is still running
+        self._settled: set[str] = set()
         self._lock = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -219,6 +222,7 @@ class CaptureHub:
                 episode.error = error
         if self.sink is not None:
             await self.sink.closed(episode)
+        self._settled.add(episode.id)
         await self._credit_if_complete(episode)
         self._forget_closed()
         return episode
@@ -227,7 +231,7 @@ class CaptureHub:
         key = (episode.run_id, episode.group)
         members = [self._episodes[i] for i in self._groups.get(key, []) if i in self._episodes]
         # a task run again under the same run and group is a new group: credit what closed since the last credit
-        closed = [m for m in members if not m.open and not m.credited]
+        closed = [m for m in members if m.id in self._settled and not m.credited]
         if len(closed) < episode.group_size:
             return
         for m in closed:
@@ -245,6 +249,7 @@ class CaptureHub:
         closed = [i for i, e in self._episodes.items() if not e.open]
         for i in closed[: max(0, len(closed) - self.keep_closed)]:
             episode = self._episodes.pop(i)
+            self._settled.discard(i)
             ids = self._groups.get((episode.run_id, episode.group))
             if ids and i in ids:
                 ids.remove(i)

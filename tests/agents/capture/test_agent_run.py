@@ -280,3 +280,41 @@ async def test_remote_run_against_strop_serve_records_in_the_servers_store(
     [crash] = bad[0].rollouts
     assert crash.error == "OSError: disk full" and store.get_episode(crash.episode_id).status == "failed"
     assert store.get_episode(ep.id).status == "aborted"
+
+
+async def test_a_group_is_credited_only_once_every_close_is_written() -> None:
+    """A member closed in memory whose close is still being written must not get examples yet: the store
+    refuses examples for a row that is still running (seen as a 500 on /finish under load)."""
+    from strop.agents.capture.episodes import CapturedCall, ChoiceRecord
+
+    events: list[str] = []
+
+    class SlowSink:
+        async def opened(self, episode: Any) -> None: ...
+        async def called(self, episode: Any, steps: Any) -> None: ...
+        async def rewarded(self, episode: Any) -> None: ...
+        async def status(self, episode_id: str) -> None: ...
+
+        async def closed(self, episode: Any) -> None:
+            await asyncio.sleep(0.2 if episode.answer == "slow" else 0.0)
+            events.append(f"closed {episode.answer}")
+
+        async def credited(self, examples: dict[str, Any]) -> None:
+            events.append(f"credited {len(examples)}")
+
+    hub = CaptureHub(SlowSink())
+    a = await hub.open(task_id="t", group_size=2)
+    b = await hub.open(task_id="t", group_size=2)
+    choice = ChoiceRecord(
+        text="x",
+        prompt_token_ids=[1],
+        token_ids=[2],
+        logprobs=[-1.0],
+        finish_reason="stop",
+        model_version="m",
+    )
+    for ep, reward in ((a, 1.0), (b, 0.0)):
+        await hub.record(ep.id, CapturedCall(index=ep.reserve_call(), choices=[choice]))
+        await hub.reward(ep.id, {"r": reward})
+    await asyncio.gather(hub.finish(a.id, answer="slow"), hub.finish(b.id, answer="fast"))
+    assert events == ["closed fast", "closed slow", "credited 2"]

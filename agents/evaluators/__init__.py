@@ -47,6 +47,7 @@ EVALUATORS: Registry[Evaluator] = Registry(
         "strop.agents.evaluators.self_correct",
         "strop.agents.evaluators.games",
         "strop.agents.evaluators.search",
+        "strop.agents.evaluators.agent",
     ),
     entry_point_group="strop.evaluators",
     list_command="strop loops list",

@@ -37,7 +37,8 @@ class EvalSettings(BaseModel):
 
     target: str = Field(
         description="The evaluator (see `strop loops show LOOP` for a loop's default): 'policy' (held-out "
-        "pass@k), 'critic' (the critic benchmark), 'self_correct', 'game' or 'search'."
+        "pass@k), 'critic' (the critic benchmark), 'self_correct', 'game', 'search' or 'agent' (your agent, run on "
+        "held-out tasks)."
     )
     metric: str | None = Field(None, description="Metric the gate compares; default the evaluator's own.")
     margin: float = Field(

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from strop.agents.capture.credit import group_examples
 from strop.agents.capture.episodes import CapturedEpisode
 from strop.agents.capture.rollouts import AgentFn, check_agent, shared_run
+from strop.agents.capture.teacher import TeacherEngine
 from strop.agents.engines.base import Engine
 from strop.agents.loops.base import stable_id
 from strop.agents.loops.registry import LoopResources, LoopSpec, register_loop
@@ -42,8 +43,9 @@ class EntryError(ValueError):
     """An entry point that does not name an importable async function; the message names the entry."""
 
 
-def load_entry(entry: str) -> AgentFn:
-    """The async function `entry` names ('module:function', 'module:Class.method', 'file.py:function')."""
+def load_entry(entry: str, *, kind: str = "agent") -> AgentFn:
+    """The async function `entry` names ('module:function', 'module:Class.method', 'file.py:function'); a
+    `kind="teacher"` entry may be sync or async (it computes a reply, it does not call the model)."""
     module_name, sep, attr = entry.strip().rpartition(":")
     if not sep or not module_name or not attr:
         raise EntryError(
@@ -56,6 +58,12 @@ def load_entry(entry: str) -> AgentFn:
         if not hasattr(obj, part):
             raise EntryError(f"entry {entry!r}: {module_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    if kind == "teacher":
+        if not callable(obj):
+            raise EntryError(
+                f"teacher {entry!r} is not callable: give a function (task, messages, tools) -> str"
+            )
+        return obj  # type: ignore[no-any-return]
     try:
         return check_agent(obj, f"entry {entry!r}")
     except TypeError as e:
@@ -121,12 +129,32 @@ class AgentLoopConfig(BaseModel):
     sft_min_reward: float = Field(
         1.0, description="Least reward of a rollout whose calls become SFT examples."
     )
+    teacher: str | None = Field(
+        None,
+        description="Demonstrations: 'module:function' (or 'file.py:function'), (task, messages, tools) -> the reply "
+        "the policy should give. The agent then runs against a teacher that answers every call with it; calls of "
+        "rollouts that earn sft_min_reward become SFT examples, prompted exactly as the agent prompts the "
+        "policy (a warm start for a model that cannot call tools yet). Needs emit_sft.",
+    )
+
+    @model_validator(mode="after")
+    def _teacher_needs_sft(self) -> AgentLoopConfig:
+        if self.teacher is not None and not self.emit_sft:
+            raise ValueError("a teacher's replies are demonstrations, not samples: set emit_sft = true")
+        return self
 
     @field_validator("entry")
     @classmethod
     def _importable(cls, entry: str) -> str:
         load_entry(entry)  # fail at the config, naming the entry, not mid-run
         return entry
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_importable(cls, teacher: str | None) -> str | None:
+        if teacher is not None:
+            load_entry(teacher, kind="teacher")
+        return teacher
 
 
 class AgentState(TypedDict, total=False):
@@ -146,9 +174,14 @@ def build_graph(engine: Engine, critic: Critic, config: AgentLoopConfig) -> Stat
     stops once none is running."""
     cfg = config
     agent = load_entry(cfg.entry)
+    teacher = TeacherEngine(engine, load_entry(cfg.teacher, kind="teacher")) if cfg.teacher else None
+    if teacher is not None:
+        engine = teacher
 
     async def rollouts(state: AgentState) -> dict[str, Any]:
         task = Task.model_validate(state["task"])
+        if teacher is not None:
+            teacher.expect(task)
         async with shared_run(engine, concurrency=cfg.concurrency) as (run, slots):
             group = await run.rollout_task(
                 agent,

@@ -103,7 +103,10 @@ class AgentEvaluator(EvaluatorDefaults):
                 "the agent evaluator needs an agent: set [stages.eval] entry = 'module:function' (the stage's "
                 "loop is not the agent loop)"
             )
-        cfg = spec.parse_config({**values, "n": s.n, "emit_advantages": False, "emit_sft": False})
+        # the policy itself answers: a stage's demonstration teacher never plays in its evaluation
+        cfg = spec.parse_config(
+            {**values, "n": s.n, "emit_advantages": False, "emit_sft": False, "teacher": None}
+        )
         tasks = ctx.task_set.tasks(Split.HELDOUT, ctx.heldout)
         run = RunRecord(
             id=stable_id("agent-eval", version.id, ctx.label, len(tasks), cfg.model_dump_json()),

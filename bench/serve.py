@@ -13,6 +13,15 @@ cost several ms per request here); they run in this process, apart from the serv
 in the warm-up, as a real client pool keeps them.
 
     .venv/bin/python bench/serve.py --model tiny --clients 64 --max-tokens 32 --rounds 3
+
+With --capture, what recording costs instead: `strop serve MODEL --db SQLITE` and CLIENTS concurrent agents,
+each a conversation of CALLS chat calls (each re-sending the previous reply, sampled with a fixed seed per call),
+once under an episode (POST /episodes, the calls at its base URL, a reward, finish: every call stored as a step
+and the episode's `pg` examples written) and once on plain /v1 (nothing recorded), alternating in each round.
+Throughput is completion tokens (and calls) per second over the whole conversation, episode lifecycle included.
+Target: recorded / unrecorded >= 0.95.
+
+    .venv/bin/python bench/serve.py --capture --model tiny --clients 64 --calls 3 --max-tokens 32 --rounds 3
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -50,6 +60,7 @@ def _free_port() -> int:
 
 _FIRST = re.compile(rb'"token_ids":\[\d')
 _USAGE = re.compile(rb'"completion_tokens":(\d+)')
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 
 
 class _Client:
@@ -106,6 +117,25 @@ class _Client:
             raise RuntimeError(f"a stream ended without a token or usage: {seen[-200:]!r}")
         return first, tokens
 
+    async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A plain (not streamed) JSON request; the server's JSON answers carry a Content-Length."""
+        assert self.reader is not None and self.writer is not None, "connect() first"
+        body = json.dumps(payload).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        length = _LENGTH.search(header)
+        if length is None:
+            raise RuntimeError(f"{path}: an answer without Content-Length: {header[:200]!r}")
+        data = await self.reader.readexactly(int(length.group(1)))
+        status = header.split(b"\r\n", 1)[0]
+        if not status.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{path}: {status!r} {data[:300]!r}")
+        return dict(json.loads(data))
+
 
 async def _served(
     clients: list[_Client], model: str, questions: list[str], max_tokens: int
@@ -132,7 +162,7 @@ async def _engine(engine: HFEngine, questions: list[str], max_tokens: int) -> fl
     return sum(len(c.token_ids) for [[c]] in out) / wall
 
 
-def _start_server(model: str, port: int, clients: int) -> subprocess.Popen[bytes]:
+def _start_server(model: str, port: int, clients: int, db: str | None = None) -> subprocess.Popen[bytes]:
     strop = Path(sys.executable).with_name("strop")
     cmd = [
         str(strop),
@@ -144,6 +174,7 @@ def _start_server(model: str, port: int, clients: int) -> subprocess.Popen[bytes
         str(clients),
         "--max-queue",
         str(4 * clients),
+        *(["--db", db] if db else []),
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -209,6 +240,110 @@ async def main(args: argparse.Namespace) -> None:
         proc.wait(timeout=30)
 
 
+async def _conversation(
+    client: _Client, model: str, question: str, args: argparse.Namespace, seed: int, recorded: bool
+) -> int:
+    """One agent's conversation of args.calls chat calls; recorded: under its own episode, then rewarded and
+    finished. Returns the completion tokens it was sent."""
+    base, episode = "/v1", ""
+    if recorded:
+        episode = (await client.post("/episodes", {"task_id": question}))["id"]
+        base = f"/episodes/{episode}/v1"
+    messages = [{"role": "user", "content": question}]
+    tokens, text = 0, ""
+    for k in range(args.calls):
+        r = await client.post(
+            f"{base}/chat/completions",
+            {
+                "model": model,
+                "messages": messages,
+                "max_tokens": args.max_tokens,
+                "temperature": 1.0,
+                "seed": seed + k,
+            },
+        )
+        text = r["choices"][0]["message"]["content"]
+        tokens += int(r["usage"]["completion_tokens"])
+        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "Check it again."}]
+    if recorded:
+        await client.post(f"/episodes/{episode}/reward", {"reward": 1.0})
+        await client.post(f"/episodes/{episode}/finish", {"answer": text})
+    return tokens
+
+
+async def _agents(
+    clients: list[_Client], model: str, questions: list[str], args: argparse.Namespace, recorded: bool
+) -> float:
+    """Completion tokens per second of all clients' conversations at once (connecting not timed)."""
+    await asyncio.gather(*(c.connect() for c in clients))
+    await asyncio.sleep(0.3)
+    start = time.perf_counter()
+    tokens = await asyncio.gather(
+        *(
+            _conversation(c, model, q, args, seed=100 * i, recorded=recorded)
+            for i, (c, q) in enumerate(zip(clients, questions, strict=True))
+        )
+    )
+    return sum(tokens) / (time.perf_counter() - start)
+
+
+async def capture_main(args: argparse.Namespace) -> None:
+    """Recorded (under episodes, stored in SQLite) against unrecorded (/v1) calls on one server, interleaved."""
+    import tempfile
+
+    from strop.memory import Store
+
+    questions = _questions(args.clients)
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="strop-bench-capture-") as tmp:
+        db = {"sqlite": f"sqlite:///{tmp}/capture.db", "none": None}.get(args.db, args.db)
+        proc = _start_server(args.model, port, args.clients, db)
+        try:
+            name = _wait_ready(f"http://127.0.0.1:{port}", proc)
+            clients = [_Client("127.0.0.1", port) for _ in questions]
+            warm = argparse.Namespace(**{**vars(args), "calls": 1, "max_tokens": 4})
+            await _agents(clients, name, questions, warm, recorded=False)
+            await _agents(clients, name, questions, warm, recorded=True)
+            ratios, plain, recorded = [], [], []
+            for r in range(args.rounds):
+                # alternate which side goes first, so neither always gets the warmer server
+                first = r % 2 == 1
+                rate: dict[bool, float] = {}
+                for side in (first, not first):
+                    rate[side] = await _agents(clients, name, questions, args, recorded=side)
+                a, b = rate[True], rate[False]
+                recorded.append(a)
+                plain.append(b)
+                ratios.append(a / b)
+                print(
+                    f"round {r}: recorded {a:,.0f} tok/s, unrecorded {b:,.0f} tok/s, ratio {a / b:.2f}",
+                    flush=True,
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        counts, examples = {}, 0
+        if db is not None:
+            store = Store(db)
+            counts, examples = store.counts(), store.count_examples(kind="advantage")
+            store.close()
+    episodes = args.clients * (args.rounds + 1)  # the warm-up's recorded conversations too
+    print(
+        f"\n{args.model}: {args.clients} concurrent agents x {args.calls} chat calls, max_tokens {args.max_tokens}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"recorded: median {statistics.median(recorded):,.0f} tok/s; unrecorded: median "
+        f"{statistics.median(plain):,.0f} tok/s; recorded/unrecorded median {statistics.median(ratios):.2f} "
+        f"(rounds {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.95)"
+    )
+    if db is not None:  # what the recorded side left in the store: every episode, step and pg action
+        print(
+            f"stored: {counts['episodes']} episodes (expected {episodes}), {counts['steps']} steps, "
+            f"{examples} advantage examples"
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,4 +353,16 @@ if __name__ == "__main__":
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--single", type=int, default=5, help="Requests timed alone for the 1-client TTFT.")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="Measure recorded (episode) against unrecorded (/v1) calls instead.",
+    )
+    parser.add_argument("--calls", type=int, default=3, help="Chat calls per conversation (--capture).")
+    parser.add_argument(
+        "--db",
+        default="sqlite",
+        help="Where --capture records: sqlite (a fresh file), none (the server's memory only), or a store URL.",
+    )
+    parsed = parser.parse_args()
+    asyncio.run(capture_main(parsed) if parsed.capture else main(parsed))

@@ -53,5 +53,9 @@ class Served:
         engine = await self.host.serve(self.weights, self.version)
         return await engine.generate(requests)
 
+    async def resolve(self) -> Any:
+        """The engine itself, serving this version (for callers that need its tokenizer, e.g. a teacher)."""
+        return await self.host.serve(self.weights, self.version)
+
     async def close(self) -> None:
         return None

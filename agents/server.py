@@ -36,6 +36,7 @@ from strop.agents.server_api import (
     text_response,
 )
 from strop.agents.server_stream import chunks
+from strop.memory.records import EpisodeStatus
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "create_app"]
 
@@ -165,9 +166,14 @@ def create_app(
                 recorder = await Recorder.start(
                     capture, episode_id, body, chat, getattr(engine, "tokenizer", None)
                 )
+            except ClosedEpisodeError as e:
+                # A late call on a finished episode's URL (a trailing summary call, a client reused after the
+                # reward) is served unrecorded, as calls outside an episode are; it never changes what was
+                # trained. An aborted, failed or orphaned episode's URL is a 404 naming it.
+                if await capture.status(episode_id) != EpisodeStatus.FINISHED:
+                    return _error(404, str(e), code="episode_closed")
             except CaptureError as e:
-                code = "episode_closed" if isinstance(e, ClosedEpisodeError) else "episode_not_found"
-                return _error(404, str(e), code=code)
+                return _error(404, str(e), code="episode_not_found")
         refused = body.refused()
         if refused is not None:
             return _error(

@@ -171,6 +171,13 @@ class CaptureHub:
             raise ClosedEpisodeError(closed_message(episode_id, episode.status))
         return episode
 
+    async def status(self, episode_id: str) -> EpisodeStatus | None:
+        """Where the episode is (None: unknown here and in the sink)."""
+        episode = self._episodes.get(episode_id)
+        if episode is not None:
+            return episode.status
+        return await self.sink.status(episode_id) if self.sink is not None else None
+
     async def record(self, episode_id: str, call: CapturedCall) -> None:
         """Store a call that returned. A call that ends after its episode closed is dropped from training but
         still answered: the agent did nothing wrong, its episode was closed under it."""

@@ -257,14 +257,24 @@ def test_unknown_and_closed_episodes_are_404s_naming_them(server: _Server, store
     closed = _client(ep)
     closed.chat.completions.create(model="m", messages=QUESTION, max_tokens=4)
     assert server.post(f"/episodes/{ep['id']}/finish").status_code == 200
+    # a late call on a finished episode is served and not recorded, like a call outside any episode
+    late = closed.chat.completions.create(model="m", messages=QUESTION, max_tokens=4)
+    assert late.choices[0].finish_reason in ("stop", "length")
+    list(closed.chat.completions.create(model="m", messages=QUESTION, max_tokens=4, stream=True))
+    closed.close()
+    assert len(_stored(store, ep["id"]).steps) == 1  # the late calls recorded nothing
+
+    ep = server.open()
+    aborted = _client(ep)
+    assert server.post(f"/episodes/{ep['id']}/abort").status_code == 200
     with pytest.raises(openai.NotFoundError) as err:
-        closed.chat.completions.create(model="m", messages=QUESTION, max_tokens=4)
+        aborted.chat.completions.create(model="m", messages=QUESTION, max_tokens=4)
     assert err.value.code == "episode_closed" and ep["id"] in str(err.value.message)
     with pytest.raises(openai.NotFoundError) as err:
-        list(closed.chat.completions.create(model="m", messages=QUESTION, max_tokens=4, stream=True))
+        list(aborted.chat.completions.create(model="m", messages=QUESTION, max_tokens=4, stream=True))
     assert err.value.code == "episode_closed"
-    closed.close()
-    assert len(_stored(store, ep["id"]).steps) == 1  # the refused calls recorded nothing
+    aborted.close()
+    assert not _stored(store, ep["id"]).steps  # the refused calls recorded nothing
 
 
 def test_closed_episodes_the_hub_forgot_are_answered_from_the_store(engine: HFEngine, store: Any) -> None:
@@ -276,8 +286,8 @@ def test_closed_episodes_the_hub_forgot_are_answered_from_the_store(engine: HFEn
         assert s.post(f"/episodes/{eid}/finish").json()["status"] == "finished"
         assert s.post(f"/episodes/{eid}/finish").json()["status"] == "finished"  # a retry, from the store
         call = s.post(f"/episodes/{eid}/v1/chat/completions", {"messages": QUESTION, "max_tokens": 2})
-        assert call.status_code == 404 and call.json()["error"]["code"] == "episode_closed"
-        assert eid in call.json()["error"]["message"]
+        assert call.status_code == 200, call.text  # finished: served, not recorded
+        assert not _stored(store, eid).steps
         abort = s.post(f"/episodes/{eid}/abort")
         assert abort.status_code == 404 and abort.json()["error"]["code"] == "episode_closed"
     finally:

@@ -87,6 +87,12 @@ class OpenAIEngine:
                 "the openai backend does not return top_logprobs (it keeps the sampled tokens' log-probs only): "
                 "ask with top_logprobs=0, or use the hf or vllm engine"
             )
+        if any(r.tools for r in requests):
+            raise EngineError(
+                "the openai backend does not forward `tools` (its completions carry text and token ids, not the "
+                "remote server's parsed tool calls): serve the model with the hf or vllm engine, whose server "
+                "renders the tools and parses the calls itself"
+            )
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, request: GenerationRequest) -> list[Completion]:

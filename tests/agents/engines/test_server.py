@@ -114,6 +114,15 @@ async def test_a_server_that_does_not_answer_fails_fast_and_clearly() -> None:
     await engine.close()
 
 
+async def test_openai_backend_refuses_tools_instead_of_dropping_them() -> None:
+    engine = load_engine("some-model", "openai", base_url="http://127.0.0.1:9/v1")
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    request = GenerationRequest(messages=[{"role": "user", "content": "2+3"}], tools=tools)
+    with pytest.raises(EngineError, match="does not forward `tools`"):
+        await engine.generate([request])
+    await engine.close()
+
+
 def test_openai_backend_needs_a_base_url() -> None:
     with pytest.raises(EngineError, match="base_url"):
         load_engine("tiny", "openai")

@@ -59,9 +59,21 @@ class TeacherEngine:
                 return task
         raise EngineError("the teacher got a conversation about no task it expects: call expect(task) first")
 
+    async def _resolve_tokenizer(self) -> Any:
+        """The policy's tokenizer; an engine served lazily (an evolve cycle's) is asked to `resolve` first."""
+        if self.tokenizer is None and hasattr(self.base, "resolve"):
+            self.tokenizer = getattr(await self.base.resolve(), "tokenizer", None)
+        if self.tokenizer is None:
+            raise EngineError(
+                f"a teacher needs the policy's tokenizer; the {type(self.base).__name__} engine has none "
+                "(use the hf or vllm engine)"
+            )
+        return self.tokenizer
+
     async def generate(
         self, requests: list[GenerationRequest] | list[dict[str, Any]]
     ) -> list[list[Completion]]:
+        await self._resolve_tokenizer()
         out: list[list[Completion]] = []
         for request in as_requests(requests):
             task = self._task_of(request)

@@ -305,3 +305,43 @@ def test_the_loop_builds_from_uniform_resources() -> None:
     graph = spec.make(LoopResources(engines={"policy": ParityEngine()}, task_set=TS), cfg)
     assert set(graph.nodes) == {"rollouts", "record"}
     assert spec.evaluator == "agent" and ExampleKind.ADVANTAGE in spec.example_kinds
+
+
+async def test_a_rerun_of_the_run_rolls_out_only_the_tasks_it_had_not_written(store: Any) -> None:
+    """A run killed partway leaves the tasks it finished in the store; the same run id started again rolls out
+    only the others (the runner's resumption, which the agent loop gets as a registered loop)."""
+    engine = ParityEngine()
+    tasks = TS.tasks(Split.TRAIN, 4)
+    run = RunRecord(id="agent-rerun", loop="agent")
+    graph = _run_graph(engine, entry=f"{HERE}:one_call", n=2, seed=0)
+    first = await Runner(store, progress=False).run(graph, tasks[:2], run)  # "killed" after two tasks
+    assert first.episodes == 2 and len(engine.seeds) == 4
+    again = await Runner(store, progress=False).run(graph, tasks, run)
+    assert again.episodes_run == 2 and len(engine.seeds) == 8  # only the two unfinished tasks ran
+    assert {e.task_id for e in store.list_episodes("agent-rerun")} == {t.id for t in tasks}
+
+
+def test_strop_run_agent_with_workers_uses_the_stores_queue(tiny_model_path: Path, tmp_path: Path) -> None:
+    """The work queue and worker processes apply to the agent loop like to any other loop."""
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+    from strop.memory import Store
+
+    db = str(tmp_path / "workers.db")
+    entry = f"{Path(__file__).resolve()}:one_call"
+    res = CliRunner().invoke(
+        app,
+        [
+            *("run", "agent", "-m", "tiny", "--set", f"entry={entry}", "--set", "n=2", "--episodes", "4"),
+            *("--workers", "2", "--db", db),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    store = Store(db, create=False)
+    try:
+        [run] = store.list_runs()
+        episodes = store.list_episodes(run.id)
+        assert len(episodes) == 4 and all(e.outcome["n"] == 2 and len(e.steps) == 2 for e in episodes)
+    finally:
+        store.close()

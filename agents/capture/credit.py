@@ -17,6 +17,7 @@ from typing import Any
 
 from strop.agents.capture.episodes import CapturedCall, CapturedEpisode
 from strop.agents.loops.base import stable_id
+from strop.agents.loops.pairs import Answer, preference_pairs
 from strop.memory.records import AdvantagePayload, EpisodeStatus, ExampleKind, ExampleRecord, Role
 
 
@@ -122,9 +123,11 @@ def group_examples(
     sft: bool = False,
     sft_min_reward: float = 1.0,
     example_episode: str | None = None,
+    max_pairs: int = 0,
 ) -> dict[str, list[ExampleRecord]]:
     """The examples of a closed group, by episode id: `pg` actions for every finished, rewarded episode, and,
-    with `sft`, SFT examples for those whose reward reaches `sft_min_reward`. Held-out tasks give none."""
+    with `sft`, SFT examples for those whose reward reaches `sft_min_reward`; with `max_pairs`, DPO pairs (see
+    `pair_examples`, kept under the chosen episode). Held-out tasks give none."""
     if split == "heldout":
         return {}
     members = credited(episodes)
@@ -136,4 +139,46 @@ def group_examples(
             examples += sft_examples(ep, split=split, example_episode=example_episode)
         if examples:
             out[ep.id] = examples
+    if max_pairs > 0:
+        for owner, pair in pair_examples(
+            members, split=split, max_pairs=max_pairs, example_episode=example_episode
+        ):
+            out.setdefault(owner, []).append(pair)
+    return out
+
+
+def pair_examples(
+    episodes: Sequence[CapturedEpisode],
+    *,
+    split: str = "train",
+    max_pairs: int = 4,
+    example_episode: str | None = None,
+) -> list[tuple[str, ExampleRecord]]:
+    """DPO pairs from calls the group's episodes made with the same prompt ids (an agent's first call, and any
+    later one where the conversations had not diverged yet): the reply of a best-rewarded episode is chosen over
+    that of a worse one. Each pair is returned with the id of its chosen episode (who owns it in the store)."""
+    by_prompt: dict[tuple[int, ...], list[tuple[CapturedEpisode, CapturedCall]]] = {}
+    for ep in episodes:
+        for call in ep.calls:
+            if call.messages is not None and call.choices:
+                by_prompt.setdefault(tuple(call.choices[0].prompt_token_ids), []).append((ep, call))
+    out: list[tuple[str, ExampleRecord]] = []
+    for shared in by_prompt.values():
+        rewards = [ep.reward or 0.0 for ep, _ in shared]
+        if len(shared) < 2 or max(rewards) == min(rewards):
+            continue
+        best = max(rewards)
+        answers = [
+            Answer(index=i, text=call.prefill + call.choices[0].text, correct=r == best)
+            for i, ((_, call), r) in enumerate(zip(shared, rewards, strict=True))
+        ]
+        first_ep, first_call = shared[0]
+        key = stable_id(example_episode or first_ep.group, "pairs", first_call.choices[0].prompt_token_ids)
+        prompt = first_call.sft_prompt if first_call.sft_prompt is not None else _plain_messages(first_call)
+        for pair in preference_pairs(
+            key, prompt, answers, task_id=first_ep.task_id, split=split, max_pairs=max_pairs
+        ):
+            chosen = next(ep for (ep, call), a in zip(shared, answers, strict=True) if a.correct)
+            pair.episode_id = example_episode or chosen.id
+            out.append((chosen.id, pair))
     return out

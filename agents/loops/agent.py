@@ -129,6 +129,12 @@ class AgentLoopConfig(BaseModel):
     sft_min_reward: float = Field(
         1.0, description="Least reward of a rollout whose calls become SFT examples."
     )
+    emit_pairs: bool = Field(
+        False,
+        description="Also emit DPO pairs: where rollouts of a task made a call with the same prompt ids (the "
+        "first call, at least), the reply of a best-rewarded rollout is chosen over a worse one's.",
+    )
+    max_pairs_per_task: int = Field(4, ge=1, le=4096, description="Most DPO pairs per task.")
     teacher: str | None = Field(
         None,
         description="Demonstrations: 'module:function' (or 'file.py:function'), (task, messages, tools) -> the reply "
@@ -238,13 +244,14 @@ def agent_episode(state: AgentState, cfg: AgentLoopConfig) -> EpisodeRecord:
                 step.metadata.update(rollout=r["index"], capture_episode=r["episode"]["id"])
                 steps.append(step)
     examples: list[ExampleRecord] = []
-    if task.split == Split.TRAIN and (cfg.emit_advantages or cfg.emit_sft):
+    if task.split == Split.TRAIN and (cfg.emit_advantages or cfg.emit_sft or cfg.emit_pairs):
         by_episode = group_examples(
             captured,
             split=str(task.split),
             sft=cfg.emit_sft,
             sft_min_reward=cfg.sft_min_reward,
             example_episode=eid,
+            max_pairs=cfg.max_pairs_per_task if cfg.emit_pairs else 0,
         )
         examples = [
             ex
@@ -305,7 +312,7 @@ SPEC = register_loop(
         config=AgentLoopConfig,
         make=_make,
         roles=(Role.POLICY,),
-        example_kinds=(ExampleKind.ADVANTAGE, ExampleKind.SFT),
+        example_kinds=(ExampleKind.ADVANTAGE, ExampleKind.SFT, ExampleKind.PAIR),
         description="Your own agent (entry = 'module:function', async (task, client) -> answer), run n times per "
         "task with every model call captured; each call becomes a pg action with its rollout's group-relative "
         "reward (and SFT examples from successful rollouts with emit_sft).",

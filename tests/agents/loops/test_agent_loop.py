@@ -345,3 +345,19 @@ def test_strop_run_agent_with_workers_uses_the_stores_queue(tiny_model_path: Pat
         assert len(episodes) == 4 and all(e.outcome["n"] == 2 and len(e.steps) == 2 for e in episodes)
     finally:
         store.close()
+
+
+async def test_emit_pairs_prefers_a_better_rollouts_reply_to_the_same_prompt() -> None:
+    from strop.agents.episode import run_episode
+
+    task = TS.tasks(Split.TRAIN, 1)[0]
+    graph = _run_graph(ParityEngine(), entry=f"{HERE}:one_call", n=4, seed=3, emit_pairs=True)
+    ep = await run_episode(graph, task, "r")
+    [pair] = [ex for ex in ep.examples if ex.kind == ExampleKind.PAIR]  # one distinct right and wrong text
+    a, b = (int(x) for x in re.findall(r"\d+", task.prompt)[:2])
+    assert pair.payload["chosen"][0]["content"] == f"#### {a + b}"
+    assert pair.payload["rejected"][0]["content"] == f"#### {a + b + 1}"
+    assert pair.payload["prompt"][-1]["content"] == task.prompt
+    assert pair.episode_id == ep.id and pair.split == "train"
+    held = await run_episode(graph, TS.tasks(Split.HELDOUT, 1)[0], "r")
+    assert held.examples == []

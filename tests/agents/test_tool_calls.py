@@ -8,16 +8,12 @@ tiny model shows that a real engine serves requests with tools whatever it write
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from pydantic import ValidationError
 
 from strop.agents.engines.base import (
@@ -31,6 +27,7 @@ from strop.agents.engines.base import (
 from strop.agents.engines.streaming import StreamEvent
 from strop.agents.engines.tools import call_prefix, parse_tool_calls, render_chat
 from strop.agents.models.tiny import CHAT_TEMPLATE as TINY_TEMPLATE
+from tests.servers import ThreadServer
 
 ADD = {
     "type": "function",
@@ -265,25 +262,7 @@ def _app(engine: Any) -> Any:
     return create_app(engine)
 
 
-class _Server:
-    """A uvicorn server in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{port}/v1"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+_Server = ThreadServer
 
 
 class Scripted:

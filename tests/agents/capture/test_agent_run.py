@@ -10,10 +10,7 @@ that never see each other's calls, and no server left running after `close()`.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +19,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from strop.agents.capture import AgentRun, AgentRunError, CaptureHub, StoreSink
 from strop.agents.engines.hf import HFEngine
 from strop.agents.server import create_app
 from strop.memory.records import ExampleKind
 from strop.sandbox.tasks import ArithmeticTaskSet, Split, Task
+from tests.servers import ThreadServer
 
 TS = ArithmeticTaskSet()
 
@@ -149,8 +146,10 @@ async def test_an_episode_used_as_a_context_manager_fails_with_the_error_and_rer
         async with await run.episode(task) as done:
             await ask(task, done.client())
         assert done.status == "finished"
-        with pytest.raises(openai.NotFoundError, match=done.id):  # a closed episode takes no more calls
-            await ask(task, done.client())
+        with pytest.raises(openai.NotFoundError, match=ep.id):  # a failed episode takes no more calls
+            await ask(task, ep.client())
+        await ask(task, done.client())  # a late call on a finished one is served, not recorded
+        assert done.captured is not None and len(done.captured.calls) == 1
         with pytest.raises(AgentRunError, match="404"):
             await run.request("POST", "/episodes/nope/finish", {})
 
@@ -218,31 +217,7 @@ async def test_chat_model_is_langchains_chat_openai_bound_to_the_episode(
 # --- remote ------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """`strop serve`'s app in a uvicorn thread (its own event loop, as a separate server process has)."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = _free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+_Server = ThreadServer
 
 
 @pytest.fixture

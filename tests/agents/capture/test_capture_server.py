@@ -8,9 +8,6 @@ the real store on SQLite and PostgreSQL; what the store holds afterwards is what
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,37 +15,21 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from strop.agents.capture.hub import CaptureHub, StoreSink
 from strop.agents.engines.hf import HFEngine
 from strop.agents.server import create_app
 from strop.memory.records import EpisodeRecord, ExampleKind, StepRecord
+from tests.servers import ThreadServer
 
 QUESTION = [{"role": "user", "content": "What is 12 + 34?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """A uvicorn server in a thread, stopped (and its thread joined) by `stop`."""
+class _Server(ThreadServer):
+    """The test server, with an HTTP client for the episode endpoints."""
 
     def __init__(self, app: Any) -> None:
-        self.port = _free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
-        self.root = f"http://127.0.0.1:{self.port}"
+        super().__init__(app)
         self.http = httpx.Client(base_url=self.root, timeout=60)
 
     def open(self, **body: Any) -> dict[str, Any]:

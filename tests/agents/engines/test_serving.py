@@ -7,8 +7,6 @@ Every test goes through a real uvicorn server on 127.0.0.1 (a thread), with the 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,40 +15,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from strop.agents.engines import GenerationRequest
 from strop.agents.engines.hf import HFEngine
 from strop.agents.server import create_app
+from tests.servers import ThreadServer
 
 MSG = [{"role": "user", "content": "What is 12 + 34?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """A uvicorn server in a thread, stopped (and its thread joined) by `stop`."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = _free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the test server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+_Server = ThreadServer
 
 
 @pytest.fixture(scope="module")

@@ -276,7 +276,8 @@ class AdvantagePayload(BaseModel):
 
 
 class EpisodeRecord(StoredRecord):
-    """A finished episode with all it produced; written in one transaction."""
+    """An episode with all it produced. A loop's episode is written finished, in one transaction; a captured
+    one (`store.captures`) is opened running and takes its steps one call at a time until it is closed."""
 
     id: str = Field(default_factory=new_id)
     run_id: str

@@ -9,6 +9,11 @@ every write transaction is exclusive already.
 
 Only FINISHED episodes take training examples; RUNNING and ABORTED ones are not done work either
 (`episode_ids` and `task_ids` leave them out), so a resumed run does not skip them.
+
+`write_many` applies a list of these changes (of many episodes) in order in ONE transaction, as a few
+statements per run of like changes (capture_ops.py): a capture server with dozens of agents queues their
+writes and commits what is pending together (group commit), since one transaction per call made the store's
+commits, not the model, what the agents waited for.
 """
 
 from __future__ import annotations
@@ -16,33 +21,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import select
 
-from strop.memory.core import Database, Part, chunks, threaded
-from strop.memory.episodes import Episodes, episode_row, step_row
-from strop.memory.errors import (
-    EpisodeClosedError,
-    EpisodeStateError,
-    InvalidTransitionError,
-    NotFoundError,
-    StoreError,
+from strop.memory.capture_ops import (
+    AppendOp,
+    CaptureOp,
+    CloseOp,
+    ExamplesOp,
+    OpenOp,
+    UpdateOp,
+    apply_ops,
 )
+from strop.memory.core import Database, Part, threaded
+from strop.memory.episodes import Episodes
 from strop.memory.examples import Examples
-from strop.memory.records import (
-    EPISODE_TRANSITIONS,
-    EpisodeRecord,
-    EpisodeStatus,
-    ExampleRecord,
-    StepRecord,
-)
-from strop.memory.schema import Episode, Run, Step
+from strop.memory.records import EpisodeRecord, EpisodeStatus, ExampleRecord, StepRecord
+from strop.memory.schema import Episode
 
-# The verb for closing into each status, for messages ("cannot abort it").
-_VERB = {
-    EpisodeStatus.FINISHED: "finish",
-    EpisodeStatus.FAILED: "fail",
-    EpisodeStatus.ABORTED: "abort",
-}
+__all__ = ["AppendOp", "CaptureOp", "Captures", "CloseOp", "ExamplesOp", "OpenOp", "UpdateOp"]
 
 
 class Captures(Part):
@@ -71,44 +67,12 @@ class Captures(Part):
                 f"episode {episode.id} is opened with steps, critiques or examples: open it bare, then "
                 "append_steps while it runs and add_examples once it finished"
             )
-        with self.db.write() as conn:
-            if conn.scalar(select(Run.id).where(Run.id == episode.run_id)) is None:
-                raise NotFoundError(
-                    f"episode {episode.id} names run {episode.run_id!r}, which is not in the store: call "
-                    "create_run(RunRecord) before opening its episodes"
-                )
-            stmt = self.db.insert(Episode.__table__).on_conflict_do_nothing(index_elements=["id"])
-            added = conn.execute(stmt.returning(Episode.__table__.c.id), [episode_row(episode)]).all()
-        return bool(added)
+        return bool(self._one(OpenOp(episode)))
 
     def append_steps(self, episode_id: str, steps: Sequence[StepRecord]) -> int:
         """Add steps to a RUNNING episode. A step id already stored for it is skipped (a retried call);
         returns how many were new. A closed episode refuses them (EpisodeClosedError)."""
-        unique = list({s.id: s for s in reversed(steps)}.values())[::-1]  # same id twice: the first
-        with self.db.write() as conn:
-            status = self._lock(conn, episode_id)
-            if status != EpisodeStatus.RUNNING:
-                raise EpisodeClosedError(
-                    f"episode {episode_id} is {status}: it takes no more steps. Open a new episode for "
-                    "further calls"
-                )
-            if not unique:
-                return 0
-            added: set[str] = set()
-            stmt = self.db.insert(Step.__table__).on_conflict_do_nothing(index_elements=["id"])
-            for part in chunks(unique, 1000):
-                rows = [step_row(episode_id, s) for s in part]
-                added.update(conn.scalars(stmt.returning(Step.__table__.c.id), rows))
-            skipped = [s.id for s in unique if s.id not in added]
-            for ids in chunks(skipped):
-                q = select(Step.id, Step.episode_id).where(Step.id.in_(ids), Step.episode_id != episode_id)
-                taken = conn.execute(q).first()
-                if taken is not None:
-                    raise StoreError(
-                        f"step {taken.id} for episode {episode_id} is already stored for episode "
-                        f"{taken.episode_id}: step ids must be unique (records.new_id() makes them)"
-                    )
-        return len(added)
+        return int(self._one(AppendOp(episode_id, steps)))
 
     def update_episode(
         self, episode_id: str, *, reward: float | None = None, outcome: dict[str, Any] | None = None
@@ -117,13 +81,7 @@ class Captures(Part):
         update). Rewards may arrive after the episode finished or failed; an aborted one refuses them.
         Returns the episode without its children."""
         with self.db.write() as conn:
-            status = self._lock(conn, episode_id)
-            if status == EpisodeStatus.ABORTED:
-                raise EpisodeClosedError(
-                    f"episode {episode_id} is aborted: it takes no rewards or outcome. Aborted episodes are "
-                    "never trained on"
-                )
-            self._merge(conn, episode_id, reward, outcome)
+            apply_ops(self.db, conn, [UpdateOp(episode_id, reward, outcome)])
             row = conn.execute(select(Episode).where(Episode.id == episode_id)).one()
         return EpisodeRecord.model_validate(row)
 
@@ -138,38 +96,19 @@ class Captures(Part):
         """Close a RUNNING episode as finished, failed or aborted, merging `reward` and `outcome` as
         `update_episode` does, in one transaction. Closing again with the same status changes nothing and
         returns False (a retry, or the loser of two closers); another closed status is refused."""
-        target = EpisodeStatus(status)
-        if target == EpisodeStatus.RUNNING:
-            raise InvalidTransitionError(
-                f"close_episode({episode_id!r}) needs a closed status (finished, failed or aborted), not running"
-            )
-        with self.db.write() as conn:
-            current = self._lock(conn, episode_id)
-            if current == target:
-                return False
-            if target not in EPISODE_TRANSITIONS[current]:
-                raise EpisodeClosedError(
-                    f"episode {episode_id} is already {current}; cannot {_VERB[target]} it"
-                )
-            self._merge(conn, episode_id, reward, outcome, status=target)
-        return True
+        return bool(self._one(CloseOp(episode_id, EpisodeStatus(status), reward, outcome)))
 
     def add_examples(self, episode_id: str, examples: Sequence[ExampleRecord]) -> int:
         """Attach training examples to a FINISHED episode (only finished episodes are trained on). Held-out
         examples are refused; an example id already stored is skipped. Returns how many were new."""
-        status = self.episode_status(episode_id)
-        if status is None:
-            raise NotFoundError(
-                f"episode {episode_id!r} is not in the store; open it with open_episode first"
-            )
-        if status != EpisodeStatus.FINISHED:
-            raise EpisodeStateError(
-                f"episode {episode_id} is {status}: only finished episodes take training examples. Close it "
-                "with close_episode(..., EpisodeStatus.FINISHED) first"
-            )
-        # FINISHED is final, so the status cannot change between this check and the examples' transaction,
-        # which refuses held-out examples (HeldoutLeakError) and skips stored ids.
-        return self.examples.add_examples(episode_id, examples)
+        return int(self._one(ExamplesOp(episode_id, examples)))
+
+    def write_many(self, ops: Sequence[CaptureOp]) -> list[Any]:
+        """Apply these changes in order in one transaction; returns each one's result (see the op types).
+        Any error rolls back all of them and is raised: a caller that batched unrelated episodes retries
+        them one at a time (every change is idempotent) to find whose it was."""
+        with self.db.write() as conn:
+            return apply_ops(self.db, conn, ops)
 
     # --- reading ---------------------------------------------------------------------------------------
 
@@ -193,44 +132,17 @@ class Captures(Part):
         member's group-relative advantage."""
         return self.episodes.list_episodes(run_id, task_id=task_id)
 
-    # --- helpers ---------------------------------------------------------------------------------------
-
-    def _lock(self, conn: Connection, episode_id: str) -> EpisodeStatus:
-        """The episode's status, its row locked until the transaction ends (PostgreSQL; SQLite's write
-        transaction is exclusive). NotFoundError when it is not stored."""
-        q = select(Episode.status).where(Episode.id == episode_id)
-        status = conn.scalar(q if self.db.is_sqlite else q.with_for_update())
-        if status is None:
-            raise NotFoundError(
-                f"episode {episode_id!r} is not in the store; open it with open_episode first"
-            )
-        return EpisodeStatus(status)
-
-    def _merge(
-        self,
-        conn: Connection,
-        episode_id: str,
-        reward: float | None,
-        outcome: dict[str, Any] | None,
-        *,
-        status: EpisodeStatus | None = None,
-    ) -> None:
-        values: dict[str, Any] = {}
-        if reward is not None:
-            values["reward"] = reward
-        if outcome:
-            stored = conn.scalar(select(Episode.outcome).where(Episode.id == episode_id)) or {}
-            values["outcome"] = {**stored, **outcome}
-        if status is not None:
-            values["status"] = str(status)
-        if values:
-            conn.execute(update(Episode).where(Episode.id == episode_id).values(**values))
+    def _one(self, op: CaptureOp) -> Any:
+        with self.db.write() as conn:
+            [result] = apply_ops(self.db, conn, [op])
+        return result
 
     aopen_episode = threaded(open_episode)
     aappend_steps = threaded(append_steps)
     aupdate_episode = threaded(update_episode)
     aclose_episode = threaded(close_episode)
     aadd_examples = threaded(add_examples)
+    awrite_many = threaded(write_many)
     aepisode_status = threaded(episode_status)
     alist_open = threaded(list_open)
     agroup = threaded(group)

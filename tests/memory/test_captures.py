@@ -15,6 +15,7 @@ from strop.memory import (
     NotFoundError,
     Store,
 )
+from strop.memory.captures import AppendOp, CloseOp, ExamplesOp, OpenOp, UpdateOp
 from strop.memory.records import (
     EPISODE_TRANSITIONS,
     EpisodeRecord,
@@ -223,3 +224,75 @@ def test_async_twins(store: Store, run: RunRecord) -> None:
         return await caps.aepisode_status(ep.id)
 
     assert asyncio.run(go()) == EpisodeStatus.FINISHED
+
+
+def running(run: RunRecord, task_id: str = "t") -> EpisodeRecord:
+    return EpisodeRecord(run_id=run.id, task_id=task_id, loop="capture", status=RUNNING, outcome={"n": 0})
+
+
+def test_write_many_applies_ops_in_order_as_one_at_a_time(store: Store, run: RunRecord) -> None:
+    """Many episodes' changes in one transaction: each op's result is what it alone would have returned, in
+    order (a reward before a close, a close retried, a step or example id sent twice)."""
+    caps = store.captures
+    a, b, c = running(run, "ta"), running(run, "tb"), running(run, "tc")
+    s0, s1, s2, s3 = call(0), call(1), call(2), call(3)
+    xs = [ExampleRecord(kind=ExampleKind.SFT, payload=sft_payload("q", "a")) for _ in range(2)]
+    ops = [
+        OpenOp(a),
+        OpenOp(b),
+        OpenOp(a),  # a retried open
+        AppendOp(a.id, [s0, s1, s0]),
+        AppendOp(b.id, [s2]),
+        OpenOp(c),
+        AppendOp(a.id, [s1, s3]),  # s1 again: a retried call
+        UpdateOp(a.id, reward=0.5, outcome={"tool_calls": 1}),
+        CloseOp(a.id, EpisodeStatus.FINISHED, outcome={"n": 4}),
+        CloseOp(a.id, EpisodeStatus.FINISHED, reward=9.0),  # a retry changes nothing
+        UpdateOp(b.id, reward=0.0),
+        CloseOp(b.id, EpisodeStatus.ABORTED),
+        ExamplesOp(a.id, xs),
+        ExamplesOp(a.id, [xs[1]]),
+        UpdateOp(a.id, reward=1.0),  # a reward after the finish is taken
+    ]
+    results = caps.write_many(ops)
+    assert results == [True, True, False, 2, 1, True, 1, None, True, False, None, True, 2, 0, None]
+    got_a, got_b = store.get_episode(a.id), store.get_episode(b.id)
+    assert got_a is not None and got_b is not None
+    assert (got_a.status, got_a.reward, got_a.outcome) == (
+        EpisodeStatus.FINISHED,
+        1.0,
+        {"n": 4, "tool_calls": 1},
+    )
+    assert [s.id for s in got_a.steps] == [s0.id, s1.id, s3.id] and len(got_a.examples) == 2
+    assert (got_b.status, got_b.reward, [s.id for s in got_b.steps]) == (EpisodeStatus.ABORTED, 0.0, [s2.id])
+    assert caps.episode_status(c.id) == RUNNING
+    assert caps.write_many([]) == []
+
+
+def test_write_many_is_all_or_nothing(store: Store, run: RunRecord) -> None:
+    """One bad op rolls back the whole batch and raises its own error (the capture writer then retries each
+    op alone, so the error reaches its episode and the others are written)."""
+    caps = store.captures
+    done = opened(store, run)
+    caps.close_episode(done.id, EpisodeStatus.FINISHED)
+    fresh = running(run, "t-fresh")
+    for bad, error in [
+        (AppendOp(done.id, [call(0)]), EpisodeClosedError),
+        (CloseOp(done.id, EpisodeStatus.ABORTED), EpisodeClosedError),
+        (UpdateOp("nope", reward=1.0), NotFoundError),
+        (
+            ExamplesOp(fresh.id, [ExampleRecord(kind=ExampleKind.SFT, payload=sft_payload("q", "a"))]),
+            EpisodeStateError,
+        ),
+        (OpenOp(running(RunRecord(id="no-run", loop="x"))), NotFoundError),
+    ]:
+        with pytest.raises(error):
+            caps.write_many([OpenOp(fresh), AppendOp(fresh.id, [call(1)]), bad])
+        assert caps.episode_status(fresh.id) is None  # nothing of the batch was kept
+    other = running(run, "t-other")
+    step = call(5)
+    with pytest.raises(Exception, match="already stored for episode"):
+        caps.write_many(
+            [OpenOp(fresh), OpenOp(other), AppendOp(fresh.id, [step]), AppendOp(other.id, [step])]
+        )
+    assert caps.write_many([OpenOp(fresh), AppendOp(fresh.id, [step])]) == [True, 1]

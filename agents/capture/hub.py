@@ -1,9 +1,10 @@
 """The capture hub: the open episodes of a server (or of an in-process `AgentRun`), and where they go.
 
 The hub owns the lifecycle (open -> calls -> rewards -> finished | failed | aborted) and the group credit;
-a sink persists it. `StoreSink` writes each step as the call returns (so a server killed mid-episode leaves
-the episode `running`, with its calls so far, and never trained); with no sink the episodes live in memory
-only, which is what the `agent` loop uses, since it writes one record per task itself.
+a sink persists it. `StoreSink` queues each step as the call returns and commits what is queued together
+(writer.py), so a server killed mid-episode leaves the episode `running`, with its calls so far (less those
+of its last few milliseconds), and never trained; with no sink the episodes live in memory only, which is
+what the `agent` loop uses, since it writes one record per task itself.
 
 Why groups are credited here and not at training time: the advantage of an episode needs the rewards of its
 whole group, which arrive one by one and in any order; the last close of a group computes them once.
@@ -25,6 +26,8 @@ from strop.agents.capture.episodes import (
     closed_message,
     unknown_message,
 )
+from strop.agents.capture.writer import CaptureWriter
+from strop.memory.captures import AppendOp, CloseOp, ExamplesOp, OpenOp, UpdateOp
 from strop.memory.records import EpisodeStatus, ExampleRecord, RunRecord, StepRecord, new_id
 
 
@@ -43,51 +46,72 @@ class CaptureSink(Protocol):
 
     async def status(self, episode_id: str) -> EpisodeStatus | None: ...
 
+    # optional: `async def flush(self) -> None`, for a sink that writes behind (CaptureHub.flush)
+
 
 class StoreSink:
-    """Persists captured episodes in a strop store, one short transaction per event."""
+    """Persists captured episodes in a strop store through one group-committing writer (writer.py).
+
+    Opens and steps are written behind (the reply does not wait for the commit, so replies to calls that
+    were decoded together go out together); rewards, closes and examples wait for theirs, and come after every
+    write queued before them, so a finished episode has all its steps stored before `finish` answers."""
 
     def __init__(self, store: Any, *, loop: str = "capture") -> None:
         self.store = store
         self.loop = loop
+        self.writer = CaptureWriter(store.captures)
         self._runs: set[str] = set()
+        self._creating: dict[str, asyncio.Future[None]] = {}
 
     async def _ensure_run(self, run_id: str) -> None:
+        """The run, created once (concurrent opens of a new run wait for the one that creates it)."""
         if run_id in self._runs:
             return
+        pending = self._creating.get(run_id)
+        if pending is None:
+            pending = self._creating[run_id] = asyncio.ensure_future(self._create_run(run_id))
+        try:
+            await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                self._creating.pop(run_id, None)  # a failed creation is tried again by the next open
+        self._runs.add(run_id)
+
+    async def _create_run(self, run_id: str) -> None:
         if await asyncio.to_thread(self.store.get_run, run_id) is None:
             await asyncio.to_thread(
                 self.store.create_run, RunRecord(id=run_id, loop=self.loop, config={"capture": True})
             )
-        self._runs.add(run_id)
 
     async def opened(self, episode: CapturedEpisode) -> None:
         await self._ensure_run(episode.run_id)
-        await asyncio.to_thread(self.store.captures.open_episode, episode.record(self.loop, with_steps=False))
+        await self.writer.behind(OpenOp(episode.record(self.loop, with_steps=False)))
 
     async def called(self, episode: CapturedEpisode, steps: list[StepRecord]) -> None:
-        await asyncio.to_thread(self.store.captures.append_steps, episode.id, steps)
+        await self.writer.behind(AppendOp(episode.id, steps))
 
     async def rewarded(self, episode: CapturedEpisode) -> None:
-        await asyncio.to_thread(
-            self.store.captures.update_episode, episode.id, reward=episode.reward, outcome=episode.outcome()
-        )
+        await self.writer.write(UpdateOp(episode.id, reward=episode.reward, outcome=episode.outcome()))
 
     async def closed(self, episode: CapturedEpisode) -> None:
-        await asyncio.to_thread(
-            self.store.captures.close_episode,
-            episode.id,
-            episode.status,
-            reward=episode.reward,
-            outcome=episode.outcome(),
-        )
+        op = CloseOp(episode.id, episode.status, reward=episode.reward, outcome=episode.outcome())
+        await self.writer.write(op)
 
     async def credited(self, examples: dict[str, list[ExampleRecord]]) -> None:
-        for episode_id, rows in examples.items():
-            await asyncio.to_thread(self.store.captures.add_examples, episode_id, rows)
+        writes = [self.writer.write(ExamplesOp(episode_id, rows)) for episode_id, rows in examples.items()]
+        await asyncio.gather(*writes)
 
     async def status(self, episode_id: str) -> EpisodeStatus | None:
+        await self.writer.flush()  # a status read after this server's own writes sees them
         return await asyncio.to_thread(self.store.captures.episode_status, episode_id)
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.writer.flush()
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer thread (the store stays open: its owner closes it)."""
+        self.writer.close()
 
 
 class CaptureHub:
@@ -112,9 +136,10 @@ class CaptureHub:
         self.sft = sft
         self._episodes: OrderedDict[str, CapturedEpisode] = OrderedDict()
         self._groups: dict[tuple[str, str], list[str]] = {}
-        # closes the sink has written: a group is credited only from these, or a member closed in memory
-        # whose close is still being written would get examples while its stored row is still running
-        self._settled: set[str] = set()
+        # closes the sink has written, oldest first: a group is credited only from these, or a member closed
+        # in memory whose close is still being written would get examples while its stored row is still
+        # running; and the oldest are forgotten first (kept in order so that is not a scan of every episode)
+        self._settled: OrderedDict[str, None] = OrderedDict()
         self._lock = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -229,7 +254,7 @@ class CaptureHub:
                 episode.error = error
         if self.sink is not None:
             await self.sink.closed(episode)
-        self._settled.add(episode.id)
+        self._settled[episode.id] = None
         await self._credit_if_complete(episode)
         self._forget_closed()
         return episode
@@ -253,10 +278,11 @@ class CaptureHub:
         return group_examples(episodes, split=split, sft=self.sft)
 
     def _forget_closed(self) -> None:
-        closed = [i for i, e in self._episodes.items() if not e.open]
-        for i in closed[: max(0, len(closed) - self.keep_closed)]:
-            episode = self._episodes.pop(i)
-            self._settled.discard(i)
+        while len(self._settled) > self.keep_closed:
+            i, _ = self._settled.popitem(last=False)
+            episode = self._episodes.pop(i, None)
+            if episode is None:
+                continue
             ids = self._groups.get((episode.run_id, episode.group))
             if ids and i in ids:
                 ids.remove(i)
@@ -265,3 +291,10 @@ class CaptureHub:
 
     def episodes(self) -> list[CapturedEpisode]:
         return list(self._episodes.values())
+
+    async def flush(self) -> None:
+        """Wait until the sink has stored every write so far (a sink that writes behind, like StoreSink, has
+        `flush`); a server calls this as it shuts down, since SIGTERM ends `strop serve` without atexit."""
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            await flush()

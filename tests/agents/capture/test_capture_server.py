@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from strop.agents.capture.hub import CaptureHub, StoreSink
+from strop.agents.capture.writer import sync_all
 from strop.agents.engines.hf import HFEngine
 from strop.agents.server import create_app
 from strop.memory.records import EpisodeRecord, ExampleKind, StepRecord
@@ -67,6 +68,7 @@ def _aclient(episode: dict[str, Any]) -> openai.AsyncOpenAI:
 
 
 def _stored(store: Any, episode_id: str) -> EpisodeRecord:
+    sync_all()  # steps are written behind the replies (capture/writer.py): read what the server queued
     ep = store.get_episode(episode_id)
     assert ep is not None, f"episode {episode_id} is not in the store"
     return ep

@@ -125,6 +125,7 @@ def create_app(
         finally:
             if follower is not None:
                 await follower.stop()
+            await capture.flush()  # steps written behind the replies (capture/writer.py) go in first
             if owns_engine:  # here, not after uvicorn.run: uvicorn re-raises SIGTERM once serving ends
                 await engine.close()
 

@@ -19,7 +19,9 @@ each a conversation of CALLS chat calls (each re-sending the previous reply, sam
 once under an episode (POST /episodes, the calls at its base URL, a reward, finish: every call stored as a step
 and the episode's `pg` examples written) and once on plain /v1 (nothing recorded), alternating in each round.
 Throughput is completion tokens (and calls) per second over the whole conversation, episode lifecycle included.
-Target: recorded / unrecorded >= 0.95.
+Target: recorded / unrecorded >= 0.95. Also the server process's CPU seconds per token on each side (all its
+threads, from /proc), as unrecorded / recorded: on a shared machine wall time swings with the neighbours,
+CPU time much less.
 
     .venv/bin/python bench/serve.py --capture --model tiny --clients 64 --calls 3 --max-tokens 32 --rounds 3
 """
@@ -271,12 +273,25 @@ async def _conversation(
     return tokens
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds a process used so far, all threads (Linux): less disturbed by a busy machine than wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _agents(
-    clients: list[_Client], model: str, questions: list[str], args: argparse.Namespace, recorded: bool
-) -> float:
-    """Completion tokens per second of all clients' conversations at once (connecting not timed)."""
+    clients: list[_Client],
+    model: str,
+    questions: list[str],
+    args: argparse.Namespace,
+    recorded: bool,
+    server_pid: int | None = None,
+) -> tuple[float, float]:
+    """Completion tokens per second of all clients' conversations at once (connecting not timed), and the
+    server's CPU seconds per 1,000 of those tokens (0 without its pid)."""
     await asyncio.gather(*(c.connect() for c in clients))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # also lets the other side's trailing work (capture writes) finish untimed
+    cpu = _cpu_s(server_pid) if server_pid else 0.0
     start = time.perf_counter()
     tokens = await asyncio.gather(
         *(
@@ -284,7 +299,9 @@ async def _agents(
             for i, (c, q) in enumerate(zip(clients, questions, strict=True))
         )
     )
-    return sum(tokens) / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    cpu = _cpu_s(server_pid) - cpu if server_pid else 0.0
+    return sum(tokens) / wall, 1000 * cpu / max(1, sum(tokens))
 
 
 async def capture_main(args: argparse.Namespace) -> None:
@@ -304,19 +321,21 @@ async def capture_main(args: argparse.Namespace) -> None:
             warm = argparse.Namespace(**{**vars(args), "calls": 1, "max_tokens": 4})
             await _agents(clients, name, questions, warm, recorded=False)
             await _agents(clients, name, questions, warm, recorded=True)
-            ratios, plain, recorded = [], [], []
+            ratios, plain, recorded, cpu_ratios = [], [], [], []
             for r in range(args.rounds):
                 # alternate which side goes first, so neither always gets the warmer server
                 first = r % 2 == 1
-                rate: dict[bool, float] = {}
+                rate: dict[bool, tuple[float, float]] = {}
                 for side in (first, not first):
-                    rate[side] = await _agents(clients, name, questions, args, recorded=side)
-                a, b = rate[True], rate[False]
+                    rate[side] = await _agents(clients, name, questions, args, side, proc.pid)
+                (a, cpu_a), (b, cpu_b) = rate[True], rate[False]
                 recorded.append(a)
                 plain.append(b)
                 ratios.append(a / b)
+                cpu_ratios.append(cpu_b / cpu_a if cpu_a else 0.0)
                 print(
-                    f"round {r}: recorded {a:,.0f} tok/s, unrecorded {b:,.0f} tok/s, ratio {a / b:.2f}",
+                    f"round {r}: recorded {a:,.0f} tok/s, unrecorded {b:,.0f} tok/s, ratio {a / b:.2f}; server "
+                    f"CPU per 1k tokens {cpu_a:.2f} s vs {cpu_b:.2f} s",
                     flush=True,
                 )
         finally:
@@ -336,6 +355,10 @@ async def capture_main(args: argparse.Namespace) -> None:
         f"recorded: median {statistics.median(recorded):,.0f} tok/s; unrecorded: median "
         f"{statistics.median(plain):,.0f} tok/s; recorded/unrecorded median {statistics.median(ratios):.2f} "
         f"(rounds {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.95)"
+    )
+    print(
+        f"server CPU per token, unrecorded / recorded: median {statistics.median(cpu_ratios):.2f} "
+        f"(rounds {', '.join(f'{x:.2f}' for x in cpu_ratios)})"
     )
     if db is not None:  # what the recorded side left in the store: every episode, step and pg action
         print(

@@ -98,16 +98,3 @@ def test_langgraph_react_agent_is_captured_and_taught_by_the_agent_loop(
             assert answer.payload["prompt"][-1]["content"].startswith("<tool_response>")
     finally:
         store.close()
-
-
-@pytest.mark.slow
-def test_openai_agent_example_runs_under_agent_run(tiny_model_path: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "openai_agent.py"), "--tasks", "2"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert len([line for line in proc.stdout.splitlines() if " -> " in line]) == 2, proc.stdout

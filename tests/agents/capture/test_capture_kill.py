@@ -34,12 +34,12 @@ def _free_port() -> int:
 class _Serve:
     """`strop serve tiny --db URL` in a child process; its output goes to a log read back on failure."""
 
-    def __init__(self, db_url: str, log: Path) -> None:
+    def __init__(self, sqlite_url: str, log: Path) -> None:
         self.port = _free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.log = log
         strop = Path(sys.executable).with_name("strop")
-        cmd = [str(strop), "serve", "tiny", "--db", db_url, "--port", str(self.port), "--device", "cpu"]
+        cmd = [str(strop), "serve", "tiny", "--db", sqlite_url, "--port", str(self.port), "--device", "cpu"]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -74,12 +74,12 @@ def served(tmp_path: Path) -> Iterator[list[_Serve]]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_mid_episode_leaves_it_running_and_untrained(
-    db_url: str, tmp_path: Path, tiny_model_path: Path, served: list[_Serve]
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path, served: list[_Serve]
 ) -> None:
     from strop.memory import Store
 
     run = "run-kill"
-    first = _Serve(db_url, tmp_path / "serve.log")
+    first = _Serve(sqlite_url, tmp_path / "serve.log")
     served.append(first)
     ep = first.post("/episodes", {"task_id": "t-killed", "run_id": run}).json()
     client = openai.OpenAI(base_url=ep["base_url"], api_key="unused", max_retries=0)
@@ -89,7 +89,7 @@ def test_sigkill_mid_episode_leaves_it_running_and_untrained(
     first.kill()  # before finish
     assert first.proc.returncode == -signal.SIGKILL
 
-    store = Store(db_url)
+    store = Store(sqlite_url)
     try:
         orphan = store.get_episode(ep["id"])
         assert orphan is not None and orphan.status == "running"
@@ -99,7 +99,7 @@ def test_sigkill_mid_episode_leaves_it_running_and_untrained(
         assert [e.id for e in store.captures.list_open()] == [ep["id"]]
         assert store.episode_ids(run) == set()  # not done work: a rerun of the run redoes its task
 
-        second = _Serve(db_url, tmp_path / "serve.log")
+        second = _Serve(sqlite_url, tmp_path / "serve.log")
         served.append(second)
         # the orphan lived in the dead server's memory: the new one refuses calls and closes for it
         call = second.post(

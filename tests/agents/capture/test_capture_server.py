@@ -53,6 +53,17 @@ def engine(tiny_model_path: Path) -> HFEngine:
 
 
 @pytest.fixture
+def store(sqlite_url: str) -> Iterator[Any]:
+    """SQLite here: the capture writes themselves run on both backends in tests/memory/test_captures.py and
+    test_writer.py, and `test_capture_on_postgresql_end_to_end` runs this path once on PostgreSQL."""
+    from strop.memory import Store
+
+    s = Store(sqlite_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
 def server(engine: HFEngine, store: Any) -> Iterator[_Server]:
     s = _Server(create_app(engine, hub=CaptureHub(StoreSink(store))))
     yield s
@@ -375,3 +386,28 @@ def test_64_concurrent_episodes_stay_isolated(server: _Server, store: Any, engin
             said = [m["content"] for m in s.metadata["messages"] if m["role"] == "user"]
             assert all(question in text for text in said), (eid, question, said)
             assert question in engine.tokenizer.decode(s.prompt_token_ids)
+
+
+def test_capture_on_postgresql_end_to_end(engine: HFEngine, pg_url: str) -> None:
+    """The whole path once on PostgreSQL: calls stored as steps, a group credited, examples on its episodes."""
+    from strop.memory import Store
+
+    pg = Store(pg_url)
+    s = _Server(create_app(engine, hub=CaptureHub(StoreSink(pg))))
+    try:
+        ids = []
+        for reward in (1.0, 0.0):
+            ep = s.open(task_id="t", group_size=2)
+            client = _client(ep)
+            client.chat.completions.create(model="m", messages=QUESTION, max_tokens=4, temperature=0.8)
+            client.close()
+            assert s.post(f"/episodes/{ep['id']}/reward", {"reward": reward}).status_code == 200
+            assert s.post(f"/episodes/{ep['id']}/finish").status_code == 200
+            ids.append(ep["id"])
+        stored = [_stored(pg, i) for i in ids]
+        assert all(len(e.steps) == 1 and e.steps[0].token_ids and e.status == "finished" for e in stored)
+        advantages = sorted(x.payload["advantage"] for e in stored for x in e.examples)
+        assert advantages == [-0.5, 0.5]
+    finally:
+        s.stop()
+        pg.close()

@@ -9,6 +9,11 @@ succeeds and is deleted when the job fails, so the examples go back to the pool.
 query locks the example rows it picks (FOR UPDATE SKIP LOCKED), so concurrent jobs on many hosts take
 disjoint sets without waiting for each other; on SQLite the claim runs under BEGIN IMMEDIATE, the single
 writer lock. In both, the primary key is the final guard against a double claim.
+
+A running job holds a lease (job_leases.py); one whose lease lapsed, or whose process died on this machine,
+is settled by the next claim of any process, so a killed job's examples return to the pool. Finishing or
+failing a job drops its lease; given the `holder`, a claim, finish or fail is refused (LeaseLostError) once
+that holder has lost the job's lease to a rerun or a release.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, select, update
 
+from strop.memory import job_leases
 from strop.memory.core import Part, chunks, threaded
 from strop.memory.episodes import HELDOUT
 from strop.memory.errors import HeldoutLeakError, InvalidTransitionError, NotFoundError
@@ -163,15 +169,20 @@ class Examples(Part):
         consumer: str | None = None,
         limit: int | None = None,
         run_ids: Sequence[str] | None = None,
+        holder: str | None = None,
     ) -> list[ExampleRecord]:
         """Claim up to `limit` examples (oldest first) that `consumer` never consumed and no running job
         holds. They stay held until finish_job (consumed) or fail_job (released).
 
         `run_ids` limits the claim to examples emitted by episodes of those runs (a recipe stage trains on
-        what its own runs produced); None takes any run's."""
+        what its own runs produced); None takes any run's. `holder`: the job's lease holder, checked.
+        Abandoned jobs (lease lapsed, holder dead) are settled first, so what they held is claimable."""
         role, kind = Role(role), ExampleKind(kind)
+        self.release_abandoned_jobs()
         with self.db.write() as conn:
-            job = self._job_row(conn, job_id)
+            # With a holder, lock the job row before the lease row, the order a release takes them in.
+            job = self._job_row(conn, job_id, lock=holder is not None)
+            self._check_holder(conn, job_id, holder)
             if job.status != JobStatus.RUNNING:
                 raise InvalidTransitionError(
                     f"training job {job_id} is {job.status}: only a running job can claim examples"
@@ -239,12 +250,19 @@ class Examples(Part):
         return got
 
     def finish_job(
-        self, job_id: str, *, model_out: str | None = None, metrics: dict[str, Any] | None = None
+        self,
+        job_id: str,
+        *,
+        model_out: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        holder: str | None = None,
     ) -> TrainingJobRecord:
         """The job succeeded: its claimed examples become consumed (never handed to its consumer again)."""
         with self.db.write() as conn:
             row = self._job_row(conn, job_id, lock=True)
             self._check_transition(row, JobStatus.SUCCEEDED)
+            self._check_holder(conn, job_id, holder)
+            job_leases.drop_job_lease(conn, job_id)
             now = utcnow()
             conn.execute(
                 update(Consumption)
@@ -263,11 +281,13 @@ class Examples(Part):
             )
             return TrainingJobRecord.model_validate(self._job_row(conn, job_id))
 
-    def fail_job(self, job_id: str, error: str) -> TrainingJobRecord:
+    def fail_job(self, job_id: str, error: str, *, holder: str | None = None) -> TrainingJobRecord:
         """The job failed: release its claims so the next job can take the same examples."""
         with self.db.write() as conn:
             row = self._job_row(conn, job_id, lock=True)
             self._check_transition(row, JobStatus.FAILED)
+            self._check_holder(conn, job_id, holder)
+            job_leases.drop_job_lease(conn, job_id)
             conn.execute(
                 delete(Consumption).where(Consumption.job_id == job_id, Consumption.state == CLAIMED)
             )
@@ -278,16 +298,12 @@ class Examples(Part):
             )
             return TrainingJobRecord.model_validate(self._job_row(conn, job_id))
 
-    def release_stale_jobs(self, older_than_s: float) -> list[str]:
-        """Fail running jobs started more than `older_than_s` ago (their process died without finishing or
-        failing), releasing what they claimed. Returns their ids."""
-        cutoff = utcnow().timestamp() - older_than_s
-        stale = [j.id for j in self.list_jobs(JobStatus.RUNNING) if j.created_at.timestamp() < cutoff]
-        for job_id in stale:
-            self.fail_job(
-                job_id, f"abandoned: still running after {older_than_s:g} s (released by release_stale_jobs)"
-            )
-        return stale
+    # Job leases (job_leases.py): bound here so they are this part's methods, and the Store's.
+    release_abandoned_jobs = job_leases.release_abandoned_jobs
+    release_stale_jobs = job_leases.release_stale_jobs
+    job_claims = job_leases.job_claims
+    job_lease_report = job_leases.job_lease_report
+    _check_holder = job_leases.check_job_holder
 
     def count_examples(
         self,
@@ -339,5 +355,7 @@ class Examples(Part):
     afinish_job = threaded(finish_job)
     afail_job = threaded(fail_job)
     arelease_stale_jobs = threaded(release_stale_jobs)
+    arelease_abandoned_jobs = threaded(release_abandoned_jobs)
+    ajob_claims = threaded(job_claims)
     aexample_counts = threaded(example_counts)
     acount_examples = threaded(count_examples)

@@ -17,10 +17,16 @@ expires, and reports a lease taken over by someone else (the holder stalled past
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, or_, select, update
 
@@ -58,6 +64,52 @@ class LeaseLostError(StoreError):
 
 def _fmt(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --- holders: who holds a lease, and whether that process still runs ------------------------------------------
+# Here rather than beside the evolve cycle lease (training/cycle_lease.py re-exports them): the store releases
+# a training job whose holder is dead (job_leases.py), and memory imports nothing above it.
+
+
+@functools.cache
+def _machine() -> str:
+    """Which kernel and PID namespace this process runs in (boot id, pid namespace inode), hashed: two
+    holders with the same host name *and* this mark can see each other's pids. Containers that share a host
+    name (host networking) differ here, so a pid missing from our namespace is never read as a dead holder
+    of theirs. Empty where /proc does not tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return hashlib.sha1(f"{boot}:{ns}".encode()).hexdigest()[:8]
+
+
+def new_holder() -> str:
+    """host:pid:machine.random, so `strop schedule list`, `strop db stats` and a refused run can say which
+    process holds a lease, and a rerun on the same machine can tell that the holder is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_machine()}.{uuid.uuid4().hex[:8]}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when `holder` was a process of this machine (same host name, kernel boot and pid namespace)
+    that no longer runs: then its lease need not wait for its TTL (a SIGKILLed run is rerun at once).
+    Anything uncertain (another host, a reused pid, no /proc) is alive: the TTL decides."""
+    host, _, rest = holder.partition(":")
+    pid, _, tail = rest.partition(":")
+    mark = _machine()
+    if not mark or host != socket.gethostname() or not pid.isdigit() or tail.split(".")[0] != mark:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, someone else's
+        return False
+    try:  # a killed process that its parent has not reaped yet still has a pid: a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Leases(Part):

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
-from strop.memory.leases import LeaseHeldError, LeaseKeeper, LeaseLostError
+# new_holder and holder_is_dead live in memory (the store releases training jobs of dead holders too); they
+# are re-exported here, where the cycle lease's callers have always found them.
+from strop.memory.leases import (
+    LeaseHeldError,
+    LeaseKeeper,
+    LeaseLostError,
+    holder_is_dead,
+    new_holder,
+)
 
 LEASE_TTL = 60.0  # seconds; the heartbeat renews it every TTL / 3
 log = logging.getLogger(__name__)
@@ -36,47 +38,6 @@ log = logging.getLogger(__name__)
 
 def lease_name(recipe_name: str) -> str:
     return f"evolve:{recipe_name}"
-
-
-@functools.cache
-def _machine() -> str:
-    """Which kernel and PID namespace this process runs in (boot id, pid namespace inode), hashed: two
-    holders with the same host name *and* this mark can see each other's pids. Containers that share a host
-    name (host networking) differ here, so a pid missing from our namespace is never read as a dead holder
-    of theirs. Empty where /proc does not tell."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        ns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return ""
-    return hashlib.sha1(f"{boot}:{ns}".encode()).hexdigest()[:8]
-
-
-def new_holder() -> str:
-    """host:pid:machine.random, so `strop schedule list` and a refused run can say which process holds a
-    recipe, and a rerun on the same machine can tell that the holder is gone."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_machine()}.{uuid.uuid4().hex[:8]}"
-
-
-def holder_is_dead(holder: str) -> bool:
-    """True only when `holder` was a process of this machine (same host name, kernel boot and pid namespace)
-    that no longer runs: then its lease need not wait for its TTL (a SIGKILLed `strop evolve` rerun at once).
-    Anything uncertain (another host, a reused pid, no /proc) is alive: the TTL decides."""
-    host, _, rest = holder.partition(":")
-    pid, _, tail = rest.partition(":")
-    mark = _machine()
-    if not mark or host != socket.gethostname() or not pid.isdigit() or tail.split(".")[0] != mark:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # exists, someone else's
-        return False
-    try:  # a killed process that its parent has not reaped yet still has a pid: a zombie
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @contextlib.contextmanager

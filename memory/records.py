@@ -118,8 +118,13 @@ class ModelVersionRecord(StoredRecord):
     lineage: str = Field(
         description="Name of the root model this version descends from, e.g. 'smollm2-135m'."
     )
-    path: str = Field(description="Model folder (or base model folder when `adapter_path` is set).")
-    adapter_path: str | None = Field(None, description="LoRA adapter folder kept unmerged, if any.")
+    path: str = Field(
+        description="Model folder (or base model folder when `adapter_path` is set). Stored absolute, or as "
+        "`$STROP_RUNS_ROOT/...` under the runs root; read back resolved for this host (memory/paths.py)."
+    )
+    adapter_path: str | None = Field(
+        None, description="LoRA adapter folder kept unmerged, if any; stored and read back like `path`."
+    )
     parent_id: str | None = None
     status: ModelStatus = ModelStatus.CANDIDATE
     job_id: str | None = Field(None, description="Training job that produced it.")

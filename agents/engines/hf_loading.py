@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from strop.agents.engines.base import EngineError
+from strop.agents.models.cache import missing_folder_message
 
 MISSING_MODEL_FIX = (
-    "build the tiny model with `strop models build-tiny`, import SmolLM2 with `strop models import smollm2`, "
-    "or pass a local Hugging Face model folder (one with config.json and tokenizer files)"
+    "pass a local Hugging Face model folder (config.json, weights and tokenizer files) or a cache name "
+    "(`strop models list` shows the cache; `strop models build-tiny` makes 'tiny')"
 )
 
 
@@ -35,7 +36,9 @@ class LoadedModel:
 def check_model_folder(path: Path, what: str) -> None:
     """Raise an EngineError naming the fix unless `path` is a model (or, `what='adapter'`, adapter) folder."""
     if not path.exists():
-        raise EngineError(f"no {what} folder at {path}: {MISSING_MODEL_FIX}")
+        # Often a registry version's folder (moved, another host, an old relative row): the message names
+        # the folders tried and the setting, not the cache builders (agents/models/cache.py).
+        raise EngineError(missing_folder_message(path, what))
     if not path.is_dir():
         raise EngineError(f"{path} is a file, not a {what} folder: {MISSING_MODEL_FIX}")
     marker = "adapter_config.json" if what == "adapter" else "config.json"

@@ -46,6 +46,33 @@ class NotAModelError(ModelNotFoundError):
     """A folder exists but is not a loadable Hugging Face model (no config.json or no weights)."""
 
 
+class ModelFolderMissingError(ModelNotFoundError):
+    """A registered version whose folder this host cannot find: moved, on another disk, or an old relative row."""
+
+
+def located_version(store: Any, version: Any) -> Any:
+    """`version` with its folders found on this host (absolute), or ModelFolderMissingError naming the folders
+    tried and the setting that fixes it: a command fails on one line before it loads anything."""
+    from strop.memory.paths import ModelFolderNotFoundError
+
+    try:
+        return store.locate_model(version.id)
+    except ModelFolderNotFoundError as e:
+        raise ModelFolderMissingError(str(e)) from e
+
+
+def missing_folder_message(path: str | Path, what: str = "model") -> str:
+    """Why a folder an engine was handed is missing, naming the fix: the builder for a cache entry, the runs
+    root for a registry path (memory/paths.py), never the tiny-model text for a folder a training run wrote."""
+    folder = Path(path).expanduser()
+    cache = model_cache_dir()
+    if folder.is_absolute() and folder.parent == cache and folder.name in MAKERS:
+        return f"no {what} folder at {folder}: run `{MAKERS[folder.name]}` to create it"
+    from strop.memory.paths import missing_message
+
+    return missing_message(str(path), what=what) + " (`strop models list` shows the registry and the cache)"
+
+
 def model_cache_dir() -> Path:
     """Where built and imported models live; STROP_MODEL_CACHE moves it (tests, shared disks)."""
     env = os.environ.get(CACHE_ENV)
@@ -110,6 +137,8 @@ def resolve_model(model_id: str) -> Path:
         raise NotAModelError(
             f"model {model_id!r}: {path} is a file; a model is a folder with config.json and weights"
         )
+    if not is_plain_name:  # a folder path, often a registry version's: the cache builders are not the fix
+        raise ModelNotFoundError(f"model {model_id!r}: {missing_folder_message(model_id)}")
     if name in MAKERS:
         raise ModelNotFoundError(
             f"model {model_id!r} is not in the cache ({model_cache_dir()}): run `{MAKERS[name]}` to create it"

@@ -123,21 +123,31 @@ def list_rows() -> list[dict[str, Any]]:
     return cached_entries()
 
 
+def build_accuracy(row: dict[str, Any]) -> str:
+    """The accuracy a cache entry's builder measured, with the tasks it was measured on: '42.2% (arithmetic
+    digits=2 +, n=400)'. A registry version's own evaluations are in the registry table, by task set."""
+    acc = row.get("heldout_accuracy")
+    if not isinstance(acc, int | float):
+        return "-"
+    task, n = row.get("heldout_task"), row.get("heldout_n")
+    on = ", ".join(str(x) for x in (task, f"n={n}" if n else None) if x)
+    return f"{acc:.1%}" + (f" ({on})" if on else " (tasks not recorded)")
+
+
 def render_table(rows: list[dict[str, Any]], extra_columns: tuple[str, ...] = ()) -> Any:
     """A rich Table of cache rows; `extra_columns` are row keys appended as columns (e.g. 'status')."""
     from rich.table import Table
 
     table = Table(title="strop model cache")
-    for column in ("name", "params", "source", "accuracy", *extra_columns, "path"):
+    for column in ("name", "params", "source", "held-out acc when built", *extra_columns, "path"):
         table.add_column(column, overflow="fold")
     for row in rows:
         params = row.get("parameters")
-        acc = row.get("heldout_accuracy")
         table.add_row(
             row["name"],
             f"{params / 1e6:.1f}M" if isinstance(params, int) else "?",
             str(row.get("source", "?")),
-            f"{acc:.1%}" if isinstance(acc, float) else "-",
+            build_accuracy(row),
             *(str(row.get(c, "")) for c in extra_columns),
             str(row["path"]),
         )

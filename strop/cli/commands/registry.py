@@ -5,6 +5,7 @@ Mounted on the models app by `register(models.app)`; typer and stdlib only at mo
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
@@ -34,11 +35,17 @@ def promote_cmd(
             if version.parent_id is None:
                 fail(f"{version.name} has no parent to beat; use --force to promote it anyway")
             parent = store.get_model(version.parent_id)
-            prefix = metric or _heldout_prefix(version.metrics)
-            if prefix is None:
+            prefixes = [metric] if metric else _heldout_prefixes(version.metrics)
+            if not prefixes:
                 fail(
                     f"{version.name} has no held-out evaluation; run `strop eval --model {version.name}` first"
                 )
+            if len(prefixes) > 1:  # the gate must compare one named set, not whichever was evaluated last
+                fail(
+                    f"{version.name} was evaluated on several task sets; choose the gate with --metric "
+                    f"(one of {', '.join(prefixes)})"
+                )
+            prefix = prefixes[0]
             decision = decide(version, parent, prefix, PromotionSettings(margin=margin))
             if not decision.promote:
                 fail(
@@ -80,15 +87,59 @@ def rollback_cmd(
     )
 
 
-def _heldout_prefix(metrics: dict[str, Any]) -> str | None:
-    for key in metrics:
-        if key.endswith("/pass@1") and "/heldout/" in key:
-            return key.removesuffix("/pass@1")
-    return None
+# A held-out accuracy key as the evaluators write it: <task-set label>/heldout[/memory<k>]/pass@<k>, and the
+# agent evaluator's <label>/heldout/agent/accuracy. The label may itself hold '/' (a JSONL path option).
+HELDOUT_KEY = re.compile(
+    r"^(?P<set>.+)/heldout(?:/memory(?P<memory>\d+))?/(?P<metric>pass@\d+|agent/accuracy)$"
+)
+
+
+def heldout_accuracies(metrics: dict[str, Any]) -> list[tuple[str, str, float, Any]]:
+    """(task set, metric name, value, number of tasks) for each held-out accuracy on a version, by set.
+
+    Each evaluation records under its own task-set key, so nothing here depends on which ran last; the old
+    unlabelled `heldout_accuracy` is shown only when no labelled key is there, and says its set is unknown.
+    """
+    out = []
+    for key, value in metrics.items():
+        m = HELDOUT_KEY.match(key)
+        if m is None or not isinstance(value, int | float):
+            continue
+        metric = m["metric"].replace("agent/accuracy", "agent accuracy")
+        n = metrics.get(f"{key.rsplit('/', 1)[0]}/n_tasks")
+        out.append(
+            (m["set"], metric + (f" with memory k={m['memory']}" if m["memory"] else ""), float(value), n)
+        )
+    legacy = metrics.get("heldout_accuracy")
+    if not out and isinstance(legacy, int | float):
+        out.append(("task set not recorded", "accuracy", float(legacy), None))
+    return sorted(out, key=lambda r: (r[0], "memory" in r[1], r[1] != "pass@1", r[1]))
+
+
+def format_accuracies(metrics: dict[str, Any]) -> str:
+    """One line per held-out accuracy: 'arithmetic pass@1 42.0% (n=100)'; '-' when the version has none."""
+    rows = heldout_accuracies(metrics)
+    return (
+        "\n".join(
+            f"{task_set} {metric} {value:.1%}" + (f" (n={n})" if isinstance(n, int) else "")
+            for task_set, metric, value, n in rows
+        )
+        or "-"
+    )
+
+
+def _heldout_prefixes(metrics: dict[str, Any]) -> list[str]:
+    """The gate prefixes a version was evaluated under (greedy pass@1, without memory), e.g. 'arithmetic/heldout'."""
+    return sorted(
+        key.removesuffix("/pass@1")
+        for key in metrics
+        if (m := HELDOUT_KEY.match(key)) and m["metric"] == "pass@1" and m["memory"] is None
+    )
 
 
 def render_registry(versions: list[Any], current_ids: set[str]) -> Any:
     """A table of versions ordered as lineage trees: each child indented under its parent."""
+    from rich.markup import escape
     from rich.table import Table
 
     by_parent: dict[str | None, list[Any]] = {}
@@ -96,20 +147,27 @@ def render_registry(versions: list[Any], current_ids: set[str]) -> Any:
     for v in sorted(versions, key=lambda v: v.created_at):
         by_parent.setdefault(v.parent_id if v.parent_id in ids else None, []).append(v)
     table = Table(title="strop model registry (lineage)")
-    for col in ("version", "id", "status", "held-out acc", "train loss", "examples", "job"):
+    for col in (
+        "version",
+        "id",
+        "status",
+        "held-out accuracy (task set, metric)",
+        "train loss",
+        "examples",
+        "job",
+    ):
         table.add_column(col, overflow="fold")
 
     def walk(parent: str | None, depth: int) -> None:
         for v in by_parent.get(parent, []):
             m = v.metrics
-            acc = m.get("heldout_accuracy")
             loss = m.get("train_loss")
             mark = " *" if v.id in current_ids else ""
             table.add_row(
-                "  " * depth + ("└ " if depth else "") + v.name + mark,
+                "  " * depth + ("└ " if depth else "") + escape(v.name) + mark,
                 v.id[:8],
                 str(v.status),
-                f"{acc:.1%}" if isinstance(acc, int | float) else "-",
+                escape(format_accuracies(m)),  # task-set labels hold brackets: arithmetic[digits=2]
                 f"{loss:.3f}" if isinstance(loss, int | float) else "-",
                 str(m.get("examples", "-")),
                 (v.job_id or "-")[:8],

@@ -243,11 +243,12 @@ def resolve_version(store: Any, model: str) -> Any:
     """
     from strop.agents.loops.base import stable_id
     from strop.agents.models import resolve_model
+    from strop.agents.models.cache import located_version
     from strop.memory.records import ModelStatus, ModelVersionRecord
 
     found = store.get_model(model)
     if found is not None:
-        return found
+        return located_version(store, found)  # its folders on this host, or one line naming them and the fix
     path = resolve_model(model)
     return store.register_model(
         ModelVersionRecord(

@@ -28,6 +28,7 @@ from strop.cli.commands import (
     train,
     worker,
 )
+from strop.cli.common import UserErrorGroup
 
 app = typer.Typer(
     name="strop",
@@ -38,6 +39,7 @@ app = typer.Typer(
         "`strop evolve --recipe recipes/star-arithmetic.toml`."
     ),
     no_args_is_help=True,
+    cls=UserErrorGroup,  # user errors from any command: one line naming the fix, no traceback (cli/common.py)
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )

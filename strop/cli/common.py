@@ -8,9 +8,12 @@ Typer and the standard library only at module level: this module is imported at 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 ModelOpt = Annotated[
     str,
@@ -41,6 +44,54 @@ def fail(message: str) -> NoReturn:
 def one_line(text: object) -> str:
     """The text with its whitespace runs (newlines included) collapsed, for a one-line error."""
     return " ".join(str(text).split())
+
+
+# Errors whose message names what the user got wrong and how to fix it (a model not built, a file that does not
+# parse, a prompt too long, a store to upgrade, every episode of a run failing): one line, not a traceback.
+# Named by module so that none is imported to check: an error's module is loaded whenever it was raised.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("strop.agents.engines.base", "EngineError"),  # PromptTooLongError, a server not answering, ...
+    ("strop.agents.runner", "RunFailedError"),
+    ("strop.agents.models.cache", "ModelNotFoundError"),
+    ("strop.agents.work_spec", "WorkSpecError"),
+    ("strop.registry", "UnknownNameError"),
+    ("strop.critics.benchmark", "LabelledSetError"),
+    ("strop.sandbox.tasks.gsm8k", "TaskFileError"),
+    ("strop.sandbox.jail_models", "JailUnavailableError"),
+    ("strop.memory.errors", "StoreConnectionError"),
+    ("strop.memory.errors", "StoreLockedError"),
+    ("strop.memory.errors", "SchemaError"),
+    ("strop.training.recipe", "RecipeError"),
+)
+TRACEBACK_ENV = "STROP_TRACEBACK"  # set to 1 to see the traceback of a user error too
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user error `exc` is, or the first one in a group made only of user errors; None for anything else
+    (a bug, whose traceback is what its reader needs)."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [user_error(e) for e in exc.exceptions]
+        return leaves[0] if leaves and all(leaves) else None
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return exc
+    return None
+
+
+class UserErrorGroup(TyperGroup):
+    """The root command group: a user error from any command prints `error: MESSAGE` on one line and exits 1,
+    as `fail` does; everything else keeps its traceback (a traceback is for bugs). STROP_TRACEBACK=1 shows the
+    traceback of user errors as well."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            found = user_error(exc)
+            if found is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+                raise
+            fail(one_line(found) or type(found).__name__)
 
 
 def parse_options(

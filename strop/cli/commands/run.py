@@ -249,6 +249,10 @@ def _print_result(spec: Any, cfg: Any, res: Any) -> None:
         f"pass{'@' + str(k) if isinstance(k, int) else ''} {res.pass_rate:.1%}, "
         f"{res.examples} {kinds + ' ' if kinds else ''}examples; {res.seconds:.0f} s"
     )
+    if getattr(res, "failed", 0):  # items the runner skipped (agents/runner.py): not counted as wrong answers
+        typer.echo(f"{res.skipped_line()} (not scored)")
+        for kind, reason in res.failure_reasons.items():
+            typer.echo(f"  {kind}, e.g.: {reason}")
 
 
 def _run_on_workers(

@@ -5,10 +5,15 @@ flight at once (the engine batches them), an interrupted evaluation resumes, and
 with the solution it judged. Scores are computed from the stored critiques by `critics.benchmark_scores` and
 written on the critic's model version under `{label}/critic/...`, where the promotion gate and
 `strop models list` read them.
+
+An item the critic cannot be asked about (its solution is too long for the critic's context) is skipped, not
+fatal: the runner records it as a failed episode with its reason, the scores are computed on the items that
+were scored, and the result says how many were skipped and why.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 from typing import Any, Literal, TypedDict
 
@@ -16,7 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
 from strop.agents.loops.base import stable_id
-from strop.agents.runner import Runner
+from strop.agents.runner import Runner, skipped_line
 from strop.critics.base import Critic, Critique, CritiqueVerdict
 from strop.critics.benchmark import LabelledSolutionSet, build_labelled_set, labelled_from_task
 from strop.critics.benchmark_scores import (
@@ -73,6 +78,17 @@ class CriticEvalResult(BaseModel):
     seconds: float = 0.0
     run_id: str = ""
     episodes_run: int = 0
+    n_scored: int = Field(0, description="Items critiqued and scored; n_items less the skipped ones.")
+    skipped: dict[str, int] = Field(
+        default_factory=dict, description="Items skipped per kind of failure (too_long, invalid, ...)."
+    )
+    skipped_reasons: dict[str, str] = Field(
+        default_factory=dict, description="Per kind, the reason the first skipped item gave."
+    )
+
+    def skipped_line(self) -> str:
+        """'skipped: 1, too long for the context', or '' when every item was scored."""
+        return skipped_line(self.skipped)
 
     @property
     def f1(self) -> float | None:
@@ -102,7 +118,40 @@ class _State(TypedDict, total=False):
     step_labels: list[bool] | None
     step_scores: list[float] | None
     fixed: bool
+    tokens: int
     episode: dict[str, Any]
+
+
+# The token count of the episode whose critique is being sampled: each episode's judge node sets its own, so
+# concurrent episodes sharing one engine each count only what they asked for.
+_SPENT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("critic_eval_tokens")
+
+
+class _CountingEngine:
+    """The critic's engine, counting the completion tokens each episode's critique sampled: a Critique does
+    not carry them, and the runner's tok/s and `RunResult.tokens` read them from the episode's outcome."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    @property
+    def model_version(self) -> str:
+        return str(self._engine.model_version)
+
+    async def generate(self, requests: list[Any]) -> list[list[Any]]:
+        out = await self._engine.generate(requests)
+        spent = _SPENT.get(None)
+        if spent is not None:
+            spent[0] += sum(len(c.token_ids) for cs in out for c in cs)
+        return out
+
+    async def close(self) -> None:
+        await self._engine.close()
+
+    def __getattr__(
+        self, name: str
+    ) -> Any:  # anything else a critic reads (tokenizer, stats) is the engine's
+        return getattr(self._engine, name)
 
 
 def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
@@ -112,7 +161,12 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
 
     async def judge(state: _State) -> dict[str, Any]:
         item = labelled_from_task(Task.model_validate(state["task"]))
-        c = await critic.critique(item.task, item.solution)
+        spent = [0]
+        reset = _SPENT.set(spent)
+        try:
+            c = await critic.critique(item.task, item.solution)
+        finally:
+            _SPENT.reset(reset)
         final = c.corrected_solution or (item.solution if c.verdict == CritiqueVerdict.CORRECT else None)
         fixed = bool(final) and bool(item.task.answer) and answer_matches(item, final or "")
         return {
@@ -120,6 +174,7 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
             "step_labels": c.step_labels,
             "step_scores": c.step_scores,
             "fixed": fixed,
+            "tokens": spent[0],
         }
 
     def record(state: _State) -> dict[str, Any]:
@@ -151,6 +206,7 @@ def build_graph(critic: Critic, items: LabelledSolutionSet) -> StateGraph:
                 "step_labels": state.get("step_labels"),
                 "step_scores": state.get("step_scores"),
                 "examples": 0,
+                "tokens": state.get("tokens", 0),
             },
             steps=[
                 StepRecord(
@@ -215,6 +271,7 @@ async def evaluate_critic(
     cfg = config or CriticEvalConfig()
     runner = runner or Runner(store)
     tasks = items.tasks(Split.HELDOUT)
+    engine = _CountingEngine(engine)
     sampling = CriticSampling(max_tokens=cfg.max_tokens, temperature=0.0, system_prompt=cfg.system_prompt)
     critic: Critic
     if cfg.kind == "prm":
@@ -240,6 +297,7 @@ async def evaluate_critic(
     started = time.monotonic()
     result = await runner.run(build_graph(critic, items), tasks, run, label="critic eval")
     scores = score_run(store, run_id, {t.id: labelled_from_task(t) for t in tasks}, steps=cfg.kind == "prm")
+    scores.update(n_scored=result.scored, skipped=result.failed)
     res = CriticEvalResult(
         model_id=model_id,
         label=label,
@@ -249,6 +307,9 @@ async def evaluate_critic(
         seconds=time.monotonic() - started,
         run_id=run_id,
         episodes_run=result.episodes_run,
+        n_scored=result.scored,
+        skipped=result.failures,
+        skipped_reasons=result.failure_reasons,
     )
     if record:
         await store.aupdate_model_metrics(model_id, res.metrics())

@@ -29,6 +29,7 @@ __all__ = [
     "labelled_task",
     "labels_from_store",
     "load_processbench",
+    "sample_labelled",
 ]
 
 NO_REFERENCE = "no reference answer (ProcessBench items carry none)"
@@ -121,6 +122,35 @@ def load_processbench(path: str | Path) -> list[LabelledSolution]:
     """
     path = Path(path)
     return [_processbench_item(path, where, entry) for where, entry in _entries(path)]
+
+
+def sample_labelled(items: Sequence[LabelledSolution], n: int, seed: int = 0) -> list[LabelledSolution]:
+    """A seeded sample of `n` items that keeps the mix of erroneous and correct solutions (stratified).
+
+    Published files are sorted, not shuffled: ProcessBench's GSM8K split lists its 207 erroneous solutions
+    before its correct ones, so its first 100 items hold no correct solution and F1 is undefined. Each class
+    gets its share of `n` (largest remainder), at least one item while the class has any and `n` allows, so
+    both accuracies exist. The chosen items keep their order in the file. The same (items, n, seed) draws the
+    same sample; `n` at least len(items) returns them all.
+    """
+    if n < 1:
+        raise LabelledSetError(f"cannot sample {n} items: ask for at least 1")
+    if n >= len(items):
+        return list(items)
+    strata = [
+        [i for i, item in enumerate(items) if item.erroneous],
+        [i for i, item in enumerate(items) if not item.erroneous],
+    ]
+    exact = [n * len(s) / len(items) for s in strata]
+    take = [int(x) for x in exact]
+    for k in sorted(range(2), key=lambda k: exact[k] - take[k], reverse=True)[: n - sum(take)]:
+        take[k] += 1
+    for k in range(2):  # a class the rounding left empty borrows one from the other
+        if take[k] == 0 and strata[k] and take[1 - k] > 1:
+            take[k], take[1 - k] = 1, take[1 - k] - 1
+    rng = random.Random(f"labelled-sample:{seed}")
+    chosen = sorted(i for s, t in zip(strata, take, strict=True) for i in rng.sample(s, t))
+    return [items[i] for i in chosen]
 
 
 # --- building a labelled set --------------------------------------------------------------------------------

@@ -31,10 +31,16 @@ def eval_critic_cmd(
     ] = "arithmetic",
     option: OptionOpt = None,
     n_items: Annotated[
-        int, typer.Option(help="Labelled solutions to build (half right, half with one wrong step).")
-    ] = 100,
+        int | None,
+        typer.Option(
+            help="Labelled solutions to build from a task set (half right, half with one wrong step; default "
+            "100), or to sample from a ProcessBench file (seeded, keeping its mix of erroneous and correct "
+            "solutions; default the whole file).",
+            min=1,
+        ),
+    ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the labelled set; the same seed builds the same items.")
+        int, typer.Option(help="Seed of the labelled set or sample; the same seed gives the same items.")
     ] = 0,
     kinds: Annotated[
         str, typer.Option(help="Corruptions, comma-separated: calculation, operand, copy, drop.")
@@ -77,6 +83,7 @@ def eval_critic_cmd(
         LabelledSolutionSet,
         labels_from_store,
         load_processbench,
+        sample_labelled,
     )
     from strop.memory import Store
 
@@ -86,7 +93,7 @@ def eval_critic_cmd(
     if not 0.0 < threshold < 1.0:
         fail(f"--threshold {threshold}: give a probability strictly between 0 and 1")
     cfg = CriticEvalConfig(
-        n_items=n_items,
+        n_items=n_items or 100,
         seed=seed,
         max_tokens=max_tokens,
         shots=shots,
@@ -100,7 +107,9 @@ def eval_critic_cmd(
                 fail(
                     f"--tasks {tasks}: no such file; give a ProcessBench .json/.jsonl file or a task set name"
                 )
-            items = LabelledSolutionSet(load_processbench(path)[:n_items], name=f"processbench:{path.stem}")
+            every = load_processbench(path)
+            chosen = sample_labelled(every, n_items, seed) if n_items else every
+            items = LabelledSolutionSet(chosen, name=f"processbench:{path.stem}")
             label = items.name
         else:
             task_set = common.task_set(tasks, option)
@@ -123,6 +132,13 @@ def eval_critic_cmd(
     _report(version.name, label, res)
 
 
+def _scored(res: Any) -> str:
+    """'6 of 7 labelled solutions scored: 3 erroneous, 3 correct' (the counts the accuracies are out of)."""
+    s = res.scores
+    of = f"{res.n_scored} of {res.n_items}" if res.n_scored != res.n_items else str(res.n_items)
+    return f"{of} labelled solutions scored: {s.get('n_erroneous')} erroneous, {s.get('n_correct')} correct"
+
+
 def _report(name: str, label: str, res: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -136,7 +152,7 @@ def _report(name: str, label: str, res: Any) -> None:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     if res.kind == "prm":
-        table = Table(title=f"{name} as a process reward model on {label} ({res.n_items} labelled solutions)")
+        table = Table(title=f"{name} as a process reward model on {label} ({_scored(res)})")
         for col in (
             "F1",
             "first wrong step found",
@@ -158,7 +174,7 @@ def _report(name: str, label: str, res: Any) -> None:
             str(s.get("unparsed")),
         )
     else:
-        table = Table(title=f"{name} as a critic on {label} ({res.n_items} labelled solutions)")
+        table = Table(title=f"{name} as a critic on {label} ({_scored(res)})")
         for col in (
             "F1",
             "first wrong step found",
@@ -179,6 +195,12 @@ def _report(name: str, label: str, res: Any) -> None:
             str(s.get("unparsed")),
         )
     Console().print(table)
+    if res.skipped:  # items the critic could not be asked about: not scored (F1 is on the rest), each reason
+        from strop.agents.episode import failure_text
+
+        typer.echo(f"{res.skipped_line()} (not scored)")
+        for kind, reason in res.skipped_reasons.items():
+            typer.echo(f"  {failure_text(kind)}, e.g.: {reason}")
     typer.echo(
         f"recorded on {res.model_id} under {critic_metric_prefix(label, res.kind)}/ (run {res.run_id})"
     )

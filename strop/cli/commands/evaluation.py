@@ -87,6 +87,10 @@ def eval_cmd(
     if res.pass_at_k is not None:
         line += f", pass@{k} {res.pass_at_k:.1%}"
     typer.echo(line + f" (recorded on {chosen.id})")
+    if res.skipped:  # tasks the model could not be asked (too long for its context...): not counted as wrong
+        from strop.agents.runner import skipped_line
+
+        typer.echo(f"{skipped_line(res.skipped)} (not scored)")
 
 
 def register(app: typer.Typer) -> None:

@@ -171,6 +171,8 @@ def count_episodes(result: GameEvalResult, opponent: str, outcomes: Sequence[Map
     """Add stored episode outcomes (selfplay loop, `opponent` set) to the result's counts."""
     for o in outcomes:
         for r in o["results"]:
+            if r.get("void"):  # the game engine broke the game: no result for either player
+                continue
             per = result.counts.setdefault(r["label"], {}).setdefault(opponent, {})
             for seat in r["policy_seats"]:
                 row = per.setdefault(

@@ -196,7 +196,8 @@ def build_graph(config: GameDemosConfig | None = None) -> StateGraph:
             if teaching:
                 text = completion_of(cfg, game.record().game, text)
             m = game.submit(text)
-            if teaching and m.outcome != MoveOutcome.LEGAL:  # a fixed teacher plays from the legal-move menu
+            # A fixed teacher plays from the legal-move menu; a game engine that raises on its move voids the game.
+            if teaching and m.outcome not in (MoveOutcome.LEGAL, MoveOutcome.ENGINE_ERROR):
                 raise RuntimeError(
                     f"bug: teacher {cfg.teacher!r} played {text!r} in {g['label']}: {m.reason}"
                 )
@@ -237,7 +238,8 @@ def episode_of(state: GameDemosState, cfg: GameDemosConfig) -> EpisodeRecord:
     """The episode: every move a step, every teacher move of a training task one SFT example.
 
     Each game is replayed from its seed move by move, so an example's prompt is the view of the seat to move in
-    exactly that position: what the selfplay loop sends the policy there (`view.messages`)."""
+    exactly that position: what the selfplay loop sends the policy there (`view.messages`). A void game (the game
+    engine raised) teaches nothing: its moves are kept as steps, its examples dropped."""
     task = Task.model_validate(state["task"])
     eid = state["episode_id"]
     train = task.split == Split.TRAIN
@@ -248,13 +250,14 @@ def episode_of(state: GameDemosState, cfg: GameDemosConfig) -> EpisodeRecord:
     for i, g in enumerate(state["games"]):
         rec = g["record"]
         game = make_game(rec["game"], rec["seed"], **rec["options"])
+        taught: list[ExampleRecord] = []
         for action, m in zip(rec["moves"], g["moves"], strict=True):
             view = game.view()
             assert (view.seat, view.turn) == (m["seat"], m["turn"]), (
                 "the replay reaches the recorded position"
             )
             if m["teacher"] and train:
-                examples.append(
+                taught.append(
                     ExampleRecord(
                         id=stable_id(eid, "sft", i, m["turn"]),
                         kind=ExampleKind.SFT,
@@ -272,6 +275,7 @@ def episode_of(state: GameDemosState, cfg: GameDemosConfig) -> EpisodeRecord:
         result = game.result
         assert result is not None, "the record node runs after every game has ended"
         results.append(result)
+        examples += [] if result.void else taught
         parent = None
         for m in g["moves"]:
             step_id = stable_id(eid, "move", i, m["turn"])
@@ -325,6 +329,9 @@ def outcome_of(
     for g, r in zip(games, results, strict=True):
         for seat in g["teacher_seats"]:
             row = by_seat[str(seat)]
+            if r.void:  # a fault of the game: no result for the teacher
+                row["void"] = row.get("void", 0) + 1
+                continue
             row["games"] += 1
             row["wins" if r.winner == seat else "draws" if r.winner is None else "losses"] += 1
             returns.append(r.rewards[seat])
@@ -340,7 +347,8 @@ def outcome_of(
         "teacher": cfg.teacher,
         "opponent": cfg.opponent,
         **total,
-        "teacher_return": sum(returns) / len(returns),
+        "teacher_return": sum(returns) / len(returns) if returns else 0.0,
+        "void": sum(r.void for r in results),
         "by_seat": by_seat,
         "seat_wins": [sum(r.winner == s for r in results) for s in (0, 1)],
         "results": [
@@ -354,6 +362,7 @@ def outcome_of(
                 "forfeited_by": r.forfeited_by,
                 "moves": r.moves,
                 "reason": r.reason,
+                "void": r.void,
             }
             for g, r in zip(games, results, strict=True)
         ],

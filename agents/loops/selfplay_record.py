@@ -7,7 +7,9 @@ mean anything, and tests read it directly:
 - RAE: one baseline update per (game, policy seat), in game order, each with an id derived from (episode,
   game, seat), so a record node that runs again after a kill replays the same updates and gets the same
   baselines back instead of moving them twice;
-- only training tasks update baselines and emit examples; held-out games (evaluation) leave both alone.
+- only training tasks update baselines and emit examples; held-out games (evaluation) leave both alone;
+- a void game (the game engine raised on an accepted move, `GameResult.void`) is no draw: its 0/0 says nothing
+  about the moves, so it updates no baseline, emits no example, and is counted as `void`, apart from draws.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ async def role_baselines(
     if not cfg.rae or task.split != Split.TRAIN:
         return {}
     namespace = cfg.baseline_namespace or state["run_id"]
-    keys = [(i, seat) for i, g in enumerate(state["games"]) for seat in g["policy_seats"]]
+    keys = [
+        (i, seat) for i, g in enumerate(state["games"]) if not results[i].void for seat in g["policy_seats"]
+    ]
     updates = [
         BaselineUpdate(
             id=stable_id(state["episode_id"], "rae", i, seat),
@@ -113,7 +117,7 @@ async def episode_of(
                 )
             )
             parent = step_id
-            if c is not None and train and cfg.emit == "pg":
+            if c is not None and train and cfg.emit == "pg" and not results[i].void:
                 examples += _example(cfg, task, eid, i, g, m, ret, adv, b)
     return EpisodeRecord(
         id=eid,
@@ -144,6 +148,9 @@ def outcome_of(
     for g, r in zip(games, results, strict=True):
         for seat in g["policy_seats"]:
             row = by_seat[str(seat)]
+            if r.void:  # a fault of the game: no result for either seat
+                row["void"] = row.get("void", 0) + 1
+                continue
             row["games"] += 1
             row["wins" if r.winner == seat else "draws" if r.winner is None else "losses"] += 1
     return {
@@ -156,7 +163,8 @@ def outcome_of(
         "games": len(games),
         "opponent": cfg.opponent,
         "seat_wins": [sum(r.winner == s for r in results) for s in (0, 1)],
-        "draws": sum(r.winner is None for r in results),
+        "draws": sum(r.winner is None and not r.void for r in results),
+        "void": sum(r.void for r in results),
         "illegal": bad["illegal"],
         "unparseable": bad["unparseable"],
         "by_seat": by_seat,
@@ -171,6 +179,7 @@ def outcome_of(
                 "forfeited_by": r.forfeited_by,
                 "moves": r.moves,
                 "reason": r.reason,
+                "void": r.void,
             }
             for g, r in zip(games, results, strict=True)
         ],
@@ -181,9 +190,11 @@ def outcome_of(
 
 def _policy_return(games: list[dict[str, Any]], results: list[GameResult]) -> float:
     """Mean return of the seats the policy played: its score against an opponent; 0 in self-play, where the
-    policy plays both seats of a zero-sum game."""
-    rets = [r.rewards[s] for g, r in zip(games, results, strict=True) for s in g["policy_seats"]]
-    return sum(rets) / len(rets)
+    policy plays both seats of a zero-sum game. Void games are left out (0 when every game was void)."""
+    rets = [
+        r.rewards[s] for g, r in zip(games, results, strict=True) if not r.void for s in g["policy_seats"]
+    ]
+    return sum(rets) / len(rets) if rets else 0.0
 
 
 def _example(

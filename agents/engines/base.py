@@ -313,9 +313,15 @@ def continuation_ids(
 def check_prompt_length(prompt_len: int, max_tokens: int, context_length: int, model_version: str) -> None:
     """Refuse up front what the model cannot hold, naming both numbers and the fix."""
     if prompt_len + max_tokens > context_length:
+        if prompt_len >= context_length:  # no max_tokens can help: only a shorter prompt or a longer model
+            raise PromptTooLongError(
+                f"the prompt alone is {prompt_len} tokens, over the context window of {context_length} "
+                f"tokens of {model_version}, so no max_tokens fits. Shorten the prompt or use a model with a longer "
+                "context."
+            )
         raise PromptTooLongError(
             f"the prompt is {prompt_len} tokens and max_tokens is {max_tokens}: together "
             f"{prompt_len + max_tokens} tokens, over the context window of {context_length} tokens "
             f"of {model_version}. Shorten the prompt or lower SamplingParams.max_tokens to at most "
-            f"{max(context_length - prompt_len, 0)}."
+            f"{context_length - prompt_len}."
         )

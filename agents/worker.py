@@ -253,9 +253,10 @@ class Worker:
         saver: Any,
         committer: GroupCommitter,
     ) -> None:
-        from strop.agents.episode import run_episode
+        from strop.agents.episode import failed_episode, item_failure, run_episode
         from strop.sandbox.tasks.base import Task
 
+        task: Task | None = None
         try:
             task = Task.model_validate(item.payload)
             # With checkpoints, an episode a dead worker left half-done resumes from its last node.
@@ -264,6 +265,14 @@ class Worker:
             )
         except Exception as e:
             self.stats.failed += 1
+            failure = item_failure(e) if task is not None else None
+            if task is not None and failure is not None:
+                # The item's own fault (too long, refused, invalid data): the same on every try and every
+                # worker, so it is recorded FAILED with its reason at once, as the runner does, not retried.
+                log.warning("episode %s failed for its task: %s", item.episode_id, failure[1])
+                failed = failed_episode(task, item.run_id, spec.loop, *failure, error_type=type(e).__name__)
+                await asyncio.wrap_future(committer.submit(failed.model_copy(update={"id": item.episode_id})))
+                return
             log.exception("episode %s (task %s) raised", item.episode_id, item.task_id)
             await asyncio.to_thread(
                 self.store.release_work,

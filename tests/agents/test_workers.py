@@ -90,6 +90,33 @@ async def test_an_episode_that_keeps_raising_ends_failed_and_the_driver_says_so(
     assert failed.task_id == task_list[2].id and "engine blew up" in failed.error
 
 
+async def test_an_item_the_engine_refuses_is_recorded_failed_at_once_not_retried(store, monkeypatch) -> None:
+    from strop.agents.engines.base import PromptTooLongError
+    from strop.agents.sim_engine import SimEngine
+    from strop.memory.records import EpisodeStatus
+
+    register_sim(store)
+    task_list = tasks(4)
+    await _enqueue(store, "long", sim_spec(max_attempts=3), task_list)
+    real, calls = SimEngine.generate, []
+
+    async def generate(self, requests):  # type: ignore[no-untyped-def]
+        if any(task_list[1].prompt in str(r) for r in requests):
+            calls.append(1)
+            raise PromptTooLongError(
+                "the prompt alone is 5000 tokens, over the context window of 1024 tokens"
+            )
+        return await real(self, requests)
+
+    monkeypatch.setattr(SimEngine, "generate", generate)
+    stats = await Worker(store, WorkerSettings(concurrency=4, poll=0.05)).run("long")
+    assert len(calls) == 1 and stats.failed == 1  # deterministic: one try, not max_attempts
+    assert_each_once(store, "long", task_list)  # the item is done: its episode stands for it
+    [bad] = [e for e in store.list_episodes("long", children=False) if e.status == EpisodeStatus.FAILED]
+    assert bad.task_id == task_list[1].id and bad.outcome["error_kind"] == "too_long"
+    assert "context window" in bad.outcome["error"]
+
+
 async def test_a_run_without_a_work_spec_is_refused_with_the_fix(store) -> None:
     store.create_run(run_record("plain"))
     with pytest.raises(WorkSpecError, match="--workers N"):

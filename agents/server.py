@@ -7,7 +7,9 @@ OpenAI-style error naming the field; a prompt over the context window answers 40
 implement answers 400 naming it (server_api.py); a model name the server does not serve answers 404
 `model_not_found`; a full queue answers 429 with Retry-After, so load sheds at the door instead of piling up.
 `stream=true` streams from the engine's own decode loop (server_stream.py). With a `RegistryFollower`
-(server_follow.py) the server follows a lineage's promoted version without a restart.
+(server_follow.py) the server follows a lineage's promoted version without a restart. A request's queue slot
+is given back on every path it can end, and a client that goes away cancels its generation (server_slots.py);
+an API key and a body limit guard every endpoint (server_auth.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from strop.agents.capture.episodes import CaptureError, ClosedEpisodeError
@@ -35,7 +37,9 @@ from strop.agents.server_api import (
     error_body,
     text_response,
 )
-from strop.agents.server_stream import chunks
+from strop.agents.server_auth import DEFAULT_MAX_BODY_BYTES, NetworkGuard
+from strop.agents.server_slots import Admission, ClientGone, Slot, unless_gone
+from strop.agents.server_stream import SlotStreamingResponse, chunks
 from strop.memory.records import EpisodeStatus
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "create_app"]
@@ -68,36 +72,6 @@ def _validation_response(errors: list[Any]) -> JSONResponse:
     return _error(400, f"invalid request: {message}", param=field)
 
 
-class Admission:
-    """A bound on the completions (rows) queued or decoding at once; beyond it requests get 429.
-
-    Why rows, not requests: a request with n=16 costs the engine 16 rows. Without a bound, a burst grows the
-    engine's queue without limit and every client waits longer; with one, the excess is told to come back.
-    """
-
-    def __init__(self, max_rows: int, retry_after_s: int = 1) -> None:
-        if max_rows < 1:
-            raise ValueError(f"max_queue must be at least 1, got {max_rows}")
-        self.max_rows = max_rows
-        self.retry_after_s = retry_after_s
-        self.rows = 0
-
-    def enter(self, rows: int) -> Callable[[], None] | None:
-        """A release function, or None when the queue is full."""
-        if self.rows + rows > self.max_rows and self.rows > 0:
-            return None
-        self.rows += rows
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.rows -= rows
-
-        return release
-
-
 def create_app(
     engine: Engine,
     *,
@@ -106,6 +80,8 @@ def create_app(
     follower: Any = None,
     owns_engine: bool = False,
     hub: CaptureHub | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread or through ASGI.
 
@@ -114,6 +90,9 @@ def create_app(
     and stopped with the app. owns_engine: close the engine when the app shuts down (`strop serve`); the
     vllm engine's processes otherwise outlive a SIGTERM or Ctrl-C of the server. hub: where episode-scoped
     calls are recorded (agents/capture); default a memory-only hub (`strop serve --db` gives it the store).
+    api_key: every endpoint (the episode endpoints too) answers 401 without `Authorization: Bearer KEY`;
+    None leaves the server open (strop's own in-process servers, bound to 127.0.0.1). max_body_bytes: larger
+    request bodies answer 413 (server_auth.py).
     """
 
     @contextlib.asynccontextmanager
@@ -130,6 +109,7 @@ def create_app(
                 await engine.close()
 
     app = FastAPI(title="strop", description="OpenAI-compatible API over a strop engine.", lifespan=lifespan)
+    app.add_middleware(NetworkGuard, api_key=api_key, max_body_bytes=max_body_bytes)
     admission = Admission(max_queue)
     app.state.admission = admission
     created = int(time.time())
@@ -159,7 +139,11 @@ def create_app(
     app.state.hub = capture
 
     async def _run(
-        body: ChatCompletionRequest | CompletionRequest, chat: bool, build: Any, episode_id: str | None = None
+        body: ChatCompletionRequest | CompletionRequest,
+        chat: bool,
+        build: Any,
+        episode_id: str | None = None,
+        http: Request | None = None,
     ) -> Any:
         recorder = None
         if episode_id is not None:
@@ -216,10 +200,13 @@ def create_app(
                 headers={"Retry-After": str(admission.retry_after_s)},
             )
         tokenizer = getattr(engine, "tokenizer", None)
+        receive = http.receive if http is not None else None  # a client that goes away cancels its generation
         if body.stream:
-            return await _stream(body, chat, request, release, tokenizer, recorder, want)
+            return await _stream(body, chat, request, Slot(release), tokenizer, recorder, want, receive)
         try:
-            [completions] = await engine.generate([request])
+            [completions] = await unless_gone(receive, engine.generate([request]))
+        except ClientGone as e:
+            return _error(499, str(e), code="client_gone")  # nobody reads it; the access log shows 499
         except PromptTooLongError as e:
             return _error(400, str(e), param="messages" if chat else "prompt", code="prompt_too_long")
         except EngineError as e:
@@ -238,27 +225,32 @@ def create_app(
         body: Any,
         chat: bool,
         request: GenerationRequest,
-        release: Callable[[], None],
+        slot: Slot,
         tokenizer: Any,
         recorder: Recorder | None,
         want: bool,
+        receive: Callable[[], Any] | None,
     ) -> Any:
         events = engine.stream(request)  # type: ignore[attr-defined]
         if recorder is not None:
             events = recorder.watch(request, events)
+        slot.events = events
         try:  # the first event before the status line, so a bad prompt is still a plain 400
-            first = await anext(events)
+            first = await unless_gone(receive, anext(events))
+        except ClientGone as e:
+            await slot.close()
+            return _error(499, str(e), code="client_gone")
         except PromptTooLongError as e:
-            release()
+            await slot.close()
             return _error(400, str(e), param="messages" if chat else "prompt", code="prompt_too_long")
         except EngineError as e:
-            release()
+            await slot.close()
             return _error(500, str(e))
         except BaseException:
-            release()
+            await slot.close()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
+        return SlotStreamingResponse(
             chunks(
                 first,
                 events,
@@ -266,14 +258,17 @@ def create_app(
                 logprobs=want,
                 include_usage=include_usage,
                 tokenizer=tokenizer,
-                release=release,
+                slot=slot,
                 request=request,
             ),
+            slot,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def serve_chat(body: ChatCompletionRequest, episode_id: str | None = None) -> Any:
+    async def serve_chat(
+        body: ChatCompletionRequest, episode_id: str | None = None, http: Request | None = None
+    ) -> Any:
         def build() -> GenerationRequest:
             if body.top_logprobs and not body.logprobs:
                 raise _field_error("top_logprobs", "top_logprobs needs logprobs=true")
@@ -285,22 +280,24 @@ def create_app(
                 tool_choice=body.tool_choice,
             )
 
-        return await _run(body, True, build, episode_id)
+        return await _run(body, True, build, episode_id, http)
 
-    async def serve_text(body: CompletionRequest, episode_id: str | None = None) -> Any:
+    async def serve_text(
+        body: CompletionRequest, episode_id: str | None = None, http: Request | None = None
+    ) -> Any:
         def build() -> GenerationRequest:
             want = body.logprobs is not None
             return GenerationRequest(prompt=body.prompt, sampling=body.sampling(want, body.logprobs or 0))
 
-        return await _run(body, False, build, episode_id)
+        return await _run(body, False, build, episode_id, http)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest) -> Any:
-        return await serve_chat(body)
+    async def chat(body: ChatCompletionRequest, http: Request) -> Any:
+        return await serve_chat(body, None, http)
 
     @app.post("/v1/completions", response_model=None)
-    async def complete(body: CompletionRequest) -> Any:
-        return await serve_text(body)
+    async def complete(body: CompletionRequest, http: Request) -> Any:
+        return await serve_text(body, None, http)
 
     add_episode_routes(app, capture, chat=serve_chat, complete=serve_text, models=models, error=_error)
     return app

@@ -5,6 +5,10 @@ decodes) becomes one chunk. Each choice's last chunk has its finish_reason; with
 stream_options.include_usage a last chunk with empty choices carries the usage; then `data: [DONE]`. An
 engine error after the first chunk is sent as an `error` event, which the openai client raises.
 
+The response owns the request's queue slot (server_slots.Slot): it closes it when the stream ends, when the
+client disconnects mid-stream, and when a disconnect cancels the response before the body generator started
+(a generator that never started runs no `finally`).
+
 With tools on, a choice's text is held back until it ends (a call cannot be told from text before then), and
 then sent as content, or as a `delta.tool_calls` chunk followed by an empty delta with finish_reason
 "tool_calls", as OpenAI streams a call.
@@ -15,13 +19,18 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
+
+import anyio
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from strop.agents.engines.base import Completion, EngineError, GenerationRequest
 from strop.agents.engines.streaming import StreamEvent
 from strop.agents.engines.tools import ParsedReply, tool_mode
 from strop.agents.server_api import chat_logprobs, error_body, parse_reply, text_logprobs, usage
+from strop.agents.server_slots import Slot
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -36,10 +45,10 @@ async def chunks(
     logprobs: bool,
     include_usage: bool,
     tokenizer: Any,
-    release: Callable[[], None],
+    slot: Slot,
     request: GenerationRequest | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of one streamed request; `release` frees its place in the server's queue, however it ends.
+    """The SSE body of one streamed request; `slot` (its engine stream and queue place) closes however it ends.
 
     request: the generation request, so a chat reply is read for a tool call when it has tools on.
     """
@@ -137,5 +146,22 @@ async def chunks(
     except EngineError as e:  # the status line is sent already: report it in the stream
         yield sse(error_body(str(e), kind="server_error"))
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        release()
+        await slot.close()  # stops the engine stream (its rows) and frees the queue place
+
+
+class SlotStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body and its slot however the response ends (see the module doc)."""
+
+    def __init__(self, content: AsyncIterator[bytes], slot: Slot, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # a disconnect cancels this task: closing must finish anyway
+                try:
+                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                finally:
+                    await self.slot.close()

@@ -19,6 +19,7 @@ import ast
 import asyncio
 import json
 import operator
+import os
 from typing import Any
 
 from langchain_core.messages import SystemMessage
@@ -82,9 +83,11 @@ async def ask(llm: ChatOpenAI, question: str, max_turns: int = 3) -> str:
 async def solve(task: Any, client: Any) -> str:
     """strop's entry point: the task and an OpenAI client bound to one captured episode.
 
-    The only strop-specific line: the base URL comes from the client. The model name is whatever your code
+    The only strop-specific line: the base URL (and key) come from the client. The model name is whatever your code
     already says; under an episode any name is served by the policy."""
-    llm = ChatOpenAI(base_url=str(client.base_url), api_key="strop", model="gpt-4o-mini", max_tokens=64)
+    llm = ChatOpenAI(
+        base_url=str(client.base_url), api_key=client.api_key, model="gpt-4o-mini", max_tokens=64
+    )
     return await ask(llm, task.prompt)
 
 
@@ -106,7 +109,8 @@ def main() -> None:
     parser.add_argument("--base-url", required=True, help="An OpenAI-compatible base URL ending in /v1.")
     parser.add_argument("--model", default="gpt-4o-mini", help="The model name your server expects.")
     args = parser.parse_args()
-    llm = ChatOpenAI(base_url=args.base_url, api_key="strop", model=args.model, max_tokens=64)
+    key = os.environ.get("STROP_API_KEY", "strop")  # a `strop serve --api-key` server checks it
+    llm = ChatOpenAI(base_url=args.base_url, api_key=key, model=args.model, max_tokens=64)
     print(asyncio.run(ask(llm, args.question)))
 
 

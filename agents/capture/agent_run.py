@@ -19,6 +19,7 @@ with the error kept: an exception, a hang past `timeout_s`, an agent that never 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,9 @@ from strop.agents.capture.rollouts import (
 from strop.critics.base import Critique
 from strop.sandbox.tasks.base import Task
 
-API_KEY = "strop"  # the server checks no key; clients insist on one
+# sent when no key is given: a server without --api-key checks none, and clients insist on one
+API_KEY = "strop"
+API_KEY_ENV = "STROP_API_KEY"  # what `strop serve` reads its key from; a remote run sends it by default
 
 
 class AgentRunError(RuntimeError):
@@ -160,7 +163,9 @@ class AgentRun:
 
     Local: `AgentRun(engine, store=None, run_id=None, sft=False)`: episodes live in memory, or in `store`
     (written call by call, credited per group as its last episode closes; `sft` adds SFT examples). Remote:
-    `AgentRun(base_url="http://host:port")` against `strop serve MODEL --db URL` (the server owns the store).
+    `AgentRun(base_url="http://host:port")` against `strop serve MODEL --db URL` (the server owns the store);
+    `api_key` (default: $STROP_API_KEY) is sent on every request, episode endpoints and episode clients alike,
+    for a server started with --api-key.
     The local server starts on first use in the current event loop and stops at `close()`.
     """
 
@@ -172,7 +177,7 @@ class AgentRun:
         run_id: str | None = None,
         sft: bool = False,
         base_url: str | None = None,
-        api_key: str = API_KEY,
+        api_key: str | None = None,
         keep_closed: int = 10_000,
         request_timeout_s: float = 600.0,
         max_queue: int = 65_536,
@@ -187,7 +192,7 @@ class AgentRun:
                 "store and sft belong to the server in remote mode: start it with `strop serve MODEL --db URL`"
             )
         self.engine = engine
-        self.api_key = api_key
+        self.api_key = api_key or os.environ.get(API_KEY_ENV) or API_KEY
         self.request_timeout_s = request_timeout_s
         # local mode: rows queued before 429; rollouts are bounded by their own slots, so this only guards memory
         self.max_queue = max_queue
@@ -227,6 +232,7 @@ class AgentRun:
                 if self.engine is not None:
                     await self._serve()
                 self._http = httpx.AsyncClient(
+                    headers={"Authorization": f"Bearer {self.api_key}"},  # a keyed `strop serve` checks it
                     timeout=httpx.Timeout(self.request_timeout_s, connect=10.0),
                     limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
                 )

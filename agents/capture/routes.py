@@ -3,7 +3,8 @@
 `POST /episodes` returns `base_url` = `.../episodes/{id}/v1`; any OpenAI client (or LangChain's `ChatOpenAI`)
 pointed there is served exactly like `/v1`, and each call is recorded as a step of that episode. Closing is
 idempotent: a repeated finish, fail or abort answers as the first did. A call to an unknown or closed episode is a
-404 that names it (code `episode_not_found` or `episode_closed`).
+404 that names it (code `episode_not_found` or `episode_closed`). With `strop serve --api-key`, these endpoints
+take the same key as `/v1` (the app-wide middleware in server_auth.py).
 """
 
 from __future__ import annotations
@@ -188,9 +189,9 @@ def add_episode_routes(
         return await models()
 
     @app.post("/episodes/{episode_id}/v1/chat/completions", response_model=None)
-    async def episode_chat(episode_id: str, body: ChatCompletionRequest) -> Any:
-        return await chat(body, episode_id)
+    async def episode_chat(episode_id: str, body: ChatCompletionRequest, http: Request) -> Any:
+        return await chat(body, episode_id, http)  # http: a client that goes away cancels its generation
 
     @app.post("/episodes/{episode_id}/v1/completions", response_model=None)
-    async def episode_complete(episode_id: str, body: CompletionRequest) -> Any:
-        return await complete(body, episode_id)
+    async def episode_complete(episode_id: str, body: CompletionRequest, http: Request) -> Any:
+        return await complete(body, episode_id, http)

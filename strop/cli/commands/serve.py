@@ -1,6 +1,10 @@
 """`strop serve MODEL` / `strop serve --follow LINEAGE`: an OpenAI-compatible HTTP server over a strop engine.
 
 Only typer and the standard library at import; uvicorn, torch and the engine load inside the command.
+
+For a network: it binds 127.0.0.1 unless --host says otherwise; --api-key (or $STROP_API_KEY) makes every
+endpoint, the episode endpoints included, answer 401 without `Authorization: Bearer KEY`; bodies over
+--max-body-bytes answer 413 (agents/server_auth.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import typer
 from strop.cli.common import fail
 
 ENGINES = ("hf", "vllm")
+MAX_BODY_BYTES = (
+    4 * 1024 * 1024
+)  # agents/server_auth.DEFAULT_MAX_BODY_BYTES; not imported: --help stays instant
 
 
 def serve(
@@ -39,7 +46,11 @@ def serve(
     poll_s: Annotated[float, typer.Option(help="How often --follow checks the registry (seconds).")] = 2.0,
     engine: Annotated[str, typer.Option(help="hf (transformers) or vllm (where vLLM is installed).")] = "hf",
     host: Annotated[
-        str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")
+        str,
+        typer.Option(
+            help="Interface to bind. The default answers this machine only; 0.0.0.0 exposes the server to the "
+            "network: give it an --api-key there."
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     adapter: Annotated[Path | None, typer.Option(help="A PEFT (LoRA) adapter folder to apply.")] = None,
@@ -52,6 +63,19 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Most completions queued or decoding at once; more get 429 with Retry-After.")
     ] = 256,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STROP_API_KEY",
+            show_envvar=True,
+            help="Every endpoint (the episode endpoints too) answers 401 without the header "
+            "`Authorization: Bearer KEY`. Prefer the environment variable: a command line is visible to "
+            "other users of the machine.",
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Request bodies larger than this answer 413.", min=1)
+    ] = MAX_BODY_BYTES,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (hf; default: cuda if available).")
     ] = None,
@@ -63,6 +87,8 @@ def serve(
         fail("give a MODEL to serve, or --follow LINEAGE to serve a registry lineage's promoted version")
     if follow is not None and adapter is not None:
         fail("--adapter and --follow exclude each other: the registry says which adapter to serve")
+    if api_key is not None and not api_key.strip():
+        fail("the API key is empty: give --api-key KEY (or set STROP_API_KEY), or leave both unset")
     import uvicorn
 
     from strop.agents.engines import EngineError, load_engine
@@ -98,7 +124,15 @@ def serve(
         fail(str(e))
     aliases = (follow,) if follow else ()
     what = f"{served.model_version} (following {follow})" if follow else served.model_version
-    typer.echo(f"serving {what} with the {engine} engine at http://{host}:{port}/v1")
+    if api_key:
+        access = "API key required (Authorization: Bearer KEY)"
+    elif host in ("127.0.0.1", "localhost", "::1"):
+        access = "no API key asked (this machine only)"
+    else:
+        access = f"no API key asked: anyone who reaches {host}:{port} can use it (give --api-key)"
+    typer.echo(
+        f"serving {what} with the {engine} engine at http://{host}:{port}/v1; bound to {host}; {access}"
+    )
     from strop.agents.capture.hub import CaptureHub, StoreSink
     from strop.memory.db import masked
 
@@ -110,7 +144,14 @@ def serve(
     )
     typer.echo(f"episodes: POST http://{host}:{port}/episodes; their calls are {where}")
     app = create_app(
-        served, aliases=aliases, max_queue=max_queue, follower=follower, owns_engine=True, hub=hub
+        served,
+        aliases=aliases,
+        max_queue=max_queue,
+        follower=follower,
+        owns_engine=True,
+        hub=hub,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -126,6 +126,18 @@ def release_abandoned_jobs(
             select(TrainingJob.id, TrainingJob.created_at).where(TrainingJob.status == str(JobStatus.RUNNING))
         ).all()
         leases = _leases(conn, [j.id for j in jobs]) if jobs else {}
+        # A lapsed job lease without a running job: its holder died before recording the job.
+        strays = set(
+            conn.scalars(
+                select(Lease.name).where(Lease.name.startswith(JOB_LEASE_PREFIX), Lease.expires_at < now)
+            )
+        ) - {job_lease_name(j.id) for j in jobs}
+    if strays:
+        with self.db.write() as conn:
+            for part in chunks(sorted(strays)):
+                conn.execute(
+                    delete(Lease).where(Lease.name.in_(part), Lease.expires_at < self.db.clock(conn))
+                )
     out = []
     for job_id, created_at in jobs:
         lease = leases.get(job_id)

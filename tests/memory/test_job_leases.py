@@ -170,3 +170,12 @@ def test_a_stale_job_without_a_lease_waits_for_the_grace_period(store: Store) ->
     [got] = store.release_abandoned_jobs(leaseless_after_s=0)
     assert got.reason == "no lease" and got.released_claims == 2
     assert store.get_job(j).error.startswith("abandoned: no lease")
+
+
+def test_a_lapsed_lease_of_a_job_never_recorded_is_cleaned_up(store: Store) -> None:
+    store.acquire_lease(job_lease_name("never-started"), OTHER_HOST, 0.2)  # killed before start_job
+    store.acquire_lease(job_lease_name("starting"), new_holder(), 30)  # about to record its job
+    store.acquire_lease("evolve:r", OTHER_HOST, 0.2)  # not a job's: left alone
+    time.sleep(0.3)
+    assert store.release_abandoned_jobs() == []
+    assert [x.name for x in store.list_leases()] == ["evolve:r", job_lease_name("starting")]

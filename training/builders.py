@@ -21,10 +21,12 @@ def claim(
     consumer: str | None = None,
     limit: int | None = None,
     run_ids: Sequence[str] | None = None,
+    holder: str | None = None,
 ) -> list[ExampleRecord]:
     """Claim unconsumed examples of `kinds` for `job_id` (at most `limit` in all, oldest first).
 
     `run_ids` keeps the claim to what those runs emitted (a stage's own collections); None takes any run's.
+    `holder`, the job's lease holder, makes the store refuse the claim once a rerun has taken the job over.
     """
     got: list[ExampleRecord] = []
     for kind in kinds:
@@ -32,7 +34,7 @@ def claim(
         if left is not None and left <= 0:
             break
         got += store.claim_examples(
-            job_id, role=role, kind=kind, consumer=consumer, limit=left, run_ids=run_ids
+            job_id, role=role, kind=kind, consumer=consumer, limit=left, run_ids=run_ids, holder=holder
         )
     return got
 

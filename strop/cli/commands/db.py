@@ -115,7 +115,8 @@ def _cell(value: Any) -> str:
 
 @app.command()
 def stats(db: DbOption = None) -> None:
-    """Counts per run, loop, example kind and role, and consumer, as tables."""
+    """Counts per run, loop, example kind and role, and consumer, as tables; running training jobs with their
+    lease, and the claims stuck in abandoned jobs or released from them."""
     from rich.console import Console
 
     from strop.memory import Store, StoreError
@@ -125,6 +126,7 @@ def stats(db: DbOption = None) -> None:
         with Store(db, create=False) as store:
             data = store_stats(store)
             totals = store.counts()
+            jobs = store.job_lease_report()
     except StoreError as exc:
         fail(str(exc))
     for row in data["runs"]:
@@ -138,6 +140,34 @@ def stats(db: DbOption = None) -> None:
         ("consumers", "Consumption by consumer"),
     ):
         console.print(_table(title, data[name]))
+    _print_jobs(console, jobs)
+
+
+def _print_jobs(console: Any, report: Any) -> None:
+    """Running jobs and their leases: a job whose lease lapsed or whose process is gone holds its claims
+    until the next claim (any `strop train` or cycle) settles it."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "job": r.job_id[:12],
+            "algorithm": r.algorithm,
+            "lease": r.lease,
+            "holder": r.holder,
+            "heartbeat": None
+            if r.heartbeat_at is None
+            else f"{(now - r.heartbeat_at).total_seconds():.0f} s ago",
+            "claims": r.claims,
+        }
+        for r in report.running
+    ]
+    console.print(_table("Running training jobs", rows))
+    console.print(
+        f"training claims: {report.stuck_claims} stuck in abandoned jobs (lease lapsed or process gone; the "
+        f"next claim returns them), {report.released_claims} released from {report.released_jobs} abandoned "
+        "jobs so far"
+    )
 
 
 @app.command()

@@ -28,8 +28,14 @@ def run_training(kind: Any, options: dict[str, tuple[str, bool]], values: dict[s
     """Train `kind` with the command line's `values`; `options` maps settings fields to their parameters."""
     from strop.agents.models import model_cache_dir
     from strop.memory import Store
-    from strop.memory.records import Role, new_id
-    from strop.training.jobs import NothingToTrainError, train_candidate
+    from strop.memory.records import Role
+    from strop.training.jobs import (
+        JobFinishedError,
+        JobRunningError,
+        NothingToTrainError,
+        job_id_for,
+        train_candidate,
+    )
     from strop.training.launch import LaunchError
     from strop.training.tracking import TrainHooks
 
@@ -46,36 +52,83 @@ def run_training(kind: Any, options: dict[str, tuple[str, bool]], values: dict[s
     store = Store(values["db"])
     parent = version(store, values["model"])
     run_ids = _derive(store, values) if values.get("derive_from") else None
-    job_id = new_id()
-    name = values["name"] or f"{parent.lineage}-{kind.name}-{job_id[:8]}"
-    out = values["output_dir"] or model_cache_dir() / "versions" / name
     context: dict[str, Any] = {}
     if rollouts is not None:
         context = _context(store, rollouts, values)
-    try:
-        res = train_candidate(
-            store,
-            parent,
-            kind=kind.name,
-            output_dir=out,
-            settings=settings,
-            name=name,
-            job_id=job_id,
-            role=role,
-            run_ids=run_ids,
-            context=context or None,
-            hooks=TrainHooks(progress=values["progress"], label=f"{kind.name} {name}"),
-            launch=launch,
-        )
-    except LaunchError as e:
-        fail(str(e))
-    except NothingToTrainError as e:
-        fail(_nothing_to_train(kind, role) or str(e))
-    except ValueError as e:
-        if not kind.online:
-            raise
-        fail(one_line(e))  # the rollouts refused the loop config (GRPO samples with its own n, temperature)
+    spec = job_spec(kind, parent.id, role, settings, run_ids, values)
+    for _ in range(3):  # the job was settled between choosing its id and starting it: take the next attempt's
+        job_id = job_id_for(store, spec)  # the same as a killed run's, so a rerun continues that job
+        _say_continued(store, job_id)
+        name = values["name"] or f"{parent.lineage}-{kind.name}-{job_id[:8]}"
+        out = values["output_dir"] or model_cache_dir() / "versions" / name
+        try:
+            res = train_candidate(
+                store,
+                parent,
+                kind=kind.name,
+                output_dir=out,
+                settings=settings,
+                name=name,
+                job_id=job_id,
+                role=role,
+                run_ids=run_ids,
+                context=context or None,
+                hooks=TrainHooks(progress=values["progress"], label=f"{kind.name} {name}"),
+                launch=launch,
+            )
+        except JobFinishedError:
+            continue
+        except JobRunningError as e:
+            fail(str(e))
+        except LaunchError as e:
+            fail(str(e))
+        except NothingToTrainError as e:
+            fail(_nothing_to_train(kind, role) or str(e))
+        except ValueError as e:
+            if not kind.online:
+                raise
+            # the rollouts refused the loop config (GRPO samples with its own n, temperature)
+            fail(one_line(e))
+        break
+    else:
+        fail(f"training job {job_id} kept finishing before this run could start it; run the command again")
     _report(kind, res)
+
+
+# What `job_spec` leaves out: how the job is run or shown, not what it trains.
+_NOT_THE_JOB = frozenset({"progress", "db", "launcher", "num_processes", "accelerate_config", "concurrency"})
+
+
+def job_spec(
+    kind: Any, parent_id: str, role: str, settings: Any, run_ids: list[str] | None, values: dict[str, Any]
+) -> dict[str, Any]:
+    """What defines a hand-run job, hashed into its id (`job_id_for`): the kind, the parent, the role, the
+    validated settings, the data, the candidate's name and folder and an on-line kind's rollouts. Rerun with
+    all of them unchanged, a killed `strop train` continues its job; change any and it is another job."""
+    given = {
+        k: v
+        for k, v in values.items()
+        if k not in _NOT_THE_JOB and not k.startswith("setting__") and k not in ("set_", "lora_r")
+    }
+    return {
+        "kind": kind.name,
+        "parent": parent_id,
+        "role": role,
+        "settings": settings.model_dump(mode="json"),
+        "example_kinds": [str(k) for k in kind.example_kinds],
+        "run_ids": run_ids,
+        **given,
+    }
+
+
+def _say_continued(store: Any, job_id: str) -> None:
+    """Tell the user when this run takes over a job a stopped run left running (its claims come with it)."""
+    state = next((r for r in store.job_lease_report().running if r.job_id == job_id), None)
+    if state is not None and state.lease != "live":
+        typer.echo(
+            f"continuing training job {job_id}, left running by a run that stopped ({state.holder or 'no lease'}); "
+            f"it keeps the {state.claims} examples it had claimed"
+        )
 
 
 def launch_settings(launcher: str, num_processes: int | None, accelerate_config: Path | None) -> Any:

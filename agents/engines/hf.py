@@ -22,6 +22,8 @@ What is guaranteed:
 - Token ids include the end-of-sequence token when the model emitted one (training then learns to stop); the
   text never includes it. With a stop string, text ends before the stop string and token ids end with the
   token that completed it (vLLM does the same).
+- Shared prefixes are computed once per batch and kept for later ones (`prefix_cache_tokens`, an LRU; see
+  hf_prefix.py), giving the plain path's greedy tokens; `shared_prefixes=False` runs every prompt in full.
 
 This module is the engine: its queues, locks and lifecycle. Reading weights is in hf_loading.py, collecting
 and decoding a batch in hf_batching.py (with the per-row hooks of hf_rows.py), and carrying streamed tokens
@@ -53,6 +55,7 @@ from strop.agents.engines.base import (
 )
 from strop.agents.engines.hf_batching import cancel_rows, collect_batch, decode_batch
 from strop.agents.engines.hf_loading import eos_ids, load_model, swap_adapter
+from strop.agents.engines.hf_prefix import PrefixCache, supports_prefixes
 from strop.agents.engines.hf_rows import Row, length_groups
 from strop.agents.engines.hf_streaming import Queued, end_of_row, merge_events, to_sink
 from strop.agents.engines.streaming import StreamEvent, TextDeltas
@@ -72,6 +75,14 @@ class EngineStats:
     rows: int = 0
     tokens_generated: int = 0
     adapter_swaps: int = 0  # reloads done as a LoRA swap on the base in memory
+    # Prompt tokens of the rows decoded, and those the model actually ran (shared prefixes run once).
+    prefill_tokens_requested: int = 0
+    prefill_tokens_computed: int = 0
+
+    @property
+    def prefill_ratio(self) -> float:
+        """Prompt tokens run ÷ prompt tokens asked (1.0 without shared prefixes, 0.0 before any)."""
+        return self.prefill_tokens_computed / max(self.prefill_tokens_requested, 1)
 
     @property
     def mean_batch_size(self) -> float:
@@ -99,8 +110,10 @@ class HFEngine:
         device: str | None = None,
         dtype: str | None = None,
         model_version: str | None = None,
+        shared_prefixes: bool = True,
+        prefix_cache_tokens: int = 4096,
     ) -> None:
-        self._init_runtime(max_batch_size, batch_wait_ms, device, dtype)
+        self._init_runtime(max_batch_size, batch_wait_ms, device, dtype, shared_prefixes, prefix_cache_tokens)
         self._load(Path(model_path), Path(adapter_path) if adapter_path else None, model_version)
 
     @classmethod
@@ -112,15 +125,17 @@ class HFEngine:
         model_version: str,
         max_batch_size: int = 64,
         batch_wait_ms: float = 10,
+        shared_prefixes: bool = True,
     ) -> HFEngine:
         """Serve a model object that is already loaded, without copying it (e.g. the one a trainer is updating:
         every batch then samples from the weights as they are at that moment, so no weight sync is needed).
 
         The engine takes the model as it is (device, dtype, train/eval mode, PEFT wrapper) and does not change the
         tokenizer's padding side (it pads rows itself). `reload` replaces the model with one loaded from disk.
+        Prefixes are shared within a batch but kept for no later one: the trainer changes the weights under them.
         """
         engine = cls.__new__(cls)
-        engine._init_runtime(max_batch_size, batch_wait_ms, None, None)
+        engine._init_runtime(max_batch_size, batch_wait_ms, None, None, shared_prefixes, 0)
         param = next(model.parameters())
         source = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
         engine._adopt(model, tokenizer, param.device, param.dtype, Path(source), None, model_version)
@@ -128,14 +143,25 @@ class HFEngine:
         return engine
 
     def _init_runtime(
-        self, max_batch_size: int, batch_wait_ms: float, device: str | None, dtype: str | None
+        self,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        device: str | None,
+        dtype: str | None,
+        shared_prefixes: bool,
+        prefix_cache_tokens: int,
     ) -> None:
         if max_batch_size < 1:
             raise EngineError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if batch_wait_ms < 0:
             raise EngineError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
+        if prefix_cache_tokens < 0:
+            raise EngineError(f"prefix_cache_tokens must be 0 or more, got {prefix_cache_tokens}")
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
+        self.shared_prefixes = shared_prefixes
+        # Touched only on the worker thread, like the model.
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         # Streamed tokens reach the event loop at most this often after the first (one hand-off per step for a
         # model slower than this): on a fast model, per-step hand-offs to 64 streams cost more than decoding.
         self.stream_interval_s = 0.05
@@ -186,6 +212,8 @@ class HFEngine:
         self.model_path = model_path
         self.adapter_path = adapter_path
         self._eos_ids = eos
+        self._prefixes_ok = supports_prefixes(model)
+        self.prefix_cache.clear()  # keys and values of the old weights
         self.context_length: int = int(
             getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
         )
@@ -218,6 +246,7 @@ class HFEngine:
         """On the worker: unmerge the adapter in use (exact up to float rounding) and merge the new one."""
         model = swap_adapter(self.model, adapter_path, self.device)
         self.model = model
+        self.prefix_cache.clear()
         self.adapter_path = adapter_path
         self._model_version = model_version or str(adapter_path or model_path)
         self.stats.adapter_swaps += 1
@@ -337,7 +366,7 @@ class HFEngine:
 
     def _run_batch(self, rows: list[Row]) -> list[Completion]:
         """Runs on the worker thread: one `generate` call over all rows (hf_batching), counted in `stats`."""
-        completions = decode_batch(
+        completions, computed = decode_batch(
             self.model,
             self.tokenizer,
             rows,
@@ -345,7 +374,10 @@ class HFEngine:
             eos_ids=self._eos_ids,
             model_version=self._model_version,
             stream_interval_s=self.stream_interval_s,
+            prefixes=self.prefix_cache if self.shared_prefixes and self._prefixes_ok else None,
         )
+        self.stats.prefill_tokens_requested += sum(len(r.prompt_ids) for r in rows)
+        self.stats.prefill_tokens_computed += computed
         self.stats.batches += 1
         self.stats.rows += len(rows)
         self.stats.completions += len(rows)

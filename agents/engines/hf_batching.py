@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from strop.agents.engines.base import Completion, FinishReason
+from strop.agents.engines.hf_prefix import PrefixCache, plan_batch
 from strop.agents.engines.hf_rows import Row, RowSampler, RowStop
 from strop.agents.engines.hf_streaming import deliver
 
@@ -55,14 +56,25 @@ def decode_batch(
     eos_ids: list[int],
     model_version: str,
     stream_interval_s: float,
-) -> list[Completion]:
-    """Runs on the worker thread: one `generate` call over all rows, one completion per row."""
+    prefixes: PrefixCache | None = None,
+) -> tuple[list[Completion], int]:
+    """Runs on the worker thread: one `generate` call over all rows, one completion per row, and the prompt
+    tokens the model ran for them (fewer than the prompts' when `prefixes` found shared ones: hf_prefix.py)."""
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-    width = max(len(r.prompt_ids) for r in rows)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
-    attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
+    layout, computed = None, 0
+    if prefixes is not None:
+        layout, computed = plan_batch(model, [r.prompt_ids for r in rows], prefixes, pad, device)
+    if layout is not None:
+        input_ids, attention, cache = layout.input_ids, layout.attention_mask, layout.cache
+        width = input_ids.shape[1]
+        computed += layout.computed
+    else:
+        width = max(len(r.prompt_ids) for r in rows)
+        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
+        attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
+        cache, computed = None, sum(len(r.prompt_ids) for r in rows)
     sampler = RowSampler(rows, device)
     emit = None
     if any(r.sink is not None for r in rows):
@@ -92,15 +104,17 @@ def decode_batch(
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
             stopping_criteria=StoppingCriteriaList([stopper]),
+            **({"cache": cache} if cache is not None else {}),
         )
     stopper.flush()  # streamed tokens still pending go before the completions
     generated = out[:, width:].tolist()
     logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
     tops = [[step.get(i, {}) for step in sampler.top] for i in range(len(rows))]
-    return [
+    completions = [
         finish_row(tokenizer, row, gen, lps, top, eos_ids=eos_ids, model_version=model_version)
         for row, gen, lps, top in zip(rows, generated, logprobs, tops, strict=True)
     ]
+    return completions, computed
 
 
 def finish_row(

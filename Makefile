@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup models test test-fast test-vllm demo lint bench clean
+.PHONY: setup models test test-fast test-vllm demo lint bench clean chaos
 
 setup: $(STAMP)
 
@@ -70,6 +70,12 @@ test-vllm: $(VLLM_STAMP)
 demo: setup
 	$(BIN)/strop models import smollm2
 	$(BIN)/strop evolve --recipe recipes/star-arithmetic.toml
+
+# The chaos test (bench/chaos.py, not part of `make test`; figures in docs/benchmarks.md): a two-stage recipe on
+# the tiny model against PostgreSQL, run once untouched and once while strop evolve, strop worker and strop
+# train are SIGKILLed at seeded random moments and strop's connections are terminated; the stores must match.
+chaos: models
+	nice $(BIN)/python bench/chaos.py --seed 0 --kills 20 --pg-drops 2
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

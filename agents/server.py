@@ -1,7 +1,9 @@
 """An OpenAI-compatible HTTP server over any strop engine, so any OpenAI-client agent can use a strop model.
 
 Every choice also carries `token_ids`, and the response `prompt_token_ids` (the field names vLLM uses), so
-a strop client (the `openai` backend) can train on exactly what was sampled. Bad input answers 400 with an
+a strop client (the `openai` backend) can train on exactly what was sampled. `/v1/completions` also takes
+the prompt as token ids, as vLLM does, and its choices carry `prompt_token_ids` and `stop_reason` as vLLM's
+do: that is the `openai` engine's token-exact path. Bad input answers 400 with an
 OpenAI-style error naming the field; a prompt over the context window answers 400 with code
 `prompt_too_long`, which the `openai` backend turns back into PromptTooLongError. A parameter strop does not
 implement answers 400 naming it (server_api.py); a model name the server does not serve answers 404
@@ -287,7 +289,17 @@ def create_app(
     ) -> Any:
         def build() -> GenerationRequest:
             want = body.logprobs is not None
-            return GenerationRequest(prompt=body.prompt, sampling=body.sampling(want, body.logprobs or 0))
+            sampling = body.sampling(want, body.logprobs or 0)
+            if isinstance(body.prompt, str):
+                return GenerationRequest(prompt=body.prompt, sampling=sampling)
+            # Token ids (vLLM's form): continued verbatim, so a remote client is as token-exact as in-process.
+            tokenizer = getattr(engine, "tokenizer", None)
+            vocab = len(tokenizer) if tokenizer is not None else None
+            if vocab is not None and max(body.prompt) >= vocab:
+                raise _field_error(
+                    "prompt", f"token id {max(body.prompt)} is out of the vocabulary ({vocab} tokens)"
+                )
+            return GenerationRequest(messages=[], context_token_ids=body.prompt, sampling=sampling)
 
         return await _run(body, False, build, episode_id, http)
 

@@ -166,13 +166,23 @@ class ChatCompletionRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: str = Field(description="Raw prompt text, used without chat template.")
+    prompt: str | list[int] = Field(
+        description="Raw prompt text, used without chat template; or token ids, used verbatim (as vLLM takes "
+        "them), which is how the `openai` engine stays token-exact."
+    )
     logprobs: int | None = Field(
         None,
         ge=0,
         le=MAX_TOP_LOGPROBS,
         description="Return the sampled tokens' log-probs, and the k most likely tokens at each position.",
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def _ids_are_ids(cls, v: str | list[int]) -> str | list[int]:
+        if isinstance(v, list) and (not v or min(v) < 0):
+            raise ValueError("a token-id prompt must be a non-empty list of non-negative token ids")
+        return v
 
 
 def error_body(
@@ -266,6 +276,7 @@ def chat_response(
             "index": i,
             "message": {"role": "assistant", "content": c.text},
             "finish_reason": c.finish_reason.value,
+            "stop_reason": c.matched_stop,
             "logprobs": lp,
             "token_ids": c.token_ids,
         }
@@ -289,8 +300,10 @@ def text_response(completions: list[Completion], logprobs: bool, tokenizer: Any)
                 "index": i,
                 "text": c.text,
                 "finish_reason": c.finish_reason.value,
+                "stop_reason": c.matched_stop,  # vLLM's fields: the stop string that ended it, and the prompt
                 "logprobs": lp,
                 "token_ids": c.token_ids,
+                "prompt_token_ids": c.prompt_token_ids,
             }
         )
     return _envelope("cmpl", "text_completion", completions, choices)

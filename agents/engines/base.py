@@ -152,7 +152,8 @@ class GenerationRequest(BaseModel):
         description="Token ids of an earlier exchange, used verbatim (its prompt and completion ids, as the engine "
         "reported them); `messages` are then only the new turns, rendered with the chat template and appended, "
         "or empty to continue right after those ids (step-wise search extending a partial answer). Multi-turn "
-        "loops use it so earlier turns are never re-tokenized. Needs a local tokenizer (hf, vllm).",
+        "loops use it so earlier turns are never re-tokenized. Needs a tokenizer on the client: hf and vllm have "
+        "one; the openai engine renders the new turns with a local copy and sends token ids (openai.py).",
     )
     tools: list[ToolSpec] | None = Field(
         None,
@@ -250,6 +251,8 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest, model_path: object
     """
     if request.prompt is not None:
         return list(tokenizer(request.prompt)["input_ids"])
+    if request.context_token_ids is not None and not request.messages:
+        return list(request.context_token_ids)  # ids to continue as they stand (a served token-id prompt)
     if not getattr(tokenizer, "chat_template", None):
         raise EngineError(
             f"{model_path} has no chat template, so it cannot take `messages`: "

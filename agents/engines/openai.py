@@ -4,9 +4,15 @@ The official `openai` client already does timeouts and retries with exponential 
 bound on concurrent requests (a server, or a rate limit, that sees 500 requests at once answers none of them
 well) and turns the client's exceptions into EngineErrors that name the URL and what to check.
 
-Token ids: hosted APIs do not return them. `strop serve` always does, and vLLM does when asked
-(`extra_body={"return_token_ids": True}`); when absent, `token_ids` and `prompt_token_ids` are empty, and
-anything that trains on those completions must re-tokenize (with the drift that implies).
+Token ids (`token_ids`, a setting): against a server that takes token-id prompts and returns token ids
+(vLLM's `/v1/completions` with `return_token_ids`, `strop serve`), the engine renders every prompt itself with
+the model's tokenizer, exactly as the in-process engines do, and sends the ids (openai_tokens.py). Completions
+then carry the very ids sampled, `context_token_ids` works, and every loop (self-correction, MCTS, games)
+runs against a remote server with the same stored ids as in-process. "auto" (the default) takes that path when
+the model's tokenizer is on this machine (a strop cache name, a local folder, the Hugging Face cache) and
+sends text otherwise (hosted APIs); "always" insists; "never" sends text. On the text path hosted APIs return
+no ids: `token_ids` and `prompt_token_ids` are then empty, and anything that trains on those completions must
+re-tokenize (with the drift that implies).
 The API key is read from the environment variable named by `api_key_env` at construction and never stored
 elsewhere or logged.
 """
@@ -14,8 +20,10 @@ elsewhere or logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -27,11 +35,24 @@ from strop.agents.engines.base import (
     GenerationRequest,
     PromptTooLongError,
     as_requests,
+    encode_prompt,
+)
+from strop.agents.engines.openai_tokens import (
+    TOKEN_MODES,
+    completions_from_token_response,
+    extra_field,
+    load_tokenizer,
 )
 
 
 class OpenAIEngine:
-    """Chat (or completion, for raw prompts) requests against an OpenAI-compatible `base_url`."""
+    """Requests against an OpenAI-compatible `base_url`: token ids where the server takes them, else text.
+
+    model: the name the server serves, and where the tokenizer is looked up (see `tokenizer`). token_ids:
+    "auto", "always" or "never" (the module docstring says when each fits). tokenizer: a path, hub id or
+    tokenizer object to render prompts with, when the served name is not one this machine can resolve.
+    model_version: what `model_version` and the completions report (default: the server's answer).
+    """
 
     def __init__(
         self,
@@ -43,11 +64,22 @@ class OpenAIEngine:
         timeout_s: float = 60,
         max_retries: int = 3,
         extra_body: dict[str, Any] | None = None,
+        token_ids: str = "auto",
+        tokenizer: Any = None,
+        model_version: str | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise EngineError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if token_ids not in TOKEN_MODES:
+            raise EngineError(f"token_ids must be one of {', '.join(TOKEN_MODES)}, got {token_ids!r}")
         self.base_url = base_url
         self.model = model
+        self.token_ids = token_ids
+        self._version = model_version
+        # a tokenizer object is used as given; a name (or the model's) is looked up on the first request
+        self._tokenizer_name = tokenizer if isinstance(tokenizer, str | None) else None
+        self._tokenizer: Any = None if isinstance(tokenizer, str | None) else tokenizer
+        self._tokenizer_looked_up = self._tokenizer is not None or token_ids == "never"
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -65,7 +97,22 @@ class OpenAIEngine:
 
     @property
     def model_version(self) -> str:
-        return self.model
+        return self._version or self.model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The local tokenizer the token-id path renders prompts with (None: text only, or not looked up yet)."""
+        return self._tokenizer
+
+    async def _token_tokenizer(self) -> Any:
+        """The tokenizer when requests go as token ids, else None; looked up once, off the event loop."""
+        if not self._tokenizer_looked_up:
+            name = self._tokenizer_name or self.model
+            self._tokenizer = await asyncio.to_thread(
+                load_tokenizer, name, required=self.token_ids == "always"
+            )
+            self._tokenizer_looked_up = True
+        return self._tokenizer
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -76,16 +123,21 @@ class OpenAIEngine:
 
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         requests = as_requests(requests)
-        if any(r.context_token_ids is not None for r in requests):
-            raise EngineError(
-                f"{self.base_url} is reached over HTTP, without the model's tokenizer, so it cannot continue a "
-                "conversation from token ids (`context_token_ids`). Send the whole conversation as `messages` "
-                "(multi-turn loops: set token_context = false), or use the hf or vllm engine."
-            )
+        tokenizer = await self._token_tokenizer()
         if any(r.sampling.top_logprobs for r in requests):
             raise EngineError(
                 "the openai backend does not return top_logprobs (it keeps the sampled tokens' log-probs only): "
                 "ask with top_logprobs=0, or use the hf or vllm engine"
+            )
+        if tokenizer is not None:  # token ids: prompts rendered here, tools included, as in-process
+            return list(await asyncio.gather(*(self._one_ids(r, tokenizer) for r in requests)))
+        if any(r.context_token_ids is not None for r in requests):
+            raise EngineError(
+                f"{self.base_url} is reached with text (token_ids={self.token_ids!r}: no local tokenizer for "
+                f"{self._tokenizer_name or self.model!r}), so it cannot continue a conversation from token ids "
+                "(`context_token_ids`). Pass tokenizer=PATH (the served model's tokenizer files) against vLLM or "
+                "`strop serve`; or send the whole conversation as `messages` (multi-turn loops: set "
+                "token_context = false); or use the hf or vllm engine."
             )
         if any(r.tools for r in requests):
             raise EngineError(
@@ -95,7 +147,7 @@ class OpenAIEngine:
             )
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
-    async def _one(self, request: GenerationRequest) -> list[Completion]:
+    def _common(self, request: GenerationRequest) -> dict[str, Any]:
         s = request.sampling
         common: dict[str, Any] = {
             "model": self.model,
@@ -108,35 +160,61 @@ class OpenAIEngine:
             common["stop"] = s.stop
         if s.seed is not None:
             common["seed"] = s.seed
+        return common
+
+    async def _one_ids(self, request: GenerationRequest, tokenizer: Any) -> list[Completion]:
+        """One request as token ids to /v1/completions: the prompt ids are the ones an in-process engine builds."""
+        prompt_ids = encode_prompt(tokenizer, request, self._tokenizer_name or self.model)
+        want = request.sampling.logprobs
+        async with self._call():
+            response = await self._client.completions.create(
+                prompt=prompt_ids,
+                logprobs=0 if want else None,  # the sampled tokens' own log-probs, no alternatives
+                extra_body={**self.extra_body, "return_token_ids": True},
+                **self._common(request),
+            )
+        version = self._version or response.model or self.model
+        return completions_from_token_response(response, prompt_ids, want, version, self.base_url)
+
+    async def _one(self, request: GenerationRequest) -> list[Completion]:
+        s = request.sampling
+        common = self._common(request)
         extra = dict(self.extra_body)
-        async with self._semaphore():
-            try:
-                if request.messages is not None:
-                    if request.continue_final:  # vLLM's and strop's servers understand these
-                        extra.update(continue_final_message=True, add_generation_prompt=False)
-                    response = await self._client.chat.completions.create(
-                        messages=[m.model_dump() for m in request.messages],  # type: ignore[misc]
-                        logprobs=s.logprobs,
-                        extra_body=extra or None,
-                        **common,
-                    )
-                    return self._from_chat(response, s.logprobs)
-                response = await self._client.completions.create(
-                    prompt=request.prompt or "",
-                    logprobs=1 if s.logprobs else None,
+        async with self._call():
+            if request.messages is not None:
+                if request.continue_final:  # vLLM's and strop's servers understand these
+                    extra.update(continue_final_message=True, add_generation_prompt=False)
+                response = await self._client.chat.completions.create(
+                    messages=[m.model_dump() for m in request.messages],  # type: ignore[misc]
+                    logprobs=s.logprobs,
                     extra_body=extra or None,
                     **common,
                 )
-                return self._from_text(response, s.logprobs)
-            except openai.APIStatusError as e:
-                raise self._status_error(e) from e
-            except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                raise EngineError(
-                    f"no answer from {self.base_url} after {self.max_retries + 1} attempts "
-                    f"({type(e).__name__}: {e}). Check that the server is running and reachable (for a strop "
-                    f"model: `strop serve MODEL --port PORT`, then base_url='http://HOST:PORT/v1'), or raise "
-                    f"timeout_s / max_retries."
-                ) from e
+                return self._from_chat(response, s.logprobs)
+            response = await self._client.completions.create(
+                prompt=request.prompt or "",
+                logprobs=1 if s.logprobs else None,
+                extra_body=extra or None,
+                **common,
+            )
+            return self._from_text(response, s.logprobs)
+
+    @contextlib.asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """One call to the server: within the concurrency bound, its exceptions as EngineErrors naming the URL
+        and what to check."""
+        try:
+            async with self._semaphore():
+                yield
+        except openai.APIStatusError as e:
+            raise self._status_error(e) from e
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            raise EngineError(
+                f"no answer from {self.base_url} after {self.max_retries + 1} attempts "
+                f"({type(e).__name__}: {e}). Check that the server is running and reachable (for a strop "
+                f"model: `strop serve MODEL --port PORT`, then base_url='http://HOST:PORT/v1'), or raise "
+                f"timeout_s / max_retries."
+            ) from e
 
     def _status_error(self, e: openai.APIStatusError) -> EngineError:
         body = e.body if isinstance(e.body, dict) else {}
@@ -144,8 +222,8 @@ class OpenAIEngine:
         message = err.get("message", str(e)) if isinstance(err, dict) else str(e)
         code = err.get("code") if isinstance(err, dict) else None
         where = f"{self.base_url} answered {e.status_code}"
-        if code == "prompt_too_long":
-            return PromptTooLongError(f"{where}: {message}")
+        if code == "prompt_too_long" or (e.status_code == 400 and "maximum context length" in message):
+            return PromptTooLongError(f"{where}: {message}")  # strop's code; vLLM's wording
         if e.status_code == 401:
             return EngineError(
                 f"{where} (unauthorized): set the API key in the environment variable {self.api_key_env}"
@@ -160,7 +238,7 @@ class OpenAIEngine:
         return EngineError(f"{where}: {message}")
 
     def _from_chat(self, response: Any, want_logprobs: bool) -> list[Completion]:
-        prompt_ids = _extra(response, "prompt_token_ids") or []
+        prompt_ids = extra_field(response, "prompt_token_ids") or []
         out = []
         for choice in sorted(response.choices, key=lambda c: c.index):
             logprobs = None
@@ -170,16 +248,16 @@ class OpenAIEngine:
                 Completion(
                     text=choice.message.content or "",
                     prompt_token_ids=list(prompt_ids),
-                    token_ids=list(_extra(choice, "token_ids") or []),
+                    token_ids=list(extra_field(choice, "token_ids") or []),
                     logprobs=logprobs,
                     finish_reason=_finish(choice.finish_reason),
-                    model_version=response.model or self.model,
+                    model_version=self._version or response.model or self.model,
                 )
             )
         return out
 
     def _from_text(self, response: Any, want_logprobs: bool) -> list[Completion]:
-        prompt_ids = _extra(response, "prompt_token_ids") or []
+        prompt_ids = extra_field(response, "prompt_token_ids") or []
         out = []
         for choice in sorted(response.choices, key=lambda c: c.index):
             logprobs = None
@@ -188,25 +266,17 @@ class OpenAIEngine:
             out.append(
                 Completion(
                     text=choice.text,
-                    prompt_token_ids=list(_extra(choice, "prompt_token_ids") or prompt_ids),
-                    token_ids=list(_extra(choice, "token_ids") or []),
+                    prompt_token_ids=list(extra_field(choice, "prompt_token_ids") or prompt_ids),
+                    token_ids=list(extra_field(choice, "token_ids") or []),
                     logprobs=logprobs,
                     finish_reason=_finish(choice.finish_reason),
-                    model_version=response.model or self.model,
+                    model_version=self._version or response.model or self.model,
                 )
             )
         return out
 
     async def close(self) -> None:
         await self._client.close()
-
-
-def _extra(obj: Any, name: str) -> Any:
-    """A non-standard field (vLLM's and strop's token ids) from an openai response object."""
-    value = getattr(obj, name, None)
-    if value is None and getattr(obj, "model_extra", None):
-        value = obj.model_extra.get(name)
-    return value
 
 
 def _finish(reason: str | None) -> FinishReason:

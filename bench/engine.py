@@ -9,6 +9,14 @@ three run interleaved, `--repeats` rounds, each with `--pairs` alternated (a), (
 the ratios come from the same rounds (a/b pair by pair).
 
     .venv/bin/python bench/engine.py --model tiny --prompts 64 --max-tokens 32 --repeats 3 --pairs 3
+
+With `--best-of-n N` it measures shared prefixes instead (agents/engines/hf_prefix.py): `--prompts` requests of
+N seeded samples each (best-of-N's shape), all concurrent, on one engine with shared prefixes on and off in turn
+(`--pairs` alternated pairs, the LRU emptied before each run so only sharing within the batch counts). It
+prints the prompt tokens the model ran ÷ those asked (the plain path runs them all: 1.0), tokens/s of each,
+and whether both drew the same tokens (each row has its own seeded generator, so they should):
+
+    .venv/bin/python bench/engine.py --model smollm2-135m --best-of-n 8 --prompts 8 --max-tokens 64 --pairs 5
 """
 
 from __future__ import annotations
@@ -79,6 +87,81 @@ def _run_a(
     return elapsed, [r[0][0].token_ids for r in results]
 
 
+def _prefix_run(
+    engine: HFEngine, requests: list[GenerationRequest], loop: asyncio.AbstractEventLoop, shared: bool
+) -> tuple[float, int, int, int, list[list[int]]]:
+    """(seconds, tokens generated, prompt tokens asked, prompt tokens run, token ids) of one run."""
+    engine.shared_prefixes = shared
+    engine.prefix_cache.clear()  # only what the batch itself shares: no prefix kept from the run before
+    st = engine.stats
+    before = st.tokens_generated, st.prefill_tokens_requested, st.prefill_tokens_computed
+
+    async def go() -> list[Any]:
+        return list(await asyncio.gather(*(engine.generate([r]) for r in requests)))
+
+    start = time.perf_counter()
+    results = loop.run_until_complete(go())
+    elapsed = time.perf_counter() - start
+    ids = [c.token_ids for r in results for c in r[0]]
+    return (
+        elapsed,
+        st.tokens_generated - before[0],
+        st.prefill_tokens_requested - before[1],
+        st.prefill_tokens_computed - before[2],
+        ids,
+    )
+
+
+def prefix_bench(args: argparse.Namespace) -> None:
+    """Best-of-N's requests with shared prefixes on and off, alternated; see the module docstring."""
+    n = args.best_of_n
+    requests = [
+        r.model_copy(
+            update={
+                "sampling": r.sampling.model_copy(
+                    update={"max_tokens": args.max_tokens, "n": n, "temperature": 0.8, "seed": i}
+                )
+            }
+        )
+        for i, r in enumerate(_prompts(args.prompts))
+    ]
+    engine = HFEngine(resolve_model(args.model), max_batch_size=args.prompts * n, batch_wait_ms=10)
+    loop = asyncio.new_event_loop()
+    for shared in (True, False):  # warm-up
+        _prefix_run(engine, requests, loop, shared)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    ratios, prefill, same = [], [], []
+    for p in range(args.pairs):
+        got = {}
+        for shared in (True, False) if p % 2 == 0 else (False, True):
+            secs, toks, asked, ran, ids = _prefix_run(engine, requests, loop, shared)
+            got[shared] = (toks / secs, ran / asked, ids)
+            rates[shared].append(toks / secs)
+        ratios.append(got[True][0] / got[False][0])
+        prefill.append(got[True][1])
+        same.append(sum(a == b for a, b in zip(got[True][2], got[False][2], strict=True)) / len(got[True][2]))
+        print(
+            f"pair {p + 1}: shared {got[True][0]:.0f} tok/s (prompt tokens run / asked {got[True][1]:.3f}), "
+            f"plain {got[False][0]:.0f} tok/s ({got[False][1]:.3f}), ratio {ratios[-1]:.2f}, "
+            f"same tokens for {same[-1]:.0%} of rows",
+            flush=True,
+        )
+    loop.run_until_complete(engine.close())
+    loop.close()
+    print(
+        f"\nmodel {args.model}, {args.prompts} prompts x n={n}, max_tokens {args.max_tokens}, "
+        f"torch threads {torch.get_num_threads()}, {args.pairs} alternated pairs"
+    )
+    print("| path | prompt tokens run / asked | tokens/s (median) |")
+    print("|---|---|---|")
+    print(f"| shared prefixes | {statistics.median(prefill):.3f} | {statistics.median(rates[True]):.0f} |")
+    print(f"| plain (every prompt in full) | 1.000 | {statistics.median(rates[False]):.0f} |")
+    print(
+        f"shared / plain tokens/s = {statistics.median(ratios):.2f} (median of {len(ratios)} pairs); "
+        f"same tokens for {min(same):.0%} of rows or more"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,9 +172,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c)")
     parser.add_argument("--pairs", type=int, default=3, help="alternated (a), (b) runs per round")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--best-of-n", type=int, default=0, help="measure shared prefixes: N samples per prompt, on vs off"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.best_of_n:
+        prefix_bench(args)
+        return
 
     requests = [
         r.model_copy(update={"sampling": r.sampling.model_copy(update={"max_tokens": args.max_tokens})})

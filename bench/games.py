@@ -23,6 +23,10 @@ games are short, but the cost per move is what is measured.
     .venv/bin/python bench/games.py --model smollm2-135m --games 64 --rounds 2 --serial-games 8 --pairs 3
     .venv-vllm/bin/python bench/games.py --backend vllm --model smollm2-135m --games 64 --rounds 2 ...
 
+On hf, `--prefixes both` runs every pair twice, with the engine's shared prefixes (agents/engines/hf_prefix.py:
+the rules every game's prompt starts with run once per batch) on and off in turn, which goes first alternating
+too, the prefix LRU emptied before each run; each run also prints the prompt tokens the model ran ÷ asked.
+
 The vLLM run needs `make test-vllm`'s venv plus the loop's own dependencies, pinned to that venv's torch and
 transformers (strop is installed there without its dependencies):
 
@@ -51,18 +55,27 @@ from strop.sandbox.tasks.games import GameTaskSet
 
 
 async def _run(
-    engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int
-) -> tuple[int, float, float]:
-    """(policy moves, wall seconds, mean engine batch size) of one run."""
+    engine: Any, store: Store, graph: Any, tasks: list[Any], concurrency: int, shared: bool = True
+) -> tuple[int, float, float, float]:
+    """(policy moves, wall seconds, mean engine batch size, prompt tokens run / asked) of one run."""
     stats = getattr(engine, "stats", None)  # the hf engine counts its batches; vLLM schedules per step
+    if stats:
+        engine.shared_prefixes = shared
+        engine.prefix_cache.clear()  # each run starts cold: no prefix kept from the run before
     rows, batches = (stats.rows, stats.batches) if stats else (0, 0)
+    asked, ran = (stats.prefill_tokens_requested, stats.prefill_tokens_computed) if stats else (0, 0)
     started = time.perf_counter()
     res = await Runner(store, concurrency=concurrency, progress=False).run(
         graph, tasks, RunRecord(id=new_id(), loop="bench")
     )
     secs = time.perf_counter() - started
     batch = (stats.rows - rows) / max(1, stats.batches - batches) if stats else float("nan")
-    return res.samples, secs, batch
+    share = (
+        (stats.prefill_tokens_computed - ran) / max(1, stats.prefill_tokens_requested - asked)
+        if stats
+        else float("nan")
+    )
+    return res.samples, secs, batch, share
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -92,36 +105,44 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
         for name, (g, ts_, conc) in modes.items():  # warm-up
-            moves, secs, batch = await _run(engine, store, g, ts_[: warm[name]], conc)
+            moves, secs, batch, _ = await _run(engine, store, g, ts_[: warm[name]], conc)
             print(f"warm-up {name}: {moves} moves in {secs:.1f} s (mean batch {batch:.1f})", flush=True)
-        ratios = []
+        settings = {"on": [True], "off": [False], "both": [True, False]}[args.prefixes]
+        if args.backend != "hf":
+            settings = [True]  # shared prefixes are the hf engine's; vLLM has its own prefix caching
+        all_ratios: dict[bool, list[float]] = {s: [] for s in settings}
         for p in range(args.pairs):
-            order = list(modes) if p % 2 == 0 else list(reversed(modes))
-            got = {}
-            for name in order:
-                g, ts_, conc = modes[name]
-                moves, secs, batch = await _run(engine, store, g, ts_, conc)
-                got[name] = (moves / secs, moves, secs, batch)
-            ratios.append(got["in-flight"][0] / got["serial"][0])
-            print(
-                f"pair {p + 1}: "
-                + ", ".join(
-                    f"{n} {r:.2f} moves/s ({m} moves, {s:.1f} s, mean batch {b:.1f})"
-                    for n, (r, m, s, b) in got.items()
+            for shared in settings if p % 2 == 0 else settings[::-1]:
+                order = list(modes) if p % 2 == 0 else list(reversed(modes))
+                got = {}
+                for name in order:
+                    g, ts_, conc = modes[name]
+                    moves, secs, batch, share = await _run(engine, store, g, ts_, conc, shared)
+                    got[name] = (moves / secs, moves, secs, batch, share)
+                all_ratios[shared].append(got["in-flight"][0] / got["serial"][0])
+                print(
+                    f"pair {p + 1}"
+                    + (f", shared prefixes {'on' if shared else 'off'}: " if args.backend == "hf" else ": ")
+                    + ", ".join(
+                        f"{n} {r:.2f} moves/s ({m} moves, {s:.1f} s, mean batch {b:.1f}, "
+                        f"prompt tokens run/asked {sh:.2f})"
+                        for n, (r, m, s, b, sh) in got.items()
+                    )
+                    + f", ratio {all_ratios[shared][-1]:.2f}",
+                    flush=True,
                 )
-                + f", ratio {ratios[-1]:.2f}",
-                flush=True,
-            )
     await engine.close()
     how = (
         f"{episodes} episodes x {args.games_per_task} games"
         if args.games_per_task > 1
         else f"{episodes} episodes of 1 game"
     )
-    print(
-        f"median ratio {args.games} games in flight ({how}) / one game at a time, moves/s: "
-        f"{statistics.median(ratios):.2f} (target >= 4)"
-    )
+    for shared, ratios in all_ratios.items():
+        print(
+            (f"shared prefixes {'on' if shared else 'off'}: " if args.backend == "hf" else "")
+            + f"median ratio {args.games} games in flight ({how}) / one game at a time, moves/s: "
+            f"{statistics.median(ratios):.2f} (target >= 4)"
+        )
 
 
 if __name__ == "__main__":
@@ -137,6 +158,12 @@ if __name__ == "__main__":
     ap.add_argument("--serial-games", type=int, default=8, help="Games played one at a time in (b).")
     ap.add_argument("--max-tokens", type=int, default=48, help="Most new tokens per move.")
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument(
+        "--prefixes",
+        default="on",
+        choices=["on", "off", "both"],
+        help="hf engine shared prefixes: on (the default engine), off (every prompt in full), or both in turn.",
+    )
     ap.add_argument(
         "--backend",
         default="hf",

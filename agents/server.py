@@ -11,7 +11,8 @@ implement answers 400 naming it (server_api.py); a model name the server does no
 `stream=true` streams from the engine's own decode loop (server_stream.py). With a `RegistryFollower`
 (server_follow.py) the server follows a lineage's promoted version without a restart. A request's queue slot
 is given back on every path it can end, and a client that goes away cancels its generation (server_slots.py);
-an API key and a body limit guard every endpoint (server_auth.py).
+an API key and a body limit guard every endpoint (server_auth.py). vLLM's dynamic LoRA endpoints, when
+allowed, let an `openai` client follow promotions here as against vLLM (server_lora.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from strop.agents.server_api import (
     text_response,
 )
 from strop.agents.server_auth import DEFAULT_MAX_BODY_BYTES, NetworkGuard
+from strop.agents.server_lora import add_lora_routes, runtime_lora_allowed
 from strop.agents.server_slots import Admission, ClientGone, Slot, unless_gone
 from strop.agents.server_stream import SlotStreamingResponse, chunks
 from strop.memory.records import EpisodeStatus
@@ -84,6 +86,7 @@ def create_app(
     hub: CaptureHub | None = None,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    runtime_lora: bool | None = None,
 ) -> FastAPI:
     """The FastAPI app; `strop serve` runs it with uvicorn, tests run it in a thread or through ASGI.
 
@@ -94,7 +97,8 @@ def create_app(
     calls are recorded (agents/capture); default a memory-only hub (`strop serve --db` gives it the store).
     api_key: every endpoint (the episode endpoints too) answers 401 without `Authorization: Bearer KEY`;
     None leaves the server open (strop's own in-process servers, bound to 127.0.0.1). max_body_bytes: larger
-    request bodies answer 413 (server_auth.py).
+    request bodies answer 413 (server_auth.py). runtime_lora: answer vLLM's /v1/load_lora_adapter and
+    /v1/unload_lora_adapter (server_lora.py); None reads STROP_ALLOW_RUNTIME_LORA_UPDATING.
     """
 
     @contextlib.asynccontextmanager
@@ -312,6 +316,9 @@ def create_app(
         return await serve_text(body, None, http)
 
     add_episode_routes(app, capture, chat=serve_chat, complete=serve_text, models=models, error=_error)
+    add_lora_routes(
+        app, engine, enabled=runtime_lora_allowed(runtime_lora), following=follower is not None, error=_error
+    )
     return app
 
 

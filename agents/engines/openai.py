@@ -24,6 +24,7 @@ import contextlib
 import os
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -43,6 +44,7 @@ from strop.agents.engines.openai_tokens import (
     extra_field,
     load_tokenizer,
 )
+from strop.agents.engines.openai_weights import load_adapter, restart_needed, served_names, unload_adapter
 
 
 class OpenAIEngine:
@@ -52,6 +54,8 @@ class OpenAIEngine:
     "auto", "always" or "never" (the module docstring says when each fits). tokenizer: a path, hub id or
     tokenizer object to render prompts with, when the served name is not one this machine can resolve.
     model_version: what `model_version` and the completions report (default: the server's answer).
+    adapter_path: a LoRA version on `model`: loaded into the server before the first request and asked for
+    by its name (`model_version`); `reload` follows later promotions the same way (openai_weights.py).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class OpenAIEngine:
         token_ids: str = "auto",
         tokenizer: Any = None,
         model_version: str | None = None,
+        adapter_path: str | Path | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise EngineError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -80,6 +85,15 @@ class OpenAIEngine:
         self._tokenizer_name = tokenizer if isinstance(tokenizer, str | None) else None
         self._tokenizer: Any = None if isinstance(tokenizer, str | None) else tokenizer
         self._tokenizer_looked_up = self._tokenizer is not None or token_ids == "never"
+        self._tokenizer_given = tokenizer is not None
+        self._base = model  # the full weights the server serves under this name
+        self._adapter_name: str | None = None  # the LoRA version requests name, once loaded
+        self._pending_adapter = (
+            (model_version or Path(adapter_path).name, str(adapter_path)) if adapter_path else None
+        )
+        self._adapter_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -121,8 +135,61 @@ class OpenAIEngine:
             sem = self._limits[loop] = asyncio.Semaphore(self.max_concurrency)
         return sem
 
+    async def reload(
+        self,
+        model_path: str | Path,
+        *,
+        adapter_path: str | Path | None = None,
+        model_version: str | None = None,
+    ) -> None:
+        """Follow a promotion on the server: a LoRA version is loaded by its dynamic LoRA endpoint and named in
+        the requests after it; a full-weights version must be served already (a restart; openai_weights.py).
+        Requests in flight finish on the weights they named."""
+        async with self._call():
+            if adapter_path is not None:
+                name = model_version or Path(adapter_path).name
+                await load_adapter(self._client, name, str(adapter_path), self.base_url)
+                self.model, self._adapter_name = name, name
+            else:
+                self.model = await self._served_base(str(model_path), model_version)
+                self._adapter_name = None
+        self._version = model_version
+
+    async def _served_base(self, model_path: str, model_version: str | None) -> str:
+        """The name the server serves a full-weights version under; after a LoRA on `strop serve` (one set of
+        weights at a time) the adapter is unloaded first, which puts its base back."""
+        same_base = Path(model_path).expanduser().resolve() == Path(self._base).expanduser().resolve()
+        wanted = [n for n in (model_version, model_path, self._base if same_base else None) if n]
+        names = await served_names(self._client)
+        found = next((n for n in wanted if n in names), None)
+        unloaded = found is None and self._adapter_name is not None
+        if unloaded and await unload_adapter(self._client, self._adapter_name or ""):
+            names = await served_names(self._client)
+            found = next((n for n in wanted if n in names), None)
+        if found is None:
+            raise restart_needed(self.base_url, model_path, names)
+        if not same_base:  # new weights: new base name, and their tokenizer where it was looked up by name
+            self._base = found
+            if not self._tokenizer_given and self.token_ids != "never":
+                self._tokenizer_name, self._tokenizer, self._tokenizer_looked_up = model_path, None, False
+        return found
+
+    async def _load_pending_adapter(self) -> None:
+        """The adapter given at construction, loaded once before the first request (concurrent callers wait)."""
+        loop = asyncio.get_running_loop()
+        lock = self._adapter_locks.get(loop)
+        if lock is None:
+            lock = self._adapter_locks[loop] = asyncio.Lock()
+        async with lock:
+            if self._pending_adapter is not None:
+                name, path = self._pending_adapter
+                await self.reload(self._base, adapter_path=path, model_version=name)
+                self._pending_adapter = None
+
     async def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         requests = as_requests(requests)
+        if self._pending_adapter is not None:
+            await self._load_pending_adapter()
         tokenizer = await self._token_tokenizer()
         if any(r.sampling.top_logprobs for r in requests):
             raise EngineError(

@@ -44,7 +44,13 @@ from strop.agents.engines.openai_tokens import (
     extra_field,
     load_tokenizer,
 )
-from strop.agents.engines.openai_weights import load_adapter, restart_needed, served_names, unload_adapter
+from strop.agents.engines.openai_weights import (
+    follows_itself,
+    load_adapter,
+    restart_needed,
+    served_names,
+    unload_adapter,
+)
 
 
 class OpenAIEngine:
@@ -88,6 +94,7 @@ class OpenAIEngine:
         self._tokenizer_given = tokenizer is not None
         self._base = model  # the full weights the server serves under this name
         self._adapter_name: str | None = None  # the LoRA version requests name, once loaded
+        self._follows = False  # the server follows the lineage `model` by itself (strop serve --follow)
         self._pending_adapter = (
             (model_version or Path(adapter_path).name, str(adapter_path)) if adapter_path else None
         )
@@ -112,6 +119,12 @@ class OpenAIEngine:
     @property
     def model_version(self) -> str:
         return self._version or self.model
+
+    def _answered(self, response: Any) -> str:
+        """The version a completion reports: the one set by reload, unless the server follows by itself."""
+        if self._version and not self._follows:
+            return self._version
+        return str(response.model or self.model)
 
     @property
     def tokenizer(self) -> Any:
@@ -146,7 +159,9 @@ class OpenAIEngine:
         the requests after it; a full-weights version must be served already (a restart; openai_weights.py).
         Requests in flight finish on the weights they named."""
         async with self._call():
-            if adapter_path is not None:
+            if await follows_itself(self._client, self._base):
+                self._follows = True  # completions then report the version that answered
+            elif adapter_path is not None:
                 name = model_version or Path(adapter_path).name
                 await load_adapter(self._client, name, str(adapter_path), self.base_url)
                 self.model, self._adapter_name = name, name
@@ -240,7 +255,7 @@ class OpenAIEngine:
                 extra_body={**self.extra_body, "return_token_ids": True},
                 **self._common(request),
             )
-        version = self._version or response.model or self.model
+        version = self._answered(response)
         return completions_from_token_response(response, prompt_ids, want, version, self.base_url)
 
     async def _one(self, request: GenerationRequest) -> list[Completion]:
@@ -318,7 +333,7 @@ class OpenAIEngine:
                     token_ids=list(extra_field(choice, "token_ids") or []),
                     logprobs=logprobs,
                     finish_reason=_finish(choice.finish_reason),
-                    model_version=self._version or response.model or self.model,
+                    model_version=self._answered(response),
                 )
             )
         return out
@@ -337,7 +352,7 @@ class OpenAIEngine:
                     token_ids=list(extra_field(choice, "token_ids") or []),
                     logprobs=logprobs,
                     finish_reason=_finish(choice.finish_reason),
-                    model_version=self._version or response.model or self.model,
+                    model_version=self._answered(response),
                 )
             )
         return out

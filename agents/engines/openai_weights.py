@@ -7,7 +7,8 @@ version's name, and requests then name it as their `model`. The adapter path mus
 host (a shared filesystem, or the same path copied there). A version that is already loaded (another worker
 posted it first) is fine. A full-weights version cannot be loaded over HTTP: the server is restarted on it
 (docs/serving.md gives the commands), and `reload` then finds its name in `/v1/models`; until then it fails
-naming the restart.
+naming the restart. Against `strop serve --follow LINEAGE` (asked for by the lineage's name) there is nothing
+to do: that server swaps by itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ async def served_names(client: openai.AsyncOpenAI) -> list[str]:
     """The model names the server answers to now (GET /v1/models)."""
     page = await client.models.list()
     return [m.id for m in page.data]
+
+
+async def follows_itself(client: openai.AsyncOpenAI, name: str) -> bool:
+    """Whether the server is `strop serve --follow NAME`: it swaps to each promoted version by itself (its
+    /v1/models card is the current version, with the lineage as `root`), so a client reload has nothing to do."""
+    page = await client.models.list()
+    for m in page.data:
+        root = (m.model_extra or {}).get("root")
+        if m.owned_by == "strop" and root == name and m.id != name:
+            return True
+    return False
 
 
 async def load_adapter(client: openai.AsyncOpenAI, name: str, path: str, base_url: str) -> None:

@@ -104,3 +104,21 @@ async def test_openai_reload_names_the_switch_when_the_server_loads_no_adapters(
     finally:
         await remote.close()
         server.stop()
+
+
+async def test_openai_reload_leaves_a_following_strop_serve_to_swap_by_itself(
+    random_tiny_path: Path, adapter: Path
+) -> None:
+    """`strop serve --follow rt` lists its current version with the lineage as root: the client keeps asking
+    for the lineage, and its completions name the version that answered."""
+    engine = HFEngine(random_tiny_path, model_version="rt-base")
+    server = ThreadServer(create_app(engine, aliases=("rt",), owns_engine=True, runtime_lora=True))
+    remote = OpenAIEngine(server.url, "rt", tokenizer=str(random_tiny_path))
+    try:
+        await remote.reload(random_tiny_path, adapter_path=adapter, model_version="rt-c1")
+        [[c]] = await remote.generate([ASK])
+        assert remote.model == "rt" and remote.model_version == "rt-c1" and c.model_version == "rt-base"
+        assert engine.adapter_path is None  # nothing was loaded behind the follower's back
+    finally:
+        await remote.close()
+        server.stop()

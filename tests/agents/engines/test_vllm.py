@@ -427,3 +427,166 @@ def test_no_bench_script_shadows_a_package() -> None:
     bench = Path(__file__).resolve().parents[3] / "bench"
     shadowing = {"vllm", "torch", "transformers", "trl", "peft", "datasets", "openai", "fastapi", "uvicorn"}
     assert not {p.stem for p in bench.glob("*.py")} & shadowing
+
+
+# ------------------------------------------------------------------ the openai engine against `vllm serve`
+# After test_closed_engine_refuses: the module's engine is closed, so vLLM's own server has the cores.
+
+
+@pytest.fixture(scope="module")
+def vllm_serve(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """vLLM's own OpenAI server (`vllm serve`) on the base model, as users run it, with runtime LoRA loading on
+    and the engine's CPU settings (float32, eager), so greedy ids agree with transformers'."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", str(models["base"]), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "256"]
+    cmd += ["--enable-lora", "--max-lora-rank", "8"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, f"vllm serve exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vllm serve did not start: {log.read_text()[-3000:]}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its engine-core process is in the same session
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def _two_turns_and_a_step(engine: Any) -> list[Any]:
+    """Self-correction's shape (a new turn on the first one's ids), then MCTS's (continue ids to a newline)."""
+    from strop.agents.engines.base import Message
+
+    [[a]] = await engine.generate([GenerationRequest.chat("What is 98 + 69?", temperature=0, max_tokens=12)])
+    turn = GenerationRequest(
+        messages=[Message(role="user", content="hello")],
+        context_token_ids=a.prompt_token_ids + a.token_ids,
+        sampling=GREEDY,
+    )
+    [[b]] = await engine.generate([turn])
+    step = GenerationRequest(
+        messages=[],
+        context_token_ids=b.prompt_token_ids,
+        sampling=SamplingParams(temperature=0.0, max_tokens=24, stop=["\n"]),
+    )
+    [[c]] = await engine.generate([step])
+    # ids, not text: this random model samples stray bytes, which vLLM's incremental detokenizer may render
+    # differently from one decode of the whole; what is stored for training is the ids
+    return [(x.prompt_token_ids, x.token_ids, x.matched_stop) for x in (a, b, c)]
+
+
+@vllm_case
+async def test_openai_engine_is_token_exact_against_vllm_serve(
+    vllm_serve: str, models: dict[str, Path]
+) -> None:
+    """The same stored ids through vLLM's server as in-process (hf, the same float32 weights), greedy."""
+    from strop.agents.engines.hf import HFEngine
+    from strop.agents.engines.openai import OpenAIEngine
+
+    remote = OpenAIEngine(vllm_serve, str(models["base"]), token_ids="always")
+    local = HFEngine(models["base"])
+    try:
+        through_vllm = await _two_turns_and_a_step(remote)
+        assert through_vllm == await _two_turns_and_a_step(local)
+        [[c]] = await remote.generate(
+            [GenerationRequest.chat("What is 98 + 69?", temperature=0, max_tokens=12)]
+        )
+        assert_matches_reference(c, models["base"])  # vLLM's log-probs, read back over HTTP
+    finally:
+        await remote.close()
+        await local.close()
+
+
+@vllm_case
+async def test_openai_engine_follows_a_lora_promotion_on_vllm_serve(
+    vllm_serve: str, models: dict[str, Path]
+) -> None:
+    """/v1/load_lora_adapter, then requests name the version; a second load of it is fine; full weights the
+    server does not serve name the restart."""
+    from strop.agents.engines.openai import OpenAIEngine
+
+    remote = OpenAIEngine(vllm_serve, str(models["base"]))
+    ask = GenerationRequest.chat("What is 98 + 69?", temperature=0, max_tokens=12)
+    try:
+        [[base]] = await remote.generate([ask])
+        await remote.reload(models["base"], adapter_path=models["lora_a"], model_version="lora-a")
+        await remote.reload(models["base"], adapter_path=models["lora_a"], model_version="lora-a")  # loaded
+        [[a]] = await remote.generate([ask])
+        assert remote.model == "lora-a" and a.model_version == "lora-a"
+        assert_matches_reference(a, models["base"], models["lora_a"])
+        assert a.logprobs != pytest.approx(base.logprobs, abs=1e-2)
+        await remote.reload(models["base"], model_version="base")  # the rollback: vLLM still serves the base
+        [[again]] = await remote.generate([ask])
+        assert again.token_ids == base.token_ids
+        with pytest.raises(EngineError, match="restarted on them"):
+            await remote.reload(models["deeper"], model_version="v2")
+    finally:
+        await remote.close()
+
+
+@vllm_case
+async def test_openai_mcts_and_self_correction_against_vllm_serve(
+    vllm_serve: str, models: dict[str, Path]
+) -> None:
+    """The loops themselves, where .venv-vllm has their dependencies (strop goes in with --no-deps)."""
+    pytest.importorskip("langgraph", reason="the loops need langgraph in .venv-vllm: pip install langgraph")
+    pytest.importorskip("sqlalchemy", reason="the runner's store needs sqlalchemy in .venv-vllm")
+    from strop.agents.engines.hf import HFEngine
+    from strop.agents.engines.openai import OpenAIEngine
+    from strop.agents.loops import mcts
+    from strop.agents.loops import self_correct as sc
+    from strop.agents.loops.base import episode_input
+    from strop.agents.loops.registry import LoopResources
+    from strop.critics import VerifierCritic
+    from strop.memory.records import EpisodeRecord
+    from strop.sandbox.tasks import ArithmeticTaskSet, Split
+
+    ts = ArithmeticTaskSet()
+    task = ts.tasks(Split.TRAIN, 1)[0]
+    search_cfg = mcts.MCTSConfig(
+        system_prompt=None, k=2, budget_tokens=96, max_step_tokens=12, rollout_max_tokens=16, temperature=0.0
+    )
+    sc_cfg = sc.SelfCorrectConfig(n=1, max_tokens=12, feedback="oracle", temperature=0.0, seed=0)
+
+    async def episodes(engine: Any) -> list[Any]:
+        out = []
+        searched = (
+            await mcts.build_graph(engine, VerifierCritic(ts), search_cfg)
+            .compile()
+            .ainvoke(episode_input(task, "mcts-vllm"))
+        )
+        graph = sc.SPEC.make(LoopResources(engines={"policy": engine}, task_set=ts), sc_cfg).compile()
+        corrected = await graph.ainvoke(episode_input(task, "sc-vllm"))
+        for state in (searched, corrected):
+            steps = EpisodeRecord.model_validate(state["episode"]).steps
+            out.append([(s.prompt_token_ids, s.token_ids) for s in steps])
+        return out
+
+    remote = OpenAIEngine(vllm_serve, str(models["base"]), token_ids="always")
+    local = HFEngine(models["base"])
+    try:
+        assert await episodes(remote) == await episodes(local)
+    finally:
+        await remote.close()
+        await local.close()

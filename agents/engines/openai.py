@@ -88,8 +88,9 @@ class OpenAIEngine:
         self.token_ids = token_ids
         self._version = model_version
         # a tokenizer object is used as given; a name (or the model's) is looked up on the first request
-        self._tokenizer_name = tokenizer if isinstance(tokenizer, str | None) else None
-        self._tokenizer: Any = None if isinstance(tokenizer, str | None) else tokenizer
+        by_name = tokenizer is None or isinstance(tokenizer, str | os.PathLike)
+        self._tokenizer_name = str(tokenizer) if by_name and tokenizer is not None else None
+        self._tokenizer: Any = None if by_name else tokenizer
         self._tokenizer_looked_up = self._tokenizer is not None or token_ids == "never"
         self._tokenizer_given = tokenizer is not None
         self._base = model  # the full weights the server serves under this name

@@ -237,7 +237,8 @@ def _forward(
         real = mask[i].nonzero().squeeze(1)
         out.append(
             [
-                (layer.keys[i : i + 1, :, real].clone(), layer.values[i : i + 1, :, real].clone())
+                # indexing with a tensor copies: the kept prefix does not hold the batch's cache alive
+                (layer.keys[i : i + 1, :, real], layer.values[i : i + 1, :, real])
                 for layer in cache.layers
             ]
         )

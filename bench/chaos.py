@@ -13,7 +13,7 @@ The work, run twice on PostgreSQL, each time in a fresh schema of its own:
   policy's examples: what each stage trains on is then the same as in the reference).
 
 The reference runs all of it once, untouched. The chaos run runs it again while a seeded RNG picks moments
-to SIGKILL one of those processes and, `--pg-drops` times, terminates every PostgreSQL connection strop holds
+(points of the work's progress, then a delay) to SIGKILL one of those processes and, `--pg-drops` times, terminates every PostgreSQL connection strop holds
 on the chaos schema (`pg_terminate_backend` on the connections carrying the application_name the harness put
 in that store's URL; strop sets none of its own). A killed evolve is rerun, a killed worker restarted, a
 killed train rerun with the same command (it continues its job, or, if another process's claim settled the
@@ -44,6 +44,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "bench" / "chaos-recipe.toml"
 PG_ADMIN = os.environ.get("STROP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-HAND_POOL = 40  # critic SFT examples for the hand-run trains
+HAND_POOL = 80  # critic SFT examples for the hand-run trains
 HAND_PER_JOB = 8  # each hand-run job claims this many (max_examples): HAND_POOL / HAND_PER_JOB jobs
 HAND_RUN = "chaos-hand-pool"
 WORKERS = 2
@@ -68,6 +69,7 @@ WORKER_CONCURRENCY = 6
 WORKER_LEASE_TTL = 10.0  # seconds a killed worker's episodes wait before the other worker re-runs them
 MAX_UNPLANNED = 8  # exits nobody asked for, per kind, before the harness gives up
 KINDS = ("evolve", "worker", "train")
+MAX_DELAY_S = 6.0  # an event fires up to this long after the work reached its point
 BUSY_WAIT_S = 20.0  # how long a kill waits for its target to be in the middle of something
 HUNG_S = 30.0  # a process alive this long after printing a traceback is hung
 ERROR_LINE = re.compile(r"^([A-Za-z_.]*(Error|Exception|Group)|nothing to train)\b.*")
@@ -225,7 +227,7 @@ class Fleet:
                 str(WORKER_LEASE_TTL),
                 "--poll",
                 "0.5",
-                "--concurrency",  # a stage's 24 episodes in several claims, shared by the two workers
+                "--concurrency",  # a stage's episodes in several claims, shared by the two workers
                 str(WORKER_CONCURRENCY),
             ]
         name = f"chaos-hand-{self.hand_slot}"
@@ -374,19 +376,45 @@ def harness_url(url: str) -> str:
 # ----------------------------------------------------------------------------------------------- the chaos
 @dataclass
 class Event:
+    """A kill (of a kind) or a connection drop, armed once the work has come `at` of the way (its kind's
+    progress: the collections' queue for evolve, workers and drops, the hand-run jobs for train), fired
+    `delay` seconds later. Tied to progress rather than to the clock, so every event lands while there is
+    still work to hit, whatever the machine's speed and load, and at a different phase each time."""
+
     what: str  # a kind to kill, or "pg-drop"
-    gap: float  # seconds after the previous event
+    at: float
+    delay: float
+    armed: float | None = None  # when its progress was reached
 
 
-def schedule(rng: random.Random, kills: int, drops: int, pace: float) -> list[Event]:
-    """`kills` kills spread over the three kinds (evolve and worker get the remainder first), in a seeded
-    order, with `drops` connection drops among them; gaps uniform in [0.3, 1.7] x pace."""
+def schedule(rng: random.Random, kills: int, drops: int) -> list[Event]:
+    """`kills` kills spread over the three kinds (evolve and worker get the remainder first) and `drops`
+    connection drops, each at a seeded point of its kind's progress and a seeded delay."""
     share, extra = divmod(kills, len(KINDS))
-    targets = [k for i, k in enumerate(KINDS) for _ in range(share + (i < extra))]
-    rng.shuffle(targets)
-    for _ in range(drops):
-        targets.insert(rng.randrange(len(targets) + 1), "pg-drop")
-    return [Event(t, rng.uniform(0.3, 1.7) * pace) for t in targets]
+    whats = [k for i, k in enumerate(KINDS) for _ in range(share + (i < extra))] + ["pg-drop"] * drops
+    return sorted(
+        (Event(w, rng.uniform(0.0, 0.85), rng.uniform(0.0, MAX_DELAY_S)) for w in whats),
+        key=lambda e: (e.at, e.what),
+    )
+
+
+def progress(engine: Any, items: int) -> dict[str, float]:
+    """How far the work has come, per event kind: the collections' queue items done of all `items` the
+    recipe will enqueue (evolve, workers, drops), the hand-run jobs succeeded of those the pool makes."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        done = conn.scalar(text("SELECT count(*) FROM work_items WHERE state = 'done'")) or 0
+        hand = conn.scalar(
+            text("SELECT count(*) FROM training_jobs WHERE role = 'critic' AND status = 'succeeded'")
+        )
+    queue = done / items
+    return {
+        "evolve": queue,
+        "worker": queue,
+        "pg-drop": queue,
+        "train": (hand or 0) / (HAND_POOL // HAND_PER_JOB),
+    }
 
 
 def doing(fleet: Fleet, p: Proc, engine: Any) -> tuple[bool, str]:
@@ -402,14 +430,16 @@ def doing(fleet: Fleet, p: Proc, engine: Any) -> tuple[bool, str]:
             )
         return bool(n), f"holding {n} episode(s)" if n else "idle"
     if p.kind == "train":
+        # Its own job's claims: the job whose lease (train-job:<id>) this process holds.
         with engine.connect() as conn:
             n = conn.scalar(
                 text(
-                    "SELECT count(*) FROM consumption c JOIN training_jobs j ON j.id = c.job_id "
-                    "WHERE j.status = 'running' AND j.role = 'critic' AND c.state = 'claimed'"
-                )
+                    "SELECT count(*) FROM consumption c JOIN leases l ON l.name = 'train-job:' || c.job_id "
+                    "WHERE c.state = 'claimed' AND l.holder LIKE :o"
+                ),
+                {"o": f"{socket.gethostname()}:{p.popen.pid}:%"},
             )
-        return bool(n), f"training on {n} claimed example(s)" if n else "starting (no claim yet)"
+        return bool(n), f"training on its {n} claimed examples" if n else "starting (no job yet)"
     # evolve: which phase, from the store (a policy job running, a collection queue open), else its output
     with engine.connect() as conn:
         training = conn.scalar(
@@ -439,6 +469,34 @@ def pick_victim(fleet: Fleet, kind: str, engine: Any, waited: float, i: int) -> 
     return None, ""
 
 
+def recipe_items() -> int:
+    """Queue items the recipe enqueues in all: one per training task of each stage and cycle."""
+    from strop.training.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    return recipe.cycles * sum(stage.tasks.train_per_cycle for stage in recipe.stages)
+
+
+def fire(
+    ev: Event, fleet: Fleet, engine: Any, admin: str, app: str, out: Outcome, at: float, waited: float
+) -> bool:
+    """Drop the connections, or SIGKILL a process for a kill; False while a kill waits for its target."""
+    if ev.what == "pg-drop":
+        n = drop_connections(admin, app)
+        out.drops.append(Drop(at, n))
+        print(f"[{out.label}] {at:6.1f} s  pg drop: {n} connections terminated", flush=True)
+        return True
+    victim, during = pick_victim(fleet, ev.what, engine, waited, len(out.kills))
+    if victim is None or victim.popen is None:
+        return False
+    victim.killed = True
+    victim.popen.send_signal(signal.SIGKILL)
+    victim.popen.wait()
+    out.kills.append(Kill(at, victim.kind, victim.name, victim.popen.pid, during))
+    print(f"[{out.label}] {at:6.1f} s  SIGKILL {victim.name} (pid {victim.popen.pid}): {during}", flush=True)
+    return True
+
+
 def run_work(
     label: str,
     root: Path,
@@ -455,49 +513,32 @@ def run_work(
     fleet = Fleet(root, url, out)
     engine = create_engine(harness_url(url), pool_pre_ping=True)
     t0 = time.monotonic()
-    next_at = t0 + (events[0].gap if events else 0.0)
-    waiting_since: float | None = None
+    pending = list(events)
+    last_fired = 0.0
+    items = recipe_items()
     print(
         f"[{label}] started: evolve, {WORKERS} workers, hand-run trains; logs in {root / 'logs'}", flush=True
     )
     try:
         fleet.start_all()
-        i = 0
         while not fleet.finished:
             now = time.monotonic()
             if now - t0 > timeout:
                 raise HarnessError(f"{label}: not finished after {timeout:.0f} s; logs in {root / 'logs'}")
             fleet.poll(t0)
-            if i < len(events) and now >= next_at:
-                ev = events[i]
-                fired = False
-                if ev.what == "pg-drop":
-                    n = drop_connections(admin, app)
-                    out.drops.append(Drop(now - t0, n))
-                    print(f"[{label}] {now - t0:6.1f} s  pg drop: {n} connections terminated", flush=True)
-                    fired = True
-                else:
-                    waiting_since = waiting_since or now
-                    victim, during = pick_victim(fleet, ev.what, engine, now - waiting_since, i)
-                    if victim is not None:
-                        assert victim.popen is not None
-                        victim.killed = True
-                        victim.popen.send_signal(signal.SIGKILL)
-                        victim.popen.wait()
-                        out.kills.append(Kill(now - t0, victim.kind, victim.name, victim.popen.pid, during))
-                        print(
-                            f"[{label}] {now - t0:6.1f} s  SIGKILL {victim.name} (pid {victim.popen.pid}): "
-                            f"{during}",
-                            flush=True,
-                        )
-                        fired = True
-                if fired:
-                    waiting_since = None
-                    i += 1
-                    if i < len(events):
-                        next_at = now + events[i].gap
+            if pending:
+                where = progress(engine, items)
+                for ev in pending:
+                    if ev.armed is None and where[ev.what] >= ev.at:
+                        ev.armed = now
+                for ev in pending if now - last_fired >= 1.0 else []:
+                    late = now - (ev.armed + ev.delay) if ev.armed is not None else -1.0
+                    if late >= 0 and fire(ev, fleet, engine, admin, app, out, now - t0, late):
+                        pending.remove(ev)
+                        last_fired = now
+                        break
             time.sleep(0.2)
-        out.kills_short = sum(1 for ev in events[i:] if ev.what != "pg-drop")
+        out.kills_short = sum(1 for ev in pending if ev.what != "pg-drop")
         fleet.stop_workers()
     except BaseException:
         fleet.kill_all()
@@ -728,7 +769,8 @@ def report(
     for o in (ref, chaos):
         for e in o.unplanned:
             after = [d for d in o.drops if 0 <= e.at - d.at <= 30]
-            cause = f", {e.at - after[-1].at:.0f} s after a connection drop" if after else ""
+            lost = re.search(r"OperationalError|connection", e.tail)
+            cause = f", {e.at - after[-1].at:.0f} s after a connection drop" if after and lost else ""
             lines.append(
                 f"[{o.label}] {e.name} exited on its own (status {e.code}) at {e.at:.0f} s{cause}: {e.tail[:300]}"
             )
@@ -769,36 +811,34 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="strop-chaos-"))
     urls = {label: store_url(args.db_url, s, s) for label, s in schemas.items()}
     print(f"chaos test, seed {args.seed}: schemas {', '.join(schemas.values())}; folder {root}", flush=True)
+    rc, logs_wanted = 3, True
     try:
         for url in urls.values():
             seed_hand_pool(harness_url(url))
         ref = run_work("reference", root / "reference", urls["reference"], args.db_url, "", [], args.timeout)
-        rng = random.Random(args.seed)
-        # Kills spread over about the reference's wall time: the chaos run takes longer (restarts), so
-        # they land throughout it, in every phase.
-        pace = ref.wall / (args.kills + args.pg_drops + 1)
-        events = schedule(rng, args.kills, args.pg_drops, pace)
+        events = schedule(random.Random(args.seed), args.kills, args.pg_drops)
         chaos = run_work(
             "chaos", root / "chaos", urls["chaos"], args.db_url, schemas["chaos"], events, args.timeout
         )
         ref_facts, facts = inspect_store(urls["reference"]), inspect_store(urls["chaos"])
         diffs, notes = compare(ref_facts, facts)
         print(report(ref, chaos, ref_facts, facts, diffs, notes, args.kills), flush=True)
+        rc = 1 if diffs or facts.problems or ref_facts.problems else 2 if chaos.kills_short else 0
+        logs_wanted = rc != 0 or bool(ref.unplanned or chaos.unplanned)
     except HarnessError as e:
         print(f"chaos test could not finish: {e}")
-        return 3
     finally:
-        if args.keep:
+        # What a failure needs to be looked into stays: both schemas, and the processes' logs.
+        if args.keep or rc != 0:
             print(f"kept: schemas {', '.join(schemas.values())} in {args.db_url}, folder {root}")
         else:
             for schema in schemas.values():
                 admin_exec(args.db_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            import shutil
-
-            shutil.rmtree(root, ignore_errors=True)
-    if diffs or facts.problems or ref_facts.problems:
-        return 1
-    return 2 if chaos.kills_short else 0
+            if logs_wanted:
+                print(f"kept the processes' logs (some exited on their own): {root}")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+    return rc
 
 
 if __name__ == "__main__":

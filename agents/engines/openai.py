@@ -234,7 +234,7 @@ class OpenAIEngine:
         s = request.sampling
         common: dict[str, Any] = {
             "model": self.model,
-            "n": s.n,
+            "n": 1 if s.greedy else s.n,  # greedy: one decode, copied (vLLM refuses n > 1 without sampling)
             "temperature": s.temperature,
             "top_p": s.top_p,
             "max_tokens": s.max_tokens,
@@ -257,7 +257,9 @@ class OpenAIEngine:
                 **self._common(request),
             )
         version = self._answered(response)
-        return completions_from_token_response(response, prompt_ids, want, version, self.base_url)
+        return _greedy_copies(
+            request, completions_from_token_response(response, prompt_ids, want, version, self.base_url)
+        )
 
     async def _one(self, request: GenerationRequest) -> list[Completion]:
         s = request.sampling
@@ -273,14 +275,14 @@ class OpenAIEngine:
                     extra_body=extra or None,
                     **common,
                 )
-                return self._from_chat(response, s.logprobs)
+                return _greedy_copies(request, self._from_chat(response, s.logprobs))
             response = await self._client.completions.create(
                 prompt=request.prompt or "",
                 logprobs=1 if s.logprobs else None,
                 extra_body=extra or None,
                 **common,
             )
-            return self._from_text(response, s.logprobs)
+            return _greedy_copies(request, self._from_text(response, s.logprobs))
 
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
@@ -360,6 +362,13 @@ class OpenAIEngine:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _greedy_copies(request: GenerationRequest, completions: list[Completion]) -> list[Completion]:
+    """A greedy request's n completions: the one decode asked for, n times (they are identical by definition)."""
+    if not request.sampling.greedy or request.sampling.n == 1:
+        return completions
+    return [c.model_copy(deep=True) for c in completions for _ in range(request.sampling.n)]
 
 
 def _finish(reason: str | None) -> FinishReason:

@@ -15,7 +15,7 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -433,10 +433,10 @@ def test_no_bench_script_shadows_a_package() -> None:
 # After test_closed_engine_refuses: the module's engine is closed, so vLLM's own server has the cores.
 
 
-@pytest.fixture(scope="module")
-def vllm_serve(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """vLLM's own OpenAI server (`vllm serve`) on the base model, as users run it, with runtime LoRA loading on
-    and the engine's CPU settings (float32, eager), so greedy ids agree with transformers'."""
+@contextlib.contextmanager
+def _vllm_server(model: Path, log: Path, *extra: str) -> Iterator[str]:
+    """vLLM's own OpenAI server (`vllm serve`), as users run it, with the engine's CPU settings (float32, eager,
+    so greedy ids agree with transformers') and runtime LoRA loading allowed; its base URL."""
     import signal
     import socket
     import subprocess
@@ -447,11 +447,19 @@ def vllm_serve(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", str(models["base"]), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "256"]
-    cmd += ["--enable-lora", "--max-lora-rank", "8"]
+    # The module form of `vllm serve`: the `vllm` console script asks for the distribution "vllm", and the CPU
+    # build is installed as "vllm-cpu".
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+    ]
+    cmd += ["--port", str(port), "--dtype", "float32", "--enforce-eager", *extra]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
@@ -466,12 +474,39 @@ def vllm_serve(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
             time.sleep(1)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its engine-core process is in the same session
+        with contextlib.suppress(ProcessLookupError):  # its engine-core process is in the same session
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def vllm_serve(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`vllm serve` on the random base, LoRA on."""
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    with _vllm_server(
+        models["base"], log, "--max-model-len", "256", "--enable-lora", "--max-lora-rank", "8"
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def vllm_serve_tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`vllm serve` on strop's pre-trained `tiny` (head size 32), for the loops: a random model samples stray
+    bytes, and vLLM's detokenizer, given a token-id prompt that ends inside a character, renders the prompt's
+    own text into the completion's and matches stop strings in it (the step ends early); valid text does not."""
+    from strop.agents.models import ModelNotFoundError, resolve_model
+
+    try:
+        tiny = resolve_model("tiny")
+    except ModelNotFoundError as e:
+        pytest.skip(f"{e} (`make test` builds it)")
+    log = tmp_path_factory.mktemp("vllm-serve-tiny") / "serve.log"
+    with _vllm_server(tiny, log, "--served-model-name", "tiny", "--max-model-len", "1024") as url:
+        yield url
 
 
 async def _two_turns_and_a_step(engine: Any) -> list[Any]:
@@ -546,9 +581,7 @@ async def test_openai_engine_follows_a_lora_promotion_on_vllm_serve(
 
 
 @vllm_case
-async def test_openai_mcts_and_self_correction_against_vllm_serve(
-    vllm_serve: str, models: dict[str, Path]
-) -> None:
+async def test_openai_mcts_and_self_correction_against_vllm_serve(vllm_serve_tiny: str) -> None:
     """The loops themselves, where .venv-vllm has their dependencies (strop goes in with --no-deps)."""
     pytest.importorskip("langgraph", reason="the loops need langgraph in .venv-vllm: pip install langgraph")
     pytest.importorskip("sqlalchemy", reason="the runner's store needs sqlalchemy in .venv-vllm")
@@ -558,35 +591,42 @@ async def test_openai_mcts_and_self_correction_against_vllm_serve(
     from strop.agents.loops import self_correct as sc
     from strop.agents.loops.base import episode_input
     from strop.agents.loops.registry import LoopResources
+    from strop.agents.models import resolve_model
     from strop.critics import VerifierCritic
     from strop.memory.records import EpisodeRecord
     from strop.sandbox.tasks import ArithmeticTaskSet, Split
 
     ts = ArithmeticTaskSet()
-    task = ts.tasks(Split.TRAIN, 1)[0]
+    tasks = ts.tasks(Split.TRAIN, 4)
     search_cfg = mcts.MCTSConfig(
-        system_prompt=None, k=2, budget_tokens=96, max_step_tokens=12, rollout_max_tokens=16, temperature=0.0
+        system_prompt=None, k=2, budget_tokens=200, max_step_tokens=24, rollout_max_tokens=32, temperature=0.0
     )
-    sc_cfg = sc.SelfCorrectConfig(n=1, max_tokens=12, feedback="oracle", temperature=0.0, seed=0)
+    sc_cfg = sc.SelfCorrectConfig(n=1, max_tokens=24, feedback="oracle", temperature=0.0, seed=0)
+    search = mcts.build_graph
+    correct = sc.SPEC.make
 
     async def episodes(engine: Any) -> list[Any]:
+        """Each task's MCTS tree, then its self-correction conversation: every step's ids and text."""
         out = []
-        searched = (
-            await mcts.build_graph(engine, VerifierCritic(ts), search_cfg)
-            .compile()
-            .ainvoke(episode_input(task, "mcts-vllm"))
-        )
-        graph = sc.SPEC.make(LoopResources(engines={"policy": engine}, task_set=ts), sc_cfg).compile()
-        corrected = await graph.ainvoke(episode_input(task, "sc-vllm"))
-        for state in (searched, corrected):
-            steps = EpisodeRecord.model_validate(state["episode"]).steps
-            out.append([(s.prompt_token_ids, s.token_ids) for s in steps])
+        for task in tasks:
+            searched = (
+                await search(engine, VerifierCritic(ts), search_cfg)
+                .compile()
+                .ainvoke(episode_input(task, "mcts-vllm"))
+            )
+            graph = correct(LoopResources(engines={"policy": engine}, task_set=ts), sc_cfg).compile()
+            corrected = await graph.ainvoke(episode_input(task, "sc-vllm"))
+            for state in (searched, corrected):
+                steps = EpisodeRecord.model_validate(state["episode"]).steps
+                out.append([(s.prompt_token_ids, s.token_ids, s.text) for s in steps])
         return out
 
-    remote = OpenAIEngine(vllm_serve, str(models["base"]), token_ids="always")
-    local = HFEngine(models["base"])
+    remote = OpenAIEngine(vllm_serve_tiny, "tiny", token_ids="always")
+    local = HFEngine(resolve_model("tiny"))
     try:
-        assert await episodes(remote) == await episodes(local)
+        through_vllm = await episodes(remote)
+        assert through_vllm == await episodes(local)
+        assert all(len(steps) >= 2 for steps in through_vllm)  # a root and a step; an attempt and a revision
     finally:
         await remote.close()
         await local.close()

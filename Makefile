@@ -60,7 +60,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/pip install -q 'pytest>=8' 'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' peft 'transformers<5.20' \
-		'openai>=1.60' 'httpx>=0.27' psutil
+		'openai>=1.60' 'httpx>=0.27' psutil 'langgraph>=1.0' 'sqlalchemy>=2.0,<3'
 	touch $@
 
 test-vllm: $(VLLM_STAMP)

@@ -392,8 +392,12 @@ def schedule(rng: random.Random, kills: int, drops: int) -> list[Event]:
     connection drops, each at a seeded point of its kind's progress and a seeded delay."""
     share, extra = divmod(kills, len(KINDS))
     whats = [k for i, k in enumerate(KINDS) for _ in range(share + (i < extra))] + ["pg-drop"] * drops
+    # A drop waits for the first collection to be under way: before it, few processes hold a connection.
     return sorted(
-        (Event(w, rng.uniform(0.0, 0.85), rng.uniform(0.0, MAX_DELAY_S)) for w in whats),
+        (
+            Event(w, rng.uniform(0.05 if w == "pg-drop" else 0.0, 0.85), rng.uniform(0.0, MAX_DELAY_S))
+            for w in whats
+        ),
         key=lambda e: (e.at, e.what),
     )
 

@@ -794,9 +794,9 @@ def report(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--pg-drops", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="seeds which process dies when")
+    ap.add_argument("--kills", type=int, default=20, help="SIGKILLs, spread over evolve, workers and train")
+    ap.add_argument("--pg-drops", type=int, default=2, help="times strop's connections are terminated")
     ap.add_argument("--db-url", default=PG_ADMIN, help="PostgreSQL to make the two schemas in")
     ap.add_argument("--keep", action="store_true", help="keep both schemas and the run folder")
     ap.add_argument("--timeout", type=float, default=1500, help="seconds each run may take")

@@ -103,9 +103,22 @@ async def open_checkpointer(db_url: str | None) -> AsyncIterator[BaseCheckpointS
             yield saver
     elif url.get_backend_name() == "postgresql":
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
 
         conn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        async with AsyncPostgresSaver.from_conn_string(conn) as saver:
+        # A checked pool, not LangGraph's one connection (from_conn_string): a connection the server dropped
+        # (a restart, pg_terminate_backend, an idle timeout) is replaced at the next checkout instead of
+        # failing every later episode of the run with "the connection is closed".
+        async with AsyncConnectionPool(
+            conn,
+            min_size=1,
+            max_size=4,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+        ) as pool:
+            saver = AsyncPostgresSaver(pool)
             await _setup_saver(saver)
             yield saver
     else:

@@ -184,3 +184,27 @@ def test_a_user_error_from_any_command_is_one_line_and_a_bug_keeps_its_traceback
     assert out.exit_code == 1 and out.output == "error: the prompt is 2000 tokens over 1024\n"
     out = CliRunner().invoke(app, ["bug"])
     assert out.exit_code == 1 and isinstance(out.exception, TypeError)
+
+
+async def test_the_checkpointer_survives_its_postgresql_connection_being_dropped(pg_url: str) -> None:
+    """The chaos run's finding: LangGraph's one-connection saver failed every later episode once the server
+    dropped it (pg_terminate_backend, a restart). The pooled saver replaces the dead connection."""
+    import uuid
+
+    import psycopg
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from strop.agents.runner import open_checkpointer
+    from tests.fixtures_db import PG_ADMIN
+
+    app = f"strop_ckpt_{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    async with open_checkpointer(f"{pg_url}&application_name={app}") as saver:
+        await saver.aput(config, empty_checkpoint(), {"source": "input", "step": -1}, {})
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                (app,),
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        assert (await saver.aget_tuple(config)) is not None  # a fresh connection, the checkpoint still there

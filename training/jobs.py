@@ -193,6 +193,9 @@ def train_candidate(
                 f"{parent.name}; collect some first (e.g. `strop run best-of-n`: only correct answers become "
                 "SFT examples)"
             )
+        # By id, not claim order (write time): concurrent collectors write in a different order each run, and
+        # TRL's seeded shuffle of a reordered dataset trains a different model from the same examples.
+        examples = sorted(examples, key=lambda x: x.id)
         out = Path(output_dir)
         if out.exists():  # left by a killed job (this one, continued, or one whose claims were released)
             shutil.rmtree(out)

@@ -134,8 +134,8 @@ def test_a_rerun_takes_over_a_stale_job_and_trains_on_its_claims(
         child.kill()
         child.wait()
     res = train_candidate(store, parent, kind="toy-lease", output_dir=tmp_path / "c", job_id="job-k")
-    assert toy["job"] == "job-k" and toy["examples"][: N // 2] == [x.id for x in held]
-    assert set(toy["examples"]) == set(ids)  # its own claims, then the rest of the pool
+    assert toy["job"] == "job-k" and {x.id for x in held} <= set(toy["examples"])
+    assert toy["examples"] == sorted(ids)  # its own claims and the rest of the pool, in id order
     assert res.job.id == "job-k" and res.job.status == JobStatus.SUCCEEDED
     assert [j.id for j in store.list_jobs()] == ["job-k"] and store.job_claims("job-k") == []
     assert store.count_examples("policy", "sft", unconsumed_by="policy:toy-lease") == 0

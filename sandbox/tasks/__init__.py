@@ -1,7 +1,7 @@
 """Task sets with verifiable answers: `load_task_set(name, **options)` builds one by name."""
 
 from strop.sandbox.tasks.arithmetic import ArithmeticTaskSet
-from strop.sandbox.tasks.base import Split, Task, TaskSet, Verdict
+from strop.sandbox.tasks.base import Split, Task, TaskSet, TaskSetError, Verdict
 from strop.sandbox.tasks.extract import extract_answer, numbers_equal
 from strop.sandbox.tasks.guard import HeldoutTaskError, assert_trainable, is_heldout, split_of
 from strop.sandbox.tasks.registry import (
@@ -19,6 +19,7 @@ __all__ = [
     "Split",
     "Task",
     "TaskSet",
+    "TaskSetError",
     "TaskSetInfo",
     "UnknownTaskSetError",
     "Verdict",

@@ -12,7 +12,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from strop.sandbox.tasks.base import Split, Task, Verdict
+from strop.sandbox.tasks.base import Split, Task, TaskSetError, Verdict
 from strop.sandbox.tasks.extract import answer_verdict
 
 OPS = ("+", "-", "*")
@@ -50,13 +50,13 @@ class ArithmeticTaskSet:
             object.__setattr__(self, "ops", tuple(self.ops))
         bad = [op for op in self.ops if op not in OPS]
         if bad or not self.ops:
-            raise ValueError(f"arithmetic ops must be drawn from {OPS}; got {self.ops!r}")
+            raise TaskSetError(f"arithmetic ops must be drawn from {OPS}; got {self.ops!r}")
         if not 1 <= self.digits <= 9:
-            raise ValueError(f"arithmetic digits must be 1..9; got {self.digits}")
+            raise TaskSetError(f"arithmetic digits must be 1..9; got {self.digits}")
         if self.steps < 1:
-            raise ValueError(f"arithmetic steps must be at least 1; got {self.steps}")
+            raise TaskSetError(f"arithmetic steps must be at least 1; got {self.steps}")
         if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in [0, 1); got {self.heldout_fraction}")
+            raise TaskSetError(f"heldout_fraction must be in [0, 1); got {self.heldout_fraction}")
 
     def _split_of(self, text: str) -> Split:
         h = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -111,7 +111,7 @@ class ArithmeticTaskSet:
             if attempts > min(200 * want, 20 * self._space()) + 1000:
                 if n is None:
                     break
-                raise ValueError(
+                raise TaskSetError(
                     f"only {len(out)} distinct {split} problems exist for digits={self.digits}, "
                     f"ops={self.ops}, steps={self.steps}; asked for {n}. Ask for fewer or raise `digits`."
                 )

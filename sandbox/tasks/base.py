@@ -12,6 +12,11 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 
+class TaskSetError(ValueError):
+    """A task set asked for what it cannot give (more distinct tasks than exist, an invalid option): the user's
+    setting to change, so the CLI prints it on one line."""
+
+
 class Split(StrEnum):
     TRAIN = "train"
     HELDOUT = "heldout"

@@ -57,6 +57,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("strop.registry", "UnknownNameError"),
     ("strop.critics.benchmark", "LabelledSetError"),
     ("strop.sandbox.tasks.gsm8k", "TaskFileError"),
+    ("strop.sandbox.tasks.base", "TaskSetError"),
     ("strop.sandbox.jail_models", "JailUnavailableError"),
     ("strop.memory.errors", "StoreConnectionError"),
     ("strop.memory.errors", "StoreLockedError"),

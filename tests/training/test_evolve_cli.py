@@ -69,3 +69,13 @@ def _evolve_args(recipe: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
         app, ["evolve", "--recipe", str(recipe), "--db", f"sqlite:///{tmp_path / 's.db'}", *args]
     )
     return res.exit_code, " ".join(res.output.split())
+
+
+def test_more_heldout_tasks_than_the_task_set_has_is_one_line(tmp_path: Path) -> None:
+    p = tiny_recipe(tmp_path, heldout=16)
+    p.write_text(
+        p.read_text().replace('name = "arithmetic"', 'name = "arithmetic"\noptions = { digits = 1 }')
+    )
+    code, out = _evolve(p, tmp_path)
+    assert code == 1 and "only 8 distinct heldout problems exist" in out and "Ask for fewer" in out
+    assert "Traceback" not in out

@@ -148,6 +148,16 @@ class Leases(Part):
         )
         return LeaseRecord.model_validate(row).model_copy(update={"previous": previous})
 
+    def acquire_or_take_over(self, name: str, holder: str, ttl: float) -> LeaseRecord:
+        """`acquire_lease`, taking the lease at once from a holder that is a dead process of this machine (so
+        "kill it and run it again" needs no TTL wait); LeaseHeldError while a live or unknown holder has it."""
+        try:
+            return self.acquire_lease(name, holder, ttl)
+        except LeaseHeldError as e:
+            if not holder_is_dead(e.lease.holder):
+                raise
+            return self.take_over_lease(name, e.lease.holder, holder, ttl)
+
     def take_over_lease(self, name: str, from_holder: str, holder: str, ttl: float) -> LeaseRecord:
         """Take the lease from `from_holder` before it expires: for a caller that knows that holder is dead
         (a process of this host that no longer exists). Refused with LeaseHeldError if the lease changed

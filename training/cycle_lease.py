@@ -32,6 +32,19 @@ from strop.memory.leases import (
     new_holder,
 )
 
+__all__ = [
+    "LEASE_TTL",
+    "LeaseHeldError",
+    "evolve_next_cycle",
+    "holder_is_dead",
+    "lease_name",
+    "new_holder",
+    "next_cycle",
+    "recipe_lease",
+    "run_cycles",
+    "target_cycle",
+]
+
 LEASE_TTL = 60.0  # seconds; the heartbeat renews it every TTL / 3
 log = logging.getLogger(__name__)
 
@@ -48,12 +61,7 @@ def recipe_lease(
 
     A holder that is a dead process of this machine is taken over at once; any other waits for its TTL."""
     name, holder = lease_name(recipe_name), holder or new_holder()
-    try:
-        lease = store.acquire_lease(name, holder, ttl)
-    except LeaseHeldError as e:
-        if not holder_is_dead(e.lease.holder):
-            raise
-        lease = store.take_over_lease(name, e.lease.holder, holder, ttl)
+    lease = store.acquire_or_take_over(name, holder, ttl)
     keeper = LeaseKeeper(store, lease, ttl)
     try:
         yield keeper

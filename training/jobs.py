@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from strop.memory.errors import InvalidTransitionError
 from strop.memory.job_leases import JOB_LEASE_TTL, job_lease_name
-from strop.memory.leases import LeaseHeldError, LeaseKeeper, LeaseLostError, holder_is_dead, new_holder
+from strop.memory.leases import LeaseHeldError, LeaseKeeper, LeaseLostError, new_holder
 from strop.memory.records import (
     ExampleKind,
     JobStatus,
@@ -75,12 +75,7 @@ def hold_job_lease(store: Any, job_id: str, ttl: float = JOB_LEASE_TTL) -> Lease
     machine) and keep it renewed; JobRunningError while a live process holds it."""
     name, holder = job_lease_name(job_id), new_holder()
     try:
-        try:
-            lease = store.acquire_lease(name, holder, ttl)
-        except LeaseHeldError as e:
-            if not holder_is_dead(e.lease.holder):
-                raise
-            lease = store.take_over_lease(name, e.lease.holder, holder, ttl)
+        lease = store.acquire_or_take_over(name, holder, ttl)
     except LeaseHeldError as e:
         raise JobRunningError(
             f"training job {job_id} is running in {e.lease.holder} (last heartbeat "

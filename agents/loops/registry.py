@@ -36,6 +36,7 @@ _BUILTIN_MODULES = (
     "strop.agents.loops.mcts",
     "strop.agents.loops.selfplay",
     "strop.agents.loops.sneaky",
+    "strop.agents.loops.prm_labels",
     "strop.agents.loops.game_demos",
     "strop.agents.loops.agent",
 )

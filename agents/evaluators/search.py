@@ -42,7 +42,16 @@ class SearchSettings(EvalSettings):
         default_factory=lambda: [256, 512, 1024], min_length=1, description="Generated tokens per task."
     )
     max_tokens: int = Field(96, ge=1, description="Most tokens per sampled answer.")
-    temperature: float = Field(0.8, gt=0.0, description="Sampling temperature of answers and search steps.")
+    temperature: float = Field(
+        0.8, gt=0.0, description="Sampling temperature of answers and search steps (without a sweep)."
+    )
+    temperatures: list[float] | None = Field(
+        None,
+        description="Sweep these temperatures on a seeded sample of `sweep_tasks` training tasks and run each "
+        "sampled method on the held-out tasks at its best one (per budget; never tuned on held-out tasks).",
+    )
+    sweep_tasks: int = Field(16, ge=1, description="Training tasks the temperature sweep samples.")
+    sweep_seed: int = Field(0, description="Seed of the sweep's sample of training tasks.")
     k: int = Field(3, ge=1, description="MCTS: candidate steps per expansion.")
     max_step_tokens: int = Field(32, ge=1, description="MCTS: most tokens per step.")
     seed: int = Field(0, description="Sampling seed.")
@@ -58,6 +67,11 @@ class SearchSettings(EvalSettings):
                 "metric",
                 f"metric {self.gate_metric()!r} is not a search metric of this stage; use METHOD@BUDGET with "
                 f"METHOD in {', '.join(METHODS)} and BUDGET in {self.budgets}",
+            )
+        if self.temperatures is not None and (not self.temperatures or min(self.temperatures) <= 0):
+            raise FieldCheckError(
+                "temperatures",
+                f"temperatures {self.temperatures}: give at least one, each above 0 (greedy is always compared)",
             )
         return self
 
@@ -82,6 +96,9 @@ class SearchEvaluator(EvaluatorDefaults):
             budgets=s.budgets,
             max_tokens=s.max_tokens,
             temperature=s.temperature,
+            temperatures=s.temperatures,
+            sweep_tasks=s.sweep_tasks,
+            sweep_seed=s.sweep_seed,
             system_prompt=ctx.loop_default("system_prompt", default=SearchEvalConfig().system_prompt),
             k=s.k,
             max_step_tokens=s.max_step_tokens,
@@ -108,6 +125,12 @@ class SearchEvaluator(EvaluatorDefaults):
             f"{version.name}: {ctx.label} search at {b} tokens: "
             + ", ".join(f"{m} {pct(res.accuracy[m][b])}" for m in METHODS)
             + f" on {ctx.heldout} tasks ({how(seconds, 1)})"
+            + (
+                ", temperatures chosen on training tasks: "
+                + ", ".join(f"{m} {t[b]:g}" for m, t in res.temperature.items())
+                if res.sweep is not None
+                else ""
+            )
         )
 
 

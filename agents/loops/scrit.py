@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -207,7 +208,7 @@ def _episode(state: ScritState, cfg: ScritConfig, stepwise: StepwiseCritic) -> E
     records: list[CritiqueRecord] = []
     kept: dict[bool, list[ExampleRecord]] = {True: [], False: []}  # by the student's correctness
     corrections: list[ExampleRecord] = []
-    n = kept_n = parsed = 0
+    n = kept_n = parsed = validated = 0
     for i, (sol, ver) in enumerate(zip(state["solutions"], state["verdicts"], strict=True)):
         right = Critique.model_validate(ver).correct
         label = None if right else label_solution(task, sol["text"])
@@ -234,6 +235,7 @@ def _episode(state: ScritState, cfg: ScritConfig, stepwise: StepwiseCritic) -> E
             ok, why = validate(c, right, fixed, true_first, cfg.check_first_step)
             keep = ok if cfg.validate_critiques else c.parsed
             kept_n += keep
+            validated += ok
             records.append(
                 CritiqueRecord(
                     id=stable_id(eid, "critique", i, j),
@@ -290,12 +292,15 @@ def _episode(state: ScritState, cfg: ScritConfig, stepwise: StepwiseCritic) -> E
         task_id=task.id,
         loop=LOOP_NAME,
         reward=kept_n / n if n else 0.0,
-        # n/correct drive the runner's progress bar: critiques and the validated ones among them.
+        # n/correct drive the runner's progress bar: critiques and the kept ones among them (the validated
+        # ones, or with validation off the parsed ones); `validate` says which, per round (`summarize`).
         outcome={
             "n": n,
             "correct": kept_n,
             "pass": kept_n > 0,
             "parsed": parsed,
+            "validated": validated,
+            "validate": cfg.validate_critiques,
             "examples": len(examples),
             "solutions": len(steps),
             "solutions_correct": right,
@@ -304,6 +309,24 @@ def _episode(state: ScritState, cfg: ScritConfig, stepwise: StepwiseCritic) -> E
         steps=steps,
         critiques=records,
         examples=examples,
+    )
+
+
+def summarize(episodes: Sequence[EpisodeRecord]) -> str:
+    """A round's critiques in one line, for the collection printout and the evolve table's `collection`
+    column: how many were sampled, parsed and validated, how many were kept, and the examples they made."""
+
+    def total(key: str) -> int:
+        return sum(int(e.outcome.get(key, 0)) for e in episodes)
+
+    n, kept = total("n"), total("correct")
+    share = f" ({100 * kept / n:.0f}%)" if n else ""
+    modes = {bool(e.outcome.get("validate", True)) for e in episodes}
+    how = {frozenset({True}): "by validation", frozenset({False}): "by parsing (validation off)"}
+    return (
+        f"critiques {n}: parsed {total('parsed')}, validated {total('validated')}, "
+        f"kept {kept}/{n}{share} {how.get(frozenset(modes), '(validation on and off)')}; "
+        f"examples {total('examples')}"
     )
 
 
@@ -344,6 +367,7 @@ SPEC = register_loop(
         roles=(Role.POLICY, Role.CRITIC),
         example_kinds=(ExampleKind.SFT,),
         example_roles={ExampleKind.SFT: Role.CRITIC},
+        summarize=summarize,
         description="SCRIT self-evolving critic: the policy solves, the critic critiques each solution against the "
         "reference, critiques whose verdict and correction the verifier confirms become critic SFT "
         "examples with the reference removed (and, with emit_corrections, policy examples).",

@@ -119,3 +119,23 @@ def test_the_loop_is_registered_with_both_roles() -> None:
         ExampleKind.SFT
     ) == Role.CRITIC
     assert spec.parse_config({"validate": False}).validate_critiques is False
+
+
+async def test_each_round_records_critiques_sampled_parsed_validated_and_kept() -> None:
+    validated = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, seed=0))
+    open_ = await _episode(scrit.ScritConfig(n_solutions=2, critiques_per_solution=4, validate=False, seed=0))
+    assert (
+        validated.outcome["validated"] == open_.outcome["validated"] == 3
+    )  # validation is measured either way
+    assert (validated.outcome["validate"], open_.outcome["validate"]) == (True, False)
+    spec_summary = scrit.SPEC.summarize
+    assert spec_summary is scrit.summarize
+    assert scrit.summarize([validated, validated]) == (
+        "critiques 16: parsed 12, validated 6, kept 6/16 (38%) by validation; examples 4"
+    )
+    assert scrit.summarize([open_]) == (
+        "critiques 8: parsed 6, validated 3, kept 6/8 (75%) by parsing (validation off); "
+        f"examples {open_.outcome['examples']}"
+    )
+    assert "validation on and off" in scrit.summarize([validated, open_])
+    assert scrit.summarize([]).startswith("critiques 0: ")

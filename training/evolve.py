@@ -233,10 +233,11 @@ class Evolution(StageTraining, StageEvaluation):
 
     # -------------------------------------------------------------------------------------- phases
     def _loop(self, k: int, s: int) -> tuple[Any, Any]:
-        """The stage's loop spec and its config for cycle k (a seeded config gets a fresh stream per cycle)."""
+        """The stage's loop spec and its config for cycle k: the stage's `config` with the overrides that list
+        cycle k (cycle 0, the evaluation's, has none); a seeded config gets a fresh stream per cycle."""
         stage = self.recipe.stages[s]
         spec = get_loop(stage.loop)
-        cfg = spec.parse_config(stage.config)
+        cfg = spec.parse_config(stage.config_for(k))
         if getattr(cfg, "seed", None) is not None:
             cfg = cfg.model_copy(update={"seed": cfg.seed + k})
         return spec, cfg
@@ -253,6 +254,8 @@ class Evolution(StageTraining, StageEvaluation):
         if stage.train is not None and get_trainer(stage.train.kind).online:
             return StagePhase.TRAIN  # an on-line trainer collects its own rollouts
         spec, cfg = self._loop(k, s)
+        if changed := {key: v for key, v in stage.config_for(k).items() if stage.config.get(key) != v}:
+            self.console.print(f"cycle {k} {stage.name}: this cycle's overrides: {changed}", markup=False)
         engines = {
             str(r): Served(self.host, self.weights(str(r)), versions[self.weights(str(r))])
             for r in spec.needed_roles(cfg)

@@ -34,10 +34,11 @@ from pydantic import (
     model_validator,
 )
 
-from strop.agents.evaluators.base import EvalSettings, FieldCheckError
+from strop.agents.evaluators.base import EvalSettings
 from strop.agents.scale import ScaleSettings
 from strop.memory.records import ExampleKind, Role
 from strop.training.launch import LaunchSettings
+from strop.training.recipe_errors import FieldError, format_validation_error
 
 
 class RecipeError(ValueError):
@@ -89,6 +90,30 @@ class TrainSettings(LaunchSettings):
     )
 
 
+class CycleOverride(BaseModel):
+    """Loop config that differs in some cycles (a warm-up round, a last round), over the stage's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycles: list[int] = Field(
+        min_length=1,
+        description="The cycles (from 1) that run with this override, e.g. [1] for a warm-up round; any other "
+        "cycle runs the stage's own config.",
+    )
+    config: dict[str, Any] = Field(
+        min_length=1,
+        description="Loop config fields that replace the stage's `config` ones in those cycles; each cycle's "
+        "merged config is validated against the loop's model.",
+    )
+
+    @field_validator("cycles")
+    @classmethod
+    def _cycles(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v) or len(set(v)) != len(v):
+            raise ValueError("cycles are distinct numbers from 1 (the first cycle is 1), e.g. cycles = [1]")
+        return v
+
+
 class Stage(BaseModel):
     """One step of a cycle: a loop collects, a trainer trains a role, an evaluation gates its promotion."""
 
@@ -100,6 +125,11 @@ class Stage(BaseModel):
     loop: str = Field("best_of_n", description="Registered loop to run (see `strop loops list`).")
     config: dict[str, Any] = Field(
         default_factory=dict, description="The loop's config (see `strop loops show LOOP`)."
+    )
+    overrides: list[CycleOverride] = Field(
+        default_factory=list,
+        description="Per-cycle changes to `config` ([[stages.overrides]] cycles = [1], config = {...}); "
+        "evaluation always uses the stage's own config.",
     )
     tasks: TaskSettings = Field(
         default_factory=TaskSettings, description="Tasks to practise on and evaluate with."
@@ -128,11 +158,33 @@ class Stage(BaseModel):
         try:
             evaluator = get_evaluator(str(target))
         except UnknownEvaluatorError as e:
-            raise _Field("target", str(e)) from None
+            raise FieldError("target", str(e)) from None
         try:
             return evaluator.settings.model_validate(value)
         except ValidationError as e:
-            raise _Field.of(e) from None
+            raise FieldError.of(e) from None
+
+    @model_validator(mode="after")
+    def _one_value_per_cycle(self) -> Stage:
+        for j, o in enumerate(self.overrides):
+            for i, earlier in enumerate(self.overrides[:j]):
+                cycles, keys = set(o.cycles) & set(earlier.cycles), o.config.keys() & earlier.config.keys()
+                if cycles and keys:
+                    raise FieldError(
+                        f"overrides[{j}]",
+                        f"sets {', '.join(sorted(keys))} in cycle {min(cycles)}, as overrides[{i}] does; "
+                        "give each field one value per cycle",
+                    )
+        return self
+
+    def config_for(self, cycle: int) -> dict[str, Any]:
+        """The loop config cycle `cycle` runs with: `config` updated by the overrides that list the cycle
+        (cycle 0, the evaluation's, is always the stage's own)."""
+        out = dict(self.config)
+        for o in self.overrides:
+            if cycle in o.cycles:
+                out.update(o.config)
+        return out
 
 
 class EngineSettings(BaseModel):
@@ -195,16 +247,6 @@ class Recipe(BaseModel):
         return next(i for i, s in enumerate(self.stages) if s.name == name)
 
 
-class _Field(FieldCheckError):
-    """Errors at field paths, relative to where pydantic raised them (turned into the same 'field: message'
-    lines as pydantic's, prefixed with that location)."""
-
-    @classmethod
-    def of(cls, e: ValidationError) -> _Field:
-        first, *rest = _error_items(e)
-        return cls(*first, *rest)
-
-
 def _default_evaluator(loop: Any, train: Any) -> str:
     """The evaluator a stage uses when its eval names none: its loop's, for the role it trains."""
     from strop.agents.loops.registry import LoopSpec, UnknownLoopError, get_loop
@@ -224,37 +266,47 @@ def check_recipe(r: Recipe) -> None:
     known_roles = {str(x) for x in Role}
     for role in r.roles:
         if role not in known_roles:
-            raise _Field(f"roles.{role}", f"unknown role; roles are {', '.join(sorted(known_roles))}")
+            raise FieldError(f"roles.{role}", f"unknown role; roles are {', '.join(sorted(known_roles))}")
     if "policy" not in r.roles:
-        raise _Field("roles.policy", "every recipe needs a policy (e.g. roles = { policy = 'smollm2-135m' })")
+        raise FieldError(
+            "roles.policy", "every recipe needs a policy (e.g. roles = { policy = 'smollm2-135m' })"
+        )
     for role in r.roles:
         try:
             r.weights_of(role)
         except ValueError as e:
-            raise _Field(f"roles.{role}", str(e)) from None
+            raise FieldError(f"roles.{role}", str(e)) from None
     names = [s.name for s in r.stages]
     for i, stage in enumerate(r.stages):
         at = f"stages[{i}]"
         if stage.name in names[:i]:
-            raise _Field(f"{at}.name", f"stage name {stage.name!r} is used twice; stage names must be unique")
+            raise FieldError(
+                f"{at}.name", f"stage name {stage.name!r} is used twice; stage names must be unique"
+            )
         try:
             spec = get_loop(stage.loop)
         except UnknownLoopError as e:
-            raise _Field(f"{at}.loop", str(e)) from None
-        try:
-            loop_cfg = spec.parse_config(stage.config)
-        except ValidationError as e:
-            raise _Field(f"{at}.config", "\n" + format_validation_error(e, prefix=f"{at}.config.")) from None
-        for role in spec.needed_roles(loop_cfg):
-            if str(role) not in r.roles:
-                raise _Field(
-                    f"{at}.loop",
-                    f"loop {spec.name!r} needs role {str(role)!r}; add it under [roles] "
-                    f'({role} = "policy" to share the policy\'s weights)',
-                )
+            raise FieldError(f"{at}.loop", str(e)) from None
+        configs = [(f"{at}.config", stage.config)]  # the stage's own, then each override merged over it
+        configs += [
+            (f"{at}.overrides[{j}].config", {**stage.config, **o.config})
+            for j, o in enumerate(stage.overrides)
+        ]
+        for where, values in configs:
+            try:
+                loop_cfg = spec.parse_config(values)
+            except ValidationError as e:
+                raise FieldError(where, "\n" + format_validation_error(e, prefix=f"{where}.")) from None
+            for role in spec.needed_roles(loop_cfg):
+                if str(role) not in r.roles:
+                    raise FieldError(
+                        f"{at}.loop",
+                        f"loop {spec.name!r} needs role {str(role)!r}; add it under [roles] "
+                        f'({role} = "policy" to share the policy\'s weights)',
+                    )
         if stage.train is None:
             if stage.eval is not None:
-                raise _Field(
+                raise FieldError(
                     f"{at}.eval",
                     "this stage trains nothing, so it has no candidate to evaluate; "
                     "add [stages.train] or remove [stages.eval]",
@@ -262,7 +314,7 @@ def check_recipe(r: Recipe) -> None:
             continue
         t = stage.train
         if t.role not in r.roles:
-            raise _Field(
+            raise FieldError(
                 f"{at}.train.role",
                 f"unknown role {t.role!r}; the recipe's roles are "
                 f"{', '.join(sorted(r.roles))} (add it under [roles])",
@@ -270,15 +322,15 @@ def check_recipe(r: Recipe) -> None:
         try:
             kind = get_trainer(t.kind)
         except UnknownTrainerError as e:
-            raise _Field(f"{at}.train.kind", str(e)) from None
+            raise FieldError(f"{at}.train.kind", str(e)) from None
         try:
             kind.parse_settings(t.settings)
         except ValidationError as e:
-            raise _Field(
+            raise FieldError(
                 f"{at}.train.settings", "\n" + format_validation_error(e, prefix=f"{at}.train.settings.")
             ) from None
         if t.distributed and kind.online:
-            raise _Field(
+            raise FieldError(
                 f"{at}.train.launcher",
                 f"trainer kind {kind.name!r} collects its own rollouts in the "
                 "evolve process and cannot run under accelerate; use launcher = "
@@ -286,12 +338,12 @@ def check_recipe(r: Recipe) -> None:
             )
         for src in t.sources:
             if src not in ("self", "any") and src not in names:
-                raise _Field(
+                raise FieldError(
                     f"{at}.train.sources",
                     f"{src!r} is not 'self', 'any' or a stage name ({', '.join(names)})",
                 )
         if stage.eval is None:
-            raise _Field(
+            raise FieldError(
                 f"{at}.eval",
                 f"stage {stage.name!r} trains role {t.role!r} but no stage evaluates it, so "
                 "its candidate could never be promoted; add [stages.eval] (e.g. margin = 0.02)",
@@ -340,33 +392,3 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
         return Recipe.model_validate(legacy_to_stages(data))
     except ValidationError as e:
         raise RecipeError(f"{source}: invalid recipe:\n{format_validation_error(e)}") from e
-
-
-def format_validation_error(e: ValidationError, prefix: str = "") -> str:
-    return "\n".join(f"  {field}: {msg}" for field, msg in _error_items(e, prefix))
-
-
-def _error_items(e: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """(field path, message) per error; a `_Field` raised inside a nested model keeps its own paths."""
-    items = []
-    for err in e.errors():
-        loc = _path(err["loc"])
-        if err["type"] == "value_error" and isinstance(
-            found := err.get("ctx", {}).get("error"), FieldCheckError
-        ):
-            at = prefix + loc
-            items += [(f"{at}.{f}" if at and loc else f, m) for f, m in found.items]
-            continue
-        field = prefix + loc if loc else (prefix.rstrip(".") or "(top level)")
-        msg = (
-            "unknown field (check the spelling; see recipes/star-arithmetic.toml)"
-            if err["type"] == "extra_forbidden"
-            else err["msg"].removeprefix("Value error, ")
-        )
-        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
-        items.append((field, f"{msg}{got}"))
-    return items
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    return ".".join(f"[{x}]" if isinstance(x, int) else str(x) for x in loc).replace(".[", "[")

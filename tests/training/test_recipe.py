@@ -20,13 +20,14 @@ def test_the_shipped_recipe_is_valid_and_documented() -> None:
 
     from strop.agents.evaluators import list_evaluators
     from strop.agents.loops.best_of_n import BestOfNConfig
-    from strop.training.recipe import EngineSettings, Stage, TaskSettings, TrainSettings
+    from strop.training.recipe import CycleOverride, EngineSettings, Stage, TaskSettings, TrainSettings
     from strop.training.settings import LoraSettings
     from strop.training.sft import SFTSettings
 
     for m in (
         Recipe,
         Stage,
+        CycleOverride,
         TaskSettings,
         TrainSettings,
         *(e.settings for e in list_evaluators()),

@@ -16,9 +16,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def scrit_recipe(tmp_path: Path, *, per_cycle: int = 6, heldout: int = 6, concurrency: int = 8) -> Path:
+def scrit_recipe(
+    tmp_path: Path,
+    *,
+    per_cycle: int = 6,
+    heldout: int = 6,
+    concurrency: int = 8,
+    cycles: int = 1,
+    overrides: str = "",
+) -> Path:
     text = f'''name = "tiny-scrit"
-cycles = 1
+cycles = {cycles}
 output_dir = "{tmp_path / "run"}"
 
 [roles]
@@ -31,7 +39,7 @@ loop = "scrit"
 concurrency = {concurrency}
 tasks = {{ name = "arithmetic", options = {{ steps = 2 }}, train_per_cycle = {per_cycle}, heldout = {heldout} }}
 config = {{ n_solutions = 2, critiques_per_solution = 2, solution_max_tokens = 32, critic_max_tokens = 24, shots = 0, seed = 0 }}
-
+{overrides}
 [stages.train]
 kind = "sft"
 role = "critic"
@@ -76,6 +84,48 @@ async def test_scrit_stage_runs_and_gates_on_the_critic_benchmark(
     # The tiny model was never taught to critique: nothing validates, so the stage says so and skips training.
     assert rows[-1].phase == (StagePhase.SKIPPED if kept == 0 else StagePhase.DONE)
     assert (tmp_path / "run" / "table.md").read_text().count("policy acc") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_a_warm_up_round_without_validation_then_a_validated_round_records_kept_critiques(
+    sqlite_url: str, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """recipes/scrit-warm-arithmetic.toml's shape on the tiny model: cycle 1 keeps every critique that parses
+    (1 per solution), cycle 2 only the validated ones (2 per solution); each round's counts reach the table."""
+    from strop.agents.loops.scrit import summarize
+    from strop.memory import Store
+    from strop.training.evolve import Evolution
+    from strop.training.recipe import load_recipe
+
+    warm_up = (
+        "[[stages.overrides]]\ncycles = [1]\nconfig = { validate = false, critiques_per_solution = 1 }\n"
+    )
+    store = Store(sqlite_url)
+    evo = Evolution(
+        load_recipe(scrit_recipe(tmp_path, per_cycle=4, heldout=4, cycles=2, overrides=warm_up)),
+        store,
+        progress=False,
+    )
+    rows = await evo.run()
+    rounds = [store.list_episodes(evo.collect_run_id(k, 0)) for k in (1, 2)]
+    assert [len(eps) for eps in rounds] == [4, 4]
+    assert [{len(e.critiques) for e in eps} for eps in rounds] == [{2}, {4}]  # 2 solutions x 1, then x 2
+    for eps, validate in zip(rounds, (False, True), strict=True):
+        assert all(e.outcome["validate"] is validate for e in eps)
+        kept = sum(e.outcome["correct"] for e in eps)
+        counted = sum(c.parsed if not validate else bool(c.validated) for e in eps for c in e.critiques)
+        assert kept == counted  # warm-up: the parsed ones; validated round: the validated ones
+        assert sum(e.outcome["validated"] for e in eps) == sum(
+            bool(c.validated) for e in eps for c in e.critiques
+        )
+    by_cycle = {r.cycle: r.collection for r in rows if r.cycle}
+    assert by_cycle == {1: summarize(rounds[0]), 2: summarize(rounds[1])}
+    assert "critiques 8:" in by_cycle[1] and "validation off" in by_cycle[1]
+    assert "critiques 16:" in by_cycle[2] and "by validation" in by_cycle[2]
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert by_cycle[1] in table and by_cycle[2] in table
+    store.close()
 
 
 @pytest.mark.slow

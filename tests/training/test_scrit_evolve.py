@@ -24,6 +24,7 @@ def scrit_recipe(
     concurrency: int = 8,
     cycles: int = 1,
     overrides: str = "",
+    critic: str = "policy",
 ) -> Path:
     text = f'''name = "tiny-scrit"
 cycles = {cycles}
@@ -31,7 +32,7 @@ output_dir = "{tmp_path / "run"}"
 
 [roles]
 policy = "tiny"
-critic = "policy"
+critic = "{critic}"
 
 [[stages]]
 name = "scrit"
@@ -92,7 +93,8 @@ async def test_a_warm_up_round_without_validation_then_a_validated_round_records
     sqlite_url: str, tmp_path: Path, tiny_model_path: Path
 ) -> None:
     """recipes/scrit-warm-arithmetic.toml's shape on the tiny model: cycle 1 keeps every critique that parses
-    (1 per solution), cycle 2 only the validated ones (2 per solution); each round's counts reach the table."""
+    (1 per solution), cycle 2 only the validated ones (2 per solution); each round's counts reach the table.
+    The critic is its own lineage, as in the recipe: two engines, and the policy is never trained."""
     from strop.agents.loops.scrit import summarize
     from strop.memory import Store
     from strop.training.evolve import Evolution
@@ -103,11 +105,15 @@ async def test_a_warm_up_round_without_validation_then_a_validated_round_records
     )
     store = Store(sqlite_url)
     evo = Evolution(
-        load_recipe(scrit_recipe(tmp_path, per_cycle=4, heldout=4, cycles=2, overrides=warm_up)),
+        load_recipe(
+            scrit_recipe(tmp_path, per_cycle=4, heldout=4, cycles=2, overrides=warm_up, critic="tiny")
+        ),
         store,
         progress=False,
     )
     rows = await evo.run()
+    assert evo.weights("critic") == "critic" and {r.role for r in rows} == {"critic"}
+    assert rows[0].policy_accuracy is None  # the policy is not the critic's weights: nothing to report
     rounds = [store.list_episodes(evo.collect_run_id(k, 0)) for k in (1, 2)]
     assert [len(eps) for eps in rounds] == [4, 4]
     assert [{len(e.critiques) for e in eps} for eps in rounds] == [{2}, {4}]  # 2 solutions x 1, then x 2

@@ -53,10 +53,11 @@ from strop.agents.engines.base import (
     check_prompt_length,
     encode_prompt,
 )
-from strop.agents.engines.hf_batching import cancel_rows, collect_batch, decode_batch
+from strop.agents.engines.hf_batching import cancel_rows, run_static
 from strop.agents.engines.hf_loading import eos_ids, load_model, swap_adapter
 from strop.agents.engines.hf_prefix import PrefixCache, supports_prefixes
-from strop.agents.engines.hf_rows import Row, length_groups
+from strop.agents.engines.hf_rows import Row
+from strop.agents.engines.hf_running import run_windows
 from strop.agents.engines.hf_streaming import Queued, end_of_row, merge_events, to_sink
 from strop.agents.engines.streaming import StreamEvent, TextDeltas
 
@@ -75,6 +76,10 @@ class EngineStats:
     rows: int = 0
     tokens_generated: int = 0
     adapter_swaps: int = 0  # reloads done as a LoRA swap on the base in memory
+    # With admission (admit_every > 0) a batch is one admission of rows into the running batch; its decoding
+    # windows and the rows running in each are counted here (mean_running_rows: how full the batch stayed).
+    windows: int = 0
+    window_rows: int = 0
     # Prompt tokens of the rows decoded, and those the model actually ran (shared prefixes run once).
     prefill_tokens_requested: int = 0
     prefill_tokens_computed: int = 0
@@ -87,6 +92,11 @@ class EngineStats:
     @property
     def mean_batch_size(self) -> float:
         return self.rows / self.batches if self.batches else 0.0
+
+    @property
+    def mean_running_rows(self) -> float:
+        """Rows decoded together per step, on average (the static path: rows per batch)."""
+        return self.window_rows / self.windows if self.windows else self.mean_batch_size
 
 
 @dataclass
@@ -112,8 +122,11 @@ class HFEngine:
         model_version: str | None = None,
         shared_prefixes: bool = True,
         prefix_cache_tokens: int = 4096,
+        admit_every: int = 16,
     ) -> None:
-        self._init_runtime(max_batch_size, batch_wait_ms, device, dtype, shared_prefixes, prefix_cache_tokens)
+        self._init_runtime(
+            max_batch_size, batch_wait_ms, device, dtype, shared_prefixes, prefix_cache_tokens, admit_every
+        )
         self._load(Path(model_path), Path(adapter_path) if adapter_path else None, model_version)
 
     @classmethod
@@ -126,6 +139,7 @@ class HFEngine:
         max_batch_size: int = 64,
         batch_wait_ms: float = 10,
         shared_prefixes: bool = True,
+        admit_every: int = 16,
     ) -> HFEngine:
         """Serve a model object that is already loaded, without copying it (e.g. the one a trainer is updating:
         every batch then samples from the weights as they are at that moment, so no weight sync is needed).
@@ -135,7 +149,7 @@ class HFEngine:
         Prefixes are shared within a batch but kept for no later one: the trainer changes the weights under them.
         """
         engine = cls.__new__(cls)
-        engine._init_runtime(max_batch_size, batch_wait_ms, None, None, shared_prefixes, 0)
+        engine._init_runtime(max_batch_size, batch_wait_ms, None, None, shared_prefixes, 0, admit_every)
         param = next(model.parameters())
         source = getattr(getattr(model, "config", None), "_name_or_path", "") or "<in-memory model>"
         engine._adopt(model, tokenizer, param.device, param.dtype, Path(source), None, model_version)
@@ -150,6 +164,7 @@ class HFEngine:
         dtype: str | None,
         shared_prefixes: bool,
         prefix_cache_tokens: int,
+        admit_every: int,
     ) -> None:
         if max_batch_size < 1:
             raise EngineError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -157,6 +172,12 @@ class HFEngine:
             raise EngineError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms}")
         if prefix_cache_tokens < 0:
             raise EngineError(f"prefix_cache_tokens must be 0 or more, got {prefix_cache_tokens}")
+        if admit_every < 0:
+            raise EngineError(
+                f"admit_every must be 0 (static batches) or more decoding steps, got {admit_every}"
+            )
+        self.admit_every = admit_every
+        self._draining = 0  # reloads waiting: the running batch admits no one until they are done
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
         self.shared_prefixes = shared_prefixes
@@ -239,8 +260,12 @@ class HFEngine:
             and (adapter is not None or self.adapter_path is not None)
         )
         work = functools.partial(self._swap_adapter if swap else self._load, base, adapter, model_version)
-        async with self._gate_lock():
-            await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._draining += 1
+        try:
+            async with self._gate_lock():
+                await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        finally:
+            self._draining -= 1
 
     def _swap_adapter(self, model_path: Path, adapter_path: Path | None, model_version: str | None) -> None:
         """On the worker: unmerge the adapter in use (exact up to float rounding) and merge the new one."""
@@ -346,43 +371,10 @@ class HFEngine:
         return state
 
     async def _batch_loop(self, queue: asyncio.Queue[Row]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await collect_batch(queue, self.max_batch_size, self.batch_wait_s)
-            for group in length_groups(batch):
-                try:
-                    async with self._gate_lock():
-                        results = await loop.run_in_executor(self._executor, self._run_batch, group)
-                except Exception as e:  # handed to every waiting caller, never swallowed
-                    for row in group:
-                        if not row.future.done():
-                            row.future.set_exception(
-                                e if isinstance(e, EngineError) else EngineError(f"generation failed: {e!r}")
-                            )
-                    continue
-                for row, completion in zip(group, results, strict=True):
-                    if not row.future.done():
-                        row.future.set_result(completion)
-
-    def _run_batch(self, rows: list[Row]) -> list[Completion]:
-        """Runs on the worker thread: one `generate` call over all rows (hf_batching), counted in `stats`."""
-        completions, computed = decode_batch(
-            self.model,
-            self.tokenizer,
-            rows,
-            device=self.device,
-            eos_ids=self._eos_ids,
-            model_version=self._model_version,
-            stream_interval_s=self.stream_interval_s,
-            prefixes=self.prefix_cache if self.shared_prefixes and self._prefixes_ok else None,
-        )
-        self.stats.prefill_tokens_requested += sum(len(r.prompt_ids) for r in rows)
-        self.stats.prefill_tokens_computed += computed
-        self.stats.batches += 1
-        self.stats.rows += len(rows)
-        self.stats.completions += len(rows)
-        self.stats.tokens_generated += sum(len(c.token_ids) for c in completions)
-        return completions
+        if self.admit_every and self._prefixes_ok:
+            await run_windows(self, queue)  # admission at every window (hf_running.py)
+        else:
+            await run_static(self, queue)  # a batch runs until its last row stops (hf_batching.py)
 
     async def close(self) -> None:
         """Stop the batchers and the worker; waiting callers get an EngineError rather than hanging."""

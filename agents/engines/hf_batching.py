@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from strop.agents.engines.base import Completion, FinishReason
+from strop.agents.engines.base import Completion, EngineError, FinishReason
 from strop.agents.engines.hf_prefix import PrefixCache, plan_batch
-from strop.agents.engines.hf_rows import Row, RowSampler, RowStop
+from strop.agents.engines.hf_rows import Row, RowSampler, RowStop, length_groups
 from strop.agents.engines.hf_streaming import deliver
 
 
@@ -38,6 +38,51 @@ async def collect_batch(queue: asyncio.Queue[Row], max_batch_size: int, wait_s: 
         except TimeoutError:
             break
     return [r for r in batch if not r.future.done()]  # callers that were cancelled
+
+
+async def run_static(engine: Any, queue: asyncio.Queue[Row]) -> None:
+    """The hf engine's batcher without admission (`admit_every=0`, or a model without a plain cache): each
+    batch is one `generate` call per length group, and rows that arrive meanwhile wait for the next batch."""
+    loop = asyncio.get_running_loop()
+    while True:
+        batch = await collect_batch(queue, engine.max_batch_size, engine.batch_wait_s)
+        for group in length_groups(batch):
+            try:
+                async with engine._gate_lock():
+                    work = functools.partial(_run_group, engine, group)
+                    results = await loop.run_in_executor(engine._executor, work)
+            except Exception as e:  # handed to every waiting caller, never swallowed
+                for row in group:
+                    if not row.future.done():
+                        row.future.set_exception(
+                            e if isinstance(e, EngineError) else EngineError(f"generation failed: {e!r}")
+                        )
+                continue
+            for row, completion in zip(group, results, strict=True):
+                if not row.future.done():
+                    row.future.set_result(completion)
+
+
+def _run_group(engine: Any, rows: list[Row]) -> list[Completion]:
+    """On the worker thread: one `generate` call over all rows, counted in the engine's `stats`."""
+    completions, computed = decode_batch(
+        engine.model,
+        engine.tokenizer,
+        rows,
+        device=engine.device,
+        eos_ids=engine._eos_ids,
+        model_version=engine.model_version,
+        stream_interval_s=engine.stream_interval_s,
+        prefixes=engine.prefix_cache if engine.shared_prefixes and engine._prefixes_ok else None,
+    )
+    stats = engine.stats
+    stats.prefill_tokens_requested += sum(len(r.prompt_ids) for r in rows)
+    stats.prefill_tokens_computed += computed
+    stats.batches += 1
+    stats.rows += len(rows)
+    stats.completions += len(rows)
+    stats.tokens_generated += sum(len(c.token_ids) for c in completions)
+    return completions
 
 
 def cancel_rows(rows: list[Row]) -> None:

@@ -182,16 +182,21 @@ def assemble(
 
 
 def compute_prefixes(
-    model: Any, keys: list[Key], cache: PrefixCache, pad_id: int, device: Any
+    model: Any,
+    keys: list[Key],
+    cache: PrefixCache,
+    pad_id: int,
+    device: Any,
+    known: dict[Key, KV] | None = None,
 ) -> tuple[dict[Key, KV], int]:
     """The keys and values of every prefix in `keys` (from the LRU where it has them), and the tokens that took.
 
     A prefix is computed from the longest one already known that starts it (from the LRU or computed in an
-    earlier round), so nested prefixes (the rules, then the rules and a board) cost only their extra tokens; each
-    round runs every prefix that no other pending prefix starts, in one batched forward.
+    earlier round, or given in `known`), so nested prefixes (the rules, then the rules and a board) cost only their
+    extra tokens; each round runs every prefix that no other pending prefix starts, in one batched forward.
     """
-    known: dict[Key, KV] = {}
-    pending = sorted({k for k in keys if k})
+    known = dict(known or {})  # prefixes computed already (e.g. the batch's shared ones), bases for these
+    pending = sorted({k for k in keys if k and k not in known})
     for k in pending:
         if k in cache:
             known[k] = cache.get(k)
@@ -213,6 +218,11 @@ def compute_prefixes(
             known[k] = kv
             cache.put(k, kv)
     return known, computed
+
+
+def forward_rows(model: Any, prompts: list[Key], pad_id: int, device: Any) -> list[KV]:
+    """Each prompt's keys and values from one batched forward, none shared (the plain path's prefill)."""
+    return _forward(model, prompts, [()] * len(prompts), {}, pad_id, device)
 
 
 def _forward(

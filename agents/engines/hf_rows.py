@@ -34,6 +34,8 @@ class Row:
     sink: Callable[[str, TokenUpdate], None] | None = field(default=None, repr=False)
     # Set from the event loop when the caller goes away; the worker stops decoding the row at its next step.
     cancelled: bool = False
+    # The row's random stream, made on its first step and kept while it decodes across admission windows.
+    generator: Any = field(default=None, repr=False)
 
 
 def length_groups(rows: list[Row]) -> list[list[Row]]:
@@ -66,9 +68,10 @@ class RowSampler(LogitsProcessor):
         self.any_top_p = any(r.sampling.top_p < 1.0 for r in rows)
         self.generators = {}
         for i in self.sampled:
-            g = torch.Generator(device=device)
-            g.manual_seed(rows[i].seed)
-            self.generators[i] = g
+            if rows[i].generator is None:
+                rows[i].generator = torch.Generator(device=device)
+                rows[i].generator.manual_seed(rows[i].seed)
+            self.generators[i] = rows[i].generator
         self.want_top = {i: r.sampling.top_logprobs for i, r in enumerate(rows) if r.sampling.top_logprobs}
         self.logprobs: list[Any] = []
         self.top: list[dict[int, dict[int, float]]] = []  # per step: row -> {token id: log-prob}

@@ -239,8 +239,10 @@ async def test_an_http_engine_refuses_token_context_naming_the_fix() -> None:
         await engine.generate([request])
 
 
-async def test_steps_and_rollouts_run_as_separate_batches_shortest_first(engine: HFEngine) -> None:
-    """A mixed batch splits by length class: the stop-at-newline steps do not wait for 64-token rollouts."""
+async def test_steps_and_rollouts_run_as_separate_batches_shortest_first(random_tiny_path: Path) -> None:
+    """Static batches (admit_every=0) split by length class: the stop-at-newline steps do not wait for
+    64-token rollouts. (With admission, every row leaves the running batch at its own step: test_hf_running.)"""
+    engine = HFEngine(random_tiny_path, model_version="random-tiny", batch_wait_ms=20, admit_every=0)
     from strop.agents.engines.hf_rows import length_groups
 
     def row(max_tokens: int, stop: list[str]) -> object:
@@ -260,3 +262,4 @@ async def test_steps_and_rollouts_run_as_separate_batches_shortest_first(engine:
     )
     out = await engine.generate([step, rollout])
     assert engine.stats.batches - before == 2 and len(out[0]) == 3 and len(out[1]) == 1
+    await engine.close()

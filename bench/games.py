@@ -26,6 +26,9 @@ games are short, but the cost per move is what is measured.
 On hf, `--prefixes both` runs every pair twice, with the engine's shared prefixes (agents/engines/hf_prefix.py:
 the rules every game's prompt starts with run once per batch) on and off in turn, which goes first alternating
 too, the prefix LRU emptied before each run; each run also prints the prompt tokens the model ran ÷ asked.
+`--admission both` does the same with two engines: one admitting moves into its running batch every
+`--admit-every` decoding steps (agents/engines/hf_running.py, the default), one with static batches.
+The mean batch is the rows decoded together per step.
 
 The vLLM run needs `make test-vllm`'s venv plus the loop's own dependencies, pinned to that venv's torch and
 transformers (strop is installed there without its dependencies):
@@ -62,20 +65,29 @@ async def _run(
     if stats:
         engine.shared_prefixes = shared
         engine.prefix_cache.clear()  # each run starts cold: no prefix kept from the run before
-    rows, batches = (stats.rows, stats.batches) if stats else (0, 0)
+    rows, batches = (stats.window_rows, stats.windows) if stats else (0, 0)
     asked, ran = (stats.prefill_tokens_requested, stats.prefill_tokens_computed) if stats else (0, 0)
     started = time.perf_counter()
     res = await Runner(store, concurrency=concurrency, progress=False).run(
         graph, tasks, RunRecord(id=new_id(), loop="bench")
     )
     secs = time.perf_counter() - started
-    batch = (stats.rows - rows) / max(1, stats.batches - batches) if stats else float("nan")
+    # rows decoded together per step: per window with admission, per batch without (windows count both)
+    batch = (stats.window_rows - rows) / max(1, stats.windows - batches) if stats else float("nan")
     share = (
         (stats.prefill_tokens_computed - ran) / max(1, stats.prefill_tokens_requested - asked)
         if stats
         else float("nan")
     )
     return res.samples, secs, batch, share
+
+
+def _label(backend: str, admit: int, shared: bool) -> str:
+    if backend != "hf":
+        return ""
+    return (
+        f"admission {'every ' + str(admit) if admit else 'off'}, shared prefixes {'on' if shared else 'off'}"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -85,11 +97,15 @@ async def main(args: argparse.Namespace) -> None:
     ts = GameTaskSet(games=("tictactoe",))
     tasks = ts.tasks(Split.TRAIN, max(episodes * args.rounds, args.serial_games))
     # vLLM (the CPU build in .venv-vllm): continuous batching and prefix caching; its CPU KV cache is sized
-    # for the games in flight.
-    options = {"cpu_kv_cache_seqs": args.games, "max_model_len": 2048} if args.backend == "vllm" else {}
-    engine = load_engine(args.model, args.backend, **options)
+    # for the games in flight. On hf, one engine per admission setting.
+    if args.backend == "vllm":
+        admits = [0]
+        engines = {0: load_engine(args.model, "vllm", cpu_kv_cache_seqs=args.games, max_model_len=2048)}
+    else:
+        admits = {"on": [args.admit_every], "off": [0], "both": [args.admit_every, 0]}[args.admission]
+        engines = {a: load_engine(args.model, admit_every=a) for a in admits}
 
-    def graph(games_per_task: int) -> Any:
+    def graph(engine: Any, games_per_task: int) -> Any:
         return selfplay.build_graph(
             engine,
             selfplay.SelfPlayConfig(
@@ -98,50 +114,54 @@ async def main(args: argparse.Namespace) -> None:
         )
 
     modes = {
-        "in-flight": (graph(args.games_per_task), tasks[: episodes * args.rounds], episodes),
-        "serial": (graph(1), tasks[: args.serial_games], 1),
+        a: {
+            "in-flight": (graph(e, args.games_per_task), tasks[: episodes * args.rounds], episodes),
+            "serial": (graph(e, 1), tasks[: args.serial_games], 1),
+        }
+        for a, e in engines.items()
     }
     warm = {"in-flight": episodes, "serial": 2}
+    shares = {"on": [True], "off": [False], "both": [True, False]}[args.prefixes]
+    if args.backend != "hf":
+        shares = [True]  # shared prefixes are the hf engine's; vLLM has its own prefix caching
+    variants = [(a, s) for a in admits for s in shares]
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        for name, (g, ts_, conc) in modes.items():  # warm-up
-            moves, secs, batch, _ = await _run(engine, store, g, ts_[: warm[name]], conc)
-            print(f"warm-up {name}: {moves} moves in {secs:.1f} s (mean batch {batch:.1f})", flush=True)
-        settings = {"on": [True], "off": [False], "both": [True, False]}[args.prefixes]
-        if args.backend != "hf":
-            settings = [True]  # shared prefixes are the hf engine's; vLLM has its own prefix caching
-        all_ratios: dict[bool, list[float]] = {s: [] for s in settings}
+        for a, e in engines.items():  # warm-up
+            for name, (g, ts_, conc) in modes[a].items():
+                moves, secs, batch, _ = await _run(e, store, g, ts_[: warm[name]], conc)
+                print(f"warm-up {name}: {moves} moves in {secs:.1f} s (mean batch {batch:.1f})", flush=True)
+        all_ratios: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
         for p in range(args.pairs):
-            for shared in settings if p % 2 == 0 else settings[::-1]:
-                order = list(modes) if p % 2 == 0 else list(reversed(modes))
+            for a, shared in variants if p % 2 == 0 else variants[::-1]:
+                order = list(modes[a]) if p % 2 == 0 else list(reversed(modes[a]))
                 got = {}
                 for name in order:
-                    g, ts_, conc = modes[name]
-                    moves, secs, batch, share = await _run(engine, store, g, ts_, conc, shared)
+                    g, ts_, conc = modes[a][name]
+                    moves, secs, batch, share = await _run(engines[a], store, g, ts_, conc, shared)
                     got[name] = (moves / secs, moves, secs, batch, share)
-                all_ratios[shared].append(got["in-flight"][0] / got["serial"][0])
+                all_ratios[a, shared].append(got["in-flight"][0] / got["serial"][0])
                 print(
-                    f"pair {p + 1}"
-                    + (f", shared prefixes {'on' if shared else 'off'}: " if args.backend == "hf" else ": ")
+                    f"pair {p + 1} {_label(args.backend, a, shared)}: "
                     + ", ".join(
                         f"{n} {r:.2f} moves/s ({m} moves, {s:.1f} s, mean batch {b:.1f}, "
                         f"prompt tokens run/asked {sh:.2f})"
                         for n, (r, m, s, b, sh) in got.items()
                     )
-                    + f", ratio {all_ratios[shared][-1]:.2f}",
+                    + f", ratio {all_ratios[a, shared][-1]:.2f}",
                     flush=True,
                 )
-    await engine.close()
+    for e in engines.values():
+        await e.close()
     how = (
         f"{episodes} episodes x {args.games_per_task} games"
         if args.games_per_task > 1
         else f"{episodes} episodes of 1 game"
     )
-    for shared, ratios in all_ratios.items():
+    for (a, shared), ratios in all_ratios.items():
         print(
-            (f"shared prefixes {'on' if shared else 'off'}: " if args.backend == "hf" else "")
-            + f"median ratio {args.games} games in flight ({how}) / one game at a time, moves/s: "
-            f"{statistics.median(ratios):.2f} (target >= 4)"
+            f"{_label(args.backend, a, shared)}: median ratio {args.games} games in flight ({how}) / one game at "
+            f"a time, moves/s: {statistics.median(ratios):.2f} (target >= 4)"
         )
 
 
@@ -158,6 +178,14 @@ if __name__ == "__main__":
     ap.add_argument("--serial-games", type=int, default=8, help="Games played one at a time in (b).")
     ap.add_argument("--max-tokens", type=int, default=48, help="Most new tokens per move.")
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument(
+        "--admission",
+        default="on",
+        choices=["on", "off", "both"],
+        help="hf engine admission into its running batch: on (every --admit-every steps), off (static "
+        "batches), or both (one engine each, in turn).",
+    )
+    ap.add_argument("--admit-every", type=int, default=16, help="Decoding steps between admissions (on).")
     ap.add_argument(
         "--prefixes",
         default="on",

@@ -13,6 +13,11 @@ cost several ms per request here); they run in this process, apart from the serv
 in the warm-up, as a real client pool keeps them.
 
     .venv/bin/python bench/serve.py --model tiny --clients 64 --max-tokens 32 --rounds 3
+    .venv/bin/python bench/serve.py --model smollm2-135m --clients 64 --admission both --rounds 4
+
+`--admission both` starts two servers, one admitting requests into its running batch every `--admit-every`
+decoding steps and one with static batches (`--admit-every 0`: a request waits for the batch in flight), and
+alternates them within each round: time to first token before and after admission, side by side.
 
 With --capture, what recording costs instead: `strop serve MODEL --db SQLITE` and CLIENTS concurrent agents,
 each a conversation of CALLS chat calls (each re-sending the previous reply, sampled with a fixed seed per call),
@@ -164,7 +169,9 @@ async def _engine(engine: HFEngine, questions: list[str], max_tokens: int) -> fl
     return sum(len(c.token_ids) for [[c]] in out) / wall
 
 
-def _start_server(model: str, port: int, clients: int, db: str | None = None) -> subprocess.Popen[bytes]:
+def _start_server(
+    model: str, port: int, clients: int, db: str | None = None, admit_every: int | None = None
+) -> subprocess.Popen[bytes]:
     strop = Path(sys.executable).with_name("strop")
     cmd = [
         str(strop),
@@ -177,6 +184,7 @@ def _start_server(model: str, port: int, clients: int, db: str | None = None) ->
         "--max-queue",
         str(4 * clients),
         *(["--db", db] if db else []),
+        *(["--admit-every", str(admit_every)] if admit_every is not None else []),
     ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -194,52 +202,57 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    """One server per admission setting (`--admission both`: admission on and off side by side, rounds
+    alternating which goes first), each against the in-process engine's batched figure."""
     questions = _questions(args.clients)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _start_server(args.model, port, args.clients)
+    settings = {"on": [args.admit_every], "off": [0], "both": [args.admit_every, 0]}[args.admission]
+    ports = {a: _free_port() for a in settings}
+    procs = {a: _start_server(args.model, ports[a], args.clients, admit_every=a) for a in settings}
     try:
-        name = _wait_ready(url, proc)
-        clients = [_Client("127.0.0.1", port) for _ in questions]
+        names = {a: _wait_ready(f"http://127.0.0.1:{ports[a]}", procs[a]) for a in settings}
+        clients = {a: [_Client("127.0.0.1", ports[a]) for _ in questions] for a in settings}
         engine = HFEngine(resolve_model(args.model), model_version=args.model, max_batch_size=args.clients)
-        # warm-up of both sides (first batches pay allocation and kernel selection)
-        await _served(clients, name, questions, 4)  # also opens the connections
+        # warm-up of every side (first batches pay allocation and kernel selection)
+        for a in settings:
+            await _served(clients[a], names[a], questions, 4)  # also opens the connections
         await _engine(engine, questions[:4], 4)
-        ratios, served, batched, ttft_many = [], [], [], []
+        served: dict[int, list[float]] = {a: [] for a in settings}
+        ttft_many: dict[int, list[float]] = {a: [] for a in settings}
+        batched: list[float] = []
         for r in range(args.rounds):
-            a, firsts = await _served(clients, name, questions, args.max_tokens)
-            b = await _engine(engine, questions, args.max_tokens)
-            served.append(a)
-            batched.append(b)
-            ratios.append(a / b)
-            ttft_many.append(statistics.median(firsts))
-            print(
-                f"round {r}: served {a:,.0f} tok/s, engine {b:,.0f} tok/s, a/b {a / b:.2f}, "
-                f"TTFT at {args.clients} clients median {statistics.median(firsts) * 1000:.0f} ms "
-                f"(max {max(firsts) * 1000:.0f} ms)",
-                flush=True,
-            )
-        ttft_one = []
-        for q in questions[: args.single]:
-            _, [first] = await _served(clients[:1], name, [q], args.max_tokens)
-            ttft_one.append(first)
+            for a in settings if r % 2 == 0 else settings[::-1]:
+                tps, firsts = await _served(clients[a], names[a], questions, args.max_tokens)
+                served[a].append(tps)
+                ttft_many[a].append(statistics.median(firsts))
+                print(
+                    f"round {r}, admit every {a or 'never (static batches)'}: served {tps:,.0f} tok/s, TTFT at "
+                    f"{args.clients} clients median {statistics.median(firsts) * 1000:.0f} ms "
+                    f"(max {max(firsts) * 1000:.0f} ms)",
+                    flush=True,
+                )
+            batched.append(await _engine(engine, questions, args.max_tokens))
+            print(f"round {r}: engine in process {batched[-1]:,.0f} tok/s", flush=True)
         print(
             f"\n{args.model}: {args.clients} streaming clients, max_tokens {args.max_tokens}, "
-            f"load average {os.getloadavg()[0]:.1f}"
+            f"load average {os.getloadavg()[0]:.1f}; engine batched (b): median {statistics.median(batched):,.0f} tok/s"
         )
-        print(
-            f"served (a): median {statistics.median(served):,.0f} tok/s; engine batched (b): median "
-            f"{statistics.median(batched):,.0f} tok/s; a/b median {statistics.median(ratios):.2f} "
-            f"(rounds {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.8)"
-        )
-        print(
-            f"TTFT: 1 client median {statistics.median(ttft_one) * 1000:.0f} ms ({len(ttft_one)} requests); "
-            f"{args.clients} clients median {statistics.median(ttft_many) * 1000:.0f} ms"
-        )
+        for a in settings:
+            ttft_one = []
+            for q in questions[: args.single]:
+                _, [first] = await _served(clients[a][:1], names[a], [q], args.max_tokens)
+                ttft_one.append(first)
+            ratios = [x / y for x, y in zip(served[a], batched, strict=True)]
+            print(
+                f"admit every {a or 'never (static batches)'}: served (a) median {statistics.median(served[a]):,.0f} "
+                f"tok/s, a/b median {statistics.median(ratios):.2f} (rounds {', '.join(f'{x:.2f}' for x in ratios)}; "
+                f"target >= 0.8); TTFT 1 client median {statistics.median(ttft_one) * 1000:.0f} ms, "
+                f"{args.clients} clients median {statistics.median(ttft_many[a]) * 1000:.0f} ms"
+            )
         await engine.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 async def _conversation(
@@ -376,6 +389,14 @@ if __name__ == "__main__":
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--single", type=int, default=5, help="Requests timed alone for the 1-client TTFT.")
+    parser.add_argument(
+        "--admission",
+        default="on",
+        choices=["on", "off", "both"],
+        help="The server's admission into its running batch: on (--admit-every steps), off (static batches), "
+        "or both side by side (two servers, rounds alternating).",
+    )
+    parser.add_argument("--admit-every", type=int, default=16, help="Decoding steps between admissions (on).")
     parser.add_argument(
         "--capture",
         action="store_true",

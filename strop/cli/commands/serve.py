@@ -60,6 +60,15 @@ def serve(
     batch_wait_ms: Annotated[
         float, typer.Option(help="How long to wait for more requests to batch (hf).")
     ] = 10,
+    admit_every: Annotated[
+        int,
+        typer.Option(
+            help="Decoding steps between admissions into the running batch (hf): a request that arrives while "
+            "others decode joins them after at most this many steps, and a finished one leaves at once. 0: "
+            "static batches, a new request waits for the whole batch in flight.",
+            min=0,
+        ),
+    ] = 16,
     max_queue: Annotated[
         int, typer.Option(help="Most completions queued or decoding at once; more get 429 with Retry-After.")
     ] = 256,
@@ -96,7 +105,12 @@ def serve(
     from strop.agents.server import create_app
 
     options: dict[str, Any] = (
-        {"max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "device": device}
+        {
+            "max_batch_size": max_batch_size,
+            "batch_wait_ms": batch_wait_ms,
+            "admit_every": admit_every,
+            "device": device,
+        }
         if engine == "hf"
         else {}
     )

@@ -126,7 +126,7 @@ def run_grpo(
     }
     engine_stats = getattr(rollout.engine, "stats", None)
     if engine_stats is not None:
-        metrics["engine_mean_batch_rows"] = engine_stats.mean_batch_size
+        metrics["engine_mean_batch_rows"] = engine_stats.mean_running_rows
     if check is not None:
         metrics["advantage_max_diff_vs_trl"] = check
     # With beta > 0 over an adapter parent TRL keeps a "ref" copy of the parent's adapter; save_outcome drops it.

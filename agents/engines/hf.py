@@ -1,9 +1,12 @@
-"""The `hf` backend: transformers on CPU or GPU, with concurrent requests coalesced into batched `generate`.
+"""The `hf` backend: transformers on CPU or GPU, with concurrent requests coalesced into batches.
 
 Why a queue: the loops run hundreds of episodes as coroutines, each asking for one completion at a time. One
 forward pass over 64 rows costs little more than one over a single row, so the engine collects the rows that
 arrive within a short window (`batch_wait_ms`, at most `max_batch_size`) and decodes them together on a single
 worker thread. torch releases the GIL during the pass, so the event loop keeps scheduling episodes meanwhile.
+The batch keeps running: every `admit_every` decoding steps the rows that are done leave and the rows queued
+meanwhile join (hf_running.py), so no row waits for the slowest one; `admit_every=0` gives static batches, one
+`generate` call each.
 
 Why per-row sampling in a logits processor: requests in one batch may differ in temperature, top-p, seed and
 `max_tokens`. `RowSampler` draws each row's next token with that row's own parameters and `torch.Generator`,
@@ -78,6 +81,7 @@ class EngineStats:
     adapter_swaps: int = 0  # reloads done as a LoRA swap on the base in memory
     # With admission (admit_every > 0) a batch is one admission of rows into the running batch; its decoding
     # windows and the rows running in each are counted here (mean_running_rows: how full the batch stayed).
+    # A static batch counts as one window of its rows.
     windows: int = 0
     window_rows: int = 0
     # Prompt tokens of the rows decoded, and those the model actually ran (shared prefixes run once).
@@ -95,8 +99,8 @@ class EngineStats:
 
     @property
     def mean_running_rows(self) -> float:
-        """Rows decoded together per step, on average (the static path: rows per batch)."""
-        return self.window_rows / self.windows if self.windows else self.mean_batch_size
+        """Rows decoded together per window, on average (a static batch is one window)."""
+        return self.window_rows / self.windows if self.windows else 0.0
 
 
 @dataclass

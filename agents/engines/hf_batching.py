@@ -80,6 +80,8 @@ def _run_group(engine: Any, rows: list[Row]) -> list[Completion]:
     stats.prefill_tokens_computed += computed
     stats.batches += 1
     stats.rows += len(rows)
+    stats.windows += 1  # a static batch is one window of its rows
+    stats.window_rows += len(rows)
     stats.completions += len(rows)
     stats.tokens_generated += sum(len(c.token_ids) for c in completions)
     return completions

@@ -147,8 +147,16 @@ class RunningBatch:
         ]
 
     # ------------------------------------------------------------------------------------------- decoding
-    def window(self, steps: int, resolve: Resolve, emit: Emit | None, interval_s: float) -> int:
-        """Decode up to `steps` steps (fewer once every row is done); returns the tokens sampled."""
+    def window(
+        self,
+        steps: int,
+        resolve: Resolve,
+        emit: Emit | None,
+        interval_s: float,
+        admit_early: Callable[[int], bool] | None = None,
+    ) -> int:
+        """Decode up to `steps` steps, fewer once every row is done or once `admit_early(steps done)` says rows
+        are waiting for a slot; returns the tokens sampled."""
         from transformers import DynamicCache
 
         sampler = RowSampler([live.row for live in self.live], self.device)
@@ -157,8 +165,10 @@ class RunningBatch:
             cache.update(k, v, i)
         pending: list[tuple[Row, TokenUpdate]] = []
         last_flush, sampled = 0.0, 0
-        for _ in range(steps):
+        for step in range(steps):
             if all(live.done for live in self.live):
+                break
+            if step and admit_early is not None and admit_early(step):
                 break
             mask = torch.cat([self.mask, self.mask.new_ones(len(self.live), 1)], 1)
             positions = self.mask.sum(1, keepdim=True)
@@ -166,6 +176,13 @@ class RunningBatch:
             with torch.inference_mode():
                 out = self.model(
                     input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+                )
+            if (
+                cache.layers[0].keys.shape[2] != mask.shape[1]
+            ):  # e.g. a model that drops its cache in training
+                raise EngineError(
+                    "the model did not extend its key-value cache while decoding; put it in eval mode, or give "
+                    "the engine admit_every=0 (static batches through generate)"
                 )
             self.mask = mask
             chosen = sampler(None, out.logits[:, -1, :]).argmax(-1).tolist()
@@ -273,7 +290,7 @@ async def run_windows(engine: Any, queue: asyncio.Queue[Row]) -> None:
                 engine.model, engine.tokenizer, engine.device, engine._eos_ids, engine.tokenizer.pad_token_id
             )
             while newcomers or len(batch):
-                work = functools.partial(_step_window, engine, batch, newcomers, resolve, emit)
+                work = functools.partial(_step_window, engine, batch, queue, newcomers, resolve, emit)
                 await loop.run_in_executor(engine._executor, work)
                 await asyncio.sleep(0)  # callers answered in that window queue their next request first
                 free = engine.max_batch_size - len(batch)
@@ -281,7 +298,12 @@ async def run_windows(engine: Any, queue: asyncio.Queue[Row]) -> None:
 
 
 def _step_window(
-    engine: Any, batch: RunningBatch, newcomers: list[Row], resolve: Resolve, emit: Emit
+    engine: Any,
+    batch: RunningBatch,
+    queue: asyncio.Queue[Row],
+    newcomers: list[Row],
+    resolve: Resolve,
+    emit: Emit,
 ) -> None:
     """On the worker: admit the newcomers, decode one window, drop the rows that are done."""
     newcomers = [r for r in newcomers if not r.future.done()]
@@ -297,13 +319,28 @@ def _step_window(
         engine.stats.windows += 1
         engine.stats.window_rows += len(batch)
         streaming = any(live.row.sink is not None for live in batch.live)
-        batch.window(engine.admit_every, resolve, emit if streaming else None, engine.stream_interval_s)
+        batch.window(
+            engine.admit_every,
+            resolve,
+            emit if streaming else None,
+            engine.stream_interval_s,
+            functools.partial(_admit_early, engine, batch, queue),
+        )
     except Exception as e:  # handed to every waiting caller, never swallowed
         error = e if isinstance(e, EngineError) else EngineError(f"generation failed: {e!r}")
         for row in newcomers:  # not admitted
             resolve(row, error)
         batch.fail(error, resolve)
     batch.compact()
+
+
+def _admit_early(engine: Any, batch: RunningBatch, queue: asyncio.Queue[Row], steps: int) -> bool:
+    """On the worker, after each step: end the window early when rows wait and a slot is free, once a quarter of
+    the window has run (an admission copies the running cache, so not after every step). Reading the queue's
+    length from this thread is a heuristic only: a row missed here joins at the window's end."""
+    if engine._draining or steps < max(1, engine.admit_every // 4) or not queue.qsize():
+        return False
+    return sum(not live.done for live in batch.live) < engine.max_batch_size
 
 
 def _drain(queue: asyncio.Queue[Row], most: int) -> list[Row]:

@@ -7,7 +7,8 @@ and a game's next move can only be asked once its last one is back. So batches a
 
 How: the engine keeps one batch running and decodes it a window of `admit_every` steps at a time. A row that
 stops is answered at the step it stops (its caller can ask again at once); at the end of each window the
-stopped rows leave and the rows that queued meanwhile join, up to `max_batch_size`. A newcomer's prompt but
+stopped rows leave and the rows that queued meanwhile join, up to `max_batch_size` (a window ends early,
+after a quarter of `admit_every`, when rows wait and a slot is free). A newcomer's prompt but
 its last token is prefilled into its own keys and values (through the shared-prefix machinery of
 hf_prefix.py, so rows with common prefixes compute them once) and left-padded into the running cache; its last
 prompt token is then its input at the next step, as each running row's last sampled token is theirs. The
@@ -15,7 +16,7 @@ padding is masked and each row's positions count only its real tokens, so a row 
 of its own: greedy tokens are the plain path's, and a seeded row keeps its generator across windows.
 
 Why by hand rather than `generate`: `generate` cannot take rows in mid-call, and transformers' own continuous
-batching (`generate_batch`, paged attention) measured 3x slower than static `generate` on CPU
+batching (`generate_batch`, paged attention) ran at 0.44x static `generate` on CPU
 (docs/benchmarks.md). One step is one forward over the running rows with their cache; the per-row sampling
 and stopping are hf_rows.py's, as for `generate`.
 """
